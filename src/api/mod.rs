@@ -1,0 +1,148 @@
+//! The HTTP API (axum): feature reads for SSR pages, health and readiness probes, Prometheus
+//! metrics. [`app`] builds the whole router so tests can drive it with `oneshot`.
+//!
+//! Every request gets an `x-request-id` (kept if the caller sent one), a tracing span carrying it,
+//! a time limit, and a place in a bounded concurrency budget beyond which it is shed with 503.
+
+mod error;
+mod features;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{MatchedPath, State};
+use axum::http::{Request, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use tower::{BoxError, ServiceBuilder};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use error::AppError;
+
+use crate::cdc::BrokerProbe;
+use crate::config::ApiConfig;
+use crate::store::FeatureStore;
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether this instance should receive traffic.
+#[derive(Default)]
+pub struct Readiness {
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    /// From now on `/readyz` answers 503, so load balancers stop sending requests.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<FeatureStore>,
+    pub readiness: Arc<Readiness>,
+    /// `None` when no consumer runs (then readiness does not check the broker).
+    pub broker: Option<BrokerProbe>,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+pub fn app(state: AppState, config: &ApiConfig) -> Router {
+    let request_id = axum::http::HeaderName::from_static("x-request-id");
+    let trace = TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or_else(|| request.uri().path().to_owned(), |p| p.as_str().to_owned());
+        let id = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        tracing::info_span!("request", method = %request.method(), route, request_id = id)
+    });
+    Router::new()
+        .route("/api/v1/users/{user_id}/features", get(features::user_features))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(trace)
+                .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(HandleErrorLayer::new(overload_error))
+                .load_shed()
+                .concurrency_limit(config.max_concurrency)
+                .timeout(config.request_timeout),
+        )
+        .with_state(state)
+}
+
+async fn overload_error(error: BoxError) -> AppError {
+    if error.is::<tower::timeout::error::Elapsed>() {
+        AppError::Timeout
+    } else if error.is::<tower::load_shed::error::Overloaded>() {
+        AppError::Overloaded
+    } else {
+        AppError::Internal(error.to_string())
+    }
+}
+
+async fn not_found(uri: Uri) -> AppError {
+    AppError::NotFound(uri.path().to_string())
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Readiness: not draining, Redis answers, and (when ingest runs) a broker answers.
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.readiness.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" })));
+    }
+    let redis = match state.store.ping().await {
+        Ok(()) => "ok".to_string(),
+        Err(error) => error.to_string(),
+    };
+    let broker = match state.broker.clone() {
+        None => "not checked".to_string(),
+        Some(probe) => {
+            match tokio::task::spawn_blocking(move || probe.check(PROBE_TIMEOUT)).await {
+                Ok(Ok(())) => "ok".to_string(),
+                Ok(Err(error)) => error,
+                Err(error) => error.to_string(),
+            }
+        }
+    };
+    let ready = redis == "ok" && (broker == "ok" || state.broker.is_none());
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "checks": { "redis": redis, "broker": broker },
+    });
+    (status, Json(body))
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<String, AppError> {
+    state
+        .metrics
+        .as_ref()
+        .map(PrometheusHandle::render)
+        .ok_or_else(|| AppError::NotFound("/metrics".into()))
+}

@@ -1,0 +1,357 @@
+//! The Kafka consumer: one dedicated thread polls librdkafka, routes each message to its
+//! partition's worker, and handles rebalances.
+//!
+//! Partition lifecycle, per `(topic, partition)`:
+//! ```text
+//! (none) --first message--> Running --queue full--> Paused --queue has room--> Running
+//! Running|Paused --revoke or shutdown--> Draining --in-flight batch acked or drain_timeout--> (none)
+//! ```
+//! Polling on a thread of its own means a rebalance callback may block while the revoked
+//! partitions drain without stalling the async runtime, and the poll loop never blocks on a full
+//! queue: it pauses that partition instead, so the consumer keeps its group membership.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle as ThreadHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::topic_partition_list::TopicPartitionList;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::partition::PartitionWorker;
+use crate::config::KafkaConfig;
+use crate::store::FeatureStore;
+use crate::telemetry;
+
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("cannot create the kafka consumer: {0}")]
+    Create(#[source] KafkaError),
+    #[error("cannot subscribe to {topics:?}: {source}")]
+    Subscribe { topics: Vec<String>, source: KafkaError },
+    #[error("cannot start the poll thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+type PartitionKey = (String, i32);
+
+struct PartitionSlot {
+    queue: mpsc::Sender<OwnedMessage>,
+    /// Messages that did not fit in the queue; the partition is paused while any wait here.
+    overflow: VecDeque<OwnedMessage>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// librdkafka callbacks: logs into `tracing`, and drains revoked partitions before their offsets
+/// are committed.
+pub struct IngestContext {
+    partitions: Mutex<HashMap<PartitionKey, PartitionSlot>>,
+    runtime: Handle,
+    drain_timeout: Duration,
+}
+
+impl ClientContext for IngestContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        metrics::counter!(telemetry::CONSUMER_ERRORS).increment(1);
+        tracing::warn!(target: "librdkafka", error = %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for IngestContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(revoked) = rebalance {
+            let keys: Vec<PartitionKey> = revoked
+                .elements()
+                .iter()
+                .map(|tp| (tp.topic().to_string(), tp.partition()))
+                .collect();
+            tracing::info!(partitions = keys.len(), "partitions revoked; draining");
+            self.drain(Some(&keys));
+            commit_stored(consumer);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(assigned) = rebalance {
+            tracing::info!(partitions = assigned.count(), "partitions assigned");
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(error) = result
+            && !matches!(
+                error,
+                KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)
+            )
+        {
+            tracing::warn!(error = %error, "offset commit failed; it will be retried with the next one");
+        }
+    }
+}
+
+impl IngestContext {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PartitionKey, PartitionSlot>> {
+        self.partitions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stops the workers of `keys` (all when `None`) and waits, up to the drain timeout, for
+    /// their in-flight batch to finish. Messages still queued are dropped: their offsets were not
+    /// stored, so whoever owns the partition next reads them again.
+    fn drain(&self, keys: Option<&[PartitionKey]>) {
+        let slots: Vec<(PartitionKey, PartitionSlot)> = {
+            let mut partitions = self.lock();
+            match keys {
+                Some(keys) => keys.iter().filter_map(|k| partitions.remove_entry(k)).collect(),
+                None => partitions.drain().collect(),
+            }
+        };
+        for (_, slot) in &slots {
+            slot.stop.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        self.runtime.block_on(async {
+            for ((topic, partition), slot) in slots {
+                drop(slot.queue);
+                let mut task = slot.task;
+                let outcome = match tokio::time::timeout_at(deadline, &mut task).await {
+                    Ok(_) => "drained",
+                    Err(_) => {
+                        task.abort();
+                        tracing::warn!(%topic, partition, "partition did not drain in time; its uncommitted messages will be redelivered");
+                        "timed_out"
+                    }
+                };
+                metrics::counter!(telemetry::PARTITION_DRAINS, "outcome" => outcome).increment(1);
+            }
+        });
+    }
+}
+
+fn commit_stored(consumer: &BaseConsumer<IngestContext>) {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => {}
+        // Nothing stored since the last commit.
+        Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) => tracing::warn!(error = %error, "synchronous offset commit failed"),
+    }
+}
+
+/// Checks that a broker answers; used by the readiness probe.
+#[derive(Clone)]
+pub struct BrokerProbe {
+    consumer: Arc<BaseConsumer<IngestContext>>,
+}
+
+impl BrokerProbe {
+    /// Blocking: call from `spawn_blocking`.
+    pub fn check(&self, timeout: Duration) -> Result<(), String> {
+        self.consumer.fetch_metadata(None, timeout).map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+/// The running ingest: a poll thread and its partition workers.
+pub struct Ingest {
+    consumer: Arc<BaseConsumer<IngestContext>>,
+    stop: CancellationToken,
+    thread: ThreadHandle<()>,
+}
+
+impl Ingest {
+    /// Creates the consumer, subscribes, and starts polling on a thread of its own. Must be
+    /// called from within the tokio runtime the workers should run on.
+    pub fn start(config: &KafkaConfig, store: Arc<FeatureStore>) -> Result<Self, IngestError> {
+        let context = IngestContext {
+            partitions: Mutex::new(HashMap::new()),
+            runtime: Handle::current(),
+            drain_timeout: config.drain_timeout,
+        };
+        let consumer: BaseConsumer<IngestContext> =
+            client_config(config).create_with_context(context).map_err(IngestError::Create)?;
+        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|source| IngestError::Subscribe { topics: config.topics.clone(), source })?;
+        let consumer = Arc::new(consumer);
+        let stop = CancellationToken::new();
+        let poll_loop = PollLoop {
+            consumer: Arc::clone(&consumer),
+            store,
+            stop: stop.clone(),
+            batch_max: config.batch_max_messages,
+            queue_capacity: config.partition_queue_capacity,
+        };
+        let thread = std::thread::Builder::new()
+            .name("kafka-poll".into())
+            .spawn(move || poll_loop.run())
+            .map_err(IngestError::Thread)?;
+        Ok(Self { consumer, stop, thread })
+    }
+
+    pub fn broker_probe(&self) -> BrokerProbe {
+        BrokerProbe { consumer: Arc::clone(&self.consumer) }
+    }
+
+    /// True once the poll thread has ended (after shutdown, or if it died).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Drains every partition, commits, and leaves the group. Blocking: call from
+    /// `spawn_blocking`.
+    pub fn shutdown(self) {
+        self.stop.cancel();
+        if self.thread.join().is_err() {
+            tracing::error!("kafka poll thread panicked");
+        }
+    }
+}
+
+/// The librdkafka settings persona relies on, then the operator's extras.
+fn client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group_id)
+        .set("client.id", "persona")
+        // Offsets are stored by the workers once effects are durable, then auto-committed.
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", &config.auto_offset_reset)
+        .set("session.timeout.ms", config.session_timeout.as_millis().to_string())
+        .set("topic.metadata.refresh.interval.ms", config.metadata_refresh.as_millis().to_string())
+        .set("enable.partition.eof", "false");
+    for (key, value) in &config.extra_librdkafka {
+        client.set(key, value);
+    }
+    client
+}
+
+struct PollLoop {
+    consumer: Arc<BaseConsumer<IngestContext>>,
+    store: Arc<FeatureStore>,
+    stop: CancellationToken,
+    batch_max: usize,
+    queue_capacity: usize,
+}
+
+impl PollLoop {
+    fn run(self) {
+        tracing::info!("ingest started");
+        let mut last_overflow_check = Instant::now();
+        while !self.stop.is_cancelled() {
+            if last_overflow_check.elapsed() >= POLL_INTERVAL {
+                self.flush_overflow();
+                last_overflow_check = Instant::now();
+            }
+            match self.consumer.poll(POLL_INTERVAL) {
+                None => {}
+                Some(Ok(message)) => self.dispatch(message.detach()),
+                Some(Err(error)) => {
+                    metrics::counter!(telemetry::CONSUMER_ERRORS).increment(1);
+                    tracing::warn!(error = %error, "kafka consumer error");
+                }
+            }
+        }
+        tracing::info!("ingest stopping; draining partitions");
+        self.consumer.context().drain(None);
+        commit_stored(&self.consumer);
+        self.consumer.unsubscribe();
+        tracing::info!("ingest stopped");
+    }
+
+    fn dispatch(&self, message: OwnedMessage) {
+        let key = (message.topic().to_string(), message.partition());
+        let mut partitions = self.consumer.context().lock();
+        let slot = partitions.entry(key.clone()).or_insert_with(|| self.spawn_worker(&key));
+        if !slot.overflow.is_empty() {
+            // Keep offset order behind what is already waiting.
+            slot.overflow.push_back(message);
+            return;
+        }
+        match slot.queue.try_send(message) {
+            Ok(()) => {}
+            Err(TrySendError::Full(message)) => {
+                slot.overflow.push_back(message);
+                self.set_paused(&key, true);
+            }
+            Err(TrySendError::Closed(message)) => {
+                // The worker ended on its own, which only a panic does: replace it.
+                tracing::error!(topic = %key.0, partition = key.1, "partition worker died; restarting it");
+                let mut fresh = self.spawn_worker(&key);
+                fresh.overflow.push_back(message);
+                *slot = fresh;
+            }
+        }
+    }
+
+    fn flush_overflow(&self) {
+        let mut partitions = self.consumer.context().lock();
+        for (key, slot) in partitions.iter_mut() {
+            if slot.overflow.is_empty() {
+                continue;
+            }
+            while let Some(message) = slot.overflow.pop_front() {
+                match slot.queue.try_send(message) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(message) | TrySendError::Closed(message)) => {
+                        slot.overflow.push_front(message);
+                        break;
+                    }
+                }
+            }
+            if slot.overflow.is_empty() {
+                self.set_paused(key, false);
+            }
+        }
+    }
+
+    fn set_paused(&self, (topic, partition): &PartitionKey, paused: bool) {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(topic, *partition);
+        let result = if paused { self.consumer.pause(&list) } else { self.consumer.resume(&list) };
+        if let Err(error) = result {
+            tracing::warn!(%topic, partition, paused, error = %error, "cannot change partition flow");
+        }
+    }
+
+    fn spawn_worker(&self, (topic, partition): &PartitionKey) -> PartitionSlot {
+        let (queue, receiver) = mpsc::channel(self.queue_capacity);
+        let stop = CancellationToken::new();
+        let worker = PartitionWorker {
+            topic: topic.clone(),
+            partition: *partition,
+            consumer: Arc::clone(&self.consumer),
+            store: Arc::clone(&self.store),
+            batch_max: self.batch_max,
+        };
+        let task = self.consumer.context().runtime.spawn(worker.run(receiver, stop.clone()));
+        tracing::debug!(%topic, partition, "partition worker started");
+        PartitionSlot { queue, overflow: VecDeque::new(), stop, task }
+    }
+}

@@ -1,0 +1,25 @@
+//! Change data capture ingest: consumes Debezium's topics, decodes change events, applies them to
+//! feature state and writes that state to the store — at least once, idempotently.
+//!
+//! ```text
+//! poll thread (BaseConsumer::poll, rebalance callbacks)
+//!   └─ per (topic, partition): bounded queue → worker task
+//!        batch → decode → features::apply → store (Redis pipeline, then L1) → store offset
+//! ```
+//!
+//! Delivery guarantees:
+//! - A message's offset is stored (and later auto-committed) only after the Redis write for it
+//!   was acknowledged. A partition's messages are handled by one task, in order, so offsets are
+//!   stored in order.
+//! - A message that cannot be decoded is counted, logged with topic/partition/offset and skipped;
+//!   its offset advances with the batch. A failed Redis write is retried (the partition waits).
+//! - On revoke and on shutdown the affected workers finish their in-flight batch (bounded by
+//!   `kafka.drain_timeout`), then stored offsets are committed synchronously.
+//! - Redelivery after a crash is harmless: feature state is keyed by source row (see
+//!   [`crate::features`]).
+
+mod consumer;
+pub mod envelope;
+mod partition;
+
+pub use consumer::{BrokerProbe, Ingest, IngestError};

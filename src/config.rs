@@ -1,0 +1,338 @@
+//! The one typed configuration tree: built-in defaults, then an optional TOML file, then
+//! `PERSONA_<SECTION>__<KEY>` environment variables, validated once at start.
+//!
+//! Keys are snake_case in the file and in the environment alike
+//! (`[kafka] group_id` ⇔ `PERSONA_KAFKA__GROUP_ID`). Durations are human (`"250ms"`, `"30d"`).
+//! Only variables with a `__` after the prefix are read, so other `PERSONA_…` variables (such as
+//! the connector's `${env:PERSONA_PG_PASSWORD}`) never trip `deny_unknown_fields`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Errors found while loading or validating the configuration. Each names the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: `{field}` {problem}")]
+    Invalid { field: &'static str, problem: String },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub redis: RedisConfig,
+    pub cache: CacheConfig,
+    pub api: ApiConfig,
+    pub postgres: PostgresConfig,
+    pub connect: ConnectConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list of bootstrap brokers.
+    pub brokers: String,
+    /// Consumer group shared by every persona instance that splits the CDC partitions.
+    pub group_id: String,
+    /// Topics to consume: Debezium's `<topic.prefix>.<schema>.<table>` and its heartbeat topic.
+    pub topics: Vec<String>,
+    /// Where a new consumer group starts. `earliest` so that nothing written before persona's
+    /// first start is skipped.
+    pub auto_offset_reset: String,
+    /// A member that misses heartbeats this long is evicted and its partitions reassigned.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// How long revoked or shut-down partitions may take to finish their in-flight writes before
+    /// their offsets are committed. Must stay below `session_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Most messages of one partition applied and written to Redis as one batch.
+    pub batch_max_messages: usize,
+    /// Messages buffered per partition before that partition is paused.
+    pub partition_queue_capacity: usize,
+    /// How often the consumer re-reads topic metadata; low so a topic created after start is
+    /// picked up quickly.
+    #[serde(with = "humantime_serde")]
+    pub metadata_refresh: Duration,
+    /// Passed to librdkafka as is, after persona's own settings (escape hatch).
+    pub extra_librdkafka: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "persona".into(),
+            topics: default_topics("persona"),
+            auto_offset_reset: "earliest".into(),
+            session_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(5),
+            batch_max_messages: 500,
+            partition_queue_capacity: 2_000,
+            metadata_refresh: Duration::from_secs(10),
+            extra_librdkafka: BTreeMap::new(),
+        }
+    }
+}
+
+/// The topics Debezium writes for the reference schema under `prefix`, plus its heartbeats.
+pub fn default_topics(prefix: &str) -> Vec<String> {
+    let mut topics: Vec<String> = ["user_activity", "products", "cart_items", "orders"]
+        .iter()
+        .map(|table| format!("{prefix}.public.{table}"))
+        .collect();
+    topics.push(format!("__debezium-heartbeat.{prefix}"));
+    topics
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: Sensitive<String>,
+    pub pool_size: usize,
+    /// Every key persona writes starts with `<key_prefix>:`, so several deployments (or tests)
+    /// can share one Redis.
+    pub key_prefix: String,
+    /// A command that takes longer fails (and a read falls back to L1).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Feature state of an entity not written for this long expires from Redis.
+    #[serde(with = "humantime_serde")]
+    pub state_ttl: Duration,
+    /// Refuse to start when Redis is unreachable; when false, start and serve L1/missing.
+    pub required_to_start: bool,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: Sensitive("redis://127.0.0.1:6379".into()),
+            pool_size: 4,
+            key_prefix: "persona".into(),
+            command_timeout: Duration::from_millis(500),
+            state_ttl: Duration::from_secs(30 * 24 * 3600),
+            required_to_start: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Upper bound of the in-process L1 cache, in bytes of serialized state.
+    pub max_bytes: u64,
+    /// L1 entries live this long. Short, because with several replicas a CDC write only
+    /// refreshes the L1 of the instance that consumed it.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { max_bytes: 64 * 1024 * 1024, ttl: Duration::from_secs(30) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    /// Requests taking longer are answered 408 rather than left hanging.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Requests in progress at once; beyond this the API sheds load with 503.
+    pub max_concurrency: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            request_timeout: Duration::from_secs(2),
+            max_concurrency: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// The legacy application's database; used by `persona migrate`.
+    pub url: Sensitive<String>,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: Sensitive("postgres://persona@127.0.0.1:5432/persona".into()),
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectConfig {
+    /// Kafka Connect REST endpoint.
+    pub url: String,
+    /// How long `connector apply` waits for the connector and its tasks to be RUNNING.
+    #[serde(with = "humantime_serde")]
+    pub apply_timeout: Duration,
+}
+
+impl Default for ConnectConfig {
+    fn default() -> Self {
+        Self { url: "http://127.0.0.1:8083".into(), apply_timeout: Duration::from_secs(60) }
+    }
+}
+
+/// A value that must not appear in logs or `Debug` output (passwords, URLs with credentials).
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Sensitive<T>(pub T);
+
+impl<T> Sensitive<T> {
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Sensitive<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given, then the environment; then validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment
+            .merge(Env::prefixed("PERSONA_").filter(|key| key.as_str().contains("__")).split("__"));
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Cross-field rules, checked once at start.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, problem: &str| {
+            Err(ConfigError::Invalid { field, problem: problem.to_string() })
+        };
+        if self.kafka.brokers.trim().is_empty() {
+            return invalid("kafka.brokers", "is empty");
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return invalid("kafka.group_id", "is empty");
+        }
+        if self.kafka.topics.is_empty() {
+            return invalid("kafka.topics", "lists no topic");
+        }
+        if !matches!(self.kafka.auto_offset_reset.as_str(), "earliest" | "latest") {
+            return invalid("kafka.auto_offset_reset", "must be \"earliest\" or \"latest\"");
+        }
+        if self.kafka.drain_timeout >= self.kafka.session_timeout {
+            return invalid(
+                "kafka.drain_timeout",
+                "must be shorter than kafka.session_timeout, or a slow drain gets the member evicted",
+            );
+        }
+        if self.kafka.batch_max_messages == 0 {
+            return invalid("kafka.batch_max_messages", "must be at least 1");
+        }
+        if self.kafka.partition_queue_capacity == 0 {
+            return invalid("kafka.partition_queue_capacity", "must be at least 1");
+        }
+        if self.redis.pool_size == 0 {
+            return invalid("redis.pool_size", "must be at least 1");
+        }
+        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
+            return invalid("redis.key_prefix", "must be non-empty and without whitespace");
+        }
+        if self.redis.command_timeout.is_zero() {
+            return invalid("redis.command_timeout", "must be positive");
+        }
+        if self.redis.state_ttl.as_secs() == 0 {
+            return invalid("redis.state_ttl", "must be at least one second");
+        }
+        if self.cache.ttl > self.redis.state_ttl {
+            return invalid("cache.ttl", "must not exceed redis.state_ttl");
+        }
+        if self.api.max_concurrency == 0 {
+            return invalid("api.max_concurrency", "must be at least 1");
+        }
+        if self.api.request_timeout.is_zero() {
+            return invalid("api.request_timeout", "must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error.
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn layers_defaults_file_then_env() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "persona.toml",
+                "[kafka]\ngroup_id = \"from-file\"\nbrokers = \"file:9092\"\n[cache]\nttl = \"5s\"\n",
+            )?;
+            jail.set_env("PERSONA_KAFKA__GROUP_ID", "from-env");
+            jail.set_env("PERSONA_PG_PASSWORD", "not-a-config-key");
+            let config = Config::load(Some(Path::new("persona.toml"))).expect("loads");
+            assert_eq!(config.kafka.group_id, "from-env");
+            assert_eq!(config.kafka.brokers, "file:9092");
+            assert_eq!(config.cache.ttl, Duration::from_secs(5));
+            assert_eq!(config.redis.pool_size, RedisConfig::default().pool_size);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        Jail::expect_with(|jail| {
+            jail.create_file("persona.toml", "[kafka]\ngroup = \"x\"\n")?;
+            let error = Config::load(Some(Path::new("persona.toml"))).expect_err("rejects");
+            assert!(error.to_string().contains("group"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn drain_timeout_must_be_below_session_timeout() {
+        Jail::expect_with(|jail| {
+            jail.set_env("PERSONA_KAFKA__DRAIN_TIMEOUT", "30s");
+            let error = Config::load(None).expect_err("rejects");
+            assert!(error.to_string().contains("kafka.drain_timeout"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let config = Config::default();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("redis://"), "{printed}");
+        assert!(!printed.contains("postgres://"), "{printed}");
+    }
+}

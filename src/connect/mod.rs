@@ -1,0 +1,282 @@
+//! Connector operations: the Debezium connector lives as JSON files in `connect/`
+//! (`{"name": …, "config": {…}}`), with credentials as `${env:NAME}` placeholders that are
+//! resolved here, at apply time, so nothing secret is committed. Applying is idempotent
+//! (`PUT /connectors/{name}/config`) and waits until the connector and its tasks run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+const STATUS_POLL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a connector file ({{\"name\", \"config\"}}): {source}")]
+    Parse { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: environment variable(s) not set: {}; nothing was applied", names.join(", "))]
+    MissingEnv { path: PathBuf, names: Vec<String> },
+    #[error("{path}: malformed placeholder in {key:?} (expected ${{env:NAME}})")]
+    BadPlaceholder { path: PathBuf, key: String },
+    #[error("kafka connect at {url} is unreachable: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("kafka connect rejected {name}: HTTP {status}: {body}")]
+    Rejected { name: String, status: u16, body: String },
+    #[error("connector {name} is not running after {waited:?}: {detail}")]
+    NotRunning { name: String, waited: Duration, detail: String },
+}
+
+/// A connector file as committed: placeholders unresolved.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorFile {
+    pub name: String,
+    pub config: BTreeMap<String, String>,
+}
+
+/// The `.json` files of a directory (sorted), or the file itself.
+pub fn connector_paths(path: &Path) -> Result<Vec<PathBuf>, ConnectError> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let read = |source| ConnectError::Read { path: path.to_path_buf(), source };
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(read)?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|p| p.extension().is_some_and(|ext| ext == "json"))
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
+pub fn load(path: &Path) -> Result<ConnectorFile, ConnectError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConnectError::Read { path: path.to_path_buf(), source })?;
+    serde_json::from_str(&text)
+        .map_err(|source| ConnectError::Parse { path: path.to_path_buf(), source })
+}
+
+/// Replaces every `${env:NAME}` with the variable's value, looked up with `lookup`. All
+/// missing names are reported together.
+pub fn resolve(
+    path: &Path,
+    file: &ConnectorFile,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, String>, ConnectError> {
+    let mut missing = Vec::new();
+    let mut resolved = BTreeMap::new();
+    for (key, value) in &file.config {
+        let mut out = String::with_capacity(value.len());
+        let mut rest = value.as_str();
+        while let Some(start) = rest.find("${env:") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + "${env:".len()..];
+            let end = after.find('}').ok_or_else(|| ConnectError::BadPlaceholder {
+                path: path.to_path_buf(),
+                key: key.clone(),
+            })?;
+            let name = &after[..end];
+            if name.is_empty() {
+                return Err(ConnectError::BadPlaceholder {
+                    path: path.to_path_buf(),
+                    key: key.clone(),
+                });
+            }
+            match lookup(name) {
+                Some(found) => out.push_str(&found),
+                None => missing.push(name.to_string()),
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        resolved.insert(key.clone(), out);
+    }
+    if !missing.is_empty() {
+        missing.sort();
+        missing.dedup();
+        return Err(ConnectError::MissingEnv { path: path.to_path_buf(), names: missing });
+    }
+    Ok(resolved)
+}
+
+#[derive(Debug, Deserialize)]
+struct Status {
+    connector: State,
+    #[serde(default)]
+    tasks: Vec<TaskState>,
+}
+
+#[derive(Debug, Deserialize)]
+struct State {
+    state: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct TaskState {
+    id: u32,
+    state: String,
+    #[serde(default)]
+    trace: Option<String>,
+}
+
+pub struct ConnectClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl ConnectClient {
+    pub fn new(base: &str) -> Self {
+        let http =
+            reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default();
+        Self { http, base: base.trim_end_matches('/').to_string() }
+    }
+
+    fn unreachable(&self, source: reqwest::Error) -> ConnectError {
+        ConnectError::Unreachable { url: self.base.clone(), source }
+    }
+
+    /// Creates or updates the connector (idempotent), then waits until it and all its tasks
+    /// are RUNNING.
+    pub async fn apply(
+        &self,
+        name: &str,
+        config: &BTreeMap<String, String>,
+        timeout: Duration,
+    ) -> Result<(), ConnectError> {
+        let response = self
+            .http
+            .put(format!("{}/connectors/{name}/config", self.base))
+            .json(config)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap_or_default();
+            return Err(ConnectError::Rejected { name: name.to_string(), status, body });
+        }
+        self.wait_running(name, timeout).await
+    }
+
+    async fn wait_running(&self, name: &str, timeout: Duration) -> Result<(), ConnectError> {
+        let started = Instant::now();
+        let mut detail = String::from("no status yet");
+        while started.elapsed() < timeout {
+            match self.status(name).await? {
+                Some(status) => {
+                    if let Some(failed) = status.tasks.iter().find(|t| t.state == "FAILED") {
+                        let trace = failed.trace.as_deref().unwrap_or("no trace");
+                        let first_lines: Vec<&str> = trace.lines().take(6).collect();
+                        return Err(ConnectError::NotRunning {
+                            name: name.to_string(),
+                            waited: started.elapsed(),
+                            detail: format!(
+                                "task {} FAILED:\n{}",
+                                failed.id,
+                                first_lines.join("\n")
+                            ),
+                        });
+                    }
+                    let running = status.connector.state == "RUNNING"
+                        && !status.tasks.is_empty()
+                        && status.tasks.iter().all(|t| t.state == "RUNNING");
+                    if running {
+                        return Ok(());
+                    }
+                    detail = format!(
+                        "connector {}, tasks [{}]",
+                        status.connector.state,
+                        status
+                            .tasks
+                            .iter()
+                            .map(|t| t.state.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+                None => detail = "not found yet".into(),
+            }
+            tokio::time::sleep(STATUS_POLL).await;
+        }
+        Err(ConnectError::NotRunning { name: name.to_string(), waited: started.elapsed(), detail })
+    }
+
+    async fn status(&self, name: &str) -> Result<Option<Status>, ConnectError> {
+        let response = self
+            .http
+            .get(format!("{}/connectors/{name}/status", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        // Connect answers 5xx/409 briefly while a rebalance of its own is in progress.
+        if !response.status().is_success() {
+            return Ok(None);
+        }
+        response.json().await.map(Some).map_err(|e| self.unreachable(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(pairs: &[(&str, &str)]) -> ConnectorFile {
+        ConnectorFile {
+            name: "c".into(),
+            config: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn placeholders_are_resolved() {
+        let f =
+            file(&[("database.password", "${env:PW}"), ("url", "jdbc:${env:HOST}:${env:PORT}/x")]);
+        let env = |name: &str| match name {
+            "PW" => Some("s3cret".to_string()),
+            "HOST" => Some("db".to_string()),
+            "PORT" => Some("5432".to_string()),
+            _ => None,
+        };
+        let resolved = resolve(Path::new("c.json"), &f, env).expect("resolves");
+        assert_eq!(resolved["database.password"], "s3cret");
+        assert_eq!(resolved["url"], "jdbc:db:5432/x");
+    }
+
+    #[test]
+    fn every_missing_variable_is_named() {
+        let f = file(&[("a", "${env:ONE}"), ("b", "${env:TWO}"), ("c", "plain")]);
+        let error = resolve(Path::new("c.json"), &f, |_| None).expect_err("missing");
+        let message = error.to_string();
+        assert!(message.contains("ONE") && message.contains("TWO"), "{message}");
+        assert!(message.contains("nothing was applied"), "{message}");
+    }
+
+    #[test]
+    fn unterminated_placeholder_is_an_error() {
+        let f = file(&[("a", "${env:ONE")]);
+        assert!(matches!(
+            resolve(Path::new("c.json"), &f, |_| Some("x".into())),
+            Err(ConnectError::BadPlaceholder { .. })
+        ));
+    }
+
+    #[test]
+    fn committed_connector_files_parse_and_hold_no_literal_secret() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("connect");
+        let paths = connector_paths(&dir).expect("lists");
+        assert!(!paths.is_empty());
+        for path in paths {
+            let f = load(&path).expect("parses");
+            assert_eq!(f.config["database.password"], "${env:PERSONA_PG_PASSWORD}", "{path:?}");
+            assert_eq!(f.config["decimal.handling.mode"], "string");
+            assert_eq!(f.config["value.converter.schemas.enable"], "false");
+        }
+    }
+}

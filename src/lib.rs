@@ -1,0 +1,16 @@
+//! persona: turns a legacy application's Postgres writes, captured by Debezium into Kafka, into
+//! fresh per-user features served over HTTP.
+//!
+//! Data flows through the modules in this order:
+//! [`cdc`] (consume + decode) → [`features`] (pure computation) → [`store`] (moka L1 + Redis L2)
+//! → [`api`] (axum). [`connect`] manages the Debezium connector, [`db`] the CDC setup of the
+//! legacy database, [`config`] the one configuration tree, [`telemetry`] metrics and logs.
+
+pub mod api;
+pub mod cdc;
+pub mod config;
+pub mod connect;
+pub mod db;
+pub mod features;
+pub mod store;
+pub mod telemetry;

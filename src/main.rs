@@ -1,0 +1,167 @@
+//! The `persona` binary: parses the command line, loads the configuration, wires the stages
+//! together and owns shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use persona::api::{self, AppState, Readiness};
+use persona::cdc::Ingest;
+use persona::config::Config;
+use persona::connect::{self, ConnectClient};
+use persona::store::FeatureStore;
+use persona::{db, telemetry};
+
+const REDIS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Real-time personalization features from a legacy application's Postgres writes.
+#[derive(Parser)]
+#[command(name = "persona", version, about)]
+struct Cli {
+    /// TOML configuration file (settings not in it come from defaults and PERSONA_<SECTION>__<KEY>).
+    #[arg(long, short, global = true, env = "PERSONA_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume the CDC topics and serve the HTTP API until SIGTERM or Ctrl-C.
+    Serve,
+    /// Apply the database migrations (reference schema if missing, and the CDC setup).
+    Migrate,
+    /// Manage the Debezium connector defined by JSON files.
+    Connector {
+        #[command(subcommand)]
+        command: ConnectorCommand,
+    },
+    /// Print the effective configuration (secrets redacted) and exit.
+    Config,
+}
+
+#[derive(Subcommand)]
+enum ConnectorCommand {
+    /// Resolve ${env:NAME} placeholders, create or update the connector(s), and wait until
+    /// they run. PATH is a connector JSON file or a directory of them.
+    Apply {
+        #[arg(default_value = "connect")]
+        path: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init_tracing();
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            db::migrate(&config.postgres).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Connector { command: ConnectorCommand::Apply { path } } => {
+            apply_connectors(&config, &path).await
+        }
+        Command::Config => {
+            println!("{config:#?}");
+            Ok(())
+        }
+    }
+}
+
+async fn apply_connectors(config: &Config, path: &std::path::Path) -> anyhow::Result<()> {
+    let paths = connect::connector_paths(path)?;
+    if paths.is_empty() {
+        bail!("no connector JSON file in {}", path.display());
+    }
+    // Resolve every file first: a missing variable anywhere means nothing is applied.
+    let mut resolved = Vec::new();
+    for path in &paths {
+        let file = connect::load(path)?;
+        let connector_config = connect::resolve(path, &file, |name| std::env::var(name).ok())?;
+        resolved.push((file.name, connector_config));
+    }
+    let client = ConnectClient::new(&config.connect.url);
+    for (name, connector_config) in resolved {
+        client.apply(&name, &connector_config, config.connect.apply_timeout).await?;
+        println!("connector {name}: RUNNING");
+    }
+    Ok(())
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let metrics = telemetry::install_metrics().context("installing the metrics recorder")?;
+    let store = Arc::new(
+        FeatureStore::connect(&config.redis, &config.cache).await.context("connecting to redis")?,
+    );
+    let shutdown = CancellationToken::new();
+    let probe = store.spawn_health_probe(REDIS_PROBE_INTERVAL, shutdown.clone());
+    let ingest = Ingest::start(&config.kafka, Arc::clone(&store))?;
+    let readiness = Arc::new(Readiness::default());
+    let state = AppState {
+        store,
+        readiness: Arc::clone(&readiness),
+        broker: Some(ingest.broker_probe()),
+        metrics: Some(metrics),
+    };
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("binding {}", config.api.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "api listening");
+    let server = axum::serve(listener, api::app(state, &config.api))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let mut server = tokio::spawn(async move { server.await });
+
+    let ingest_died = async {
+        while !ingest.is_finished() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let outcome = tokio::select! {
+        () = shutdown_signal() => Ok(()),
+        () = ingest_died => Err(anyhow::anyhow!("ingest stopped unexpectedly")),
+        result = &mut server => Err(anyhow::anyhow!("api server stopped: {result:?}")),
+    };
+
+    tracing::info!("shutting down: draining ingest, then the api");
+    readiness.start_draining();
+    tokio::task::spawn_blocking(move || ingest.shutdown()).await?;
+    shutdown.cancel();
+    let _ = probe.await;
+    if !server.is_finished() {
+        let _ = server.await;
+    }
+    tracing::info!("stopped");
+    outcome
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %error, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

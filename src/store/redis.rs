@@ -1,0 +1,37 @@
+//! The fred connection pool: reconnects forever with exponential backoff, fails commands fast
+//! while disconnected (so reads fall back to L1 at once), and bounds every command in time.
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::config::UnresponsiveConfig;
+
+use crate::config::RedisConfig;
+
+pub(super) fn build_pool(config: &RedisConfig) -> Result<Pool, fred::error::Error> {
+    let redis_config = Config::from_url(config.url.expose())?;
+    let command_timeout = config.command_timeout;
+    Builder::from_config(redis_config)
+        .with_performance_config(|perf| {
+            perf.default_command_timeout = command_timeout;
+        })
+        .with_connection_config(|conn| {
+            conn.connection_timeout = command_timeout * 4;
+            conn.internal_command_timeout = command_timeout * 4;
+            // Retrying is the ingest loop's job (it must not move offsets meanwhile); a read must
+            // not wait for reconnects.
+            conn.max_command_attempts = 1;
+            conn.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(command_timeout * 4),
+                interval: Duration::from_millis(500),
+            };
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        .build_pool(config.pool_size)
+}
+
+/// Starts the pool's connection tasks and waits up to `timeout` for them to connect.
+pub(super) async fn connect(pool: &Pool, timeout: Duration) -> bool {
+    let _connection_tasks = pool.connect_pool();
+    matches!(tokio::time::timeout(timeout, pool.wait_for_connect()).await, Ok(Ok(())))
+}

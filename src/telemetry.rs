@@ -1,0 +1,50 @@
+//! Observability as an interface: every metric name persona exports is defined here, in
+//! Prometheus naming (`persona_<thing>_<unit>_total`), and logging is set up once.
+//!
+//! Log convention: lowercase message fragments, ids as structured fields
+//! (`topic`, `partition`, `offset`, `user_id`), `error = %e`. ERROR is reserved for data loss or
+//! a broken invariant; a bad event from upstream is a WARN.
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+/// Change events consumed; labels `topic`, `op` (`c|u|d|r|t|m`, `tombstone`, `heartbeat`).
+pub const EVENTS_CONSUMED: &str = "persona_events_consumed_total";
+/// Messages that could not be decoded or applied and were skipped; label `kind`.
+pub const DECODE_ERRORS: &str = "persona_decode_errors_total";
+/// Feature state writes acknowledged by Redis.
+pub const STATE_WRITES: &str = "persona_state_writes_total";
+/// Redis commands that failed; label `op` (`read`, `write`, `ping`).
+pub const REDIS_ERRORS: &str = "persona_redis_errors_total";
+/// Feature reads by tier that answered; label `tier` (`l1`, `redis`, `none`).
+pub const CACHE_LOOKUPS: &str = "persona_cache_lookups_total";
+/// Offsets stored for commit after their effects were durable.
+pub const OFFSETS_STORED: &str = "persona_offsets_stored_total";
+/// Kafka consumer errors reported by librdkafka.
+pub const CONSUMER_ERRORS: &str = "persona_consumer_errors_total";
+/// Partitions drained on revoke or shutdown; label `outcome` (`drained`, `timed_out`).
+pub const PARTITION_DRAINS: &str = "persona_partition_drains_total";
+/// Time from the Postgres commit to the feature write being acknowledged, in seconds.
+pub const FRESHNESS_SECONDS: &str = "persona_freshness_seconds";
+
+/// Installs the global metrics recorder and returns the handle `/metrics` renders from.
+pub fn install_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(FRESHNESS_SECONDS.to_string()),
+            &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+        )?
+        .install_recorder()?;
+    Ok(handle)
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`); JSON when `PERSONA_LOG_FORMAT=json`.
+pub fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("PERSONA_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
