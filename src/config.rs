@@ -43,6 +43,10 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Consumer group shared by every persona instance that splits the CDC partitions.
     pub group_id: String,
+    /// Static group membership (`group.instance.id`): a name stable across restarts of one
+    /// replica, such as its pod name. A restarted member then takes its partitions back at once
+    /// instead of after the session timeout. Unset: dynamic membership.
+    pub instance_id: Option<String>,
     /// Topics to consume: Debezium's `<topic.prefix>.<schema>.<table>` and its heartbeat topic.
     pub topics: Vec<String>,
     /// Where a new consumer group starts. `earliest` so that nothing written before persona's
@@ -72,6 +76,7 @@ impl Default for KafkaConfig {
         Self {
             brokers: "127.0.0.1:9092".into(),
             group_id: "persona".into(),
+            instance_id: None,
             topics: default_topics("persona"),
             auto_offset_reset: "earliest".into(),
             session_timeout: Duration::from_secs(10),
@@ -240,6 +245,12 @@ impl Config {
         }
         if self.kafka.group_id.trim().is_empty() {
             return invalid("kafka.group_id", "is empty");
+        }
+        if self.kafka.instance_id.as_deref().is_some_and(|id| id.trim().is_empty()) {
+            return invalid(
+                "kafka.instance_id",
+                "is empty (leave it unset for dynamic membership)",
+            );
         }
         if self.kafka.topics.is_empty() {
             return invalid("kafka.topics", "lists no topic");

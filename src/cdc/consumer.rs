@@ -130,11 +130,17 @@ impl IngestContext {
                 None => partitions.drain().collect(),
             }
         };
+        if slots.is_empty() {
+            return;
+        }
         for (_, slot) in &slots {
             slot.stop.cancel();
         }
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
-        self.runtime.block_on(async {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        // Waited for through a std channel rather than `Handle::block_on`, which panics when the
+        // last consumer handle happens to be dropped on a runtime thread.
+        self.runtime.spawn(async move {
             for ((topic, partition), slot) in slots {
                 drop(slot.queue);
                 let mut task = slot.task;
@@ -148,7 +154,11 @@ impl IngestContext {
                 };
                 metrics::counter!(telemetry::PARTITION_DRAINS, "outcome" => outcome).increment(1);
             }
+            let _ = done_tx.send(());
         });
+        if done_rx.recv_timeout(self.drain_timeout + Duration::from_secs(1)).is_err() {
+            tracing::warn!("drain did not report back in time");
+        }
     }
 }
 
@@ -246,6 +256,9 @@ fn client_config(config: &KafkaConfig) -> ClientConfig {
         .set("session.timeout.ms", config.session_timeout.as_millis().to_string())
         .set("topic.metadata.refresh.interval.ms", config.metadata_refresh.as_millis().to_string())
         .set("enable.partition.eof", "false");
+    if let Some(instance_id) = &config.instance_id {
+        client.set("group.instance.id", instance_id);
+    }
     for (key, value) in &config.extra_librdkafka {
         client.set(key, value);
     }

@@ -1,0 +1,231 @@
+//! Shared harness for the integration tests. They run against the real local stack started by
+//! `scripts/stack up` (Postgres, Debezium in Kafka Connect, tansu, Redis), whose addresses come
+//! from `.stack/stack.env`. Each test runs its own `persona serve` process with its own consumer
+//! group and Redis key prefix, so tests do not see each other's state.
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use std::fs::File;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run `scripts/stack up` and `source .stack/stack.env` (scripts/test does both)")
+    })
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Polls `check` until it returns `Some`, or panics with the last observation after `deadline`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let started = Instant::now();
+    let mut last = String::from("never checked");
+    while started.elapsed() < deadline {
+        match check().await {
+            Ok(value) => return value,
+            Err(observed) => last = observed,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not reached within {deadline:?}; last observed: {last}");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+/// A `persona serve` child process.
+pub struct Persona {
+    child: Option<Child>,
+    pub group: String,
+    pub base_url: String,
+    pub log: PathBuf,
+    extra_env: Vec<(String, String)>,
+    http: reqwest::Client,
+}
+
+impl Persona {
+    /// Starts persona with a fresh consumer group and Redis key prefix named after `name`.
+    pub async fn start(name: &str) -> Self {
+        Self::start_with(name, &unique(name), Vec::new()).await
+    }
+
+    pub async fn start_with(name: &str, group: &str, extra_env: Vec<(String, String)>) -> Self {
+        let mut persona = Self {
+            child: None,
+            group: group.to_string(),
+            base_url: String::new(),
+            log: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.log", unique(name))),
+            extra_env,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("http client"),
+        };
+        persona.spawn().await;
+        persona
+    }
+
+    async fn spawn(&mut self) {
+        let port = free_port();
+        self.base_url = format!("http://127.0.0.1:{port}");
+        let log = File::options().create(true).append(true).open(&self.log).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_persona"));
+        command
+            .arg("serve")
+            .env("PERSONA_KAFKA__GROUP_ID", &self.group)
+            .env("PERSONA_REDIS__KEY_PREFIX", &self.group)
+            .env("PERSONA_API__LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info,librdkafka=warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (key, value) in &self.extra_env {
+            command.env(key, value);
+        }
+        self.child = Some(command.spawn().expect("spawn persona"));
+        let http = self.http.clone();
+        let url = format!("{}/readyz", self.base_url);
+        let log = self.log.clone();
+        eventually(&format!("persona ready (log: {})", log.display()), DEADLINE, || {
+            let http = http.clone();
+            let url = url.clone();
+            async move {
+                let response = http.get(&url).send().await.map_err(|e| e.to_string())?;
+                if response.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(response.text().await.unwrap_or_default())
+                }
+            }
+        })
+        .await;
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let exit = tokio::task::spawn_blocking(move || child.wait()).await.expect("join");
+        let exit = exit.expect("wait");
+        assert!(exit.success(), "persona exited with {exit} (log: {})", self.log.display());
+    }
+
+    /// SIGKILL: a crash, with whatever offsets were not yet committed.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("wait");
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.spawn().await;
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base_url))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = response.status().as_u16();
+        let body = response.text().await.expect("body");
+        (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+    }
+
+    pub async fn features(&self, user: &str) -> Value {
+        let (status, body) = self.get(&format!("/api/v1/users/{user}/features")).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base_url))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("body")
+    }
+
+    /// Waits until the user's features satisfy `expected` (feature name → JSON value).
+    pub async fn wait_for_features(&self, user: &str, expected: &[(&str, Value)]) -> Value {
+        eventually(&format!("features of {user} = {expected:?}"), DEADLINE, || async {
+            let body = self.features(user).await;
+            for (name, value) in expected {
+                let actual = &body["features"][name]["value"];
+                if actual != value {
+                    return Err(format!("{name} = {actual} in {}", body["features"]));
+                }
+            }
+            Ok(body)
+        })
+        .await
+    }
+}
+
+impl Drop for Persona {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sums a Prometheus counter over the series whose labels contain every `label="value"` given.
+pub fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(name) && !line.starts_with('#'))
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A connection to the legacy database, as the legacy application has.
+pub async fn legacy_db() -> tokio_postgres::Client {
+    let (client, connection) =
+        tokio_postgres::connect(&env("PERSONA_POSTGRES__URL"), tokio_postgres::NoTls)
+            .await
+            .expect("connect to postgres");
+    tokio::spawn(connection);
+    client
+}
+
+/// Inserts a `user_activity` row `seconds_ago` before now; returns its id.
+pub async fn insert_activity(
+    db: &tokio_postgres::Client,
+    user: &str,
+    kind: &str,
+    product: Option<&str>,
+    seconds_ago: i64,
+) -> uuid::Uuid {
+    let id = uuid::Uuid::new_v4();
+    db.execute(
+        "INSERT INTO user_activity (id, user_id, activity_type, product_id, activity_timestamp) \
+         VALUES ($1, $2, $3, $4, now() - make_interval(secs => $5::bigint))",
+        &[&id, &user, &kind, &product, &seconds_ago],
+    )
+    .await
+    .expect("insert activity");
+    id
+}

@@ -1,0 +1,156 @@
+//! End to end on the real stack: rows written with SQL, as the legacy application writes them,
+//! reach the API through Debezium, Kafka, persona and Redis.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Persona, counter, env, insert_activity, legacy_db, unique};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+
+#[tokio::test]
+async fn features_follow_inserts_updates_and_deletes() {
+    let persona = Persona::start("features").await;
+    let db = legacy_db().await;
+    let user = unique("u");
+
+    // Inserted newest first: last_viewed_product must follow event time, not arrival.
+    let newest_view = insert_activity(&db, &user, "VIEW_PRODUCT", Some("p-new"), 5).await;
+    insert_activity(&db, &user, "VIEW_PRODUCT", Some("p-old"), 200).await;
+    let click = insert_activity(&db, &user, "CLICK", Some("p-new"), 5).await;
+    insert_activity(&db, &user, "CLICK", None, 400).await;
+    insert_activity(&db, &user, "SEARCH", None, 700).await;
+
+    let body = persona
+        .wait_for_features(
+            &user,
+            &[
+                ("last_viewed_product", json!("p-new")),
+                ("view_product_count_1m", json!(1)),
+                ("view_product_count_5m", json!(2)),
+                ("view_product_count_15m", json!(2)),
+                ("click_count_1m", json!(1)),
+                ("click_count_5m", json!(1)),
+                ("click_count_15m", json!(2)),
+                ("search_count_5m", json!(0)),
+                ("search_count_15m", json!(1)),
+            ],
+        )
+        .await;
+    assert_eq!(body["freshness"], "live");
+    assert_eq!(body["features"]["last_viewed_product"]["status"], "present");
+    assert!(body["features"]["last_viewed_product"]["event_time"].is_string(), "{body}");
+
+    db.execute("UPDATE user_activity SET activity_type = 'ADD_TO_CART' WHERE id = $1", &[&click])
+        .await
+        .expect("update");
+    persona
+        .wait_for_features(
+            &user,
+            &[
+                ("click_count_1m", json!(0)),
+                ("click_count_15m", json!(1)),
+                ("add_to_cart_count_1m", json!(1)),
+            ],
+        )
+        .await;
+
+    db.execute("DELETE FROM user_activity WHERE id = $1", &[&newest_view]).await.expect("delete");
+    persona
+        .wait_for_features(
+            &user,
+            &[
+                ("last_viewed_product", json!("p-old")),
+                ("view_product_count_1m", json!(0)),
+                ("view_product_count_15m", json!(1)),
+            ],
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn unknown_user_is_an_answer_with_every_feature_missing() {
+    let persona = Persona::start("unknown").await;
+    let body = persona.features(&unique("nobody")).await;
+    let features = body["features"].as_object().expect("features object");
+    assert!(!features.is_empty());
+    assert!(features.values().all(|f| f["status"] == "missing" && f["value"].is_null()), "{body}");
+}
+
+#[tokio::test]
+async fn restarts_keep_features_and_never_count_twice() {
+    let group = unique("restart");
+    // One replica restarting: static membership lets it take its partitions back at once.
+    let instance = vec![("PERSONA_KAFKA__INSTANCE_ID".to_string(), format!("{group}-0"))];
+    let mut persona = Persona::start_with("restart", &group, instance).await;
+    let db = legacy_db().await;
+    let user = unique("u");
+    for _ in 0..3 {
+        insert_activity(&db, &user, "CLICK", None, 2).await;
+    }
+    persona.wait_for_features(&user, &[("click_count_5m", json!(3))]).await;
+
+    // A clean stop commits what was applied; the restarted instance serves it at once.
+    persona.stop().await;
+    persona.restart().await;
+    let body = persona.features(&user).await;
+    assert_eq!(body["features"]["click_count_5m"]["value"], json!(3), "{body}");
+
+    // A crash right after applying leaves offsets uncommitted: Kafka redelivers them.
+    insert_activity(&db, &user, "CLICK", None, 2).await;
+    persona.wait_for_features(&user, &[("click_count_5m", json!(4))]).await;
+    persona.kill();
+    persona.restart().await;
+
+    // The user's events are in one partition and applied in order, so once the next event is
+    // visible every redelivered one before it has been applied (again).
+    insert_activity(&db, &user, "SEARCH", None, 2).await;
+    let body = persona.wait_for_features(&user, &[("search_count_5m", json!(1))]).await;
+    assert_eq!(body["features"]["click_count_5m"]["value"], json!(4), "{body}");
+}
+
+#[tokio::test]
+async fn malformed_messages_are_counted_and_skipped() {
+    let persona = Persona::start("poison").await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", env("PERSONA_KAFKA__BROKERS"))
+        .set("message.timeout.ms", "10000")
+        .create()
+        .expect("producer");
+    let topic = "persona.public.user_activity";
+    let user = unique("u");
+    let bad_row = json!({"op": "c", "before": null,
+        "after": {"id": "x", "user_id": user, "activity_type": "CLICK"},
+        "source": {"table": "user_activity", "ts_ms": 0}})
+    .to_string();
+    // Poison in every partition, so whichever one holds this user's events has some before them.
+    for partition in 0..4 {
+        for payload in ["{not json", bad_row.as_str()] {
+            producer
+                .send(
+                    FutureRecord::to(topic).partition(partition).key("poison").payload(payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("produce poison");
+        }
+    }
+
+    let db = legacy_db().await;
+    insert_activity(&db, &user, "CLICK", None, 1).await;
+    persona.wait_for_features(&user, &[("click_count_1m", json!(1))]).await;
+
+    let metrics = persona.metrics().await;
+    assert!(
+        counter(&metrics, "persona_decode_errors_total", &["kind=\"invalid_json\""]) >= 4.0,
+        "{metrics}"
+    );
+    assert!(
+        counter(&metrics, "persona_decode_errors_total", &["kind=\"missing_field\""]) >= 4.0,
+        "{metrics}"
+    );
+    assert!(counter(&metrics, "persona_events_consumed_total", &["op=\"c\""]) >= 1.0, "{metrics}");
+}
