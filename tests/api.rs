@@ -1,0 +1,95 @@
+//! The HTTP API in process (`app(state)` driven with `oneshot`), backed by the stack's real
+//! Redis: bad requests are 4xx JSON errors naming the problem; every response has a request id.
+
+mod common;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use persona::api::{AppState, Readiness, app};
+use persona::config::{ApiConfig, CacheConfig, RedisConfig, Sensitive};
+use persona::store::FeatureStore;
+use serde_json::Value;
+use tower::ServiceExt;
+
+async fn router() -> axum::Router {
+    let redis = RedisConfig {
+        url: Sensitive(common::env("PERSONA_REDIS__URL")),
+        key_prefix: common::unique("api"),
+        ..RedisConfig::default()
+    };
+    let store = FeatureStore::connect(&redis, &CacheConfig::default()).await.expect("redis");
+    let state = AppState {
+        store: Arc::new(store),
+        readiness: Arc::new(Readiness::default()),
+        broker: None,
+        metrics: None,
+    };
+    app(state, &ApiConfig::default())
+}
+
+async fn call(router: &axum::Router, uri: &str) -> (StatusCode, Option<String>, Value) {
+    let request = Request::builder().uri(uri).body(Body::empty()).expect("request");
+    let response = router.clone().oneshot(request).await.expect("response");
+    let status = response.status();
+    let request_id =
+        response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(String::from);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
+    (status, request_id, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+fn error_message(body: &Value) -> &str {
+    body["error"]["message"].as_str().unwrap_or_else(|| panic!("not a JSON error: {body}"))
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors_naming_the_problem() {
+    let router = router().await;
+
+    let (status, _, body) = call(&router, "/api/v1/users/u1/features?colour=red").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_message(&body).contains("colour"), "{body}");
+
+    let (status, _, body) = call(&router, "/api/v1/users/u1/features?names=click_count_2m").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_message(&body).contains("click_count_2m"), "{body}");
+
+    let long = "x".repeat(200);
+    let (status, _, body) = call(&router, &format!("/api/v1/users/{long}/features")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_message(&body).contains("user_id"), "{body}");
+
+    let (status, _, body) = call(&router, "/api/v1/users/a%07b/features").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    let (status, _, body) = call(&router, "/api/v1/nothing-here").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+}
+
+#[tokio::test]
+async fn names_select_features_and_unknown_users_are_missing() {
+    let router = router().await;
+    let (status, request_id, body) =
+        call(&router, "/api/v1/users/nobody/features?names=click_count_1m,last_viewed_product")
+            .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(request_id.is_some_and(|id| !id.is_empty()));
+    let features = body["features"].as_object().expect("features");
+    let mut names: Vec<&str> = features.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["click_count_1m", "last_viewed_product"]);
+    assert!(features.values().all(|f| f["status"] == "missing"), "{body}");
+    assert_eq!(body["freshness"], "live");
+}
+
+#[tokio::test]
+async fn probes_answer() {
+    let router = router().await;
+    let (status, _, _) = call(&router, "/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, body) = call(&router, "/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["checks"]["redis"], "ok");
+}
