@@ -16,7 +16,7 @@ use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{MatchedPath, State};
 use axum::http::{Request, StatusCode, Uri};
-use axum::response::IntoResponse;
+use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
@@ -75,6 +75,7 @@ pub fn app(state: AppState, config: &ApiConfig) -> Router {
     });
     Router::new()
         .route("/api/v1/users/{user_id}/features", get(features::user_features))
+        .route("/", get(home))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -104,6 +105,11 @@ async fn overload_error(error: BoxError) -> AppError {
 
 async fn not_found(uri: Uri) -> AppError {
     AppError::NotFound(uri.path().to_string())
+}
+
+/// Placeholder page until the server-rendered storefront lands.
+async fn home() -> Html<&'static str> {
+    Html(include_str!("../../frontend/index.html"))
 }
 
 /// Liveness: the process answers.
