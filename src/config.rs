@@ -304,6 +304,7 @@ mod tests {
     #[test]
     fn layers_defaults_file_then_env() {
         Jail::expect_with(|jail| {
+            jail.clear_env();
             jail.create_file(
                 "persona.toml",
                 "[kafka]\ngroup_id = \"from-file\"\nbrokers = \"file:9092\"\n[cache]\nttl = \"5s\"\n",
@@ -322,6 +323,7 @@ mod tests {
     #[test]
     fn unknown_key_is_rejected_with_its_name() {
         Jail::expect_with(|jail| {
+            jail.clear_env();
             jail.create_file("persona.toml", "[kafka]\ngroup = \"x\"\n")?;
             let error = Config::load(Some(Path::new("persona.toml"))).expect_err("rejects");
             assert!(error.to_string().contains("group"), "{error}");
@@ -332,6 +334,7 @@ mod tests {
     #[test]
     fn drain_timeout_must_be_below_session_timeout() {
         Jail::expect_with(|jail| {
+            jail.clear_env();
             jail.set_env("PERSONA_KAFKA__DRAIN_TIMEOUT", "30s");
             let error = Config::load(None).expect_err("rejects");
             assert!(error.to_string().contains("kafka.drain_timeout"), "{error}");

@@ -43,7 +43,7 @@ where
     panic!("{what}: not reached within {deadline:?}; last observed: {last}");
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
 }
 
@@ -228,4 +228,74 @@ pub async fn insert_activity(
     .await
     .expect("insert activity");
     id
+}
+
+/// A real `redis-server` of the test's own (append-only file, so a restart keeps its data).
+pub struct OwnRedis {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    pub fn start(port: u16, dir: tempfile::TempDir) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let started = Instant::now();
+        while !Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "ping"])
+            .output()
+            .is_ok_and(|out| out.stdout.starts_with(b"PONG"))
+        {
+            assert!(started.elapsed() < DEADLINE, "redis-server on {port} did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { port, dir, child: Some(child) }
+    }
+
+    pub fn stop(mut self) -> (u16, tempfile::TempDir) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM: redis flushes its append-only file and exits.
+            Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+            child.wait().expect("wait redis");
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        (self.port, dir)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl OwnRedis {
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// How many times Redis executed `command` (from `INFO commandstats`).
+    pub fn command_calls(&self, command: &str) -> u64 {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "info", "commandstats"])
+            .output()
+            .expect("redis-cli");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let prefix = format!("cmdstat_{command}:calls=");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|calls| calls.parse().ok())
+            .unwrap_or(0)
+    }
 }
