@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::{DEADLINE, Persona, eventually, insert_activity, legacy_db, unique};
+use common::{
+    DEADLINE, OwnRedis, Persona, eventually, free_port, insert_activity, legacy_db, unique,
+};
 use serde_json::json;
 
 #[tokio::test]
