@@ -59,6 +59,11 @@ pub struct KafkaConfig {
     /// their offsets are committed. Must stay below `session_timeout`.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Longest time the broker may hold a fetch request open when it has no new data. Some
+    /// brokers (tansu) hold it this long even when data arrives, which makes it the floor of
+    /// commit → feature latency; the cost of a low value is ~1/value idle fetches per second.
+    #[serde(with = "humantime_serde")]
+    pub fetch_wait_max: Duration,
     /// Most messages of one partition applied and written to Redis as one batch.
     pub batch_max_messages: usize,
     /// Messages buffered per partition before that partition is paused.
@@ -81,6 +86,7 @@ impl Default for KafkaConfig {
             auto_offset_reset: "earliest".into(),
             session_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
+            fetch_wait_max: Duration::from_millis(10),
             batch_max_messages: 500,
             partition_queue_capacity: 2_000,
             metadata_refresh: Duration::from_secs(10),
@@ -263,6 +269,10 @@ impl Config {
                 "kafka.drain_timeout",
                 "must be shorter than kafka.session_timeout, or a slow drain gets the member evicted",
             );
+        }
+        if self.kafka.fetch_wait_max.is_zero() || self.kafka.fetch_wait_max > Duration::from_secs(5)
+        {
+            return invalid("kafka.fetch_wait_max", "must be between 1ms and 5s");
         }
         if self.kafka.batch_max_messages == 0 {
             return invalid("kafka.batch_max_messages", "must be at least 1");

@@ -255,6 +255,7 @@ fn client_config(config: &KafkaConfig) -> ClientConfig {
         .set("auto.offset.reset", &config.auto_offset_reset)
         .set("session.timeout.ms", config.session_timeout.as_millis().to_string())
         .set("topic.metadata.refresh.interval.ms", config.metadata_refresh.as_millis().to_string())
+        .set("fetch.wait.max.ms", config.fetch_wait_max.as_millis().to_string())
         .set("enable.partition.eof", "false");
     if let Some(instance_id) = &config.instance_id {
         client.set("group.instance.id", instance_id);
