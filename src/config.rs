@@ -141,8 +141,8 @@ impl Default for RedisConfig {
 pub struct CacheConfig {
     /// Upper bound of the in-process L1 cache, in bytes of serialized state.
     pub max_bytes: u64,
-    /// L1 entries live this long. Short, because with several replicas a CDC write only
-    /// refreshes the L1 of the instance that consumed it.
+    /// L1 entries live this long. Writes invalidate other instances' copies through Redis
+    /// pub/sub; this bounds staleness when such a message is missed (subscription down).
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
 }

@@ -103,6 +103,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let shutdown = CancellationToken::new();
     let probe = store.spawn_health_probe(REDIS_PROBE_INTERVAL, shutdown.clone());
+    let invalidations = store.spawn_invalidation_listener(shutdown.clone());
     let ingest = Ingest::start(&config.kafka, Arc::clone(&store))?;
     let readiness = Arc::new(Readiness::default());
     let state = AppState {
@@ -135,6 +136,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || ingest.shutdown()).await?;
     shutdown.cancel();
     let _ = probe.await;
+    let _ = invalidations.await;
     if !server.is_finished() {
         let _ = server.await;
     }

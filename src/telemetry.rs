@@ -18,6 +18,8 @@ pub const STATE_WRITES: &str = "persona_state_writes_total";
 pub const REDIS_ERRORS: &str = "persona_redis_errors_total";
 /// Feature reads by tier that answered; label `tier` (`l1`, `redis`, `none`).
 pub const CACHE_LOOKUPS: &str = "persona_cache_lookups_total";
+/// L1 entries dropped because another instance wrote a newer state.
+pub const L1_INVALIDATIONS: &str = "persona_l1_invalidations_total";
 /// Offsets stored for commit after their effects were durable.
 pub const OFFSETS_STORED: &str = "persona_offsets_stored_total";
 /// Kafka consumer errors reported by librdkafka.

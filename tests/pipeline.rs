@@ -154,3 +154,34 @@ async fn malformed_messages_are_counted_and_skipped() {
     );
     assert!(counter(&metrics, "persona_events_consumed_total", &["op=\"c\""]) >= 1.0, "{metrics}");
 }
+
+#[tokio::test]
+async fn rebalances_lose_nothing_and_count_nothing_twice() {
+    let group = unique("rebalance");
+    let first = Persona::start_with("rebalance-a", &group, Vec::new()).await;
+    let db = legacy_db().await;
+    let users: Vec<String> = (0..12).map(|_| unique("u")).collect();
+    for user in &users {
+        insert_activity(&db, user, "CLICK", None, 2).await;
+    }
+    // A second member joins while events flow: partitions are revoked from the first (drained,
+    // committed) and split between the two.
+    let mut second = Persona::start_with("rebalance-b", &group, Vec::new()).await;
+    for user in &users {
+        insert_activity(&db, user, "CLICK", None, 2).await;
+    }
+    for user in &users {
+        second.wait_for_features(user, &[("click_count_5m", json!(2))]).await;
+    }
+    // It leaves again: the first takes every partition back.
+    second.stop().await;
+    for user in &users {
+        insert_activity(&db, user, "SEARCH", None, 2).await;
+    }
+    for user in &users {
+        let body = first.wait_for_features(user, &[("search_count_5m", json!(1))]).await;
+        assert_eq!(body["features"]["click_count_5m"]["value"], json!(2), "{user}: {body}");
+    }
+    let metrics = first.metrics().await;
+    assert!(counter(&metrics, "persona_partition_drains_total", &[]) >= 1.0, "{metrics}");
+}

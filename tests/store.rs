@@ -11,12 +11,16 @@ use persona::features::{Activity, ActivityChange, UserState, apply};
 use persona::store::{FeatureStore, Freshness};
 
 async fn store(redis: &OwnRedis, prefix: &str) -> FeatureStore {
+    store_with_cache(redis, prefix, CacheConfig::default()).await
+}
+
+async fn store_with_cache(redis: &OwnRedis, prefix: &str, cache: CacheConfig) -> FeatureStore {
     let config = RedisConfig {
         url: Sensitive(redis.url()),
         key_prefix: prefix.into(),
         ..RedisConfig::default()
     };
-    FeatureStore::connect(&config, &CacheConfig::default()).await.expect("connect")
+    FeatureStore::connect(&config, &cache).await.expect("connect")
 }
 
 fn one_click(user: &str) -> UserState {
@@ -65,4 +69,33 @@ async fn an_older_state_never_replaces_a_newer_one_in_l1() {
     store.write_users(vec![("u1".into(), older)]).await.expect("write older");
     let read = store.read_user("u1").await;
     assert_eq!(read.user.and_then(|u| u.state.clone()), Some(newer));
+}
+
+#[tokio::test]
+async fn another_instances_write_invalidates_l1_long_before_its_ttl() {
+    let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
+    let prefix = unique("inv");
+    let writer = store(&redis, &prefix).await;
+    let long_ttl =
+        CacheConfig { ttl: std::time::Duration::from_secs(600), ..CacheConfig::default() };
+    let reader = Arc::new(store_with_cache(&redis, &prefix, long_ttl).await);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let listener = reader.spawn_invalidation_listener(shutdown.clone());
+
+    let first = one_click("u1");
+    writer.write_users(vec![("u1".into(), first.clone())]).await.expect("write");
+    let cached = reader.read_user("u1").await.user.and_then(|u| u.state.clone());
+    assert_eq!(cached, Some(first.clone()), "reader caches the first state");
+
+    let second = apply(first, &ActivityChange::Delete { id: "x".into() }, Utc::now());
+    // The subscription may still be settling: keep writing (idempotent) until it is seen.
+    common::eventually("reader sees the newer state", common::DEADLINE, || async {
+        writer.write_users(vec![("u1".into(), second.clone())]).await.map_err(|e| e.to_string())?;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let seen = reader.read_user("u1").await.user.and_then(|u| u.state.clone());
+        if seen.as_ref() == Some(&second) { Ok(()) } else { Err(format!("{seen:?}")) }
+    })
+    .await;
+    shutdown.cancel();
+    listener.await.expect("listener ends");
 }

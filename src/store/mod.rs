@@ -8,6 +8,10 @@
 //!   failed write and does not move its offsets meanwhile, so nothing is lost.
 //! - L1 keeps the highest `rev` it has seen for a key, so a slow reader can never put an older
 //!   state over a newer one written by ingest.
+//! - Every write also publishes `[[key, rev], …]` on `<key_prefix>:l1-invalidate` (in the same
+//!   pipeline, after the SETs). Every instance drops L1 entries older than that, so a replica
+//!   that did not consume a user's partition serves the new state on its next read instead of
+//!   after `cache.ttl`. Messages missed while the subscription is down are covered by the TTL.
 
 mod redis;
 
@@ -66,6 +70,8 @@ pub struct UserRead {
 
 pub struct FeatureStore {
     redis: Pool,
+    subscriber: fred::clients::SubscriberClient,
+    invalidation_channel: String,
     l1: Cache<String, Arc<CachedUser>>,
     key_prefix: String,
     state_ttl_secs: i64,
@@ -78,6 +84,7 @@ impl FeatureStore {
     /// persona starts and fred keeps reconnecting in the background.
     pub async fn connect(redis: &RedisConfig, cache: &CacheConfig) -> Result<Self, StoreError> {
         let pool = redis::build_pool(redis)?;
+        let subscriber = redis::build_subscriber(redis)?;
         let connected = redis::connect(&pool, redis.command_timeout * 4).await;
         if !connected && redis.required_to_start {
             return Err(StoreError::Unavailable);
@@ -85,10 +92,16 @@ impl FeatureStore {
         if !connected {
             tracing::warn!("redis unreachable at start; serving without it until it comes back");
         }
-        Ok(Self::with_pool(pool, redis, cache, connected))
+        Ok(Self::with_clients(pool, subscriber, redis, cache, connected))
     }
 
-    fn with_pool(pool: Pool, redis: &RedisConfig, cache: &CacheConfig, up: bool) -> Self {
+    fn with_clients(
+        pool: Pool,
+        subscriber: fred::clients::SubscriberClient,
+        redis: &RedisConfig,
+        cache: &CacheConfig,
+        up: bool,
+    ) -> Self {
         let l1 = Cache::builder()
             .max_capacity(cache.max_bytes)
             .weigher(|key: &String, value: &Arc<CachedUser>| {
@@ -99,6 +112,8 @@ impl FeatureStore {
             .build();
         Self {
             redis: pool,
+            subscriber,
+            invalidation_channel: format!("{}:l1-invalidate", redis.key_prefix),
             l1,
             key_prefix: redis.key_prefix.clone(),
             state_ttl_secs: i64::try_from(redis.state_ttl.as_secs()).unwrap_or(i64::MAX),
@@ -231,6 +246,12 @@ impl FeatureStore {
                 .set(key, json.as_str(), Some(Expiration::EX(self.state_ttl_secs)), None, false)
                 .await?;
         }
+        let announced: Vec<(&str, u64)> =
+            encoded.iter().map(|(key, _, state)| (key.as_str(), state.rev)).collect();
+        let announcement = serde_json::to_string(&announced).map_err(|source| {
+            StoreError::Encode { key: self.invalidation_channel.clone(), source }
+        })?;
+        let _: () = pipeline.publish(&self.invalidation_channel, announcement).await?;
         let results = pipeline.try_all::<Value>().await;
         let first_error = results.into_iter().find_map(Result::err);
         let outcome = first_error.map_or(Ok(()), Err);
@@ -251,6 +272,74 @@ impl FeatureStore {
                 .await;
         }
         Ok(())
+    }
+
+    /// Drops L1 entries older than the revisions another instance announced.
+    async fn invalidate(&self, announcement: &str) {
+        let Ok(announced) = serde_json::from_str::<Vec<(String, u64)>>(announcement) else {
+            tracing::warn!("ignoring a malformed L1 invalidation message");
+            return;
+        };
+        for (key, rev) in announced {
+            let outcome = self
+                .l1
+                .entry(key)
+                .and_compute_with(|existing| async move {
+                    match existing {
+                        Some(entry) if entry.value().rev() < rev => Op::Remove,
+                        _ => Op::Nop,
+                    }
+                })
+                .await;
+            if matches!(outcome, CompResult::Removed(_)) {
+                metrics::counter!(telemetry::L1_INVALIDATIONS).increment(1);
+            }
+        }
+    }
+
+    /// Subscribes to the invalidation channel and applies what other instances announce.
+    pub fn spawn_invalidation_listener(
+        self: &Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let store = Arc::clone(self);
+        tokio::spawn(async move {
+            let _connection = store.subscriber.connect();
+            let _resubscribe = store.subscriber.manage_subscriptions();
+            let mut messages = store.subscriber.message_rx();
+            // Until the first subscription succeeds (Redis may be down at start), retry.
+            loop {
+                let subscribed = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    result = store.subscriber.subscribe(store.invalidation_channel.as_str()) => result,
+                };
+                match subscribed {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::debug!(error = %error, "cannot subscribe to L1 invalidations yet");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            loop {
+                let message = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    message = messages.recv() => message,
+                };
+                match message {
+                    Ok(message) => {
+                        if let Some(text) = message.value.as_str() {
+                            store.invalidate(&text).await;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "L1 invalidations dropped; entries expire by TTL");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+            let _ = store.subscriber.quit().await;
+        })
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

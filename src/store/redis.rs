@@ -3,15 +3,28 @@
 
 use std::time::Duration;
 
+use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::config::UnresponsiveConfig;
 
 use crate::config::RedisConfig;
 
 pub(super) fn build_pool(config: &RedisConfig) -> Result<Pool, fred::error::Error> {
+    builder(config)?.build_pool(config.pool_size)
+}
+
+/// A dedicated connection for the L1 invalidation channel; fred resubscribes after reconnects.
+pub(super) fn build_subscriber(
+    config: &RedisConfig,
+) -> Result<SubscriberClient, fred::error::Error> {
+    builder(config)?.build_subscriber_client()
+}
+
+fn builder(config: &RedisConfig) -> Result<Builder, fred::error::Error> {
     let redis_config = Config::from_url(config.url.expose())?;
     let command_timeout = config.command_timeout;
-    Builder::from_config(redis_config)
+    let mut builder = Builder::from_config(redis_config);
+    builder
         .with_performance_config(|perf| {
             perf.default_command_timeout = command_timeout;
         })
@@ -26,8 +39,8 @@ pub(super) fn build_pool(config: &RedisConfig) -> Result<Pool, fred::error::Erro
                 interval: Duration::from_millis(500),
             };
         })
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-        .build_pool(config.pool_size)
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
+    Ok(builder)
 }
 
 /// Starts the pool's connection tasks and waits up to `timeout` for them to connect.
