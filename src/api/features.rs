@@ -44,7 +44,7 @@ fn validate_user_id(user_id: &str) -> Result<(), AppError> {
 
 /// Known names, plus `<type>_count_<window>` for activity types outside the default list.
 fn is_feature_name(name: &str) -> bool {
-    if features::feature_names().iter().any(|known| known == name) {
+    if features::feature_names().binary_search_by(|known| known.as_str().cmp(name)).is_ok() {
         return true;
     }
     WINDOWS.iter().any(|window| {

@@ -170,14 +170,17 @@ fn count_name(activity_type: &str, window: &Window) -> String {
     format!("{}_count_{}", activity_type.to_ascii_lowercase(), window.label)
 }
 
-/// Every feature name reported for any user.
-pub fn feature_names() -> Vec<String> {
-    let mut names = vec![LAST_VIEWED_PRODUCT.to_string()];
-    for activity_type in ACTIVITY_TYPES {
-        names.extend(WINDOWS.iter().map(|window| count_name(activity_type, window)));
-    }
-    names.sort();
-    names
+/// Every feature name reported for any user, sorted. Built once: it is read on every request.
+pub fn feature_names() -> &'static [String] {
+    static NAMES: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        let mut names = vec![LAST_VIEWED_PRODUCT.to_string()];
+        for activity_type in ACTIVITY_TYPES {
+            names.extend(WINDOWS.iter().map(|window| count_name(activity_type, window)));
+        }
+        names.sort();
+        names
+    });
+    &NAMES
 }
 
 fn micros_to_time(at_us: i64) -> Option<DateTime<Utc>> {
@@ -188,7 +191,7 @@ fn micros_to_time(at_us: i64) -> Option<DateTime<Utc>> {
 /// feature as missing.
 pub fn evaluate(state: Option<&UserState>, at: DateTime<Utc>) -> UserFeatures {
     let mut features: UserFeatures =
-        feature_names().into_iter().map(|name| (name, FeatureValue::missing())).collect();
+        feature_names().iter().map(|name| (name.clone(), FeatureValue::missing())).collect();
     let Some(state) = state else {
         return features;
     };
