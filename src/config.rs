@@ -34,6 +34,14 @@ pub struct Config {
     pub api: ApiConfig,
     pub postgres: PostgresConfig,
     pub connect: ConnectConfig,
+    pub features: FeaturesConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeaturesConfig {
+    /// Feature definitions file; the built-in `features.toml` when unset.
+    pub definitions: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,8 +55,11 @@ pub struct KafkaConfig {
     /// replica, such as its pod name. A restarted member then takes its partitions back at once
     /// instead of after the session timeout. Unset: dynamic membership.
     pub instance_id: Option<String>,
-    /// Topics to consume: Debezium's `<topic.prefix>.<schema>.<table>` and its heartbeat topic.
+    /// Topics split among instances by the consumer group: Debezium's
+    /// `<topic.prefix>.<schema>.<table>` of the feature sources, and its heartbeat topic.
     pub topics: Vec<String>,
+    /// The products topic: the dimension every instance reads whole, outside the group.
+    pub products_topic: String,
     /// Where a new consumer group starts. `earliest` so that nothing written before persona's
     /// first start is skipped.
     pub auto_offset_reset: String,
@@ -83,6 +94,7 @@ impl Default for KafkaConfig {
             group_id: "persona".into(),
             instance_id: None,
             topics: default_topics("persona"),
+            products_topic: "persona.public.products".into(),
             auto_offset_reset: "earliest".into(),
             session_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
@@ -95,9 +107,10 @@ impl Default for KafkaConfig {
     }
 }
 
-/// The topics Debezium writes for the reference schema under `prefix`, plus its heartbeats.
+/// The feature source topics Debezium writes for the reference schema under `prefix`, plus its
+/// heartbeats.
 pub fn default_topics(prefix: &str) -> Vec<String> {
-    let mut topics: Vec<String> = ["user_activity", "products", "cart_items", "orders"]
+    let mut topics: Vec<String> = ["user_activity", "cart_items", "orders"]
         .iter()
         .map(|table| format!("{prefix}.public.{table}"))
         .collect();
@@ -260,6 +273,12 @@ impl Config {
         }
         if self.kafka.topics.is_empty() {
             return invalid("kafka.topics", "lists no topic");
+        }
+        if self.kafka.topics.contains(&self.kafka.products_topic) {
+            return invalid(
+                "kafka.topics",
+                "must not list kafka.products_topic: every instance reads it whole, outside the group",
+            );
         }
         if !matches!(self.kafka.auto_offset_reset.as_str(), "earliest" | "latest") {
             return invalid("kafka.auto_offset_reset", "must be \"earliest\" or \"latest\"");

@@ -9,11 +9,13 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use persona::api::{self, AppState, Readiness};
-use persona::cdc::Ingest;
+use persona::api::{self, AppState, RankingCache, Readiness};
+use persona::cdc::{Dimension, Ingest};
 use persona::config::Config;
 use persona::connect::{self, ConnectClient};
+use persona::features::{FeatureSet, ProductCatalog};
 use persona::store::FeatureStore;
+use persona::store::generation;
 use persona::{db, telemetry};
 
 const REDIS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -97,17 +99,33 @@ async fn apply_connectors(config: &Config, path: &std::path::Path) -> anyhow::Re
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    let features = Arc::new(FeatureSet::load(config.features.definitions.as_deref())?);
+    tracing::info!(
+        features = features.features.len(),
+        fingerprint = %features.fingerprint,
+        "feature definitions loaded"
+    );
     let metrics = telemetry::install_metrics().context("installing the metrics recorder")?;
     let store = Arc::new(
         FeatureStore::connect(&config.redis, &config.cache).await.context("connecting to redis")?,
     );
+    let (generation, _) =
+        generation::current_or_create(&store).await.context("reading the state generation")?;
+    store.use_generation(&generation);
+    tracing::info!(%generation, "feature state generation");
     let shutdown = CancellationToken::new();
     let probe = store.spawn_health_probe(REDIS_PROBE_INTERVAL, shutdown.clone());
     let invalidations = store.spawn_invalidation_listener(shutdown.clone());
-    let ingest = Ingest::start(&config.kafka, Arc::clone(&store))?;
+    let catalog = Arc::new(ProductCatalog::default());
+    let dimension = Dimension::start(&config.kafka, Arc::clone(&catalog))?;
+    let ingest = Ingest::start(&config.kafka, Arc::clone(&store), Arc::clone(&features))?;
     let readiness = Arc::new(Readiness::default());
     let state = AppState {
         store,
+        features,
+        catalog,
+        rankings: Arc::new(RankingCache::default()),
+        catalog_loaded: Some(dimension.readiness()),
         readiness: Arc::clone(&readiness),
         broker: Some(ingest.broker_probe()),
         metrics: Some(metrics),
@@ -133,7 +151,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     tracing::info!("shutting down: draining ingest, then the api");
     readiness.start_draining();
-    tokio::task::spawn_blocking(move || ingest.shutdown()).await?;
+    tokio::task::spawn_blocking(move || {
+        ingest.shutdown();
+        dimension.shutdown();
+    })
+    .await?;
     shutdown.cancel();
     let _ = probe.await;
     let _ = invalidations.await;

@@ -26,6 +26,17 @@ pub const OFFSETS_STORED: &str = "persona_offsets_stored_total";
 pub const CONSUMER_ERRORS: &str = "persona_consumer_errors_total";
 /// Partitions drained on revoke or shutdown; label `outcome` (`drained`, `timed_out`).
 pub const PARTITION_DRAINS: &str = "persona_partition_drains_total";
+/// Changes skipped because the state already had them (redelivery, Debezium re-publishing);
+/// label `topic`.
+pub const DUPLICATES_SKIPPED: &str = "persona_duplicate_events_total";
+/// Rows older than their feature's window and history, dropped; label `topic`.
+pub const LATE_EVENTS: &str = "persona_late_events_total";
+/// Product changes applied to this instance's in-memory catalog; label `op`.
+pub const CATALOG_CHANGES: &str = "persona_catalog_changes_total";
+/// Products in this instance's in-memory catalog.
+pub const CATALOG_PRODUCTS: &str = "persona_catalog_products";
+/// Rebuilds of feature state; label `reason` (`command`, `redis_emptied`, `definitions_changed`).
+pub const REBUILDS: &str = "persona_rebuilds_total";
 /// Time from the Postgres commit to the feature write being acknowledged, in seconds.
 pub const FRESHNESS_SECONDS: &str = "persona_freshness_seconds";
 

@@ -28,7 +28,10 @@ pub use error::AppError;
 
 use crate::cdc::BrokerProbe;
 use crate::config::ApiConfig;
+use crate::features::{FeatureSet, ProductCatalog};
 use crate::store::FeatureStore;
+
+pub use features::{MAX_BATCH, RankingCache};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -52,6 +55,12 @@ impl Readiness {
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<FeatureStore>,
+    pub features: Arc<FeatureSet>,
+    pub catalog: Arc<ProductCatalog>,
+    pub rankings: Arc<RankingCache>,
+    /// Set once the product catalog has been read up to its end at start; `None` when no
+    /// dimension reader runs (then readiness does not check it).
+    pub catalog_loaded: Option<Arc<AtomicBool>>,
     pub readiness: Arc<Readiness>,
     /// `None` when no consumer runs (then readiness does not check the broker).
     pub broker: Option<BrokerProbe>,
@@ -75,6 +84,8 @@ pub fn app(state: AppState, config: &ApiConfig) -> Router {
     });
     Router::new()
         .route("/api/v1/users/{user_id}/features", get(features::user_features))
+        .route("/api/v1/products/{product_id}/features", get(features::product_features))
+        .route("/api/v1/features/batch", axum::routing::post(features::batch))
         .route("/", get(home))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -136,11 +147,16 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             }
         }
     };
-    let ready = redis == "ok" && (broker == "ok" || state.broker.is_none());
+    let catalog = match &state.catalog_loaded {
+        None => "not checked",
+        Some(loaded) if loaded.load(Ordering::Acquire) => "ok",
+        Some(_) => "loading",
+    };
+    let ready = redis == "ok" && (broker == "ok" || state.broker.is_none()) && catalog != "loading";
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
-        "checks": { "redis": redis, "broker": broker },
+        "checks": { "redis": redis, "broker": broker, "catalog": catalog },
     });
     (status, Json(body))
 }

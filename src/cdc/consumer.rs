@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::partition::PartitionWorker;
 use crate::config::KafkaConfig;
+use crate::features::FeatureSet;
 use crate::store::FeatureStore;
 use crate::telemetry;
 
@@ -194,7 +195,11 @@ pub struct Ingest {
 impl Ingest {
     /// Creates the consumer, subscribes, and starts polling on a thread of its own. Must be
     /// called from within the tokio runtime the workers should run on.
-    pub fn start(config: &KafkaConfig, store: Arc<FeatureStore>) -> Result<Self, IngestError> {
+    pub fn start(
+        config: &KafkaConfig,
+        store: Arc<FeatureStore>,
+        features: Arc<FeatureSet>,
+    ) -> Result<Self, IngestError> {
         let context = IngestContext {
             partitions: Mutex::new(HashMap::new()),
             runtime: Handle::current(),
@@ -211,6 +216,7 @@ impl Ingest {
         let poll_loop = PollLoop {
             consumer: Arc::clone(&consumer),
             store,
+            features,
             stop: stop.clone(),
             batch_max: config.batch_max_messages,
             queue_capacity: config.partition_queue_capacity,
@@ -242,7 +248,7 @@ impl Ingest {
 }
 
 /// The librdkafka settings persona relies on, then the operator's extras.
-fn client_config(config: &KafkaConfig) -> ClientConfig {
+pub(super) fn client_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.brokers)
@@ -269,6 +275,7 @@ fn client_config(config: &KafkaConfig) -> ClientConfig {
 struct PollLoop {
     consumer: Arc<BaseConsumer<IngestContext>>,
     store: Arc<FeatureStore>,
+    features: Arc<FeatureSet>,
     stop: CancellationToken,
     batch_max: usize,
     queue_capacity: usize,
@@ -362,6 +369,7 @@ impl PollLoop {
             partition: *partition,
             consumer: Arc::clone(&self.consumer),
             store: Arc::clone(&self.store),
+            features: Arc::clone(&self.features),
             batch_max: self.batch_max,
         };
         let task = self.consumer.context().runtime.spawn(worker.run(receiver, stop.clone()));

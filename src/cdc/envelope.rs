@@ -23,7 +23,10 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::features::{Activity, ActivityChange};
+use std::collections::BTreeMap;
+
+use crate::features::source::ColumnType;
+use crate::features::{Position, Product, Scalar, SourceChange, SourceRow, SourceTable};
 
 pub const OP_READ: &str = "r";
 pub const OP_CREATE: &str = "c";
@@ -110,6 +113,9 @@ pub struct Source {
     pub table: Option<String>,
     #[serde(default)]
     pub lsn: Option<i64>,
+    /// `["<commit LSN of the previous transaction>","<LSN of this change>"]`.
+    #[serde(default)]
+    pub sequence: Option<String>,
 }
 
 pub type Row = Map<String, Value>;
@@ -222,10 +228,6 @@ pub fn parse_timestamp(value: &Value, name: &'static str) -> Result<DateTime<Utc
     }
 }
 
-fn required_time(row: &Row, name: &'static str) -> Result<DateTime<Utc>, DecodeError> {
-    parse_timestamp(field(row, name).ok_or(DecodeError::MissingField(name))?, name)
-}
-
 /// `NUMERIC` as sent with `decimal.handling.mode=string`.
 pub fn parse_decimal(value: &Value, name: &'static str) -> Result<Decimal, DecodeError> {
     let invalid = |reason: String| DecodeError::InvalidField { field: name, reason };
@@ -239,60 +241,126 @@ pub fn parse_decimal(value: &Value, name: &'static str) -> Result<Decimal, Decod
     }
 }
 
-/// A `user_activity` row image.
-pub fn activity_row(row: &Row) -> Result<Activity, DecodeError> {
-    let user_id = required_str(row, "user_id")?;
-    if user_id.is_empty() {
-        // What a delete looks like when the table is not REPLICA IDENTITY FULL.
-        return Err(DecodeError::InvalidField {
-            field: "user_id",
-            reason: "empty (is user_activity REPLICA IDENTITY FULL?)".into(),
-        });
+fn row_error(table: SourceTable, column: &'static str) -> DecodeError {
+    if column == "user_id" || table.schema().key.contains(&column) {
+        // What a delete's before image looks like when the table is not REPLICA IDENTITY FULL.
+        return DecodeError::InvalidField {
+            field: column,
+            reason: format!("missing or empty (is {table} REPLICA IDENTITY FULL?)"),
+        };
     }
-    Ok(Activity {
-        id: required_str(row, "id")?,
-        user_id,
-        activity_type: required_str(row, "activity_type")?,
-        product_id: optional_str(row, "product_id")?,
-        at: required_time(row, "activity_timestamp")?,
-    })
+    DecodeError::MissingField(column)
 }
 
-/// What a `user_activity` change event means, per user. An update that moves a row to another
-/// user removes it from the first and adds it to the second.
-pub fn activity_changes(event: &ChangeEvent) -> Result<Vec<(String, ActivityChange)>, DecodeError> {
-    let before = event.before.as_ref().map(activity_row).transpose()?;
-    let after = event.after.as_ref().map(activity_row).transpose()?;
-    Ok(match (event.op, before, after) {
-        (Op::Read | Op::Create | Op::Update, before, Some(after)) => {
-            let mut changes = Vec::with_capacity(2);
-            if let Some(before) = before.filter(|b| b.user_id != after.user_id || b.id != after.id)
-            {
-                changes.push((before.user_id, ActivityChange::Delete { id: before.id }));
+fn scalar(
+    value: Option<&Value>,
+    name: &'static str,
+    kind: ColumnType,
+) -> Result<Scalar, DecodeError> {
+    let Some(value) = value.filter(|value| !value.is_null()) else {
+        return Ok(Scalar::Null);
+    };
+    Ok(match kind {
+        ColumnType::Text => match value {
+            Value::String(s) => Scalar::Text(s.clone()),
+            other => {
+                return Err(DecodeError::InvalidField {
+                    field: name,
+                    reason: format!("expected a string, got {other}"),
+                });
             }
-            changes.push((after.user_id.clone(), ActivityChange::Upsert(after)));
-            changes
-        }
-        (Op::Delete, Some(before), _) => {
-            vec![(before.user_id, ActivityChange::Delete { id: before.id })]
-        }
-        // Truncate and logical messages carry no rows; missing images were rejected in decode.
-        _ => Vec::new(),
+        },
+        ColumnType::Integer => match value.as_i64() {
+            Some(integer) => Scalar::Number(Decimal::from(integer)),
+            None => {
+                return Err(DecodeError::InvalidField {
+                    field: name,
+                    reason: format!("expected an integer, got {value}"),
+                });
+            }
+        },
+        ColumnType::Number => Scalar::Number(parse_decimal(value, name)?),
+        ColumnType::Time => Scalar::Time(parse_timestamp(value, name)?.timestamp_micros()),
     })
 }
 
-/// A `products` row image. Not used by features yet; decoded so a malformed product event is
-/// reported as such.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Product {
-    pub id: String,
-    pub name: Option<String>,
-    pub category: Option<String>,
-    pub brand: Option<String>,
-    pub price: Option<Decimal>,
-    pub updated_at: Option<DateTime<Utc>>,
+/// A row image of a source table. `committed_at` stands in for a NULL time column.
+pub fn source_row(
+    table: SourceTable,
+    row: &Row,
+    committed_at: Option<DateTime<Utc>>,
+) -> Result<SourceRow, DecodeError> {
+    let schema = table.schema();
+    let mut columns = BTreeMap::new();
+    for (name, kind) in schema.columns {
+        columns.insert(*name, scalar(row.get(*name), name, *kind)?);
+    }
+    let present =
+        |name: &str| columns.get(name).and_then(Scalar::as_key).filter(|value| !value.is_empty());
+    let mut key_parts = Vec::with_capacity(schema.key.len());
+    for column in schema.key {
+        key_parts.push(present(column).ok_or_else(|| row_error(table, column))?);
+    }
+    if present("user_id").is_none() {
+        return Err(row_error(table, "user_id"));
+    }
+    let time = match schema.time_column.map(|column| (column, columns.get(column))) {
+        Some((_, Some(Scalar::Time(micros)))) => DateTime::from_timestamp_micros(*micros),
+        Some((column, _)) if table == SourceTable::UserActivity || table == SourceTable::Orders => {
+            return Err(DecodeError::MissingField(column));
+        }
+        _ => committed_at,
+    }
+    .ok_or(DecodeError::MissingField("source.ts_ms"))?;
+    Ok(SourceRow { key: key_parts.join("/"), columns, time })
 }
 
+/// Debezium's `source.sequence`, `["<last commit lsn>","<lsn>"]`, as a [`Position`].
+fn position(event: &ChangeEvent) -> Result<Option<Position>, DecodeError> {
+    if event.op == Op::Read {
+        return Ok(None);
+    }
+    let rank = u8::from(event.op != Op::Delete);
+    let invalid = |reason: String| DecodeError::InvalidField { field: "source.sequence", reason };
+    let Some(sequence) = event.source.sequence.as_deref() else {
+        return Ok(event.source.lsn.map(|lsn| Position(0, lsn, rank)));
+    };
+    let parts: Vec<Option<String>> = serde_json::from_str(sequence)
+        .map_err(|e| invalid(format!("{sequence:?} is not a JSON list: {e}")))?;
+    let number = |part: Option<&Option<String>>| -> Result<i64, DecodeError> {
+        match part {
+            None | Some(None) => Ok(0),
+            Some(Some(text)) => {
+                text.parse().map_err(|_| invalid(format!("{text:?} is not an LSN")))
+            }
+        }
+    };
+    let lsn = match parts.get(1) {
+        Some(Some(_)) => number(parts.get(1))?,
+        _ => event.source.lsn.ok_or_else(|| invalid(format!("{sequence:?} has no LSN")))?,
+    };
+    Ok(Some(Position(number(parts.first())?, lsn, rank)))
+}
+
+/// A change event of a source table as a [`SourceChange`]; `None` for other tables and for
+/// events without rows (truncate, logical messages).
+pub fn source_change(event: &ChangeEvent) -> Result<Option<SourceChange>, DecodeError> {
+    let Some(table) = event.table().and_then(SourceTable::from_name) else {
+        return Ok(None);
+    };
+    if matches!(event.op, Op::Truncate | Op::Message) {
+        return Ok(None);
+    }
+    let committed_at = event.source.ts_ms.and_then(DateTime::from_timestamp_millis);
+    let image = |row: &Option<Row>| {
+        row.as_ref().map(|row| source_row(table, row, committed_at)).transpose()
+    };
+    let before = image(&event.before)?;
+    let after = if event.op == Op::Delete { None } else { image(&event.after)? };
+    Ok(Some(SourceChange { table, before, after, position: position(event)?, committed_at }))
+}
+
+/// A `products` row image.
 pub fn product_row(row: &Row) -> Result<Product, DecodeError> {
     Ok(Product {
         id: required_str(row, "id")?,
@@ -309,7 +377,6 @@ pub fn product_row(row: &Row) -> Result<Product, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::features::VIEW_PRODUCT;
 
     // Shapes as captured from Debezium 3.1.1 with the connector in connect/.
     const CREATE: &str = r#"{"before":null,"after":{"id":"8d3e3f63-5a8e-4d1c-9d43-0d0d0c0d0e01","user_id":"u1","activity_type":"VIEW_PRODUCT","product_id":"p1","activity_timestamp":"2026-11-22T03:06:33.698261Z"},"source":{"version":"3.1.1.Final","connector":"postgresql","name":"persona","ts_ms":1795316793698,"snapshot":"false","db":"persona","sequence":"[\"24023928\",\"24024216\"]","ts_us":1795316793698261,"ts_ns":1795316793698261000,"schema":"public","table":"user_activity","txId":755,"lsn":24024216,"xmin":null},"transaction":null,"op":"c","ts_ms":1795316793712,"ts_us":1795316793712113,"ts_ns":1795316793712113000}"#;
@@ -326,62 +393,72 @@ mod tests {
         }
     }
 
+    fn decoded(json: &str) -> SourceChange {
+        source_change(&change(json)).expect("decodes").expect("a source table")
+    }
+
     #[test]
-    fn create_is_an_upsert_with_iso_timestamp() {
+    fn create_has_the_row_its_time_and_position() {
         let event = change(CREATE);
         assert_eq!(event.op, Op::Create);
-        assert_eq!(event.table(), Some("user_activity"));
         assert_eq!(event.source.ts_ms, Some(1795316793698));
-        let changes = activity_changes(&event).expect("decodes");
-        let [(user, ActivityChange::Upsert(activity))] = changes.as_slice() else {
-            panic!("expected one upsert, got {changes:?}");
-        };
-        assert_eq!(user, "u1");
-        assert_eq!(activity.activity_type, VIEW_PRODUCT);
-        assert_eq!(activity.product_id.as_deref(), Some("p1"));
-        assert_eq!(activity.at.timestamp_micros(), 1795316793698261);
+        let decoded = decoded(CREATE);
+        assert_eq!(decoded.table, SourceTable::UserActivity);
+        assert!(decoded.before.is_none());
+        let row = decoded.after.expect("after");
+        assert_eq!(row.key, "8d3e3f63-5a8e-4d1c-9d43-0d0d0c0d0e01");
+        assert_eq!(row.text("user_id"), Some("u1"));
+        assert_eq!(row.text("activity_type"), Some("VIEW_PRODUCT"));
+        assert_eq!(row.time.timestamp_micros(), 1795316793698261);
+        assert_eq!(decoded.position, Some(Position(24023928, 24024216, 1)));
     }
 
     #[test]
-    fn update_replaces_the_row() {
-        let changes = activity_changes(&change(UPDATE)).expect("decodes");
-        let [(_, ActivityChange::Upsert(activity))] = changes.as_slice() else {
-            panic!("expected one upsert, got {changes:?}");
-        };
-        assert_eq!(activity.activity_type, "CLICK");
+    fn update_carries_both_images() {
+        let decoded = decoded(UPDATE);
+        assert_eq!(decoded.before.expect("before").text("activity_type"), Some("VIEW_PRODUCT"));
+        assert_eq!(decoded.after.expect("after").text("activity_type"), Some("CLICK"));
+        // No sequence in this capture: the LSN alone orders it.
+        assert_eq!(decoded.position, Some(Position(0, 24025000, 1)));
     }
 
     #[test]
-    fn update_moving_a_row_to_another_user_retracts_it_from_the_first() {
-        let moved = UPDATE.replacen(
-            r#""user_id":"u1","activity_type":"CLICK""#,
-            r#""user_id":"u9","activity_type":"CLICK""#,
-            1,
-        );
-        let changes = activity_changes(&change(&moved)).expect("decodes");
-        assert_eq!(changes.len(), 2, "{changes:?}");
-        assert!(matches!(&changes[0], (u, ActivityChange::Delete { .. }) if u == "u1"));
-        assert!(matches!(&changes[1], (u, ActivityChange::Upsert(_)) if u == "u9"));
+    fn delete_has_only_the_before_image_and_ranks_first() {
+        let decoded = decoded(DELETE);
+        assert!(decoded.after.is_none());
+        assert_eq!(decoded.before.expect("before").text("user_id"), Some("u1"));
+        assert_eq!(decoded.position.map(|p| p.2), Some(0));
     }
 
     #[test]
-    fn delete_uses_the_before_image() {
-        let changes = activity_changes(&change(DELETE)).expect("decodes");
-        assert_eq!(
-            changes,
-            vec![(
-                "u1".into(),
-                ActivityChange::Delete { id: "8d3e3f63-5a8e-4d1c-9d43-0d0d0c0d0e01".into() }
-            )]
-        );
+    fn snapshot_reads_have_no_position() {
+        let decoded = decoded(SNAPSHOT_READ);
+        assert_eq!(decoded.position, None);
+        assert_eq!(decoded.after.expect("after").get("product_id"), &Scalar::Null);
     }
 
     #[test]
-    fn snapshot_read_is_an_upsert_with_null_product() {
-        let event = change(SNAPSHOT_READ);
-        assert_eq!(event.op, Op::Read);
-        let changes = activity_changes(&event).expect("decodes");
-        assert!(matches!(&changes[0].1, ActivityChange::Upsert(a) if a.product_id.is_none()));
+    fn orders_and_cart_items_decode_numbers() {
+        let order = r#"{"before":null,"after":{"id":42,"user_id":"u1","product_id":"p1","quantity":2,"amount":"19.80","status":"paid","created_at":"2026-11-22T03:06:33Z"},"source":{"ts_ms":1795316793698,"table":"orders","sequence":"[null,\"100\"]","lsn":100},"op":"c"}"#;
+        let decoded = decoded(order);
+        let row = decoded.after.expect("after");
+        assert_eq!(row.key, "42");
+        assert_eq!(row.get("amount"), &Scalar::Number(Decimal::new(1980, 2)));
+        assert_eq!(decoded.position, Some(Position(0, 100, 1)));
+        let cart = r#"{"before":null,"after":{"user_id":"u1","product_id":"p1","quantity":3,"unit_price":"5.00","updated_at":null},"source":{"ts_ms":1795316793698,"table":"cart_items","lsn":7},"op":"c"}"#;
+        let row = decoded_row(cart);
+        assert_eq!(row.key, "u1/p1");
+        // No updated_at: the commit time stands in.
+        assert_eq!(row.time.timestamp_millis(), 1795316793698);
+    }
+
+    fn decoded_row(json: &str) -> SourceRow {
+        decoded(json).after.expect("after")
+    }
+
+    #[test]
+    fn other_tables_are_not_source_changes() {
+        assert_eq!(source_change(&change(PRODUCT)).expect("decodes"), None);
     }
 
     #[test]
@@ -433,13 +510,13 @@ mod tests {
             r#""activity_timestamp":"2026-11-22T03:06:33.698261Z""#,
             r#""activity_timestamp":null"#,
         );
-        let error = activity_changes(&change(&no_time)).expect_err("bad");
+        let error = source_change(&change(&no_time)).expect_err("bad");
         assert_eq!(error, DecodeError::MissingField("activity_timestamp"));
         let bad_time = CREATE.replace("2026-11-22T03:06:33.698261Z", "yesterday");
-        let error = activity_changes(&change(&bad_time)).expect_err("bad");
+        let error = source_change(&change(&bad_time)).expect_err("bad");
         assert!(matches!(error, DecodeError::InvalidField { field: "activity_timestamp", .. }));
         let empty_user = DELETE.replace(r#""user_id":"u1""#, r#""user_id":"""#);
-        let error = activity_changes(&change(&empty_user)).expect_err("bad");
+        let error = source_change(&change(&empty_user)).expect_err("bad");
         assert!(error.to_string().contains("REPLICA IDENTITY FULL"), "{error}");
     }
 }

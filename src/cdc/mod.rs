@@ -15,11 +15,16 @@
 //!   its offset advances with the batch. A failed Redis write is retried (the partition waits).
 //! - On revoke and on shutdown the affected workers finish their in-flight batch (bounded by
 //!   `kafka.drain_timeout`), then stored offsets are committed synchronously.
-//! - Redelivery after a crash is harmless: feature state is keyed by source row (see
-//!   [`crate::features`]).
+//! - Redelivery after a crash, and Debezium publishing events again after a Connect restart, are
+//!   harmless: each state remembers the newest source position it applied per stream (see
+//!   [`crate::features`]) and is written together with it.
+//! - The products topic is not part of the group: [`Dimension`] reads all of it on every
+//!   instance into the in-memory catalog features join through.
 
 mod consumer;
+mod dimension;
 pub mod envelope;
 mod partition;
 
 pub use consumer::{BrokerProbe, Ingest, IngestError};
+pub use dimension::Dimension;

@@ -1,10 +1,11 @@
 //! One partition's worker: takes messages in offset order, applies them in batches, writes the
 //! resulting state, and only then stores the batch's offsets for commit.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -14,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::consumer::IngestContext;
-use super::envelope::{self, CdcMessage, ChangeEvent};
-use crate::features::{self, ActivityChange};
-use crate::store::FeatureStore;
+use super::envelope::{self, CdcMessage};
+use crate::features::{self, Entity, EntityState, FeatureSet, SourceChange};
+use crate::store::{FeatureStore, StateKey};
 use crate::telemetry;
 
 const WRITE_BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -27,6 +28,7 @@ pub(super) struct PartitionWorker {
     pub partition: i32,
     pub consumer: Arc<BaseConsumer<IngestContext>>,
     pub store: Arc<FeatureStore>,
+    pub features: Arc<FeatureSet>,
     pub batch_max: usize,
 }
 
@@ -64,21 +66,14 @@ impl PartitionWorker {
     }
 
     async fn process(&self, batch: &[OwnedMessage]) {
-        let mut changes: Vec<(String, ActivityChange)> = Vec::new();
-        let mut commit_times: Vec<i64> = Vec::new();
+        let mut changes: Vec<SourceChange> = Vec::new();
         for message in batch {
             match envelope::decode(message.payload()) {
                 Ok(CdcMessage::Change(event)) => {
                     self.count_consumed(event.op.label());
-                    match self.changes_of(&event) {
-                        Ok(event_changes) => {
-                            if !event_changes.is_empty()
-                                && let Some(ts_ms) = event.source.ts_ms
-                            {
-                                commit_times.push(ts_ms);
-                            }
-                            changes.extend(event_changes);
-                        }
+                    match envelope::source_change(&event) {
+                        Ok(Some(change)) => changes.push(change),
+                        Ok(None) => {}
                         Err(error) => self.skip(message, &error),
                     }
                 }
@@ -102,48 +97,71 @@ impl PartitionWorker {
             }
         }
         let now = Utc::now();
-        for ts_ms in commit_times {
-            if let Some(committed) = DateTime::from_timestamp_millis(ts_ms) {
-                let seconds = (now - committed).num_microseconds().unwrap_or(0) as f64 / 1e6;
-                metrics::histogram!(telemetry::FRESHNESS_SECONDS).record(seconds.max(0.0));
-            }
+        for committed in changes.iter().filter_map(|change| change.committed_at) {
+            let seconds = (now - committed).num_microseconds().unwrap_or(0) as f64 / 1e6;
+            metrics::histogram!(telemetry::FRESHNESS_SECONDS).record(seconds.max(0.0));
         }
     }
 
-    /// The per-user changes a decoded event carries. Tables without features yet are still
-    /// decoded, so a malformed event on them is reported.
-    fn changes_of(
-        &self,
-        event: &ChangeEvent,
-    ) -> Result<Vec<(String, ActivityChange)>, envelope::DecodeError> {
-        match event.table() {
-            Some("user_activity") => envelope::activity_changes(event),
-            Some("products") => {
-                for row in [&event.before, &event.after].into_iter().flatten() {
-                    envelope::product_row(row)?;
+    /// The state keys a change touches: the users and products of its row images.
+    fn keys_of(&self, change: &SourceChange) -> Vec<(StateKey, Entity, String)> {
+        let mut keys = Vec::new();
+        for entity in self.features.entities_fed_by(change.table) {
+            for row in [&change.before, &change.after].into_iter().flatten() {
+                let Some(id) = features::entity_of(row, entity) else { continue };
+                let key = match entity {
+                    Entity::User => StateKey::User(id.to_string()),
+                    Entity::Product => StateKey::ProductShare {
+                        product: id.to_string(),
+                        partition: self.partition,
+                    },
+                };
+                if !keys.iter().any(|(known, _, _)| *known == key) {
+                    keys.push((key, entity, id.to_string()));
                 }
-                Ok(Vec::new())
             }
-            _ => Ok(Vec::new()),
         }
+        keys
     }
 
-    /// Loads the affected users' state from Redis, applies the changes in offset order and
-    /// writes the result back.
-    async fn write(
-        &self,
-        changes: &[(String, ActivityChange)],
-    ) -> Result<(), crate::store::StoreError> {
-        let mut users: Vec<String> = changes.iter().map(|(user, _)| user.clone()).collect();
-        users.sort();
-        users.dedup();
-        let mut states = self.store.load_for_write(&users).await?;
+    /// Loads the touched states from Redis, applies the changes in offset order (skipping those
+    /// a state already has) and writes back the states that changed.
+    async fn write(&self, changes: &[SourceChange]) -> Result<(), crate::store::StoreError> {
+        let routed: Vec<Vec<(StateKey, Entity, String)>> =
+            changes.iter().map(|change| self.keys_of(change)).collect();
+        let mut keys: Vec<StateKey> =
+            routed.iter().flatten().map(|(key, _, _)| key.clone()).collect();
+        keys.sort();
+        keys.dedup();
+        let mut states = self.store.load_for_write(&keys).await?;
         let now = Utc::now();
-        for (user, change) in changes {
-            let state = states.remove(user).unwrap_or_default();
-            states.insert(user.clone(), features::apply(state, change, now));
+        let mut changed: HashSet<StateKey> = HashSet::new();
+        let (mut duplicates, mut late) = (0u64, 0u64);
+        for (change, targets) in changes.iter().zip(&routed) {
+            let stream = format!("{}/{}", change.table, self.partition);
+            for (key, entity, id) in targets {
+                let state = states.entry(key.clone()).or_default();
+                let outcome =
+                    features::apply(&self.features, *entity, id, state, change, &stream, now);
+                if outcome.duplicate {
+                    duplicates += 1;
+                } else {
+                    changed.insert(key.clone());
+                }
+                late += u64::from(outcome.late);
+            }
         }
-        self.store.write_users(states.into_iter().collect()).await
+        if duplicates > 0 {
+            metrics::counter!(telemetry::DUPLICATES_SKIPPED, "topic" => self.topic.clone())
+                .increment(duplicates);
+        }
+        if late > 0 {
+            metrics::counter!(telemetry::LATE_EVENTS, "topic" => self.topic.clone())
+                .increment(late);
+        }
+        let writes: Vec<(StateKey, EntityState)> =
+            states.into_iter().filter(|(key, _)| changed.contains(key)).collect();
+        self.store.write_states(writes).await
     }
 
     fn skip(&self, message: &OwnedMessage, error: &envelope::DecodeError) {

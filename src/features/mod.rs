@@ -1,19 +1,27 @@
-//! Feature computation: pure functions from `(state, change, now)` to a new state, and from
-//! `(state, read time)` to feature values. No I/O, so every rule here is unit- and
-//! property-tested without Kafka or Redis.
+//! Feature computation, declared in `features.toml` and computed by pure functions: from
+//! `(state, change, now)` to a new state, and from `(state, read time, catalog)` to values.
+//! No I/O, so every rule here is unit- and property-tested without Kafka or Redis.
 //!
-//! The per-user state keeps the facts the features are derived from, keyed by the source row's
-//! primary key, rather than running counters. That makes every change an upsert or a removal of
-//! one fact, so that:
-//! - redelivering a change (at-least-once) or replaying a partition's suffix in order yields the
-//!   same state: nothing is counted twice;
-//! - an UPDATE replaces the row's fact (its count moves), a DELETE removes it;
-//! - window counts are evaluated at read time and fall as time passes with no new events.
+//! - [`definition`]: the feature file, its validation and the compiled [`FeatureSet`].
+//! - [`source`]: the legacy tables features read, and one decoded change ([`SourceChange`]).
+//! - [`state`]: per-entity state and [`apply`] (retraction, dedup by source position, late rows).
+//! - [`evaluate()`]: values at a reference time, joined through the product [`catalog`].
 
-mod user;
+pub mod catalog;
+pub mod definition;
+mod evaluate;
+pub mod source;
+mod state;
 
-pub use user::{
-    ACTIVITY_TYPES, Activity, ActivityChange, FeatureStatus, FeatureValue, LAST_VIEWED_PRODUCT,
-    RETAINED_VIEWS, UserFeatures, UserState, VIEW_PRODUCT, WINDOWS, Window, apply, evaluate,
-    feature_names,
+pub use catalog::{Catalog, Product, ProductCatalog};
+pub use definition::{
+    Aggregation, BUCKETS_PER_WINDOW, DefinitionError, Entity, Feature, FeatureSet, Storage,
 };
+pub use evaluate::{
+    FeatureStatus, FeatureValue, Features, HLL_PRECISION, Ranking, ReadContext, evaluate,
+};
+pub use source::{Position, Scalar, SourceChange, SourceRow, SourceTable};
+pub use state::{EntityState, FACT_SLACK, Outcome, apply, entity_of};
+
+#[cfg(test)]
+mod tests;

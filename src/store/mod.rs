@@ -2,17 +2,22 @@
 //! fred). Redis holds the authoritative state; L1 makes reads cheap and keeps serving, marked
 //! stale, while Redis is unreachable.
 //!
-//! - Reads: L1, else Redis (one `GET` per key even when many requests miss at once), else an
-//!   answer marked unavailable. A Redis error never fails a request.
-//! - Writes (from ingest only): one Redis pipeline per batch, then L1. The ingest loop retries a
+//! Layout in Redis, under the namespace `<key_prefix>:<generation>` (see [`generation`]):
+//! - `…:user:<id>`: a user's [`EntityState`] as JSON.
+//! - `…:product:<id>`: a hash with one field `p<partition>` per source partition holding that
+//!   partition's share of the product's state. Each share has one writer (the partition's
+//!   owner), so product features need no cross-instance locking; reads merge the shares.
+//!
+//! - Reads: L1, else Redis (one command per key even when many requests miss at once, one
+//!   pipeline for a batch), else an answer marked unavailable. A Redis error never fails a read.
+//! - Writes (from ingest only): one pipeline per batch, then L1. The ingest loop retries a
 //!   failed write and does not move its offsets meanwhile, so nothing is lost.
-//! - L1 keeps the highest `rev` it has seen for a key, so a slow reader can never put an older
-//!   state over a newer one written by ingest.
-//! - Every write also publishes `[[key, rev], …]` on `<key_prefix>:l1-invalidate` (in the same
-//!   pipeline, after the SETs). Every instance drops L1 entries older than that, so a replica
-//!   that did not consume a user's partition serves the new state on its next read instead of
-//!   after `cache.ttl`. Messages missed while the subscription is down are covered by the TTL.
+//! - Every write also publishes the keys it changed on `<key_prefix>:l1-invalidate`; every
+//!   instance drops older L1 copies. A read that raced with an invalidation does not cache what
+//!   it read, so L1 never keeps a state older than one announced.
 
+mod cache;
+pub mod generation;
 mod redis;
 
 use std::collections::HashMap;
@@ -21,13 +26,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fred::prelude::*;
-use moka::future::Cache;
-use moka::ops::compute::{CompResult, Op};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CacheConfig, RedisConfig};
-use crate::features::UserState;
+use crate::features::{Entity, EntityState};
 use crate::telemetry;
+
+use cache::L1;
+pub use cache::{Cached, Freshness};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -39,32 +45,47 @@ pub enum StoreError {
     Encode { key: String, source: serde_json::Error },
 }
 
-/// What L1 holds for a user: the state, or the fact that Redis had none.
-#[derive(Debug)]
-pub struct CachedUser {
-    pub state: Option<UserState>,
+/// An entity features are served for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntityRef {
+    pub entity: Entity,
+    pub id: String,
 }
 
-impl CachedUser {
-    fn rev(&self) -> u64 {
-        self.state.as_ref().map_or(0, |state| state.rev)
+impl EntityRef {
+    pub fn user(id: impl Into<String>) -> Self {
+        Self { entity: Entity::User, id: id.into() }
+    }
+
+    pub fn product(id: impl Into<String>) -> Self {
+        Self { entity: Entity::Product, id: id.into() }
+    }
+
+    fn cache_key(&self) -> String {
+        format!("{}:{}", self.entity.label(), self.id)
     }
 }
 
-/// How current a read answer is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Freshness {
-    /// From L1 or Redis while Redis is reachable.
-    Live,
-    /// From L1 while Redis is unreachable: may lag behind the source.
-    Stale,
-    /// Neither L1 nor Redis could answer.
-    Unavailable,
+/// Where ingest keeps one piece of state: a user's, or one partition's share of a product's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StateKey {
+    User(String),
+    ProductShare { product: String, partition: i32 },
 }
 
-pub struct UserRead {
-    pub user: Option<Arc<CachedUser>>,
+impl StateKey {
+    fn entity(&self) -> EntityRef {
+        match self {
+            Self::User(id) => EntityRef::user(id.clone()),
+            Self::ProductShare { product, .. } => EntityRef::product(product.clone()),
+        }
+    }
+}
+
+/// One entity's state as read for the API.
+#[derive(Debug, Clone)]
+pub struct EntityRead {
+    pub state: Option<Arc<EntityState>>,
     pub freshness: Freshness,
 }
 
@@ -72,8 +93,9 @@ pub struct FeatureStore {
     redis: Pool,
     subscriber: fred::clients::SubscriberClient,
     invalidation_channel: String,
-    l1: Cache<String, Arc<CachedUser>>,
+    l1: L1,
     key_prefix: String,
+    namespace: std::sync::RwLock<String>,
     state_ttl_secs: i64,
     command_timeout: Duration,
     redis_up: AtomicBool,
@@ -92,45 +114,47 @@ impl FeatureStore {
         if !connected {
             tracing::warn!("redis unreachable at start; serving without it until it comes back");
         }
-        Ok(Self::with_clients(pool, subscriber, redis, cache, connected))
-    }
-
-    fn with_clients(
-        pool: Pool,
-        subscriber: fred::clients::SubscriberClient,
-        redis: &RedisConfig,
-        cache: &CacheConfig,
-        up: bool,
-    ) -> Self {
-        let l1 = Cache::builder()
-            .max_capacity(cache.max_bytes)
-            .weigher(|key: &String, value: &Arc<CachedUser>| {
-                let bytes = key.len() + value.state.as_ref().map_or(16, UserState::approx_bytes);
-                u32::try_from(bytes).unwrap_or(u32::MAX)
-            })
-            .time_to_live(cache.ttl)
-            .build();
-        Self {
+        Ok(Self {
             redis: pool,
             subscriber,
             invalidation_channel: format!("{}:l1-invalidate", redis.key_prefix),
-            l1,
+            l1: L1::new(cache),
             key_prefix: redis.key_prefix.clone(),
+            namespace: std::sync::RwLock::new(format!("{}:{}", redis.key_prefix, "g0")),
             state_ttl_secs: i64::try_from(redis.state_ttl.as_secs()).unwrap_or(i64::MAX),
             command_timeout: redis.command_timeout,
-            redis_up: AtomicBool::new(up),
-        }
+            redis_up: AtomicBool::new(connected),
+        })
     }
 
-    pub fn user_key(&self, user_id: &str) -> String {
-        format!("{}:user:{user_id}", self.key_prefix)
+    pub fn key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.redis
+    }
+
+    fn namespace(&self) -> String {
+        self.namespace.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Switches reads and writes to the state generation `generation` and empties L1.
+    pub fn use_generation(&self, generation: &str) {
+        let namespace = format!("{}:{generation}", self.key_prefix);
+        *self.namespace.write().unwrap_or_else(std::sync::PoisonError::into_inner) = namespace;
+        self.l1.clear();
+    }
+
+    fn redis_key(&self, namespace: &str, entity: &EntityRef) -> String {
+        format!("{namespace}:{}:{}", entity.entity.label(), entity.id)
     }
 
     pub fn redis_is_up(&self) -> bool {
         self.redis_up.load(Ordering::Relaxed)
     }
 
-    fn note_redis<T>(&self, op: &'static str, result: &Result<T, fred::error::Error>) {
+    pub(crate) fn note_redis<T>(&self, op: &'static str, result: &Result<T, fred::error::Error>) {
         match result {
             Ok(_) => self.redis_up.store(true, Ordering::Relaxed),
             Err(error) => {
@@ -142,56 +166,7 @@ impl FeatureStore {
         }
     }
 
-    /// Reads a user's state for the API. Never fails: the answer says how fresh it is.
-    pub async fn read_user(&self, user_id: &str) -> UserRead {
-        let key = self.user_key(user_id);
-        if let Some(user) = self.l1.get(&key).await {
-            metrics::counter!(telemetry::CACHE_LOOKUPS, "tier" => "l1").increment(1);
-            let freshness = if self.redis_is_up() { Freshness::Live } else { Freshness::Stale };
-            return UserRead { user: Some(user), freshness };
-        }
-        if !self.redis_is_up() {
-            // Waiting for a timeout per request would queue callers behind the key lock; the
-            // health probe notices when Redis is back.
-            metrics::counter!(telemetry::CACHE_LOOKUPS, "tier" => "none").increment(1);
-            return UserRead { user: None, freshness: Freshness::Unavailable };
-        }
-        // Calls on one key are serialized: the first loads from Redis, the others find it in L1.
-        let key = &key;
-        let loaded = self
-            .l1
-            .entry(key.to_string())
-            .and_try_compute_with(|existing| async move {
-                if existing.is_some() {
-                    return Ok(Op::Nop);
-                }
-                let state = self.fetch(key).await?;
-                metrics::counter!(telemetry::CACHE_LOOKUPS, "tier" => "redis").increment(1);
-                Ok::<_, StoreError>(Op::Put(Arc::new(CachedUser { state })))
-            })
-            .await;
-        match loaded {
-            Ok(CompResult::Inserted(entry) | CompResult::ReplacedWith(entry)) => {
-                UserRead { user: Some(entry.into_value()), freshness: Freshness::Live }
-            }
-            Ok(CompResult::Unchanged(entry)) => {
-                metrics::counter!(telemetry::CACHE_LOOKUPS, "tier" => "l1").increment(1);
-                UserRead { user: Some(entry.into_value()), freshness: Freshness::Live }
-            }
-            Ok(CompResult::StillNone(_) | CompResult::Removed(_)) | Err(_) => {
-                metrics::counter!(telemetry::CACHE_LOOKUPS, "tier" => "none").increment(1);
-                UserRead { user: None, freshness: Freshness::Unavailable }
-            }
-        }
-    }
-
-    async fn fetch(&self, key: &str) -> Result<Option<UserState>, StoreError> {
-        let result: Result<Option<String>, _> = self.redis.get(key).await;
-        self.note_redis("read", &result);
-        Ok(result?.and_then(|json| self.decode_state(key, &json)))
-    }
-
-    fn decode_state(&self, key: &str, json: &str) -> Option<UserState> {
+    fn decode_state(&self, key: &str, json: &str) -> Option<EntityState> {
         match serde_json::from_str(json) {
             Ok(state) => Some(state),
             Err(error) => {
@@ -202,52 +177,227 @@ impl FeatureStore {
         }
     }
 
-    /// Loads the authoritative states of `user_ids` from Redis (one `MGET`), for ingest to apply
-    /// changes to. Users without state are absent from the map.
-    pub async fn load_for_write(
-        &self,
-        user_ids: &[String],
-    ) -> Result<HashMap<String, UserState>, StoreError> {
-        if user_ids.is_empty() {
-            return Ok(HashMap::new());
+    /// Merges a product's per-partition shares.
+    fn merge_shares(&self, key: &str, shares: HashMap<String, String>) -> Option<EntityState> {
+        if shares.is_empty() {
+            return None;
         }
-        let keys: Vec<String> = user_ids.iter().map(|user| self.user_key(user)).collect();
-        let result: Result<Vec<Option<String>>, _> = if keys.len() == 1 {
-            self.redis.get::<Option<String>, _>(&keys[0]).await.map(|value| vec![value])
-        } else {
-            self.redis.mget(keys.clone()).await
-        };
+        let mut merged = EntityState::default();
+        for json in shares.values() {
+            if let Some(share) = self.decode_state(key, json) {
+                merged.merge(&share);
+            }
+        }
+        Some(merged)
+    }
+
+    /// Reads one entity for the API. Never fails: the answer says how fresh it is.
+    pub async fn read(&self, entity: &EntityRef) -> EntityRead {
+        let cache_key = entity.cache_key();
+        if let Some(cached) = self.l1.get(&cache_key).await {
+            return self.answer_from_l1(cached);
+        }
+        if !self.redis_is_up() {
+            // Waiting for a timeout per request would queue callers behind the key lock; the
+            // health probe notices when Redis is back.
+            metrics::counter!(telemetry::CACHE_LOOKUPS, "tier" => "none").increment(1);
+            return EntityRead { state: None, freshness: Freshness::Unavailable };
+        }
+        let loaded = self
+            .l1
+            .get_or_load(&cache_key, || async {
+                let mut fetched = self.fetch(std::slice::from_ref(entity), &[]).await?;
+                Ok::<_, StoreError>(fetched.0.pop().flatten())
+            })
+            .await;
+        match loaded {
+            Some((cached, from_l1)) => {
+                let tier = if from_l1 { "l1" } else { "redis" };
+                metrics::counter!(telemetry::CACHE_LOOKUPS, "tier" => tier).increment(1);
+                EntityRead { state: cached.state.clone(), freshness: Freshness::Live }
+            }
+            None => {
+                metrics::counter!(telemetry::CACHE_LOOKUPS, "tier" => "none").increment(1);
+                EntityRead { state: None, freshness: Freshness::Unavailable }
+            }
+        }
+    }
+
+    fn answer_from_l1(&self, cached: Arc<Cached>) -> EntityRead {
+        metrics::counter!(telemetry::CACHE_LOOKUPS, "tier" => "l1").increment(1);
+        let freshness = if self.redis_is_up() { Freshness::Live } else { Freshness::Stale };
+        EntityRead { state: cached.state.clone(), freshness }
+    }
+
+    /// Reads many entities, with at most one Redis round trip for all L1 misses; `extra` are
+    /// entities wanted from Redis in the same round trip without caching (whole-catalog
+    /// rankings). Returns the reads in order, and the extra states (`None` when Redis failed).
+    pub async fn read_many(
+        &self,
+        entities: &[EntityRef],
+        extra: &[EntityRef],
+    ) -> (Vec<EntityRead>, Option<Vec<Option<EntityState>>>) {
+        let mut reads: Vec<Option<EntityRead>> = Vec::with_capacity(entities.len());
+        let mut misses: Vec<(usize, EntityRef, u64)> = Vec::new();
+        for (index, entity) in entities.iter().enumerate() {
+            let cache_key = entity.cache_key();
+            match self.l1.get(&cache_key).await {
+                Some(cached) => reads.push(Some(self.answer_from_l1(cached))),
+                None => {
+                    reads.push(None);
+                    misses.push((index, entity.clone(), self.l1.epoch(&cache_key)));
+                }
+            }
+        }
+        let unavailable = || EntityRead { state: None, freshness: Freshness::Unavailable };
+        let mut extra_states = None;
+        if (!misses.is_empty() || !extra.is_empty()) && self.redis_is_up() {
+            let wanted: Vec<EntityRef> = misses.iter().map(|(_, e, _)| e.clone()).collect();
+            if let Ok((states, extras)) = self.fetch(&wanted, extra).await {
+                for ((index, entity, epoch), state) in misses.iter().zip(states) {
+                    let cached =
+                        self.l1.insert_if_unchanged(entity.cache_key(), state, *epoch).await;
+                    metrics::counter!(telemetry::CACHE_LOOKUPS, "tier" => "redis").increment(1);
+                    reads[*index] = Some(EntityRead {
+                        state: cached.state.clone(),
+                        freshness: Freshness::Live,
+                    });
+                }
+                extra_states = Some(extras);
+            }
+        }
+        let reads = reads
+            .into_iter()
+            .map(|read| {
+                read.unwrap_or_else(|| {
+                    metrics::counter!(telemetry::CACHE_LOOKUPS, "tier" => "none").increment(1);
+                    unavailable()
+                })
+            })
+            .collect();
+        (reads, extra_states)
+    }
+
+    /// One pipeline: `GET` per user, `HGETALL` per product.
+    async fn fetch(
+        &self,
+        entities: &[EntityRef],
+        extra: &[EntityRef],
+    ) -> Result<(Vec<Option<EntityState>>, Vec<Option<EntityState>>), StoreError> {
+        let namespace = self.namespace();
+        let keys: Vec<(Entity, String)> = entities
+            .iter()
+            .chain(extra)
+            .map(|entity| (entity.entity, self.redis_key(&namespace, entity)))
+            .collect();
+        let pipeline = self.redis.next().pipeline();
+        for (entity, key) in &keys {
+            match entity {
+                Entity::User => {
+                    let _: () = pipeline.get(key).await?;
+                }
+                Entity::Product => {
+                    let _: () = pipeline.hgetall(key).await?;
+                }
+            }
+        }
+        let result: Result<Vec<Value>, _> = pipeline.all().await;
         self.note_redis("read", &result);
         let values = result?;
-        Ok(user_ids
+        let mut states: Vec<Option<EntityState>> = keys
             .iter()
-            .zip(keys.iter().zip(values))
-            .filter_map(|(user, (key, value))| {
-                value.and_then(|json| self.decode_state(key, &json)).map(|s| (user.clone(), s))
+            .zip(values)
+            .map(|((entity, key), value)| match entity {
+                Entity::User => value
+                    .convert::<Option<String>>()
+                    .ok()
+                    .flatten()
+                    .and_then(|json| self.decode_state(key, &json)),
+                Entity::Product => value
+                    .convert::<HashMap<String, String>>()
+                    .ok()
+                    .and_then(|shares| self.merge_shares(key, shares)),
+            })
+            .collect();
+        let extras = states.split_off(entities.len());
+        Ok((states, extras))
+    }
+
+    fn state_location(&self, namespace: &str, key: &StateKey) -> (String, Option<String>) {
+        match key {
+            StateKey::User(id) => (self.redis_key(namespace, &EntityRef::user(id.clone())), None),
+            StateKey::ProductShare { product, partition } => (
+                self.redis_key(namespace, &EntityRef::product(product.clone())),
+                Some(format!("p{partition}")),
+            ),
+        }
+    }
+
+    /// Loads the authoritative states of `keys` from Redis (one pipeline), for ingest to apply
+    /// changes to. Keys without state are absent from the map.
+    pub async fn load_for_write(
+        &self,
+        keys: &[StateKey],
+    ) -> Result<HashMap<StateKey, EntityState>, StoreError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let namespace = self.namespace();
+        let pipeline = self.redis.next().pipeline();
+        for key in keys {
+            match self.state_location(&namespace, key) {
+                (redis_key, None) => {
+                    let _: () = pipeline.get(redis_key).await?;
+                }
+                (redis_key, Some(field)) => {
+                    let _: () = pipeline.hget(redis_key, field).await?;
+                }
+            }
+        }
+        let result: Result<Vec<Option<String>>, _> = pipeline.all().await;
+        self.note_redis("read", &result);
+        let values = result?;
+        Ok(keys
+            .iter()
+            .zip(values)
+            .filter_map(|(key, value)| {
+                let json = value?;
+                let state = self.decode_state(&format!("{key:?}"), &json)?;
+                Some((key.clone(), state))
             })
             .collect())
     }
 
-    /// Writes states to Redis in one pipeline and, once acknowledged, to L1.
-    pub async fn write_users(&self, states: Vec<(String, UserState)>) -> Result<(), StoreError> {
+    /// Writes states to Redis in one pipeline (each key's state and its source positions in one
+    /// value, so atomically) and, once acknowledged, updates L1.
+    pub async fn write_states(
+        &self,
+        states: Vec<(StateKey, EntityState)>,
+    ) -> Result<(), StoreError> {
         if states.is_empty() {
             return Ok(());
         }
-        let mut encoded = Vec::with_capacity(states.len());
-        for (user, state) in states {
-            let key = self.user_key(&user);
-            let json = serde_json::to_string(&state)
-                .map_err(|source| StoreError::Encode { key: key.clone(), source })?;
-            encoded.push((key, json, state));
-        }
+        let namespace = self.namespace();
         let pipeline = self.redis.next().pipeline();
-        for (key, json, _) in &encoded {
-            let _: () = pipeline
-                .set(key, json.as_str(), Some(Expiration::EX(self.state_ttl_secs)), None, false)
-                .await?;
+        let mut announced: Vec<(String, u64)> = Vec::with_capacity(states.len());
+        for (key, state) in &states {
+            let json = serde_json::to_string(state)
+                .map_err(|source| StoreError::Encode { key: format!("{key:?}"), source })?;
+            let (redis_key, field) = self.state_location(&namespace, key);
+            let ttl = Some(Expiration::EX(self.state_ttl_secs));
+            match field {
+                None => {
+                    let _: () = pipeline.set(&redis_key, json.as_str(), ttl, None, false).await?;
+                    announced.push((key.entity().cache_key(), state.rev));
+                }
+                Some(field) => {
+                    let _: () = pipeline.hset(&redis_key, (field, json.as_str())).await?;
+                    let _: () = pipeline.expire(&redis_key, self.state_ttl_secs, None).await?;
+                    // The merged state's revision is not known here: drop every older copy.
+                    announced.push((key.entity().cache_key(), u64::MAX));
+                }
+            }
         }
-        let announced: Vec<(&str, u64)> =
-            encoded.iter().map(|(key, _, state)| (key.as_str(), state.rev)).collect();
         let announcement = serde_json::to_string(&announced).map_err(|source| {
             StoreError::Encode { key: self.invalidation_channel.clone(), source }
         })?;
@@ -257,41 +407,27 @@ impl FeatureStore {
         let outcome = first_error.map_or(Ok(()), Err);
         self.note_redis("write", &outcome);
         outcome?;
-        metrics::counter!(telemetry::STATE_WRITES).increment(encoded.len() as u64);
+        metrics::counter!(telemetry::STATE_WRITES).increment(states.len() as u64);
 
-        for (key, _, state) in encoded {
-            let fresh = Arc::new(CachedUser { state: Some(state) });
-            self.l1
-                .entry(key)
-                .and_compute_with(|existing| async move {
-                    match existing {
-                        Some(entry) if entry.value().rev() >= fresh.rev() => Op::Nop,
-                        _ => Op::Put(fresh),
-                    }
-                })
-                .await;
+        for (key, state) in states {
+            match key {
+                StateKey::User(_) => self.l1.put_newer(key.entity().cache_key(), state).await,
+                StateKey::ProductShare { .. } => {
+                    self.l1.invalidate(key.entity().cache_key(), u64::MAX).await;
+                }
+            }
         }
         Ok(())
     }
 
     /// Drops L1 entries older than the revisions another instance announced.
-    async fn invalidate(&self, announcement: &str) {
+    async fn apply_announcement(&self, announcement: &str) {
         let Ok(announced) = serde_json::from_str::<Vec<(String, u64)>>(announcement) else {
             tracing::warn!("ignoring a malformed L1 invalidation message");
             return;
         };
         for (key, rev) in announced {
-            let outcome = self
-                .l1
-                .entry(key)
-                .and_compute_with(|existing| async move {
-                    match existing {
-                        Some(entry) if entry.value().rev() < rev => Op::Remove,
-                        _ => Op::Nop,
-                    }
-                })
-                .await;
-            if matches!(outcome, CompResult::Removed(_)) {
+            if self.l1.invalidate(key, rev).await {
                 metrics::counter!(telemetry::L1_INVALIDATIONS).increment(1);
             }
         }
@@ -329,11 +465,12 @@ impl FeatureStore {
                 match message {
                     Ok(message) => {
                         if let Some(text) = message.value.as_str() {
-                            store.invalidate(&text).await;
+                            store.apply_announcement(&text).await;
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::warn!(missed, "L1 invalidations dropped; entries expire by TTL");
+                        tracing::warn!(missed, "L1 invalidations dropped; emptying L1");
+                        store.l1.clear();
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }

@@ -1,0 +1,209 @@
+//! The products dimension: every instance reads every partition of the products topic, from the
+//! beginning, into its in-memory [`ProductCatalog`] (not through the consumer group, which would
+//! give each instance only a share). Until it has read up to the end offsets it saw at start,
+//! the instance reports not ready.
+//!
+//! Changes to one product are keyed by its id, so they arrive in order on one partition and the
+//! catalog ends up with the latest row. Redelivery and Debezium re-publishing replay a suffix of
+//! that order, which converges to the same row.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle as ThreadHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::Offset;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::TopicPartitionList;
+use tokio_util::sync::CancellationToken;
+
+use super::consumer::{IngestError, client_config};
+use super::envelope::{self, CdcMessage, Op};
+use crate::config::KafkaConfig;
+use crate::features::ProductCatalog;
+use crate::telemetry;
+
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often new partitions of the products topic are looked for.
+const PARTITION_CHECK: Duration = Duration::from_secs(10);
+
+/// The running dimension reader.
+pub struct Dimension {
+    ready: Arc<AtomicBool>,
+    stop: CancellationToken,
+    thread: ThreadHandle<()>,
+}
+
+impl Dimension {
+    pub fn start(config: &KafkaConfig, catalog: Arc<ProductCatalog>) -> Result<Self, IngestError> {
+        let mut client = client_config(config);
+        // Every instance reads everything: a group of its own, never committed.
+        client
+            .set("group.id", format!("{}-dimension-{}", config.group_id, uuid::Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .remove("group.instance.id");
+        let consumer: BaseConsumer = client.create().map_err(IngestError::Create)?;
+        let ready = Arc::new(AtomicBool::new(false));
+        let stop = CancellationToken::new();
+        let reader = Reader {
+            consumer,
+            topic: config.products_topic.clone(),
+            catalog,
+            ready: Arc::clone(&ready),
+            stop: stop.clone(),
+            end_offsets: HashMap::new(),
+            positions: HashMap::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("kafka-dimension".into())
+            .spawn(move || reader.run())
+            .map_err(IngestError::Thread)?;
+        Ok(Self { ready, stop, thread })
+    }
+
+    /// True once the catalog holds every product published before start.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn readiness(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.ready)
+    }
+
+    pub fn shutdown(self) {
+        self.stop.cancel();
+        if self.thread.join().is_err() {
+            tracing::error!("dimension reader thread panicked");
+        }
+    }
+}
+
+struct Reader {
+    consumer: BaseConsumer,
+    topic: String,
+    catalog: Arc<ProductCatalog>,
+    ready: Arc<AtomicBool>,
+    stop: CancellationToken,
+    /// Per partition: the end offset at assignment, which the catalog must reach to be ready.
+    end_offsets: HashMap<i32, i64>,
+    /// Per partition: the next offset to read.
+    positions: HashMap<i32, i64>,
+}
+
+impl Reader {
+    fn run(mut self) {
+        let mut last_check: Option<Instant> = None;
+        while !self.stop.is_cancelled() {
+            if last_check.is_none_or(|at| at.elapsed() >= PARTITION_CHECK) {
+                self.assign_new_partitions();
+                last_check = Some(Instant::now());
+            }
+            if !self.ready.load(Ordering::Relaxed) && self.caught_up() {
+                tracing::info!(products = self.catalog.len(), topic = %self.topic, "product catalog loaded");
+                self.ready.store(true, Ordering::Release);
+            }
+            match self.consumer.poll(POLL_INTERVAL) {
+                None => {}
+                Some(Ok(message)) => {
+                    self.positions.insert(message.partition(), message.offset() + 1);
+                    self.apply(message.payload(), message.partition(), message.offset());
+                }
+                Some(Err(error)) => {
+                    metrics::counter!(telemetry::CONSUMER_ERRORS).increment(1);
+                    tracing::warn!(error = %error, topic = %self.topic, "products consumer error");
+                }
+            }
+        }
+    }
+
+    fn caught_up(&self) -> bool {
+        self.end_offsets.iter().all(|(partition, end)| {
+            *end == 0 || self.positions.get(partition).is_some_and(|position| position >= end)
+        })
+    }
+
+    /// Assigns partitions not assigned yet, from the beginning. A topic that does not exist yet
+    /// (no product ever written) means an empty catalog.
+    fn assign_new_partitions(&mut self) {
+        let count = match self.consumer.fetch_metadata(Some(&self.topic), METADATA_TIMEOUT) {
+            Ok(metadata) => metadata
+                .topics()
+                .iter()
+                .find(|topic| topic.name() == self.topic && topic.error().is_none())
+                .map_or(0, |topic| topic.partitions().len()),
+            Err(error) => {
+                tracing::warn!(error = %error, topic = %self.topic, "cannot read products topic metadata");
+                return;
+            }
+        };
+        let mut fresh = TopicPartitionList::new();
+        for partition in 0..i32::try_from(count).unwrap_or(i32::MAX) {
+            if self.end_offsets.contains_key(&partition) {
+                continue;
+            }
+            let end = match self.consumer.fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
+            {
+                Ok((_, high)) => high,
+                Err(error) => {
+                    tracing::warn!(error = %error, partition, "cannot read products end offset");
+                    continue;
+                }
+            };
+            if fresh.add_partition_offset(&self.topic, partition, Offset::Beginning).is_ok() {
+                self.end_offsets.insert(partition, end);
+            }
+        }
+        if fresh.count() > 0 {
+            if let Err(error) = self.consumer.incremental_assign(&fresh) {
+                tracing::warn!(error = %error, "cannot assign products partitions");
+                for element in fresh.elements() {
+                    self.end_offsets.remove(&element.partition());
+                }
+            } else {
+                tracing::info!(topic = %self.topic, partitions = fresh.count(), "reading products");
+            }
+        }
+    }
+
+    fn apply(&self, payload: Option<&[u8]>, partition: i32, offset: i64) {
+        let event = match envelope::decode(payload) {
+            Ok(CdcMessage::Change(event)) => event,
+            Ok(CdcMessage::Tombstone | CdcMessage::Heartbeat { .. }) => return,
+            Err(error) => return self.skip(partition, offset, &error),
+        };
+        let row = match event.op {
+            Op::Delete => event.before.as_ref(),
+            Op::Read | Op::Create | Op::Update => event.after.as_ref(),
+            Op::Truncate => {
+                self.catalog.clear();
+                return;
+            }
+            Op::Message => return,
+        };
+        let Some(row) = row else { return };
+        match envelope::product_row(row) {
+            Ok(product) if event.op == Op::Delete => self.catalog.remove(&product.id),
+            Ok(product) => {
+                // A primary-key change arrives as a delete and a create; an update can still
+                // carry an old id in its before image.
+                if let Some(old) = event.before.as_ref().and_then(|b| envelope::product_row(b).ok())
+                    && old.id != product.id
+                {
+                    self.catalog.remove(&old.id);
+                }
+                self.catalog.upsert(product);
+            }
+            Err(error) => return self.skip(partition, offset, &error),
+        }
+        metrics::counter!(telemetry::CATALOG_CHANGES, "op" => event.op.label()).increment(1);
+        metrics::gauge!(telemetry::CATALOG_PRODUCTS).set(self.catalog.len() as f64);
+    }
+
+    fn skip(&self, partition: i32, offset: i64, error: &envelope::DecodeError) {
+        tracing::warn!(topic = %self.topic, partition, offset, kind = error.kind(), error = %error, "skipping undecodable product event");
+        metrics::counter!(telemetry::DECODE_ERRORS, "kind" => error.kind()).increment(1);
+    }
+}

@@ -1,0 +1,195 @@
+//! The legacy tables features are computed from, their columns, and one decoded change to them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// A table whose changes feed features. `products` is not one: it is the dimension features
+/// join through (see [`crate::features::Catalog`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceTable {
+    UserActivity,
+    CartItems,
+    Orders,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    Text,
+    /// `INTEGER`/`BIGINT`: a JSON number.
+    Integer,
+    /// `NUMERIC`: a decimal string (`decimal.handling.mode=string`).
+    Number,
+    Time,
+}
+
+impl ColumnType {
+    pub fn is_numeric(self) -> bool {
+        matches!(self, Self::Integer | Self::Number)
+    }
+}
+
+pub struct TableSchema {
+    pub table: SourceTable,
+    pub name: &'static str,
+    /// Primary key columns: a row's identity across its updates.
+    pub key: &'static [&'static str],
+    /// The event time of a row. Rows without one (NULL) use the commit time.
+    pub time_column: Option<&'static str>,
+    pub columns: &'static [(&'static str, ColumnType)],
+}
+
+use ColumnType::{Integer, Number, Text, Time};
+
+pub const SCHEMAS: [TableSchema; 3] = [
+    TableSchema {
+        table: SourceTable::UserActivity,
+        name: "user_activity",
+        key: &["id"],
+        time_column: Some("activity_timestamp"),
+        columns: &[
+            ("id", Text),
+            ("user_id", Text),
+            ("activity_type", Text),
+            ("product_id", Text),
+            ("activity_timestamp", Time),
+        ],
+    },
+    TableSchema {
+        table: SourceTable::CartItems,
+        name: "cart_items",
+        key: &["user_id", "product_id"],
+        time_column: Some("updated_at"),
+        columns: &[
+            ("user_id", Text),
+            ("product_id", Text),
+            ("quantity", Integer),
+            ("unit_price", Number),
+            ("updated_at", Time),
+        ],
+    },
+    TableSchema {
+        table: SourceTable::Orders,
+        name: "orders",
+        key: &["id"],
+        time_column: Some("created_at"),
+        columns: &[
+            ("id", Integer),
+            ("user_id", Text),
+            ("product_id", Text),
+            ("quantity", Integer),
+            ("amount", Number),
+            ("status", Text),
+            ("created_at", Time),
+        ],
+    },
+];
+
+impl SourceTable {
+    pub const ALL: [SourceTable; 3] =
+        [SourceTable::UserActivity, SourceTable::CartItems, SourceTable::Orders];
+
+    pub fn schema(self) -> &'static TableSchema {
+        match self {
+            Self::UserActivity => &SCHEMAS[0],
+            Self::CartItems => &SCHEMAS[1],
+            Self::Orders => &SCHEMAS[2],
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.schema().name
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|table| table.name() == name)
+    }
+
+    pub fn column(self, name: &str) -> Option<ColumnType> {
+        self.schema().columns.iter().find(|(column, _)| *column == name).map(|(_, kind)| *kind)
+    }
+}
+
+impl fmt::Display for SourceTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One column value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scalar {
+    Null,
+    Text(String),
+    Number(Decimal),
+    /// Microseconds since the epoch.
+    Time(i64),
+}
+
+impl Scalar {
+    /// The value as features store and compare it; `None` for NULL.
+    pub fn as_key(&self) -> Option<String> {
+        match self {
+            Self::Null => None,
+            Self::Text(text) => Some(text.clone()),
+            Self::Number(number) => Some(number.normalize().to_string()),
+            Self::Time(micros) => Some(micros.to_string()),
+        }
+    }
+
+    pub fn as_number(&self) -> Option<Decimal> {
+        match self {
+            Self::Number(number) => Some(*number),
+            _ => None,
+        }
+    }
+}
+
+/// One row image of a source table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRow {
+    /// Primary key, joined with `/`: identifies the row across its updates.
+    pub key: String,
+    pub columns: BTreeMap<&'static str, Scalar>,
+    /// Event time: the table's time column, or the commit time where that is NULL.
+    pub time: DateTime<Utc>,
+}
+
+impl SourceRow {
+    pub fn get(&self, column: &str) -> &Scalar {
+        self.columns.get(column).unwrap_or(&Scalar::Null)
+    }
+
+    pub fn text(&self, column: &str) -> Option<&str> {
+        match self.get(column) {
+            Scalar::Text(text) => Some(text),
+            _ => None,
+        }
+    }
+}
+
+/// Where a change sits in the source database's history, as Debezium reports it:
+/// `(commit LSN of the transaction before, LSN of the change, rank of the event)`.
+///
+/// Postgres LSNs of changes are not monotonic in delivery order (transactions interleave and
+/// are delivered in commit order), but the last commit LSN grows with every transaction and the
+/// change LSN grows within one, so the pair is increasing in delivery order. A primary-key
+/// update is a delete and an insert at the same LSN: the rank (delete 0, other 1) orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Position(pub i64, pub i64, pub u8);
+
+/// One decoded change to a source table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceChange {
+    pub table: SourceTable,
+    pub before: Option<SourceRow>,
+    pub after: Option<SourceRow>,
+    /// `None` for snapshot reads, which all share one position: they are applied as they come.
+    pub position: Option<Position>,
+    /// Commit time in Postgres.
+    pub committed_at: Option<DateTime<Utc>>,
+}

@@ -1,0 +1,295 @@
+//! Per-entity feature state and how one change updates it. Pure: `(state, change, now)` in,
+//! state out; `now` (processing time) only decides what is too old to keep.
+//!
+//! - Bucketed aggregations keep, per time bucket, a count per stored value. Applying a row adds
+//!   one, retracting it (the before image of an update or delete) subtracts one, so retraction
+//!   is exact and the order of changes does not matter.
+//! - `last`, `last_n` and `intervals` keep facts by row key, so a delete removes exactly its
+//!   row's fact and the next newest one takes its place. Without a window the facts kept are
+//!   capped (see [`FACT_SLACK`]).
+//! - Current-state aggregations keep the rows that exist now, by row key.
+//! - Every state remembers the newest source position applied per stream (topic partition):
+//!   a change at or before it is a duplicate (Kafka redelivery, or Debezium publishing again
+//!   after a Connect restart) and is skipped. State and positions are one Redis value, so they
+//!   are written atomically.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::definition::{BUCKETS_PER_WINDOW, Entity, Feature, FeatureSet, Storage, ValueExpr};
+use super::source::{Position, SourceChange, SourceRow};
+
+/// Facts kept beyond what an unwindowed `last`/`last_n`/`intervals` reports, so that deleting
+/// the newest rows falls back to older ones. Deleting more than this many of a user's newest
+/// rows in a row can leave a value that an exact recomputation would not give.
+pub const FACT_SLACK: usize = 32;
+/// `last_n` without a window keeps at most this many facts per value.
+const FACTS_PER_VALUE: usize = 4;
+
+/// One time bucket: stored value → number of rows.
+pub type Cell = BTreeMap<String, i64>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fact {
+    #[serde(rename = "t")]
+    pub at_us: i64,
+    #[serde(rename = "v")]
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureState {
+    #[serde(rename = "b", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub buckets: BTreeMap<i64, Cell>,
+    #[serde(rename = "f", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub facts: BTreeMap<String, Fact>,
+}
+
+impl FeatureState {
+    fn is_empty(&self) -> bool {
+        self.buckets.is_empty() && self.facts.is_empty()
+    }
+}
+
+/// Everything persona keeps about one entity (or, for products, one source partition's share
+/// of it), as stored in Redis.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntityState {
+    /// Incremented by every applied change; lets caches keep the newest copy.
+    pub rev: u64,
+    /// Newest position applied, per stream (`<table>/<partition>`).
+    #[serde(rename = "pos", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub applied: BTreeMap<String, Position>,
+    #[serde(rename = "f", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub features: BTreeMap<String, FeatureState>,
+}
+
+impl EntityState {
+    /// Rough size in memory, for the L1 cache's byte budget.
+    pub fn approx_bytes(&self) -> usize {
+        let features: usize = self
+            .features
+            .values()
+            .map(|f| {
+                f.facts.len() * 96
+                    + f.buckets.values().map(|cell| 48 + cell.len() * 48).sum::<usize>()
+            })
+            .sum();
+        64 + self.applied.len() * 48 + features
+    }
+
+    /// Adds another partition's share of the same entity (product features).
+    pub fn merge(&mut self, other: &EntityState) {
+        self.rev += other.rev;
+        for (stream, position) in &other.applied {
+            self.applied.insert(stream.clone(), *position);
+        }
+        for (name, theirs) in &other.features {
+            let ours = self.features.entry(name.clone()).or_default();
+            for (bucket, cell) in &theirs.buckets {
+                let target = ours.buckets.entry(*bucket).or_default();
+                for (value, count) in cell {
+                    *target.entry(value.clone()).or_default() += count;
+                }
+            }
+            for (key, fact) in &theirs.facts {
+                ours.facts.insert(key.clone(), fact.clone());
+            }
+        }
+    }
+}
+
+/// What applying one change did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Already applied (its position is not after the stream's newest): nothing changed.
+    pub duplicate: bool,
+    /// Rows older than a window's retention, dropped.
+    pub late: u32,
+}
+
+/// The entity a row belongs to, for `entity`.
+pub fn entity_of(row: &SourceRow, entity: Entity) -> Option<&str> {
+    row.text(entity.column()).filter(|id| !id.is_empty())
+}
+
+/// Applies `change`, read from `stream`, to the state of entity `entity_id`.
+pub fn apply(
+    set: &FeatureSet,
+    entity: Entity,
+    entity_id: &str,
+    state: &mut EntityState,
+    change: &SourceChange,
+    stream: &str,
+    now: DateTime<Utc>,
+) -> Outcome {
+    let mut outcome = Outcome::default();
+    if let Some(position) = change.position {
+        if state.applied.get(stream).is_some_and(|applied| *applied >= position) {
+            outcome.duplicate = true;
+            return outcome;
+        }
+        state.applied.insert(stream.to_string(), position);
+    }
+    let belongs = |row: &&SourceRow| entity_of(row, entity) == Some(entity_id);
+    let now_us = now.timestamp_micros();
+    for feature in set.fed_by(entity, change.table) {
+        let feature_state = state.features.entry(feature.name.clone()).or_default();
+        if let Some(before) = change.before.as_ref().filter(belongs) {
+            retract(feature, feature_state, before, set.history_us(), now_us);
+        }
+        if let Some(after) = change.after.as_ref().filter(belongs)
+            && !add(feature, feature_state, after, set.history_us(), now_us)
+        {
+            outcome.late += 1;
+        }
+        prune(feature, feature_state, set.history_us(), now_us);
+        if feature_state.is_empty() {
+            state.features.remove(&feature.name);
+        }
+    }
+    state.rev += 1;
+    outcome
+}
+
+fn passes(feature: &Feature, row: &SourceRow) -> bool {
+    feature.filter.iter().all(|(column, accepted)| {
+        row.get(column).as_key().is_some_and(|value| accepted.contains(&value))
+    })
+}
+
+/// What a row stores for a feature; `None` when it contributes nothing (filtered out, NULL).
+fn stored_value(feature: &Feature, row: &SourceRow) -> Option<String> {
+    if !passes(feature, row) {
+        return None;
+    }
+    let value = match &feature.value {
+        ValueExpr::Nothing => Some(String::new()),
+        ValueExpr::Column(column) => row.get(column).as_key(),
+        // Joined when read, so a product's later category or price change applies to history.
+        ValueExpr::Product(_) => row.text("product_id").map(str::to_string),
+        ValueExpr::Product2(left, right) => {
+            match (row.get(left).as_number(), row.get(right).as_number()) {
+                (Some(left), Some(right)) => Some((left * right).normalize().to_string()),
+                _ => None,
+            }
+        }
+    }?;
+    if !feature.steps.is_empty() && !feature.steps.contains(&value) {
+        return None;
+    }
+    Some(value)
+}
+
+/// The oldest bucket kept: a read at `now - history` still sees its whole window.
+fn oldest_kept_bucket(feature: &Feature, history_us: i64, now_us: i64) -> Option<i64> {
+    let window = feature.window?;
+    Some(window.bucket_of(now_us.saturating_sub(history_us)) - BUCKETS_PER_WINDOW + 1)
+}
+
+fn too_old(feature: &Feature, at_us: i64, history_us: i64, now_us: i64) -> bool {
+    match (feature.window, oldest_kept_bucket(feature, history_us, now_us)) {
+        (Some(window), Some(oldest)) => window.bucket_of(at_us) < oldest,
+        _ => false,
+    }
+}
+
+/// Adds a row's contribution; `false` when it was dropped as too old.
+fn add(
+    feature: &Feature,
+    state: &mut FeatureState,
+    row: &SourceRow,
+    history_us: i64,
+    now_us: i64,
+) -> bool {
+    let Some(value) = stored_value(feature, row) else { return true };
+    let at_us = row.time.timestamp_micros();
+    if too_old(feature, at_us, history_us, now_us) {
+        return false;
+    }
+    match feature.storage() {
+        Storage::Buckets => {
+            let bucket = feature.window.map_or(0, |window| window.bucket_of(at_us));
+            *state.buckets.entry(bucket).or_default().entry(value).or_default() += 1;
+        }
+        Storage::Facts | Storage::Current => {
+            state.facts.insert(row.key.clone(), Fact { at_us, value });
+        }
+        Storage::Derived => {}
+    }
+    true
+}
+
+fn retract(
+    feature: &Feature,
+    state: &mut FeatureState,
+    row: &SourceRow,
+    history_us: i64,
+    now_us: i64,
+) {
+    let Some(value) = stored_value(feature, row) else { return };
+    let at_us = row.time.timestamp_micros();
+    if too_old(feature, at_us, history_us, now_us) {
+        return;
+    }
+    match feature.storage() {
+        Storage::Buckets => {
+            let bucket = feature.window.map_or(0, |window| window.bucket_of(at_us));
+            if let Some(cell) = state.buckets.get_mut(&bucket) {
+                if let Some(count) = cell.get_mut(&value) {
+                    *count -= 1;
+                    if *count <= 0 {
+                        cell.remove(&value);
+                    }
+                }
+                if cell.is_empty() {
+                    state.buckets.remove(&bucket);
+                }
+            }
+        }
+        Storage::Facts | Storage::Current => {
+            state.facts.remove(&row.key);
+        }
+        Storage::Derived => {}
+    }
+}
+
+fn prune(feature: &Feature, state: &mut FeatureState, history_us: i64, now_us: i64) {
+    if let (Some(window), Some(oldest)) =
+        (feature.window, oldest_kept_bucket(feature, history_us, now_us))
+    {
+        state.buckets = state.buckets.split_off(&oldest);
+        state.facts.retain(|_, fact| window.bucket_of(fact.at_us) >= oldest);
+        return;
+    }
+    if feature.storage() != Storage::Facts {
+        return;
+    }
+    let mut newest: Vec<(&String, &Fact)> = state.facts.iter().collect();
+    newest.sort_by(|a, b| (b.1.at_us, b.0).cmp(&(a.1.at_us, a.0)));
+    let keep_values = feature.n.max(1) + FACT_SLACK;
+    let mut per_value: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut kept: Vec<String> = Vec::new();
+    for (key, fact) in newest {
+        let seen = per_value.len();
+        let count = per_value.entry(fact.value.as_str()).or_default();
+        let distinct_ok = *count > 0 || seen < keep_values;
+        let per_value_ok =
+            feature.aggregation != super::Aggregation::LastN || *count < FACTS_PER_VALUE;
+        if distinct_ok && per_value_ok && kept.len() < keep_values * FACTS_PER_VALUE {
+            *count += 1;
+            kept.push(key.clone());
+        }
+    }
+    if kept.len() < state.facts.len() {
+        state.facts.retain(|key, _| kept.contains(key));
+    }
+}
+
+/// A numeric stored value (sums).
+pub fn stored_number(value: &str) -> Option<Decimal> {
+    value.parse().ok()
+}

@@ -1,0 +1,184 @@
+//! L1: the in-process moka cache of entity states, with the rules that keep it from ever holding
+//! a state older than one already written or announced.
+//!
+//! - Ingest's own writes replace an entry only with a higher `rev`.
+//! - An invalidation bumps the key's epoch before dropping the entry; a read from Redis caches
+//!   what it read only if the epoch did not move meanwhile (otherwise it may have read a state
+//!   the invalidation already superseded).
+
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use moka::future::Cache;
+use moka::ops::compute::{CompResult, Op};
+
+use crate::config::CacheConfig;
+use crate::features::EntityState;
+
+const EPOCH_SHARDS: usize = 256;
+
+/// What L1 holds for an entity: its state, or the fact that Redis had none.
+#[derive(Debug)]
+pub struct Cached {
+    pub state: Option<Arc<EntityState>>,
+}
+
+impl Cached {
+    fn rev(&self) -> u64 {
+        self.state.as_ref().map_or(0, |state| state.rev)
+    }
+}
+
+/// How current a read answer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Freshness {
+    /// From L1 or Redis while Redis is reachable.
+    Live,
+    /// From L1 while Redis is unreachable: may lag behind the source.
+    Stale,
+    /// Neither L1 nor Redis could answer.
+    Unavailable,
+}
+
+pub(super) struct L1 {
+    cache: Cache<String, Arc<Cached>>,
+    epochs: Vec<AtomicU64>,
+}
+
+impl L1 {
+    pub fn new(config: &CacheConfig) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(config.max_bytes)
+            .weigher(|key: &String, value: &Arc<Cached>| {
+                let bytes = key.len() + value.state.as_ref().map_or(16, |s| s.approx_bytes());
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            })
+            .time_to_live(config.ttl)
+            .build();
+        Self { cache, epochs: (0..EPOCH_SHARDS).map(|_| AtomicU64::new(0)).collect() }
+    }
+
+    fn shard(&self, key: &str) -> &AtomicU64 {
+        let mut hasher = std::hash::DefaultHasher::new();
+        key.hash(&mut hasher);
+        &self.epochs[(hasher.finish() as usize) % EPOCH_SHARDS]
+    }
+
+    pub fn epoch(&self, key: &str) -> u64 {
+        self.shard(key).load(Ordering::Acquire)
+    }
+
+    pub async fn get(&self, key: &str) -> Option<Arc<Cached>> {
+        self.cache.get(key).await
+    }
+
+    /// Returns the cached entry, or loads it once for all concurrent callers of the same key.
+    /// `Some((entry, true))` when it was already cached; `None` when loading failed.
+    pub async fn get_or_load<F, Fut, E>(&self, key: &str, load: F) -> Option<(Arc<Cached>, bool)>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<EntityState>, E>>,
+        E: Send + Sync + 'static,
+    {
+        let mut uncached: Option<Arc<Cached>> = None;
+        let outcome = self
+            .cache
+            .entry(key.to_string())
+            .and_try_compute_with(|existing| {
+                let uncached = &mut uncached;
+                async move {
+                    if existing.is_some() {
+                        return Ok(Op::Nop);
+                    }
+                    let epoch = self.epoch(key);
+                    let state = load().await?;
+                    let loaded = Arc::new(Cached { state: state.map(Arc::new) });
+                    if self.epoch(key) != epoch {
+                        *uncached = Some(loaded);
+                        return Ok(Op::Nop);
+                    }
+                    Ok::<_, E>(Op::Put(loaded))
+                }
+            })
+            .await;
+        match outcome {
+            Ok(CompResult::Inserted(entry) | CompResult::ReplacedWith(entry)) => {
+                Some((entry.into_value(), false))
+            }
+            Ok(CompResult::Unchanged(entry)) => Some((entry.into_value(), true)),
+            Ok(CompResult::StillNone(_) | CompResult::Removed(_)) => {
+                uncached.map(|cached| (cached, false))
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Caches a state read from Redis unless `key` was invalidated since `epoch`; returns what
+    /// the caller should serve.
+    pub async fn insert_if_unchanged(
+        &self,
+        key: String,
+        state: Option<EntityState>,
+        epoch: u64,
+    ) -> Arc<Cached> {
+        let loaded = Arc::new(Cached { state: state.map(Arc::new) });
+        if self.epoch(&key) != epoch {
+            return loaded;
+        }
+        let candidate = Arc::clone(&loaded);
+        let outcome = self
+            .cache
+            .entry(key)
+            .and_compute_with(|existing| async move {
+                match existing {
+                    Some(entry) if entry.value().rev() >= candidate.rev() => Op::Nop,
+                    _ => Op::Put(candidate),
+                }
+            })
+            .await;
+        match outcome {
+            CompResult::Unchanged(entry) => entry.into_value(),
+            _ => loaded,
+        }
+    }
+
+    /// Ingest's write: replaces the entry unless it already holds this revision or a newer one.
+    pub async fn put_newer(&self, key: String, state: EntityState) {
+        let fresh = Arc::new(Cached { state: Some(Arc::new(state)) });
+        self.cache
+            .entry(key)
+            .and_compute_with(|existing| async move {
+                match existing {
+                    Some(entry) if entry.value().rev() >= fresh.rev() => Op::Nop,
+                    _ => Op::Put(fresh),
+                }
+            })
+            .await;
+    }
+
+    /// Drops the entry if it is older than `rev`; `true` when one was dropped.
+    pub async fn invalidate(&self, key: String, rev: u64) -> bool {
+        self.shard(&key).fetch_add(1, Ordering::AcqRel);
+        let outcome = self
+            .cache
+            .entry(key)
+            .and_compute_with(|existing| async move {
+                match existing {
+                    Some(entry) if entry.value().rev() < rev => Op::Remove,
+                    _ => Op::Nop,
+                }
+            })
+            .await;
+        matches!(outcome, CompResult::Removed(_))
+    }
+
+    pub fn clear(&self) {
+        for epoch in &self.epochs {
+            epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        self.cache.invalidate_all();
+    }
+}
