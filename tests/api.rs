@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use persona::api::{AppState, Readiness, app};
+use persona::api::{AppState, RankingCache, Readiness, app};
 use persona::config::{ApiConfig, CacheConfig, RedisConfig, Sensitive};
+use persona::features::{FeatureSet, ProductCatalog};
 use persona::store::FeatureStore;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -22,6 +23,10 @@ async fn router() -> axum::Router {
     let store = FeatureStore::connect(&redis, &CacheConfig::default()).await.expect("redis");
     let state = AppState {
         store: Arc::new(store),
+        features: Arc::new(FeatureSet::load(None).expect("definitions")),
+        catalog: Arc::new(ProductCatalog::default()),
+        rankings: Arc::new(RankingCache::default()),
+        catalog_loaded: None,
         readiness: Arc::new(Readiness::default()),
         broker: None,
         metrics: None,
@@ -30,7 +35,24 @@ async fn router() -> axum::Router {
 }
 
 async fn call(router: &axum::Router, uri: &str) -> (StatusCode, Option<String>, Value) {
-    let request = Request::builder().uri(uri).body(Body::empty()).expect("request");
+    send(router, Request::builder().uri(uri).body(Body::empty()).expect("request")).await
+}
+
+async fn post(router: &axum::Router, uri: &str, body: &str) -> (StatusCode, Value) {
+    let request = Request::builder()
+        .method("POST")
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("request");
+    let (status, _, body) = send(router, request).await;
+    (status, body)
+}
+
+async fn send(
+    router: &axum::Router,
+    request: Request<Body>,
+) -> (StatusCode, Option<String>, Value) {
     let response = router.clone().oneshot(request).await.expect("response");
     let status = response.status();
     let request_id =
@@ -51,14 +73,26 @@ async fn bad_requests_get_json_errors_naming_the_problem() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(error_message(&body).contains("colour"), "{body}");
 
-    let (status, _, body) = call(&router, "/api/v1/users/u1/features?names=click_count_2m").await;
+    let (status, _, body) = call(&router, "/api/v1/users/u1/features?names=clicks_2m").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(error_message(&body).contains("click_count_2m"), "{body}");
+    assert!(error_message(&body).contains("clicks_2m"), "{body}");
 
     let long = "x".repeat(200);
     let (status, _, body) = call(&router, &format!("/api/v1/users/{long}/features")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(error_message(&body).contains("user_id"), "{body}");
+    assert!(error_message(&body).contains("user id"), "{body}");
+
+    let (status, _, body) = call(&router, "/api/v1/users/u1/features?at=yesterday").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_message(&body).contains("at"), "{body}");
+    let (status, _, body) =
+        call(&router, "/api/v1/users/u1/features?at=2020-01-01T00:00:00Z").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_message(&body).contains("history"), "{body}");
+
+    let (status, _, body) = call(&router, "/api/v1/products/p1/features?names=clicks_1m").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_message(&body).contains("product feature"), "{body}");
 
     let (status, _, body) = call(&router, "/api/v1/users/a%07b/features").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
@@ -72,14 +106,13 @@ async fn bad_requests_get_json_errors_naming_the_problem() {
 async fn names_select_features_and_unknown_users_are_missing() {
     let router = router().await;
     let (status, request_id, body) =
-        call(&router, "/api/v1/users/nobody/features?names=click_count_1m,last_viewed_product")
-            .await;
+        call(&router, "/api/v1/users/nobody/features?names=clicks_1m,last_viewed_product").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(request_id.is_some_and(|id| !id.is_empty()));
     let features = body["features"].as_object().expect("features");
     let mut names: Vec<&str> = features.keys().map(String::as_str).collect();
     names.sort_unstable();
-    assert_eq!(names, ["click_count_1m", "last_viewed_product"]);
+    assert_eq!(names, ["clicks_1m", "last_viewed_product"]);
     assert!(features.values().all(|f| f["status"] == "missing"), "{body}");
     assert_eq!(body["freshness"], "live");
 }
@@ -92,4 +125,43 @@ async fn probes_answer() {
     let (status, _, body) = call(&router, "/readyz").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["checks"]["redis"], "ok");
+}
+
+#[tokio::test]
+async fn batch_answers_every_entity_in_order_and_rejects_bad_bodies() {
+    let router = router().await;
+    let (status, body) = post(
+        &router,
+        "/api/v1/features/batch",
+        r#"{"entities": [{"entity": "user", "id": "nobody", "names": ["clicks_1m"]},
+                         {"entity": "product", "id": "p-none"}]}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let results = body["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0]["id"], "nobody");
+    assert_eq!(results[0]["features"].as_object().map(|f| f.len()), Some(1), "{body}");
+    assert_eq!(results[1]["entity"], "product");
+    assert_eq!(results[1]["features"]["views_1h"]["status"], "missing", "{body}");
+
+    for (bad, needle) in [
+        ("{", "JSON"),
+        (r#"{"entities": []}"#, "entities"),
+        (r#"{"entities": [{"entity": "shop", "id": "x"}]}"#, "entity"),
+        (r#"{"entities": [{"entity": "user", "id": "x", "names": ["views_1h"]}]}"#, "entities[0]"),
+        (r#"{"entities": [{"entity": "user", "id": "x"}], "extra": 1}"#, "extra"),
+    ] {
+        let (status, body) = post(&router, "/api/v1/features/batch", bad).await;
+        assert!(status.is_client_error(), "{bad}: {status} {body}");
+        assert!(error_message(&body).contains(needle), "{bad}: {body}");
+    }
+    let many: Vec<String> = (0..=persona::api::MAX_BATCH)
+        .map(|i| format!(r#"{{"entity":"user","id":"u{i}"}}"#))
+        .collect();
+    let (status, body) =
+        post(&router, "/api/v1/features/batch", &format!(r#"{{"entities":[{}]}}"#, many.join(",")))
+            .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_message(&body).contains("at most"), "{body}");
 }

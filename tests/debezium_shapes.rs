@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use common::{env, legacy_db, unique};
 use persona::cdc::envelope::{self, CdcMessage, Op};
-use persona::features::ActivityChange;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -98,19 +97,105 @@ async fn activity_deletes_keep_their_user_and_are_followed_by_a_tombstone() {
     db.execute("DELETE FROM user_activity WHERE id = $1", &[&id]).await.expect("delete");
 
     let messages = messages_keyed(&consumer, &user, 3).await;
-    let created = change(&messages[0]);
-    let changes = envelope::activity_changes(&created).expect("decodes");
-    let [(owner, ActivityChange::Upsert(activity))] = changes.as_slice() else {
-        panic!("expected one upsert, got {changes:?}");
-    };
-    assert_eq!(owner, &user);
-    assert_eq!(activity.id, id.to_string());
+    let created = envelope::source_change(&change(&messages[0])).expect("decodes").expect("row");
+    let row = created.after.expect("after image");
+    assert_eq!(row.text("user_id"), Some(user.as_str()));
+    assert_eq!(row.key, id.to_string());
 
     // REPLICA IDENTITY FULL: the delete's before image still names the user.
     let deleted = change(&messages[1]);
     assert_eq!(deleted.op, Op::Delete);
-    let changes = envelope::activity_changes(&deleted).expect("decodes");
-    assert_eq!(changes, vec![(user.clone(), ActivityChange::Delete { id: id.to_string() })]);
+    let deleted = envelope::source_change(&deleted).expect("decodes").expect("row");
+    assert!(deleted.after.is_none());
+    assert_eq!(deleted.before.expect("before image").text("user_id"), Some(user.as_str()));
+    assert!(
+        deleted.position > created.position,
+        "{:?} then {:?}",
+        created.position,
+        deleted.position
+    );
 
     assert_eq!(envelope::decode(messages[2].payload()), Ok(CdcMessage::Tombstone));
+}
+
+/// The deduplication key: positions must grow in delivery order even when transactions
+/// interleave (change LSNs then do not), and a primary-key update's delete and insert share an
+/// LSN but must still be told apart.
+#[tokio::test]
+async fn positions_grow_in_delivery_order_across_interleaved_transactions() {
+    let consumer = consumer("persona.public.user_activity");
+    let mut first = legacy_db().await;
+    let mut second = legacy_db().await;
+    let user = unique("u");
+    let insert = "INSERT INTO user_activity (id, user_id, activity_type, product_id, activity_timestamp) \
+                  VALUES (gen_random_uuid(), $1, $2, NULL, now())";
+    let early = first.transaction().await.expect("begin");
+    early.execute(insert, &[&user, &"EARLY_1"]).await.expect("insert");
+    let late = second.transaction().await.expect("begin");
+    late.execute(insert, &[&user, &"LATE"]).await.expect("insert");
+    late.commit().await.expect("commit");
+    early.execute(insert, &[&user, &"EARLY_2"]).await.expect("insert");
+    early.commit().await.expect("commit");
+    let db = legacy_db().await;
+    // A primary-key update keeps the message key (user_id): one update with both row keys.
+    db.execute(
+        "UPDATE user_activity SET id = gen_random_uuid() WHERE user_id = $1 AND activity_type = 'LATE'",
+        &[&user],
+    )
+    .await
+    .expect("primary key update");
+    // Moving the row to another user changes the message key: a delete (and tombstone) under
+    // the old key and a create under the new one, at one LSN.
+    let moved = format!("{user}-moved");
+    db.execute(
+        "UPDATE user_activity SET user_id = $2 WHERE user_id = $1 AND activity_type = 'LATE'",
+        &[&user, &moved],
+    )
+    .await
+    .expect("move");
+
+    // LATE committed first, so it is delivered first although its LSN is higher.
+    let messages = messages_keyed(&consumer, &user, 7).await;
+    let decoded = |m: &OwnedMessage| match envelope::decode(m.payload()) {
+        Ok(CdcMessage::Change(event)) => {
+            Some(envelope::source_change(&event).expect("decodes").expect("row"))
+        }
+        _ => None,
+    };
+    let partition = messages[0].partition();
+    let changes: Vec<_> =
+        messages.iter().filter(|m| m.partition() == partition).filter_map(decoded).collect();
+    let kind = |c: &persona::features::SourceChange| {
+        let row = c.after.as_ref().or(c.before.as_ref()).expect("a row image");
+        (row.text("activity_type").unwrap_or("").to_string(), c.after.is_some())
+    };
+    let kinds: Vec<(String, bool)> = changes.iter().map(kind).collect();
+    let expected_prefix =
+        [("LATE", true), ("EARLY_1", true), ("EARLY_2", true), ("LATE", true), ("LATE", false)];
+    for (index, (name, has_after)) in expected_prefix.iter().enumerate() {
+        assert_eq!(kinds.get(index), Some(&(name.to_string(), *has_after)), "{kinds:?}");
+    }
+    let lsn = |i: usize| changes[i].position.expect("position").1;
+    assert!(lsn(0) > lsn(1), "interleaving: the later-committed change has the lower LSN");
+    for pair in changes.windows(2) {
+        assert!(
+            pair[0].position < pair[1].position,
+            "{:?} then {:?}",
+            pair[0].position,
+            pair[1].position
+        );
+    }
+    let pk_update = &changes[3];
+    assert_ne!(pk_update.before.as_ref().map(|r| &r.key), pk_update.after.as_ref().map(|r| &r.key));
+
+    let create = messages
+        .iter()
+        .filter_map(decoded)
+        .find(|c| c.after.as_ref().and_then(|r| r.text("user_id")) == Some(moved.as_str()))
+        .expect("the create under the new key");
+    let delete = &changes[4];
+    let (delete_position, create_position) =
+        (delete.position.expect("p"), create.position.expect("p"));
+    assert_eq!(delete_position.1, create_position.1, "one LSN for the delete and the create");
+    assert!(delete_position < create_position, "the delete ranks first");
 }

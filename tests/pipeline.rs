@@ -28,14 +28,13 @@ async fn features_follow_inserts_updates_and_deletes() {
             &user,
             &[
                 ("last_viewed_product", json!("p-new")),
-                ("view_product_count_1m", json!(1)),
-                ("view_product_count_5m", json!(2)),
-                ("view_product_count_15m", json!(2)),
-                ("click_count_1m", json!(1)),
-                ("click_count_5m", json!(1)),
-                ("click_count_15m", json!(2)),
-                ("search_count_5m", json!(0)),
-                ("search_count_15m", json!(1)),
+                ("views_1m", json!(1)),
+                ("views_5m", json!(2)),
+                ("views_15m", json!(2)),
+                ("clicks_1m", json!(1)),
+                ("clicks_5m", json!(1)),
+                ("clicks_15m", json!(2)),
+                ("searches_15m", json!(1)),
             ],
         )
         .await;
@@ -49,11 +48,7 @@ async fn features_follow_inserts_updates_and_deletes() {
     persona
         .wait_for_features(
             &user,
-            &[
-                ("click_count_1m", json!(0)),
-                ("click_count_15m", json!(1)),
-                ("add_to_cart_count_1m", json!(1)),
-            ],
+            &[("clicks_1m", json!(0)), ("clicks_15m", json!(1)), ("add_to_carts_15m", json!(1))],
         )
         .await;
 
@@ -63,8 +58,8 @@ async fn features_follow_inserts_updates_and_deletes() {
             &user,
             &[
                 ("last_viewed_product", json!("p-old")),
-                ("view_product_count_1m", json!(0)),
-                ("view_product_count_15m", json!(1)),
+                ("views_1m", json!(0)),
+                ("views_15m", json!(1)),
             ],
         )
         .await;
@@ -90,25 +85,25 @@ async fn restarts_keep_features_and_never_count_twice() {
     for _ in 0..3 {
         insert_activity(&db, &user, "CLICK", None, 2).await;
     }
-    persona.wait_for_features(&user, &[("click_count_5m", json!(3))]).await;
+    persona.wait_for_features(&user, &[("clicks_5m", json!(3))]).await;
 
     // A clean stop commits what was applied; the restarted instance serves it at once.
     persona.stop().await;
     persona.restart().await;
     let body = persona.features(&user).await;
-    assert_eq!(body["features"]["click_count_5m"]["value"], json!(3), "{body}");
+    assert_eq!(body["features"]["clicks_5m"]["value"], json!(3), "{body}");
 
     // A crash right after applying leaves offsets uncommitted: Kafka redelivers them.
     insert_activity(&db, &user, "CLICK", None, 2).await;
-    persona.wait_for_features(&user, &[("click_count_5m", json!(4))]).await;
+    persona.wait_for_features(&user, &[("clicks_5m", json!(4))]).await;
     persona.kill();
     persona.restart().await;
 
     // The user's events are in one partition and applied in order, so once the next event is
     // visible every redelivered one before it has been applied (again).
     insert_activity(&db, &user, "SEARCH", None, 2).await;
-    let body = persona.wait_for_features(&user, &[("search_count_5m", json!(1))]).await;
-    assert_eq!(body["features"]["click_count_5m"]["value"], json!(4), "{body}");
+    let body = persona.wait_for_features(&user, &[("searches_15m", json!(1))]).await;
+    assert_eq!(body["features"]["clicks_5m"]["value"], json!(4), "{body}");
 }
 
 #[tokio::test]
@@ -141,7 +136,7 @@ async fn malformed_messages_are_counted_and_skipped() {
 
     let db = legacy_db().await;
     insert_activity(&db, &user, "CLICK", None, 1).await;
-    persona.wait_for_features(&user, &[("click_count_1m", json!(1))]).await;
+    persona.wait_for_features(&user, &[("clicks_1m", json!(1))]).await;
 
     let metrics = persona.metrics().await;
     assert!(
@@ -171,7 +166,7 @@ async fn rebalances_lose_nothing_and_count_nothing_twice() {
         insert_activity(&db, user, "CLICK", None, 2).await;
     }
     for user in &users {
-        second.wait_for_features(user, &[("click_count_5m", json!(2))]).await;
+        second.wait_for_features(user, &[("clicks_5m", json!(2))]).await;
     }
     // It leaves again: the first takes every partition back.
     second.stop().await;
@@ -179,8 +174,8 @@ async fn rebalances_lose_nothing_and_count_nothing_twice() {
         insert_activity(&db, user, "SEARCH", None, 2).await;
     }
     for user in &users {
-        let body = first.wait_for_features(user, &[("search_count_5m", json!(1))]).await;
-        assert_eq!(body["features"]["click_count_5m"]["value"], json!(2), "{user}: {body}");
+        let body = first.wait_for_features(user, &[("searches_15m", json!(1))]).await;
+        assert_eq!(body["features"]["clicks_5m"]["value"], json!(2), "{user}: {body}");
     }
     let metrics = first.metrics().await;
     assert!(counter(&metrics, "persona_partition_drains_total", &[]) >= 1.0, "{metrics}");

@@ -25,7 +25,7 @@ async fn reads_go_stale_and_ingest_holds_while_redis_is_down() {
     let user = unique("u");
 
     insert_activity(&db, &user, "CLICK", None, 2).await;
-    let body = persona.wait_for_features(&user, &[("click_count_5m", json!(1))]).await;
+    let body = persona.wait_for_features(&user, &[("clicks_5m", json!(1))]).await;
     assert_eq!(body["freshness"], "live");
 
     let (port, dir) = redis.stop();
@@ -34,8 +34,8 @@ async fn reads_go_stale_and_ingest_holds_while_redis_is_down() {
         if body["freshness"] == "stale" { Ok(body) } else { Err(body.to_string()) }
     })
     .await;
-    assert_eq!(stale["features"]["click_count_5m"]["value"], json!(1), "{stale}");
-    assert_eq!(stale["features"]["click_count_5m"]["status"], "stale", "{stale}");
+    assert_eq!(stale["features"]["clicks_5m"]["value"], json!(1), "{stale}");
+    assert_eq!(stale["features"]["clicks_5m"]["status"], "stale", "{stale}");
     let (status, _) = persona.get("/readyz").await;
     assert_eq!(status, 503, "not ready without redis");
 
@@ -45,7 +45,7 @@ async fn reads_go_stale_and_ingest_holds_while_redis_is_down() {
 
     let _redis = OwnRedis::start(port, dir);
     let body = persona
-        .wait_for_features(&user, &[("click_count_5m", json!(2)), ("search_count_5m", json!(1))])
+        .wait_for_features(&user, &[("clicks_5m", json!(2)), ("searches_15m", json!(1))])
         .await;
     assert_eq!(body["freshness"], "live");
 }

@@ -4,11 +4,10 @@ mod common;
 
 use std::sync::Arc;
 
-use chrono::Utc;
 use common::{OwnRedis, free_port, unique};
 use persona::config::{CacheConfig, RedisConfig, Sensitive};
-use persona::features::{Activity, ActivityChange, UserState, apply};
-use persona::store::{FeatureStore, Freshness};
+use persona::features::EntityState;
+use persona::store::{EntityRef, FeatureStore, Freshness, StateKey};
 
 async fn store(redis: &OwnRedis, prefix: &str) -> FeatureStore {
     store_with_cache(redis, prefix, CacheConfig::default()).await
@@ -23,15 +22,17 @@ async fn store_with_cache(redis: &OwnRedis, prefix: &str, cache: CacheConfig) ->
     FeatureStore::connect(&config, &cache).await.expect("connect")
 }
 
-fn one_click(user: &str) -> UserState {
-    let click = Activity {
-        id: unique("a"),
-        user_id: user.into(),
-        activity_type: "CLICK".into(),
-        product_id: None,
-        at: Utc::now(),
-    };
-    apply(UserState::default(), &ActivityChange::Upsert(click), Utc::now())
+/// A state told apart by its revision.
+fn state(rev: u64) -> EntityState {
+    EntityState { rev, ..EntityState::default() }
+}
+
+fn user(id: &str) -> StateKey {
+    StateKey::User(id.into())
+}
+
+async fn read_user(store: &FeatureStore, id: &str) -> Option<EntityState> {
+    store.read(&EntityRef::user(id)).await.state.map(|s| (*s).clone())
 }
 
 #[tokio::test]
@@ -39,21 +40,20 @@ async fn concurrent_l1_misses_read_redis_once_per_key() {
     let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
     let prefix = unique("sf");
     let writer = store(&redis, &prefix).await;
-    let state = one_click("u1");
-    writer.write_users(vec![("u1".into(), state.clone())]).await.expect("write");
+    let state = state(3);
+    writer.write_states(vec![(user("u1"), state.clone())]).await.expect("write");
 
     // Another instance, with a cold L1.
     let reader = Arc::new(store(&redis, &prefix).await);
     let gets_before = redis.command_calls("get");
     let reads = (0..50).map(|_| {
         let reader = Arc::clone(&reader);
-        tokio::spawn(async move { reader.read_user("u1").await })
+        tokio::spawn(async move { reader.read(&EntityRef::user("u1")).await })
     });
     for read in futures::future::join_all(reads).await {
         let read = read.expect("join");
         assert_eq!(read.freshness, Freshness::Live);
-        let user = read.user.expect("cached user");
-        assert_eq!(user.state.as_ref(), Some(&state));
+        assert_eq!(read.state.as_deref(), Some(&state));
     }
     assert_eq!(redis.command_calls("get") - gets_before, 1, "one GET for 50 concurrent misses");
 }
@@ -62,13 +62,10 @@ async fn concurrent_l1_misses_read_redis_once_per_key() {
 async fn an_older_state_never_replaces_a_newer_one_in_l1() {
     let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
     let store = store(&redis, &unique("rev")).await;
-    let newer = apply(one_click("u1"), &ActivityChange::Delete { id: "x".into() }, Utc::now());
-    store.write_users(vec![("u1".into(), newer.clone())]).await.expect("write newer");
-    let older = one_click("u1");
-    assert!(older.rev < newer.rev);
-    store.write_users(vec![("u1".into(), older)]).await.expect("write older");
-    let read = store.read_user("u1").await;
-    assert_eq!(read.user.and_then(|u| u.state.clone()), Some(newer));
+    let newer = state(2);
+    store.write_states(vec![(user("u1"), newer.clone())]).await.expect("write newer");
+    store.write_states(vec![(user("u1"), state(1))]).await.expect("write older");
+    assert_eq!(read_user(&store, "u1").await, Some(newer));
 }
 
 #[tokio::test]
@@ -82,20 +79,52 @@ async fn another_instances_write_invalidates_l1_long_before_its_ttl() {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let listener = reader.spawn_invalidation_listener(shutdown.clone());
 
-    let first = one_click("u1");
-    writer.write_users(vec![("u1".into(), first.clone())]).await.expect("write");
-    let cached = reader.read_user("u1").await.user.and_then(|u| u.state.clone());
+    let first = state(1);
+    writer.write_states(vec![(user("u1"), first.clone())]).await.expect("write");
+    let cached = read_user(&reader, "u1").await;
     assert_eq!(cached, Some(first.clone()), "reader caches the first state");
 
-    let second = apply(first, &ActivityChange::Delete { id: "x".into() }, Utc::now());
+    let second = state(2);
     // The subscription may still be settling: keep writing (idempotent) until it is seen.
     common::eventually("reader sees the newer state", common::DEADLINE, || async {
-        writer.write_users(vec![("u1".into(), second.clone())]).await.map_err(|e| e.to_string())?;
+        writer.write_states(vec![(user("u1"), second.clone())]).await.map_err(|e| e.to_string())?;
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let seen = reader.read_user("u1").await.user.and_then(|u| u.state.clone());
+        let seen = read_user(&reader, "u1").await;
         if seen.as_ref() == Some(&second) { Ok(()) } else { Err(format!("{seen:?}")) }
     })
     .await;
     shutdown.cancel();
     listener.await.expect("listener ends");
+}
+
+#[tokio::test]
+async fn product_shares_of_all_partitions_are_merged_on_read() {
+    let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
+    let prefix = unique("shares");
+    let first = store(&redis, &prefix).await;
+    let second = store(&redis, &prefix).await;
+    let share = |partition| StateKey::ProductShare { product: "p1".into(), partition };
+    first.write_states(vec![(share(0), state(3))]).await.expect("write share 0");
+    second.write_states(vec![(share(1), state(4))]).await.expect("write share 1");
+    // Ingest reads back only its own share.
+    let loaded = first.load_for_write(&[share(0)]).await.expect("load");
+    assert_eq!(loaded.get(&share(0)), Some(&state(3)));
+    let read = store(&redis, &prefix).await.read(&EntityRef::product("p1")).await;
+    assert_eq!(read.state.map(|s| s.rev), Some(7), "revisions of both shares add up");
+}
+
+#[tokio::test]
+async fn a_batch_reads_only_l1_misses_from_redis() {
+    let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
+    let prefix = unique("batch");
+    let writer = store(&redis, &prefix).await;
+    writer.write_states(vec![(user("u1"), state(1)), (user("u2"), state(2))]).await.expect("write");
+    let reader = store(&redis, &prefix).await;
+    assert_eq!(read_user(&reader, "u1").await, Some(state(1)), "u1 is now in L1");
+    let gets_before = redis.command_calls("get");
+    let wanted = [EntityRef::user("u1"), EntityRef::user("u2"), EntityRef::user("u3")];
+    let (reads, _) = reader.read_many(&wanted, &[]).await;
+    let revs: Vec<Option<u64>> = reads.iter().map(|r| r.state.as_ref().map(|s| s.rev)).collect();
+    assert_eq!(revs, [Some(1), Some(2), None]);
+    assert_eq!(redis.command_calls("get") - gets_before, 2, "only the two L1 misses");
 }
