@@ -28,7 +28,7 @@ fn state(rev: u64) -> EntityState {
 }
 
 fn user(id: &str) -> StateKey {
-    StateKey::User(id.into())
+    EntityRef::user(id).share("user_activity/0")
 }
 
 async fn read_user(store: &FeatureStore, id: &str) -> Option<EntityState> {
@@ -45,7 +45,7 @@ async fn concurrent_l1_misses_read_redis_once_per_key() {
 
     // Another instance, with a cold L1.
     let reader = Arc::new(store(&redis, &prefix).await);
-    let gets_before = redis.command_calls("get");
+    let gets_before = redis.command_calls("hgetall");
     let reads = (0..50).map(|_| {
         let reader = Arc::clone(&reader);
         tokio::spawn(async move { reader.read(&EntityRef::user("u1")).await })
@@ -55,7 +55,11 @@ async fn concurrent_l1_misses_read_redis_once_per_key() {
         assert_eq!(read.freshness, Freshness::Live);
         assert_eq!(read.state.as_deref(), Some(&state));
     }
-    assert_eq!(redis.command_calls("get") - gets_before, 1, "one GET for 50 concurrent misses");
+    assert_eq!(
+        redis.command_calls("hgetall") - gets_before,
+        1,
+        "one read for 50 concurrent misses"
+    );
 }
 
 #[tokio::test]
@@ -64,6 +68,7 @@ async fn an_older_state_never_replaces_a_newer_one_in_l1() {
     let store = store(&redis, &unique("rev")).await;
     let newer = state(2);
     store.write_states(vec![(user("u1"), newer.clone())]).await.expect("write newer");
+    assert_eq!(read_user(&store, "u1").await, Some(newer.clone()), "cached");
     store.write_states(vec![(user("u1"), state(1))]).await.expect("write older");
     assert_eq!(read_user(&store, "u1").await, Some(newer));
 }
@@ -103,7 +108,7 @@ async fn product_shares_of_all_partitions_are_merged_on_read() {
     let prefix = unique("shares");
     let first = store(&redis, &prefix).await;
     let second = store(&redis, &prefix).await;
-    let share = |partition| StateKey::ProductShare { product: "p1".into(), partition };
+    let share = |partition| EntityRef::product("p1").share(format!("user_activity/{partition}"));
     first.write_states(vec![(share(0), state(3))]).await.expect("write share 0");
     second.write_states(vec![(share(1), state(4))]).await.expect("write share 1");
     // Ingest reads back only its own share.
@@ -121,10 +126,23 @@ async fn a_batch_reads_only_l1_misses_from_redis() {
     writer.write_states(vec![(user("u1"), state(1)), (user("u2"), state(2))]).await.expect("write");
     let reader = store(&redis, &prefix).await;
     assert_eq!(read_user(&reader, "u1").await, Some(state(1)), "u1 is now in L1");
-    let gets_before = redis.command_calls("get");
+    let gets_before = redis.command_calls("hgetall");
     let wanted = [EntityRef::user("u1"), EntityRef::user("u2"), EntityRef::user("u3")];
     let (reads, _) = reader.read_many(&wanted, &[]).await;
     let revs: Vec<Option<u64>> = reads.iter().map(|r| r.state.as_ref().map(|s| s.rev)).collect();
     assert_eq!(revs, [Some(1), Some(2), None]);
-    assert_eq!(redis.command_calls("get") - gets_before, 2, "only the two L1 misses");
+    assert_eq!(redis.command_calls("hgetall") - gets_before, 2, "only the two L1 misses");
+}
+
+#[tokio::test]
+async fn shares_of_one_user_written_by_different_streams_never_overwrite_each_other() {
+    let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
+    let prefix = unique("streams");
+    let activity = store(&redis, &prefix).await;
+    let carts = store(&redis, &prefix).await;
+    let u1 = EntityRef::user("u1");
+    activity.write_states(vec![(u1.share("user_activity/2"), state(5))]).await.expect("write");
+    carts.write_states(vec![(u1.share("cart_items/2"), state(2))]).await.expect("write");
+    activity.write_states(vec![(u1.share("user_activity/2"), state(6))]).await.expect("write");
+    assert_eq!(read_user(&store(&redis, &prefix).await, "u1").await.map(|s| s.rev), Some(8));
 }

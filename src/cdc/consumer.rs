@@ -3,14 +3,15 @@
 //!
 //! Partition lifecycle, per `(topic, partition)`:
 //! ```text
-//! (none) --first message--> Running --queue full--> Paused --queue has room--> Running
+//! (none) --first message--> Running --queue full--> Paused --queue half empty, seek--> Running
 //! Running|Paused --revoke or shutdown--> Draining --in-flight batch acked or drain_timeout--> (none)
 //! ```
 //! Polling on a thread of its own means a rebalance callback may block while the revoked
 //! partitions drain without stalling the async runtime, and the poll loop never blocks on a full
-//! queue: it pauses that partition instead, so the consumer keeps its group membership.
+//! queue: it pauses that partition instead, so the consumer keeps its group membership. On resume
+//! it seeks to the first offset not handed to the worker.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle as ThreadHandle;
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::Offset;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::topic_partition_list::TopicPartitionList;
 use tokio::runtime::Handle;
@@ -33,6 +35,7 @@ use crate::store::FeatureStore;
 use crate::telemetry;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+const SEEK_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -47,9 +50,16 @@ pub enum IngestError {
 type PartitionKey = (String, i32);
 
 struct PartitionSlot {
+    /// The offset after the last message handed to the worker. A message below it was handed
+    /// out already and is dropped, so the worker sees each offset once, in order, and stored
+    /// offsets never move back.
+    next_offset: i64,
+    /// Set while the partition is paused because its queue was full: the offset to seek back
+    /// to on resume. Messages that arrive meanwhile are dropped (they are fetched again).
+    /// Seeking explicitly, rather than trusting the fetcher to resume where the application
+    /// stopped, is what keeps messages from being skipped (seen with tansu).
+    paused_at: Option<i64>,
     queue: mpsc::Sender<OwnedMessage>,
-    /// Messages that did not fit in the queue; the partition is paused while any wait here.
-    overflow: VecDeque<OwnedMessage>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -284,11 +294,11 @@ struct PollLoop {
 impl PollLoop {
     fn run(self) {
         tracing::info!("ingest started");
-        let mut last_overflow_check = Instant::now();
+        let mut last_resume_check = Instant::now();
         while !self.stop.is_cancelled() {
-            if last_overflow_check.elapsed() >= POLL_INTERVAL {
-                self.flush_overflow();
-                last_overflow_check = Instant::now();
+            if last_resume_check.elapsed() >= POLL_INTERVAL {
+                self.resume_drained();
+                last_resume_check = Instant::now();
             }
             match self.consumer.poll(POLL_INTERVAL) {
                 None => {}
@@ -310,44 +320,57 @@ impl PollLoop {
         let key = (message.topic().to_string(), message.partition());
         let mut partitions = self.consumer.context().lock();
         let slot = partitions.entry(key.clone()).or_insert_with(|| self.spawn_worker(&key));
-        if !slot.overflow.is_empty() {
-            // Keep offset order behind what is already waiting.
-            slot.overflow.push_back(message);
+        if slot.paused_at.is_some() {
             return;
         }
+        if message.offset() < slot.next_offset {
+            metrics::counter!(telemetry::MESSAGES_REDELIVERED, "topic" => key.0.clone()).increment(1);
+            return;
+        }
+        let offset = message.offset();
         match slot.queue.try_send(message) {
-            Ok(()) => {}
-            Err(TrySendError::Full(message)) => {
-                slot.overflow.push_back(message);
+            Ok(()) => slot.next_offset = offset + 1,
+            Err(TrySendError::Full(_)) => {
+                tracing::debug!(topic = %key.0, partition = key.1, offset, "queue full; partition paused");
+                slot.paused_at = Some(offset);
                 self.set_paused(&key, true);
             }
             Err(TrySendError::Closed(message)) => {
                 // The worker ended on its own, which only a panic does: replace it.
                 tracing::error!(topic = %key.0, partition = key.1, "partition worker died; restarting it");
                 let mut fresh = self.spawn_worker(&key);
-                fresh.overflow.push_back(message);
+                fresh.next_offset = offset + 1;
+                if fresh.queue.try_send(message).is_err() {
+                    fresh.paused_at = Some(offset);
+                    self.set_paused(&key, true);
+                }
                 *slot = fresh;
             }
         }
     }
 
-    fn flush_overflow(&self) {
+    /// Resumes paused partitions whose queue has room again, from where they stopped.
+    fn resume_drained(&self) {
         let mut partitions = self.consumer.context().lock();
         for (key, slot) in partitions.iter_mut() {
-            if slot.overflow.is_empty() {
+            let Some(offset) = slot.paused_at else { continue };
+            if slot.queue.capacity() < self.queue_capacity / 2 {
                 continue;
             }
-            while let Some(message) = slot.overflow.pop_front() {
-                match slot.queue.try_send(message) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(message) | TrySendError::Closed(message)) => {
-                        slot.overflow.push_front(message);
-                        break;
-                    }
+            let (topic, partition) = key;
+            // Resume first: resuming restarts the fetcher at the application's position, which
+            // is past the messages dropped while paused; the seek then sets it right.
+            self.set_paused(key, false);
+            match self.consumer.seek(topic, *partition, Offset::Offset(offset), SEEK_TIMEOUT) {
+                Ok(()) => {
+                    tracing::debug!(%topic, partition, offset, "partition resumed");
+                    slot.paused_at = None;
+                    slot.next_offset = offset;
                 }
-            }
-            if slot.overflow.is_empty() {
-                self.set_paused(key, false);
+                Err(error) => {
+                    self.set_paused(key, true);
+                    tracing::warn!(%topic, partition, offset, error = %error, "cannot seek to resume; retrying");
+                }
             }
         }
     }
@@ -374,6 +397,6 @@ impl PollLoop {
         };
         let task = self.consumer.context().runtime.spawn(worker.run(receiver, stop.clone()));
         tracing::debug!(%topic, partition, "partition worker started");
-        PartitionSlot { queue, overflow: VecDeque::new(), stop, task }
+        PartitionSlot { next_offset: 0, paused_at: None, queue, stop, task }
     }
 }

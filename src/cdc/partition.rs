@@ -17,7 +17,7 @@ use tracing::Instrument;
 use super::consumer::IngestContext;
 use super::envelope::{self, CdcMessage};
 use crate::features::{self, Entity, EntityState, FeatureSet, SourceChange};
-use crate::store::{FeatureStore, StateKey};
+use crate::store::{EntityRef, FeatureStore, StateKey};
 use crate::telemetry;
 
 const WRITE_BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -53,6 +53,7 @@ impl PartitionWorker {
             }
             let first_offset = batch[0].offset();
             let last_offset = batch[batch.len() - 1].offset();
+
             let span = tracing::info_span!(
                 "batch",
                 topic = %self.topic,
@@ -103,19 +104,14 @@ impl PartitionWorker {
         }
     }
 
-    /// The state keys a change touches: the users and products of its row images.
-    fn keys_of(&self, change: &SourceChange) -> Vec<(StateKey, Entity, String)> {
+    /// The shares a change touches: this stream's share of the users and products of its row
+    /// images.
+    fn keys_of(&self, change: &SourceChange, stream: &str) -> Vec<(StateKey, Entity, String)> {
         let mut keys = Vec::new();
         for entity in self.features.entities_fed_by(change.table) {
             for row in [&change.before, &change.after].into_iter().flatten() {
                 let Some(id) = features::entity_of(row, entity) else { continue };
-                let key = match entity {
-                    Entity::User => StateKey::User(id.to_string()),
-                    Entity::Product => StateKey::ProductShare {
-                        product: id.to_string(),
-                        partition: self.partition,
-                    },
-                };
+                let key = EntityRef { entity, id: id.to_string() }.share(stream);
                 if !keys.iter().any(|(known, _, _)| *known == key) {
                     keys.push((key, entity, id.to_string()));
                 }
@@ -127,8 +123,13 @@ impl PartitionWorker {
     /// Loads the touched states from Redis, applies the changes in offset order (skipping those
     /// a state already has) and writes back the states that changed.
     async fn write(&self, changes: &[SourceChange]) -> Result<(), crate::store::StoreError> {
-        let routed: Vec<Vec<(StateKey, Entity, String)>> =
-            changes.iter().map(|change| self.keys_of(change)).collect();
+        let streams: Vec<String> =
+            changes.iter().map(|change| format!("{}/{}", change.table, self.partition)).collect();
+        let routed: Vec<Vec<(StateKey, Entity, String)>> = changes
+            .iter()
+            .zip(&streams)
+            .map(|(change, stream)| self.keys_of(change, stream))
+            .collect();
         let mut keys: Vec<StateKey> =
             routed.iter().flatten().map(|(key, _, _)| key.clone()).collect();
         keys.sort();

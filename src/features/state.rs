@@ -27,7 +27,7 @@ use super::source::{Position, SourceChange, SourceRow};
 /// rows in a row can leave a value that an exact recomputation would not give.
 pub const FACT_SLACK: usize = 32;
 /// `last_n` without a window keeps at most this many facts per value.
-const FACTS_PER_VALUE: usize = 4;
+const FACTS_PER_VALUE: usize = 8;
 
 /// One time bucket: stored value → number of rows.
 pub type Cell = BTreeMap<String, i64>;

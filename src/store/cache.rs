@@ -1,11 +1,15 @@
 //! L1: the in-process moka cache of entity states, with the rules that keep it from ever holding
 //! a state older than one already written or announced.
 //!
-//! - Ingest's own writes replace an entry only with a higher `rev`.
-//! - An invalidation bumps the key's epoch before dropping the entry; a read from Redis caches
-//!   what it read only if the epoch did not move meanwhile (otherwise it may have read a state
-//!   the invalidation already superseded).
+//! An entry holds every share of an entity (one per source stream, see [`super::StateKey`]) and
+//! their merge. Revisions are per share:
+//! - Ingest's own write replaces a share only with a higher `rev`.
+//! - An invalidation names a share and its new `rev`; it bumps the key's epoch and drops the
+//!   entry if its copy of that share is older. A read from Redis caches what it read only if the
+//!   epoch did not move meanwhile (otherwise it may have read a state the invalidation already
+//!   superseded).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -19,15 +23,37 @@ use crate::features::EntityState;
 
 const EPOCH_SHARDS: usize = 256;
 
-/// What L1 holds for an entity: its state, or the fact that Redis had none.
+/// An entity's shares by stream, as stored.
+pub type Shares = BTreeMap<String, EntityState>;
+
+/// What L1 holds for an entity: its shares and their merge, or the fact that Redis had none.
 #[derive(Debug)]
 pub struct Cached {
+    shares: Shares,
     pub state: Option<Arc<EntityState>>,
 }
 
 impl Cached {
-    fn rev(&self) -> u64 {
-        self.state.as_ref().map_or(0, |state| state.rev)
+    pub fn new(shares: Shares) -> Self {
+        let state = if shares.is_empty() {
+            None
+        } else {
+            let mut merged = EntityState::default();
+            for share in shares.values() {
+                merged.merge(share);
+            }
+            Some(Arc::new(merged))
+        };
+        Self { shares, state }
+    }
+
+    fn share_rev(&self, stream: &str) -> u64 {
+        self.shares.get(stream).map_or(0, |share| share.rev)
+    }
+
+    /// True when this copy is at least as new as `other` in every share.
+    fn covers(&self, other: &Cached) -> bool {
+        other.shares.iter().all(|(stream, share)| self.share_rev(stream) >= share.rev)
     }
 }
 
@@ -80,7 +106,7 @@ impl L1 {
     pub async fn get_or_load<F, Fut, E>(&self, key: &str, load: F) -> Option<(Arc<Cached>, bool)>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<EntityState>, E>>,
+        Fut: Future<Output = Result<Shares, E>>,
         E: Send + Sync + 'static,
     {
         let mut uncached: Option<Arc<Cached>> = None;
@@ -94,8 +120,7 @@ impl L1 {
                         return Ok(Op::Nop);
                     }
                     let epoch = self.epoch(key);
-                    let state = load().await?;
-                    let loaded = Arc::new(Cached { state: state.map(Arc::new) });
+                    let loaded = Arc::new(Cached::new(load().await?));
                     if self.epoch(key) != epoch {
                         *uncached = Some(loaded);
                         return Ok(Op::Nop);
@@ -121,10 +146,10 @@ impl L1 {
     pub async fn insert_if_unchanged(
         &self,
         key: String,
-        state: Option<EntityState>,
+        shares: Shares,
         epoch: u64,
     ) -> Arc<Cached> {
-        let loaded = Arc::new(Cached { state: state.map(Arc::new) });
+        let loaded = Arc::new(Cached::new(shares));
         if self.epoch(&key) != epoch {
             return loaded;
         }
@@ -134,7 +159,7 @@ impl L1 {
             .entry(key)
             .and_compute_with(|existing| async move {
                 match existing {
-                    Some(entry) if entry.value().rev() >= candidate.rev() => Op::Nop,
+                    Some(entry) if entry.value().covers(&candidate) => Op::Nop,
                     _ => Op::Put(candidate),
                 }
             })
@@ -145,29 +170,34 @@ impl L1 {
         }
     }
 
-    /// Ingest's write: replaces the entry unless it already holds this revision or a newer one.
-    pub async fn put_newer(&self, key: String, state: EntityState) {
-        let fresh = Arc::new(Cached { state: Some(Arc::new(state)) });
+    /// Ingest's write of one share: updates a cached entry unless it already holds this
+    /// revision of the share or a newer one. An entity not cached stays uncached (its other
+    /// shares are not known here).
+    pub async fn put_share(&self, key: String, stream: &str, state: EntityState) {
         self.cache
             .entry(key)
             .and_compute_with(|existing| async move {
                 match existing {
-                    Some(entry) if entry.value().rev() >= fresh.rev() => Op::Nop,
-                    _ => Op::Put(fresh),
+                    Some(entry) if entry.value().share_rev(stream) < state.rev => {
+                        let mut shares = entry.value().shares.clone();
+                        shares.insert(stream.to_string(), state);
+                        Op::Put(Arc::new(Cached::new(shares)))
+                    }
+                    _ => Op::Nop,
                 }
             })
             .await;
     }
 
-    /// Drops the entry if it is older than `rev`; `true` when one was dropped.
-    pub async fn invalidate(&self, key: String, rev: u64) -> bool {
+    /// Drops the entry if its copy of share `stream` is older than `rev`; `true` when dropped.
+    pub async fn invalidate(&self, key: String, stream: &str, rev: u64) -> bool {
         self.shard(&key).fetch_add(1, Ordering::AcqRel);
         let outcome = self
             .cache
             .entry(key)
             .and_compute_with(|existing| async move {
                 match existing {
-                    Some(entry) if entry.value().rev() < rev => Op::Remove,
+                    Some(entry) if entry.value().share_rev(stream) < rev => Op::Remove,
                     _ => Op::Nop,
                 }
             })

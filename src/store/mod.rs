@@ -2,17 +2,18 @@
 //! fred). Redis holds the authoritative state; L1 makes reads cheap and keeps serving, marked
 //! stale, while Redis is unreachable.
 //!
-//! Layout in Redis, under the namespace `<key_prefix>:<generation>` (see [`generation`]):
-//! - `…:user:<id>`: a user's [`EntityState`] as JSON.
-//! - `…:product:<id>`: a hash with one field `p<partition>` per source partition holding that
-//!   partition's share of the product's state. Each share has one writer (the partition's
-//!   owner), so product features need no cross-instance locking; reads merge the shares.
+//! Layout in Redis, under the namespace `<key_prefix>:<generation>` (see [`generation`]): one hash
+//! per entity, `…:user:<id>` or `…:product:<id>`, with one field per source stream
+//! (`<table>/<partition>`) holding that stream's share of the entity's [`EntityState`] as JSON.
+//! Each share has exactly one writer, the worker of that topic partition, so shares are
+//! read-modified-written without locks even though a user is fed by several topics and a
+//! product by every partition; reads merge the shares.
 //!
 //! - Reads: L1, else Redis (one command per key even when many requests miss at once, one
 //!   pipeline for a batch), else an answer marked unavailable. A Redis error never fails a read.
 //! - Writes (from ingest only): one pipeline per batch, then L1. The ingest loop retries a
 //!   failed write and does not move its offsets meanwhile, so nothing is lost.
-//! - Every write also publishes the keys it changed on `<key_prefix>:l1-invalidate`; every
+//! - Every write also publishes the shares it changed (key, stream, revision) on `<key_prefix>:l1-invalidate`; every
 //!   instance drops older L1 copies. A read that raced with an invalidation does not cache what
 //!   it read, so L1 never keeps a state older than one announced.
 
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{CacheConfig, RedisConfig};
 use crate::features::{Entity, EntityState};
 use crate::telemetry;
+use cache::Shares;
 
 use cache::L1;
 pub use cache::{Cached, Freshness};
@@ -61,25 +63,21 @@ impl EntityRef {
         Self { entity: Entity::Product, id: id.into() }
     }
 
+    /// This entity's share of the state fed by `stream`.
+    pub fn share(&self, stream: impl Into<String>) -> StateKey {
+        StateKey { entity: self.clone(), stream: stream.into() }
+    }
+
     fn cache_key(&self) -> String {
         format!("{}:{}", self.entity.label(), self.id)
     }
 }
 
-/// Where ingest keeps one piece of state: a user's, or one partition's share of a product's.
+/// One share of an entity's state: what one source stream (`<table>/<partition>`) contributed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum StateKey {
-    User(String),
-    ProductShare { product: String, partition: i32 },
-}
-
-impl StateKey {
-    fn entity(&self) -> EntityRef {
-        match self {
-            Self::User(id) => EntityRef::user(id.clone()),
-            Self::ProductShare { product, .. } => EntityRef::product(product.clone()),
-        }
-    }
+pub struct StateKey {
+    pub entity: EntityRef,
+    pub stream: String,
 }
 
 /// One entity's state as read for the API.
@@ -177,18 +175,11 @@ impl FeatureStore {
         }
     }
 
-    /// Merges a product's per-partition shares.
-    fn merge_shares(&self, key: &str, shares: HashMap<String, String>) -> Option<EntityState> {
-        if shares.is_empty() {
-            return None;
-        }
-        let mut merged = EntityState::default();
-        for json in shares.values() {
-            if let Some(share) = self.decode_state(key, json) {
-                merged.merge(&share);
-            }
-        }
-        Some(merged)
+    fn decode_shares(&self, key: &str, fields: HashMap<String, String>) -> Shares {
+        fields
+            .into_iter()
+            .filter_map(|(stream, json)| Some((stream, self.decode_state(key, &json)?)))
+            .collect()
     }
 
     /// Reads one entity for the API. Never fails: the answer says how fresh it is.
@@ -207,7 +198,7 @@ impl FeatureStore {
             .l1
             .get_or_load(&cache_key, || async {
                 let mut fetched = self.fetch(std::slice::from_ref(entity), &[]).await?;
-                Ok::<_, StoreError>(fetched.0.pop().flatten())
+                Ok::<_, StoreError>(fetched.0.pop().unwrap_or_default())
             })
             .await;
         match loaded {
@@ -263,7 +254,12 @@ impl FeatureStore {
                         freshness: Freshness::Live,
                     });
                 }
-                extra_states = Some(extras);
+                extra_states = Some(
+                    extras
+                        .into_iter()
+                        .map(|shares| Cached::new(shares).state.map(|s| (*s).clone()))
+                        .collect(),
+                );
             }
         }
         let reads = reads
@@ -278,63 +274,29 @@ impl FeatureStore {
         (reads, extra_states)
     }
 
-    /// One pipeline: `GET` per user, `HGETALL` per product.
+    /// One pipeline of `HGETALL`s: every share of `entities`, then of `extra`.
     async fn fetch(
         &self,
         entities: &[EntityRef],
         extra: &[EntityRef],
-    ) -> Result<(Vec<Option<EntityState>>, Vec<Option<EntityState>>), StoreError> {
+    ) -> Result<(Vec<Shares>, Vec<Shares>), StoreError> {
         let namespace = self.namespace();
-        let keys: Vec<(Entity, String)> = entities
-            .iter()
-            .chain(extra)
-            .map(|entity| (entity.entity, self.redis_key(&namespace, entity)))
-            .collect();
+        let keys: Vec<String> =
+            entities.iter().chain(extra).map(|entity| self.redis_key(&namespace, entity)).collect();
         let pipeline = self.redis.next().pipeline();
-        for (entity, key) in &keys {
-            match entity {
-                Entity::User => {
-                    let _: () = pipeline.get(key).await?;
-                }
-                Entity::Product => {
-                    let _: () = pipeline.hgetall(key).await?;
-                }
-            }
+        for key in &keys {
+            let _: () = pipeline.hgetall(key).await?;
         }
-        let result: Result<Vec<Value>, _> = pipeline.all().await;
+        let result: Result<Vec<HashMap<String, String>>, _> = pipeline.all().await;
         self.note_redis("read", &result);
-        let values = result?;
-        let mut states: Vec<Option<EntityState>> = keys
-            .iter()
-            .zip(values)
-            .map(|((entity, key), value)| match entity {
-                Entity::User => value
-                    .convert::<Option<String>>()
-                    .ok()
-                    .flatten()
-                    .and_then(|json| self.decode_state(key, &json)),
-                Entity::Product => value
-                    .convert::<HashMap<String, String>>()
-                    .ok()
-                    .and_then(|shares| self.merge_shares(key, shares)),
-            })
-            .collect();
-        let extras = states.split_off(entities.len());
-        Ok((states, extras))
+        let mut shares: Vec<Shares> =
+            keys.iter().zip(result?).map(|(key, fields)| self.decode_shares(key, fields)).collect();
+        let extras = shares.split_off(entities.len());
+        Ok((shares, extras))
     }
 
-    fn state_location(&self, namespace: &str, key: &StateKey) -> (String, Option<String>) {
-        match key {
-            StateKey::User(id) => (self.redis_key(namespace, &EntityRef::user(id.clone())), None),
-            StateKey::ProductShare { product, partition } => (
-                self.redis_key(namespace, &EntityRef::product(product.clone())),
-                Some(format!("p{partition}")),
-            ),
-        }
-    }
-
-    /// Loads the authoritative states of `keys` from Redis (one pipeline), for ingest to apply
-    /// changes to. Keys without state are absent from the map.
+    /// Loads the shares `keys` from Redis (one pipeline of `HGET`s), for ingest to apply changes
+    /// to. Shares not stored yet are absent from the map.
     pub async fn load_for_write(
         &self,
         keys: &[StateKey],
@@ -345,31 +307,22 @@ impl FeatureStore {
         let namespace = self.namespace();
         let pipeline = self.redis.next().pipeline();
         for key in keys {
-            match self.state_location(&namespace, key) {
-                (redis_key, None) => {
-                    let _: () = pipeline.get(redis_key).await?;
-                }
-                (redis_key, Some(field)) => {
-                    let _: () = pipeline.hget(redis_key, field).await?;
-                }
-            }
+            let _: () = pipeline.hget(self.redis_key(&namespace, &key.entity), &key.stream).await?;
         }
         let result: Result<Vec<Option<String>>, _> = pipeline.all().await;
         self.note_redis("read", &result);
-        let values = result?;
         Ok(keys
             .iter()
-            .zip(values)
+            .zip(result?)
             .filter_map(|(key, value)| {
-                let json = value?;
-                let state = self.decode_state(&format!("{key:?}"), &json)?;
+                let state = self.decode_state(&format!("{key:?}"), &value?)?;
                 Some((key.clone(), state))
             })
             .collect())
     }
 
-    /// Writes states to Redis in one pipeline (each key's state and its source positions in one
-    /// value, so atomically) and, once acknowledged, updates L1.
+    /// Writes shares to Redis in one pipeline (a share and its source positions are one field,
+    /// so they change together) and, once acknowledged, updates L1.
     pub async fn write_states(
         &self,
         states: Vec<(StateKey, EntityState)>,
@@ -379,24 +332,14 @@ impl FeatureStore {
         }
         let namespace = self.namespace();
         let pipeline = self.redis.next().pipeline();
-        let mut announced: Vec<(String, u64)> = Vec::with_capacity(states.len());
+        let mut announced: Vec<(String, &str, u64)> = Vec::with_capacity(states.len());
         for (key, state) in &states {
             let json = serde_json::to_string(state)
                 .map_err(|source| StoreError::Encode { key: format!("{key:?}"), source })?;
-            let (redis_key, field) = self.state_location(&namespace, key);
-            let ttl = Some(Expiration::EX(self.state_ttl_secs));
-            match field {
-                None => {
-                    let _: () = pipeline.set(&redis_key, json.as_str(), ttl, None, false).await?;
-                    announced.push((key.entity().cache_key(), state.rev));
-                }
-                Some(field) => {
-                    let _: () = pipeline.hset(&redis_key, (field, json.as_str())).await?;
-                    let _: () = pipeline.expire(&redis_key, self.state_ttl_secs, None).await?;
-                    // The merged state's revision is not known here: drop every older copy.
-                    announced.push((key.entity().cache_key(), u64::MAX));
-                }
-            }
+            let redis_key = self.redis_key(&namespace, &key.entity);
+            let _: () = pipeline.hset(&redis_key, (key.stream.as_str(), json.as_str())).await?;
+            let _: () = pipeline.expire(&redis_key, self.state_ttl_secs, None).await?;
+            announced.push((key.entity.cache_key(), key.stream.as_str(), state.rev));
         }
         let announcement = serde_json::to_string(&announced).map_err(|source| {
             StoreError::Encode { key: self.invalidation_channel.clone(), source }
@@ -410,24 +353,19 @@ impl FeatureStore {
         metrics::counter!(telemetry::STATE_WRITES).increment(states.len() as u64);
 
         for (key, state) in states {
-            match key {
-                StateKey::User(_) => self.l1.put_newer(key.entity().cache_key(), state).await,
-                StateKey::ProductShare { .. } => {
-                    self.l1.invalidate(key.entity().cache_key(), u64::MAX).await;
-                }
-            }
+            self.l1.put_share(key.entity.cache_key(), &key.stream, state).await;
         }
         Ok(())
     }
 
     /// Drops L1 entries older than the revisions another instance announced.
     async fn apply_announcement(&self, announcement: &str) {
-        let Ok(announced) = serde_json::from_str::<Vec<(String, u64)>>(announcement) else {
+        let Ok(announced) = serde_json::from_str::<Vec<(String, String, u64)>>(announcement) else {
             tracing::warn!("ignoring a malformed L1 invalidation message");
             return;
         };
-        for (key, rev) in announced {
-            if self.l1.invalidate(key, rev).await {
+        for (key, stream, rev) in announced {
+            if self.l1.invalidate(key, &stream, rev).await {
                 metrics::counter!(telemetry::L1_INVALIDATIONS).increment(1);
             }
         }

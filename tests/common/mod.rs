@@ -152,6 +152,19 @@ impl Persona {
         (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
     }
 
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base_url))
+            .json(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = response.status().as_u16();
+        let body = response.text().await.expect("body");
+        (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+    }
+
     pub async fn features(&self, user: &str) -> Value {
         let (status, body) = self.get(&format!("/api/v1/users/{user}/features")).await;
         assert_eq!(status, 200, "{body}");
