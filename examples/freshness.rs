@@ -6,7 +6,7 @@
 //! cargo run --release --example freshness -- http://127.0.0.1:8080 200
 //! ```
 //! Writes `SAMPLES` activity rows, one at a time, each for a fresh user, and polls
-//! `GET /api/v1/users/{id}/features?names=click_count_1m` every millisecond until it counts 1.
+//! `GET /api/v1/users/{id}/features?names=clicks_1m` every millisecond until it counts 1.
 
 use std::time::{Duration, Instant};
 
@@ -32,13 +32,13 @@ async fn main() -> anyhow::Result<()> {
     let mut latencies = Vec::with_capacity(samples);
     for i in 0..samples {
         let user = format!("fresh-{run}-{i}");
-        let url = format!("{api}/api/v1/users/{user}/features?names=click_count_1m");
+        let url = format!("{api}/api/v1/users/{user}/features?names=clicks_1m");
         db.execute(&insert, &[&user]).await?;
         // The statement returns once the commit is durable: the clock starts here.
         let committed = Instant::now();
         loop {
             let body: serde_json::Value = http.get(&url).send().await?.json().await?;
-            if body["features"]["click_count_1m"]["value"] == 1 {
+            if body["features"]["clicks_1m"]["value"] == 1 {
                 break;
             }
             if committed.elapsed() > Duration::from_secs(30) {
