@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle as ThreadHandle;
 use std::time::{Duration, Instant};
 
+use rdkafka::Offset;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::Offset;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::topic_partition_list::TopicPartitionList;
 use tokio::runtime::Handle;
@@ -324,7 +324,8 @@ impl PollLoop {
             return;
         }
         if message.offset() < slot.next_offset {
-            metrics::counter!(telemetry::MESSAGES_REDELIVERED, "topic" => key.0.clone()).increment(1);
+            metrics::counter!(telemetry::MESSAGES_REDELIVERED, "topic" => key.0.clone())
+                .increment(1);
             return;
         }
         let offset = message.offset();

@@ -21,10 +21,12 @@
 //! - The products topic is not part of the group: [`Dimension`] reads all of it on every
 //!   instance into the in-memory catalog features join through.
 
+mod apply;
 mod consumer;
 mod dimension;
 pub mod envelope;
 mod partition;
 
+pub use apply::{Applier, BatchStats};
 pub use consumer::{BrokerProbe, Ingest, IngestError};
 pub use dimension::Dimension;

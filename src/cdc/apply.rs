@@ -1,0 +1,185 @@
+//! Applying a batch of one partition's change events: decode, route each change to the shares
+//! it touches, load them, apply in offset order (skipping what a share already has), and write
+//! back what changed. Used by the partition workers and by `persona rebuild`.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use rdkafka::message::{Message, OwnedMessage};
+
+use super::envelope::{self, CdcMessage};
+use crate::features::{self, Entity, EntityState, FeatureSet, SourceChange};
+use crate::store::{EntityRef, FeatureStore, StateKey};
+use crate::telemetry;
+
+const WRITE_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const WRITE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What one batch amounted to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Changes to source tables decoded.
+    pub changes: u64,
+    /// Share updates skipped because the share already had them.
+    pub duplicates: u64,
+    /// Rows dropped by a feature as older than its window and history.
+    pub late: u64,
+    /// Messages that could not be decoded, skipped.
+    pub errors: u64,
+}
+
+impl std::ops::AddAssign for BatchStats {
+    fn add_assign(&mut self, other: Self) {
+        self.changes += other.changes;
+        self.duplicates += other.duplicates;
+        self.late += other.late;
+        self.errors += other.errors;
+    }
+}
+
+pub struct Applier<'a> {
+    pub features: &'a FeatureSet,
+    pub store: &'a FeatureStore,
+}
+
+impl Applier<'_> {
+    /// Decodes, applies and writes one batch of a partition's messages, in offset order. A write
+    /// that fails is retried until it succeeds: the caller moves offsets only afterwards.
+    pub async fn apply_batch(
+        &self,
+        topic: &str,
+        partition: i32,
+        batch: &[OwnedMessage],
+    ) -> BatchStats {
+        let mut stats = BatchStats::default();
+        let mut changes: Vec<SourceChange> = Vec::new();
+        for message in batch {
+            match envelope::decode(message.payload()) {
+                Ok(CdcMessage::Change(event)) => {
+                    count_consumed(topic, event.op.label());
+                    match envelope::source_change(&event) {
+                        Ok(Some(change)) => changes.push(change),
+                        Ok(None) => {}
+                        Err(error) => {
+                            stats.errors += 1;
+                            skip(message, &error);
+                        }
+                    }
+                }
+                Ok(CdcMessage::Tombstone) => count_consumed(topic, "tombstone"),
+                Ok(CdcMessage::Heartbeat { .. }) => count_consumed(topic, "heartbeat"),
+                Err(error) => {
+                    stats.errors += 1;
+                    skip(message, &error);
+                }
+            }
+        }
+        stats.changes = changes.len() as u64;
+        if changes.is_empty() {
+            return stats;
+        }
+        let mut backoff = WRITE_BACKOFF_MIN;
+        loop {
+            match self.write(topic, partition, &changes).await {
+                Ok((duplicates, late)) => {
+                    stats.duplicates = duplicates;
+                    stats.late = late;
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, retry_in = ?backoff, "feature write failed; holding offsets and retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(WRITE_BACKOFF_MAX);
+                }
+            }
+        }
+        let now = Utc::now();
+        for committed in changes.iter().filter_map(|change| change.committed_at) {
+            let seconds = (now - committed).num_microseconds().unwrap_or(0) as f64 / 1e6;
+            metrics::histogram!(telemetry::FRESHNESS_SECONDS).record(seconds.max(0.0));
+        }
+        stats
+    }
+
+    /// The shares a change touches: this stream's share of the users and products of its row
+    /// images.
+    fn keys_of(&self, change: &SourceChange, stream: &str) -> Vec<(StateKey, Entity, String)> {
+        let mut keys = Vec::new();
+        for entity in self.features.entities_fed_by(change.table) {
+            for row in [&change.before, &change.after].into_iter().flatten() {
+                let Some(id) = features::entity_of(row, entity) else { continue };
+                let key = EntityRef { entity, id: id.to_string() }.share(stream);
+                if !keys.iter().any(|(known, _, _)| *known == key) {
+                    keys.push((key, entity, id.to_string()));
+                }
+            }
+        }
+        keys
+    }
+
+    /// Loads the touched states from Redis, applies the changes in offset order (skipping those
+    /// a state already has) and writes back the states that changed.
+    async fn write(
+        &self,
+        topic: &str,
+        partition: i32,
+        changes: &[SourceChange],
+    ) -> Result<(u64, u64), crate::store::StoreError> {
+        let streams: Vec<String> =
+            changes.iter().map(|change| format!("{}/{partition}", change.table)).collect();
+        let routed: Vec<Vec<(StateKey, Entity, String)>> = changes
+            .iter()
+            .zip(&streams)
+            .map(|(change, stream)| self.keys_of(change, stream))
+            .collect();
+        let mut keys: Vec<StateKey> =
+            routed.iter().flatten().map(|(key, _, _)| key.clone()).collect();
+        keys.sort();
+        keys.dedup();
+        let mut states = self.store.load_for_write(&keys).await?;
+        let now = Utc::now();
+        let mut changed: HashSet<StateKey> = HashSet::new();
+        let (mut duplicates, mut late) = (0u64, 0u64);
+        for (change, targets) in changes.iter().zip(&routed) {
+            let stream = format!("{}/{partition}", change.table);
+            for (key, entity, id) in targets {
+                let state = states.entry(key.clone()).or_default();
+                let outcome =
+                    features::apply(self.features, *entity, id, state, change, &stream, now);
+                if outcome.duplicate {
+                    duplicates += 1;
+                } else {
+                    changed.insert(key.clone());
+                }
+                late += u64::from(outcome.late);
+            }
+        }
+        if duplicates > 0 {
+            metrics::counter!(telemetry::DUPLICATES_SKIPPED, "topic" => topic.to_string())
+                .increment(duplicates);
+        }
+        if late > 0 {
+            metrics::counter!(telemetry::LATE_EVENTS, "topic" => topic.to_string()).increment(late);
+        }
+        let writes: Vec<(StateKey, EntityState)> =
+            states.into_iter().filter(|(key, _)| changed.contains(key)).collect();
+        self.store.write_states(writes).await?;
+        Ok((duplicates, late))
+    }
+}
+
+fn skip(message: &OwnedMessage, error: &envelope::DecodeError) {
+    tracing::warn!(
+        offset = message.offset(),
+        kind = error.kind(),
+        error = %error,
+        "skipping undecodable change event"
+    );
+    metrics::counter!(telemetry::DECODE_ERRORS, "kind" => error.kind()).increment(1);
+}
+
+fn count_consumed(topic: &str, op: &'static str) {
+    metrics::counter!(telemetry::EVENTS_CONSUMED, "topic" => topic.to_string(), "op" => op)
+        .increment(1);
+}
