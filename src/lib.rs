@@ -12,5 +12,6 @@ pub mod config;
 pub mod connect;
 pub mod db;
 pub mod features;
+pub mod recovery;
 pub mod store;
 pub mod telemetry;

@@ -10,15 +10,17 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use persona::api::{self, AppState, RankingCache, Readiness};
-use persona::cdc::{Dimension, Ingest};
+use persona::cdc::{Dimension, Ingest, Replay};
 use persona::config::Config;
 use persona::connect::{self, ConnectClient};
 use persona::features::{FeatureSet, ProductCatalog};
+use persona::recovery;
 use persona::store::FeatureStore;
-use persona::store::generation;
 use persona::{db, telemetry};
 
 const REDIS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often instances check which state generation is current (rebuilds, emptied Redis).
+const GENERATION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Real-time personalization features from a legacy application's Postgres writes.
 #[derive(Parser)]
@@ -41,6 +43,13 @@ enum Command {
     Connector {
         #[command(subcommand)]
         command: ConnectorCommand,
+    },
+    /// Replay every feature topic from the beginning into fresh state, then make it current
+    /// (serving instances switch to it within a second); prints a summary.
+    Rebuild {
+        /// How long serving instances get to switch before the old state is deleted.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        grace: Duration,
     },
     /// Print the effective configuration (secrets redacted) and exit.
     Config,
@@ -70,6 +79,15 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Connector { command: ConnectorCommand::Apply { path } } => {
             apply_connectors(&config, &path).await
+        }
+        Command::Rebuild { grace } => {
+            let features = FeatureSet::load(config.features.definitions.as_deref())?;
+            let store = FeatureStore::connect(&config.redis, &config.cache)
+                .await
+                .context("connecting to redis")?;
+            let summary = recovery::rebuild::run(&config.kafka, &store, &features, grace).await?;
+            println!("{summary}");
+            Ok(())
         }
         Command::Config => {
             println!("{config:#?}");
@@ -109,9 +127,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let store = Arc::new(
         FeatureStore::connect(&config.redis, &config.cache).await.context("connecting to redis")?,
     );
-    let (generation, _) =
-        generation::current_or_create(&store).await.context("reading the state generation")?;
-    store.use_generation(&generation);
+    let (generation, fresh_state) =
+        recovery::start_generation(&store).await.context("reading the state generation")?;
     tracing::info!(%generation, "feature state generation");
     let shutdown = CancellationToken::new();
     let probe = store.spawn_health_probe(REDIS_PROBE_INTERVAL, shutdown.clone());
@@ -119,6 +136,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let catalog = Arc::new(ProductCatalog::default());
     let dimension = Dimension::start(&config.kafka, Arc::clone(&catalog))?;
     let ingest = Ingest::start(&config.kafka, Arc::clone(&store), Arc::clone(&features))?;
+    if fresh_state {
+        ingest.replayer().replay(Replay::Beginning);
+    }
+    let watcher = recovery::spawn_watcher(
+        Arc::clone(&store),
+        ingest.replayer(),
+        generation,
+        GENERATION_CHECK_INTERVAL,
+        shutdown.clone(),
+    );
     let readiness = Arc::new(Readiness::default());
     let state = AppState {
         store,
@@ -158,6 +185,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     .await?;
     shutdown.cancel();
     let _ = probe.await;
+    let _ = watcher.await;
     let _ = invalidations.await;
     if !server.is_finished() {
         let _ = server.await;

@@ -195,9 +195,34 @@ impl BrokerProbe {
     }
 }
 
+/// Where [`Ingest::replay`] moves this instance's partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replay {
+    /// Every partition from its first offset (state was lost).
+    Beginning,
+    /// From these offsets, by `<topic>/<partition>` (a rebuild's end offsets); partitions not
+    /// listed from their first offset.
+    From(HashMap<String, i64>),
+}
+
+/// Asks the ingest to drain every partition it owns and seek it to a [`Replay`] target (once it
+/// owns some). Feature state deduplicates by source position, so reading changes again is
+/// harmless.
+#[derive(Clone)]
+pub struct Replayer(std::sync::mpsc::Sender<Replay>);
+
+impl Replayer {
+    pub fn replay(&self, replay: Replay) {
+        if self.0.send(replay).is_err() {
+            tracing::warn!("ingest has stopped; replay ignored");
+        }
+    }
+}
+
 /// The running ingest: a poll thread and its partition workers.
 pub struct Ingest {
     consumer: Arc<BaseConsumer<IngestContext>>,
+    commands: std::sync::mpsc::Sender<Replay>,
     stop: CancellationToken,
     thread: ThreadHandle<()>,
 }
@@ -223,7 +248,10 @@ impl Ingest {
             .map_err(|source| IngestError::Subscribe { topics: config.topics.clone(), source })?;
         let consumer = Arc::new(consumer);
         let stop = CancellationToken::new();
+        let (commands, receiver) = std::sync::mpsc::channel();
         let poll_loop = PollLoop {
+            commands: receiver,
+            pending_replay: None,
             consumer: Arc::clone(&consumer),
             store,
             features,
@@ -235,7 +263,12 @@ impl Ingest {
             .name("kafka-poll".into())
             .spawn(move || poll_loop.run())
             .map_err(IngestError::Thread)?;
-        Ok(Self { consumer, stop, thread })
+        Ok(Self { consumer, commands, stop, thread })
+    }
+
+    /// A handle that asks this ingest to replay its partitions.
+    pub fn replayer(&self) -> Replayer {
+        Replayer(self.commands.clone())
     }
 
     pub fn broker_probe(&self) -> BrokerProbe {
@@ -258,7 +291,7 @@ impl Ingest {
 }
 
 /// The librdkafka settings persona relies on, then the operator's extras.
-pub(super) fn client_config(config: &KafkaConfig) -> ClientConfig {
+pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.brokers)
@@ -283,6 +316,8 @@ pub(super) fn client_config(config: &KafkaConfig) -> ClientConfig {
 }
 
 struct PollLoop {
+    commands: std::sync::mpsc::Receiver<Replay>,
+    pending_replay: Option<Replay>,
     consumer: Arc<BaseConsumer<IngestContext>>,
     store: Arc<FeatureStore>,
     features: Arc<FeatureSet>,
@@ -292,12 +327,20 @@ struct PollLoop {
 }
 
 impl PollLoop {
-    fn run(self) {
+    fn run(mut self) {
         tracing::info!("ingest started");
         let mut last_resume_check = Instant::now();
         while !self.stop.is_cancelled() {
             if last_resume_check.elapsed() >= POLL_INTERVAL {
                 self.resume_drained();
+                while let Ok(replay) = self.commands.try_recv() {
+                    self.pending_replay = Some(replay);
+                }
+                if let Some(replay) = self.pending_replay.take()
+                    && !self.replay(&replay)
+                {
+                    self.pending_replay = Some(replay);
+                }
                 last_resume_check = Instant::now();
             }
             match self.consumer.poll(POLL_INTERVAL) {
@@ -348,6 +391,34 @@ impl PollLoop {
                 *slot = fresh;
             }
         }
+    }
+
+    /// Drains the workers and seeks every assigned partition; `false` when it must be tried again
+    /// (nothing assigned yet, or a seek failed).
+    fn replay(&self, replay: &Replay) -> bool {
+        let assignment = match self.consumer.assignment() {
+            Ok(assignment) if assignment.count() > 0 => assignment,
+            _ => return false,
+        };
+        self.consumer.context().drain(None);
+        let mut done = true;
+        for element in assignment.elements() {
+            let (topic, partition) = (element.topic(), element.partition());
+            let offset = match replay {
+                Replay::From(offsets) => offsets
+                    .get(&format!("{topic}/{partition}"))
+                    .map_or(Offset::Beginning, |offset| Offset::Offset(*offset)),
+                Replay::Beginning => Offset::Beginning,
+            };
+            if let Err(error) = self.consumer.seek(topic, partition, offset, SEEK_TIMEOUT) {
+                tracing::warn!(%topic, partition, error = %error, "cannot seek for replay; retrying");
+                done = false;
+            }
+        }
+        if done {
+            tracing::info!(partitions = assignment.count(), ?replay, "replaying partitions");
+        }
+        done
     }
 
     /// Resumes paused partitions whose queue has room again, from where they stopped.

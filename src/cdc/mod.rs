@@ -28,5 +28,5 @@ pub mod envelope;
 mod partition;
 
 pub use apply::{Applier, BatchStats};
-pub use consumer::{BrokerProbe, Ingest, IngestError};
+pub use consumer::{BrokerProbe, Ingest, IngestError, Replay, Replayer, client_config};
 pub use dimension::Dimension;

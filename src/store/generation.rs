@@ -48,3 +48,56 @@ pub async fn switch_to(store: &FeatureStore, generation: &str) -> Result<(), Sto
     store.note_redis("write", &result);
     Ok(result?)
 }
+
+fn meta_key(prefix: &str, generation: &str) -> String {
+    format!("{prefix}:{generation}:meta")
+}
+
+/// Records where instances switching to `generation` must resume reading: the end offsets the
+/// rebuild read up to (`<topic>/<partition>` → offset), or `None` for the beginning.
+pub async fn set_resume_offsets(
+    store: &FeatureStore,
+    generation: &str,
+    offsets: Option<&std::collections::HashMap<String, i64>>,
+) -> Result<(), StoreError> {
+    let json = serde_json::to_string(&offsets).map_err(|source| StoreError::Encode {
+        key: meta_key(store.key_prefix(), generation),
+        source,
+    })?;
+    let result: Result<(), _> =
+        store.pool().hset(meta_key(store.key_prefix(), generation), ("resume", json)).await;
+    store.note_redis("write", &result);
+    Ok(result?)
+}
+
+/// Where to resume reading for `generation`; `None` (the beginning) when it was not recorded.
+pub async fn resume_offsets(
+    store: &FeatureStore,
+    generation: &str,
+) -> Result<Option<std::collections::HashMap<String, i64>>, StoreError> {
+    let result: Result<Option<String>, _> =
+        store.pool().hget(meta_key(store.key_prefix(), generation), "resume").await;
+    store.note_redis("read", &result);
+    Ok(result?.and_then(|json| serde_json::from_str(&json).ok()).flatten())
+}
+
+/// Deletes every key of `generation` (after a rebuild replaced it), with `SCAN` and `UNLINK` so
+/// Redis never blocks; returns how many were deleted.
+pub async fn delete(store: &FeatureStore, generation: &str) -> Result<u64, StoreError> {
+    use fred::types::scan::Scanner;
+    use futures::TryStreamExt;
+    let pattern = format!("{}:{generation}:*", store.key_prefix());
+    let client = store.pool().next().clone();
+    let mut pages = client.scan(pattern, Some(1000), None);
+    let mut deleted = 0u64;
+    while let Some(mut page) = pages.try_next().await? {
+        if let Some(keys) = page.take_results()
+            && !keys.is_empty()
+        {
+            deleted += keys.len() as u64;
+            let _: i64 = client.unlink(keys).await?;
+        }
+        page.next();
+    }
+    Ok(deleted)
+}

@@ -1,0 +1,202 @@
+//! `persona rebuild`: reads every feature topic from the beginning into a fresh state
+//! generation, then makes it current. Serving instances keep answering from the old generation
+//! meanwhile and switch when it is done (see [`super`]); the old generation is deleted after a
+//! grace period.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::Offset;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::topic_partition_list::TopicPartitionList;
+
+use crate::cdc::{Applier, BatchStats};
+use crate::config::KafkaConfig;
+use crate::features::FeatureSet;
+use crate::store::{FeatureStore, StoreError, generation};
+use crate::telemetry;
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+const BATCH: usize = 500;
+/// A rebuild that reads nothing for this long has stalled.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("redis: {0}")]
+    Store(#[from] StoreError),
+    #[error("no message read for {STALL_TIMEOUT:?}; still missing {missing} messages")]
+    Stalled { missing: u64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub generation: String,
+    pub previous: Option<String>,
+    pub messages: u64,
+    pub stats: BatchStats,
+    pub elapsed: Duration,
+    /// Keys of the previous generation deleted after the grace period.
+    pub deleted: u64,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rate = self.messages as f64 / self.elapsed.as_secs_f64().max(0.001);
+        writeln!(f, "rebuilt feature state generation {}", self.generation)?;
+        writeln!(
+            f,
+            "  messages read     {:>10}  ({rate:.0}/s in {:.1}s)",
+            self.messages,
+            self.elapsed.as_secs_f64()
+        )?;
+        writeln!(f, "  changes applied   {:>10}", self.stats.changes)?;
+        writeln!(
+            f,
+            "  duplicates        {:>10}  (published more than once, skipped)",
+            self.stats.duplicates
+        )?;
+        writeln!(
+            f,
+            "  late              {:>10}  (older than a window and history)",
+            self.stats.late
+        )?;
+        writeln!(f, "  undecodable       {:>10}  (skipped)", self.stats.errors)?;
+        match &self.previous {
+            Some(previous) => write!(
+                f,
+                "  replaced          {previous} ({} keys deleted after the grace period)",
+                self.deleted
+            ),
+            None => write!(f, "  replaced          nothing (there was no state)"),
+        }
+    }
+}
+
+/// Rebuilds from `kafka.topics`; `grace` is how long instances get to switch before the old
+/// generation is deleted.
+pub async fn run(
+    kafka: &KafkaConfig,
+    store: &FeatureStore,
+    features: &FeatureSet,
+    grace: Duration,
+) -> Result<Summary, RebuildError> {
+    let started = Instant::now();
+    let previous = generation::current(store).await?;
+    let fresh = generation::new_generation();
+    store.use_generation(&fresh);
+    tracing::info!(generation = %fresh, ?previous, "rebuilding feature state from the topics");
+
+    let mut client = crate::cdc::client_config(kafka);
+    client
+        .set("group.id", format!("{}-rebuild-{}", kafka.group_id, uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .remove("group.instance.id");
+    let consumer: BaseConsumer = client.create()?;
+    let (assignment, ends, total) = end_offsets(&consumer, &kafka.topics)?;
+    consumer.assign(&assignment)?;
+
+    let bar = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} messages ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let applier = Applier { features, store };
+    let mut positions: HashMap<(String, i32), i64> = HashMap::new();
+    let mut pending: HashMap<(String, i32), Vec<OwnedMessage>> = HashMap::new();
+    let mut stats = BatchStats::default();
+    let mut messages = 0u64;
+    let mut last_progress = Instant::now();
+    let done = |positions: &HashMap<(String, i32), i64>| {
+        ends.iter().all(|(key, end)| positions.get(key).is_some_and(|p| p >= end))
+    };
+    while !done(&positions) {
+        let polled = tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(100)));
+        let mut flush = polled.is_none();
+        match polled {
+            Some(Ok(message)) => {
+                let key = (message.topic().to_string(), message.partition());
+                let end = ends.get(&key).copied().unwrap_or(0);
+                let position = positions.entry(key.clone()).or_insert(0);
+                if message.offset() >= *position && message.offset() < end {
+                    *position = message.offset() + 1;
+                    let batch = pending.entry(key).or_default();
+                    batch.push(message.detach());
+                    flush = batch.len() >= BATCH;
+                    messages += 1;
+                    bar.inc(1);
+                    last_progress = Instant::now();
+                }
+            }
+            Some(Err(error)) => tracing::warn!(error = %error, "kafka error while rebuilding"),
+            None => {}
+        }
+        if flush || done(&positions) {
+            for ((topic, partition), batch) in pending.drain() {
+                stats += applier.apply_batch(&topic, partition, &batch).await;
+            }
+        }
+        if last_progress.elapsed() > STALL_TIMEOUT {
+            let read: i64 = positions.values().sum();
+            let end: i64 = ends.values().sum();
+            return Err(RebuildError::Stalled { missing: u64::try_from(end - read).unwrap_or(0) });
+        }
+    }
+    for ((topic, partition), batch) in pending.drain() {
+        stats += applier.apply_batch(&topic, partition, &batch).await;
+    }
+    bar.finish_and_clear();
+
+    let resume: HashMap<String, i64> = ends
+        .iter()
+        .map(|((topic, partition), end)| (format!("{topic}/{partition}"), *end))
+        .collect();
+    generation::set_resume_offsets(store, &fresh, Some(&resume)).await?;
+    generation::switch_to(store, &fresh).await?;
+    metrics::counter!(telemetry::REBUILDS, "reason" => "command").increment(1);
+    tracing::info!(generation = %fresh, "new feature state generation is current");
+    let elapsed = started.elapsed();
+
+    let mut deleted = 0;
+    if let Some(previous) = &previous {
+        tokio::time::sleep(grace).await;
+        deleted = generation::delete(store, previous).await?;
+    }
+    Ok(Summary { generation: fresh, previous, messages, stats, elapsed, deleted })
+}
+
+type Ends = HashMap<(String, i32), i64>;
+
+/// Every partition of `topics` from its beginning, the end offset each must be read up to, and
+/// the number of messages in between.
+fn end_offsets(
+    consumer: &BaseConsumer,
+    topics: &[String],
+) -> Result<(TopicPartitionList, Ends, u64), RebuildError> {
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = Ends::new();
+    let mut total = 0u64;
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        for partition in 0..i32::try_from(partitions).unwrap_or(0) {
+            let (low, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+            if high > low {
+                assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+                ends.insert((topic.clone(), partition), high);
+                total += u64::try_from(high - low).unwrap_or(0);
+            }
+        }
+    }
+    Ok((assignment, ends, total))
+}

@@ -1,0 +1,122 @@
+//! Recovery on the real stack: persona notices when Redis lost its state and rebuilds it from the
+//! topics by itself; `persona rebuild` builds fresh state while persona serves, then swaps it in.
+
+mod common;
+
+use std::process::Command;
+
+use common::{DEADLINE, Persona, counter, env, eventually, insert_activity, legacy_db, unique};
+use fred::prelude::*;
+use serde_json::json;
+
+async fn redis() -> Client {
+    let client = Builder::from_config(Config::from_url(&env("PERSONA_REDIS__URL")).expect("url"))
+        .build()
+        .expect("client");
+    client.init().await.expect("connect to redis");
+    client
+}
+
+async fn keys(redis: &Client, pattern: &str) -> Vec<String> {
+    let mut cursor = "0".to_string();
+    let mut keys = Vec::new();
+    loop {
+        let (next, page): (String, Vec<String>) = redis
+            .custom(
+                fred::cmd!("SCAN"),
+                vec![cursor.clone(), "MATCH".into(), pattern.into(), "COUNT".into(), "1000".into()],
+            )
+            .await
+            .expect("scan");
+        keys.extend(page);
+        if next == "0" {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+fn static_member(group: &str) -> Vec<(String, String)> {
+    vec![("PERSONA_KAFKA__INSTANCE_ID".to_string(), group.to_string())]
+}
+
+#[tokio::test]
+async fn state_lost_in_redis_is_noticed_and_rebuilt_from_the_topics() {
+    let group = unique("emptied");
+    let persona = Persona::start_with("emptied", &group, static_member(&group)).await;
+    let db = legacy_db().await;
+    let user = unique("u");
+    for _ in 0..3 {
+        insert_activity(&db, &user, "CLICK", None, 5).await;
+    }
+    persona.wait_for_features(&user, &[("clicks_5m", json!(3))]).await;
+
+    // What FLUSHALL (or a restart without persistence) does to this deployment's keys.
+    let redis = redis().await;
+    let ours = keys(&redis, &format!("{group}:*")).await;
+    assert!(!ours.is_empty());
+    let _: i64 = redis.del(ours).await.expect("delete");
+
+    eventually("persona notices and rebuilds", DEADLINE, || async {
+        let metrics = persona.metrics().await;
+        let rebuilds = counter(&metrics, "persona_rebuilds_total", &["reason=\"redis_emptied\""]);
+        if rebuilds >= 1.0 { Ok(()) } else { Err(format!("rebuilds: {rebuilds}")) }
+    })
+    .await;
+    persona.wait_for_features(&user, &[("clicks_5m", json!(3))]).await;
+    insert_activity(&db, &user, "CLICK", None, 5).await;
+    persona.wait_for_features(&user, &[("clicks_5m", json!(4))]).await;
+    let log = std::fs::read_to_string(&persona.log).expect("log");
+    assert!(log.contains("redis lost persona's feature state"), "log: {}", persona.log.display());
+}
+
+#[tokio::test]
+async fn rebuild_swaps_in_fresh_state_while_persona_serves() {
+    let group = unique("rebuild");
+    let persona = Persona::start_with("rebuild", &group, static_member(&group)).await;
+    let db = legacy_db().await;
+    let user = unique("u");
+    let deleted = insert_activity(&db, &user, "CLICK", None, 5).await;
+    insert_activity(&db, &user, "CLICK", None, 5).await;
+    insert_activity(&db, &user, "VIEW_PRODUCT", Some("p-rebuild"), 5).await;
+    db.execute("DELETE FROM user_activity WHERE id = $1", &[&deleted]).await.expect("delete");
+    persona
+        .wait_for_features(
+            &user,
+            &[("clicks_5m", json!(1)), ("last_viewed_product", json!("p-rebuild"))],
+        )
+        .await;
+    let redis = redis().await;
+    let before: Option<String> = redis.get(format!("{group}:current")).await.expect("get");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_persona"))
+        .args(["rebuild", "--grace", "2s"])
+        .env("PERSONA_KAFKA__GROUP_ID", &group)
+        .env("PERSONA_REDIS__KEY_PREFIX", &group)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run persona rebuild");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("rebuilt feature state generation"), "{stdout}");
+    assert!(stdout.contains("changes applied"), "{stdout}");
+
+    let after: Option<String> = redis.get(format!("{group}:current")).await.expect("get");
+    assert_ne!(after, before, "a new generation is current");
+    let old = before.expect("there was a generation");
+    assert!(keys(&redis, &format!("{group}:{old}:*")).await.is_empty(), "old state deleted");
+
+    // Serving continues from the new state, and what happens next lands in it once.
+    insert_activity(&db, &user, "CLICK", None, 5).await;
+    persona
+        .wait_for_features(
+            &user,
+            &[("clicks_5m", json!(2)), ("last_viewed_product", json!("p-rebuild"))],
+        )
+        .await;
+    let metrics = persona.metrics().await;
+    assert!(
+        counter(&metrics, "persona_rebuilds_total", &["reason=\"rebuild_command\""]) >= 1.0,
+        "{metrics}"
+    );
+}
