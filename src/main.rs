@@ -137,7 +137,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let dimension = Dimension::start(&config.kafka, Arc::clone(&catalog))?;
     let ingest = Ingest::start(&config.kafka, Arc::clone(&store), Arc::clone(&features))?;
     if fresh_state {
-        ingest.replayer().replay(Replay::Beginning);
+        ingest.replayer().replay(Replay::LostState);
     }
     let watcher = recovery::spawn_watcher(
         Arc::clone(&store),

@@ -162,7 +162,12 @@ async fn positions_grow_in_delivery_order_across_interleaved_transactions() {
         }
         _ => None,
     };
-    let partition = messages[0].partition();
+    let exact_key = format!("\"{user}\"");
+    let partition = messages
+        .iter()
+        .find(|m| m.key().is_some_and(|k| String::from_utf8_lossy(k).contains(&exact_key)))
+        .expect("a message keyed by the user")
+        .partition();
     let changes: Vec<_> =
         messages.iter().filter(|m| m.partition() == partition).filter_map(decoded).collect();
     let kind = |c: &persona::features::SourceChange| {

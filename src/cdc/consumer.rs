@@ -200,6 +200,10 @@ impl BrokerProbe {
 pub enum Replay {
     /// Every partition from its first offset (state was lost).
     Beginning,
+    /// At start without state: partitions with a committed offset from their first offset (the
+    /// state they were committed against is gone); the others start where
+    /// `kafka.auto_offset_reset` says, which for a new group is the same.
+    LostState,
     /// From these offsets, by `<topic>/<partition>` (a rebuild's end offsets); partitions not
     /// listed from their first offset.
     From(HashMap<String, i64>),
@@ -400,8 +404,19 @@ impl PollLoop {
             Ok(assignment) if assignment.count() > 0 => assignment,
             _ => return false,
         };
-        self.consumer.context().drain(None);
-        let mut done = true;
+        let committed = match replay {
+            Replay::LostState => {
+                match self.consumer.committed_offsets(assignment.clone(), SEEK_TIMEOUT) {
+                    Ok(committed) => Some(committed),
+                    Err(error) => {
+                        tracing::warn!(error = %error, "cannot read committed offsets; retrying");
+                        return false;
+                    }
+                }
+            }
+            _ => None,
+        };
+        let mut targets: Vec<(PartitionKey, Offset)> = Vec::new();
         for element in assignment.elements() {
             let (topic, partition) = (element.topic(), element.partition());
             let offset = match replay {
@@ -409,14 +424,34 @@ impl PollLoop {
                     .get(&format!("{topic}/{partition}"))
                     .map_or(Offset::Beginning, |offset| Offset::Offset(*offset)),
                 Replay::Beginning => Offset::Beginning,
+                Replay::LostState => {
+                    let was_committed = committed
+                        .as_ref()
+                        .and_then(|c| c.find_partition(topic, partition))
+                        .is_some_and(|tp| matches!(tp.offset(), Offset::Offset(_)));
+                    if !was_committed {
+                        continue;
+                    }
+                    Offset::Beginning
+                }
             };
-            if let Err(error) = self.consumer.seek(topic, partition, offset, SEEK_TIMEOUT) {
+            targets.push(((topic.to_string(), partition), offset));
+        }
+        // Only what is sought is drained: messages queued for the other partitions must stay.
+        let keys: Vec<PartitionKey> = targets.iter().map(|(key, _)| key.clone()).collect();
+        self.consumer.context().drain(Some(&keys));
+        let mut done = true;
+        for (key, offset) in &targets {
+            let (topic, partition) = key;
+            // A partition paused for a full queue lost its slot in the drain: resume it.
+            self.set_paused(key, false);
+            if let Err(error) = self.consumer.seek(topic, *partition, *offset, SEEK_TIMEOUT) {
                 tracing::warn!(%topic, partition, error = %error, "cannot seek for replay; retrying");
                 done = false;
             }
         }
         if done {
-            tracing::info!(partitions = assignment.count(), ?replay, "replaying partitions");
+            tracing::info!(partitions = targets.len(), ?replay, "replaying partitions");
         }
         done
     }
