@@ -1,0 +1,301 @@
+//! Feature definitions: read from a TOML file (`features.toml`), validated once at start with
+//! errors that name the feature and the field, and compiled into [`FeatureSet`].
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::source::SourceTable;
+
+/// Every window is this many buckets: the bucket width is `window / 60`.
+pub const BUCKETS_PER_WINDOW: i64 = 60;
+const MIN_WINDOW: Duration = Duration::from_secs(60);
+const MAX_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
+const MAX_HISTORY: Duration = Duration::from_secs(30 * 24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DefinitionError {
+    #[error("cannot read feature definitions {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("feature definitions {path} are not valid TOML: {source}")]
+    Parse { path: String, source: Box<toml::de::Error> },
+    #[error("feature `{feature}`: `{field}` {problem}")]
+    Invalid { feature: String, field: &'static str, problem: String },
+    #[error("feature definitions: `{field}` {problem}")]
+    File { field: &'static str, problem: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Entity {
+    User,
+    Product,
+}
+
+impl Entity {
+    /// The source column naming the entity a row belongs to.
+    pub fn column(self) -> &'static str {
+        match self {
+            Self::User => "user_id",
+            Self::Product => "product_id",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Product => "product",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    Count,
+    Sum,
+    Avg,
+    Last,
+    LastN,
+    DistinctCount,
+    Histogram,
+    TopK,
+    CurrentSum,
+    CurrentCount,
+    Intervals,
+    Conversion,
+    Percentile,
+}
+
+/// How an aggregation keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// Time buckets of value → count: exactly retractable.
+    Buckets,
+    /// Row key → (event time, value): a delete removes the row's fact.
+    Facts,
+    /// Row key → value for rows that exist now, no window.
+    Current,
+    /// Computed at read time from other features.
+    Derived,
+}
+
+impl Aggregation {
+    pub fn storage(self) -> Storage {
+        match self {
+            Self::Count
+            | Self::Sum
+            | Self::Avg
+            | Self::DistinctCount
+            | Self::Histogram
+            | Self::TopK
+            | Self::Conversion => Storage::Buckets,
+            Self::Last | Self::LastN | Self::Intervals => Storage::Facts,
+            Self::CurrentSum | Self::CurrentCount => Storage::Current,
+            Self::Percentile => Storage::Derived,
+        }
+    }
+
+    fn needs_value(self) -> bool {
+        !matches!(self, Self::Count | Self::CurrentCount | Self::Intervals | Self::Percentile)
+    }
+
+    fn needs_number(self) -> bool {
+        matches!(self, Self::Sum | Self::Avg | Self::CurrentSum)
+    }
+}
+
+/// Product attributes a feature can join to by `product_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProductAttr {
+    Name,
+    Category,
+    Brand,
+    Price,
+}
+
+impl ProductAttr {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "name" => Self::Name,
+            "category" => Self::Category,
+            "brand" => Self::Brand,
+            "price" => Self::Price,
+            _ => return None,
+        })
+    }
+
+    fn is_number(self) -> bool {
+        self == Self::Price
+    }
+}
+
+/// What a row contributes to a feature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueExpr {
+    /// Nothing but its existence (count).
+    Nothing,
+    Column(&'static str),
+    /// The product's attribute, looked up by `product_id` when the feature is read.
+    Product(ProductAttr),
+    /// The product of two numeric columns, such as `quantity * unit_price`.
+    Product2(&'static str, &'static str),
+}
+
+/// A sliding event-time window of `BUCKETS_PER_WINDOW` buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub length: Duration,
+    pub bucket_us: i64,
+}
+
+impl Window {
+    pub fn bucket_of(&self, at_us: i64) -> i64 {
+        at_us.div_euclid(self.bucket_us)
+    }
+
+    /// Whether an event at `event_us` is in the window read at `at_us`: its bucket is one of the
+    /// 60 buckets ending with the one `at_us` falls in.
+    pub fn contains(&self, at_us: i64, event_us: i64) -> bool {
+        let end = self.bucket_of(at_us);
+        let bucket = self.bucket_of(event_us);
+        bucket > end - BUCKETS_PER_WINDOW && bucket <= end
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Feature {
+    pub name: String,
+    pub description: Option<String>,
+    pub entity: Entity,
+    pub table: SourceTable,
+    /// Column → accepted values (as text). A row passes when every column matches.
+    pub filter: Vec<(&'static str, Vec<String>)>,
+    pub aggregation: Aggregation,
+    pub value: ValueExpr,
+    pub window: Option<Window>,
+    /// `last_n`: how many values; `intervals`: how many events.
+    pub n: usize,
+    /// `top_k`: how many values.
+    pub k: usize,
+    /// Numeric values are reported as the band they fall in (`histogram`, `top_k`).
+    pub bands: Vec<Decimal>,
+    /// `conversion`: the funnel's steps, values of `value`.
+    pub steps: Vec<String>,
+    /// `percentile`: the product feature ranked.
+    pub of: Option<String>,
+    /// `percentile`: the rank is rounded down to a multiple of this (percent).
+    pub step: u32,
+}
+
+impl Feature {
+    pub fn storage(&self) -> Storage {
+        self.aggregation.storage()
+    }
+
+    /// The band label of a numeric value: `<25`, `25-50`, …, `250+`.
+    pub fn band_of(&self, value: Decimal) -> String {
+        let bands = &self.bands;
+        match bands.iter().position(|upper| value < *upper) {
+            Some(0) => format!("<{}", bands[0].normalize()),
+            Some(i) => format!("{}-{}", bands[i - 1].normalize(), bands[i].normalize()),
+            None => format!("{}+", bands[bands.len() - 1].normalize()),
+        }
+    }
+}
+
+/// The validated definitions persona computes.
+#[derive(Debug, Clone)]
+pub struct FeatureSet {
+    pub features: Vec<Feature>,
+    /// How far back `?at=` may go; windows keep their buckets this much longer.
+    pub history: Duration,
+    /// Hash of the definitions as loaded: state computed under other definitions is rebuilt.
+    pub fingerprint: String,
+}
+
+/// The definitions shipped with persona (`features.toml` at the repository root).
+pub const DEFAULT_DEFINITIONS: &str = include_str!("../../../features.toml");
+
+impl FeatureSet {
+    pub fn load(path: Option<&Path>) -> Result<Self, DefinitionError> {
+        match path {
+            None => Self::parse(DEFAULT_DEFINITIONS, "<built-in features.toml>"),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| {
+                    DefinitionError::Read { path: path.display().to_string(), source }
+                })?;
+                Self::parse(&text, &path.display().to_string())
+            }
+        }
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Self, DefinitionError> {
+        let raw: parse::RawFile = toml::from_str(text).map_err(|source| {
+            DefinitionError::Parse { path: origin.to_string(), source: Box::new(source) }
+        })?;
+        if raw.history > MAX_HISTORY {
+            return Err(DefinitionError::File {
+                field: "history",
+                problem: "must be at most 30d".into(),
+            });
+        }
+        if raw.feature.is_empty() {
+            return Err(DefinitionError::File {
+                field: "feature",
+                problem: "defines no feature".into(),
+            });
+        }
+        let mut names = BTreeSet::new();
+        let mut features = Vec::with_capacity(raw.feature.len());
+        for feature in &raw.feature {
+            if !names.insert(feature.name.clone()) {
+                return Err(invalid(&feature.name, "name", "is defined twice"));
+            }
+            features.push(compile(feature)?);
+        }
+        for feature in &features {
+            check_reference(feature, &features)?;
+        }
+        let canonical = serde_json::to_string(&raw).unwrap_or_default();
+        Ok(Self { features, history: raw.history, fingerprint: fingerprint(&canonical) })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Feature> {
+        self.features.iter().find(|feature| feature.name == name)
+    }
+
+    pub fn of_entity(&self, entity: Entity) -> impl Iterator<Item = &Feature> {
+        self.features.iter().filter(move |feature| feature.entity == entity)
+    }
+
+    /// The features a change to `table` can affect for `entity`.
+    pub fn fed_by(&self, entity: Entity, table: SourceTable) -> impl Iterator<Item = &Feature> {
+        self.of_entity(entity).filter(move |feature| feature.table == table)
+    }
+
+    /// The entities whose features a change to `table` feeds.
+    pub fn entities_fed_by(&self, table: SourceTable) -> Vec<Entity> {
+        let mut entities: Vec<Entity> = self
+            .features
+            .iter()
+            .filter(|feature| feature.table == table && feature.storage() != Storage::Derived)
+            .map(|feature| feature.entity)
+            .collect();
+        entities.sort();
+        entities.dedup();
+        entities
+    }
+
+    pub fn history_us(&self) -> i64 {
+        i64::try_from(self.history.as_micros()).unwrap_or(i64::MAX)
+    }
+}
+
+mod parse;
+use parse::{check_reference, compile, fingerprint, invalid};
+#[cfg(test)]
+mod tests;

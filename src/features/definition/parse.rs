@@ -1,0 +1,275 @@
+//! Reading the definitions file: the raw TOML shape, and its compilation into [`Feature`]s with
+//! every rule checked.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Aggregation, BUCKETS_PER_WINDOW, DefinitionError, Entity, Feature, MAX_WINDOW, MIN_WINDOW,
+    ProductAttr, Storage, ValueExpr, Window,
+};
+use crate::features::source::{ColumnType, SourceTable};
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFile {
+    #[serde(default = "default_history", with = "humantime_serde")]
+    pub history: Duration,
+    #[serde(default)]
+    pub feature: Vec<RawFeature>,
+}
+
+fn default_history() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFeature {
+    pub name: String,
+    description: Option<String>,
+    entity: Entity,
+    source: String,
+    #[serde(default)]
+    filter: BTreeMap<String, OneOrMany>,
+    aggregation: Aggregation,
+    value: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    window: Option<Duration>,
+    n: Option<usize>,
+    k: Option<usize>,
+    bands: Option<Vec<Decimal>>,
+    steps: Option<Vec<String>>,
+    of: Option<String>,
+    step: Option<u32>,
+}
+
+/// FNV-1a: stable across builds and platforms, unlike `DefaultHasher`.
+pub(super) fn fingerprint(text: &str) -> String {
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+pub(super) fn invalid(
+    feature: &str,
+    field: &'static str,
+    problem: impl Into<String>,
+) -> DefinitionError {
+    DefinitionError::Invalid { feature: feature.to_string(), field, problem: problem.into() }
+}
+
+fn column_of(
+    name: &str,
+    table: SourceTable,
+    column: &str,
+    field: &'static str,
+) -> Result<(&'static str, ColumnType), DefinitionError> {
+    table.schema().columns.iter().find(|(known, _)| *known == column).copied().ok_or_else(|| {
+        let known: Vec<&str> = table.schema().columns.iter().map(|(c, _)| *c).collect();
+        invalid(
+            name,
+            field,
+            format!("names column {column:?}, which {table} does not have (it has {known:?})"),
+        )
+    })
+}
+
+fn parse_value(
+    name: &str,
+    table: SourceTable,
+    text: &str,
+) -> Result<(ValueExpr, bool), DefinitionError> {
+    if let Some(attr) = text.strip_prefix("product.") {
+        let attr = ProductAttr::parse(attr).ok_or_else(|| {
+            invalid(name, "value", format!("{text:?}: products has name, category, brand, price"))
+        })?;
+        return Ok((ValueExpr::Product(attr), attr.is_number()));
+    }
+    if let Some((left, right)) = text.split_once('*') {
+        let (left, left_type) = column_of(name, table, left.trim(), "value")?;
+        let (right, right_type) = column_of(name, table, right.trim(), "value")?;
+        if !left_type.is_numeric() || !right_type.is_numeric() {
+            return Err(invalid(name, "value", "multiplies columns that are not both numeric"));
+        }
+        return Ok((ValueExpr::Product2(left, right), true));
+    }
+    let (column, kind) = column_of(name, table, text.trim(), "value")?;
+    Ok((ValueExpr::Column(column), kind.is_numeric()))
+}
+
+pub(super) fn compile(raw: &RawFeature) -> Result<Feature, DefinitionError> {
+    let name = raw.name.as_str();
+    if name.is_empty()
+        || name.len() > 64
+        || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(invalid(name, "name", "must be 1 to 64 of a-z, 0-9 and _"));
+    }
+    let table = SourceTable::from_name(&raw.source).ok_or_else(|| {
+        let known: Vec<&str> = SourceTable::ALL.iter().map(|t| t.name()).collect();
+        invalid(name, "source", format!("{:?} is not one of {known:?}", raw.source))
+    })?;
+    let aggregation = raw.aggregation;
+    let storage = aggregation.storage();
+
+    let mut filter = Vec::new();
+    for (column, values) in &raw.filter {
+        let (column, _) = column_of(name, table, column, "filter")?;
+        let values = match values {
+            OneOrMany::One(value) => vec![value.clone()],
+            OneOrMany::Many(values) => values.clone(),
+        };
+        if values.is_empty() {
+            return Err(invalid(name, "filter", format!("lists no value for {column:?}")));
+        }
+        filter.push((column, values));
+    }
+
+    let (value, numeric) = match (&raw.value, aggregation.needs_value()) {
+        (Some(text), true) => parse_value(name, table, text)?,
+        (None, true) => {
+            return Err(invalid(name, "value", format!("is required by {aggregation:?}")));
+        }
+        (Some(_), false) => {
+            return Err(invalid(name, "value", format!("is not used by {aggregation:?}")));
+        }
+        (None, false) => (ValueExpr::Nothing, false),
+    };
+    if aggregation.needs_number() && !numeric {
+        return Err(invalid(name, "value", format!("must be numeric for {aggregation:?}")));
+    }
+
+    let window = match (raw.window, storage) {
+        (Some(_), Storage::Current | Storage::Derived) => {
+            return Err(invalid(
+                name,
+                "window",
+                format!("does not apply to {aggregation:?}, which reflects the current state"),
+            ));
+        }
+        (Some(length), _) => {
+            if length < MIN_WINDOW || length > MAX_WINDOW {
+                return Err(invalid(name, "window", "must be between 1m and 30d"));
+            }
+            if length.as_secs() % 60 != 0 || length.subsec_nanos() != 0 {
+                return Err(invalid(name, "window", "must be a whole number of minutes"));
+            }
+            let bucket_us =
+                i64::try_from(length.as_micros()).unwrap_or(i64::MAX) / BUCKETS_PER_WINDOW;
+            Some(Window { length, bucket_us })
+        }
+        (None, _) => None,
+    };
+
+    let count_param = |field: &'static str,
+                       given: Option<usize>,
+                       used: bool,
+                       range: (usize, usize)| match (given, used) {
+        (Some(_), false) => Err(invalid(name, field, format!("is not used by {aggregation:?}"))),
+        (None, true) => Err(invalid(name, field, format!("is required by {aggregation:?}"))),
+        (Some(v), true) if v < range.0 || v > range.1 => {
+            Err(invalid(name, field, format!("must be between {} and {}", range.0, range.1)))
+        }
+        (v, _) => Ok(v.unwrap_or(0)),
+    };
+    let n = count_param(
+        "n",
+        raw.n,
+        matches!(aggregation, Aggregation::LastN | Aggregation::Intervals),
+        if aggregation == Aggregation::Intervals { (2, 20) } else { (1, 100) },
+    )?;
+    let k = count_param("k", raw.k, aggregation == Aggregation::TopK, (1, 100))?;
+
+    let bands = raw.bands.clone().unwrap_or_default();
+    if raw.bands.is_some() {
+        if !matches!(aggregation, Aggregation::Histogram | Aggregation::TopK) {
+            return Err(invalid(name, "bands", "applies only to histogram and top_k"));
+        }
+        if !numeric {
+            return Err(invalid(name, "bands", "needs a numeric value"));
+        }
+        if bands.is_empty() || bands.windows(2).any(|pair| pair[0] >= pair[1]) {
+            return Err(invalid(name, "bands", "must be a non-empty, increasing list of bounds"));
+        }
+    }
+
+    let steps = raw.steps.clone().unwrap_or_default();
+    match (aggregation == Aggregation::Conversion, raw.steps.is_some()) {
+        (true, _) if steps.len() < 2 => {
+            return Err(invalid(name, "steps", "must list at least two funnel steps"));
+        }
+        (true, _) if !matches!(value, ValueExpr::Column(_)) => {
+            return Err(invalid(name, "value", "must be a column of the source for conversion"));
+        }
+        (false, true) => return Err(invalid(name, "steps", "applies only to conversion")),
+        _ => {}
+    }
+
+    let is_percentile = aggregation == Aggregation::Percentile;
+    if is_percentile != raw.of.is_some() {
+        return Err(invalid(name, "of", "is required by percentile, and only by it"));
+    }
+    if is_percentile && raw.entity != Entity::Product {
+        return Err(invalid(name, "entity", "must be product for percentile"));
+    }
+    let step = match (raw.step, is_percentile) {
+        (Some(_), false) => return Err(invalid(name, "step", "applies only to percentile")),
+        (Some(step), true) if step == 0 || 100 % step != 0 => {
+            return Err(invalid(name, "step", "must divide 100 (1, 5, 10, 25, …)"));
+        }
+        (step, _) => step.unwrap_or(10),
+    };
+
+    Ok(Feature {
+        name: name.to_string(),
+        description: raw.description.clone(),
+        entity: raw.entity,
+        table,
+        filter,
+        aggregation,
+        value,
+        window,
+        n,
+        k,
+        bands,
+        steps,
+        of: raw.of.clone(),
+        step,
+    })
+}
+
+pub(super) fn check_reference(feature: &Feature, all: &[Feature]) -> Result<(), DefinitionError> {
+    let Some(of) = &feature.of else { return Ok(()) };
+    let target = all
+        .iter()
+        .find(|candidate| &candidate.name == of)
+        .ok_or_else(|| invalid(&feature.name, "of", format!("names no feature ({of:?})")))?;
+    let rankable = target.entity == Entity::Product
+        && matches!(
+            target.aggregation,
+            Aggregation::Count | Aggregation::Sum | Aggregation::DistinctCount
+        );
+    if !rankable {
+        return Err(invalid(
+            &feature.name,
+            "of",
+            format!("{of:?} must be a product count, sum or distinct_count"),
+        ));
+    }
+    if target.table != feature.table {
+        return Err(invalid(&feature.name, "source", format!("must be the source of {of:?}")));
+    }
+    Ok(())
+}
