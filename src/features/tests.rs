@@ -317,6 +317,143 @@ fn state_round_trips_through_json() {
 
 // ---- properties ----------------------------------------------------------------------------
 
+/// One feature of every aggregation (but `percentile`, which is derived at read time), windowed
+/// and not, joined and not: the properties below hold for each of them.
+const EVERY_AGGREGATION: &str = r#"
+history = "15m"
+[[feature]]
+name = "count_5m"
+entity = "user"
+source = "user_activity"
+filter = { activity_type = ["CLICK", "VIEW_PRODUCT"] }
+aggregation = "count"
+window = "5m"
+[[feature]]
+name = "count_all"
+entity = "user"
+source = "user_activity"
+aggregation = "count"
+[[feature]]
+name = "sum_price_1h"
+entity = "user"
+source = "user_activity"
+aggregation = "sum"
+value = "product.price"
+window = "1h"
+[[feature]]
+name = "avg_price_1h"
+entity = "user"
+source = "user_activity"
+aggregation = "avg"
+value = "product.price"
+window = "1h"
+[[feature]]
+name = "last_type"
+entity = "user"
+source = "user_activity"
+aggregation = "last"
+value = "activity_type"
+[[feature]]
+name = "last_category_10m"
+entity = "user"
+source = "user_activity"
+aggregation = "last"
+value = "product.category"
+window = "10m"
+[[feature]]
+name = "last_3_products"
+entity = "user"
+source = "user_activity"
+aggregation = "last_n"
+n = 3
+value = "product_id"
+[[feature]]
+name = "distinct_products_1h"
+entity = "user"
+source = "user_activity"
+aggregation = "distinct_count"
+value = "product_id"
+window = "1h"
+[[feature]]
+name = "types_15m"
+entity = "user"
+source = "user_activity"
+aggregation = "histogram"
+value = "activity_type"
+window = "15m"
+[[feature]]
+name = "price_bands_1h"
+entity = "user"
+source = "user_activity"
+aggregation = "histogram"
+value = "product.price"
+bands = [50, 150]
+window = "1h"
+[[feature]]
+name = "top_brands_1h"
+entity = "user"
+source = "user_activity"
+aggregation = "top_k"
+k = 2
+value = "product.brand"
+window = "1h"
+[[feature]]
+name = "price_in_view"
+entity = "user"
+source = "user_activity"
+aggregation = "current_sum"
+value = "product.price"
+[[feature]]
+name = "rows_now"
+entity = "user"
+source = "user_activity"
+aggregation = "current_count"
+[[feature]]
+name = "intervals_4"
+entity = "user"
+source = "user_activity"
+aggregation = "intervals"
+n = 4
+[[feature]]
+name = "funnel_1h"
+entity = "user"
+source = "user_activity"
+aggregation = "conversion"
+value = "activity_type"
+steps = ["SEARCH", "CLICK", "ADD_TO_CART"]
+window = "1h"
+"#;
+
+fn every_aggregation() -> FeatureSet {
+    FeatureSet::parse(EVERY_AGGREGATION, "test").expect("valid")
+}
+
+/// Both the shipped definitions and one feature of every aggregation.
+fn sets() -> [FeatureSet; 2] {
+    [set(), every_aggregation()]
+}
+
+#[test]
+fn the_property_set_covers_every_stored_aggregation() {
+    let set = every_aggregation();
+    for aggregation in [
+        Aggregation::Count,
+        Aggregation::Sum,
+        Aggregation::Avg,
+        Aggregation::Last,
+        Aggregation::LastN,
+        Aggregation::DistinctCount,
+        Aggregation::Histogram,
+        Aggregation::TopK,
+        Aggregation::CurrentSum,
+        Aggregation::CurrentCount,
+        Aggregation::Intervals,
+        Aggregation::Conversion,
+    ] {
+        assert!(set.features.iter().any(|f| f.aggregation == aggregation), "{aggregation:?}");
+    }
+}
+
 const KINDS: [&str; 5] = ["CLICK", "VIEW_PRODUCT", "SEARCH", "ADD_TO_CART", "PURCHASE"];
 const PRODUCTS: [&str; 5] = ["p1", "p2", "p3", "p4", "p9"];
 
@@ -373,15 +510,16 @@ proptest! {
         steps in prop::collection::vec(arb_step(), 0..40),
         seed in any::<u64>(),
     ) {
-        let set = set();
         let (changes, mut survivors) = run(&steps);
-        let replayed = fold(&set, Entity::User, "u1", &changes);
         // Shuffle deterministically by seed: order within retention must not matter.
         survivors.sort_by_key(|row| (row.key.len() as u64 ^ seed).wrapping_mul(row.time.timestamp() as u64 | 1));
         let inserts: Vec<SourceChange> =
             (1i64..).zip(survivors).map(|(lsn, row)| insert(row, lsn)).collect();
-        let direct = fold(&set, Entity::User, "u1", &inserts);
-        prop_assert_eq!(read(&set, Entity::User, "u1", &replayed), read(&set, Entity::User, "u1", &direct));
+        for set in sets() {
+            let replayed = fold(&set, Entity::User, "u1", &changes);
+            let direct = fold(&set, Entity::User, "u1", &inserts);
+            prop_assert_eq!(read(&set, Entity::User, "u1", &replayed), read(&set, Entity::User, "u1", &direct));
+        }
     }
 
     /// Redelivering any changes already applied (a crash before commit, Debezium publishing
@@ -391,14 +529,15 @@ proptest! {
         steps in prop::collection::vec(arb_step(), 1..40),
         replay_from in 0usize..40,
     ) {
-        let set = set();
         let (changes, _) = run(&steps);
-        let once = fold(&set, Entity::User, "u1", &changes);
         let from = replay_from.min(changes.len());
         let mut twice = changes.clone();
         twice.extend_from_slice(&changes[from..]);
-        let again = fold(&set, Entity::User, "u1", &twice);
-        prop_assert_eq!(read(&set, Entity::User, "u1", &once), read(&set, Entity::User, "u1", &again));
+        for set in sets() {
+            let once = fold(&set, Entity::User, "u1", &changes);
+            let again = fold(&set, Entity::User, "u1", &twice);
+            prop_assert_eq!(read(&set, Entity::User, "u1", &once), read(&set, Entity::User, "u1", &again));
+        }
     }
 
     /// Applying a row and then retracting it is the same as never having seen it.
@@ -409,14 +548,16 @@ proptest! {
         product in 0..PRODUCTS.len(),
         secs_ago in 0i64..4_000,
     ) {
-        let set = set();
         let (mut changes, _) = run(&steps);
-        let base = fold(&set, Entity::User, "u1", &changes);
+        let base_changes = changes.clone();
         let extra = activity("extra", "u1", KINDS[kind], Some(PRODUCTS[product]), secs_ago);
         let next = changes.len() as i64 + 100;
         changes.push(insert(extra.clone(), next));
         changes.push(change(SourceTable::UserActivity, Some(extra), None, next + 1));
-        let retracted = fold(&set, Entity::User, "u1", &changes);
-        prop_assert_eq!(read(&set, Entity::User, "u1", &base), read(&set, Entity::User, "u1", &retracted));
+        for set in sets() {
+            let base = fold(&set, Entity::User, "u1", &base_changes);
+            let retracted = fold(&set, Entity::User, "u1", &changes);
+            prop_assert_eq!(read(&set, Entity::User, "u1", &base), read(&set, Entity::User, "u1", &retracted));
+        }
     }
 }
