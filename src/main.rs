@@ -127,8 +127,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let store = Arc::new(
         FeatureStore::connect(&config.redis, &config.cache).await.context("connecting to redis")?,
     );
-    let (generation, fresh_state) =
-        recovery::start_generation(&store).await.context("reading the state generation")?;
+    let (generation, fresh_state) = recovery::start_generation(&store, &features)
+        .await
+        .context("reading the state generation")?;
     tracing::info!(%generation, "feature state generation");
     let shutdown = CancellationToken::new();
     let probe = store.spawn_health_probe(REDIS_PROBE_INTERVAL, shutdown.clone());

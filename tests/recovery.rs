@@ -120,3 +120,30 @@ async fn rebuild_swaps_in_fresh_state_while_persona_serves() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_feature_added_to_the_file_is_served_and_the_change_is_flagged() {
+    let group = unique("definitions");
+    // Dynamic membership: a static member that leaves before its first join completes blocks
+    // the next one on tansu (README, known limitations).
+    let mut persona = Persona::start_with("definitions", &group, Vec::new()).await;
+    persona.stop().await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("features.toml");
+    let shipped = include_str!("../features.toml");
+    let added = "\n[[feature]]\nname = \"wishlist_adds_5m\"\nentity = \"user\"\n\
+                 source = \"user_activity\"\nfilter = { activity_type = \"WISHLIST\" }\n\
+                 aggregation = \"count\"\nwindow = \"5m\"\n";
+    std::fs::write(&file, format!("{shipped}{added}")).expect("write definitions");
+    let env = vec![("PERSONA_FEATURES__DEFINITIONS".to_string(), file.display().to_string())];
+    let persona = Persona::start_with("definitions", &group, env).await;
+
+    let db = legacy_db().await;
+    let user = unique("u");
+    insert_activity(&db, &user, "WISHLIST", None, 5).await;
+    insert_activity(&db, &user, "WISHLIST", None, 5).await;
+    persona.wait_for_features(&user, &[("wishlist_adds_5m", json!(2))]).await;
+    let log = std::fs::read_to_string(&persona.log).expect("log");
+    assert!(log.contains("feature definitions changed"), "log: {}", persona.log.display());
+}

@@ -19,19 +19,35 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::cdc::{Replay, Replayer};
+use crate::features::FeatureSet;
 use crate::store::{FeatureStore, StoreError, generation};
 use crate::telemetry;
 
 /// Finds the generation to use at start and makes the store use it. `true` when there was none
 /// and a new one was created: the caller must then replay its partitions from the beginning,
 /// because consumer offsets may be ahead of a state lost while persona was down.
-pub async fn start_generation(store: &FeatureStore) -> Result<(String, bool), StoreError> {
+///
+/// Warns when the state was computed under other feature definitions: features added since
+/// start empty and changed ones keep old values until `persona rebuild`.
+pub async fn start_generation(
+    store: &FeatureStore,
+    features: &FeatureSet,
+) -> Result<(String, bool), StoreError> {
     let (current, created) = generation::current_or_create(store).await?;
     store.use_generation(&current);
     if created {
         generation::set_resume_offsets(store, &current, None).await?;
         tracing::warn!(generation = %current, "no feature state in redis; reading the topics from the beginning");
         metrics::counter!(telemetry::REBUILDS, "reason" => "no_state").increment(1);
+    }
+    let previous = generation::swap_fingerprint(store, &current, &features.fingerprint).await?;
+    if let Some(previous) = previous.filter(|previous| *previous != features.fingerprint) {
+        tracing::warn!(
+            generation = %current,
+            state_fingerprint = %previous,
+            definitions_fingerprint = %features.fingerprint,
+            "feature definitions changed since this state was computed; run `persona rebuild` so that history counts under the new ones"
+        );
     }
     Ok((current, created))
 }

@@ -158,6 +158,7 @@ pub async fn run(
         .map(|((topic, partition), end)| (format!("{topic}/{partition}"), *end))
         .collect();
     generation::set_resume_offsets(store, &fresh, Some(&resume)).await?;
+    generation::swap_fingerprint(store, &fresh, &features.fingerprint).await?;
     generation::switch_to(store, &fresh).await?;
     metrics::counter!(telemetry::REBUILDS, "reason" => "command").increment(1);
     tracing::info!(generation = %fresh, "new feature state generation is current");

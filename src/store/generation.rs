@@ -101,3 +101,20 @@ pub async fn delete(store: &FeatureStore, generation: &str) -> Result<u64, Store
     }
     Ok(deleted)
 }
+
+/// Records the fingerprint of the feature definitions `generation` is computed under, and
+/// returns the one recorded before (if any): when they differ, the state predates the
+/// definitions in use.
+pub async fn swap_fingerprint(
+    store: &FeatureStore,
+    generation: &str,
+    fingerprint: &str,
+) -> Result<Option<String>, StoreError> {
+    let key = meta_key(store.key_prefix(), generation);
+    let previous: Result<Option<String>, _> = store.pool().hget(&key, "fingerprint").await;
+    store.note_redis("read", &previous);
+    let result: Result<(), _> = store.pool().hset(&key, ("fingerprint", fingerprint)).await;
+    store.note_redis("write", &result);
+    result?;
+    Ok(previous?)
+}
