@@ -272,7 +272,7 @@ fn prune(feature: &Feature, state: &mut FeatureState, history_us: i64, now_us: i
     newest.sort_by(|a, b| (b.1.at_us, b.0).cmp(&(a.1.at_us, a.0)));
     let keep_values = feature.n.max(1) + FACT_SLACK;
     let mut per_value: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut kept: Vec<String> = Vec::new();
+    let mut kept: std::collections::HashSet<String> = std::collections::HashSet::new();
     for (key, fact) in newest {
         let seen = per_value.len();
         let count = per_value.entry(fact.value.as_str()).or_default();
@@ -281,7 +281,7 @@ fn prune(feature: &Feature, state: &mut FeatureState, history_us: i64, now_us: i
             feature.aggregation != super::Aggregation::LastN || *count < FACTS_PER_VALUE;
         if distinct_ok && per_value_ok && kept.len() < keep_values * FACTS_PER_VALUE {
             *count += 1;
-            kept.push(key.clone());
+            kept.insert(key.clone());
         }
     }
     if kept.len() < state.facts.len() {

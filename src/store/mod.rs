@@ -315,7 +315,11 @@ impl FeatureStore {
             .iter()
             .zip(result?)
             .filter_map(|(key, value)| {
-                let state = self.decode_state(&format!("{key:?}"), &value?)?;
+                let value = value?;
+                // The key is formatted for the error log only, not on every load.
+                let state = serde_json::from_str(&value)
+                    .ok()
+                    .or_else(|| self.decode_state(&format!("{key:?}"), &value))?;
                 Some((key.clone(), state))
             })
             .collect())

@@ -141,25 +141,21 @@ impl Persona {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base_url))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        let status = response.status().as_u16();
-        let body = response.text().await.expect("body");
-        (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+        self.send(self.http.get(format!("{}{path}", self.base_url)), "GET", path).await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base_url))
-            .json(body)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        self.send(self.http.post(format!("{}{path}", self.base_url)).json(body), "POST", path).await
+    }
+
+    /// Status and body (JSON, or the text as a JSON string when it is not JSON).
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        method: &str,
+        path: &str,
+    ) -> (u16, Value) {
+        let response = request.send().await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = response.status().as_u16();
         let body = response.text().await.expect("body");
         (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
