@@ -120,6 +120,10 @@ impl Applier<'_> {
 
     /// Loads the touched states from Redis, applies the changes in offset order (skipping those
     /// a state already has) and writes back the states that changed.
+    ///
+    /// Users go first: applying a change to a user yields the co-occurrence pairs it implies
+    /// (see `features::pairs`), and the products those name are loaded in a second round trip
+    /// (only when there are some not loaded yet) and get the change with its pairs.
     async fn write(
         &self,
         topic: &str,
@@ -141,18 +145,71 @@ impl Applier<'_> {
         let now = Utc::now();
         let mut changed: HashSet<StateKey> = HashSet::new();
         let (mut duplicates, mut late) = (0u64, 0u64);
-        for (change, targets) in changes.iter().zip(&routed) {
-            let stream = format!("{}/{partition}", change.table);
-            for (key, entity, id) in targets {
+        let mut tally = |key: &StateKey, outcome: &features::Outcome| {
+            if outcome.duplicate {
+                duplicates += 1;
+            } else {
+                changed.insert(key.clone());
+            }
+            late += u64::from(outcome.late);
+        };
+
+        let mut pairs: Vec<Vec<features::PairDelta>> = vec![Vec::new(); changes.len()];
+        for (index, (change, targets)) in changes.iter().zip(&routed).enumerate() {
+            for (key, entity, id) in targets.iter().filter(|(_, e, _)| *e == Entity::User) {
                 let state = states.entry(key.clone()).or_default();
-                let outcome =
-                    features::apply(self.features, *entity, id, state, change, &stream, now);
-                if outcome.duplicate {
-                    duplicates += 1;
-                } else {
-                    changed.insert(key.clone());
+                let outcome = features::apply(
+                    self.features,
+                    *entity,
+                    id,
+                    state,
+                    change,
+                    &streams[index],
+                    now,
+                );
+                tally(key, &outcome);
+                pairs[index].extend(outcome.pairs);
+            }
+        }
+
+        let mut partners: Vec<StateKey> = Vec::new();
+        for (index, deltas) in pairs.iter().enumerate() {
+            for delta in deltas {
+                let key = EntityRef::product(delta.product.clone()).share(&streams[index]);
+                if !states.contains_key(&key) && keys.binary_search(&key).is_err() {
+                    partners.push(key);
                 }
-                late += u64::from(outcome.late);
+            }
+        }
+        partners.sort();
+        partners.dedup();
+        states.extend(self.store.load_for_write(&partners).await?);
+
+        for (index, (change, targets)) in changes.iter().zip(&routed).enumerate() {
+            let mut products: Vec<(StateKey, String)> = targets
+                .iter()
+                .filter(|(_, entity, _)| *entity == Entity::Product)
+                .map(|(key, _, id)| (key.clone(), id.clone()))
+                .collect();
+            for delta in &pairs[index] {
+                let key = EntityRef::product(delta.product.clone()).share(&streams[index]);
+                if !products.iter().any(|(known, _)| *known == key) {
+                    products.push((key, delta.product.clone()));
+                }
+            }
+            for (key, id) in products {
+                let state = states.entry(key.clone()).or_default();
+                let outcome = features::apply_with_pairs(
+                    self.features,
+                    Entity::Product,
+                    &id,
+                    state,
+                    change,
+                    &streams[index],
+                    now,
+                    &pairs[index],
+                );
+                tally(&key, &outcome);
             }
         }
         if duplicates > 0 {

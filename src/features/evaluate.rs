@@ -276,6 +276,35 @@ fn evaluate_one(
             }
             FeatureValue::present(json!(sketch.count().round() as u64), newest)
         }
+        Aggregation::DecayedCount => {
+            let Some(window) = feature.window else { return FeatureValue::missing() };
+            let half_life_us = feature.half_life.map_or(1.0, |h| h.as_micros() as f64);
+            let mut score = 0.0;
+            let mut newest = None;
+            for (bucket, cell) in &state.buckets {
+                let start = bucket * window.bucket_us;
+                if !window.contains(at_us, start) {
+                    continue;
+                }
+                newest = newest.max(Some(start));
+                // A bucket's rows count as if they happened at its end (never in the future).
+                let age_us = (at_us - (start + window.bucket_us)).max(0) as f64;
+                let weight = 0.5f64.powf(age_us / half_life_us);
+                score += weight * cell.values().sum::<i64>() as f64;
+            }
+            FeatureValue::present(json!((score * 1e6).round() / 1e6), newest)
+        }
+        Aggregation::CoOccurrence => {
+            let (counts, newest) = window_counts(feature, state, at_us);
+            let mut ranked: Vec<(String, i64)> =
+                counts.into_iter().filter(|(_, count)| *count > 0).collect();
+            ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            ranked.truncate(feature.k);
+            let value = Value::Array(
+                ranked.into_iter().map(|(v, c)| json!({"value": v, "count": c})).collect(),
+            );
+            FeatureValue::present(value, newest)
+        }
         Aggregation::Histogram | Aggregation::TopK | Aggregation::Conversion => {
             let (counts, newest) = window_counts(feature, state, at_us);
             let mut histogram: BTreeMap<String, i64> = BTreeMap::new();

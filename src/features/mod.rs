@@ -5,11 +5,13 @@
 //! - [`definition`]: the feature file, its validation and the compiled [`FeatureSet`].
 //! - [`source`]: the legacy tables features read, and one decoded change ([`SourceChange`]).
 //! - [`state`]: per-entity state and [`apply`] (retraction, dedup by source position, late rows).
+//! - [`pairs`]: item-to-item co-occurrence from neighbouring rows of a user's session.
 //! - [`evaluate()`]: values at a reference time, joined through the product [`catalog`].
 
 pub mod catalog;
 pub mod definition;
 mod evaluate;
+mod pairs;
 pub mod source;
 mod state;
 
@@ -20,8 +22,11 @@ pub use definition::{
 pub use evaluate::{
     FeatureStatus, FeatureValue, Features, HLL_PRECISION, Ranking, ReadContext, evaluate,
 };
+pub use pairs::{PairDelta, SESSION_FACTS_MAX};
 pub use source::{Position, Scalar, SourceChange, SourceRow, SourceTable};
-pub use state::{EntityState, FACT_SLACK, Outcome, apply, entity_of};
+pub use state::{EntityState, FACT_SLACK, Outcome, apply, apply_with_pairs, entity_of};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_pairs;

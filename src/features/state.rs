@@ -20,6 +20,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::definition::{BUCKETS_PER_WINDOW, Entity, Feature, FeatureSet, Storage, ValueExpr};
+use super::pairs::{self, PairDelta};
 use super::source::{Position, SourceChange, SourceRow};
 
 /// Facts kept beyond what an unwindowed `last`/`last_n`/`intervals` reports, so that deleting
@@ -103,12 +104,15 @@ impl EntityState {
 }
 
 /// What applying one change did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
     /// Already applied (its position is not after the stream's newest): nothing changed.
     pub duplicate: bool,
     /// Rows older than a window's retention, dropped.
     pub late: u32,
+    /// Applied to a user: what the change does to products' co-occurrence counts, for the
+    /// caller to apply to those products (see [`apply_with_pairs`]).
+    pub pairs: Vec<PairDelta>,
 }
 
 /// The entity a row belongs to, for `entity`.
@@ -126,6 +130,23 @@ pub fn apply(
     stream: &str,
     now: DateTime<Utc>,
 ) -> Outcome {
+    apply_with_pairs(set, entity, entity_id, state, change, stream, now, &[])
+}
+
+/// [`apply`], and for a product also the co-occurrence deltas that applying the same change to
+/// users produced (those naming other products are ignored). A product a change reaches only
+/// through pairs is applied this way too, so its position marks the change as applied.
+#[allow(clippy::too_many_arguments)]
+pub fn apply_with_pairs(
+    set: &FeatureSet,
+    entity: Entity,
+    entity_id: &str,
+    state: &mut EntityState,
+    change: &SourceChange,
+    stream: &str,
+    now: DateTime<Utc>,
+    pair_deltas: &[PairDelta],
+) -> Outcome {
     let mut outcome = Outcome::default();
     if let Some(position) = change.position {
         if state.applied.get(stream).is_some_and(|applied| *applied >= position) {
@@ -136,7 +157,13 @@ pub fn apply(
     }
     let belongs = |row: &&SourceRow| entity_of(row, entity) == Some(entity_id);
     let now_us = now.timestamp_micros();
-    for feature in set.fed_by(entity, change.table) {
+    match entity {
+        Entity::User => {
+            outcome.pairs = pairs::apply_to_session(set, entity_id, state, change, now_us);
+        }
+        Entity::Product => pairs::apply_pairs(set, entity_id, state, pair_deltas, now_us),
+    }
+    for feature in set.fed_by(entity, change.table).filter(|f| f.storage() != Storage::Pairs) {
         let feature_state = state.features.entry(feature.name.clone()).or_default();
         if let Some(before) = change.before.as_ref().filter(belongs) {
             retract(feature, feature_state, before, set.history_us(), now_us);
@@ -155,7 +182,7 @@ pub fn apply(
     outcome
 }
 
-fn passes(feature: &Feature, row: &SourceRow) -> bool {
+pub(super) fn passes(feature: &Feature, row: &SourceRow) -> bool {
     feature.filter.iter().all(|(column, accepted)| {
         row.get(column).as_key().is_some_and(|value| accepted.contains(&value))
     })
@@ -218,7 +245,7 @@ fn add(
         Storage::Facts | Storage::Current => {
             state.facts.insert(row.key.clone(), Fact { at_us, value });
         }
-        Storage::Derived => {}
+        Storage::Derived | Storage::Pairs => {}
     }
     true
 }
@@ -253,16 +280,31 @@ fn retract(
         Storage::Facts | Storage::Current => {
             state.facts.remove(&row.key);
         }
-        Storage::Derived => {}
+        Storage::Derived | Storage::Pairs => {}
     }
 }
 
-fn prune(feature: &Feature, state: &mut FeatureState, history_us: i64, now_us: i64) {
-    if let (Some(window), Some(oldest)) =
+/// Drops buckets (and facts) older than the window's retention; `false` when unwindowed.
+pub(super) fn prune_buckets(
+    feature: &Feature,
+    state: &mut FeatureState,
+    history_us: i64,
+    now_us: i64,
+) -> bool {
+    let (Some(window), Some(oldest)) =
         (feature.window, oldest_kept_bucket(feature, history_us, now_us))
-    {
+    else {
+        return false;
+    };
+    if state.buckets.first_key_value().is_some_and(|(first, _)| *first < oldest) {
         state.buckets = state.buckets.split_off(&oldest);
-        state.facts.retain(|_, fact| window.bucket_of(fact.at_us) >= oldest);
+    }
+    state.facts.retain(|_, fact| window.bucket_of(fact.at_us) >= oldest);
+    true
+}
+
+fn prune(feature: &Feature, state: &mut FeatureState, history_us: i64, now_us: i64) {
+    if prune_buckets(feature, state, history_us, now_us) {
         return;
     }
     if feature.storage() != Storage::Facts {

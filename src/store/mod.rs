@@ -335,23 +335,24 @@ impl FeatureStore {
             return Ok(());
         }
         let namespace = self.namespace();
-        let pipeline = self.redis.next().pipeline();
+        // One MULTI/EXEC: the shares a batch touches change together or not at all, so a user's
+        // session and the co-occurrence pairs it implied for products never part ways.
+        let transaction = self.redis.next().multi();
         let mut announced: Vec<(String, &str, u64)> = Vec::with_capacity(states.len());
         for (key, state) in &states {
             let json = serde_json::to_string(state)
                 .map_err(|source| StoreError::Encode { key: format!("{key:?}"), source })?;
             let redis_key = self.redis_key(&namespace, &key.entity);
-            let _: () = pipeline.hset(&redis_key, (key.stream.as_str(), json.as_str())).await?;
-            let _: () = pipeline.expire(&redis_key, self.state_ttl_secs, None).await?;
+            let _: () = transaction.hset(&redis_key, (key.stream.as_str(), json.as_str())).await?;
+            let _: () = transaction.expire(&redis_key, self.state_ttl_secs, None).await?;
             announced.push((key.entity.cache_key(), key.stream.as_str(), state.rev));
         }
         let announcement = serde_json::to_string(&announced).map_err(|source| {
             StoreError::Encode { key: self.invalidation_channel.clone(), source }
         })?;
-        let _: () = pipeline.publish(&self.invalidation_channel, announcement).await?;
-        let results = pipeline.try_all::<Value>().await;
-        let first_error = results.into_iter().find_map(Result::err);
-        let outcome = first_error.map_or(Ok(()), Err);
+        let _: () = transaction.publish(&self.invalidation_channel, announcement).await?;
+        let outcome: Result<Value, _> = transaction.exec(true).await;
+        let outcome = outcome.map(|_| ());
         self.note_redis("write", &outcome);
         outcome?;
         metrics::counter!(telemetry::STATE_WRITES).increment(states.len() as u64);

@@ -68,6 +68,11 @@ pub enum Aggregation {
     Intervals,
     Conversion,
     Percentile,
+    /// Views (or any filtered rows) weighted by how recent they are: each bucket counts
+    /// `0.5^(age / half_life)`.
+    DecayedCount,
+    /// Per product, the products viewed next to it in a user's session (item-to-item).
+    CoOccurrence,
 }
 
 /// How an aggregation keeps its state.
@@ -81,6 +86,9 @@ pub enum Storage {
     Current,
     /// Computed at read time from other features.
     Derived,
+    /// Time buckets of partner product → count, fed by pairs of a user's neighbouring rows
+    /// (see `features::pairs`); the user keeps the rows of its recent session as facts.
+    Pairs,
 }
 
 impl Aggregation {
@@ -92,15 +100,25 @@ impl Aggregation {
             | Self::DistinctCount
             | Self::Histogram
             | Self::TopK
-            | Self::Conversion => Storage::Buckets,
+            | Self::Conversion
+            | Self::DecayedCount => Storage::Buckets,
             Self::Last | Self::LastN | Self::Intervals => Storage::Facts,
             Self::CurrentSum | Self::CurrentCount => Storage::Current,
             Self::Percentile => Storage::Derived,
+            Self::CoOccurrence => Storage::Pairs,
         }
     }
 
     fn needs_value(self) -> bool {
-        !matches!(self, Self::Count | Self::CurrentCount | Self::Intervals | Self::Percentile)
+        !matches!(
+            self,
+            Self::Count
+                | Self::CurrentCount
+                | Self::Intervals
+                | Self::Percentile
+                | Self::DecayedCount
+                | Self::CoOccurrence
+        )
     }
 
     fn needs_number(self) -> bool {
@@ -189,6 +207,11 @@ pub struct Feature {
     pub of: Option<String>,
     /// `percentile`: the rank is rounded down to a multiple of this (percent).
     pub step: u32,
+    /// `decayed_count`: the age at which a row counts half.
+    pub half_life: Option<Duration>,
+    /// `co_occurrence`: the longest gap between two neighbouring rows of a user that still
+    /// pairs them.
+    pub session: Option<Duration>,
 }
 
 impl Feature {
@@ -283,11 +306,22 @@ impl FeatureSet {
             .features
             .iter()
             .filter(|feature| feature.table == table && feature.storage() != Storage::Derived)
-            .map(|feature| feature.entity)
+            // Pairs are found in the user's session; the products get them from there.
+            .map(|feature| match feature.storage() {
+                Storage::Pairs => Entity::User,
+                _ => feature.entity,
+            })
             .collect();
         entities.sort();
         entities.dedup();
         entities
+    }
+
+    /// The co-occurrence features, whose pairs a change to `table` can feed.
+    pub fn pairs_fed_by(&self, table: SourceTable) -> impl Iterator<Item = &Feature> {
+        self.features
+            .iter()
+            .filter(move |feature| feature.table == table && feature.storage() == Storage::Pairs)
     }
 
     pub fn history_us(&self) -> i64 {

@@ -52,6 +52,10 @@ pub(super) struct RawFeature {
     steps: Option<Vec<String>>,
     of: Option<String>,
     step: Option<u32>,
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    half_life: Option<Duration>,
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    session: Option<Duration>,
 }
 
 /// FNV-1a: stable across builds and platforms, unlike `DefaultHasher`.
@@ -145,6 +149,10 @@ pub(super) fn compile(raw: &RawFeature) -> Result<Feature, DefinitionError> {
         (Some(_), false) => {
             return Err(invalid(name, "value", format!("is not used by {aggregation:?}")));
         }
+        // The partner of a pair is another row's product.
+        (None, false) if aggregation == Aggregation::CoOccurrence => {
+            (ValueExpr::Column("product_id"), false)
+        }
         (None, false) => (ValueExpr::Nothing, false),
     };
     if aggregation.needs_number() && !numeric {
@@ -190,7 +198,46 @@ pub(super) fn compile(raw: &RawFeature) -> Result<Feature, DefinitionError> {
         matches!(aggregation, Aggregation::LastN | Aggregation::Intervals),
         if aggregation == Aggregation::Intervals { (2, 20) } else { (1, 100) },
     )?;
-    let k = count_param("k", raw.k, aggregation == Aggregation::TopK, (1, 100))?;
+    let k = count_param(
+        "k",
+        raw.k,
+        matches!(aggregation, Aggregation::TopK | Aggregation::CoOccurrence),
+        (1, 100),
+    )?;
+    if matches!(aggregation, Aggregation::DecayedCount | Aggregation::CoOccurrence)
+        && window.is_none()
+    {
+        return Err(invalid(name, "window", format!("is required by {aggregation:?}")));
+    }
+    let half_life = match (raw.half_life, aggregation == Aggregation::DecayedCount) {
+        (Some(_), false) => {
+            return Err(invalid(name, "half_life", "applies only to decayed_count"));
+        }
+        (None, true) => return Err(invalid(name, "half_life", "is required by decayed_count")),
+        (Some(half_life), true) if half_life < Duration::from_secs(1) => {
+            return Err(invalid(name, "half_life", "must be at least 1s"));
+        }
+        (half_life, _) => half_life,
+    };
+    let session = match (raw.session, aggregation == Aggregation::CoOccurrence) {
+        (Some(_), false) => return Err(invalid(name, "session", "applies only to co_occurrence")),
+        (None, true) => return Err(invalid(name, "session", "is required by co_occurrence")),
+        (Some(session), true)
+            if session < Duration::from_secs(1) || session > Duration::from_secs(24 * 3600) =>
+        {
+            return Err(invalid(name, "session", "must be between 1s and 1d"));
+        }
+        (session, _) => session,
+    };
+    if aggregation == Aggregation::CoOccurrence {
+        if raw.entity != Entity::Product {
+            return Err(invalid(name, "entity", "must be product for co_occurrence"));
+        }
+        let columns = table.schema().columns;
+        if !["user_id", "product_id"].iter().all(|c| columns.iter().any(|(known, _)| known == c)) {
+            return Err(invalid(name, "source", "must have user_id and product_id columns"));
+        }
+    }
 
     let bands = raw.bands.clone().unwrap_or_default();
     if raw.bands.is_some() {
@@ -247,6 +294,8 @@ pub(super) fn compile(raw: &RawFeature) -> Result<Feature, DefinitionError> {
         steps,
         of: raw.of.clone(),
         step,
+        half_life,
+        session,
     })
 }
 
