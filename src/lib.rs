@@ -3,7 +3,8 @@
 //!
 //! Data flows through the modules in this order:
 //! [`cdc`] (consume + decode) → [`features`] (pure computation) → [`store`] (moka L1 + Redis L2)
-//! → [`api`] (axum). [`connect`] manages the Debezium connector, [`db`] the CDC setup of the
+//! → [`recommend`] (ranking from live features) → [`api`] (JSON) and [`web`] (server-rendered
+//! pages, live updates). [`simulate`] plays the legacy application for demos. [`connect`] manages the Debezium connector, [`db`] the CDC setup of the
 //! legacy database, [`config`] the one configuration tree, [`telemetry`] metrics and logs.
 
 pub mod api;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod connect;
 pub mod db;
 pub mod features;
+pub mod recommend;
 pub mod recovery;
 pub mod store;
 pub mod telemetry;

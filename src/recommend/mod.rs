@@ -1,0 +1,329 @@
+//! Recommendations: ranks the catalog for one user from the user's live features and the
+//! product index (see `docs/RECOMMENDATIONS.md` for the scoring). Pure: the same user features,
+//! index and request always give the same answer.
+//!
+//! - [`UserSignals`]: what the ranking reads of a user's features.
+//! - [`index`]: the products with their trending scores and viewed-together lists.
+//! - [`recommend`]: scoring, exclusions, diversity, reasons.
+
+pub mod index;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+pub use index::{ProductIndex, Recommender};
+
+use crate::features::{Feature, Features};
+
+/// User features the ranking reads.
+pub const CATEGORY_SHORT: &str = "category_views_10m";
+pub const CATEGORY_LONG: &str = "category_views_1h";
+pub const CATEGORY_CLICKS: &str = "category_clicks_1h";
+pub const RECENTLY_VIEWED: &str = "recent_products_viewed";
+pub const PRICE_BANDS: &str = "clicks_by_price_band_1h";
+pub const IN_CART: &str = "cart_products";
+pub const PURCHASED: &str = "purchased_products_30d";
+
+/// Every feature recommendations read, for the check at start.
+pub const FEATURES_READ: [&str; 9] = [
+    CATEGORY_SHORT,
+    CATEGORY_LONG,
+    CATEGORY_CLICKS,
+    RECENTLY_VIEWED,
+    PRICE_BANDS,
+    IN_CART,
+    PURCHASED,
+    index::TRENDING,
+    index::VIEWED_TOGETHER,
+];
+
+/// Weights of the score's parts; they add up to 1.
+const W_AFFINITY: f64 = 0.40;
+const W_TOGETHER: f64 = 0.25;
+const W_TRENDING: f64 = 0.20;
+const W_PRICE: f64 = 0.15;
+/// A small share of global popularity, so that candidates without any signal still rank.
+const W_POPULAR: f64 = 0.02;
+/// Clicks say more about interest than views.
+const CLICK_WEIGHT: f64 = 2.0;
+/// Each product already picked from a category multiplies the next one's score by this.
+const DIVERSITY: f64 = 0.75;
+/// How many recently viewed products seed "viewed together".
+const SEEDS: usize = 3;
+
+pub const DEFAULT_LIMIT: usize = 10;
+pub const MAX_LIMIT: usize = 50;
+
+/// What the ranking reads of one user.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserSignals {
+    /// Category → views over the short window.
+    pub short: BTreeMap<String, f64>,
+    /// Category → views plus weighted clicks over the long window.
+    pub long: BTreeMap<String, f64>,
+    /// Recently viewed products, newest first.
+    pub recent: Vec<String>,
+    /// Price band → clicks.
+    pub bands: BTreeMap<String, f64>,
+    /// Products in the cart or bought recently: never recommended.
+    pub owned: HashSet<String>,
+}
+
+impl UserSignals {
+    /// Reads the signals from a user's evaluated features; missing features read as empty.
+    pub fn from_features(features: &Features) -> Self {
+        let histogram = |name: &str| -> BTreeMap<String, f64> {
+            features
+                .get(name)
+                .and_then(|v| v.value.as_object())
+                .map(|map| map.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect())
+                .unwrap_or_default()
+        };
+        let list = |name: &str| -> Vec<String> {
+            features
+                .get(name)
+                .and_then(|v| v.value.as_array())
+                .map(|items| items.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+                .unwrap_or_default()
+        };
+        let mut long = histogram(CATEGORY_LONG);
+        for (category, clicks) in histogram(CATEGORY_CLICKS) {
+            *long.entry(category).or_default() += CLICK_WEIGHT * clicks;
+        }
+        let owned = list(IN_CART).into_iter().chain(list(PURCHASED)).collect();
+        Self {
+            short: histogram(CATEGORY_SHORT),
+            long,
+            recent: list(RECENTLY_VIEWED),
+            bands: histogram(PRICE_BANDS),
+            owned,
+        }
+    }
+
+    /// No interest signal at all: the user gets popular products.
+    pub fn is_cold(&self) -> bool {
+        self.short.is_empty()
+            && self.long.is_empty()
+            && self.recent.is_empty()
+            && self.bands.is_empty()
+    }
+
+    /// The category the user shows most interest in (short and long window together).
+    pub fn top_category(&self) -> Option<String> {
+        let mut best: Option<(f64, &String)> = None;
+        for category in self.short.keys().chain(self.long.keys()) {
+            let weight = affinity(self, category);
+            if best.is_none_or(|(w, c)| weight > w || (weight == w && category < c)) {
+                best = Some((weight, category));
+            }
+        }
+        best.map(|(_, c)| c.clone())
+    }
+}
+
+/// What a caller asks for.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub limit: usize,
+    pub category: Option<String>,
+    pub exclude: HashSet<String>,
+}
+
+/// Why a product is recommended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reason {
+    /// Viewed next to a product the user viewed recently.
+    ViewedTogether { product_id: String, product_name: Option<String> },
+    /// In a category the user has been browsing.
+    CategoryAffinity { category: String },
+    /// Popular lately within its category.
+    Trending { category: String },
+    /// In the price band the user clicks most.
+    PriceMatch { band: String },
+    /// Popular lately across the catalog (cold start, or nothing more specific).
+    Popular,
+}
+
+impl Reason {
+    /// A short sentence for people.
+    pub fn text(&self) -> String {
+        match self {
+            Self::ViewedTogether { product_id, product_name } => {
+                format!("Because you viewed {}", product_name.as_deref().unwrap_or(product_id))
+            }
+            Self::CategoryAffinity { category } => format!("You've been browsing {category}"),
+            Self::Trending { category } => format!("Trending in {category}"),
+            Self::PriceMatch { band } => format!("In your price range ({band})"),
+            Self::Popular => "Popular right now".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recommendation {
+    pub product_id: String,
+    pub name: Option<String>,
+    pub category: Option<String>,
+    pub brand: Option<String>,
+    pub price: Option<Decimal>,
+    /// In [0, 1]; comparable within one answer only.
+    pub score: f64,
+    pub reason: Reason,
+    pub reason_text: String,
+}
+
+/// Share of the user's category interest in `category`, in [0, 1]: the short and the long
+/// window weigh the same, and a window without activity does not dilute the other.
+fn affinity(user: &UserSignals, category: &str) -> f64 {
+    let share = |map: &BTreeMap<String, f64>| {
+        let total: f64 = map.values().sum();
+        (total > 0.0).then(|| map.get(category).copied().unwrap_or(0.0) / total)
+    };
+    match (share(&user.short), share(&user.long)) {
+        (Some(short), Some(long)) => 0.5 * short + 0.5 * long,
+        (Some(one), None) | (None, Some(one)) => one,
+        (None, None) => 0.0,
+    }
+}
+
+/// The strongest "viewed together" link from the user's recent views to `candidate`: weight in
+/// [0, 1] (the seed's co-view count relative to its best partner, newer seeds weigh more), and
+/// the seed.
+fn together<'a>(
+    user: &'a UserSignals,
+    index: &ProductIndex,
+    candidate: &str,
+) -> (f64, Option<&'a str>) {
+    let mut best = (0.0, None);
+    for (rank, seed) in user.recent.iter().take(SEEDS).enumerate() {
+        let Some(entry) = index.get(seed) else { continue };
+        let Some(top) = entry.together.first().map(|(_, count)| *count as f64) else { continue };
+        let Some(count) = entry.together.iter().find(|(id, _)| id == candidate).map(|(_, c)| *c)
+        else {
+            continue;
+        };
+        let weight = (count as f64 / top) / (rank as f64 + 1.0);
+        if weight > best.0 {
+            best = (weight, Some(seed.as_str()));
+        }
+    }
+    best
+}
+
+fn price_match(
+    user: &UserSignals,
+    bands: Option<&Feature>,
+    price: Option<Decimal>,
+) -> (f64, Option<String>) {
+    let (Some(feature), Some(price)) = (bands, price) else { return (0.0, None) };
+    let total: f64 = user.bands.values().sum();
+    if total <= 0.0 || feature.bands.is_empty() {
+        return (0.0, None);
+    }
+    let band = feature.band_of(price);
+    (user.bands.get(&band).copied().unwrap_or(0.0) / total, Some(band))
+}
+
+/// Ranks the catalog for `user`. `price_bands` is the feature whose bands price matching uses.
+pub fn recommend(
+    user: &UserSignals,
+    index: &ProductIndex,
+    price_bands: Option<&Feature>,
+    query: &Query,
+) -> Vec<Recommendation> {
+    let cold = user.is_cold();
+    let max_trending = index.max_trending();
+    let mut scored: Vec<(f64, Recommendation)> = Vec::new();
+    for id in &index.popular {
+        let Some(entry) = index.get(id) else { continue };
+        let product = &entry.product;
+        if user.owned.contains(id) || query.exclude.contains(id) {
+            continue;
+        }
+        if query.category.as_ref().is_some_and(|c| product.category.as_ref() != Some(c)) {
+            continue;
+        }
+        let category = product.category.clone().unwrap_or_default();
+        let popular = if max_trending > 0.0 { entry.trending / max_trending } else { 0.0 };
+        let (score, reason) = if cold {
+            (popular, Reason::Popular)
+        } else {
+            let top = index.top_trending.get(&category).copied().unwrap_or(0.0);
+            let trending = if top > 0.0 { entry.trending / top } else { 0.0 };
+            let affinity = affinity(user, &category);
+            let (together, seed) = together(user, index, id);
+            let (price, band) = price_match(user, price_bands, product.price);
+            let parts = [
+                (W_TOGETHER * together, 0),
+                (W_AFFINITY * affinity, 1),
+                (W_TRENDING * trending, 2),
+                (W_PRICE * price, 3),
+            ];
+            let score: f64 = parts.iter().map(|(p, _)| p).sum::<f64>() + W_POPULAR * popular;
+            let strongest = parts
+                .iter()
+                .copied()
+                .fold((0.0, usize::MAX), |best, part| if part.0 > best.0 { part } else { best });
+            let reason = match strongest.1 {
+                0 => {
+                    let seed = seed.unwrap_or_default().to_string();
+                    let name = index.get(&seed).and_then(|e| e.product.name.clone());
+                    Reason::ViewedTogether { product_id: seed, product_name: name }
+                }
+                1 => Reason::CategoryAffinity { category },
+                2 => Reason::Trending { category },
+                3 => Reason::PriceMatch { band: band.unwrap_or_default() },
+                _ => Reason::Popular,
+            };
+            (score, reason)
+        };
+        scored.push((
+            score,
+            Recommendation {
+                product_id: id.clone(),
+                name: product.name.clone(),
+                category: product.category.clone(),
+                brand: product.brand.clone(),
+                price: product.price,
+                score: (score * 1e4).round() / 1e4,
+                reason_text: reason.text(),
+                reason,
+            },
+        ));
+    }
+    diversify(scored, query.limit.clamp(1, MAX_LIMIT))
+}
+
+/// Picks `limit` products greedily: each pick's score is discounted by how many products of its
+/// category were already picked, so one strong category does not take every slot.
+fn diversify(mut scored: Vec<(f64, Recommendation)>, limit: usize) -> Vec<Recommendation> {
+    let mut picked: Vec<Recommendation> = Vec::with_capacity(limit);
+    let mut per_category: HashMap<Option<String>, i32> = HashMap::new();
+    while picked.len() < limit && !scored.is_empty() {
+        let mut best: Option<(f64, usize)> = None;
+        for (position, (score, item)) in scored.iter().enumerate() {
+            let seen = per_category.get(&item.category).copied().unwrap_or(0);
+            let adjusted = score * DIVERSITY.powi(seen);
+            let better = match best {
+                None => true,
+                Some((top, at)) => {
+                    adjusted > top || (adjusted == top && item.product_id < scored[at].1.product_id)
+                }
+            };
+            if better {
+                best = Some((adjusted, position));
+            }
+        }
+        let Some((_, position)) = best else { break };
+        let (_, item) = scored.swap_remove(position);
+        *per_category.entry(item.category.clone()).or_default() += 1;
+        picked.push(item);
+    }
+    picked
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,136 @@
+use std::collections::HashMap;
+
+use rust_decimal::Decimal;
+
+use super::index::ProductSignals;
+use super::*;
+use crate::features::{FeatureSet, Product};
+
+fn product(id: &str, category: &str, price: i64) -> Product {
+    Product {
+        id: id.into(),
+        name: Some(format!("{id} name")),
+        category: Some(category.into()),
+        brand: Some("acme".into()),
+        price: Some(Decimal::from(price)),
+        updated_at: None,
+    }
+}
+
+/// Four shoes and four hats; hats are the most viewed overall; s1 is viewed together with h4.
+fn index() -> ProductIndex {
+    let mut catalog = HashMap::new();
+    let mut signals: HashMap<String, ProductSignals> = HashMap::new();
+    for i in 1..=4 {
+        let shoe = product(&format!("s{i}"), "shoes", 20 * i);
+        let hat = product(&format!("h{i}"), "hats", 20 * i);
+        signals.insert(shoe.id.clone(), (i as f64, Vec::new()));
+        signals.insert(hat.id.clone(), (10.0 * i as f64, Vec::new()));
+        catalog.insert(shoe.id.clone(), shoe);
+        catalog.insert(hat.id.clone(), hat);
+    }
+    signals.insert("s1".into(), (1.0, vec![("h4".into(), 5), ("s2".into(), 1)]));
+    ProductIndex::build(&catalog, &signals, None)
+}
+
+fn bands() -> FeatureSet {
+    FeatureSet::load(None).expect("built-in definitions")
+}
+
+fn shoe_viewer() -> UserSignals {
+    UserSignals {
+        short: [("shoes".to_string(), 4.0)].into(),
+        long: [("shoes".to_string(), 9.0)].into(),
+        ..UserSignals::default()
+    }
+}
+
+fn query(limit: usize) -> Query {
+    Query { limit, ..Query::default() }
+}
+
+fn ids(list: &[Recommendation]) -> Vec<&str> {
+    list.iter().map(|r| r.product_id.as_str()).collect()
+}
+
+#[test]
+fn a_user_who_viewed_shoes_gets_shoes_first() {
+    let set = bands();
+    let list = recommend(&shoe_viewer(), &index(), set.get(PRICE_BANDS), &query(3));
+    assert_eq!(list[0].category.as_deref(), Some("shoes"), "{list:?}");
+    assert_eq!(list[0].product_id, "s4", "the most trending shoe leads: {list:?}");
+    assert_eq!(list[0].reason, Reason::CategoryAffinity { category: "shoes".into() });
+}
+
+#[test]
+fn a_cold_user_gets_popular_products() {
+    let list = recommend(&UserSignals::default(), &index(), None, &query(3));
+    assert_eq!(ids(&list), ["h4", "h3", "h2"]);
+    assert!(list.iter().all(|r| r.reason == Reason::Popular));
+}
+
+#[test]
+fn cart_purchases_and_excluded_products_are_left_out() {
+    let mut user = shoe_viewer();
+    user.owned = ["s4".to_string(), "s3".to_string()].into();
+    let query = Query { limit: 50, exclude: ["s2".to_string()].into(), ..Query::default() };
+    let list = recommend(&user, &index(), None, &query);
+    for gone in ["s4", "s3", "s2"] {
+        assert!(!ids(&list).contains(&gone), "{gone} in {:?}", ids(&list));
+    }
+    assert_eq!(list.len(), 5);
+}
+
+#[test]
+fn results_mix_categories() {
+    let list = recommend(&shoe_viewer(), &index(), None, &query(4));
+    let hats = list.iter().filter(|r| r.category.as_deref() == Some("hats")).count();
+    assert!(hats >= 1, "all one category: {:?}", ids(&list));
+}
+
+#[test]
+fn a_recent_view_brings_what_was_viewed_with_it() {
+    let mut user = shoe_viewer();
+    user.recent = vec!["s1".into()];
+    let list = recommend(&user, &index(), None, &query(10));
+    let h4 = list.iter().find(|r| r.product_id == "h4").expect("h4 recommended");
+    assert_eq!(
+        h4.reason,
+        Reason::ViewedTogether { product_id: "s1".into(), product_name: Some("s1 name".into()) }
+    );
+    assert_eq!(h4.reason_text, "Because you viewed s1 name");
+}
+
+#[test]
+fn the_price_band_the_user_clicks_lifts_products_in_it() {
+    let set = bands();
+    let position = |band: &str| {
+        let user =
+            UserSignals { bands: [(band.to_string(), 3.0)].into(), ..UserSignals::default() };
+        let list = recommend(&user, &index(), set.get(PRICE_BANDS), &query(50));
+        let at = list.iter().position(|r| r.product_id == "h1").expect("h1 listed");
+        (at, list[at].reason.clone())
+    };
+    let (cheap, reason) = position("<25");
+    let (dear, _) = position("250+");
+    assert!(cheap < dear, "h1 (20) at {cheap} when clicking <25, at {dear} when clicking 250+");
+    assert_eq!(reason, Reason::PriceMatch { band: "<25".into() });
+}
+
+#[test]
+fn a_category_filter_keeps_only_that_category() {
+    let query = Query { limit: 10, category: Some("hats".into()), ..Query::default() };
+    let list = recommend(&shoe_viewer(), &index(), None, &query);
+    assert_eq!(list.len(), 4);
+    assert!(list.iter().all(|r| r.category.as_deref() == Some("hats")));
+}
+
+#[test]
+fn the_same_state_gives_the_same_answer() {
+    let mut user = shoe_viewer();
+    user.recent = vec!["s1".into(), "h2".into()];
+    let first = recommend(&user, &index(), None, &query(8));
+    for _ in 0..5 {
+        assert_eq!(recommend(&user, &index(), None, &query(8)), first);
+    }
+}
