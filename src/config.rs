@@ -35,6 +35,25 @@ pub struct Config {
     pub postgres: PostgresConfig,
     pub connect: ConnectConfig,
     pub features: FeaturesConfig,
+    pub recommend: RecommendConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecommendConfig {
+    /// How often the product index (trending, viewed together) is rebuilt from Redis.
+    #[serde(with = "humantime_serde")]
+    pub refresh: Duration,
+    /// A storefront page waits this long for the user's features, then renders with popular
+    /// products and says so.
+    #[serde(with = "humantime_serde")]
+    pub render_deadline: Duration,
+}
+
+impl Default for RecommendConfig {
+    fn default() -> Self {
+        Self { refresh: Duration::from_secs(1), render_deadline: Duration::from_millis(50) }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -261,6 +280,17 @@ impl Config {
         };
         if self.kafka.brokers.trim().is_empty() {
             return invalid("kafka.brokers", "is empty");
+        }
+        if self.recommend.refresh < Duration::from_millis(100) {
+            return invalid("recommend.refresh", "must be at least 100ms");
+        }
+        if self.recommend.render_deadline.is_zero()
+            || self.recommend.render_deadline >= self.api.request_timeout
+        {
+            return invalid(
+                "recommend.render_deadline",
+                "must be more than 0 and less than api.request_timeout",
+            );
         }
         if self.kafka.group_id.trim().is_empty() {
             return invalid("kafka.group_id", "is empty");

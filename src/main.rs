@@ -14,6 +14,7 @@ use persona::cdc::{Dimension, Ingest, Replay};
 use persona::config::Config;
 use persona::connect::{self, ConnectClient};
 use persona::features::{FeatureSet, ProductCatalog};
+use persona::recommend::{self, Recommender};
 use persona::recovery;
 use persona::store::FeatureStore;
 use persona::{db, telemetry};
@@ -147,6 +148,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         GENERATION_CHECK_INTERVAL,
         shutdown.clone(),
     );
+    let missing: Vec<&str> = recommend::FEATURES_READ
+        .into_iter()
+        .filter(|name| features.get(name).is_none())
+        .collect();
+    if !missing.is_empty() {
+        tracing::warn!(
+            ?missing,
+            "recommendations read features these definitions lack; they rank without them"
+        );
+    }
+    let recommender = Arc::new(Recommender::default());
+    let refresher = recommender.spawn_refresher(
+        Arc::clone(&store),
+        Arc::clone(&features),
+        Arc::clone(&catalog),
+        config.recommend.refresh,
+        shutdown.clone(),
+    );
     let readiness = Arc::new(Readiness::default());
     let state = AppState {
         store,
@@ -157,6 +176,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         readiness: Arc::clone(&readiness),
         broker: Some(ingest.broker_probe()),
         metrics: Some(metrics),
+        recommender,
+        render_deadline: config.recommend.render_deadline,
     };
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -188,6 +209,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = probe.await;
     let _ = watcher.await;
     let _ = invalidations.await;
+    let _ = refresher.await;
     if !server.is_finished() {
         let _ = server.await;
     }

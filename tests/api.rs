@@ -10,6 +10,7 @@ use axum::http::{Request, StatusCode};
 use persona::api::{AppState, RankingCache, Readiness, app};
 use persona::config::{ApiConfig, CacheConfig, RedisConfig, Sensitive};
 use persona::features::{FeatureSet, ProductCatalog};
+use persona::recommend::Recommender;
 use persona::store::FeatureStore;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -30,6 +31,8 @@ async fn router() -> axum::Router {
         readiness: Arc::new(Readiness::default()),
         broker: None,
         metrics: None,
+        recommender: Arc::new(Recommender::default()),
+        render_deadline: std::time::Duration::from_millis(50),
     };
     app(state, &ApiConfig::default())
 }

@@ -100,7 +100,7 @@ impl RankingCache {
     }
 }
 
-fn validate_id(kind: &str, id: &str) -> Result<(), AppError> {
+pub(super) fn validate_id(kind: &str, id: &str) -> Result<(), AppError> {
     if id.is_empty() || id.len() > MAX_ID_LEN {
         return Err(AppError::BadRequest(format!(
             "{kind} id must be 1 to {MAX_ID_LEN} bytes long"

@@ -6,6 +6,7 @@
 
 mod error;
 mod features;
+mod recommendations;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,9 +30,11 @@ pub use error::AppError;
 use crate::cdc::BrokerProbe;
 use crate::config::ApiConfig;
 use crate::features::{FeatureSet, ProductCatalog};
+use crate::recommend::Recommender;
 use crate::store::FeatureStore;
 
 pub use features::{MAX_BATCH, RankingCache};
+pub use recommendations::{Answer, Degraded, Source, recommend_for};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -65,6 +68,10 @@ pub struct AppState {
     /// `None` when no consumer runs (then readiness does not check the broker).
     pub broker: Option<BrokerProbe>,
     pub metrics: Option<PrometheusHandle>,
+    /// The product index recommendations rank from.
+    pub recommender: Arc<Recommender>,
+    /// How long a page waits for a user's features before rendering popular products.
+    pub render_deadline: Duration,
 }
 
 pub fn app(state: AppState, config: &ApiConfig) -> Router {
@@ -86,6 +93,10 @@ pub fn app(state: AppState, config: &ApiConfig) -> Router {
         .route("/api/v1/users/{user_id}/features", get(features::user_features))
         .route("/api/v1/products/{product_id}/features", get(features::product_features))
         .route("/api/v1/features/batch", axum::routing::post(features::batch))
+        .route(
+            "/api/v1/users/{user_id}/recommendations",
+            get(recommendations::user_recommendations),
+        )
         .route("/", get(home))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -11,7 +11,7 @@
 //!
 //! - Reads: L1, else Redis (one command per key even when many requests miss at once, one
 //!   pipeline for a batch), else an answer marked unavailable. A Redis error never fails a read.
-//! - Writes (from ingest only): one pipeline per batch, then L1. The ingest loop retries a
+//! - Writes (from ingest only): one MULTI/EXEC per batch, then L1. The ingest loop retries a
 //!   failed write and does not move its offsets meanwhile, so nothing is lost.
 //! - Every write also publishes the shares it changed (key, stream, revision) on `<key_prefix>:l1-invalidate`; every
 //!   instance drops older L1 copies. A read that raced with an invalidation does not cache what
@@ -68,7 +68,8 @@ impl EntityRef {
         StateKey { entity: self.clone(), stream: stream.into() }
     }
 
-    fn cache_key(&self) -> String {
+    /// The entity's name in L1 and in change notifications (`user:<id>`, `product:<id>`).
+    pub fn cache_key(&self) -> String {
         format!("{}:{}", self.entity.label(), self.id)
     }
 }
@@ -87,6 +88,9 @@ pub struct EntityRead {
     pub freshness: Freshness,
 }
 
+/// Change notifications kept for slow live-page listeners before they lag.
+const CHANGES_BUFFERED: usize = 4096;
+
 pub struct FeatureStore {
     redis: Pool,
     subscriber: fred::clients::SubscriberClient,
@@ -97,6 +101,9 @@ pub struct FeatureStore {
     state_ttl_secs: i64,
     command_timeout: Duration,
     redis_up: AtomicBool,
+    /// Entities whose state changed (any instance's writes, from the announcements), for live
+    /// pages.
+    changes: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 impl FeatureStore {
@@ -122,6 +129,7 @@ impl FeatureStore {
             state_ttl_secs: i64::try_from(redis.state_ttl.as_secs()).unwrap_or(i64::MAX),
             command_timeout: redis.command_timeout,
             redis_up: AtomicBool::new(connected),
+            changes: tokio::sync::broadcast::channel(CHANGES_BUFFERED).0,
         })
     }
 
@@ -325,8 +333,8 @@ impl FeatureStore {
             .collect())
     }
 
-    /// Writes shares to Redis in one pipeline (a share and its source positions are one field,
-    /// so they change together) and, once acknowledged, updates L1.
+    /// Writes shares to Redis in one transaction (a share and its source positions are one
+    /// field, and a batch's shares change together) and, once acknowledged, updates L1.
     pub async fn write_states(
         &self,
         states: Vec<(StateKey, EntityState)>,
@@ -363,6 +371,12 @@ impl FeatureStore {
         Ok(())
     }
 
+    /// Notifies of every entity whose state changed, as its [`EntityRef::cache_key`]. A
+    /// receiver that falls behind gets `Lagged` and should assume anything changed.
+    pub fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.changes.subscribe()
+    }
+
     /// Drops L1 entries older than the revisions another instance announced.
     async fn apply_announcement(&self, announcement: &str) {
         let Ok(announced) = serde_json::from_str::<Vec<(String, String, u64)>>(announcement) else {
@@ -370,6 +384,8 @@ impl FeatureStore {
             return;
         };
         for (key, stream, rev) in announced {
+            // No receiver (no live page open) is not an error.
+            let _ = self.changes.send(Arc::from(key.as_str()));
             if self.l1.invalidate(key, &stream, rev).await {
                 metrics::counter!(telemetry::L1_INVALIDATIONS).increment(1);
             }
