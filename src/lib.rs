@@ -17,3 +17,4 @@ pub mod recommend;
 pub mod recovery;
 pub mod store;
 pub mod telemetry;
+pub mod web;

@@ -17,6 +17,7 @@ use persona::features::{FeatureSet, ProductCatalog};
 use persona::recommend::{self, Recommender};
 use persona::recovery;
 use persona::store::FeatureStore;
+use persona::web::ActiveUsers;
 use persona::{db, telemetry};
 
 const REDIS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -148,10 +149,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         GENERATION_CHECK_INTERVAL,
         shutdown.clone(),
     );
-    let missing: Vec<&str> = recommend::FEATURES_READ
-        .into_iter()
-        .filter(|name| features.get(name).is_none())
-        .collect();
+    let missing: Vec<&str> =
+        recommend::FEATURES_READ.into_iter().filter(|name| features.get(name).is_none()).collect();
     if !missing.is_empty() {
         tracing::warn!(
             ?missing,
@@ -166,6 +165,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.recommend.refresh,
         shutdown.clone(),
     );
+    let active_users = Arc::new(ActiveUsers::default());
+    let tracker = active_users.spawn_tracker(&store, shutdown.clone());
     let readiness = Arc::new(Readiness::default());
     let state = AppState {
         store,
@@ -178,6 +179,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         metrics: Some(metrics),
         recommender,
         render_deadline: config.recommend.render_deadline,
+        active_users: Arc::clone(&active_users),
     };
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -210,6 +212,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = watcher.await;
     let _ = invalidations.await;
     let _ = refresher.await;
+    let _ = tracker.await;
     if !server.is_finished() {
         let _ = server.await;
     }

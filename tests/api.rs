@@ -12,6 +12,7 @@ use persona::config::{ApiConfig, CacheConfig, RedisConfig, Sensitive};
 use persona::features::{FeatureSet, ProductCatalog};
 use persona::recommend::Recommender;
 use persona::store::FeatureStore;
+use persona::web::ActiveUsers;
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -33,6 +34,7 @@ async fn router() -> axum::Router {
         metrics: None,
         recommender: Arc::new(Recommender::default()),
         render_deadline: std::time::Duration::from_millis(50),
+        active_users: Arc::new(ActiveUsers::default()),
     };
     app(state, &ApiConfig::default())
 }

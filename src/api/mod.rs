@@ -17,7 +17,7 @@ use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{MatchedPath, State};
 use axum::http::{Request, StatusCode, Uri};
-use axum::response::{Html, IntoResponse};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
@@ -32,6 +32,7 @@ use crate::config::ApiConfig;
 use crate::features::{FeatureSet, ProductCatalog};
 use crate::recommend::Recommender;
 use crate::store::FeatureStore;
+use crate::web::{self, ActiveUsers};
 
 pub use features::{MAX_BATCH, RankingCache};
 pub use recommendations::{Answer, Degraded, Source, recommend_for};
@@ -72,6 +73,8 @@ pub struct AppState {
     pub recommender: Arc<Recommender>,
     /// How long a page waits for a user's features before rendering popular products.
     pub render_deadline: Duration,
+    /// Users seen active lately, for the storefront's user picker.
+    pub active_users: Arc<ActiveUsers>,
 }
 
 pub fn app(state: AppState, config: &ApiConfig) -> Router {
@@ -97,10 +100,10 @@ pub fn app(state: AppState, config: &ApiConfig) -> Router {
             "/api/v1/users/{user_id}/recommendations",
             get(recommendations::user_recommendations),
         )
-        .route("/", get(home))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(web::routes())
         .fallback(not_found)
         .layer(
             ServiceBuilder::new()
@@ -127,11 +130,6 @@ async fn overload_error(error: BoxError) -> AppError {
 
 async fn not_found(uri: Uri) -> AppError {
     AppError::NotFound(uri.path().to_string())
-}
-
-/// Placeholder page until the server-rendered storefront lands.
-async fn home() -> Html<&'static str> {
-    Html(include_str!("../../frontend/index.html"))
 }
 
 /// Liveness: the process answers.

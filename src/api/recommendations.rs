@@ -156,8 +156,11 @@ pub async fn recommend_for(
         }
     };
     let signals = features.as_ref().map(UserSignals::from_features).unwrap_or_default();
-    let source =
-        if degraded.is_some() || signals.is_cold() { Source::Popular } else { Source::Personalized };
+    let source = if degraded.is_some() || signals.is_cold() {
+        Source::Popular
+    } else {
+        Source::Personalized
+    };
     let recommendations = recommend::recommend(&signals, &index, price_bands, query);
     Answer {
         user_id: user_id.to_string(),
