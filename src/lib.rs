@@ -15,6 +15,7 @@ pub mod db;
 pub mod features;
 pub mod recommend;
 pub mod recovery;
+pub mod simulate;
 pub mod store;
 pub mod telemetry;
 pub mod web;

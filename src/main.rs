@@ -18,7 +18,7 @@ use persona::recommend::{self, Recommender};
 use persona::recovery;
 use persona::store::FeatureStore;
 use persona::web::ActiveUsers;
-use persona::{db, telemetry};
+use persona::{db, simulate, telemetry};
 
 const REDIS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often instances check which state generation is current (rebuilds, emptied Redis).
@@ -53,8 +53,34 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         grace: Duration,
     },
+    /// Play the legacy application: seed a product catalog, then write shopper sessions
+    /// (browse, click, add to cart, purchase) into its tables at a steady rate until Ctrl-C.
+    Simulate {
+        /// Shoppers, `sim-u0001` onwards, each with one or two favourite categories.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        users: u32,
+        /// Products `sim-p0001` onwards, inserted where missing.
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        products: u32,
+        /// Writes per second.
+        #[arg(long, default_value_t = 20.0, value_parser = parse_rate)]
+        rate: f64,
+        /// Stop after this long (e.g. 30s, 5m); runs until Ctrl-C otherwise.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Seeds the catalog and the shoppers' choices: the same seed writes the same sessions.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Print the effective configuration (secrets redacted) and exit.
     Config,
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate <= 100_000.0 => Ok(rate),
+        _ => Err(format!("{text:?} is not a rate between 0 and 100000 writes per second")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -88,6 +114,30 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("connecting to redis")?;
             let summary = recovery::rebuild::run(&config.kafka, &store, &features, grace).await?;
+            println!("{summary}");
+            Ok(())
+        }
+        Command::Simulate { users, products, rate, duration, seed } => {
+            let settings = simulate::Settings {
+                users: users as usize,
+                products: products as usize,
+                rate,
+                duration,
+                seed,
+            };
+            let shutdown = CancellationToken::new();
+            let cancel = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                cancel.cancel();
+            });
+            eprintln!(
+                "[simulate] {users} shoppers, {products} products, {rate} writes/s{}; Ctrl-C stops",
+                duration
+                    .map(|d| format!(" for {}", humantime::format_duration(d)))
+                    .unwrap_or_default()
+            );
+            let summary = simulate::run(config.postgres.url.expose(), &settings, shutdown).await?;
             println!("{summary}");
             Ok(())
         }
