@@ -14,8 +14,12 @@ pub const EVENTS_CONSUMED: &str = "persona_events_consumed_total";
 pub const DECODE_ERRORS: &str = "persona_decode_errors_total";
 /// Feature state writes acknowledged by Redis.
 pub const STATE_WRITES: &str = "persona_state_writes_total";
-/// Redis commands that failed; label `op` (`read`, `write`, `ping`).
+/// Redis round trips that failed; label `op` (see [`REDIS_ROUND_TRIPS`]).
 pub const REDIS_ERRORS: &str = "persona_redis_errors_total";
+/// Redis round trips (one command, pipeline or transaction each); label `op`: `entity_read`
+/// (API and pages), `index_read` (product index), `ingest_read`, `ingest_write`, `generation`,
+/// `ping`.
+pub const REDIS_ROUND_TRIPS: &str = "persona_redis_round_trips_total";
 /// Feature reads by tier that answered; label `tier` (`l1`, `redis`, `none`).
 pub const CACHE_LOOKUPS: &str = "persona_cache_lookups_total";
 /// L1 entries dropped because another instance wrote a newer state.

@@ -156,7 +156,7 @@ impl Recommender {
     async fn refresh(&self, store: &FeatureStore, set: &FeatureSet, catalog: &ProductCatalog) {
         let ids: Vec<EntityRef> =
             catalog.read(|products| products.keys().cloned().map(EntityRef::product).collect());
-        let (_, states) = store.read_many(&[], &ids).await;
+        let states = store.read_uncached(&ids).await;
         let at = Utc::now();
         let names = [TRENDING.to_string(), VIEWED_TOGETHER.to_string()];
         let (signals, built_at) = match states {

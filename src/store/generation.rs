@@ -20,7 +20,7 @@ pub fn new_generation() -> String {
 /// The generation in use, `None` when Redis has none (new or emptied).
 pub async fn current(store: &FeatureStore) -> Result<Option<String>, StoreError> {
     let result: Result<Option<String>, _> = store.pool().get(current_key(store.key_prefix())).await;
-    store.note_redis("read", &result);
+    store.note_redis("generation", &result);
     Ok(result?)
 }
 
@@ -34,7 +34,7 @@ pub async fn current_or_create(store: &FeatureStore) -> Result<(String, bool), S
     let key = current_key(store.key_prefix());
     let result: Result<Option<String>, _> =
         store.pool().set(&key, candidate.as_str(), None, Some(SetOptions::NX), false).await;
-    store.note_redis("write", &result);
+    store.note_redis("generation", &result);
     result?;
     let winner = current(store).await?.unwrap_or(candidate.clone());
     let created = winner == candidate;
@@ -45,7 +45,7 @@ pub async fn current_or_create(store: &FeatureStore) -> Result<(String, bool), S
 pub async fn switch_to(store: &FeatureStore, generation: &str) -> Result<(), StoreError> {
     let result: Result<(), _> =
         store.pool().set(current_key(store.key_prefix()), generation, None, None, false).await;
-    store.note_redis("write", &result);
+    store.note_redis("generation", &result);
     Ok(result?)
 }
 
@@ -66,7 +66,7 @@ pub async fn set_resume_offsets(
     })?;
     let result: Result<(), _> =
         store.pool().hset(meta_key(store.key_prefix(), generation), ("resume", json)).await;
-    store.note_redis("write", &result);
+    store.note_redis("generation", &result);
     Ok(result?)
 }
 
@@ -77,7 +77,7 @@ pub async fn resume_offsets(
 ) -> Result<Option<std::collections::HashMap<String, i64>>, StoreError> {
     let result: Result<Option<String>, _> =
         store.pool().hget(meta_key(store.key_prefix(), generation), "resume").await;
-    store.note_redis("read", &result);
+    store.note_redis("generation", &result);
     Ok(result?.and_then(|json| serde_json::from_str(&json).ok()).flatten())
 }
 
@@ -112,9 +112,9 @@ pub async fn swap_fingerprint(
 ) -> Result<Option<String>, StoreError> {
     let key = meta_key(store.key_prefix(), generation);
     let previous: Result<Option<String>, _> = store.pool().hget(&key, "fingerprint").await;
-    store.note_redis("read", &previous);
+    store.note_redis("generation", &previous);
     let result: Result<(), _> = store.pool().hset(&key, ("fingerprint", fingerprint)).await;
-    store.note_redis("write", &result);
+    store.note_redis("generation", &result);
     result?;
     Ok(previous?)
 }

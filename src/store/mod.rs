@@ -161,6 +161,7 @@ impl FeatureStore {
     }
 
     pub(crate) fn note_redis<T>(&self, op: &'static str, result: &Result<T, fred::error::Error>) {
+        metrics::counter!(telemetry::REDIS_ROUND_TRIPS, "op" => op).increment(1);
         match result {
             Ok(_) => self.redis_up.store(true, Ordering::Relaxed),
             Err(error) => {
@@ -205,7 +206,8 @@ impl FeatureStore {
         let loaded = self
             .l1
             .get_or_load(&cache_key, || async {
-                let mut fetched = self.fetch(std::slice::from_ref(entity), &[]).await?;
+                let mut fetched =
+                    self.fetch(std::slice::from_ref(entity), &[], "entity_read").await?;
                 Ok::<_, StoreError>(fetched.0.pop().unwrap_or_default())
             })
             .await;
@@ -252,7 +254,7 @@ impl FeatureStore {
         let mut extra_states = None;
         if (!misses.is_empty() || !extra.is_empty()) && self.redis_is_up() {
             let wanted: Vec<EntityRef> = misses.iter().map(|(_, e, _)| e.clone()).collect();
-            if let Ok((states, extras)) = self.fetch(&wanted, extra).await {
+            if let Ok((states, extras)) = self.fetch(&wanted, extra, "entity_read").await {
                 for ((index, entity, epoch), state) in misses.iter().zip(states) {
                     let cached =
                         self.l1.insert_if_unchanged(entity.cache_key(), state, *epoch).await;
@@ -287,6 +289,7 @@ impl FeatureStore {
         &self,
         entities: &[EntityRef],
         extra: &[EntityRef],
+        op: &'static str,
     ) -> Result<(Vec<Shares>, Vec<Shares>), StoreError> {
         let namespace = self.namespace();
         let keys: Vec<String> =
@@ -296,11 +299,26 @@ impl FeatureStore {
             let _: () = pipeline.hgetall(key).await?;
         }
         let result: Result<Vec<HashMap<String, String>>, _> = pipeline.all().await;
-        self.note_redis("read", &result);
+        self.note_redis(op, &result);
         let mut shares: Vec<Shares> =
             keys.iter().zip(result?).map(|(key, fields)| self.decode_shares(key, fields)).collect();
         let extras = shares.split_off(entities.len());
         Ok((shares, extras))
+    }
+
+    /// Reads whole entities straight from Redis in one round trip, bypassing L1 (the product
+    /// index reads the whole catalog this way). `None` when Redis is unreachable.
+    pub async fn read_uncached(&self, entities: &[EntityRef]) -> Option<Vec<Option<EntityState>>> {
+        if !self.redis_is_up() {
+            return None;
+        }
+        let (_, shares) = self.fetch(&[], entities, "index_read").await.ok()?;
+        Some(
+            shares
+                .into_iter()
+                .map(|shares| Cached::new(shares).state.map(|s| (*s).clone()))
+                .collect(),
+        )
     }
 
     /// Loads the shares `keys` from Redis (one pipeline of `HGET`s), for ingest to apply changes
@@ -318,7 +336,7 @@ impl FeatureStore {
             let _: () = pipeline.hget(self.redis_key(&namespace, &key.entity), &key.stream).await?;
         }
         let result: Result<Vec<Option<String>>, _> = pipeline.all().await;
-        self.note_redis("read", &result);
+        self.note_redis("ingest_read", &result);
         Ok(keys
             .iter()
             .zip(result?)
@@ -361,7 +379,7 @@ impl FeatureStore {
         let _: () = transaction.publish(&self.invalidation_channel, announcement).await?;
         let outcome: Result<Value, _> = transaction.exec(true).await;
         let outcome = outcome.map(|_| ());
-        self.note_redis("write", &outcome);
+        self.note_redis("ingest_write", &outcome);
         outcome?;
         metrics::counter!(telemetry::STATE_WRITES).increment(states.len() as u64);
 

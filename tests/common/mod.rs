@@ -161,6 +161,19 @@ impl Persona {
         (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
     }
 
+    /// Status, headers and body text (for HTML pages).
+    pub async fn get_text(&self, path: &str) -> (u16, reqwest::header::HeaderMap, String) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base_url))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        (status, headers, response.text().await.expect("body"))
+    }
+
     pub async fn features(&self, user: &str) -> Value {
         let (status, body) = self.get(&format!("/api/v1/users/{user}/features")).await;
         assert_eq!(status, 200, "{body}");
@@ -237,6 +250,25 @@ pub async fn insert_activity(
     .await
     .expect("insert activity");
     id
+}
+
+/// Inserts (or updates) a product as the legacy application does.
+pub async fn upsert_product(
+    db: &tokio_postgres::Client,
+    id: &str,
+    name: &str,
+    category: &str,
+    price: &str,
+) {
+    db.execute(
+        "INSERT INTO products (id, name, category, brand, price, updated_at) \
+         VALUES ($1, $2, $3, 'acme', $4::text::numeric, now() AT TIME ZONE 'UTC') \
+         ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, category = EXCLUDED.category, \
+         price = EXCLUDED.price, updated_at = EXCLUDED.updated_at",
+        &[&id, &name, &category, &price],
+    )
+    .await
+    .expect("upsert product");
 }
 
 /// A real `redis-server` of the test's own (append-only file, so a restart keeps its data).
