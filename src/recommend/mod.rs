@@ -52,6 +52,9 @@ const CLICK_WEIGHT: f64 = 2.0;
 const DIVERSITY: f64 = 0.75;
 /// How many recently viewed products seed "viewed together".
 const SEEDS: usize = 3;
+/// Products among the user's last few views are still shown, but after fresh ones.
+const JUST_VIEWED: usize = 3;
+const JUST_VIEWED_FACTOR: f64 = 0.6;
 
 pub const DEFAULT_LIMIT: usize = 10;
 pub const MAX_LIMIT: usize = 50;
@@ -262,7 +265,10 @@ pub fn recommend(
                 (W_TRENDING * trending, 2),
                 (W_PRICE * price, 3),
             ];
-            let score: f64 = parts.iter().map(|(p, _)| p).sum::<f64>() + W_POPULAR * popular;
+            let mut score: f64 = parts.iter().map(|(p, _)| p).sum::<f64>() + W_POPULAR * popular;
+            if user.recent.iter().take(JUST_VIEWED).any(|viewed| viewed == id) {
+                score *= JUST_VIEWED_FACTOR;
+            }
             let strongest = parts
                 .iter()
                 .copied()

@@ -134,3 +134,14 @@ fn the_same_state_gives_the_same_answer() {
         assert_eq!(recommend(&user, &index(), None, &query(8)), first);
     }
 }
+
+#[test]
+fn just_viewed_products_come_after_fresh_ones_of_the_same_appeal() {
+    let mut user = shoe_viewer();
+    let before = recommend(&user, &index(), None, &query(8));
+    assert_eq!(before[0].product_id, "s4");
+    user.recent = vec!["s4".into()];
+    let after = recommend(&user, &index(), None, &query(8));
+    assert_ne!(after[0].product_id, "s4", "{:?}", ids(&after));
+    assert!(ids(&after).contains(&"s4"), "still recommended: {:?}", ids(&after));
+}

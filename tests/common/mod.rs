@@ -283,6 +283,8 @@ impl OwnRedis {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
+            // Tests block Redis with DEBUG SLEEP to make it slow.
+            .args(["--enable-debug-command", "yes"])
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())

@@ -1,0 +1,170 @@
+//! The storefront in a real browser: Debian's headless Chromium driven through chromedriver
+//! (WebDriver). The first HTML already holds the recommendations; rows inserted with SQL then
+//! change the page in place through SSE, without a reload, within two seconds. Screenshots go to
+//! `target/screenshots/` (not committed).
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{
+    DEADLINE, Persona, eventually, free_port, insert_activity, legacy_db, unique, upsert_product,
+};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+/// How soon after the insert the page must show it (the issue's requirement).
+const LIVE_UPDATE_WITHIN: Duration = Duration::from_secs(2);
+
+struct ChromeDriver {
+    child: Child,
+    port: u16,
+}
+
+impl ChromeDriver {
+    fn start() -> Self {
+        let binary =
+            std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+        let port = free_port();
+        let child = Command::new(&binary)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {binary} ({e}): install Debian's chromium and chromium-driver (scripts/stack up does)")
+            });
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < DEADLINE, "chromedriver did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn browser(driver: &ChromeDriver, profile: &std::path::Path) -> Client {
+    let binary = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": binary,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--window-size=1280,1000",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    ClientBuilder::native()
+        .capabilities(capabilities)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a WebDriver session in headless Chromium")
+}
+
+fn screenshots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("target"), |target| target.to_path_buf())
+        .join("screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot directory");
+    dir
+}
+
+async fn screenshot(client: &Client, name: &str) {
+    let png = client.screenshot().await.expect("screenshot");
+    let path = screenshots().join(name);
+    std::fs::write(&path, png).expect("write screenshot");
+    println!("screenshot: {}", path.display());
+}
+
+/// `[version of the live block, the marker set before the change, whether it names the text]`.
+async fn observe(client: &Client, text: &str) -> Value {
+    client
+        .execute(
+            "const live = document.getElementById('live');
+             return [live ? live.getAttribute('data-version') : null,
+                     window.__sameDocument || null,
+                     live ? live.textContent.includes(arguments[0]) : false];",
+            vec![json!(text)],
+        )
+        .await
+        .expect("run script")
+}
+
+#[tokio::test]
+async fn the_storefront_renders_server_side_and_updates_in_place() {
+    let prefix = unique("browser");
+    let persona = Persona::start("browser").await;
+    let db = legacy_db().await;
+    let (shoes, hats) = (format!("{prefix}-shoes"), format!("{prefix}-hats"));
+    for i in 1..=4 {
+        upsert_product(&db, &format!("{prefix}-s{i}"), &format!("Shoe {i}"), &shoes, "40.00").await;
+        upsert_product(&db, &format!("{prefix}-h{i}"), &format!("Hat {i}"), &hats, "25.00").await;
+    }
+    let user = format!("{prefix}-carol");
+    insert_activity(&db, &user, "VIEW_PRODUCT", Some(&format!("{prefix}-s1")), 0).await;
+    insert_activity(&db, &user, "VIEW_PRODUCT", Some(&format!("{prefix}-s2")), 0).await;
+
+    // Without JavaScript: the first response already holds the personalized content.
+    let page = format!("/u/{user}");
+    eventually("the first HTML holds recommendations", DEADLINE, || async {
+        let (status, _, html) = persona.get_text(&page).await;
+        if status == 200 && html.contains("class=\"card\"") && html.contains("Shoe 2") {
+            Ok(())
+        } else {
+            Err(html)
+        }
+    })
+    .await;
+
+    let driver = ChromeDriver::start();
+    let profile = tempfile::tempdir().expect("browser profile");
+    let client = browser(&driver, profile.path()).await;
+    client.goto(&format!("{}{page}", persona.base_url)).await.expect("open the storefront");
+    let cards = client.find_all(Locator::Css("#recommended .card")).await.expect("cards");
+    assert!(!cards.is_empty(), "no recommendation cards in the browser");
+    screenshot(&client, "storefront-initial.png").await;
+
+    let before = client
+        .execute(
+            "window.__sameDocument = 'yes'; return document.getElementById('live').getAttribute('data-version');",
+            vec![],
+        )
+        .await
+        .expect("mark the document");
+    assert!(!observe(&client, "Hat 3").await[2].as_bool().unwrap_or(true), "Hat 3 shown already");
+
+    let inserted = Instant::now();
+    insert_activity(&db, &user, "VIEW_PRODUCT", Some(&format!("{prefix}-h3")), 0).await;
+    let mut last = Value::Null;
+    while inserted.elapsed() < LIVE_UPDATE_WITHIN {
+        last = observe(&client, "Hat 3").await;
+        if last[0] != before && last[2] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = inserted.elapsed();
+    println!("the page showed the new activity {took:?} after the insert");
+    screenshot(&client, "storefront-updated.png").await;
+    assert!(
+        last[0] != before && last[2] == true,
+        "the live block did not change within {LIVE_UPDATE_WITHIN:?} of the insert: {last}"
+    );
+    assert_eq!(last[1], "yes", "the page was reloaded instead of updated in place");
+    client.close().await.expect("close the browser");
+}
