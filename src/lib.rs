@@ -13,6 +13,7 @@ pub mod config;
 pub mod connect;
 pub mod db;
 pub mod features;
+pub mod periodic;
 pub mod recommend;
 pub mod recovery;
 pub mod simulate;

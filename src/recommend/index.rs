@@ -141,13 +141,8 @@ impl Recommender {
     ) -> tokio::task::JoinHandle<()> {
         let recommender = Arc::clone(self);
         tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(every);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    _ = ticker.tick() => {}
-                }
+            let mut ticks = crate::periodic::Ticks::new(every, shutdown);
+            while ticks.next().await {
                 recommender.refresh(&store, &features, &catalog).await;
             }
         })

@@ -61,13 +61,8 @@ pub fn spawn_watcher(
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                _ = ticker.tick() => {}
-            }
+        let mut ticks = crate::periodic::Ticks::new(interval, shutdown);
+        while ticks.next().await {
             match follow(&store, &replayer, &known).await {
                 Ok(Some(switched)) => known = switched,
                 Ok(None) => {}

@@ -476,17 +476,11 @@ impl FeatureStore {
     ) -> tokio::task::JoinHandle<()> {
         let store = Arc::clone(self);
         tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    _ = ticker.tick() => {
-                        let was_up = store.redis_is_up();
-                        if store.ping().await.is_ok() && !was_up {
-                            tracing::info!("redis reachable again");
-                        }
-                    }
+            let mut ticks = crate::periodic::Ticks::new(interval, shutdown);
+            while ticks.next().await {
+                let was_up = store.redis_is_up();
+                if store.ping().await.is_ok() && !was_up {
+                    tracing::info!("redis reachable again");
                 }
             }
         })
