@@ -91,14 +91,16 @@ async fn screenshot(client: &Client, name: &str) {
     println!("screenshot: {}", path.display());
 }
 
-/// `[version of the live block, the marker set before the change, whether it names the text]`.
+/// `[version of the live block, the marker set before the change, whether the user's recent
+/// activity names the text]`.
 async fn observe(client: &Client, text: &str) -> Value {
     client
         .execute(
             "const live = document.getElementById('live');
+             const activity = document.getElementById('activity');
              return [live ? live.getAttribute('data-version') : null,
                      window.__sameDocument || null,
-                     live ? live.textContent.includes(arguments[0]) : false];",
+                     activity ? activity.textContent.includes(arguments[0]) : false];",
             vec![json!(text)],
         )
         .await
@@ -146,7 +148,10 @@ async fn the_storefront_renders_server_side_and_updates_in_place() {
         )
         .await
         .expect("mark the document");
-    assert!(!observe(&client, "Hat 3").await[2].as_bool().unwrap_or(true), "Hat 3 shown already");
+    assert!(
+        !observe(&client, "Hat 3").await[2].as_bool().unwrap_or(true),
+        "Hat 3 already in the recent activity"
+    );
 
     let inserted = Instant::now();
     insert_activity(&db, &user, "VIEW_PRODUCT", Some(&format!("{prefix}-h3")), 0).await;

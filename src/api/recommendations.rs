@@ -63,12 +63,6 @@ pub struct Answer {
     pub features: Option<Features>,
 }
 
-impl Answer {
-    pub fn personalized(&self) -> bool {
-        self.source == Source::Personalized
-    }
-}
-
 pub(super) async fn user_recommendations(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
