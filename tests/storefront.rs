@@ -212,7 +212,7 @@ async fn next_live_event(stream: &mut reqwest::Response, buffer: &mut String) ->
 #[tokio::test]
 async fn the_live_stream_pushes_a_new_block_when_the_user_acts() {
     let prefix = unique("live");
-    let persona = Persona::start("live").await;
+    let mut persona = Persona::start("live").await;
     let db = legacy_db().await;
     let shop = seed_shop(&db, &prefix).await;
     let user = format!("{prefix}-bob");
@@ -257,6 +257,15 @@ async fn the_live_stream_pushes_a_new_block_when_the_user_acts() {
     println!("live block arrived {:?} after the insert", started.elapsed());
     assert!(block.starts_with("<div id=\"live\""), "{block}");
     assert!(!block.contains(&format!("data-version=\"{version}\"")), "same version sent again");
+
+    // An open live stream does not hold up a graceful shutdown: it ends when draining starts.
+    tokio::time::timeout(DEADLINE, persona.stop())
+        .await
+        .expect("persona stops within the deadline with a live stream open");
+    let rest =
+        tokio::time::timeout(DEADLINE, async { while let Ok(Some(_)) = stream.chunk().await {} })
+            .await;
+    assert!(rest.is_ok(), "the live stream stayed open after shutdown");
 }
 
 #[tokio::test]

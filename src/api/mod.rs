@@ -43,12 +43,22 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub struct Readiness {
     draining: AtomicBool,
+    /// Cancelled when draining starts: long-lived responses (live streams) end, so that the
+    /// server's graceful shutdown does not wait for them forever.
+    drain: tokio_util::sync::CancellationToken,
 }
 
 impl Readiness {
-    /// From now on `/readyz` answers 503, so load balancers stop sending requests.
+    /// From now on `/readyz` answers 503, so load balancers stop sending requests, and live
+    /// streams close (browsers reconnect to another instance).
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        self.drain.cancel();
+    }
+
+    /// Resolves once draining has started.
+    pub async fn draining(&self) {
+        self.drain.cancelled().await;
     }
 
     fn is_draining(&self) -> bool {

@@ -3,6 +3,7 @@
 //! state changes (on any instance: the store's change notifications) and, at most every
 //! [`INDEX_RECHECK`], when the product index is rebuilt. A block is sent only if its version
 //! differs from the last one sent, or at first from `since` (the version the page rendered).
+//! The stream ends when the instance starts draining; `EventSource` reconnects by itself.
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -49,7 +50,9 @@ impl Listener {
                     None => std::future::pending().await,
                 }
             };
+            let readiness = std::sync::Arc::clone(&self.state.readiness);
             tokio::select! {
+                () = readiness.draining() => return false,
                 change = self.changes.recv() => match change {
                     Ok(key) if *key == *self.user_key => return true,
                     Ok(_) => {}
