@@ -36,6 +36,22 @@ pub struct Config {
     pub connect: ConnectConfig,
     pub features: FeaturesConfig,
     pub recommend: RecommendConfig,
+    pub ops: OpsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// How often replication slots (Postgres) and connector states (Kafka Connect) are polled,
+    /// and the dashboard's history sampled.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self { interval: Duration::from_secs(5) }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,6 +118,9 @@ pub struct KafkaConfig {
     /// picked up quickly.
     #[serde(with = "humantime_serde")]
     pub metadata_refresh: Duration,
+    /// Where change events that cannot be decoded or applied go, with headers saying why
+    /// (`persona dlq list`, `persona dlq replay`). Created at start when missing.
+    pub dlq_topic: String,
     /// Passed to librdkafka as is, after persona's own settings (escape hatch).
     pub extra_librdkafka: BTreeMap<String, String>,
 }
@@ -121,6 +140,7 @@ impl Default for KafkaConfig {
             batch_max_messages: 500,
             partition_queue_capacity: 2_000,
             metadata_refresh: Duration::from_secs(10),
+            dlq_topic: "persona.dlq".into(),
             extra_librdkafka: BTreeMap::new(),
         }
     }
@@ -153,6 +173,10 @@ pub struct RedisConfig {
     pub state_ttl: Duration,
     /// Refuse to start when Redis is unreachable; when false, start and serve L1/missing.
     pub required_to_start: bool,
+    /// How long start-up waits for Redis (with `required_to_start`) before giving up: Redis
+    /// may come up after persona, or be slow to accept connections under load.
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
 }
 
 impl Default for RedisConfig {
@@ -164,6 +188,7 @@ impl Default for RedisConfig {
             command_timeout: Duration::from_millis(500),
             state_ttl: Duration::from_secs(30 * 24 * 3600),
             required_to_start: true,
+            startup_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -292,6 +317,9 @@ impl Config {
                 "must be more than 0 and less than api.request_timeout",
             );
         }
+        if self.ops.interval < Duration::from_secs(1) {
+            return invalid("ops.interval", "must be at least 1s");
+        }
         if self.kafka.group_id.trim().is_empty() {
             return invalid("kafka.group_id", "is empty");
         }
@@ -308,6 +336,17 @@ impl Config {
             return invalid(
                 "kafka.topics",
                 "must not list kafka.products_topic: every instance reads it whole, outside the group",
+            );
+        }
+        if self.kafka.dlq_topic.trim().is_empty() {
+            return invalid("kafka.dlq_topic", "is empty");
+        }
+        if self.kafka.topics.contains(&self.kafka.dlq_topic)
+            || self.kafka.products_topic == self.kafka.dlq_topic
+        {
+            return invalid(
+                "kafka.dlq_topic",
+                "must not be a topic persona consumes, or a dead letter would be read again",
             );
         }
         if !matches!(self.kafka.auto_offset_reset.as_str(), "earliest" | "latest") {

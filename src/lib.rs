@@ -4,15 +4,20 @@
 //! Data flows through the modules in this order:
 //! [`cdc`] (consume + decode) → [`features`] (pure computation) → [`store`] (moka L1 + Redis L2)
 //! → [`recommend`] (ranking from live features) → [`api`] (JSON) and [`web`] (server-rendered
-//! pages, live updates). [`simulate`] plays the legacy application for demos. [`connect`] manages the Debezium connector, [`db`] the CDC setup of the
-//! legacy database, [`config`] the one configuration tree, [`telemetry`] metrics and logs.
+//! pages, live updates). Events that cannot be decoded or applied go to [`dlq`]; [`ops`]
+//! gathers what the dashboard shows.
+//! [`simulate`] plays the legacy application for demos. [`connect`] manages the Debezium
+//! connector, [`db`] the CDC setup of the legacy database, [`config`] the one configuration
+//! tree, [`telemetry`] metrics and logs.
 
 pub mod api;
 pub mod cdc;
 pub mod config;
 pub mod connect;
 pub mod db;
+pub mod dlq;
 pub mod features;
+pub mod ops;
 pub mod periodic;
 pub mod recommend;
 pub mod recovery;

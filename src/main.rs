@@ -2,10 +2,11 @@
 //! together and owns shutdown.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -13,12 +14,14 @@ use persona::api::{self, AppState, RankingCache, Readiness};
 use persona::cdc::{Dimension, Ingest, Replay};
 use persona::config::Config;
 use persona::connect::{self, ConnectClient};
+use persona::dlq::DeadLetters;
 use persona::features::{FeatureSet, ProductCatalog};
+use persona::ops::OpsView;
 use persona::recommend::{self, Recommender};
 use persona::recovery;
 use persona::store::FeatureStore;
 use persona::web::ActiveUsers;
-use persona::{db, simulate, telemetry};
+use persona::{db, dlq, simulate, telemetry};
 
 const REDIS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often instances check which state generation is current (rebuilds, emptied Redis).
@@ -72,8 +75,40 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Inspect and re-drive the dead-letter topic (change events that could not be decoded
+    /// or applied).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Print the effective configuration (secrets redacted) and exit.
     Config,
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters: where they came from, why they failed, and a preview of the value.
+    List {
+        /// Start at this offset of the dead-letter topic.
+        #[arg(long, default_value_t = 0)]
+        from: i64,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Produce dead letters back to the partition they came from, once the cause is fixed;
+    /// persona applies each once, however often it is re-driven.
+    Replay {
+        /// Offsets of the dead-letter topic to re-drive (repeatable).
+        #[arg(long = "offset", required_unless_present = "all", conflicts_with = "all")]
+        offsets: Vec<i64>,
+        /// Re-drive every dead letter.
+        #[arg(long)]
+        all: bool,
+        /// Show what would be re-driven, produce nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -85,29 +120,71 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 
 #[derive(Subcommand)]
 enum ConnectorCommand {
-    /// Resolve ${env:NAME} placeholders, create or update the connector(s), and wait until
-    /// they run. PATH is a connector JSON file or a directory of them.
+    /// Check connector files offline, against Postgres (publication, replica identity, slot)
+    /// and against the plugin's validation in Kafka Connect; exit status 1 on any problem.
+    Validate {
+        #[arg(default_value = "connect")]
+        path: PathBuf,
+    },
+    /// Show what apply would change in the deployed config, secrets masked.
+    Plan {
+        #[arg(default_value = "connect")]
+        path: PathBuf,
+    },
+    /// Resolve ${env:NAME} placeholders, create or update the connector(s) whose deployed
+    /// config differs, and wait until they run. PATH is a connector JSON file or a directory.
     Apply {
+        #[arg(default_value = "connect")]
+        path: PathBuf,
+    },
+    /// Connector and task states as a table; exit status 1 when anything is not RUNNING.
+    Status {
+        #[arg(default_value = "connect")]
+        path: PathBuf,
+    },
+    /// Restart failed tasks (all tasks and the connector with --all), then wait until running.
+    Restart {
+        #[arg(default_value = "connect")]
+        path: PathBuf,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Pause the connector(s): Debezium stops reading the slot, which retains WAL meanwhile.
+    Pause {
+        #[arg(default_value = "connect")]
+        path: PathBuf,
+    },
+    /// Resume paused connector(s) and wait until they run.
+    Resume {
+        #[arg(default_value = "connect")]
+        path: PathBuf,
+    },
+    /// Delete the connector(s) from Kafka Connect (the replication slot stays).
+    Delete {
         #[arg(default_value = "connect")]
         path: PathBuf,
     },
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     telemetry::init_tracing();
     let config = Config::load(cli.config.as_deref())?;
-    match cli.command {
+    run(config, cli.command).await
+}
+
+/// Runs one command. Most succeed or fail; the connector commands have more to say in their
+/// exit status.
+async fn run(config: Config, command: Command) -> anyhow::Result<ExitCode> {
+    let outcome: anyhow::Result<()> = match command {
         Command::Serve => serve(config).await,
         Command::Migrate => {
             db::migrate(&config.postgres).await?;
             println!("migrations applied");
             Ok(())
         }
-        Command::Connector { command: ConnectorCommand::Apply { path } } => {
-            apply_connectors(&config, &path).await
-        }
+        Command::Connector { command } => return connector_command(&config, command).await,
         Command::Rebuild { grace } => {
             let features = FeatureSet::load(config.features.definitions.as_deref())?;
             let store = FeatureStore::connect(&config.redis, &config.cache)
@@ -141,29 +218,58 @@ async fn main() -> anyhow::Result<()> {
             println!("{summary}");
             Ok(())
         }
+        Command::Dlq { command } => dlq_command(&config, command).await,
         Command::Config => {
             println!("{config:#?}");
             Ok(())
         }
-    }
+    };
+    outcome.map(|()| ExitCode::SUCCESS)
 }
 
-async fn apply_connectors(config: &Config, path: &std::path::Path) -> anyhow::Result<()> {
-    let paths = connect::connector_paths(path)?;
-    if paths.is_empty() {
-        bail!("no connector JSON file in {}", path.display());
-    }
-    // Resolve every file first: a missing variable anywhere means nothing is applied.
-    let mut resolved = Vec::new();
-    for path in &paths {
-        let file = connect::load(path)?;
-        let connector_config = connect::resolve(path, &file, |name| std::env::var(name).ok())?;
-        resolved.push((file.name, connector_config));
-    }
+async fn connector_command(config: &Config, command: ConnectorCommand) -> anyhow::Result<ExitCode> {
+    use connect::commands::{self, Action};
     let client = ConnectClient::new(&config.connect.url);
-    for (name, connector_config) in resolved {
-        client.apply(&name, &connector_config, config.connect.apply_timeout).await?;
-        println!("connector {name}: RUNNING");
+    let timeout = config.connect.apply_timeout;
+    let names = |path: &std::path::Path| -> anyhow::Result<Vec<String>> {
+        Ok(commands::load_all(path)?.into_iter().map(|item| item.file.name).collect())
+    };
+    let act = |path: &std::path::Path, action: Action| {
+        let names = names(path);
+        let client = &client;
+        async move { Ok::<_, anyhow::Error>(commands::act(client, &names?, action, timeout).await?) }
+    };
+    Ok(match command {
+        ConnectorCommand::Validate { path } => {
+            commands::validate(&client, &commands::load_all(&path)?).await
+        }
+        ConnectorCommand::Plan { path } => {
+            commands::plan(&client, &commands::load_all(&path)?).await?
+        }
+        ConnectorCommand::Apply { path } => {
+            commands::apply(&client, &commands::load_all(&path)?, timeout).await?
+        }
+        ConnectorCommand::Status { path } => commands::status(&client, &names(&path)?).await?,
+        ConnectorCommand::Restart { path, all } => {
+            act(&path, Action::Restart { only_failed: !all }).await?
+        }
+        ConnectorCommand::Pause { path } => act(&path, Action::Pause).await?,
+        ConnectorCommand::Resume { path } => act(&path, Action::Resume).await?,
+        ConnectorCommand::Delete { path } => act(&path, Action::Delete).await?,
+    })
+}
+
+async fn dlq_command(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
+    match command {
+        DlqCommand::List { from, json } => dlq::commands::list(&config.kafka, from, json).await?,
+        DlqCommand::Replay { offsets, all, dry_run } => {
+            let selection = if all {
+                dlq::commands::Selection::All
+            } else {
+                dlq::commands::Selection::Offsets(offsets)
+            };
+            dlq::commands::replay(&config.kafka, selection, dry_run).await?;
+        }
     }
     Ok(())
 }
@@ -188,7 +294,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let invalidations = store.spawn_invalidation_listener(shutdown.clone());
     let catalog = Arc::new(ProductCatalog::default());
     let dimension = Dimension::start(&config.kafka, Arc::clone(&catalog))?;
-    let ingest = Ingest::start(&config.kafka, Arc::clone(&store), Arc::clone(&features))?;
+    let dead_letters = DeadLetters::new(&config.kafka)?;
+    if let Err(error) = dead_letters.ensure_topic(&config.kafka).await {
+        // Brokers that auto-create topics still take the first dead letter.
+        tracing::warn!(error = %error, "cannot create the dead-letter topic");
+    }
+    let ingest = Ingest::start(
+        &config.kafka,
+        Arc::clone(&store),
+        Arc::clone(&features),
+        dead_letters.clone(),
+    )?;
     if fresh_state {
         ingest.replayer().replay(Replay::LostState);
     }
@@ -217,6 +333,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let active_users = Arc::new(ActiveUsers::default());
     let tracker = active_users.spawn_tracker(&store, shutdown.clone());
+    let ops = Arc::new(OpsView::default());
+    let ops_poller = ops.spawn_poller(
+        config.postgres.url.expose().clone(),
+        ConnectClient::new(&config.connect.url),
+        config.ops.interval,
+        shutdown.clone(),
+    );
+    let sampler = ops.history.spawn_sampler(metrics.clone(), config.ops.interval, shutdown.clone());
     let readiness = Arc::new(Readiness::default());
     let state = AppState {
         store,
@@ -230,6 +354,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         recommender,
         render_deadline: config.recommend.render_deadline,
         active_users: Arc::clone(&active_users),
+        ops,
     };
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -263,6 +388,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = invalidations.await;
     let _ = refresher.await;
     let _ = tracker.await;
+    let _ = ops_poller.await;
+    let _ = sampler.await;
     if !server.is_finished() {
         let _ = server.await;
     }

@@ -12,6 +12,8 @@ use tracing_subscriber::EnvFilter;
 pub const EVENTS_CONSUMED: &str = "persona_events_consumed_total";
 /// Messages that could not be decoded or applied and were skipped; label `kind`.
 pub const DECODE_ERRORS: &str = "persona_decode_errors_total";
+/// Messages produced to the dead-letter topic; labels `topic` (where they came from), `kind`.
+pub const DEAD_LETTERS: &str = "persona_dead_letters_total";
 /// Feature state writes acknowledged by Redis.
 pub const STATE_WRITES: &str = "persona_state_writes_total";
 /// Redis round trips that failed; label `op` (see [`REDIS_ROUND_TRIPS`]).
@@ -20,6 +22,23 @@ pub const REDIS_ERRORS: &str = "persona_redis_errors_total";
 /// (API and pages), `index_read` (product index), `ingest_read`, `ingest_write`, `generation`,
 /// `ping`.
 pub const REDIS_ROUND_TRIPS: &str = "persona_redis_round_trips_total";
+/// Duration of Redis round trips, in seconds; label `op` as for [`REDIS_ROUND_TRIPS`].
+pub const REDIS_COMMAND_SECONDS: &str = "persona_redis_command_duration_seconds";
+/// HTTP requests served, by duration in seconds; labels `method`, `route` (the matched route
+/// pattern, never the raw path), `status`.
+pub const HTTP_REQUEST_SECONDS: &str = "persona_http_request_duration_seconds";
+/// Consumer lag of each assigned partition, in messages (high watermark minus the offset
+/// stored after the effects were durable); labels `topic`, `partition`.
+pub const CONSUMER_LAG: &str = "persona_consumer_lag_messages";
+/// WAL Postgres retains for a replication slot, in bytes; label `slot`.
+pub const SLOT_RETAINED_WAL: &str = "persona_replication_slot_retained_wal_bytes";
+/// 1 while a replication slot has a consumer attached (Debezium streaming), else 0; label `slot`.
+pub const SLOT_ACTIVE: &str = "persona_replication_slot_active";
+/// 1 for the connector's current state, 0 for the others; labels `connector`, `state`
+/// (`RUNNING`, `PAUSED`, `FAILED`, `UNASSIGNED`, `RESTARTING`, `MISSING`).
+pub const CONNECTOR_STATE: &str = "persona_connector_state";
+/// 1 for each task's current state, 0 for the others; labels `connector`, `task`, `state`.
+pub const CONNECTOR_TASK_STATE: &str = "persona_connector_task_state";
 /// Feature reads by tier that answered; label `tier` (`l1`, `redis`, `none`).
 pub const CACHE_LOOKUPS: &str = "persona_cache_lookups_total";
 /// L1 entries dropped because another instance wrote a newer state.
@@ -44,15 +63,36 @@ pub const CATALOG_CHANGES: &str = "persona_catalog_changes_total";
 pub const CATALOG_PRODUCTS: &str = "persona_catalog_products";
 /// Rebuilds of feature state; label `reason` (`command`, `redis_emptied`, `definitions_changed`).
 pub const REBUILDS: &str = "persona_rebuilds_total";
+/// Debezium's processing time minus the Postgres commit time, in seconds.
+pub const CAPTURE_LAG_SECONDS: &str = "persona_capture_lag_seconds";
 /// Time from the Postgres commit to the feature write being acknowledged, in seconds.
 pub const FRESHNESS_SECONDS: &str = "persona_freshness_seconds";
+
+/// Seconds; pipeline latencies are tens of milliseconds when healthy, seconds when not.
+const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Seconds; Redis round trips and API requests take well under a millisecond to tens of them.
+const FAST_BUCKETS: &[f64] =
+    &[0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
 /// Installs the global metrics recorder and returns the handle `/metrics` renders from.
 pub fn install_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full(FRESHNESS_SECONDS.to_string()),
-            &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            LATENCY_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(CAPTURE_LAG_SECONDS.to_string()),
+            LATENCY_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(REDIS_COMMAND_SECONDS.to_string()),
+            FAST_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(HTTP_REQUEST_SECONDS.to_string()),
+            FAST_BUCKETS,
         )?
         .install_recorder()?;
     Ok(handle)

@@ -35,6 +35,7 @@ async fn router() -> axum::Router {
         recommender: Arc::new(Recommender::default()),
         render_deadline: std::time::Duration::from_millis(50),
         active_users: Arc::new(ActiveUsers::default()),
+        ops: Arc::new(persona::ops::OpsView::default()),
     };
     app(state, &ApiConfig::default())
 }

@@ -11,7 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    DEADLINE, Persona, eventually, free_port, insert_activity, legacy_db, unique, upsert_product,
+    CATCH_UP, DEADLINE, DEFAULT_PARTITIONS, Persona, eventually, free_port, insert_activity,
+    legacy_db, unique, upsert_product,
 };
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
@@ -133,6 +134,10 @@ async fn the_storefront_renders_server_side_and_updates_in_place() {
     })
     .await;
 
+    // The two seconds are for an instance that keeps up, not one still reading the topics'
+    // history as a new consumer group does.
+    persona.wait_caught_up(DEFAULT_PARTITIONS, CATCH_UP).await;
+
     let driver = ChromeDriver::start();
     let profile = tempfile::tempdir().expect("browser profile");
     let client = browser(&driver, profile.path()).await;
@@ -171,5 +176,75 @@ async fn the_storefront_renders_server_side_and_updates_in_place() {
         "the live block did not change within {LIVE_UPDATE_WITHIN:?} of the insert: {last}"
     );
     assert_eq!(last[1], "yes", "the page was reloaded instead of updated in place");
+    client.close().await.expect("close the browser");
+}
+
+/// The ops dashboard after a workload: server-rendered charts with data, readable in Chromium.
+#[tokio::test]
+async fn the_dashboard_draws_charts_after_a_workload() {
+    let user = unique("dash");
+    let persona = Persona::start_with(
+        "dashboard",
+        &unique("dashboard"),
+        vec![("PERSONA_OPS__INTERVAL".into(), "1s".into())],
+    )
+    .await;
+    let db = legacy_db().await;
+    for _ in 0..5 {
+        insert_activity(&db, &user, "CLICK", None, 0).await;
+    }
+    persona.wait_for_features(&user, &[("clicks_1m", json!(5))]).await;
+    // The sampler needs two samples around the workload for a rate; it takes one a second.
+    eventually("the dashboard charts events and freshness", DEADLINE, || async {
+        let (status, _, html) = persona.get_text("/ops").await;
+        let freshness_charted = html
+            .split("<figure")
+            .any(|figure| figure.contains("Freshness p50") && figure.contains("<polyline"));
+        if status == 200 && freshness_charted && html.contains("persona-postgres") {
+            Ok(())
+        } else {
+            Err(format!("status {status}, freshness charted: {freshness_charted}"))
+        }
+    })
+    .await;
+
+    let driver = ChromeDriver::start();
+    let profile = tempfile::tempdir().expect("browser profile");
+    let client = browser(&driver, profile.path()).await;
+    client.goto(&format!("{}/ops", persona.base_url)).await.expect("open the dashboard");
+    let lines = client.find_all(Locator::Css(".chart polyline")).await.expect("charts");
+    assert!(lines.len() >= 4, "{} charts drawn", lines.len());
+    for line in &lines {
+        let points = line.attr("points").await.expect("points").unwrap_or_default();
+        assert!(!points.trim().is_empty(), "an empty chart line");
+    }
+    let events_chart = client
+        .find(Locator::XPath("//figure[figcaption[contains(., 'Events per second')]]"))
+        .await
+        .expect("events chart");
+    let caption = events_chart.text().await.expect("caption");
+    assert!(!caption.contains("max 0.0/s"), "no event rate charted: {caption}");
+    let events: f64 = client
+        .find(Locator::Id("events-total"))
+        .await
+        .expect("events tile")
+        .text()
+        .await
+        .expect("text")
+        .parse()
+        .expect("a number");
+    assert!(events >= 5.0, "{events} events counted");
+    let connector = client.find(Locator::Css("#connectors")).await.expect("connector table");
+    assert!(connector.text().await.expect("text").contains("RUNNING"));
+    screenshot(&client, "dashboard.png").await;
+
+    client.goto(&format!("{}/ops/users/{user}", persona.base_url)).await.expect("inspector");
+    let row = client
+        .find(Locator::XPath("//table[@id='features']//tr[td[1]='clicks_1m']"))
+        .await
+        .expect("clicks_1m row");
+    let text = row.text().await.expect("text");
+    assert!(text.contains("present") && text.contains('5'), "{text}");
+    screenshot(&client, "inspector.png").await;
     client.close().await.expect("close the browser");
 }

@@ -40,12 +40,12 @@ pub(super) struct FeaturesQuery {
 }
 
 #[derive(Debug, Serialize)]
-pub(super) struct EntityFeatures {
-    entity: Entity,
-    id: String,
+pub struct EntityFeatures {
+    pub entity: Entity,
+    pub id: String,
     /// `live`, `stale` (Redis unreachable, served from L1) or `unavailable`.
-    freshness: Freshness,
-    features: Features,
+    pub freshness: Freshness,
+    pub features: Features,
 }
 
 #[derive(Debug, Serialize)]
@@ -221,6 +221,26 @@ pub(super) async fn batch(
     }
     let results = read_and_evaluate(&state, requests, at, explicit_at).await;
     Ok(Json(BatchResponse { at, results }))
+}
+
+/// Every feature of one user at `at`, as `GET /api/v1/users/{id}/features` reads them (for the
+/// dashboard's inspector).
+pub async fn read_user_features(
+    state: &AppState,
+    user_id: &str,
+    at: DateTime<Utc>,
+) -> EntityFeatures {
+    let request = Request {
+        entity: EntityRef { entity: Entity::User, id: user_id.to_string() },
+        names: None,
+    };
+    let mut results = read_and_evaluate(state, vec![request], at, false).await;
+    results.pop().unwrap_or_else(|| EntityFeatures {
+        entity: Entity::User,
+        id: user_id.to_string(),
+        freshness: Freshness::Unavailable,
+        features: Features::new(),
+    })
 }
 
 struct Request {

@@ -34,7 +34,7 @@ use crate::recommend::Recommender;
 use crate::store::FeatureStore;
 use crate::web::{self, ActiveUsers};
 
-pub use features::{MAX_BATCH, RankingCache};
+pub use features::{EntityFeatures, MAX_BATCH, RankingCache, read_user_features};
 pub use recommendations::{Answer, Degraded, Source, recommend_for};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -85,6 +85,8 @@ pub struct AppState {
     pub render_deadline: Duration,
     /// Users seen active lately, for the storefront's user picker.
     pub active_users: Arc<ActiveUsers>,
+    /// What the dashboard shows: sampled metrics, slot and connector health.
+    pub ops: Arc<crate::ops::OpsView>,
 }
 
 pub fn app(state: AppState, config: &ApiConfig) -> Router {
@@ -114,6 +116,7 @@ pub fn app(state: AppState, config: &ApiConfig) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(web::routes())
+        .route_layer(axum::middleware::from_fn(record_latency))
         .fallback(not_found)
         .layer(
             ServiceBuilder::new()
@@ -126,6 +129,26 @@ pub fn app(state: AppState, config: &ApiConfig) -> Router {
                 .timeout(config.request_timeout),
         )
         .with_state(state)
+}
+
+/// Records each routed request's latency (until the response head) under its route pattern, so
+/// that user ids in paths do not become label values.
+async fn record_latency(
+    route: MatchedPath,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    metrics::histogram!(
+        crate::telemetry::HTTP_REQUEST_SECONDS,
+        "method" => method,
+        "route" => route.as_str().to_owned(),
+        "status" => response.status().as_u16().to_string()
+    )
+    .record(started.elapsed().as_secs_f64());
+    response
 }
 
 async fn overload_error(error: BoxError) -> AppError {

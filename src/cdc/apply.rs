@@ -9,6 +9,7 @@ use chrono::Utc;
 use rdkafka::message::{Message, OwnedMessage};
 
 use super::envelope::{self, CdcMessage};
+use crate::dlq::{self, DeadLetters, Failure};
 use crate::features::{self, Entity, EntityState, FeatureSet, SourceChange};
 use crate::store::{EntityRef, FeatureStore, StateKey};
 use crate::telemetry;
@@ -25,7 +26,7 @@ pub struct BatchStats {
     pub duplicates: u64,
     /// Rows dropped by a feature as older than its window and history.
     pub late: u64,
-    /// Messages that could not be decoded, skipped.
+    /// Messages that could not be decoded, dead-lettered (or, in a rebuild, skipped).
     pub errors: u64,
 }
 
@@ -41,11 +42,15 @@ impl std::ops::AddAssign for BatchStats {
 pub struct Applier<'a> {
     pub features: &'a FeatureSet,
     pub store: &'a FeatureStore,
+    /// Where undecodable messages go; `None` when replaying for a rebuild, which only counts
+    /// them (the live ingest dead-lettered them already).
+    pub dead_letters: Option<&'a DeadLetters>,
 }
 
 impl Applier<'_> {
     /// Decodes, applies and writes one batch of a partition's messages, in offset order. A write
-    /// that fails is retried until it succeeds: the caller moves offsets only afterwards.
+    /// (or dead letter) that fails is retried until it succeeds: the caller moves offsets only
+    /// afterwards.
     pub async fn apply_batch(
         &self,
         topic: &str,
@@ -54,25 +59,30 @@ impl Applier<'_> {
     ) -> BatchStats {
         let mut stats = BatchStats::default();
         let mut changes: Vec<SourceChange> = Vec::new();
+        let mut failures: Vec<(&OwnedMessage, Failure)> = Vec::new();
         for message in batch {
             match envelope::decode(message.payload()) {
                 Ok(CdcMessage::Change(event)) => {
                     count_consumed(topic, event.op.label());
+                    record_capture_lag(&event);
                     match envelope::source_change(&event) {
-                        Ok(Some(change)) => changes.push(change),
-                        Ok(None) => {}
-                        Err(error) => {
-                            stats.errors += 1;
-                            skip(message, &error);
+                        Ok(Some(mut change)) => {
+                            change.replay = dlq::is_replay(message);
+                            changes.push(change);
                         }
+                        Ok(None) => {}
+                        Err(error) => failures.push((message, failure(message, &error))),
                     }
                 }
                 Ok(CdcMessage::Tombstone) => count_consumed(topic, "tombstone"),
                 Ok(CdcMessage::Heartbeat { .. }) => count_consumed(topic, "heartbeat"),
-                Err(error) => {
-                    stats.errors += 1;
-                    skip(message, &error);
-                }
+                Err(error) => failures.push((message, failure(message, &error))),
+            }
+        }
+        stats.errors = failures.len() as u64;
+        if let Some(dead_letters) = self.dead_letters {
+            for (message, failure) in &failures {
+                dead_letter(dead_letters, message, failure).await;
             }
         }
         stats.changes = changes.len() as u64;
@@ -226,14 +236,40 @@ impl Applier<'_> {
     }
 }
 
-fn skip(message: &OwnedMessage, error: &envelope::DecodeError) {
+fn failure(message: &OwnedMessage, error: &envelope::DecodeError) -> Failure {
     tracing::warn!(
         offset = message.offset(),
         kind = error.kind(),
         error = %error,
-        "skipping undecodable change event"
+        "undecodable change event"
     );
     metrics::counter!(telemetry::DECODE_ERRORS, "kind" => error.kind()).increment(1);
+    Failure { kind: error.kind(), error: error.to_string() }
+}
+
+/// Produces the message to the dead-letter topic, retrying until the broker acknowledges it:
+/// its offset must not be stored before.
+async fn dead_letter(dead_letters: &DeadLetters, message: &OwnedMessage, failure: &Failure) {
+    let mut backoff = WRITE_BACKOFF_MIN;
+    while let Err(error) = dead_letters.send(message, failure).await {
+        tracing::warn!(error = %error, offset = message.offset(), retry_in = ?backoff, "dead letter not acknowledged; holding offsets and retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(WRITE_BACKOFF_MAX);
+    }
+    tracing::info!(
+        offset = message.offset(),
+        dlq = dead_letters.topic(),
+        kind = failure.kind,
+        "change event dead-lettered"
+    );
+}
+
+/// Debezium's processing time minus the commit time: how far behind the WAL capture runs.
+fn record_capture_lag(event: &envelope::ChangeEvent) {
+    if let (Some(processed), Some(committed)) = (event.ts_ms, event.source.ts_ms) {
+        let seconds = (processed - committed).max(0) as f64 / 1000.0;
+        metrics::histogram!(telemetry::CAPTURE_LAG_SECONDS).record(seconds);
+    }
 }
 
 fn count_consumed(topic: &str, op: &'static str) {

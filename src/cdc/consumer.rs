@@ -12,30 +12,32 @@
 //! it seeks to the first offset not handed to the worker.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle as ThreadHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::Offset;
-use rdkafka::client::ClientContext;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::topic_partition_list::TopicPartitionList;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::context::{IngestContext, PartitionKey, PartitionSlot, commit_stored};
 use super::partition::PartitionWorker;
 use crate::config::KafkaConfig;
+use crate::dlq::DeadLetters;
 use crate::features::FeatureSet;
 use crate::store::FeatureStore;
 use crate::telemetry;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const SEEK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often librdkafka reports statistics (consumer lag).
+const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -45,141 +47,6 @@ pub enum IngestError {
     Subscribe { topics: Vec<String>, source: KafkaError },
     #[error("cannot start the poll thread: {0}")]
     Thread(#[source] std::io::Error),
-}
-
-type PartitionKey = (String, i32);
-
-struct PartitionSlot {
-    /// The offset after the last message handed to the worker. A message below it was handed
-    /// out already and is dropped, so the worker sees each offset once, in order, and stored
-    /// offsets never move back.
-    next_offset: i64,
-    /// Set while the partition is paused because its queue was full: the offset to seek back
-    /// to on resume. Messages that arrive meanwhile are dropped (they are fetched again).
-    /// Seeking explicitly, rather than trusting the fetcher to resume where the application
-    /// stopped, is what keeps messages from being skipped (seen with tansu).
-    paused_at: Option<i64>,
-    queue: mpsc::Sender<OwnedMessage>,
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-/// librdkafka callbacks: logs into `tracing`, and drains revoked partitions before their offsets
-/// are committed.
-pub struct IngestContext {
-    partitions: Mutex<HashMap<PartitionKey, PartitionSlot>>,
-    runtime: Handle,
-    drain_timeout: Duration,
-}
-
-impl ClientContext for IngestContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{log_message}"),
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", fac, "{log_message}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        metrics::counter!(telemetry::CONSUMER_ERRORS).increment(1);
-        tracing::warn!(target: "librdkafka", error = %error, reason, "kafka client error");
-    }
-}
-
-impl ConsumerContext for IngestContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(revoked) = rebalance {
-            let keys: Vec<PartitionKey> = revoked
-                .elements()
-                .iter()
-                .map(|tp| (tp.topic().to_string(), tp.partition()))
-                .collect();
-            tracing::info!(partitions = keys.len(), "partitions revoked; draining");
-            self.drain(Some(&keys));
-            commit_stored(consumer);
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(assigned) = rebalance {
-            tracing::info!(partitions = assigned.count(), "partitions assigned");
-        }
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(error) = result
-            && !matches!(
-                error,
-                KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)
-            )
-        {
-            tracing::warn!(error = %error, "offset commit failed; it will be retried with the next one");
-        }
-    }
-}
-
-impl IngestContext {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PartitionKey, PartitionSlot>> {
-        self.partitions.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Stops the workers of `keys` (all when `None`) and waits, up to the drain timeout, for
-    /// their in-flight batch to finish. Messages still queued are dropped: their offsets were not
-    /// stored, so whoever owns the partition next reads them again.
-    fn drain(&self, keys: Option<&[PartitionKey]>) {
-        let slots: Vec<(PartitionKey, PartitionSlot)> = {
-            let mut partitions = self.lock();
-            match keys {
-                Some(keys) => keys.iter().filter_map(|k| partitions.remove_entry(k)).collect(),
-                None => partitions.drain().collect(),
-            }
-        };
-        if slots.is_empty() {
-            return;
-        }
-        for (_, slot) in &slots {
-            slot.stop.cancel();
-        }
-        let deadline = tokio::time::Instant::now() + self.drain_timeout;
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        // Waited for through a std channel rather than `Handle::block_on`, which panics when the
-        // last consumer handle happens to be dropped on a runtime thread.
-        self.runtime.spawn(async move {
-            for ((topic, partition), slot) in slots {
-                drop(slot.queue);
-                let mut task = slot.task;
-                let outcome = match tokio::time::timeout_at(deadline, &mut task).await {
-                    Ok(_) => "drained",
-                    Err(_) => {
-                        task.abort();
-                        tracing::warn!(%topic, partition, "partition did not drain in time; its uncommitted messages will be redelivered");
-                        "timed_out"
-                    }
-                };
-                metrics::counter!(telemetry::PARTITION_DRAINS, "outcome" => outcome).increment(1);
-            }
-            let _ = done_tx.send(());
-        });
-        if done_rx.recv_timeout(self.drain_timeout + Duration::from_secs(1)).is_err() {
-            tracing::warn!("drain did not report back in time");
-        }
-    }
-}
-
-fn commit_stored(consumer: &BaseConsumer<IngestContext>) {
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => {}
-        // Nothing stored since the last commit.
-        Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-        Err(error) => tracing::warn!(error = %error, "synchronous offset commit failed"),
-    }
 }
 
 /// Checks that a broker answers; used by the readiness probe.
@@ -238,14 +105,17 @@ impl Ingest {
         config: &KafkaConfig,
         store: Arc<FeatureStore>,
         features: Arc<FeatureSet>,
+        dead_letters: DeadLetters,
     ) -> Result<Self, IngestError> {
         let context = IngestContext {
             partitions: Mutex::new(HashMap::new()),
             runtime: Handle::current(),
             drain_timeout: config.drain_timeout,
         };
-        let consumer: BaseConsumer<IngestContext> =
-            client_config(config).create_with_context(context).map_err(IngestError::Create)?;
+        let consumer: BaseConsumer<IngestContext> = client_config(config)
+            .set("statistics.interval.ms", STATISTICS_INTERVAL.as_millis().to_string())
+            .create_with_context(context)
+            .map_err(IngestError::Create)?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
@@ -259,6 +129,7 @@ impl Ingest {
             consumer: Arc::clone(&consumer),
             store,
             features,
+            dead_letters,
             stop: stop.clone(),
             batch_max: config.batch_max_messages,
             queue_capacity: config.partition_queue_capacity,
@@ -325,6 +196,7 @@ struct PollLoop {
     consumer: Arc<BaseConsumer<IngestContext>>,
     store: Arc<FeatureStore>,
     features: Arc<FeatureSet>,
+    dead_letters: DeadLetters,
     stop: CancellationToken,
     batch_max: usize,
     queue_capacity: usize,
@@ -500,6 +372,7 @@ impl PollLoop {
             consumer: Arc::clone(&self.consumer),
             store: Arc::clone(&self.store),
             features: Arc::clone(&self.features),
+            dead_letters: self.dead_letters.clone(),
             batch_max: self.batch_max,
         };
         let task = self.consumer.context().runtime.spawn(worker.run(receiver, stop.clone()));

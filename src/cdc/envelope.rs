@@ -357,7 +357,14 @@ pub fn source_change(event: &ChangeEvent) -> Result<Option<SourceChange>, Decode
     };
     let before = image(&event.before)?;
     let after = if event.op == Op::Delete { None } else { image(&event.after)? };
-    Ok(Some(SourceChange { table, before, after, position: position(event)?, committed_at }))
+    Ok(Some(SourceChange {
+        table,
+        before,
+        after,
+        position: position(event)?,
+        committed_at,
+        replay: false,
+    }))
 }
 
 /// A `products` row image.

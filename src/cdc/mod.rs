@@ -11,8 +11,10 @@
 //! - A message's offset is stored (and later auto-committed) only after the Redis write for it
 //!   was acknowledged. A partition's messages are handled by one task, in order, so offsets are
 //!   stored in order.
-//! - A message that cannot be decoded is counted, logged with topic/partition/offset and skipped;
-//!   its offset advances with the batch. A failed Redis write is retried (the partition waits).
+//! - A message that cannot be decoded is counted, logged with topic/partition/offset and
+//!   produced to the dead-letter topic ([`crate::dlq`]); its offset advances with the batch once
+//!   the broker acknowledged the dead letter. A failed Redis write or dead letter is retried
+//!   (the partition waits).
 //! - On revoke and on shutdown the affected workers finish their in-flight batch (bounded by
 //!   `kafka.drain_timeout`), then stored offsets are committed synchronously.
 //! - Redelivery after a crash, and Debezium publishing events again after a Connect restart, are
@@ -23,6 +25,7 @@
 
 mod apply;
 mod consumer;
+mod context;
 mod dimension;
 pub mod envelope;
 mod partition;

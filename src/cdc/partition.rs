@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::apply::Applier;
-use super::consumer::IngestContext;
+use super::context::IngestContext;
+use crate::dlq::DeadLetters;
 use crate::features::FeatureSet;
 use crate::store::FeatureStore;
 use crate::telemetry;
@@ -23,6 +24,7 @@ pub(super) struct PartitionWorker {
     pub consumer: Arc<BaseConsumer<IngestContext>>,
     pub store: Arc<FeatureStore>,
     pub features: Arc<FeatureSet>,
+    pub dead_letters: DeadLetters,
     pub batch_max: usize,
 }
 
@@ -55,7 +57,11 @@ impl PartitionWorker {
                 first_offset,
                 last_offset
             );
-            let applier = Applier { features: &self.features, store: &self.store };
+            let applier = Applier {
+                features: &self.features,
+                store: &self.store,
+                dead_letters: Some(&self.dead_letters),
+            };
             applier.apply_batch(&self.topic, self.partition, &batch).instrument(span).await;
             self.store_offset(last_offset);
         }

@@ -1,15 +1,27 @@
 //! Connector operations: the Debezium connector lives as JSON files in `connect/`
 //! (`{"name": …, "config": {…}}`), with credentials as `${env:NAME}` placeholders that are
-//! resolved here, at apply time, so nothing secret is committed. Applying is idempotent
-//! (`PUT /connectors/{name}/config`) and waits until the connector and its tasks run.
+//! resolved here, at apply time, so nothing secret is committed.
+//!
+//! - [`validate`]: the file offline, against Postgres (publication, replica identity, slot) and
+//!   against the plugin's own validation in Connect; each problem comes with its fix.
+//! - [`plan`]: what applying would change in the deployed config, secrets masked.
+//! - [`commands`]: `persona connector validate|plan|apply|status|restart|pause|resume|delete`.
+//!   Apply is idempotent (nothing is sent when the deployed config already matches) and waits
+//!   until the connector and its tasks run.
+
+mod client;
+pub mod commands;
+mod plan;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 
-const STATUS_POLL: Duration = Duration::from_millis(500);
+pub use client::{ConnectClient, ConnectorStatus, TaskStatus};
+pub use plan::{Change, plan};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -23,10 +35,12 @@ pub enum ConnectError {
     BadPlaceholder { path: PathBuf, key: String },
     #[error("kafka connect at {url} is unreachable: {source}")]
     Unreachable { url: String, source: reqwest::Error },
-    #[error("kafka connect rejected {name}: HTTP {status}: {body}")]
+    #[error("kafka connect rejected {name} (HTTP {status}):\n{body}")]
     Rejected { name: String, status: u16, body: String },
     #[error("connector {name} is not running after {waited:?}: {detail}")]
     NotRunning { name: String, waited: Duration, detail: String },
+    #[error("kafka connect answered {what} with something unexpected: {detail}")]
+    Unexpected { what: String, detail: String },
 }
 
 /// A connector file as committed: placeholders unresolved.
@@ -101,126 +115,6 @@ pub fn resolve(
         return Err(ConnectError::MissingEnv { path: path.to_path_buf(), names: missing });
     }
     Ok(resolved)
-}
-
-#[derive(Debug, Deserialize)]
-struct Status {
-    connector: State,
-    #[serde(default)]
-    tasks: Vec<TaskState>,
-}
-
-#[derive(Debug, Deserialize)]
-struct State {
-    state: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct TaskState {
-    id: u32,
-    state: String,
-    #[serde(default)]
-    trace: Option<String>,
-}
-
-pub struct ConnectClient {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl ConnectClient {
-    pub fn new(base: &str) -> Self {
-        let http =
-            reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default();
-        Self { http, base: base.trim_end_matches('/').to_string() }
-    }
-
-    fn unreachable(&self, source: reqwest::Error) -> ConnectError {
-        ConnectError::Unreachable { url: self.base.clone(), source }
-    }
-
-    /// Creates or updates the connector (idempotent), then waits until it and all its tasks
-    /// are RUNNING.
-    pub async fn apply(
-        &self,
-        name: &str,
-        config: &BTreeMap<String, String>,
-        timeout: Duration,
-    ) -> Result<(), ConnectError> {
-        let response = self
-            .http
-            .put(format!("{}/connectors/{name}/config", self.base))
-            .json(config)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        if !response.status().is_success() {
-            let status = response.status().as_u16();
-            let body = response.text().await.unwrap_or_default();
-            return Err(ConnectError::Rejected { name: name.to_string(), status, body });
-        }
-        self.wait_running(name, timeout).await
-    }
-
-    async fn wait_running(&self, name: &str, timeout: Duration) -> Result<(), ConnectError> {
-        let started = Instant::now();
-        let mut detail = String::from("no status yet");
-        while started.elapsed() < timeout {
-            match self.status(name).await? {
-                Some(status) => {
-                    if let Some(failed) = status.tasks.iter().find(|t| t.state == "FAILED") {
-                        let trace = failed.trace.as_deref().unwrap_or("no trace");
-                        let first_lines: Vec<&str> = trace.lines().take(6).collect();
-                        return Err(ConnectError::NotRunning {
-                            name: name.to_string(),
-                            waited: started.elapsed(),
-                            detail: format!(
-                                "task {} FAILED:\n{}",
-                                failed.id,
-                                first_lines.join("\n")
-                            ),
-                        });
-                    }
-                    let running = status.connector.state == "RUNNING"
-                        && !status.tasks.is_empty()
-                        && status.tasks.iter().all(|t| t.state == "RUNNING");
-                    if running {
-                        return Ok(());
-                    }
-                    detail = format!(
-                        "connector {}, tasks [{}]",
-                        status.connector.state,
-                        status
-                            .tasks
-                            .iter()
-                            .map(|t| t.state.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    );
-                }
-                None => detail = "not found yet".into(),
-            }
-            tokio::time::sleep(STATUS_POLL).await;
-        }
-        Err(ConnectError::NotRunning { name: name.to_string(), waited: started.elapsed(), detail })
-    }
-
-    async fn status(&self, name: &str) -> Result<Option<Status>, ConnectError> {
-        let response = self
-            .http
-            .get(format!("{}/connectors/{name}/status", self.base))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        // Connect answers 5xx/409 briefly while a rebalance of its own is in progress.
-        if !response.status().is_success() {
-            return Ok(None);
-        }
-        response.json().await.map(Some).map_err(|e| self.unreachable(e))
-    }
 }
 
 #[cfg(test)]

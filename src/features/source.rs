@@ -192,4 +192,7 @@ pub struct SourceChange {
     pub position: Option<Position>,
     /// Commit time in Postgres.
     pub committed_at: Option<DateTime<Utc>>,
+    /// Re-driven from the dead-letter topic: its position may be behind what its stream has
+    /// applied since, and it is applied once all the same.
+    pub replay: bool,
 }

@@ -12,8 +12,11 @@
 //!   a change at or before it is a duplicate (Kafka redelivery, or Debezium publishing again
 //!   after a Connect restart) and is skipped. State and positions are one Redis value, so they
 //!   are written atomically.
+//! - A change re-driven from the dead-letter topic (`persona dlq replay`) is behind its stream's
+//!   newest position by nature. Its position is remembered in a small per-stream set instead,
+//!   so it is applied once however often it is re-driven.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -27,6 +30,8 @@ use super::source::{Position, SourceChange, SourceRow};
 /// the newest rows falls back to older ones. Deleting more than this many of a user's newest
 /// rows in a row can leave a value that an exact recomputation would not give.
 pub const FACT_SLACK: usize = 32;
+/// Re-driven positions remembered per stream; beyond this the oldest are forgotten.
+pub const REPLAYED_MAX: usize = 1_000;
 /// `last_n` without a window keeps at most this many facts per value.
 const FACTS_PER_VALUE: usize = 8;
 
@@ -64,6 +69,9 @@ pub struct EntityState {
     /// Newest position applied, per stream (`<table>/<partition>`).
     #[serde(rename = "pos", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub applied: BTreeMap<String, Position>,
+    /// Positions of re-driven dead letters applied, per stream.
+    #[serde(rename = "rp", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub replayed: BTreeMap<String, BTreeSet<Position>>,
     #[serde(rename = "f", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub features: BTreeMap<String, FeatureState>,
 }
@@ -79,7 +87,8 @@ impl EntityState {
                     + f.buckets.values().map(|cell| 48 + cell.len() * 48).sum::<usize>()
             })
             .sum();
-        64 + self.applied.len() * 48 + features
+        let replayed: usize = self.replayed.values().map(|set| 48 + set.len() * 24).sum();
+        64 + self.applied.len() * 48 + replayed + features
     }
 
     /// Adds another partition's share of the same entity (product features).
@@ -87,6 +96,9 @@ impl EntityState {
         self.rev += other.rev;
         for (stream, position) in &other.applied {
             self.applied.insert(stream.clone(), *position);
+        }
+        for (stream, positions) in &other.replayed {
+            self.replayed.entry(stream.clone()).or_default().extend(positions);
         }
         for (name, theirs) in &other.features {
             let ours = self.features.entry(name.clone()).or_default();
@@ -148,12 +160,11 @@ pub fn apply_with_pairs(
     pair_deltas: &[PairDelta],
 ) -> Outcome {
     let mut outcome = Outcome::default();
-    if let Some(position) = change.position {
-        if state.applied.get(stream).is_some_and(|applied| *applied >= position) {
-            outcome.duplicate = true;
-            return outcome;
-        }
-        state.applied.insert(stream.to_string(), position);
+    if let Some(position) = change.position
+        && !mark_applied(state, stream, position, change.replay)
+    {
+        outcome.duplicate = true;
+        return outcome;
     }
     let belongs = |row: &&SourceRow| entity_of(row, entity) == Some(entity_id);
     let now_us = now.timestamp_micros();
@@ -180,6 +191,23 @@ pub fn apply_with_pairs(
     }
     state.rev += 1;
     outcome
+}
+
+/// Records `position` as applied on `stream`; false when it was already.
+fn mark_applied(state: &mut EntityState, stream: &str, position: Position, replay: bool) -> bool {
+    let behind = state.applied.get(stream).is_some_and(|newest| *newest >= position);
+    if !behind {
+        state.applied.insert(stream.to_string(), position);
+    }
+    if !replay {
+        return !behind;
+    }
+    let replayed = state.replayed.entry(stream.to_string()).or_default();
+    let first_time = replayed.insert(position);
+    while replayed.len() > REPLAYED_MAX {
+        replayed.pop_first();
+    }
+    first_time
 }
 
 pub(super) fn passes(feature: &Feature, row: &SourceRow) -> bool {

@@ -64,6 +64,7 @@ fn change(
         after,
         position: Some(Position(lsn, lsn, rank)),
         committed_at: Some(t0()),
+        replay: false,
     }
 }
 
@@ -270,6 +271,20 @@ fn duplicates_are_skipped_by_position() {
     // The same position on another stream is another event.
     let outcome = apply(&set, Entity::User, "u1", &mut state, &click, "user_activity/1", t0());
     assert!(!outcome.duplicate);
+}
+
+#[test]
+fn a_change_behind_its_stream_is_a_duplicate_unless_redriven() {
+    let set = set();
+    let late = insert(activity("late", "u1", "CLICK", None, 10), 1);
+    let mut state =
+        fold(&set, Entity::User, "u1", &[insert(activity("a", "u1", "CLICK", None, 10), 5)]);
+    let stream = "user_activity/0";
+    assert!(apply(&set, Entity::User, "u1", &mut state, &late, stream, t0()).duplicate);
+    let redriven = SourceChange { replay: true, ..late };
+    assert!(!apply(&set, Entity::User, "u1", &mut state, &redriven, stream, t0()).duplicate);
+    assert!(apply(&set, Entity::User, "u1", &mut state, &redriven, stream, t0()).duplicate);
+    assert_eq!(read(&set, Entity::User, "u1", &state)["clicks_1m"].value, json!(2));
 }
 
 #[test]
@@ -537,6 +552,29 @@ proptest! {
             let once = fold(&set, Entity::User, "u1", &changes);
             let again = fold(&set, Entity::User, "u1", &twice);
             prop_assert_eq!(read(&set, Entity::User, "u1", &once), read(&set, Entity::User, "u1", &again));
+        }
+    }
+
+    /// A change dead-lettered and re-driven later (behind everything its stream applied since),
+    /// however many times, counts as if it had been applied in place.
+    #[test]
+    fn a_redriven_dead_letter_applies_once(
+        steps in prop::collection::vec(arb_step(), 0..30),
+        kind in 0..KINDS.len(),
+        product in 0..PRODUCTS.len(),
+        secs_ago in 0i64..4_000,
+        times in 1usize..4,
+    ) {
+        let (changes, _) = run(&steps);
+        let dead = insert(activity("dead", "u1", KINDS[kind], Some(PRODUCTS[product]), secs_ago), 0);
+        let mut in_place = vec![dead.clone()];
+        in_place.extend(changes.iter().cloned());
+        let mut redriven = changes.clone();
+        redriven.extend(std::iter::repeat_n(SourceChange { replay: true, ..dead }, times));
+        for set in sets() {
+            let expected = fold(&set, Entity::User, "u1", &in_place);
+            let actual = fold(&set, Entity::User, "u1", &redriven);
+            prop_assert_eq!(read(&set, Entity::User, "u1", &expected), read(&set, Entity::User, "u1", &actual));
         }
     }
 

@@ -61,6 +61,7 @@ fn change(before: Option<SourceRow>, after: Option<SourceRow>, lsn: i64) -> Sour
         after,
         position: Some(Position(lsn, lsn, rank)),
         committed_at: Some(t0()),
+        replay: false,
     }
 }
 

@@ -24,7 +24,7 @@ mod redis;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use tokio_util::sync::CancellationToken;
@@ -107,12 +107,15 @@ pub struct FeatureStore {
 }
 
 impl FeatureStore {
-    /// Connects to Redis. With `required_to_start`, an unreachable Redis is an error; otherwise
-    /// persona starts and fred keeps reconnecting in the background.
+    /// Connects to Redis. With `required_to_start`, Redis still unreachable after
+    /// `startup_timeout` is an error; otherwise persona starts at once and fred keeps
+    /// reconnecting in the background.
     pub async fn connect(redis: &RedisConfig, cache: &CacheConfig) -> Result<Self, StoreError> {
         let pool = redis::build_pool(redis)?;
         let subscriber = redis::build_subscriber(redis)?;
-        let connected = redis::connect(&pool, redis.command_timeout * 4).await;
+        let wait =
+            if redis.required_to_start { redis.startup_timeout } else { redis.command_timeout * 4 };
+        let connected = redis::connect(&pool, wait).await;
         if !connected && redis.required_to_start {
             return Err(StoreError::Unavailable);
         }
@@ -298,7 +301,9 @@ impl FeatureStore {
         for key in &keys {
             let _: () = pipeline.hgetall(key).await?;
         }
+        let started = Instant::now();
         let result: Result<Vec<HashMap<String, String>>, _> = pipeline.all().await;
+        note_latency(op, started);
         self.note_redis(op, &result);
         let mut shares: Vec<Shares> =
             keys.iter().zip(result?).map(|(key, fields)| self.decode_shares(key, fields)).collect();
@@ -335,7 +340,9 @@ impl FeatureStore {
         for key in keys {
             let _: () = pipeline.hget(self.redis_key(&namespace, &key.entity), &key.stream).await?;
         }
+        let started = Instant::now();
         let result: Result<Vec<Option<String>>, _> = pipeline.all().await;
+        note_latency("ingest_read", started);
         self.note_redis("ingest_read", &result);
         Ok(keys
             .iter()
@@ -377,7 +384,9 @@ impl FeatureStore {
             StoreError::Encode { key: self.invalidation_channel.clone(), source }
         })?;
         let _: () = transaction.publish(&self.invalidation_channel, announcement).await?;
+        let started = Instant::now();
         let outcome: Result<Value, _> = transaction.exec(true).await;
+        note_latency("ingest_write", started);
         let outcome = outcome.map(|_| ());
         self.note_redis("ingest_write", &outcome);
         outcome?;
@@ -402,11 +411,13 @@ impl FeatureStore {
             return;
         };
         for (key, stream, rev) in announced {
-            // No receiver (no live page open) is not an error.
-            let _ = self.changes.send(Arc::from(key.as_str()));
+            let changed: Arc<str> = Arc::from(key.as_str());
             if self.l1.invalidate(key, &stream, rev).await {
                 metrics::counter!(telemetry::L1_INVALIDATIONS).increment(1);
             }
+            // Only now: a listener reading the entity must not find the older copy in L1. No
+            // receiver (no live page open) is not an error.
+            let _ = self.changes.send(changed);
         }
     }
 
@@ -457,6 +468,7 @@ impl FeatureStore {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
+        let started = Instant::now();
         let result: Result<(), fred::error::Error> =
             match tokio::time::timeout(self.command_timeout, self.redis.ping::<()>(None)).await {
                 Ok(result) => result,
@@ -464,6 +476,7 @@ impl FeatureStore {
                     Err(fred::error::Error::new(fred::error::ErrorKind::Timeout, "ping timed out"))
                 }
             };
+        note_latency("ping", started);
         self.note_redis("ping", &result);
         Ok(result?)
     }
@@ -485,4 +498,10 @@ impl FeatureStore {
             }
         })
     }
+}
+
+/// Time of one Redis round trip (pipeline or transaction), including a failed one.
+fn note_latency(op: &'static str, started: Instant) {
+    metrics::histogram!(telemetry::REDIS_COMMAND_SECONDS, "op" => op)
+        .record(started.elapsed().as_secs_f64());
 }

@@ -21,7 +21,10 @@ pub(super) fn build_subscriber(
 }
 
 fn builder(config: &RedisConfig) -> Result<Builder, fred::error::Error> {
-    let redis_config = Config::from_url(config.url.expose())?;
+    let mut redis_config = Config::from_url(config.url.expose())?;
+    // Retry the first connection as any later one: Redis may come up after persona (and with
+    // `required_to_start = false`, persona must find it when it does).
+    redis_config.fail_fast = false;
     let command_timeout = config.command_timeout;
     let mut builder = Builder::from_config(redis_config);
     builder
@@ -43,8 +46,22 @@ fn builder(config: &RedisConfig) -> Result<Builder, fred::error::Error> {
     Ok(builder)
 }
 
-/// Starts the pool's connection tasks and waits up to `timeout` for them to connect.
+/// Starts the pool's connection tasks and waits up to `timeout` for them to connect, through
+/// the failed attempts the reconnect policy retries.
 pub(super) async fn connect(pool: &Pool, timeout: Duration) -> bool {
     let _connection_tasks = pool.connect_pool();
-    matches!(tokio::time::timeout(timeout, pool.wait_for_connect()).await, Ok(Ok(())))
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, pool.wait_for_connect()).await {
+            Ok(Ok(())) => return true,
+            Err(_) => return false,
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "redis not reachable yet; retrying");
+                tokio::time::sleep_until(
+                    deadline.min(tokio::time::Instant::now() + Duration::from_millis(200)),
+                )
+                .await;
+            }
+        }
+    }
 }

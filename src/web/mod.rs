@@ -1,6 +1,7 @@
 //! The server-rendered storefront (askama templates and static files in `frontend/`): a user
 //! picker at `/`, a user's storefront at `/u/{user_id}`, a product page at `/p/{product_id}`,
-//! and the storefront's live updates at `/u/{user_id}/live` (Server-Sent Events).
+//! and the storefront's live updates at `/u/{user_id}/live` (Server-Sent Events); for ops, the
+//! pipeline dashboard at `/ops` and a user's feature inspector at `/ops/users/{user_id}`.
 //!
 //! A page renders in one pass with its personalized content in the first response. It waits for
 //! the user's features at most `recommend.render_deadline`; past that, or with Redis down, it
@@ -8,6 +9,7 @@
 //! the live block when the server pushes a new one.
 
 mod active;
+mod dashboard;
 mod live;
 pub mod views;
 
@@ -38,6 +40,9 @@ pub fn routes() -> Router<AppState> {
         .route("/u/{user_id}", get(storefront))
         .route("/u/{user_id}/live", get(live::stream))
         .route("/p/{product_id}", get(product))
+        .route("/ops", get(dashboard::dashboard))
+        .route("/ops/users", get(dashboard::pick_user))
+        .route("/ops/users/{user_id}", get(dashboard::inspector))
         .route("/static/persona.css", get(|| async { asset("text/css; charset=utf-8", CSS) }))
         .route(
             "/static/live.js",

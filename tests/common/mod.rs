@@ -4,6 +4,8 @@
 //! group and Redis key prefix, so tests do not see each other's state.
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+pub mod capture;
+
 use std::fs::File;
 use std::future::Future;
 use std::net::TcpListener;
@@ -14,6 +16,13 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub const DEADLINE: Duration = Duration::from_secs(60);
+/// Partitions of the default topics (scripts/stack): three tables of four, and the heartbeats.
+pub const DEFAULT_PARTITIONS: usize = 13;
+/// A new consumer group reads every topic from the start; on a stack that has run for long
+/// that is a lot of history.
+pub const CATCH_UP: Duration = Duration::from_secs(300);
+/// Messages an instance may be behind and still count as caught up (other tests write too).
+pub const CAUGHT_UP_WITHIN: f64 = 100.0;
 
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -191,9 +200,39 @@ impl Persona {
             .expect("body")
     }
 
+    /// Waits until all of `partitions` assigned partitions report their lag and together are
+    /// at most [`CAUGHT_UP_WITHIN`] messages behind (other tests keep writing): a new group has
+    /// read the topics' history, so what is measured next is not slowed by it.
+    pub async fn wait_caught_up(&self, partitions: usize, deadline: Duration) {
+        eventually("persona caught up with the topics", deadline, || async {
+            let metrics = self.metrics().await;
+            let lags: Vec<f64> = metrics
+                .lines()
+                .filter(|line| line.starts_with("persona_consumer_lag_messages{"))
+                .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+                .collect();
+            let behind: f64 = lags.iter().sum();
+            if lags.len() >= partitions && behind <= CAUGHT_UP_WITHIN {
+                Ok(())
+            } else {
+                Err(format!("{} partitions report lag, {behind} messages behind", lags.len()))
+            }
+        })
+        .await;
+    }
+
     /// Waits until the user's features satisfy `expected` (feature name → JSON value).
     pub async fn wait_for_features(&self, user: &str, expected: &[(&str, Value)]) -> Value {
-        eventually(&format!("features of {user} = {expected:?}"), DEADLINE, || async {
+        self.wait_for_features_within(user, expected, DEADLINE).await
+    }
+
+    pub async fn wait_for_features_within(
+        &self,
+        user: &str,
+        expected: &[(&str, Value)],
+        deadline: Duration,
+    ) -> Value {
+        eventually(&format!("features of {user} = {expected:?}"), deadline, || async {
             let body = self.features(user).await;
             for (name, value) in expected {
                 let actual = &body["features"][name]["value"];
@@ -210,8 +249,23 @@ impl Persona {
 impl Drop for Persona {
     fn drop(&mut self) {
         self.kill();
+        // A failed test's persona log is gone with CI's clone: print its end with the failure.
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            eprintln!(
+                "--- last {} lines of {} ---\n{}",
+                tail.len(),
+                self.log.display(),
+                tail.join("\n")
+            );
+        }
     }
 }
+
+/// How much of a failed test's persona log is printed.
+const LOG_TAIL_LINES: usize = 60;
 
 /// Sums a Prometheus counter over the series whose labels contain every `label="value"` given.
 pub fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
@@ -271,7 +325,8 @@ pub async fn upsert_product(
     .expect("upsert product");
 }
 
-/// A real `redis-server` of the test's own (append-only file, so a restart keeps its data).
+/// A real `redis-server` of the test's own (append-only file, so a restart keeps its data:
+/// [`OwnRedis::stop`] shuts it down with SIGTERM, which flushes the file).
 pub struct OwnRedis {
     pub port: u16,
     dir: tempfile::TempDir,
@@ -282,7 +337,7 @@ impl OwnRedis {
     pub fn start(port: u16, dir: tempfile::TempDir) -> Self {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
             // Tests block Redis with DEBUG SLEEP to make it slow.
             .args(["--enable-debug-command", "yes"])
             .arg("--dir")

@@ -1,0 +1,248 @@
+//! `persona connector …`: each command works on one connector file or every file of a
+//! directory, prints for people, and says through its exit status whether all is well.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use super::client::readable_trace;
+use super::validate::{self, Problem, Stage};
+use super::{ConnectClient, ConnectError, ConnectorFile};
+
+/// How long a FAILED state read after a restart, resume or update may be the one from before.
+const STALE_STATUS_GRACE: Duration = Duration::from_secs(10);
+
+/// One connector file, as committed (placeholders unresolved).
+pub struct Loaded {
+    pub path: PathBuf,
+    pub file: ConnectorFile,
+}
+
+impl Loaded {
+    /// The config with `${env:NAME}` placeholders replaced from the environment.
+    pub fn resolve(&self) -> Result<BTreeMap<String, String>, ConnectError> {
+        super::resolve(&self.path, &self.file, |name| std::env::var(name).ok())
+    }
+}
+
+/// Loads every connector file of `path`; an unreadable file is an error for all.
+pub fn load_all(path: &Path) -> Result<Vec<Loaded>, ConnectError> {
+    let paths = super::connector_paths(path)?;
+    if paths.is_empty() {
+        return Err(ConnectError::Read {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no connector JSON file"),
+        });
+    }
+    paths
+        .into_iter()
+        .map(|path| {
+            let file = super::load(&path)?;
+            Ok(Loaded { path, file })
+        })
+        .collect()
+}
+
+fn code(ok: bool) -> ExitCode {
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// Offline, Postgres and Connect checks; exit status 1 when any problem is found.
+pub async fn validate(client: &ConnectClient, loaded: &[Loaded]) -> ExitCode {
+    let mut all_ok = true;
+    for item in loaded {
+        let name = &item.file.name;
+        let mut problems: Vec<Problem> = validate::offline(&item.file.config);
+        let mut skipped: Vec<String> = Vec::new();
+        let mut notes: Vec<String> = Vec::new();
+        match &item.resolve() {
+            Err(error) => problems.push(Problem {
+                stage: Stage::File,
+                subject: "${env:…}".into(),
+                message: error.to_string(),
+                fix: "export the variable(s) where persona runs (scripts/stack writes .stack/stack.env)"
+                    .into(),
+            }),
+            Ok(resolved) => {
+                match tokio_postgres::connect(
+                    &validate::connection_string(resolved),
+                    tokio_postgres::NoTls,
+                )
+                .await
+                {
+                    Ok((db, connection)) => {
+                        tokio::spawn(connection);
+                        match validate::postgres(&db, resolved).await {
+                            Ok(report) => {
+                                problems.extend(report.problems);
+                                notes.extend(report.notes);
+                            }
+                            Err(error) => skipped.push(format!("postgres checks failed: {error}")),
+                        }
+                    }
+                    Err(error) => problems.push(Problem {
+                        stage: Stage::Postgres,
+                        subject: "database.*".into(),
+                        message: format!("cannot connect with the connector's settings: {error}"),
+                        fix: "check database.hostname/port/user/password/dbname and that Postgres runs"
+                            .into(),
+                    }),
+                }
+                match validate::connect(client, name, resolved).await {
+                    Ok(found) => problems.extend(found),
+                    Err(error) => skipped.push(format!("connect checks skipped: {error}")),
+                }
+            }
+        }
+        println!("{name} ({})", item.path.display());
+        for line in &skipped {
+            println!("  ! {line}");
+        }
+        for line in &notes {
+            println!("  · {line}");
+        }
+        if problems.is_empty() {
+            println!("  ok: no problem found");
+        }
+        for problem in &problems {
+            println!("  {}", problem.to_string().replace('\n', "\n  "));
+        }
+        all_ok &= problems.is_empty() && skipped.is_empty();
+    }
+    code(all_ok)
+}
+
+/// The difference between each file and what Connect runs; exit status 0 either way (2 on
+/// error), so scripts can read the output.
+pub async fn plan(client: &ConnectClient, loaded: &[Loaded]) -> Result<ExitCode, ConnectError> {
+    for item in loaded {
+        let resolved = item.resolve()?;
+        let deployed = client.config(&item.file.name).await?;
+        let changes = super::plan(&item.file.config, &resolved, deployed.as_ref());
+        let name = &item.file.name;
+        match (&deployed, changes.is_empty()) {
+            (None, _) => println!("{name}: not deployed; apply creates it with:"),
+            (Some(_), true) => println!("{name}: up to date"),
+            (Some(_), false) => println!("{name}: {} change(s):", changes.len()),
+        }
+        for change in &changes {
+            println!("  {change}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates or updates each connector whose deployed config differs, then waits until it runs.
+/// A connector already up to date is left alone (nothing is sent to Connect).
+pub async fn apply(
+    client: &ConnectClient,
+    loaded: &[Loaded],
+    timeout: Duration,
+) -> Result<ExitCode, ConnectError> {
+    // Every file must resolve before anything is applied.
+    let resolved: Vec<BTreeMap<String, String>> =
+        loaded.iter().map(Loaded::resolve).collect::<Result<_, _>>()?;
+    for (item, config) in loaded.iter().zip(&resolved) {
+        let name = &item.file.name;
+        let deployed = client.config(name).await?;
+        let changes = super::plan(&item.file.config, config, deployed.as_ref());
+        if deployed.is_some() && changes.is_empty() {
+            let state = client.status(name).await?.map_or("unknown".into(), |s| describe(&s));
+            println!("connector {name}: unchanged ({state})");
+            continue;
+        }
+        for change in &changes {
+            println!("  {change}");
+        }
+        client.put_config(name, config).await?;
+        // A connector that failed before an update may still report it for a moment.
+        let grace = if deployed.is_some() { STALE_STATUS_GRACE } else { Duration::ZERO };
+        client.wait_running(name, timeout, grace).await?;
+        let verb = if deployed.is_some() { "updated" } else { "created" };
+        println!("connector {name}: {verb}, RUNNING");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(status: &super::ConnectorStatus) -> String {
+    let tasks: Vec<String> = status.tasks.iter().map(|t| format!("{}:{}", t.id, t.state)).collect();
+    format!("connector {}, tasks [{}]", status.state, tasks.join(" "))
+}
+
+/// A table of every named connector's state; exit status 1 when anything is not RUNNING.
+pub async fn status(client: &ConnectClient, names: &[String]) -> Result<ExitCode, ConnectError> {
+    let mut all_running = true;
+    println!("{:<28} {:<12} {:<24} WORKER", "CONNECTOR", "STATE", "TASKS");
+    for name in names {
+        match client.status(name).await? {
+            None => {
+                all_running = false;
+                println!("{name:<28} {:<12} {:<24} -", "MISSING", "-");
+            }
+            Some(status) => {
+                all_running &= status.is_running();
+                let tasks: Vec<String> =
+                    status.tasks.iter().map(|t| format!("{}:{}", t.id, t.state)).collect();
+                let tasks = if tasks.is_empty() { "none".to_string() } else { tasks.join(" ") };
+                println!("{name:<28} {:<12} {tasks:<24} {}", status.state, status.worker);
+                if status.state == "FAILED" {
+                    println!("{}", readable_trace(status.trace.as_deref()));
+                }
+                for task in status.tasks.iter().filter(|t| t.state == "FAILED") {
+                    println!(
+                        "  task {} trace:\n{}",
+                        task.id,
+                        readable_trace(task.trace.as_deref())
+                    );
+                }
+            }
+        }
+    }
+    Ok(code(all_running))
+}
+
+/// What `restart`, `pause`, `resume` and `delete` do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Restart { only_failed: bool },
+    Pause,
+    Resume,
+    Delete,
+}
+
+/// Runs `action` on each named connector and waits until it took effect.
+pub async fn act(
+    client: &ConnectClient,
+    names: &[String],
+    action: Action,
+    timeout: Duration,
+) -> Result<ExitCode, ConnectError> {
+    for name in names {
+        match action {
+            Action::Restart { only_failed } => {
+                client.restart(name, only_failed).await?;
+                client.wait_running(name, timeout, STALE_STATUS_GRACE).await?;
+                println!("connector {name}: restarted, RUNNING");
+            }
+            Action::Pause => {
+                client.pause(name).await?;
+                client.wait_state(name, "PAUSED", timeout).await?;
+                println!("connector {name}: PAUSED");
+            }
+            Action::Resume => {
+                client.resume(name).await?;
+                client.wait_running(name, timeout, STALE_STATUS_GRACE).await?;
+                println!("connector {name}: resumed, RUNNING");
+            }
+            Action::Delete => {
+                client.delete(name).await?;
+                println!(
+                    "connector {name}: deleted (its replication slot stays until dropped: \
+                     SELECT pg_drop_replication_slot('<slot.name>'))"
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

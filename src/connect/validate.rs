@@ -1,0 +1,465 @@
+//! Checking a connector file before it silently corrupts features: offline (what persona needs
+//! from the connector's settings), against Postgres (publication, replica identity, slot) and
+//! against the plugin's own validation in Connect. Every problem names its fix.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use super::ConnectClient;
+
+/// Keys without which the connector cannot run or persona cannot read what it produces.
+const REQUIRED: [&str; 11] = [
+    "connector.class",
+    "plugin.name",
+    "database.hostname",
+    "database.port",
+    "database.user",
+    "database.password",
+    "database.dbname",
+    "topic.prefix",
+    "table.include.list",
+    "publication.name",
+    "slot.name",
+];
+const JSON_CONVERTER: &str = "org.apache.kafka.connect.json.JsonConverter";
+
+/// Where a problem was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    File,
+    Postgres,
+    Connect,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::File => "file",
+            Self::Postgres => "postgres",
+            Self::Connect => "connect",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub stage: Stage,
+    /// The config key or database object at fault.
+    pub subject: String,
+    pub message: String,
+    pub fix: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] {}: {}\n    fix: {}", self.stage, self.subject, self.message, self.fix)
+    }
+}
+
+fn problem(stage: Stage, subject: &str, message: String, fix: String) -> Problem {
+    Problem { stage, subject: subject.to_string(), message, fix }
+}
+
+/// A table of `table.include.list`, `schema.table`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TableName {
+    pub schema: String,
+    pub table: String,
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+fn table_name(text: &str) -> Option<TableName> {
+    let (schema, table) = text.trim().split_once('.')?;
+    (!schema.is_empty() && !table.is_empty() && !table.contains('.'))
+        .then(|| TableName { schema: schema.to_string(), table: table.to_string() })
+}
+
+/// The captured tables (`table.include.list`; regular expressions are not supported here).
+pub fn captured_tables(config: &BTreeMap<String, String>) -> Vec<TableName> {
+    config
+        .get("table.include.list")
+        .map(|list| list.split(',').filter_map(table_name).collect())
+        .unwrap_or_default()
+}
+
+/// `message.key.columns`: `schema.table:col[,col];…` → key columns per table, or the entry that
+/// is malformed.
+pub fn key_columns(
+    config: &BTreeMap<String, String>,
+) -> Result<BTreeMap<TableName, Vec<String>>, String> {
+    let mut keys = BTreeMap::new();
+    let Some(text) = config.get("message.key.columns") else { return Ok(keys) };
+    for entry in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let (table, columns) = entry.split_once(':').ok_or_else(|| entry.to_string())?;
+        let table = table_name(table).ok_or_else(|| entry.to_string())?;
+        let columns: Vec<String> = columns.split(',').map(|c| c.trim().to_string()).collect();
+        if columns.iter().any(String::is_empty) {
+            return Err(entry.to_string());
+        }
+        keys.insert(table, columns);
+    }
+    Ok(keys)
+}
+
+/// What the file says, on its own. `committed` is the file before placeholders are resolved.
+pub fn offline(committed: &BTreeMap<String, String>) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let file =
+        |subject: &str, message: String, fix: String| problem(Stage::File, subject, message, fix);
+    for key in
+        REQUIRED.iter().filter(|key| committed.get(**key).is_none_or(|v| v.trim().is_empty()))
+    {
+        problems.push(file(key, "is missing".into(), format!("set \"{key}\" in the file")));
+    }
+    if let Some(password) = committed.get("database.password")
+        && !password.trim().is_empty()
+        && !password.contains("${env:")
+    {
+        problems.push(file(
+            "database.password",
+            "holds a literal secret, which would be committed".into(),
+            "use \"${env:PERSONA_PG_PASSWORD}\" and set the variable where apply runs".into(),
+        ));
+    }
+    if let Some(plugin) = committed.get("plugin.name").filter(|p| p.as_str() != "pgoutput") {
+        problems.push(file(
+            "plugin.name",
+            format!("is {plugin:?}; persona's migrations set up a pgoutput publication"),
+            "set \"plugin.name\": \"pgoutput\"".into(),
+        ));
+    }
+    for side in ["key", "value"] {
+        let converter = format!("{side}.converter");
+        if committed.get(&converter).map(String::as_str) != Some(JSON_CONVERTER) {
+            problems.push(file(
+                &converter,
+                format!(
+                    "is {:?}; persona decodes JSON change events",
+                    committed
+                        .get(&converter)
+                        .map_or("unset (the worker's default)", |v| v.as_str())
+                ),
+                format!("set \"{converter}\": \"{JSON_CONVERTER}\""),
+            ));
+        }
+        let schemas = format!("{side}.converter.schemas.enable");
+        if committed.get(&schemas).map(String::as_str) != Some("false") {
+            problems.push(file(
+                &schemas,
+                "is not \"false\": events would be wrapped in a schema envelope persona does not read"
+                    .into(),
+                format!("set \"{schemas}\": \"false\""),
+            ));
+        }
+    }
+    let decimal =
+        committed.get("decimal.handling.mode").map_or("precise (default)", |v| v.as_str());
+    if decimal != "string" {
+        problems.push(file(
+            "decimal.handling.mode",
+            format!("is {decimal}: prices would arrive as base64 bytes and be misread"),
+            "set \"decimal.handling.mode\": \"string\"".into(),
+        ));
+    }
+    if let Some(mode) = committed.get("time.precision.mode")
+        && !matches!(mode.as_str(), "adaptive" | "adaptive_time_microseconds")
+    {
+        problems.push(file(
+            "time.precision.mode",
+            format!("is {mode:?}; persona reads TIMESTAMP columns as microseconds"),
+            "remove it (the default, adaptive, is what persona reads)".into(),
+        ));
+    }
+    let tables = captured_tables(committed);
+    if let Some(list) = committed.get("table.include.list")
+        && tables.len() != list.split(',').filter(|t| !t.trim().is_empty()).count()
+    {
+        problems.push(file(
+            "table.include.list",
+            format!("{list:?} has entries that are not schema.table"),
+            "list tables as schema.table, comma-separated".into(),
+        ));
+    }
+    match key_columns(committed) {
+        Err(entry) => problems.push(file(
+            "message.key.columns",
+            format!("entry {entry:?} is malformed"),
+            "write schema.table:column[,column] entries separated by ';'".into(),
+        )),
+        Ok(keys) => {
+            for table in keys.keys().filter(|t| !tables.contains(t)) {
+                problems.push(file(
+                    "message.key.columns",
+                    format!("names {table}, which table.include.list does not capture"),
+                    format!("add {table} to table.include.list or drop its key entry"),
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// What the database checks found: problems, and what is worth knowing (the slot's state).
+#[derive(Debug, Default)]
+pub struct DatabaseReport {
+    pub problems: Vec<Problem>,
+    pub notes: Vec<String>,
+}
+
+/// Checks the legacy database: logical WAL, the publication and the tables it covers, replica
+/// identity where the message key is not the primary key, and the slot.
+pub async fn postgres(
+    db: &tokio_postgres::Client,
+    resolved: &BTreeMap<String, String>,
+) -> Result<DatabaseReport, tokio_postgres::Error> {
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    let pg = |subject: &str, message: String, fix: String| {
+        problem(Stage::Postgres, subject, message, fix)
+    };
+    let wal_level: String = db.query_one("SHOW wal_level", &[]).await?.get(0);
+    if wal_level != "logical" {
+        problems.push(pg(
+            "wal_level",
+            format!("is {wal_level}; logical decoding needs \"logical\""),
+            "ALTER SYSTEM SET wal_level = logical; then restart Postgres".into(),
+        ));
+    }
+    let tables = captured_tables(resolved);
+    for table in &tables {
+        let exists = db
+            .query_opt(
+                "SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2",
+                &[&table.schema, &table.table],
+            )
+            .await?
+            .is_some();
+        if !exists {
+            problems.push(pg(
+                &table.to_string(),
+                "does not exist".into(),
+                "run `persona migrate`, or fix table.include.list".into(),
+            ));
+        }
+    }
+    let publication = resolved.get("publication.name").cloned().unwrap_or_default();
+    match db
+        .query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&publication])
+        .await?
+    {
+        None => problems.push(pg(
+            &format!("publication {publication}"),
+            "does not exist".into(),
+            format!(
+                "run `persona migrate` (it creates persona_cdc), or CREATE PUBLICATION {publication} FOR TABLE {}",
+                join(&tables)
+            ),
+        )),
+        Some(row) if !row.get::<_, bool>(0) => {
+            let covered: Vec<TableName> = db
+                .query(
+                    "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+                    &[&publication],
+                )
+                .await?
+                .iter()
+                .map(|row| TableName { schema: row.get(0), table: row.get(1) })
+                .collect();
+            for table in tables.iter().filter(|t| !covered.contains(t)) {
+                problems.push(pg(
+                    &table.to_string(),
+                    format!("is captured but not in publication {publication}: its changes would never arrive"),
+                    format!("ALTER PUBLICATION {publication} ADD TABLE {table}"),
+                ));
+            }
+        }
+        Some(_) => {}
+    }
+    let keys = key_columns(resolved).unwrap_or_default();
+    for (table, columns) in &keys {
+        let Some(row) = db
+            .query_opt(
+                "SELECT c.relreplident::text, \
+                 COALESCE((SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_index i \
+                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                   WHERE i.indrelid = c.oid AND i.indisprimary), '{}') \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2",
+                &[&table.schema, &table.table],
+            )
+            .await?
+        else {
+            continue;
+        };
+        let identity: String = row.get(0);
+        let mut primary: Vec<String> = row.get(1);
+        primary.sort();
+        let mut wanted = columns.clone();
+        wanted.sort();
+        if wanted != primary && identity != "f" {
+            problems.push(pg(
+                &table.to_string(),
+                format!(
+                    "is keyed by {} (not its primary key) but has REPLICA IDENTITY {}: updates and deletes would arrive without the key column and be misrouted",
+                    columns.join(","),
+                    identity_name(&identity)
+                ),
+                format!("ALTER TABLE {table} REPLICA IDENTITY FULL"),
+            ));
+        }
+    }
+    let slot = resolved.get("slot.name").cloned().unwrap_or_default();
+    let database = resolved.get("database.dbname").cloned().unwrap_or_default();
+    let slot_row = db
+        .query_opt(
+            "SELECT plugin::text, database::text, active, \
+             COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    match &slot_row {
+        None => notes
+            .push(format!("slot {slot} does not exist yet; Debezium creates it on first start")),
+        Some(row) => {
+            let (active, retained): (bool, i64) = (row.get(2), row.get(3));
+            notes.push(format!(
+                "slot {slot}: {}, retains {retained} bytes of WAL{}",
+                if active { "active" } else { "inactive" },
+                if active { "" } else { " (and more while nothing reads it)" }
+            ));
+        }
+    }
+    if let Some(row) = slot_row {
+        let (plugin, slot_db): (String, String) = (row.get(0), row.get(1));
+        if plugin != "pgoutput" || slot_db != database {
+            problems.push(pg(
+                &format!("slot {slot}"),
+                format!("exists with plugin {plugin} on database {slot_db}"),
+                format!(
+                    "use another slot.name, or drop it: SELECT pg_drop_replication_slot('{slot}')"
+                ),
+            ));
+        }
+    }
+    Ok(DatabaseReport { problems, notes })
+}
+
+fn identity_name(code: &str) -> &'static str {
+    match code {
+        "d" => "DEFAULT",
+        "n" => "NOTHING",
+        "i" => "USING INDEX",
+        _ => "FULL",
+    }
+}
+
+fn join(tables: &[TableName]) -> String {
+    tables.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// The plugin's own validation, as problems.
+pub async fn connect(
+    client: &ConnectClient,
+    name: &str,
+    resolved: &BTreeMap<String, String>,
+) -> Result<Vec<Problem>, super::ConnectError> {
+    let mut config = resolved.clone();
+    config.insert("name".into(), name.to_string());
+    Ok(client
+        .validate(&config)
+        .await?
+        .into_iter()
+        .map(|error| {
+            problem(
+                Stage::Connect,
+                &error.key,
+                error.message,
+                format!("correct \"{}\" in the file", error.key),
+            )
+        })
+        .collect())
+}
+
+/// A libpq-style connection to the connector's own database, with the connector's own user.
+pub fn connection_string(resolved: &BTreeMap<String, String>) -> String {
+    let get = |key: &str| resolved.get(key).map(String::as_str).unwrap_or_default();
+    let quote = |value: &str| format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"));
+    format!(
+        "host={} port={} user={} password={} dbname={} connect_timeout=10",
+        quote(get("database.hostname")),
+        quote(get("database.port")),
+        quote(get("database.user")),
+        quote(get("database.password")),
+        quote(get("database.dbname")),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn committed() -> BTreeMap<String, String> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("connect/persona-postgres.json");
+        super::super::load(&path).expect("committed connector file").config
+    }
+
+    fn subjects(problems: &[Problem]) -> Vec<&str> {
+        problems.iter().map(|p| p.subject.as_str()).collect()
+    }
+
+    #[test]
+    fn the_committed_file_passes() {
+        assert_eq!(offline(&committed()), Vec::new());
+    }
+
+    #[test]
+    fn decimals_as_bytes_and_schema_envelopes_are_caught() {
+        let mut config = committed();
+        config.insert("decimal.handling.mode".into(), "precise".into());
+        config.insert("value.converter.schemas.enable".into(), "true".into());
+        let problems = offline(&config);
+        assert_eq!(
+            subjects(&problems),
+            vec!["value.converter.schemas.enable", "decimal.handling.mode"]
+        );
+        assert!(problems[1].fix.contains("\"string\""), "{}", problems[1]);
+    }
+
+    #[test]
+    fn missing_keys_literal_secrets_and_bad_key_columns_are_caught() {
+        let mut config = committed();
+        config.remove("slot.name");
+        config.insert("database.password".into(), "hunter2".into());
+        config.insert("message.key.columns".into(), "public.user_activity;public.nope:id".into());
+        let problems = offline(&config);
+        assert_eq!(
+            subjects(&problems),
+            vec!["slot.name", "database.password", "message.key.columns"]
+        );
+        assert!(!problems.iter().any(|p| p.to_string().contains("hunter2")));
+    }
+
+    #[test]
+    fn key_columns_must_name_captured_tables() {
+        let mut config = committed();
+        config.insert("message.key.columns".into(), "public.elsewhere:user_id".into());
+        let problems = offline(&config);
+        assert_eq!(subjects(&problems), vec!["message.key.columns"]);
+        assert!(problems[0].message.contains("public.elsewhere"));
+    }
+
+    #[test]
+    fn key_columns_parse() {
+        let keys = key_columns(&committed()).expect("well formed");
+        let activity = TableName { schema: "public".into(), table: "user_activity".into() };
+        assert_eq!(keys[&activity], vec!["user_id".to_string()]);
+        assert_eq!(keys.len(), 4);
+    }
+}
