@@ -43,6 +43,9 @@ pub const CONNECTOR_TASK_STATE: &str = "persona_connector_task_state";
 pub const CACHE_LOOKUPS: &str = "persona_cache_lookups_total";
 /// L1 entries dropped because another instance wrote a newer state.
 pub const L1_INVALIDATIONS: &str = "persona_l1_invalidations_total";
+/// L1 emptied whole; label `reason` (`resubscribed`: invalidations may have been missed while
+/// the subscription was down; `lagged`: the listener fell behind; `generation`: state switched).
+pub const L1_CLEARS: &str = "persona_l1_clears_total";
 /// Offsets stored for commit after their effects were durable.
 pub const OFFSETS_STORED: &str = "persona_offsets_stored_total";
 /// Kafka consumer errors reported by librdkafka.

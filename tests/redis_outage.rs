@@ -7,7 +7,7 @@
 mod common;
 
 use common::{
-    CATCH_UP, DEADLINE, DEFAULT_PARTITIONS, OwnRedis, Persona, eventually, free_port,
+    CATCH_UP, DEADLINE, DEFAULT_PARTITIONS, OwnRedis, Persona, counter, eventually, free_port,
     insert_activity, legacy_db, unique,
 };
 use serde_json::json;
@@ -83,4 +83,54 @@ async fn persona_waits_at_start_for_a_redis_that_comes_up_later() {
     // The click is part of the history a new group reads first, however long that is.
     let body = persona.wait_for_features_within(&user, &[("clicks_5m", json!(1))], CATCH_UP).await;
     assert_eq!(body["freshness"], "live");
+}
+
+/// Invalidations published while persona's subscription is down are lost, so when it comes
+/// back persona subscribes again and empties L1: a cached user is read from Redis next.
+#[tokio::test]
+async fn a_lost_invalidation_subscription_is_renewed_and_l1_emptied() {
+    let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
+    let persona = Persona::start_with(
+        "resubscribe",
+        &unique("resubscribe"),
+        vec![
+            ("PERSONA_REDIS__URL".into(), redis.url()),
+            ("PERSONA_CACHE__TTL".into(), "10m".into()),
+        ],
+    )
+    .await;
+    let channel = format!("{}:l1-invalidate", persona.group);
+    let subscribed = || redis.subscribers(&channel) == 1;
+    eventually("persona subscribed to invalidations", DEADLINE, || async {
+        if subscribed() { Ok(()) } else { Err("no subscriber".into()) }
+    })
+    .await;
+
+    let user = unique("u");
+    persona.features(&user).await;
+    persona.features(&user).await;
+    let metrics = persona.metrics().await;
+    let from_redis = counter(&metrics, "persona_cache_lookups_total", &["tier=\"redis\""]);
+    let clears = counter(&metrics, "persona_l1_clears_total", &["reason=\"resubscribed\""]);
+    // The second read was answered by L1: that is the copy the lost subscription makes suspect.
+    assert!(counter(&metrics, "persona_cache_lookups_total", &["tier=\"l1\""]) >= 1.0);
+
+    redis.kill_clients("pubsub");
+    eventually("persona resubscribed and emptied L1", DEADLINE, || async {
+        let metrics = persona.metrics().await;
+        let now = counter(&metrics, "persona_l1_clears_total", &["reason=\"resubscribed\""]);
+        if now > clears && subscribed() {
+            Ok(())
+        } else {
+            Err(format!("{now} clears after resubscribing, subscribed: {}", subscribed()))
+        }
+    })
+    .await;
+    persona.features(&user).await;
+    let metrics = persona.metrics().await;
+    assert_eq!(
+        counter(&metrics, "persona_cache_lookups_total", &["tier=\"redis\""]),
+        from_redis + 1.0,
+        "the user cached before is read from Redis again"
+    );
 }

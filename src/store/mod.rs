@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
+use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CacheConfig, RedisConfig};
@@ -90,6 +91,8 @@ pub struct EntityRead {
 
 /// Change notifications kept for slow live-page listeners before they lag.
 const CHANGES_BUFFERED: usize = 4096;
+/// Between attempts to subscribe to L1 invalidations while Redis does not take it.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(200);
 
 pub struct FeatureStore {
     redis: Pool,
@@ -152,7 +155,7 @@ impl FeatureStore {
     pub fn use_generation(&self, generation: &str) {
         let namespace = format!("{}:{generation}", self.key_prefix);
         *self.namespace.write().unwrap_or_else(std::sync::PoisonError::into_inner) = namespace;
-        self.l1.clear();
+        self.clear_l1("generation");
     }
 
     fn redis_key(&self, namespace: &str, entity: &EntityRef) -> String {
@@ -422,49 +425,74 @@ impl FeatureStore {
     }
 
     /// Subscribes to the invalidation channel and applies what other instances announce.
+    ///
+    /// Announcements published while the subscription is down are lost, so each time the
+    /// subscriber connects again it subscribes anew and only then empties L1: whatever changed
+    /// meanwhile is read from Redis, and what changes from then on is announced.
     pub fn spawn_invalidation_listener(
         self: &Arc<Self>,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let store = Arc::clone(self);
         tokio::spawn(async move {
-            let _connection = store.subscriber.connect();
-            let _resubscribe = store.subscriber.manage_subscriptions();
+            // Taken before connecting, so the first connection is reported too.
+            let mut reconnects = store.subscriber.reconnect_rx();
             let mut messages = store.subscriber.message_rx();
-            // Until the first subscription succeeds (Redis may be down at start), retry.
+            let _connection = store.subscriber.connect();
             loop {
-                let subscribed = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    result = store.subscriber.subscribe(store.invalidation_channel.as_str()) => result,
-                };
-                match subscribed {
-                    Ok(()) => break,
-                    Err(error) => {
-                        tracing::debug!(error = %error, "cannot subscribe to L1 invalidations yet");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
-            loop {
-                let message = tokio::select! {
+                tokio::select! {
                     () = shutdown.cancelled() => break,
-                    message = messages.recv() => message,
-                };
-                match message {
-                    Ok(message) => {
-                        if let Some(text) = message.value.as_str() {
-                            store.apply_announcement(&text).await;
+                    reconnect = reconnects.recv() => {
+                        if matches!(reconnect, Err(RecvError::Closed)) {
+                            break;
                         }
+                        if !store.subscribe_invalidations(&shutdown).await {
+                            break;
+                        }
+                        store.clear_l1("resubscribed");
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::warn!(missed, "L1 invalidations dropped; emptying L1");
-                        store.l1.clear();
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    message = messages.recv() => match message {
+                        Ok(message) => {
+                            if let Some(text) = message.value.as_str() {
+                                store.apply_announcement(&text).await;
+                            }
+                        }
+                        Err(RecvError::Lagged(missed)) => {
+                            tracing::warn!(missed, "L1 invalidations dropped; emptying L1");
+                            store.clear_l1("lagged");
+                        }
+                        Err(RecvError::Closed) => break,
+                    },
                 }
             }
             let _ = store.subscriber.quit().await;
         })
+    }
+
+    /// Subscribes to the invalidation channel, retrying until Redis takes it (it may be down, or
+    /// still loading its data after a restart); `false` on shutdown.
+    async fn subscribe_invalidations(&self, shutdown: &CancellationToken) -> bool {
+        loop {
+            let subscribed = tokio::select! {
+                () = shutdown.cancelled() => return false,
+                result = self.subscriber.subscribe(self.invalidation_channel.as_str()) => result,
+            };
+            match subscribed {
+                Ok(()) => return true,
+                Err(error) => {
+                    tracing::debug!(error = %error, "cannot subscribe to L1 invalidations yet");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return false,
+                        () = tokio::time::sleep(RESUBSCRIBE_DELAY) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn clear_l1(&self, reason: &'static str) {
+        self.l1.clear();
+        metrics::counter!(telemetry::L1_CLEARS, "reason" => reason).increment(1);
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

@@ -382,6 +382,26 @@ impl OwnRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// How many clients are subscribed to `channel` (`PUBSUB NUMSUB`).
+    pub fn subscribers(&self, channel: &str) -> u64 {
+        let output = self.cli(&["pubsub", "numsub", channel]);
+        output.lines().nth(1).and_then(|count| count.trim().parse().ok()).unwrap_or(0)
+    }
+
+    /// Closes every connection of a type (`normal`, `pubsub`) as a network failure would.
+    pub fn kill_clients(&self, kind: &str) {
+        self.cli(&["client", "kill", "type", kind]);
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// How many times Redis executed `command` (from `INFO commandstats`).
     pub fn command_calls(&self, command: &str) -> u64 {
         let output = Command::new("redis-cli")
