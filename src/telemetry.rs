@@ -52,6 +52,9 @@ pub const OFFSETS_STORED: &str = "persona_offsets_stored_total";
 pub const CONSUMER_ERRORS: &str = "persona_consumer_errors_total";
 /// Partitions drained on revoke or shutdown; label `outcome` (`drained`, `timed_out`).
 pub const PARTITION_DRAINS: &str = "persona_partition_drains_total";
+/// Partitions paused because their worker's queue was full (backpressure while catching up);
+/// label `topic`.
+pub const PARTITION_PAUSES: &str = "persona_partition_pauses_total";
 /// Changes skipped because the state already had them (redelivery, Debezium re-publishing);
 /// label `topic`.
 pub const DUPLICATES_SKIPPED: &str = "persona_duplicate_events_total";

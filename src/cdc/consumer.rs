@@ -252,6 +252,8 @@ impl PollLoop {
             Ok(()) => slot.next_offset = offset + 1,
             Err(TrySendError::Full(_)) => {
                 tracing::debug!(topic = %key.0, partition = key.1, offset, "queue full; partition paused");
+                metrics::counter!(telemetry::PARTITION_PAUSES, "topic" => key.0.clone())
+                    .increment(1);
                 slot.paused_at = Some(offset);
                 self.set_paused(&key, true);
             }
