@@ -1,5 +1,5 @@
 //! Measures freshness end to end, as a page would see it: the time from a legacy write's commit
-//! in Postgres until the API serves the changed feature.
+//! in Postgres until the API serves the changed feature, and where that time goes.
 //!
 //! ```sh
 //! source .stack/stack.env
@@ -7,10 +7,28 @@
 //! ```
 //! Writes `SAMPLES` activity rows, one at a time, each for a fresh user, and polls
 //! `GET /api/v1/users/{id}/features?names=clicks_1m` every millisecond until it counts 1.
+//! Meanwhile a consumer of its own tails the activity topic, which splits the time in three:
+//! - capture: Postgres commit (`source.ts_ms`) → Debezium's record in Kafka (its timestamp);
+//! - commit → consumer: the commit returning here → the record reaching a Kafka consumer;
+//! - commit → visible: the commit returning here → the API serving the new count.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+const TOPIC: &str = "persona.public.user_activity";
+
+/// What the tailing consumer saw of one user's row: when it arrived, and the capture lag.
+#[derive(Clone, Copy)]
+struct Seen {
+    received: Instant,
+    capture_ms: i64,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -18,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
     let api = args.next().unwrap_or_else(|| "http://127.0.0.1:8080".into());
     let samples: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(100);
     let database = std::env::var("PERSONA_POSTGRES__URL").context("source .stack/stack.env")?;
+    let brokers = std::env::var("PERSONA_KAFKA__BROKERS").context("source .stack/stack.env")?;
     let (db, connection) = tokio_postgres::connect(&database, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     let insert = db
@@ -28,8 +47,10 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let http = reqwest::Client::new();
     let run = uuid::Uuid::new_v4().simple().to_string();
+    let seen = tail(&brokers, &run)?;
 
-    let mut latencies = Vec::with_capacity(samples);
+    let mut visible = Vec::with_capacity(samples);
+    let mut commits = Vec::with_capacity(samples);
     for i in 0..samples {
         let user = format!("fresh-{run}-{i}");
         let url = format!("{api}/api/v1/users/{user}/features?names=clicks_1m");
@@ -46,16 +67,98 @@ async fn main() -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        latencies.push(committed.elapsed());
+        visible.push(committed.elapsed().as_secs_f64() * 1e3);
+        commits.push((user, committed));
     }
-    latencies.sort();
-    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
-    println!(
-        "commit → visible over {samples} writes: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        at(0.5).as_secs_f64() * 1e3,
-        at(0.9).as_secs_f64() * 1e3,
-        at(0.99).as_secs_f64() * 1e3,
-        at(1.0).as_secs_f64() * 1e3,
-    );
+
+    // Every row was served, so it went through Kafka; the tail may still be polling for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut capture, mut consumed) = (Vec::new(), Vec::new());
+    for (user, committed) in &commits {
+        let found = loop {
+            if let Some(found) = lock(&seen).get(user).copied() {
+                break found;
+            }
+            if Instant::now() > deadline {
+                bail!("the tailing consumer never saw {user}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        capture.push(found.capture_ms as f64);
+        // A consumer can see the record before the commit returns to the writer.
+        consumed.push(found.received.saturating_duration_since(*committed).as_secs_f64() * 1e3);
+    }
+    println!("over {samples} writes, one at a time:");
+    report("capture (commit → record in Kafka)", capture);
+    report("commit → consumer", consumed);
+    report("commit → visible", visible);
     Ok(())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn report(what: &str, mut millis: Vec<f64>) {
+    millis.sort_by(f64::total_cmp);
+    let at = |q: f64| millis[((millis.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "  {what:<36} p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        at(1.0),
+    );
+}
+
+/// Tails the activity topic from its end on a thread of its own, noting this run's rows.
+fn tail(brokers: &str, run: &str) -> anyhow::Result<Arc<Mutex<HashMap<String, Seen>>>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("freshness-{run}"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "latest")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    consumer.subscribe(&[TOPIC])?;
+    // Wait for the assignment, so that no row is written before the tail reads.
+    let started = Instant::now();
+    while consumer.assignment()?.count() == 0 {
+        consumer.poll(Duration::from_millis(100));
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("no partition of {TOPIC} assigned within 30 s");
+        }
+    }
+    for element in consumer.assignment()?.elements() {
+        consumer.seek(
+            element.topic(),
+            element.partition(),
+            rdkafka::Offset::End,
+            Duration::from_secs(5),
+        )?;
+    }
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let shared = Arc::clone(&seen);
+    let marker = format!("fresh-{run}-");
+    std::thread::spawn(move || {
+        loop {
+            let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) else { continue };
+            let received = Instant::now();
+            let Some(Ok(value)) = message.payload_view::<str>() else { continue };
+            if !value.contains(&marker) {
+                continue;
+            }
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(value) else { continue };
+            let (Some(user), Some(committed_ms), Some(kafka_ms)) = (
+                event["after"]["user_id"].as_str(),
+                event["source"]["ts_ms"].as_i64(),
+                message.timestamp().to_millis(),
+            ) else {
+                continue;
+            };
+            lock(&shared)
+                .insert(user.to_string(), Seen { received, capture_ms: kafka_ms - committed_ms });
+        }
+    });
+    Ok(seen)
 }

@@ -105,9 +105,10 @@ pub struct KafkaConfig {
     /// their offsets are committed. Must stay below `session_timeout`.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
-    /// Longest time the broker may hold a fetch request open when it has no new data. Some
-    /// brokers (tansu) hold it this long even when data arrives, which makes it the floor of
-    /// commit → feature latency; the cost of a low value is ~1/value idle fetches per second.
+    /// Longest time the broker may hold a fetch request open when it has no new data (Kafka
+    /// answers as soon as data arrives, so this is not a floor on freshness). A partition just
+    /// assigned or resumed may wait this long for the fetch in flight; the cost of a low value
+    /// is ~1/value idle fetch requests per second per broker.
     #[serde(with = "humantime_serde")]
     pub fetch_wait_max: Duration,
     /// Most messages of one partition applied and written to Redis as one batch.

@@ -58,9 +58,6 @@ pub const PARTITION_PAUSES: &str = "persona_partition_pauses_total";
 /// Changes skipped because the state already had them (redelivery, Debezium re-publishing);
 /// label `topic`.
 pub const DUPLICATES_SKIPPED: &str = "persona_duplicate_events_total";
-/// Messages the broker handed out again within one assignment, dropped before processing;
-/// label `topic`.
-pub const MESSAGES_REDELIVERED: &str = "persona_redelivered_messages_total";
 /// Rows older than their feature's window and history, dropped; label `topic`.
 pub const LATE_EVENTS: &str = "persona_late_events_total";
 /// Product changes applied to this instance's in-memory catalog; label `op`.

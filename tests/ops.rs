@@ -63,19 +63,29 @@ async fn validate_names_each_misconfiguration_and_its_fix() {
     assert!(!report.contains("REPLICA IDENTITY"), "{report}");
     assert!(report.contains("decimal.handling.mode"), "{report}");
 
-    // A variable that is not set: named, and nothing is applied.
-    let variable = format!("OPS_{}_PASSWORD", id.to_uppercase());
+    // A variable the Connect worker does not have: named, and nothing is applied, even when
+    // persona's own environment has it (the worker resolves placeholders, not persona).
+    let variable = format!("OPS_{}_USER", id.to_uppercase());
     let name = format!("ops-{id}-env");
     let unset = connector_file(
         dir.path(),
         &name,
-        &[("database.password", Some(&format!("${{env:{variable}}}")))],
+        &[
+            ("database.user", Some(&format!("${{env:{variable}}}"))),
+            ("slot.name", Some(&format!("ops_{id}_env"))),
+        ],
     );
     let unset = unset.to_str().expect("path");
-    let output = persona(&["connector", "validate", unset], &[]);
+    let here = [(variable.clone(), "persona".to_string())];
+    let output = persona(&["connector", "validate", unset], &here);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
-    assert!(text(&output).contains(&variable), "{}", text(&output));
-    let output = persona(&["connector", "apply", unset], &[]);
+    assert!(
+        text(&output)
+            .contains(&format!("${{env:{variable}}}: the Kafka Connect worker cannot resolve it")),
+        "{}",
+        text(&output)
+    );
+    let output = persona(&["connector", "apply", unset], &here);
     assert!(!output.status.success(), "{}", text(&output));
     assert!(text(&output).contains(&variable), "{}", text(&output));
     assert!(text(&output).contains("nothing was applied"), "{}", text(&output));
@@ -84,21 +94,24 @@ async fn validate_names_each_misconfiguration_and_its_fix() {
         .expect("GET connector");
     assert_eq!(deployed.status().as_u16(), 404, "the connector was created anyway");
 
-    // A wrong password: Connect refuses the config, and the reason is shown as text.
+    // A wrong password: a variable the worker has, holding something else. Connect refuses
+    // the login, the reason is shown as text, and the hint names the variable.
     let wrong = connector_file(
         dir.path(),
         &format!("ops-{id}-wrong"),
         &[
-            ("database.password", Some(&format!("${{env:{variable}}}"))),
+            ("database.password", Some("${env:PERSONA_PG_DATABASE}")),
             ("slot.name", Some(&format!("ops_{id}_wrong"))),
         ],
     );
-    let output = persona(
-        &["connector", "apply", wrong.to_str().expect("path")],
-        &[(variable.clone(), "not-the-password".into())],
-    );
+    let output = persona(&["connector", "apply", wrong.to_str().expect("path")], &[]);
     assert!(!output.status.success(), "{}", text(&output));
     assert!(text(&output).contains("password authentication failed"), "{}", text(&output));
+    assert!(
+        text(&output).contains("database.password = ${env:PERSONA_PG_DATABASE}"),
+        "{}",
+        text(&output)
+    );
     assert!(
         !text(&output).contains("\\n"),
         "the reason is an escaped JSON string: {}",
@@ -121,6 +134,26 @@ async fn apply_twice_is_a_no_op_and_status_fails_for_a_paused_connector() {
     // What a write of this connector's config looks like in the config topic.
     let written = keys_written(CONNECT_CONFIGS, before, high_watermark(CONNECT_CONFIGS, 0));
     assert!(written.iter().any(|key| key.contains(&capture.prefix)), "{written:?}");
+
+    // The worker resolves the placeholders: the password is in neither the config topic nor
+    // what the REST API shows, whose records of this connector keep the placeholder.
+    let password = env("PERSONA_PG_PASSWORD");
+    let records = events_containing(CONNECT_CONFIGS, 0, before, &capture.prefix).await;
+    assert!(!records.is_empty(), "no config record of {} found", capture.prefix);
+    for record in &records {
+        let record = String::from_utf8_lossy(record);
+        assert!(!record.contains(&password), "the password is in the config topic: {record}");
+    }
+    assert!(
+        records.iter().any(|r| String::from_utf8_lossy(r).contains("${env:PERSONA_PG_PASSWORD}")),
+        "no record keeps the placeholder"
+    );
+    let connect = env("PERSONA_CONNECT__URL");
+    for path in ["config", "tasks", "status"] {
+        let url = format!("{connect}/connectors/{}/{path}", capture.prefix);
+        let body = reqwest::get(&url).await.expect("GET").text().await.expect("body");
+        assert!(!body.contains(&password), "GET {url} shows the password");
+    }
 
     // Connect records every config it is sent in its config topic (shared with other tests'
     // connectors): nothing about this one may be written by the second apply.

@@ -536,9 +536,7 @@ async fn assert_no_mismatch(persona: &Persona, db: &Client, prefix: &str, when: 
 #[tokio::test]
 async fn every_default_feature_equals_its_sql_recomputation_through_crashes() {
     let prefix = unique("o");
-    let group = unique("oracle");
-    let static_member = vec![("PERSONA_KAFKA__INSTANCE_ID".to_string(), group.clone())];
-    let mut persona = Persona::start_with("oracle", &group, static_member).await;
+    let mut persona = Persona::start("oracle").await;
     let db = legacy_db().await;
     let mut total = seed_products(&db, &prefix, 0, CATALOG - 1).await;
 

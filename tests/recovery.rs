@@ -36,14 +36,10 @@ async fn keys(redis: &Client, pattern: &str) -> Vec<String> {
     }
 }
 
-fn static_member(group: &str) -> Vec<(String, String)> {
-    vec![("PERSONA_KAFKA__INSTANCE_ID".to_string(), group.to_string())]
-}
-
 #[tokio::test]
 async fn state_lost_in_redis_is_noticed_and_rebuilt_from_the_topics() {
     let group = unique("emptied");
-    let persona = Persona::start_with("emptied", &group, static_member(&group)).await;
+    let persona = Persona::start_with("emptied", &group, Vec::new()).await;
     let db = legacy_db().await;
     let user = unique("u");
     for _ in 0..3 {
@@ -73,7 +69,7 @@ async fn state_lost_in_redis_is_noticed_and_rebuilt_from_the_topics() {
 #[tokio::test]
 async fn rebuild_swaps_in_fresh_state_while_persona_serves() {
     let group = unique("rebuild");
-    let persona = Persona::start_with("rebuild", &group, static_member(&group)).await;
+    let persona = Persona::start_with("rebuild", &group, Vec::new()).await;
     let db = legacy_db().await;
     let user = unique("u");
     let deleted = insert_activity(&db, &user, "CLICK", None, 5).await;
@@ -124,8 +120,6 @@ async fn rebuild_swaps_in_fresh_state_while_persona_serves() {
 #[tokio::test]
 async fn a_feature_added_to_the_file_is_served_and_the_change_is_flagged() {
     let group = unique("definitions");
-    // Dynamic membership: a static member that leaves before its first join completes blocks
-    // the next one on tansu (README, known limitations).
     let mut persona = Persona::start_with("definitions", &group, Vec::new()).await;
     persona.stop().await;
 

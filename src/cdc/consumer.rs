@@ -3,13 +3,16 @@
 //!
 //! Partition lifecycle, per `(topic, partition)`:
 //! ```text
-//! (none) --first message--> Running --queue full--> Paused --queue half empty, seek--> Running
+//! (none) --first message--> Running --queue full: hold the message, pause--> Paused
+//! Paused --held message fits the queue again, resume--> Running
 //! Running|Paused --revoke or shutdown--> Draining --in-flight batch acked or drain_timeout--> (none)
 //! ```
 //! Polling on a thread of its own means a rebalance callback may block while the revoked
 //! partitions drain without stalling the async runtime, and the poll loop never blocks on a full
-//! queue: it pauses that partition instead, so the consumer keeps its group membership. On resume
-//! it seeks to the first offset not handed to the worker.
+//! queue: it pauses that partition instead, so the consumer keeps its group membership. Pausing
+//! makes librdkafka discard what it prefetched for the partition and fetch again, on resume,
+//! from the message after the last one polled: the held message is handed over first, so
+//! nothing is skipped or repeated.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -239,31 +242,33 @@ impl PollLoop {
         let key = (message.topic().to_string(), message.partition());
         let mut partitions = self.consumer.context().lock();
         let slot = partitions.entry(key.clone()).or_insert_with(|| self.spawn_worker(&key));
-        if slot.paused_at.is_some() {
+        if let Some(held) = &slot.held {
+            // Pausing discards what was prefetched, so this does not happen; should it, fetch
+            // from just after the held message again rather than skip this one.
+            tracing::warn!(topic = %key.0, partition = key.1, offset = message.offset(), "message of a paused partition; fetching it again on resume");
+            let after_held = Offset::Offset(held.offset() + 1);
+            if let Err(error) = self.consumer.seek(&key.0, key.1, after_held, SEEK_TIMEOUT) {
+                tracing::error!(topic = %key.0, partition = key.1, error = %error, "cannot seek a paused partition");
+            }
             return;
         }
-        if message.offset() < slot.next_offset {
-            metrics::counter!(telemetry::MESSAGES_REDELIVERED, "topic" => key.0.clone())
-                .increment(1);
-            return;
-        }
-        let offset = message.offset();
         match slot.queue.try_send(message) {
-            Ok(()) => slot.next_offset = offset + 1,
-            Err(TrySendError::Full(_)) => {
-                tracing::debug!(topic = %key.0, partition = key.1, offset, "queue full; partition paused");
+            Ok(()) => {}
+            Err(TrySendError::Full(message)) => {
+                tracing::debug!(topic = %key.0, partition = key.1, offset = message.offset(), "queue full; partition paused");
                 metrics::counter!(telemetry::PARTITION_PAUSES, "topic" => key.0.clone())
                     .increment(1);
-                slot.paused_at = Some(offset);
+                slot.held = Some(message);
                 self.set_paused(&key, true);
             }
             Err(TrySendError::Closed(message)) => {
                 // The worker ended on its own, which only a panic does: replace it.
                 tracing::error!(topic = %key.0, partition = key.1, "partition worker died; restarting it");
                 let mut fresh = self.spawn_worker(&key);
-                fresh.next_offset = offset + 1;
-                if fresh.queue.try_send(message).is_err() {
-                    fresh.paused_at = Some(offset);
+                if let Err(TrySendError::Full(message) | TrySendError::Closed(message)) =
+                    fresh.queue.try_send(message)
+                {
+                    fresh.held = Some(message);
                     self.set_paused(&key, true);
                 }
                 *slot = fresh;
@@ -330,29 +335,22 @@ impl PollLoop {
         done
     }
 
-    /// Resumes paused partitions whose queue has room again, from where they stopped.
+    /// Resumes paused partitions whose queue has room again, starting with the held message.
     fn resume_drained(&self) {
         let mut partitions = self.consumer.context().lock();
         for (key, slot) in partitions.iter_mut() {
-            let Some(offset) = slot.paused_at else { continue };
-            if slot.queue.capacity() < self.queue_capacity / 2 {
+            if slot.held.is_none() || slot.queue.capacity() < self.queue_capacity / 2 {
                 continue;
             }
-            let (topic, partition) = key;
-            // Resume first: resuming restarts the fetcher at the application's position, which
-            // is past the messages dropped while paused; the seek then sets it right.
-            self.set_paused(key, false);
-            match self.consumer.seek(topic, *partition, Offset::Offset(offset), SEEK_TIMEOUT) {
-                Ok(()) => {
-                    tracing::debug!(%topic, partition, offset, "partition resumed");
-                    slot.paused_at = None;
-                    slot.next_offset = offset;
-                }
-                Err(error) => {
-                    self.set_paused(key, true);
-                    tracing::warn!(%topic, partition, offset, error = %error, "cannot seek to resume; retrying");
-                }
+            let Some(message) = slot.held.take() else { continue };
+            if let Err(TrySendError::Full(message) | TrySendError::Closed(message)) =
+                slot.queue.try_send(message)
+            {
+                slot.held = Some(message);
+                continue;
             }
+            tracing::debug!(topic = %key.0, partition = key.1, "partition resumed");
+            self.set_paused(key, false);
         }
     }
 
@@ -379,6 +377,6 @@ impl PollLoop {
         };
         let task = self.consumer.context().runtime.spawn(worker.run(receiver, stop.clone()));
         tracing::debug!(%topic, partition, "partition worker started");
-        PartitionSlot { next_offset: 0, paused_at: None, queue, stop, task }
+        PartitionSlot { held: None, queue, stop, task }
     }
 }

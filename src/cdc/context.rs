@@ -22,15 +22,9 @@ use crate::telemetry;
 pub(super) type PartitionKey = (String, i32);
 
 pub(super) struct PartitionSlot {
-    /// The offset after the last message handed to the worker. A message below it was handed
-    /// out already and is dropped, so the worker sees each offset once, in order, and stored
-    /// offsets never move back.
-    pub(super) next_offset: i64,
-    /// Set while the partition is paused because its queue was full: the offset to seek back
-    /// to on resume. Messages that arrive meanwhile are dropped (they are fetched again).
-    /// Seeking explicitly, rather than trusting the fetcher to resume where the application
-    /// stopped, is what keeps messages from being skipped (seen with tansu).
-    pub(super) paused_at: Option<i64>,
+    /// The message that found the queue full. The partition stays paused until it fits; the
+    /// consumer's position is already past it, so librdkafka resumes with the message after it.
+    pub(super) held: Option<OwnedMessage>,
     pub(super) queue: mpsc::Sender<OwnedMessage>,
     pub(super) stop: CancellationToken,
     pub(super) task: JoinHandle<()>,

@@ -81,6 +81,15 @@ pub struct PluginError {
     pub message: String,
 }
 
+/// What Connect's validation of a config answered: the errors, and the values it echoes (its
+/// own keys, such as `name`, after the worker resolved their placeholders; plugins' keys are
+/// not echoed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginValidation {
+    pub errors: Vec<PluginError>,
+    pub values: BTreeMap<String, String>,
+}
+
 #[derive(Clone)]
 pub struct ConnectClient {
     http: reqwest::Client,
@@ -236,11 +245,12 @@ impl ConnectClient {
         Ok(expanded.into_values().map(|e| e.status.into()).collect())
     }
 
-    /// The plugin's own validation of `config` (`PUT /connector-plugins/{class}/config/validate`).
+    /// The worker's and the plugin's validation of `config`
+    /// (`PUT /connector-plugins/{class}/config/validate`).
     pub async fn validate(
         &self,
         config: &BTreeMap<String, String>,
-    ) -> Result<Vec<PluginError>, ConnectError> {
+    ) -> Result<PluginValidation, ConnectError> {
         let class = config.get("connector.class").cloned().unwrap_or_default();
         let plugin = class.rsplit('.').next().unwrap_or_default().to_string();
         let response = self
@@ -258,17 +268,20 @@ impl ConnectClient {
             what: "config/validate".into(),
             detail: "no configs array".into(),
         })?;
-        let mut errors = Vec::new();
+        let mut validation = PluginValidation::default();
         for item in configs {
             let key = item["value"]["name"].as_str().unwrap_or_default();
+            if let Some(value) = item["value"]["value"].as_str() {
+                validation.values.insert(key.to_string(), value.to_string());
+            }
             for message in item["value"]["errors"].as_array().into_iter().flatten() {
-                errors.push(PluginError {
+                validation.errors.push(PluginError {
                     key: key.to_string(),
                     message: message.as_str().unwrap_or_default().to_string(),
                 });
             }
         }
-        Ok(errors)
+        Ok(validation)
     }
 
     /// Restarts the connector and its tasks, or only the failed ones.

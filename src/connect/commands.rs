@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::client::readable_trace;
 use super::validate::{self, Problem, Stage};
-use super::{ConnectClient, ConnectError, ConnectorFile};
+use super::{ConnectClient, ConnectError, ConnectorFile, Placeholder};
 
 /// How long a FAILED state read after a restart, resume or update may be the one from before.
 const STALE_STATUS_GRACE: Duration = Duration::from_secs(10);
@@ -20,9 +20,14 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// The config with `${env:NAME}` placeholders replaced from the environment.
+    /// The config with `${env:NAME}` placeholders replaced from persona's own environment, for
+    /// the database checks only.
     pub fn resolve(&self) -> Result<BTreeMap<String, String>, ConnectError> {
         super::resolve(&self.path, &self.file, |name| std::env::var(name).ok())
+    }
+
+    pub fn placeholders(&self) -> Result<Vec<Placeholder>, ConnectError> {
+        super::placeholders(&self.path, &self.file)
     }
 }
 
@@ -56,24 +61,34 @@ pub async fn validate(client: &ConnectClient, loaded: &[Loaded]) -> ExitCode {
         let mut problems: Vec<Problem> = validate::offline(&item.file.config);
         let mut skipped: Vec<String> = Vec::new();
         let mut notes: Vec<String> = Vec::new();
-        match &item.resolve() {
+        match item.placeholders() {
             Err(error) => problems.push(Problem {
                 stage: Stage::File,
                 subject: "${env:…}".into(),
                 message: error.to_string(),
-                fix: "export the variable(s) where persona runs (scripts/stack writes .stack/stack.env)"
-                    .into(),
+                fix: "write placeholders as ${env:NAME}".into(),
             }),
+            Ok(placeholders) => {
+                match validate::connect(client, name, &item.file.config, &placeholders).await {
+                    Ok(report) => problems.extend(report.problems),
+                    Err(error) => skipped.push(format!("connect checks skipped: {error}")),
+                }
+            }
+        }
+        match item.resolve() {
+            Err(error) => skipped.push(format!(
+                "postgres checks skipped: they log in with the connector's credentials, and {error}"
+            )),
             Ok(resolved) => {
                 match tokio_postgres::connect(
-                    &validate::connection_string(resolved),
+                    &validate::connection_string(&resolved),
                     tokio_postgres::NoTls,
                 )
                 .await
                 {
                     Ok((db, connection)) => {
                         tokio::spawn(connection);
-                        match validate::postgres(&db, resolved).await {
+                        match validate::postgres(&db, &resolved).await {
                             Ok(report) => {
                                 problems.extend(report.problems);
                                 notes.extend(report.notes);
@@ -84,14 +99,13 @@ pub async fn validate(client: &ConnectClient, loaded: &[Loaded]) -> ExitCode {
                     Err(error) => problems.push(Problem {
                         stage: Stage::Postgres,
                         subject: "database.*".into(),
-                        message: format!("cannot connect with the connector's settings: {error}"),
+                        message: format!(
+                            "cannot connect with the connector's settings: {}",
+                            error.as_db_error().map_or_else(|| error.to_string(), |db| db.message().to_string())
+                        ),
                         fix: "check database.hostname/port/user/password/dbname and that Postgres runs"
                             .into(),
                     }),
-                }
-                match validate::connect(client, name, resolved).await {
-                    Ok(found) => problems.extend(found),
-                    Err(error) => skipped.push(format!("connect checks skipped: {error}")),
                 }
             }
         }
@@ -117,9 +131,9 @@ pub async fn validate(client: &ConnectClient, loaded: &[Loaded]) -> ExitCode {
 /// error), so scripts can read the output.
 pub async fn plan(client: &ConnectClient, loaded: &[Loaded]) -> Result<ExitCode, ConnectError> {
     for item in loaded {
-        let resolved = item.resolve()?;
+        item.placeholders()?;
         let deployed = client.config(&item.file.name).await?;
-        let changes = super::plan(&item.file.config, &resolved, deployed.as_ref());
+        let changes = super::plan(&item.file.config, deployed.as_ref());
         let name = &item.file.name;
         match (&deployed, changes.is_empty()) {
             (None, _) => println!("{name}: not deployed; apply creates it with:"),
@@ -134,23 +148,47 @@ pub async fn plan(client: &ConnectClient, loaded: &[Loaded]) -> Result<ExitCode,
 }
 
 /// Creates or updates each connector whose deployed config differs, then waits until it runs.
-/// A connector already up to date is left alone (nothing is sent to Connect).
+/// A connector already up to date is left alone (nothing is sent to Connect). The config is
+/// sent as written: the worker resolves its placeholders, and one it cannot resolve stops the
+/// apply before anything is sent.
 pub async fn apply(
     client: &ConnectClient,
     loaded: &[Loaded],
     timeout: Duration,
 ) -> Result<ExitCode, ConnectError> {
-    // Every file must resolve before anything is applied.
-    let resolved: Vec<BTreeMap<String, String>> =
-        loaded.iter().map(Loaded::resolve).collect::<Result<_, _>>()?;
-    for (item, config) in loaded.iter().zip(&resolved) {
+    // Every file must be well formed before anything is applied.
+    let placeholders: Vec<Vec<Placeholder>> =
+        loaded.iter().map(Loaded::placeholders).collect::<Result<_, _>>()?;
+    for (item, placeholders) in loaded.iter().zip(&placeholders) {
         let name = &item.file.name;
+        let config = &item.file.config;
         let deployed = client.config(name).await?;
-        let changes = super::plan(&item.file.config, config, deployed.as_ref());
+        let changes = super::plan(config, deployed.as_ref());
         if deployed.is_some() && changes.is_empty() {
             let state = client.status(name).await?.map_or("unknown".into(), |s| describe(&s));
             println!("connector {name}: unchanged ({state})");
             continue;
+        }
+        // Connect validates a config it is given too, but its answer to an invalid one is not
+        // always readable (Connect 4.3 answers HTTP 500 for some Debezium errors): validate
+        // first, and send only what passes.
+        let report = validate::connect(client, name, config, placeholders).await?;
+        if !report.unresolved.is_empty() {
+            return Err(ConnectError::Unresolvable {
+                path: item.path.clone(),
+                names: report.unresolved,
+            });
+        }
+        if !report.problems.is_empty() {
+            let problems: Vec<String> = report
+                .problems
+                .iter()
+                .map(|p| format!("  {}", p.to_string().replace('\n', "\n  ")))
+                .collect();
+            return Err(ConnectError::Invalid {
+                name: name.clone(),
+                problems: problems.join("\n"),
+            });
         }
         for change in &changes {
             println!("  {change}");

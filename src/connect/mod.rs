@@ -1,9 +1,12 @@
 //! Connector operations: the Debezium connector lives as JSON files in `connect/`
-//! (`{"name": …, "config": {…}}`), with credentials as `${env:NAME}` placeholders that are
-//! resolved here, at apply time, so nothing secret is committed.
+//! (`{"name": …, "config": {…}}`), with credentials as `${env:NAME}` placeholders. They stay
+//! placeholders all the way: the Kafka Connect worker resolves them from its own environment
+//! (Kafka's `EnvVarConfigProvider`) when it starts the connector, so no secret is committed,
+//! written to Connect's config topic or shown by its REST API.
 //!
-//! - [`validate`]: the file offline, against Postgres (publication, replica identity, slot) and
-//!   against the plugin's own validation in Connect; each problem comes with its fix.
+//! - [`validate`]: the file offline, against Postgres (publication, replica identity, slot),
+//!   against the worker (placeholders it cannot resolve) and the plugin's own validation in
+//!   Connect; each problem comes with its fix.
 //! - [`plan`]: what applying would change in the deployed config, secrets masked.
 //! - [`commands`]: `persona connector validate|plan|apply|status|restart|pause|resume|delete`.
 //!   Apply is idempotent (nothing is sent when the deployed config already matches) and waits
@@ -29,14 +32,21 @@ pub enum ConnectError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a connector file ({{\"name\", \"config\"}}): {source}")]
     Parse { path: PathBuf, source: serde_json::Error },
-    #[error("{path}: environment variable(s) not set: {}; nothing was applied", names.join(", "))]
+    #[error("{path}: environment variable(s) not set here: {}", names.join(", "))]
     MissingEnv { path: PathBuf, names: Vec<String> },
     #[error("{path}: malformed placeholder in {key:?} (expected ${{env:NAME}})")]
     BadPlaceholder { path: PathBuf, key: String },
+    #[error(
+        "{path}: the Kafka Connect worker cannot resolve {}: set the variable(s) in the worker's environment, with config.providers=env and an allowlist.pattern that admits them; nothing was applied",
+        names.iter().map(|n| format!("${{env:{n}}}")).collect::<Vec<_>>().join(", ")
+    )]
+    Unresolvable { path: PathBuf, names: Vec<String> },
     #[error("kafka connect at {url} is unreachable: {source}")]
     Unreachable { url: String, source: reqwest::Error },
     #[error("kafka connect rejected {name} (HTTP {status}):\n{body}")]
     Rejected { name: String, status: u16, body: String },
+    #[error("kafka connect finds {name}'s config invalid; nothing was applied:\n{problems}")]
+    Invalid { name: String, problems: String },
     #[error("connector {name} is not running after {waited:?}: {detail}")]
     NotRunning { name: String, waited: Duration, detail: String },
     #[error("kafka connect answered {what} with something unexpected: {detail}")]
@@ -74,8 +84,65 @@ pub fn load(path: &Path) -> Result<ConnectorFile, ConnectError> {
         .map_err(|source| ConnectError::Parse { path: path.to_path_buf(), source })
 }
 
-/// Replaces every `${env:NAME}` with the variable's value, looked up with `lookup`. All
-/// missing names are reported together.
+/// A piece of a config value: literal text, or the name of a `${env:NAME}` placeholder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Segment<'a> {
+    Text(&'a str),
+    Variable(&'a str),
+}
+
+/// Splits `value` into text and placeholders; `None` for an unterminated or empty placeholder.
+fn segments(value: &str) -> Option<Vec<Segment<'_>>> {
+    let mut out = Vec::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${env:") {
+        out.push(Segment::Text(&rest[..start]));
+        let after = &rest[start + "${env:".len()..];
+        let end = after.find('}')?;
+        if end == 0 {
+            return None;
+        }
+        out.push(Segment::Variable(&after[..end]));
+        rest = &after[end + 1..];
+    }
+    out.push(Segment::Text(rest));
+    Some(out)
+}
+
+/// A `${env:NAME}` placeholder of a connector file: the key holding it and the variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placeholder {
+    pub key: String,
+    pub variable: String,
+}
+
+/// Every placeholder of the file, in key order; a malformed one is an error.
+pub fn placeholders(path: &Path, file: &ConnectorFile) -> Result<Vec<Placeholder>, ConnectError> {
+    let mut found = Vec::new();
+    for (key, value) in &file.config {
+        let parts = segments(value).ok_or_else(|| ConnectError::BadPlaceholder {
+            path: path.to_path_buf(),
+            key: key.clone(),
+        })?;
+        for part in parts {
+            if let Segment::Variable(variable) = part {
+                found.push(Placeholder { key: key.clone(), variable: variable.to_string() });
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// A key whose value must never be shown: it names a credential.
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token", "credential"].iter().any(|word| key.contains(word))
+}
+
+/// Replaces every `${env:NAME}` with the variable's value, looked up with `lookup`, as the
+/// worker would. persona resolves only to check the database with the connector's own
+/// credentials; what it sends to Connect keeps the placeholders. All missing names are
+/// reported together.
 pub fn resolve(
     path: &Path,
     file: &ConnectorFile,
@@ -84,29 +151,20 @@ pub fn resolve(
     let mut missing = Vec::new();
     let mut resolved = BTreeMap::new();
     for (key, value) in &file.config {
+        let parts = segments(value).ok_or_else(|| ConnectError::BadPlaceholder {
+            path: path.to_path_buf(),
+            key: key.clone(),
+        })?;
         let mut out = String::with_capacity(value.len());
-        let mut rest = value.as_str();
-        while let Some(start) = rest.find("${env:") {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + "${env:".len()..];
-            let end = after.find('}').ok_or_else(|| ConnectError::BadPlaceholder {
-                path: path.to_path_buf(),
-                key: key.clone(),
-            })?;
-            let name = &after[..end];
-            if name.is_empty() {
-                return Err(ConnectError::BadPlaceholder {
-                    path: path.to_path_buf(),
-                    key: key.clone(),
-                });
+        for part in parts {
+            match part {
+                Segment::Text(text) => out.push_str(text),
+                Segment::Variable(name) => match lookup(name) {
+                    Some(found) => out.push_str(&found),
+                    None => missing.push(name.to_string()),
+                },
             }
-            match lookup(name) {
-                Some(found) => out.push_str(&found),
-                None => missing.push(name.to_string()),
-            }
-            rest = &after[end + 1..];
         }
-        out.push_str(rest);
         resolved.insert(key.clone(), out);
     }
     if !missing.is_empty() {
@@ -149,7 +207,21 @@ mod tests {
         let error = resolve(Path::new("c.json"), &f, |_| None).expect_err("missing");
         let message = error.to_string();
         assert!(message.contains("ONE") && message.contains("TWO"), "{message}");
-        assert!(message.contains("nothing was applied"), "{message}");
+    }
+
+    #[test]
+    fn placeholders_are_listed_by_key() {
+        let f =
+            file(&[("url", "jdbc:${env:HOST}:${env:PORT}/x"), ("database.password", "${env:PW}")]);
+        let found = placeholders(Path::new("c.json"), &f).expect("well formed");
+        let pairs: Vec<(&str, &str)> =
+            found.iter().map(|p| (p.key.as_str(), p.variable.as_str())).collect();
+        assert_eq!(pairs, vec![("database.password", "PW"), ("url", "HOST"), ("url", "PORT")]);
+        let empty = file(&[("a", "${env:}")]);
+        assert!(matches!(
+            placeholders(Path::new("c.json"), &empty),
+            Err(ConnectError::BadPlaceholder { .. })
+        ));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fmt;
 
 const MASK: &str = "****";
 
-/// One key that differs between the file (resolved) and what Connect runs.
+/// One key that differs between the file and what Connect runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     Add { key: String, value: String },
@@ -23,40 +23,38 @@ impl fmt::Display for Change {
     }
 }
 
-/// A value that must not be shown: it came from a `${env:…}` placeholder, or its key names a
-/// credential.
-fn is_secret(key: &str, committed: Option<&String>) -> bool {
-    let key = key.to_ascii_lowercase();
-    committed.is_some_and(|value| value.contains("${env:"))
-        || ["password", "secret", "token", "credential"].iter().any(|word| key.contains(word))
+/// How a value is shown: a placeholder as written (it holds no secret), a literal under a
+/// credential's key masked.
+fn shown(key: &str, value: &str) -> String {
+    if value.contains("${env:") || !super::is_secret_key(key) {
+        value.to_string()
+    } else {
+        MASK.to_string()
+    }
 }
 
-/// The changes from `deployed` (`None`: not deployed) to `resolved`, secrets masked. `committed`
-/// is the file as written, which says which values came from placeholders.
+/// The changes from `deployed` (`None`: not deployed) to the file's `config`, as sent:
+/// placeholders unresolved on both sides, literal credentials masked.
 pub fn plan(
-    committed: &BTreeMap<String, String>,
-    resolved: &BTreeMap<String, String>,
+    config: &BTreeMap<String, String>,
     deployed: Option<&BTreeMap<String, String>>,
 ) -> Vec<Change> {
     let empty = BTreeMap::new();
     let deployed = deployed.unwrap_or(&empty);
-    let show = |key: &str, value: &str| {
-        if is_secret(key, committed.get(key)) { MASK.to_string() } else { value.to_string() }
-    };
     let mut changes = Vec::new();
-    for (key, value) in resolved {
+    for (key, value) in config {
         match deployed.get(key) {
-            None => changes.push(Change::Add { key: key.clone(), value: show(key, value) }),
+            None => changes.push(Change::Add { key: key.clone(), value: shown(key, value) }),
             Some(current) if current != value => changes.push(Change::Update {
                 key: key.clone(),
-                from: show(key, current),
-                to: show(key, value),
+                from: shown(key, current),
+                to: shown(key, value),
             }),
             Some(_) => {}
         }
     }
-    for (key, value) in deployed.iter().filter(|(key, _)| !resolved.contains_key(*key)) {
-        changes.push(Change::Remove { key: key.clone(), value: show(key, value) });
+    for (key, value) in deployed.iter().filter(|(key, _)| !config.contains_key(*key)) {
+        changes.push(Change::Remove { key: key.clone(), value: shown(key, value) });
     }
     changes
 }
@@ -71,33 +69,45 @@ mod tests {
 
     #[test]
     fn nothing_to_do_when_deployed_matches() {
-        let config = map(&[("a", "1"), ("database.password", "s3cret")]);
-        assert!(plan(&config, &config, Some(&config)).is_empty());
+        let config = map(&[("a", "1"), ("database.password", "${env:PW}")]);
+        assert!(plan(&config, Some(&config)).is_empty());
     }
 
     #[test]
-    fn adds_updates_and_removes_with_secrets_masked() {
-        let committed = map(&[("a", "2"), ("database.user", "${env:USER}"), ("pw.password", "x")]);
-        let resolved = map(&[("a", "2"), ("database.user", "alice"), ("pw.password", "new")]);
-        let deployed =
-            map(&[("a", "1"), ("database.user", "bob"), ("old", "z"), ("pw.password", "old")]);
-        let changes = plan(&committed, &resolved, Some(&deployed));
+    fn adds_updates_and_removes_with_literal_secrets_masked() {
+        let config = map(&[
+            ("a", "2"),
+            ("database.password", "${env:PW}"),
+            ("database.user", "${env:USER}"),
+            ("pw.password", "new"),
+        ]);
+        // Deployed by an older persona that resolved placeholders before applying.
+        let deployed = map(&[
+            ("a", "1"),
+            ("database.password", "s3cret"),
+            ("database.user", "bob"),
+            ("old", "z"),
+            ("pw.password", "old"),
+        ]);
+        let changes = plan(&config, Some(&deployed));
         let shown: Vec<String> = changes.iter().map(ToString::to_string).collect();
         assert_eq!(
             shown,
             vec![
                 "~ a: 1 -> 2",
-                "~ database.user: **** -> ****",
+                "~ database.password: **** -> ${env:PW}",
+                "~ database.user: bob -> ${env:USER}",
                 "~ pw.password: **** -> ****",
                 "- old = z"
             ]
         );
-        assert!(!shown.join("\n").contains("alice") && !shown.join("\n").contains("new"));
+        let all = shown.join("\n");
+        assert!(!all.contains("s3cret") && !all.contains("-> new"), "{all}");
     }
 
     #[test]
     fn everything_is_added_when_not_deployed() {
         let config = map(&[("a", "1"), ("b", "2")]);
-        assert_eq!(plan(&config, &config, None).len(), 2);
+        assert_eq!(plan(&config, None).len(), 2);
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::ConnectClient;
+use super::{ConnectClient, Placeholder};
 
 /// Keys without which the connector cannot run or persona cannot read what it produces.
 const REQUIRED: [&str; 11] = [
@@ -363,27 +363,100 @@ fn join(tables: &[TableName]) -> String {
     tables.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
-/// The plugin's own validation, as problems.
+/// What the Kafka Connect worker makes of a connector file: the placeholders it cannot resolve,
+/// and the plugin's own validation of the config as the worker resolves it.
+#[derive(Debug, Default)]
+pub struct WorkerReport {
+    /// Variables the worker leaves unresolved (sorted).
+    pub unresolved: Vec<String>,
+    pub problems: Vec<Problem>,
+}
+
+/// Asks the worker to validate the file's config, placeholders unresolved, as apply sends it.
+///
+/// Whether the worker resolves a placeholder shows in the values Connect echoes: the probe
+/// puts the placeholders into `name`, one of Connect's own keys, and reads back which stayed
+/// literal. Only variables of keys that hold no credential are probed that way, so no secret
+/// appears in the answer; a credential's placeholder the worker cannot resolve shows as the
+/// login failing, and the problem then names its variable.
 pub async fn connect(
     client: &ConnectClient,
     name: &str,
-    resolved: &BTreeMap<String, String>,
-) -> Result<Vec<Problem>, super::ConnectError> {
-    let mut config = resolved.clone();
-    config.insert("name".into(), name.to_string());
-    Ok(client
-        .validate(&config)
-        .await?
-        .into_iter()
-        .map(|error| {
+    committed: &BTreeMap<String, String>,
+    placeholders: &[Placeholder],
+) -> Result<WorkerReport, super::ConnectError> {
+    let mut probed: Vec<&str> = placeholders
+        .iter()
+        .filter(|p| !super::is_secret_key(&p.key))
+        .map(|p| p.variable.as_str())
+        .collect();
+    probed.sort_unstable();
+    probed.dedup();
+    let mut config = committed.clone();
+    let probe = if probed.is_empty() {
+        name.to_string()
+    } else {
+        probed.iter().map(|v| format!("${{env:{v}}}")).collect::<Vec<_>>().join(" ")
+    };
+    config.insert("name".into(), probe);
+    let validation = client.validate(&config).await?;
+    let echoed = validation.values.get("name").cloned().unwrap_or_default();
+    let unresolved: Vec<String> = probed
+        .iter()
+        .filter(|v| echoed.contains(&format!("${{env:{v}}}")))
+        .map(|v| v.to_string())
+        .collect();
+    let mut problems: Vec<Problem> = unresolved
+        .iter()
+        .map(|variable| {
+            let keys: Vec<&str> = placeholders
+                .iter()
+                .filter(|p| &p.variable == variable)
+                .map(|p| p.key.as_str())
+                .collect();
             problem(
                 Stage::Connect,
-                &error.key,
-                error.message,
-                format!("correct \"{}\" in the file", error.key),
+                &format!("${{env:{variable}}}"),
+                format!("the Kafka Connect worker cannot resolve it (used by {})", keys.join(", ")),
+                unresolved_fix(variable),
             )
         })
-        .collect())
+        .collect();
+    for error in validation.errors.iter().filter(|e| e.key != "name") {
+        let fix = credential_hint(placeholders, &error.message)
+            .unwrap_or_else(|| format!("correct \"{}\" in the file", error.key));
+        problems.push(problem(Stage::Connect, &error.key, error.message.clone(), fix));
+    }
+    Ok(WorkerReport { unresolved, problems })
+}
+
+fn unresolved_fix(variable: &str) -> String {
+    format!(
+        "set {variable} in the Connect worker's environment; the worker needs \
+         config.providers=env, config.providers.env.class=\
+         org.apache.kafka.common.config.provider.EnvVarConfigProvider and a \
+         config.providers.env.param.allowlist.pattern that admits {variable}"
+    )
+}
+
+/// When the database refused the connector's login and its credentials are placeholders, what
+/// to check: the worker's value of each variable (it resolves them, not persona).
+pub fn credential_hint(placeholders: &[Placeholder], message: &str) -> Option<String> {
+    let refused = ["password authentication failed", "no password was provided"]
+        .iter()
+        .any(|needle| message.contains(needle));
+    let credentials: Vec<String> = placeholders
+        .iter()
+        .filter(|p| super::is_secret_key(&p.key) || p.key == "database.user")
+        .map(|p| format!("{} = ${{env:{}}}", p.key, p.variable))
+        .collect();
+    (refused && !credentials.is_empty()).then(|| {
+        format!(
+            "the worker resolves {}: check that its environment has each variable, that \
+             config.providers.env.param.allowlist.pattern admits it, and that the value is right",
+            credentials.join(", ")
+        )
+    })
 }
 
 /// A libpq-style connection to the connector's own database, with the connector's own user.

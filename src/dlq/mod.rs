@@ -119,14 +119,17 @@ impl DeadLetters {
         Ok(())
     }
 
-    /// Creates the dead-letter topic (one partition) when the broker does not have it yet, so
-    /// that the first dead letter does not depend on the broker auto-creating topics.
+    /// Creates the dead-letter topic (one partition, the cluster's default replication factor)
+    /// when the broker does not have it yet, so that the first dead letter does not depend on
+    /// the broker auto-creating topics.
     pub async fn ensure_topic(&self, config: &KafkaConfig) -> Result<(), DlqError> {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", &config.brokers)
             .create()
             .map_err(DlqError::Create)?;
-        let topic = NewTopic::new(&self.topic, 1, TopicReplication::Fixed(1));
+        // -1: the brokers' `default.replication.factor`, so that `acks=all` meets the cluster's
+        // `min.insync.replicas` on a cluster of several brokers as on one.
+        let topic = NewTopic::new(&self.topic, 1, TopicReplication::Fixed(-1));
         let options = AdminOptions::new().operation_timeout(Some(DELIVERY_TIMEOUT));
         let results = admin.create_topics([&topic], &options).await.map_err(|e| {
             DlqError::CreateTopic { topic: self.topic.clone(), reason: e.to_string() }
@@ -159,10 +162,7 @@ fn producer(config: &KafkaConfig) -> Result<FutureProducer, DlqError> {
         // A dead letter is the only copy of what was skipped: wait for every replica.
         .set("acks", "all")
         .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string())
-        .set("linger.ms", "0")
-        // One record per record batch: dead letters are rare, and some brokers (tansu 0.6.0)
-        // skip the rest of a multi-record batch when a fetch starts inside it (README).
-        .set("batch.num.messages", "1");
+        .set("linger.ms", "0");
     for (key, value) in config.extra_librdkafka.iter().filter(|(key, _)| is_shared_setting(key)) {
         client.set(key, value);
     }

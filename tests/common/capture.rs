@@ -132,7 +132,8 @@ impl Capture {
             .collect();
         let topics: Vec<NewTopic> = names
             .iter()
-            .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+            // -1: the brokers' default, 3 on the stack's three-broker cluster.
+            .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(-1)))
             .collect();
         admin().create_topics(&topics, &AdminOptions::new()).await.expect("create topics");
         let dir = tempfile::tempdir().expect("tempdir");

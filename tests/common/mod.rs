@@ -1,5 +1,5 @@
 //! Shared harness for the integration tests. They run against the real local stack started by
-//! `scripts/stack up` (Postgres, Debezium in Kafka Connect, tansu, Redis), whose addresses come
+//! `scripts/stack up` (Postgres, Debezium in Kafka Connect, Apache Kafka, Redis), whose addresses come
 //! from `.stack/stack.env`. Each test runs its own `persona serve` process with its own consumer
 //! group and Redis key prefix, so tests do not see each other's state.
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
