@@ -117,26 +117,20 @@ fn tail(brokers: &str, run: &str) -> anyhow::Result<Arc<Mutex<HashMap<String, Se
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("freshness-{run}"))
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "latest")
         .set("fetch.wait.max.ms", "10")
         .create()?;
-    consumer.subscribe(&[TOPIC])?;
-    // Wait for the assignment, so that no row is written before the tail reads.
-    let started = Instant::now();
-    while consumer.assignment()?.count() == 0 {
-        consumer.poll(Duration::from_millis(100));
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("no partition of {TOPIC} assigned within 30 s");
-        }
+    // Every partition from its current end, read before any row is written.
+    let metadata = consumer.fetch_metadata(Some(TOPIC), Duration::from_secs(10))?;
+    let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or_default();
+    if partitions == 0 {
+        bail!("{TOPIC} has no partitions (is the stack up?)");
     }
-    for element in consumer.assignment()?.elements() {
-        consumer.seek(
-            element.topic(),
-            element.partition(),
-            rdkafka::Offset::End,
-            Duration::from_secs(5),
-        )?;
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for partition in 0..partitions as i32 {
+        let (_, end) = consumer.fetch_watermarks(TOPIC, partition, Duration::from_secs(10))?;
+        assignment.add_partition_offset(TOPIC, partition, rdkafka::Offset::Offset(end))?;
     }
+    consumer.assign(&assignment)?;
     let seen = Arc::new(Mutex::new(HashMap::new()));
     let shared = Arc::clone(&seen);
     let marker = format!("fresh-{run}-");
