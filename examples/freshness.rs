@@ -5,7 +5,8 @@
 //! source .stack/stack.env
 //! cargo run --release --example freshness -- http://127.0.0.1:8080 200
 //! ```
-//! Writes `SAMPLES` activity rows, one at a time, each for a fresh user, and polls
+//! Waits until persona reports no consumer lag, then writes `SAMPLES` activity rows, one at a
+//! time, each for a fresh user, and polls
 //! `GET /api/v1/users/{id}/features?names=clicks_1m` every millisecond until it counts 1.
 //! Meanwhile a consumer of its own tails the activity topic, which splits the time in three:
 //! - capture: Postgres commit (`source.ts_ms`) → Debezium's record in Kafka (its timestamp);
@@ -47,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let http = reqwest::Client::new();
     let run = uuid::Uuid::new_v4().simple().to_string();
+    wait_caught_up(&http, &api).await?;
     let seen = tail(&brokers, &run)?;
 
     let mut visible = Vec::with_capacity(samples);
@@ -92,6 +94,30 @@ async fn main() -> anyhow::Result<()> {
     report("capture (commit → record in Kafka)", capture);
     report("commit → consumer", consumed);
     report("commit → visible", visible);
+    Ok(())
+}
+
+/// A new consumer group reads the topics' history first: measure only once persona reports no
+/// lag on every partition twice in a row, a statistics interval (5 s) apart.
+async fn wait_caught_up(http: &reqwest::Client, api: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut streak = 0;
+    while streak < 2 {
+        let metrics = http.get(format!("{api}/metrics")).send().await?.text().await?;
+        let lags: Vec<f64> = metrics
+            .lines()
+            .filter(|line| line.starts_with("persona_consumer_lag_messages{"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+            .collect();
+        streak = if !lags.is_empty() && lags.iter().sum::<f64>() == 0.0 { streak + 1 } else { 0 };
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("persona still behind after 10 minutes: {lags:?}");
+        }
+        if streak < 2 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+        }
+    }
+    eprintln!("persona caught up after {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
