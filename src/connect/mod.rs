@@ -109,6 +109,22 @@ fn segments(value: &str) -> Option<Vec<Segment<'_>>> {
     Some(out)
 }
 
+/// Each key of the file with its value split into segments; a malformed placeholder is an error.
+fn parsed<'a>(
+    path: &Path,
+    file: &'a ConnectorFile,
+) -> Result<Vec<(&'a String, Vec<Segment<'a>>)>, ConnectError> {
+    file.config
+        .iter()
+        .map(|(key, value)| {
+            segments(value).map(|parts| (key, parts)).ok_or_else(|| ConnectError::BadPlaceholder {
+                path: path.to_path_buf(),
+                key: key.clone(),
+            })
+        })
+        .collect()
+}
+
 /// A `${env:NAME}` placeholder of a connector file: the key holding it and the variable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placeholder {
@@ -119,11 +135,7 @@ pub struct Placeholder {
 /// Every placeholder of the file, in key order; a malformed one is an error.
 pub fn placeholders(path: &Path, file: &ConnectorFile) -> Result<Vec<Placeholder>, ConnectError> {
     let mut found = Vec::new();
-    for (key, value) in &file.config {
-        let parts = segments(value).ok_or_else(|| ConnectError::BadPlaceholder {
-            path: path.to_path_buf(),
-            key: key.clone(),
-        })?;
+    for (key, parts) in parsed(path, file)? {
         for part in parts {
             if let Segment::Variable(variable) = part {
                 found.push(Placeholder { key: key.clone(), variable: variable.to_string() });
@@ -150,12 +162,8 @@ pub fn resolve(
 ) -> Result<BTreeMap<String, String>, ConnectError> {
     let mut missing = Vec::new();
     let mut resolved = BTreeMap::new();
-    for (key, value) in &file.config {
-        let parts = segments(value).ok_or_else(|| ConnectError::BadPlaceholder {
-            path: path.to_path_buf(),
-            key: key.clone(),
-        })?;
-        let mut out = String::with_capacity(value.len());
+    for (key, parts) in parsed(path, file)? {
+        let mut out = String::new();
         for part in parts {
             match part {
                 Segment::Text(text) => out.push_str(text),
