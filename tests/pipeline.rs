@@ -190,8 +190,9 @@ async fn rebalances_lose_nothing_and_count_nothing_twice() {
 }
 
 /// Backpressure: with queues this small every partition keeps pausing while a new group reads
-/// the history. Resuming seeks back to the first message not handed to the worker, so each
-/// message is applied exactly once: none skipped, none twice.
+/// the history. The message that found its queue full is held and handed over first on resume,
+/// where librdkafka goes on with the one after it, so each message is applied exactly once:
+/// none skipped, none twice.
 #[tokio::test]
 async fn paused_partitions_resume_without_skipping_or_repeating() {
     const PER_USER: i64 = 25;
@@ -234,4 +235,41 @@ async fn paused_partitions_resume_without_skipping_or_repeating() {
         counter(&metrics, "persona_partition_pauses_total", &[]) >= 1.0,
         "no partition was paused, so resuming was not exercised"
     );
+}
+
+/// A partition paused for backpressure when a rebalance revokes it must fetch again when it is
+/// assigned back: the pause belongs to the worker that the revoke drained, not to the partition.
+#[tokio::test]
+async fn a_partition_paused_when_revoked_is_fetched_when_assigned_again() {
+    const PER_USER: i64 = 100;
+    let db = legacy_db().await;
+    let users: Vec<String> = (0..4).map(|_| unique("u")).collect();
+    for user in &users {
+        for _ in 0..PER_USER {
+            insert_activity(&db, user, "CLICK", None, 2).await;
+        }
+    }
+    let group = unique("paused-rebalance");
+    // Queues of four: the first member keeps pausing its partitions while it reads the history.
+    let tiny_queues = vec![
+        ("PERSONA_KAFKA__PARTITION_QUEUE_CAPACITY".to_string(), "4".to_string()),
+        ("PERSONA_KAFKA__BATCH_MAX_MESSAGES".to_string(), "2".to_string()),
+    ];
+    let first = Persona::start_with("paused-rebalance-a", &group, tiny_queues.clone()).await;
+    eventually("the first member pauses a partition", CATCH_UP, || async {
+        let pauses = counter(&first.metrics().await, "persona_partition_pauses_total", &[]);
+        if pauses >= 1.0 { Ok(()) } else { Err(format!("{pauses} pauses")) }
+    })
+    .await;
+    // A second member joins and leaves: the first gives up its partitions, paused ones among
+    // them, and takes every partition back.
+    let mut second = Persona::start_with("paused-rebalance-b", &group, tiny_queues).await;
+    second.stop().await;
+    for user in &users {
+        insert_activity(&db, user, "SEARCH", None, 2).await;
+    }
+    let expected = [("clicks_5m", json!(PER_USER)), ("searches_15m", json!(1))];
+    for user in &users {
+        first.wait_for_features_within(user, &expected, CATCH_UP).await;
+    }
 }

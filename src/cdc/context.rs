@@ -112,9 +112,15 @@ impl ConsumerContext for IngestContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(assigned) = rebalance {
             tracing::info!(partitions = assigned.count(), "partitions assigned");
+            // librdkafka keeps a partition paused through revoke and assign. A pause for a full
+            // queue belonged to the worker the revoke drained; a partition assigned back must
+            // be fetched again.
+            if let Err(error) = consumer.resume(assigned) {
+                tracing::warn!(error = %error, "cannot resume assigned partitions");
+            }
         }
     }
 
