@@ -197,13 +197,8 @@ async fn rebalances_lose_nothing_and_count_nothing_twice() {
 async fn paused_partitions_resume_without_skipping_or_repeating() {
     const PER_USER: i64 = 25;
     let db = legacy_db().await;
-    let users: Vec<String> = (0..4).map(|_| unique("u")).collect();
     // Written before persona starts: read back at the end of the history, under backpressure.
-    for user in &users {
-        for _ in 0..PER_USER {
-            insert_activity(&db, user, "CLICK", None, 2).await;
-        }
-    }
+    let users = users_with_clicks(&db, PER_USER).await;
     let persona = Persona::start_with(
         "backpressure",
         &unique("backpressure"),
@@ -243,12 +238,7 @@ async fn paused_partitions_resume_without_skipping_or_repeating() {
 async fn a_partition_paused_when_revoked_is_fetched_when_assigned_again() {
     const PER_USER: i64 = 100;
     let db = legacy_db().await;
-    let users: Vec<String> = (0..4).map(|_| unique("u")).collect();
-    for user in &users {
-        for _ in 0..PER_USER {
-            insert_activity(&db, user, "CLICK", None, 2).await;
-        }
-    }
+    let users = users_with_clicks(&db, PER_USER).await;
     let group = unique("paused-rebalance");
     // Queues of four: the first member keeps pausing its partitions while it reads the history.
     let tiny_queues = vec![
@@ -272,4 +262,15 @@ async fn a_partition_paused_when_revoked_is_fetched_when_assigned_again() {
     for user in &users {
         first.wait_for_features_within(user, &expected, CATCH_UP).await;
     }
+}
+
+/// Four new users with `per_user` clicks each, written one by one.
+async fn users_with_clicks(db: &tokio_postgres::Client, per_user: i64) -> Vec<String> {
+    let users: Vec<String> = (0..4).map(|_| unique("u")).collect();
+    for user in &users {
+        for _ in 0..per_user {
+            insert_activity(db, user, "CLICK", None, 2).await;
+        }
+    }
+    users
 }
