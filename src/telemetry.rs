@@ -52,6 +52,9 @@ pub const OFFSETS_STORED: &str = "persona_offsets_stored_total";
 pub const CONSUMER_ERRORS: &str = "persona_consumer_errors_total";
 /// Partitions drained on revoke or shutdown; label `outcome` (`drained`, `timed_out`).
 pub const PARTITION_DRAINS: &str = "persona_partition_drains_total";
+/// Partition workers that died (a panic) and were replaced, their partition read again from
+/// the first change not yet written; label `topic`.
+pub const WORKER_DEATHS: &str = "persona_partition_worker_deaths_total";
 /// Partitions paused because their worker's queue was full (backpressure while catching up);
 /// label `topic`.
 pub const PARTITION_PAUSES: &str = "persona_partition_pauses_total";

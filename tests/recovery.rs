@@ -1,11 +1,14 @@
 //! Recovery on the real stack: persona notices when Redis lost its state and rebuilds it from the
-//! topics by itself; `persona rebuild` builds fresh state while persona serves, then swaps it in.
+//! topics by itself; `persona rebuild` builds fresh state while persona serves, then swaps it in;
+//! a partition worker that dies is replaced without skipping anything.
 
 mod common;
 
 use std::process::Command;
 
-use common::{DEADLINE, Persona, counter, env, eventually, insert_activity, legacy_db, unique};
+use common::{
+    CATCH_UP, DEADLINE, Persona, counter, env, eventually, insert_activity, legacy_db, unique,
+};
 use fred::prelude::*;
 use serde_json::json;
 
@@ -140,4 +143,35 @@ async fn a_feature_added_to_the_file_is_served_and_the_change_is_flagged() {
     persona.wait_for_features(&user, &[("wishlist_adds_5m", json!(2))]).await;
     let log = std::fs::read_to_string(&persona.log).expect("log");
     assert!(log.contains("feature definitions changed"), "log: {}", persona.log.display());
+}
+
+/// A panic in a partition's worker (injected through a hook that only debug builds have) loses
+/// what it had queued and in flight; the partition is read again from its first change not yet
+/// written, so every change is still applied exactly once.
+#[tokio::test]
+async fn a_worker_that_panics_is_replaced_and_its_partition_read_again() {
+    let marker = unique("panic-on");
+    let hook = vec![("PERSONA_TEST_PANIC_ON".to_string(), marker.clone())];
+    let persona = Persona::start_with("worker-panic", &unique("worker-panic"), hook).await;
+    let db = legacy_db().await;
+    let user = unique("u");
+    for _ in 0..5 {
+        insert_activity(&db, &user, "CLICK", None, 2).await;
+    }
+    // The worker that gets this row panics, with whatever it holds after it.
+    insert_activity(&db, &user, "VIEW_PRODUCT", Some(&marker), 2).await;
+    for _ in 0..5 {
+        insert_activity(&db, &user, "CLICK", None, 2).await;
+    }
+    let expected =
+        [("clicks_5m", json!(10)), ("views_15m", json!(1)), ("last_viewed_product", json!(marker))];
+    persona.wait_for_features_within(&user, &expected, CATCH_UP).await;
+    let metrics = persona.metrics().await;
+    assert_eq!(
+        counter(&metrics, "persona_partition_worker_deaths_total", &[]),
+        1.0,
+        "the hook did not fire once: {metrics}"
+    );
+    let log = std::fs::read_to_string(&persona.log).expect("log");
+    assert!(log.contains("partition worker died"), "log: {}", persona.log.display());
 }

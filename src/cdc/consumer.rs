@@ -15,6 +15,7 @@
 //! nothing is skipped or repeated.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle as ThreadHandle;
 use std::time::{Duration, Instant};
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::context::{IngestContext, PartitionKey, PartitionSlot, commit_stored};
 use super::partition::PartitionWorker;
+use super::restart::{Restarts, backoff};
 use crate::config::KafkaConfig;
 use crate::dlq::DeadLetters;
 use crate::features::FeatureSet;
@@ -136,6 +138,7 @@ impl Ingest {
             stop: stop.clone(),
             batch_max: config.batch_max_messages,
             queue_capacity: config.partition_queue_capacity,
+            restarts: Restarts::default(),
         };
         let thread = std::thread::Builder::new()
             .name("kafka-poll".into())
@@ -203,6 +206,7 @@ struct PollLoop {
     stop: CancellationToken,
     batch_max: usize,
     queue_capacity: usize,
+    restarts: Restarts,
 }
 
 impl PollLoop {
@@ -211,6 +215,8 @@ impl PollLoop {
         let mut last_resume_check = Instant::now();
         while !self.stop.is_cancelled() {
             if last_resume_check.elapsed() >= POLL_INTERVAL {
+                self.check_workers();
+                self.restart_due();
                 self.resume_drained();
                 while let Ok(replay) = self.commands.try_recv() {
                     self.pending_replay = Some(replay);
@@ -238,47 +244,111 @@ impl PollLoop {
         tracing::info!("ingest stopped");
     }
 
-    fn dispatch(&self, message: OwnedMessage) {
+    fn dispatch(&mut self, message: OwnedMessage) {
         let key = (message.topic().to_string(), message.partition());
-        let mut partitions = self.consumer.context().lock();
-        let slot = partitions.entry(key.clone()).or_insert_with(|| self.spawn_worker(&key));
-        if let Some(held) = &slot.held {
-            // Pausing discards what was prefetched, so this does not happen; should it, fetch
-            // from just after the held message again rather than skip this one.
-            tracing::warn!(topic = %key.0, partition = key.1, offset = message.offset(), "message of a paused partition; fetching it again on resume");
-            let after_held = Offset::Offset(held.offset() + 1);
-            if let Err(error) = self.consumer.seek(&key.0, key.1, after_held, SEEK_TIMEOUT) {
-                tracing::error!(topic = %key.0, partition = key.1, error = %error, "cannot seek a paused partition");
+        let offset = message.offset();
+        let died_at = {
+            let mut partitions = self.consumer.context().lock();
+            let slot =
+                partitions.entry(key.clone()).or_insert_with(|| self.spawn_worker(&key, offset));
+            if let Some(held) = &slot.held {
+                // Pausing discards what was prefetched, so this does not happen; should it,
+                // fetch from just after the held message again rather than skip this one.
+                tracing::warn!(topic = %key.0, partition = key.1, offset, "message of a paused partition; fetching it again on resume");
+                let after_held = Offset::Offset(held.offset() + 1);
+                if let Err(error) = self.consumer.seek(&key.0, key.1, after_held, SEEK_TIMEOUT) {
+                    tracing::error!(topic = %key.0, partition = key.1, error = %error, "cannot seek a paused partition");
+                }
+                return;
             }
+            match slot.queue.try_send(message) {
+                Ok(()) => None,
+                Err(TrySendError::Full(message)) => {
+                    tracing::debug!(topic = %key.0, partition = key.1, offset, "queue full; partition paused");
+                    metrics::counter!(telemetry::PARTITION_PAUSES, "topic" => key.0.clone())
+                        .increment(1);
+                    slot.held = Some(message);
+                    self.set_paused(&key, true);
+                    None
+                }
+                // The worker ended on its own, which only a panic does. This message is read
+                // again with the rest.
+                Err(TrySendError::Closed(_)) => {
+                    partitions.remove(&key).map(|dead| dead.resume_from.load(Ordering::Acquire))
+                }
+            }
+        };
+        if let Some(offset) = died_at {
+            self.worker_died(&key, offset);
+        }
+    }
+
+    /// Replaces the workers that ended on their own (a panic).
+    fn check_workers(&mut self) {
+        let dead: Vec<(PartitionKey, i64)> = {
+            let mut partitions = self.consumer.context().lock();
+            let keys: Vec<PartitionKey> = partitions
+                .iter()
+                .filter(|(_, slot)| slot.task.is_finished())
+                .map(|(key, _)| key.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|key| {
+                    let dead = partitions.remove(&key)?;
+                    Some((key, dead.resume_from.load(Ordering::Acquire)))
+                })
+                .collect()
+        };
+        for (key, offset) in dead {
+            self.worker_died(&key, offset);
+        }
+    }
+
+    /// Pauses the partition of a dead worker until its replacement is due ([`Self::restart_due`]).
+    fn worker_died(&mut self, key: &PartitionKey, offset: i64) {
+        let deaths = self.restarts.died(key, offset, Instant::now());
+        metrics::counter!(telemetry::WORKER_DEATHS, "topic" => key.0.clone()).increment(1);
+        tracing::error!(
+            topic = %key.0, partition = key.1, offset, deaths, retry_in = ?backoff(deaths),
+            "partition worker died; reading the partition again from its first change not yet written"
+        );
+        self.set_paused(key, true);
+    }
+
+    /// Seeks the partitions of dead workers back and resumes them: a fresh worker starts with
+    /// the first message fetched.
+    fn restart_due(&mut self) {
+        let due = self.restarts.due(Instant::now());
+        if due.is_empty() {
             return;
         }
-        match slot.queue.try_send(message) {
-            Ok(()) => {}
-            Err(TrySendError::Full(message)) => {
-                tracing::debug!(topic = %key.0, partition = key.1, offset = message.offset(), "queue full; partition paused");
-                metrics::counter!(telemetry::PARTITION_PAUSES, "topic" => key.0.clone())
-                    .increment(1);
-                slot.held = Some(message);
-                self.set_paused(&key, true);
+        let assignment = self.consumer.assignment().ok();
+        for (key, offset) in due {
+            let (topic, partition) = (&key.0, key.1);
+            let assigned =
+                assignment.as_ref().is_some_and(|a| a.find_partition(topic, partition).is_some());
+            if !assigned {
+                // Revoked meanwhile: its next owner starts from the committed offset.
+                self.restarts.forget(&key);
+                continue;
             }
-            Err(TrySendError::Closed(message)) => {
-                // The worker ended on its own, which only a panic does: replace it.
-                tracing::error!(topic = %key.0, partition = key.1, "partition worker died; restarting it");
-                let mut fresh = self.spawn_worker(&key);
-                if let Err(TrySendError::Full(message) | TrySendError::Closed(message)) =
-                    fresh.queue.try_send(message)
-                {
-                    fresh.held = Some(message);
-                    self.set_paused(&key, true);
+            match self.consumer.seek(topic, partition, Offset::Offset(offset), SEEK_TIMEOUT) {
+                Ok(()) => {
+                    self.set_paused(&key, false);
+                    self.restarts.started(&key);
+                    tracing::info!(%topic, partition, offset, "partition read again by a new worker");
                 }
-                *slot = fresh;
+                Err(error) => {
+                    tracing::warn!(%topic, partition, offset, error = %error, "cannot seek for a new worker; retrying");
+                    self.restarts.retry(&key, Instant::now() + Duration::from_secs(1));
+                }
             }
         }
     }
 
     /// Drains the workers and seeks every assigned partition; `false` when it must be tried again
     /// (nothing assigned yet, or a seek failed).
-    fn replay(&self, replay: &Replay) -> bool {
+    fn replay(&mut self, replay: &Replay) -> bool {
         let assignment = match self.consumer.assignment() {
             Ok(assignment) if assignment.count() > 0 => assignment,
             _ => return false,
@@ -319,6 +389,9 @@ impl PollLoop {
         // Only what is sought is drained: messages queued for the other partitions must stay.
         let keys: Vec<PartitionKey> = targets.iter().map(|(key, _)| key.clone()).collect();
         self.consumer.context().drain(Some(&keys));
+        for key in &keys {
+            self.restarts.forget(key);
+        }
         let mut done = true;
         for (key, offset) in &targets {
             let (topic, partition) = key;
@@ -363,12 +436,14 @@ impl PollLoop {
         }
     }
 
-    fn spawn_worker(&self, (topic, partition): &PartitionKey) -> PartitionSlot {
+    fn spawn_worker(&self, (topic, partition): &PartitionKey, first_offset: i64) -> PartitionSlot {
         let (queue, receiver) = mpsc::channel(self.queue_capacity);
         let stop = CancellationToken::new();
+        let resume_from = Arc::new(AtomicI64::new(first_offset));
         let worker = PartitionWorker {
             topic: topic.clone(),
             partition: *partition,
+            resume_from: Arc::clone(&resume_from),
             consumer: Arc::clone(&self.consumer),
             store: Arc::clone(&self.store),
             features: Arc::clone(&self.features),
@@ -377,6 +452,6 @@ impl PollLoop {
         };
         let task = self.consumer.context().runtime.spawn(worker.run(receiver, stop.clone()));
         tracing::debug!(%topic, partition, "partition worker started");
-        PartitionSlot { held: None, queue, stop, task }
+        PartitionSlot { held: None, resume_from, queue, stop, task }
     }
 }

@@ -3,7 +3,8 @@
 //! their offsets are committed.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
@@ -25,6 +26,9 @@ pub(super) struct PartitionSlot {
     /// The message that found the queue full. The partition stays paused until it fits; the
     /// consumer's position is already past it, so librdkafka resumes with the message after it.
     pub(super) held: Option<OwnedMessage>,
+    /// The first offset whose effects are not durable yet: where a replacement for a worker
+    /// that died starts. The worker moves it once it has stored a batch's offsets.
+    pub(super) resume_from: Arc<AtomicI64>,
     pub(super) queue: mpsc::Sender<OwnedMessage>,
     pub(super) stop: CancellationToken,
     pub(super) task: JoinHandle<()>,

@@ -17,6 +17,8 @@
 //!   (the partition waits).
 //! - On revoke and on shutdown the affected workers finish their in-flight batch (bounded by
 //!   `kafka.drain_timeout`), then stored offsets are committed synchronously.
+//! - A worker that dies (a panic) is replaced, and its partition read again from the first
+//!   offset whose effects were not durable yet ([`restart`]): nothing it had queued is skipped.
 //! - Redelivery after a crash, and Debezium publishing events again after a Connect restart, are
 //!   harmless: each state remembers the newest source position it applied per stream (see
 //!   [`crate::features`]) and is written together with it.
@@ -29,6 +31,7 @@ mod context;
 mod dimension;
 pub mod envelope;
 mod partition;
+mod restart;
 
 pub use apply::{Applier, BatchStats};
 pub use consumer::{BrokerProbe, Ingest, IngestError, Replay, Replayer, client_config};

@@ -2,6 +2,7 @@
 //! resulting state, and only then stores the batch's offsets for commit.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
@@ -21,6 +22,8 @@ use crate::telemetry;
 pub(super) struct PartitionWorker {
     pub topic: String,
     pub partition: i32,
+    /// Moved past each batch once its offsets are stored (see `PartitionSlot::resume_from`).
+    pub resume_from: Arc<AtomicI64>,
     pub consumer: Arc<BaseConsumer<IngestContext>>,
     pub store: Arc<FeatureStore>,
     pub features: Arc<FeatureSet>,
@@ -57,6 +60,8 @@ impl PartitionWorker {
                 first_offset,
                 last_offset
             );
+            #[cfg(debug_assertions)]
+            injected_panic(&batch);
             let applier = Applier {
                 features: &self.features,
                 store: &self.store,
@@ -80,6 +85,26 @@ impl PartitionWorker {
             tracing::warn!(topic = %self.topic, partition = self.partition, offset = last_offset, error = %error, "cannot store offset");
             return;
         }
+        self.resume_from.store(last_offset + 1, Ordering::Release);
         metrics::counter!(telemetry::OFFSETS_STORED).increment(1);
+    }
+}
+
+/// Test-only hook, compiled into debug builds alone: the first batch (in this process) holding
+/// a message that contains `PERSONA_TEST_PANIC_ON` panics, as a bug in decode or apply would.
+#[cfg(debug_assertions)]
+fn injected_panic(batch: &[OwnedMessage]) {
+    use std::sync::OnceLock;
+    use std::sync::atomic::AtomicBool;
+    static MARKER: OnceLock<Option<String>> = OnceLock::new();
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    let Some(marker) = MARKER.get_or_init(|| std::env::var("PERSONA_TEST_PANIC_ON").ok()) else {
+        return;
+    };
+    let hit = batch.iter().any(|message| {
+        message.payload().is_some_and(|p| String::from_utf8_lossy(p).contains(marker.as_str()))
+    });
+    if hit && !FIRED.swap(true, Ordering::AcqRel) {
+        panic!("injected panic (PERSONA_TEST_PANIC_ON)");
     }
 }
