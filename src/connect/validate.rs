@@ -385,10 +385,14 @@ pub async fn connect(
     committed: &BTreeMap<String, String>,
     placeholders: &[Placeholder],
 ) -> Result<WorkerReport, super::ConnectError> {
+    // A variable that also feeds a credential is not probed: its value would be echoed.
+    let secret = |variable: &str| {
+        placeholders.iter().any(|p| p.variable == variable && super::is_secret_key(&p.key))
+    };
     let mut probed: Vec<&str> = placeholders
         .iter()
-        .filter(|p| !super::is_secret_key(&p.key))
         .map(|p| p.variable.as_str())
+        .filter(|variable| !secret(variable))
         .collect();
     probed.sort_unstable();
     probed.dedup();
