@@ -61,6 +61,9 @@ pub const PARTITION_PAUSES: &str = "persona_partition_pauses_total";
 /// Changes skipped because the state already had them (redelivery, Debezium re-publishing);
 /// label `topic`.
 pub const DUPLICATES_SKIPPED: &str = "persona_duplicate_events_total";
+/// Snapshot runs begun on a stream (go-live, or a snapshot run again), superseding what the
+/// stream delivered before; label `topic`.
+pub const SNAPSHOT_RUNS: &str = "persona_snapshot_runs_total";
 /// Rows older than their feature's window and history, dropped; label `topic`.
 pub const LATE_EVENTS: &str = "persona_late_events_total";
 /// Product changes applied to this instance's in-memory catalog; label `op`.

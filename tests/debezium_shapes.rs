@@ -48,7 +48,7 @@ async fn messages_keyed(
 
 fn change(message: &OwnedMessage) -> envelope::ChangeEvent {
     match envelope::decode(message.payload()) {
-        Ok(CdcMessage::Change(event)) => event,
+        Ok(CdcMessage::Change(event)) => *event,
         other => panic!("expected a change event, got {other:?}"),
     }
 }

@@ -41,7 +41,10 @@ async fn concurrent_l1_misses_read_redis_once_per_key() {
     let prefix = unique("sf");
     let writer = store(&redis, &prefix).await;
     let state = state(3);
-    writer.write_states(vec![(user("u1"), state.clone())]).await.expect("write");
+    writer
+        .write_states(vec![(user("u1"), state.clone())], &Default::default())
+        .await
+        .expect("write");
 
     // Another instance, with a cold L1.
     let reader = Arc::new(store(&redis, &prefix).await);
@@ -67,9 +70,15 @@ async fn an_older_state_never_replaces_a_newer_one_in_l1() {
     let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
     let store = store(&redis, &unique("rev")).await;
     let newer = state(2);
-    store.write_states(vec![(user("u1"), newer.clone())]).await.expect("write newer");
+    store
+        .write_states(vec![(user("u1"), newer.clone())], &Default::default())
+        .await
+        .expect("write newer");
     assert_eq!(read_user(&store, "u1").await, Some(newer.clone()), "cached");
-    store.write_states(vec![(user("u1"), state(1))]).await.expect("write older");
+    store
+        .write_states(vec![(user("u1"), state(1))], &Default::default())
+        .await
+        .expect("write older");
     assert_eq!(read_user(&store, "u1").await, Some(newer));
 }
 
@@ -85,14 +94,20 @@ async fn another_instances_write_invalidates_l1_long_before_its_ttl() {
     let listener = reader.spawn_invalidation_listener(shutdown.clone());
 
     let first = state(1);
-    writer.write_states(vec![(user("u1"), first.clone())]).await.expect("write");
+    writer
+        .write_states(vec![(user("u1"), first.clone())], &Default::default())
+        .await
+        .expect("write");
     let cached = read_user(&reader, "u1").await;
     assert_eq!(cached, Some(first.clone()), "reader caches the first state");
 
     let second = state(2);
     // The subscription may still be settling: keep writing (idempotent) until it is seen.
     common::eventually("reader sees the newer state", common::DEADLINE, || async {
-        writer.write_states(vec![(user("u1"), second.clone())]).await.map_err(|e| e.to_string())?;
+        writer
+            .write_states(vec![(user("u1"), second.clone())], &Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let seen = read_user(&reader, "u1").await;
         if seen.as_ref() == Some(&second) { Ok(()) } else { Err(format!("{seen:?}")) }
@@ -109,10 +124,16 @@ async fn product_shares_of_all_partitions_are_merged_on_read() {
     let first = store(&redis, &prefix).await;
     let second = store(&redis, &prefix).await;
     let share = |partition| EntityRef::product("p1").share(format!("user_activity/{partition}"));
-    first.write_states(vec![(share(0), state(3))]).await.expect("write share 0");
-    second.write_states(vec![(share(1), state(4))]).await.expect("write share 1");
+    first
+        .write_states(vec![(share(0), state(3))], &Default::default())
+        .await
+        .expect("write share 0");
+    second
+        .write_states(vec![(share(1), state(4))], &Default::default())
+        .await
+        .expect("write share 1");
     // Ingest reads back only its own share.
-    let loaded = first.load_for_write(&[share(0)]).await.expect("load");
+    let (loaded, _) = first.load_for_write(&[share(0)], &[]).await.expect("load");
     assert_eq!(loaded.get(&share(0)), Some(&state(3)));
     let read = store(&redis, &prefix).await.read(&EntityRef::product("p1")).await;
     assert_eq!(read.state.map(|s| s.rev), Some(7), "revisions of both shares add up");
@@ -123,7 +144,10 @@ async fn a_batch_reads_only_l1_misses_from_redis() {
     let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
     let prefix = unique("batch");
     let writer = store(&redis, &prefix).await;
-    writer.write_states(vec![(user("u1"), state(1)), (user("u2"), state(2))]).await.expect("write");
+    writer
+        .write_states(vec![(user("u1"), state(1)), (user("u2"), state(2))], &Default::default())
+        .await
+        .expect("write");
     let reader = store(&redis, &prefix).await;
     assert_eq!(read_user(&reader, "u1").await, Some(state(1)), "u1 is now in L1");
     let gets_before = redis.command_calls("hgetall");
@@ -141,8 +165,17 @@ async fn shares_of_one_user_written_by_different_streams_never_overwrite_each_ot
     let activity = store(&redis, &prefix).await;
     let carts = store(&redis, &prefix).await;
     let u1 = EntityRef::user("u1");
-    activity.write_states(vec![(u1.share("user_activity/2"), state(5))]).await.expect("write");
-    carts.write_states(vec![(u1.share("cart_items/2"), state(2))]).await.expect("write");
-    activity.write_states(vec![(u1.share("user_activity/2"), state(6))]).await.expect("write");
+    activity
+        .write_states(vec![(u1.share("user_activity/2"), state(5))], &Default::default())
+        .await
+        .expect("write");
+    carts
+        .write_states(vec![(u1.share("cart_items/2"), state(2))], &Default::default())
+        .await
+        .expect("write");
+    activity
+        .write_states(vec![(u1.share("user_activity/2"), state(6))], &Default::default())
+        .await
+        .expect("write");
     assert_eq!(read_user(&store(&redis, &prefix).await, "u1").await.map(|s| s.rev), Some(8));
 }

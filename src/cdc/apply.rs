@@ -11,7 +11,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use super::envelope::{self, CdcMessage};
 use crate::dlq::{self, DeadLetters, Failure};
 use crate::features::{self, Entity, EntityState, FeatureSet, SourceChange};
-use crate::store::{EntityRef, FeatureStore, StateKey};
+use crate::store::{EntityRef, FeatureStore, Runs, StateKey};
 use crate::telemetry;
 
 const WRITE_BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -42,6 +42,9 @@ impl std::ops::AddAssign for BatchStats {
 pub struct Applier<'a> {
     pub features: &'a FeatureSet,
     pub store: &'a FeatureStore,
+    /// The topics read (`kafka.topics`): a connector's snapshot run covers the tables of every
+    /// topic under its prefix.
+    pub topics: &'a [String],
     /// Where undecodable messages go; `None` when replaying for a rebuild, which only counts
     /// them (the live ingest dead-lettered them already).
     pub dead_letters: Option<&'a DeadLetters>,
@@ -59,6 +62,8 @@ impl Applier<'_> {
     ) -> BatchStats {
         let mut stats = BatchStats::default();
         let mut changes: Vec<SourceChange> = Vec::new();
+        // The connector of each change, which a snapshot run covers whole.
+        let mut connectors: Vec<Option<String>> = Vec::new();
         let mut failures: Vec<(&OwnedMessage, Failure)> = Vec::new();
         for message in batch {
             match envelope::decode(message.payload()) {
@@ -68,7 +73,15 @@ impl Applier<'_> {
                     match envelope::source_change(&event) {
                         Ok(Some(mut change)) => {
                             change.replay = dlq::is_replay(message);
+                            if let Some(read) = change.snapshot.as_mut() {
+                                read.seq = match change.replay {
+                                    true => dlq::replay_identity(message)
+                                        .unwrap_or_else(|| message.offset()),
+                                    false => message.offset(),
+                                };
+                            }
                             changes.push(change);
+                            connectors.push(envelope::connector(&event).map(str::to_string));
                         }
                         Ok(None) => {}
                         Err(error) => failures.push((message, failure(message, &error))),
@@ -91,7 +104,7 @@ impl Applier<'_> {
         }
         let mut backoff = WRITE_BACKOFF_MIN;
         loop {
-            match self.write(topic, partition, &changes).await {
+            match self.write(topic, partition, &mut changes, &connectors).await {
                 Ok((duplicates, late)) => {
                     stats.duplicates = duplicates;
                     stats.late = late;
@@ -110,6 +123,46 @@ impl Applier<'_> {
             metrics::histogram!(telemetry::FRESHNESS_SECONDS).record(seconds.max(0.0));
         }
         stats
+    }
+
+    /// Labels each change with its table's newest snapshot run at that change (`runs`, as
+    /// stored, advanced by the reads of newer runs in the batch), and returns the runs the batch
+    /// began. A run covers every table of its connector, also those it finds no row of.
+    fn follow_runs(
+        &self,
+        changes: &mut [SourceChange],
+        connectors: &[Option<String>],
+        mut runs: Runs,
+    ) -> Runs {
+        let mut began = Runs::new();
+        for (change, connector) in changes.iter_mut().zip(connectors) {
+            let table = change.table.name();
+            if let Some(read) = change.snapshot
+                && runs.get(table).is_none_or(|current| current.run < read.start.run)
+            {
+                let covered = connector.as_deref().map(|name| self.tables_of(name));
+                for covered in covered.unwrap_or_default().into_iter().chain([table.to_string()]) {
+                    if runs.get(&covered).is_none_or(|current| current.run < read.start.run) {
+                        runs.insert(covered.clone(), read.start);
+                        began.insert(covered, read.start);
+                    }
+                }
+            }
+            change.run = runs.get(table).copied();
+        }
+        began
+    }
+
+    /// The source tables whose topics are under `connector`'s prefix (Debezium names topics
+    /// `<topic.prefix>.<schema>.<table>`).
+    fn tables_of(&self, connector: &str) -> Vec<String> {
+        let prefix = format!("{connector}.");
+        self.topics
+            .iter()
+            .filter_map(|topic| topic.strip_prefix(&prefix)?.rsplit('.').next())
+            .filter(|table| features::SourceTable::from_name(table).is_some())
+            .map(str::to_string)
+            .collect()
     }
 
     /// The shares a change touches: this stream's share of the users and products of its row
@@ -138,10 +191,15 @@ impl Applier<'_> {
         &self,
         topic: &str,
         partition: i32,
-        changes: &[SourceChange],
+        changes: &mut [SourceChange],
+        connectors: &[Option<String>],
     ) -> Result<(u64, u64), crate::store::StoreError> {
         let streams: Vec<String> =
             changes.iter().map(|change| format!("{}/{partition}", change.table)).collect();
+        let mut tables: Vec<String> =
+            changes.iter().map(|change| change.table.name().to_string()).collect();
+        tables.sort();
+        tables.dedup();
         let routed: Vec<Vec<(StateKey, Entity, String)>> = changes
             .iter()
             .zip(&streams)
@@ -151,7 +209,9 @@ impl Applier<'_> {
             routed.iter().flatten().map(|(key, _, _)| key.clone()).collect();
         keys.sort();
         keys.dedup();
-        let mut states = self.store.load_for_write(&keys).await?;
+        let (mut states, runs) = self.store.load_for_write(&keys, &tables).await?;
+        let new_runs = self.follow_runs(changes, connectors, runs);
+        let changes: &[SourceChange] = changes;
         let now = Utc::now();
         let mut changed: HashSet<StateKey> = HashSet::new();
         let (mut duplicates, mut late) = (0u64, 0u64);
@@ -193,7 +253,7 @@ impl Applier<'_> {
         }
         partners.sort();
         partners.dedup();
-        states.extend(self.store.load_for_write(&partners).await?);
+        states.extend(self.store.load_for_write(&partners, &[]).await?.0);
 
         for (index, (change, targets)) in changes.iter().zip(&routed).enumerate() {
             let mut products: Vec<(StateKey, String)> = targets
@@ -231,7 +291,18 @@ impl Applier<'_> {
         }
         let writes: Vec<(StateKey, EntityState)> =
             states.into_iter().filter(|(key, _)| changed.contains(key)).collect();
-        self.store.write_states(writes).await?;
+        self.store.write_states(writes, &new_runs).await?;
+        for (table, start) in &new_runs {
+            tracing::info!(
+                topic,
+                partition,
+                table,
+                snapshot_lsn = start.run.0,
+                snapshot_tx = start.run.1,
+                "a snapshot run began; what the table delivered before it is superseded"
+            );
+            metrics::counter!(telemetry::SNAPSHOT_RUNS, "topic" => topic.to_string()).increment(1);
+        }
         Ok((duplicates, late))
     }
 }

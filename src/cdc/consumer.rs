@@ -137,6 +137,7 @@ impl Ingest {
             dead_letters,
             stop: stop.clone(),
             batch_max: config.batch_max_messages,
+            topics: Arc::from(config.topics.clone()),
             queue_capacity: config.partition_queue_capacity,
             restarts: Restarts::default(),
         };
@@ -205,6 +206,7 @@ struct PollLoop {
     dead_letters: DeadLetters,
     stop: CancellationToken,
     batch_max: usize,
+    topics: Arc<[String]>,
     queue_capacity: usize,
     restarts: Restarts,
 }
@@ -449,6 +451,7 @@ impl PollLoop {
             features: Arc::clone(&self.features),
             dead_letters: self.dead_letters.clone(),
             batch_max: self.batch_max,
+            topics: Arc::clone(&self.topics),
         };
         let task = self.consumer.context().runtime.spawn(worker.run(receiver, stop.clone()));
         tracing::debug!(%topic, partition, "partition worker started");

@@ -26,7 +26,10 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 use crate::features::source::ColumnType;
-use crate::features::{Position, Product, Scalar, SourceChange, SourceRow, SourceTable};
+use crate::features::{
+    Position, Product, RunStart, Scalar, SnapshotRead, SnapshotRun, SourceChange, SourceRow,
+    SourceTable,
+};
 
 pub const OP_READ: &str = "r";
 pub const OP_CREATE: &str = "c";
@@ -51,6 +54,11 @@ pub enum DecodeError {
     MissingField(&'static str),
     #[error("row field {field:?} is invalid: {reason}")]
     InvalidField { field: &'static str, reason: String },
+    #[error(
+        "a read of an incremental snapshot: persona needs blocking snapshots, which read whole \
+         tables (see README, \"Snapshots\")"
+    )]
+    IncrementalSnapshot,
 }
 
 impl DecodeError {
@@ -63,6 +71,7 @@ impl DecodeError {
             Self::MissingImage { .. } => "missing_image",
             Self::MissingField(_) => "missing_field",
             Self::InvalidField { .. } => "invalid_field",
+            Self::IncrementalSnapshot => "incremental_snapshot",
         }
     }
 }
@@ -116,6 +125,16 @@ pub struct Source {
     /// `["<commit LSN of the previous transaction>","<LSN of this change>"]`.
     #[serde(default)]
     pub sequence: Option<String>,
+    /// `"true"`, `"first"`, `"last"`, … for snapshot reads, `"incremental"` for reads of an
+    /// incremental snapshot, `"false"` when streaming.
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    /// The connector's `topic.prefix`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The transaction: for snapshot reads, the snapshot's own.
+    #[serde(default, rename = "txId")]
+    pub tx_id: Option<i64>,
 }
 
 pub type Row = Map<String, Value>;
@@ -138,7 +157,7 @@ impl ChangeEvent {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum CdcMessage {
-    Change(ChangeEvent),
+    Change(Box<ChangeEvent>),
     /// The null value Debezium writes after a delete so compaction can drop the key.
     Tombstone,
     /// Debezium's liveness tick; `ts_ms` is when it was emitted.
@@ -182,13 +201,13 @@ pub fn decode(value: Option<&[u8]>) -> Result<CdcMessage, DecodeError> {
     if let Some((image, true)) = needs {
         return Err(DecodeError::MissingImage { op: op.label().to_string(), image });
     }
-    Ok(CdcMessage::Change(ChangeEvent {
+    Ok(CdcMessage::Change(Box::new(ChangeEvent {
         op,
         before: raw.before,
         after: raw.after,
         source: raw.source.unwrap_or_default(),
         ts_ms: raw.ts_ms,
-    }))
+    })))
 }
 
 fn field<'a>(row: &'a Row, name: &'static str) -> Option<&'a Value> {
@@ -362,9 +381,30 @@ pub fn source_change(event: &ChangeEvent) -> Result<Option<SourceChange>, Decode
         before,
         after,
         position: position(event)?,
+        snapshot: snapshot_start(event)?.map(|start| SnapshotRead { start, seq: 0 }),
+        run: None,
+        processed_ms: event.ts_ms,
         committed_at,
         replay: false,
     }))
+}
+
+/// The snapshot run a read belongs to, and when it began (`None` for streamed changes).
+fn snapshot_start(event: &ChangeEvent) -> Result<Option<RunStart>, DecodeError> {
+    if event.op != Op::Read {
+        return Ok(None);
+    }
+    if event.source.snapshot.as_deref() == Some("incremental") {
+        return Err(DecodeError::IncrementalSnapshot);
+    }
+    let lsn = event.source.lsn.ok_or(DecodeError::MissingField("source.lsn"))?;
+    let at_ms = event.source.ts_ms.ok_or(DecodeError::MissingField("source.ts_ms"))?;
+    Ok(Some(RunStart { run: SnapshotRun(lsn, event.source.tx_id.unwrap_or(0)), at_ms }))
+}
+
+/// The Debezium connector (its `topic.prefix`) that produced `event`.
+pub fn connector(event: &ChangeEvent) -> Option<&str> {
+    event.source.name.as_deref()
 }
 
 /// A `products` row image.
@@ -385,17 +425,18 @@ pub fn product_row(row: &Row) -> Result<Product, DecodeError> {
 mod tests {
     use super::*;
 
-    // Shapes as captured from Debezium 3.1.1 with the connector in connect/.
+    // Shapes as captured from Debezium 3.1.1 with the connector in connect/ (the snapshot
+    // read's `source` as Debezium 3.6.1 writes it).
     const CREATE: &str = r#"{"before":null,"after":{"id":"8d3e3f63-5a8e-4d1c-9d43-0d0d0c0d0e01","user_id":"u1","activity_type":"VIEW_PRODUCT","product_id":"p1","activity_timestamp":"2026-11-22T03:06:33.698261Z"},"source":{"version":"3.1.1.Final","connector":"postgresql","name":"persona","ts_ms":1795316793698,"snapshot":"false","db":"persona","sequence":"[\"24023928\",\"24024216\"]","ts_us":1795316793698261,"ts_ns":1795316793698261000,"schema":"public","table":"user_activity","txId":755,"lsn":24024216,"xmin":null},"transaction":null,"op":"c","ts_ms":1795316793712,"ts_us":1795316793712113,"ts_ns":1795316793712113000}"#;
     const UPDATE: &str = r#"{"before":{"id":"8d3e3f63-5a8e-4d1c-9d43-0d0d0c0d0e01","user_id":"u1","activity_type":"VIEW_PRODUCT","product_id":"p1","activity_timestamp":"2026-11-22T03:06:33.698261Z"},"after":{"id":"8d3e3f63-5a8e-4d1c-9d43-0d0d0c0d0e01","user_id":"u1","activity_type":"CLICK","product_id":"p1","activity_timestamp":"2026-11-22T03:06:33.698261Z"},"source":{"ts_ms":1795316794000,"schema":"public","table":"user_activity","lsn":24025000},"transaction":null,"op":"u","ts_ms":1795316794010}"#;
     const DELETE: &str = r#"{"before":{"id":"8d3e3f63-5a8e-4d1c-9d43-0d0d0c0d0e01","user_id":"u1","activity_type":"CLICK","product_id":"p1","activity_timestamp":"2026-11-22T03:06:33.698261Z"},"after":null,"source":{"ts_ms":1795316795000,"schema":"public","table":"user_activity","lsn":24026000},"transaction":null,"op":"d","ts_ms":1795316795010}"#;
-    const SNAPSHOT_READ: &str = r#"{"before":null,"after":{"id":"11111111-5a8e-4d1c-9d43-0d0d0c0d0e01","user_id":"u2","activity_type":"SEARCH","product_id":null,"activity_timestamp":"2026-11-22T01:00:00Z"},"source":{"ts_ms":1795316700000,"snapshot":"true","schema":"public","table":"user_activity","lsn":24000000},"transaction":null,"op":"r","ts_ms":1795316700100}"#;
+    const SNAPSHOT_READ: &str = r#"{"before":null,"after":{"id":"11111111-5a8e-4d1c-9d43-0d0d0c0d0e01","user_id":"u2","activity_type":"SEARCH","product_id":null,"activity_timestamp":"2026-11-22T01:00:00Z"},"source":{"ts_ms":1795316700000,"snapshot":"true","schema":"public","table":"user_activity","txId":3638,"lsn":24000000},"transaction":null,"op":"r","ts_ms":1795316700100}"#;
     const PRODUCT: &str = r#"{"before":null,"after":{"id":"p1","name":"Trail shoe","category":"shoes","brand":"Acme","price":"89.90","updated_at":1795316793698261},"source":{"ts_ms":1795316793698,"schema":"public","table":"products","lsn":24030000},"transaction":null,"op":"c","ts_ms":1795316793712}"#;
     const HEARTBEAT: &str = r#"{"ts_ms":1795316800000}"#;
 
     fn change(json: &str) -> ChangeEvent {
         match decode(Some(json.as_bytes())) {
-            Ok(CdcMessage::Change(event)) => event,
+            Ok(CdcMessage::Change(event)) => *event,
             other => panic!("expected a change event, got {other:?}"),
         }
     }
@@ -438,9 +479,15 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_reads_have_no_position() {
+    fn snapshot_reads_have_no_position_but_their_run() {
         let decoded = decoded(SNAPSHOT_READ);
         assert_eq!(decoded.position, None);
+        let start = decoded.snapshot.map(|read| read.start);
+        assert_eq!(
+            start,
+            Some(RunStart { run: SnapshotRun(24000000, 3638), at_ms: 1795316700000 })
+        );
+        assert_eq!(decoded.processed_ms, Some(1795316700100));
         assert_eq!(decoded.after.expect("after").get("product_id"), &Scalar::Null);
     }
 

@@ -29,6 +29,7 @@ pub(super) struct PartitionWorker {
     pub features: Arc<FeatureSet>,
     pub dead_letters: DeadLetters,
     pub batch_max: usize,
+    pub topics: Arc<[String]>,
 }
 
 impl PartitionWorker {
@@ -65,6 +66,7 @@ impl PartitionWorker {
             let applier = Applier {
                 features: &self.features,
                 store: &self.store,
+                topics: &self.topics,
                 dead_letters: Some(&self.dead_letters),
             };
             applier.apply_batch(&self.topic, self.partition, &batch).instrument(span).await;

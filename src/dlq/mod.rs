@@ -154,6 +154,18 @@ pub fn is_replay(message: &OwnedMessage) -> bool {
     message.headers().is_some_and(|headers| headers.iter().any(|h| h.key == HEADER_REPLAY_OF))
 }
 
+/// For a message `persona dlq replay` re-drove: one number naming the dead letter it came from
+/// (its partition and offset in the dead-letter topic), the same however often it is re-driven.
+pub fn replay_identity(message: &OwnedMessage) -> Option<i64> {
+    let headers = message.headers()?;
+    let address = headers.iter().find(|h| h.key == HEADER_REPLAY_OF)?.value?;
+    let address = std::str::from_utf8(address).ok()?;
+    let mut parts = address.rsplit('/');
+    let offset: i64 = parts.next()?.parse().ok()?;
+    let partition: i64 = parts.next()?.parse().ok()?;
+    Some((partition << 40) | offset)
+}
+
 fn producer(config: &KafkaConfig) -> Result<FutureProducer, DlqError> {
     let mut client = ClientConfig::new();
     client

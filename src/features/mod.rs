@@ -23,8 +23,12 @@ pub use evaluate::{
     FeatureStatus, FeatureValue, Features, HLL_PRECISION, Ranking, ReadContext, evaluate,
 };
 pub use pairs::{PairDelta, SESSION_FACTS_MAX};
-pub use source::{Position, Scalar, SourceChange, SourceRow, SourceTable};
-pub use state::{EntityState, FACT_SLACK, Outcome, apply, apply_with_pairs, entity_of};
+pub use source::{
+    Position, RunStart, Scalar, SnapshotRead, SnapshotRun, SourceChange, SourceRow, SourceTable,
+};
+pub use state::{
+    EntityState, FACT_SLACK, Outcome, RunMark, apply, apply_with_pairs, entity_of, superseded,
+};
 
 #[cfg(test)]
 mod tests;

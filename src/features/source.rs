@@ -182,14 +182,49 @@ impl SourceRow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Position(pub i64, pub i64, pub u8);
 
+/// One run of Debezium's snapshot: `(snapshot LSN, snapshot transaction id)`.
+///
+/// Every row a run reads carries both, and a later run (the connector restarted mid-snapshot,
+/// its offsets reset, or `snapshot.mode` re-triggered) has a later LSN and a newer transaction.
+/// A run reads each table whole at its LSN, and streaming resumes after it, so a stream's newest
+/// run supersedes everything its stream delivered before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SnapshotRun(pub i64, pub i64);
+
+/// A snapshot run and when it began (Debezium's clock, milliseconds since the epoch): changes
+/// Debezium processed before then are included in what the run reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStart {
+    pub run: SnapshotRun,
+    pub at_ms: i64,
+}
+
+/// A snapshot read (`op: "r"`): the row as its run read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotRead {
+    pub start: RunStart,
+    /// Where the read sits in its run's delivery on its stream (its Kafka offset): the same read
+    /// delivered again has the same place. For a read re-driven from the dead-letter topic, an
+    /// identity of the dead letter instead (see [`SourceChange::replay`]).
+    pub seq: i64,
+}
+
 /// One decoded change to a source table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceChange {
     pub table: SourceTable,
     pub before: Option<SourceRow>,
     pub after: Option<SourceRow>,
-    /// `None` for snapshot reads, which all share one position: they are applied as they come.
+    /// `None` for snapshot reads, which all share one position (see `snapshot`).
     pub position: Option<Position>,
+    /// Set for snapshot reads.
+    pub snapshot: Option<SnapshotRead>,
+    /// The newest snapshot run of the change's table when the change is applied (a read's own
+    /// run, or a later one), set by whoever knows the table: state from an older run is
+    /// superseded, and a streamed change processed before the run began is obsolete.
+    pub run: Option<RunStart>,
+    /// When Debezium processed the change (its clock, milliseconds since the epoch).
+    pub processed_ms: Option<i64>,
     /// Commit time in Postgres.
     pub committed_at: Option<DateTime<Utc>>,
     /// Re-driven from the dead-letter topic: its position may be behind what its stream has

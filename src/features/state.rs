@@ -12,6 +12,12 @@
 //!   a change at or before it is a duplicate (Kafka redelivery, or Debezium publishing again
 //!   after a Connect restart) and is skipped. State and positions are one Redis value, so they
 //!   are written atomically.
+//! - Snapshot reads have no position (a run reads every row at one LSN). A share remembers the
+//!   snapshot run it belongs to and the furthest read of that run it applied: a read delivered
+//!   again is skipped, a read of an older run is obsolete, and the first change after a newer
+//!   run began empties the share first, because the run reads the whole table again (see
+//!   [`SnapshotRun`]). Shares no change of the new run reached are superseded all the same:
+//!   readers compare their run with the stream's (see [`superseded`]).
 //! - A change re-driven from the dead-letter topic (`persona dlq replay`) is behind its stream's
 //!   newest position by nature. Its position is remembered in a small per-stream set instead,
 //!   so it is applied once however often it is re-driven.
@@ -24,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::definition::{BUCKETS_PER_WINDOW, Entity, Feature, FeatureSet, Storage, ValueExpr};
 use super::pairs::{self, PairDelta};
-use super::source::{Position, SourceChange, SourceRow};
+use super::source::{Position, SnapshotRead, SnapshotRun, SourceChange, SourceRow};
 
 /// Facts kept beyond what an unwindowed `last`/`last_n`/`intervals` reports, so that deleting
 /// the newest rows falls back to older ones. Deleting more than this many of a user's newest
@@ -72,8 +78,29 @@ pub struct EntityState {
     /// Positions of re-driven dead letters applied, per stream.
     #[serde(rename = "rp", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub replayed: BTreeMap<String, BTreeSet<Position>>,
+    /// The snapshot run each stream's contributions belong to.
+    #[serde(rename = "run", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub runs: BTreeMap<String, RunMark>,
     #[serde(rename = "f", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub features: BTreeMap<String, FeatureState>,
+}
+
+/// The snapshot run a share belongs to, and how far into the run's reads it got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunMark {
+    #[serde(rename = "r")]
+    pub run: SnapshotRun,
+    /// The place of the furthest read of `run` applied; `None` before any.
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    pub through: Option<i64>,
+}
+
+/// True when `share`, a share of `stream`, belongs to an older snapshot run than the stream's
+/// newest, `current`: its contributions were read again by that run, and it counts as empty.
+pub fn superseded(share: &EntityState, stream: &str, current: Option<SnapshotRun>) -> bool {
+    // `None < Some(_)`: a share from before any run is superseded by the first.
+    let run = share.runs.get(stream).map(|mark| mark.run);
+    current.is_some_and(|current| run < Some(current))
 }
 
 impl EntityState {
@@ -99,6 +126,9 @@ impl EntityState {
         }
         for (stream, positions) in &other.replayed {
             self.replayed.entry(stream.clone()).or_default().extend(positions);
+        }
+        for (stream, mark) in &other.runs {
+            self.runs.insert(stream.clone(), *mark);
         }
         for (name, theirs) in &other.features {
             let ours = self.features.entry(name.clone()).or_default();
@@ -160,9 +190,21 @@ pub fn apply_with_pairs(
     pair_deltas: &[PairDelta],
 ) -> Outcome {
     let mut outcome = Outcome::default();
-    if let Some(position) = change.position
-        && !mark_applied(state, stream, position, change.replay)
+    if change.snapshot.is_none()
+        && let (Some(start), Some(processed)) = (change.run, change.processed_ms)
+        && processed < start.at_ms
     {
+        // Streamed before the run began: the run read its row as it then was.
+        outcome.duplicate = true;
+        return outcome;
+    }
+    enter_run(state, stream, change.run.map(|start| start.run));
+    let fresh = match (change.snapshot, change.position) {
+        (Some(read), _) => mark_read(state, stream, read, change.replay),
+        (None, Some(position)) => mark_applied(state, stream, position, change.replay),
+        (None, None) => true,
+    };
+    if !fresh {
         outcome.duplicate = true;
         return outcome;
     }
@@ -193,6 +235,45 @@ pub fn apply_with_pairs(
     outcome
 }
 
+/// Empties the share when `run` is newer than the run it belongs to: the run reads every row
+/// of the stream again. Positions go too: streaming after a run starts a new sequence (its first
+/// transaction has no previous commit), and what came before is obsolete by time.
+fn enter_run(state: &mut EntityState, stream: &str, run: Option<SnapshotRun>) {
+    let Some(run) = run else { return };
+    if state.runs.get(stream).is_some_and(|mark| mark.run >= run) {
+        return;
+    }
+    state.features.clear();
+    state.applied.remove(stream);
+    state.replayed.remove(stream);
+    state.runs.insert(stream.to_string(), RunMark { run, through: None });
+}
+
+/// Records a snapshot read as applied on `stream`; false when it was already, or when its run
+/// is older than the share's.
+fn mark_read(state: &mut EntityState, stream: &str, read: SnapshotRead, replay: bool) -> bool {
+    let run = read.start.run;
+    enter_run(state, stream, Some(run));
+    if replay {
+        // A dead-lettered read was never applied, however far its run got since; one of an
+        // older run is obsolete.
+        return state.runs.get(stream).is_some_and(|mark| mark.run == run)
+            && first_replay(state, stream, Position(run.0, read.seq, SNAPSHOT_RANK));
+    }
+    let Some(mark) = state.runs.get_mut(stream).filter(|mark| mark.run == run) else {
+        return false;
+    };
+    if mark.through.is_some_and(|through| through >= read.seq) {
+        return false;
+    }
+    mark.through = Some(read.seq);
+    true
+}
+
+/// Rank of a re-driven snapshot read's identity in the replayed set, apart from the ranks of
+/// streamed changes' positions (0, 1).
+const SNAPSHOT_RANK: u8 = 2;
+
 /// Records `position` as applied on `stream`; false when it was already.
 fn mark_applied(state: &mut EntityState, stream: &str, position: Position, replay: bool) -> bool {
     let behind = state.applied.get(stream).is_some_and(|newest| *newest >= position);
@@ -202,6 +283,11 @@ fn mark_applied(state: &mut EntityState, stream: &str, position: Position, repla
     if !replay {
         return !behind;
     }
+    first_replay(state, stream, position)
+}
+
+/// Remembers a re-driven dead letter's identity; false when it was applied before.
+fn first_replay(state: &mut EntityState, stream: &str, position: Position) -> bool {
     let replayed = state.replayed.entry(stream.to_string()).or_default();
     let first_time = replayed.insert(position);
     while replayed.len() > REPLAYED_MAX {

@@ -9,6 +9,8 @@ use serde_json::json;
 
 use super::*;
 
+mod snapshot;
+
 fn t0() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-11-22T12:00:00Z").expect("valid").with_timezone(&Utc)
 }
@@ -63,6 +65,9 @@ fn change(
         before,
         after,
         position: Some(Position(lsn, lsn, rank)),
+        snapshot: None,
+        run: None,
+        processed_ms: None,
         committed_at: Some(t0()),
         replay: false,
     }

@@ -60,6 +60,9 @@ fn change(before: Option<SourceRow>, after: Option<SourceRow>, lsn: i64) -> Sour
         before,
         after,
         position: Some(Position(lsn, lsn, rank)),
+        snapshot: None,
+        run: None,
+        processed_ms: None,
         committed_at: Some(t0()),
         replay: false,
     }

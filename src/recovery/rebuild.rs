@@ -107,7 +107,7 @@ pub async fn run(
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    let applier = Applier { features, store, dead_letters: None };
+    let applier = Applier { features, store, topics: &kafka.topics, dead_letters: None };
     let mut positions: HashMap<(String, i32), i64> = HashMap::new();
     let mut pending: HashMap<(String, i32), Vec<OwnedMessage>> = HashMap::new();
     let mut stats = BatchStats::default();

@@ -31,7 +31,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CacheConfig, RedisConfig};
-use crate::features::{Entity, EntityState};
+use crate::features::{self, Entity, EntityState, RunStart};
 use crate::telemetry;
 use cache::Shares;
 
@@ -88,6 +88,13 @@ pub struct EntityRead {
     pub state: Option<Arc<EntityState>>,
     pub freshness: Freshness,
 }
+
+/// The newest snapshot run of each source table that has had one, by table name (see
+/// [`features::superseded`]).
+pub type Runs = HashMap<String, RunStart>;
+
+/// Announced on the invalidation channel when a snapshot run began: every L1 copy may be stale.
+const CLEAR_ALL: &str = "*";
 
 /// Change notifications kept for slow live-page listeners before they lag.
 const CHANGES_BUFFERED: usize = 4096;
@@ -190,11 +197,20 @@ impl FeatureStore {
         }
     }
 
-    fn decode_shares(&self, key: &str, fields: HashMap<String, String>) -> Shares {
+    /// The shares of one entity's hash, without those an newer snapshot run superseded.
+    fn decode_shares(&self, key: &str, fields: HashMap<String, String>, runs: &Runs) -> Shares {
         fields
             .into_iter()
             .filter_map(|(stream, json)| Some((stream, self.decode_state(key, &json)?)))
+            .filter(|(stream, share)| {
+                let table = stream.split('/').next().unwrap_or_default();
+                !features::superseded(share, stream, runs.get(table).map(|start| start.run))
+            })
             .collect()
+    }
+
+    fn runs_key(&self, namespace: &str) -> String {
+        format!("{namespace}:runs")
     }
 
     /// Reads one entity for the API. Never fails: the answer says how fresh it is.
@@ -301,6 +317,9 @@ impl FeatureStore {
         let keys: Vec<String> =
             entities.iter().chain(extra).map(|entity| self.redis_key(&namespace, entity)).collect();
         let pipeline = self.redis.next().pipeline();
+        // Read in the same round trip as the shares: a share is judged against the runs as they
+        // were when it was read.
+        let _: () = pipeline.hgetall(self.runs_key(&namespace)).await?;
         for key in &keys {
             let _: () = pipeline.hgetall(key).await?;
         }
@@ -308,8 +327,13 @@ impl FeatureStore {
         let result: Result<Vec<HashMap<String, String>>, _> = pipeline.all().await;
         note_latency(op, started);
         self.note_redis(op, &result);
-        let mut shares: Vec<Shares> =
-            keys.iter().zip(result?).map(|(key, fields)| self.decode_shares(key, fields)).collect();
+        let mut hashes = result?.into_iter();
+        let runs = decode_runs(hashes.next().unwrap_or_default());
+        let mut shares: Vec<Shares> = keys
+            .iter()
+            .zip(hashes)
+            .map(|(key, fields)| self.decode_shares(key, fields, &runs))
+            .collect();
         let extras = shares.split_off(entities.len());
         Ok((shares, extras))
     }
@@ -329,17 +353,22 @@ impl FeatureStore {
         )
     }
 
-    /// Loads the shares `keys` from Redis (one pipeline of `HGET`s), for ingest to apply changes
-    /// to. Shares not stored yet are absent from the map.
+    /// Loads the shares `keys` from Redis, and the newest snapshot run of each of `tables`
+    /// (one pipeline of `HGET`s), for ingest to apply changes to. Shares not stored yet are
+    /// absent from the map.
     pub async fn load_for_write(
         &self,
         keys: &[StateKey],
-    ) -> Result<HashMap<StateKey, EntityState>, StoreError> {
-        if keys.is_empty() {
-            return Ok(HashMap::new());
+        tables: &[String],
+    ) -> Result<(HashMap<StateKey, EntityState>, Runs), StoreError> {
+        if keys.is_empty() && tables.is_empty() {
+            return Ok((HashMap::new(), Runs::new()));
         }
         let namespace = self.namespace();
         let pipeline = self.redis.next().pipeline();
+        for table in tables {
+            let _: () = pipeline.hget(self.runs_key(&namespace), table).await?;
+        }
         for key in keys {
             let _: () = pipeline.hget(self.redis_key(&namespace, &key.entity), &key.stream).await?;
         }
@@ -347,9 +376,16 @@ impl FeatureStore {
         let result: Result<Vec<Option<String>>, _> = pipeline.all().await;
         note_latency("ingest_read", started);
         self.note_redis("ingest_read", &result);
-        Ok(keys
+        let mut values = result?;
+        let shares = values.split_off(tables.len());
+        let runs = tables
             .iter()
-            .zip(result?)
+            .zip(values)
+            .filter_map(|(table, value)| Some((table.clone(), decode_run(table, &value?)?)))
+            .collect();
+        let states = keys
+            .iter()
+            .zip(shares)
             .filter_map(|(key, value)| {
                 let value = value?;
                 // The key is formatted for the error log only, not on every load.
@@ -358,16 +394,19 @@ impl FeatureStore {
                     .or_else(|| self.decode_state(&format!("{key:?}"), &value))?;
                 Some((key.clone(), state))
             })
-            .collect())
+            .collect();
+        Ok((states, runs))
     }
 
     /// Writes shares to Redis in one transaction (a share and its source positions are one
-    /// field, and a batch's shares change together) and, once acknowledged, updates L1.
+    /// field, and a batch's shares change together), with the snapshot runs the batch began,
+    /// and, once acknowledged, updates L1.
     pub async fn write_states(
         &self,
         states: Vec<(StateKey, EntityState)>,
+        new_runs: &Runs,
     ) -> Result<(), StoreError> {
-        if states.is_empty() {
+        if states.is_empty() && new_runs.is_empty() {
             return Ok(());
         }
         let namespace = self.namespace();
@@ -383,10 +422,20 @@ impl FeatureStore {
             let _: () = transaction.expire(&redis_key, self.state_ttl_secs, None).await?;
             announced.push((key.entity.cache_key(), key.stream.as_str(), state.rev));
         }
+        for (stream, run) in new_runs {
+            let json = serde_json::to_string(run)
+                .map_err(|source| StoreError::Encode { key: stream.clone(), source })?;
+            let _: () =
+                transaction.hset(self.runs_key(&namespace), (stream.as_str(), json)).await?;
+        }
         let announcement = serde_json::to_string(&announced).map_err(|source| {
             StoreError::Encode { key: self.invalidation_channel.clone(), source }
         })?;
         let _: () = transaction.publish(&self.invalidation_channel, announcement).await?;
+        if !new_runs.is_empty() {
+            // Shares nobody wrote are superseded too: every instance forgets what it cached.
+            let _: () = transaction.publish(&self.invalidation_channel, CLEAR_ALL).await?;
+        }
         let started = Instant::now();
         let outcome: Result<Value, _> = transaction.exec(true).await;
         note_latency("ingest_write", started);
@@ -394,6 +443,9 @@ impl FeatureStore {
         self.note_redis("ingest_write", &outcome);
         outcome?;
         metrics::counter!(telemetry::STATE_WRITES).increment(states.len() as u64);
+        if !new_runs.is_empty() {
+            self.clear_l1("snapshot_run");
+        }
 
         for (key, state) in states {
             self.l1.put_share(key.entity.cache_key(), &key.stream, state).await;
@@ -409,6 +461,10 @@ impl FeatureStore {
 
     /// Drops L1 entries older than the revisions another instance announced.
     async fn apply_announcement(&self, announcement: &str) {
+        if announcement == CLEAR_ALL {
+            self.clear_l1("snapshot_run");
+            return;
+        }
         let Ok(announced) = serde_json::from_str::<Vec<(String, String, u64)>>(announcement) else {
             tracing::warn!("ignoring a malformed L1 invalidation message");
             return;
@@ -525,6 +581,23 @@ impl FeatureStore {
                 }
             }
         })
+    }
+}
+
+fn decode_runs(fields: HashMap<String, String>) -> Runs {
+    fields
+        .into_iter()
+        .filter_map(|(stream, json)| Some((stream.clone(), decode_run(&stream, &json)?)))
+        .collect()
+}
+
+fn decode_run(table: &str, json: &str) -> Option<RunStart> {
+    match serde_json::from_str(json) {
+        Ok(run) => Some(run),
+        Err(error) => {
+            tracing::error!(table, error = %error, "unreadable snapshot run in redis; ignoring it");
+            None
+        }
     }
 }
 
