@@ -1,537 +1,27 @@
-//! The SQL oracle: a random workload of more than 20,000 changes goes through Postgres (inserts,
-//! updates, deletes, event times out of order, rows moving between users, product price and
-//! category changes), and then every default feature of every user and product the API serves
-//! must equal its recomputation by SQL on Postgres at the same `at`. The comparison is repeated
-//! after persona is killed with -9 mid-workload and after the Kafka Connect worker is killed
-//! mid-workload (Debezium then publishes again what it had already published).
+//! The SQL oracle (tests/common/oracle.rs) through crashes and go-live:
+//! - a workload of more than 20,000 changes, compared after persona is killed with -9
+//!   mid-workload and after the Kafka Connect worker is killed mid-workload (Debezium then
+//!   publishes again what it had already published);
+//! - a go-live: a database with more than 20,000 rows, a fresh connector snapshots it while
+//!   persona consumes, Connect is killed mid-snapshot (it snapshots again), persona is killed
+//!   mid-catch-up; then streaming, and a snapshot run again after writes no connector saw.
 //!
-//! Runs on its own (scripts/test runs it after the other tests), because it kills the shared
-//! Connect worker.
+//! Runs on its own (scripts/test runs this binary after the others, one test at a time:
+//! .config/nextest.toml), because it kills the shared Connect worker.
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::process::Command;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use common::{Persona, legacy_db, unique};
-use serde_json::{Value, json};
-use tokio_postgres::Client;
-
-const USERS: i32 = 40;
-/// Products p0..p29 are in the catalog from the start; p30 arrives mid-workload (its earlier
-/// activity must count once it does); p31 never does.
-const CATALOG: i32 = 30;
-const PRODUCTS: i32 = 32;
-/// Features this oracle does not recompute: co-occurrence pairs only rows at most `history`
-/// late (docs/FEATURES.md), and this workload writes event times up to 70 minutes back. Its
-/// exactness is property-tested against a recomputation in `src/features/tests_pairs.rs`.
-const NOT_COMPARED: [&str; 1] = ["viewed_together_24h"];
-/// How long persona may take to catch up with a workload.
-const CATCH_UP: Duration = Duration::from_secs(240);
-
-const KINDS: &str = "ARRAY['VIEW_PRODUCT','VIEW_PRODUCT','VIEW_PRODUCT','CLICK','CLICK','SEARCH','ADD_TO_CART','PURCHASE']";
-const CATEGORIES: &str = "ARRAY['shoes','hats','bags','coats','socks']";
-const BRANDS: &str = "ARRAY['acme','bolt','cora','dune','eon','fjord']";
-
-/// Runs a statement and returns how many rows (changes) it made.
-async fn changes(db: &Client, sql: &str, prefix: &str) -> u64 {
-    db.execute(sql, &[&prefix]).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-async fn seed_products(db: &Client, prefix: &str, from: i32, to: i32) -> u64 {
-    let sql = format!(
-        "INSERT INTO products (id, name, category, brand, price, updated_at) \
-         SELECT $1 || '-p' || i, 'Product ' || i, ({CATEGORIES})[1 + i % 5], ({BRANDS})[1 + i % 6], \
-                round((5 + random() * 300)::numeric, 2), now()::timestamp \
-         FROM generate_series({from}, {to}) i"
-    );
-    changes(db, &sql, prefix).await
-}
-
-/// One round of the legacy application's writes, in several transactions.
-async fn round(db: &Client, prefix: &str, inserts: i32) -> u64 {
-    let user = format!("$1 || '-u' || floor(random() * {USERS})::int");
-    let product = format!("$1 || '-p' || floor(random() * {PRODUCTS})::int");
-    let mut total = 0;
-    // Activity, with event times up to 70 minutes back in any order.
-    total += changes(
-        db,
-        &format!(
-            "INSERT INTO user_activity (id, user_id, activity_type, product_id, activity_timestamp) \
-             SELECT gen_random_uuid(), {user}, ({KINDS})[1 + floor(random() * 8)::int], {product}, \
-                    now() - random() * interval '70 minutes' \
-             FROM generate_series(1, {inserts})"
-        ),
-        prefix,
-    )
-    .await;
-    // Updates: type, product and event time change; a few rows move to another user.
-    total += changes(
-        db,
-        &format!(
-            "UPDATE user_activity SET activity_type = ({KINDS})[1 + floor(random() * 8)::int], \
-                    product_id = {product}, \
-                    activity_timestamp = now() - random() * interval '70 minutes' \
-             WHERE user_id LIKE $1 || '-u%' AND random() < 0.04"
-        ),
-        prefix,
-    )
-    .await;
-    total += changes(
-        db,
-        &format!(
-            "UPDATE user_activity SET user_id = {user} \
-             WHERE user_id LIKE $1 || '-u%' AND random() < 0.005"
-        ),
-        prefix,
-    )
-    .await;
-    total += changes(
-        db,
-        "DELETE FROM user_activity WHERE user_id LIKE $1 || '-u%' AND random() < 0.03",
-        prefix,
-    )
-    .await;
-    // Carts: rows added, quantities and prices changed, rows removed.
-    total += changes(
-        db,
-        &format!(
-            "INSERT INTO cart_items (user_id, product_id, quantity, unit_price, updated_at) \
-             SELECT $1 || '-u' || u, $1 || '-p' || p, 1 + floor(random() * 4)::int, \
-                    round((1 + random() * 200)::numeric, 2), now()::timestamp \
-             FROM generate_series(0, {USERS} - 1) u, generate_series(0, {PRODUCTS} - 1) p \
-             WHERE random() < 0.03 \
-             ON CONFLICT (user_id, product_id) DO UPDATE \
-             SET quantity = EXCLUDED.quantity, unit_price = EXCLUDED.unit_price"
-        ),
-        prefix,
-    )
-    .await;
-    total += changes(
-        db,
-        "UPDATE cart_items SET quantity = 1 + floor(random() * 5)::int, updated_at = now()::timestamp \
-         WHERE user_id LIKE $1 || '-u%' AND random() < 0.2",
-        prefix,
-    )
-    .await;
-    total += changes(
-        db,
-        "DELETE FROM cart_items WHERE user_id LIKE $1 || '-u%' AND random() < 0.15",
-        prefix,
-    )
-    .await;
-    // Orders over the last 29 days; some change status, a few are deleted.
-    total += changes(
-        db,
-        &format!(
-            "INSERT INTO orders (user_id, product_id, quantity, amount, status, created_at) \
-             SELECT {user}, {product}, 1, round((5 + random() * 300)::numeric, 2), 'paid', \
-                    now() - random() * interval '29 days' \
-             FROM generate_series(1, {})",
-            inserts / 10
-        ),
-        prefix,
-    )
-    .await;
-    total += changes(
-        db,
-        "UPDATE orders SET status = 'shipped' WHERE user_id LIKE $1 || '-u%' AND random() < 0.1",
-        prefix,
-    )
-    .await;
-    total += changes(
-        db,
-        "DELETE FROM orders WHERE user_id LIKE $1 || '-u%' AND random() < 0.03",
-        prefix,
-    )
-    .await;
-    // The dimension changes under the facts: prices and categories move.
-    total += changes(
-        db,
-        &format!(
-            "UPDATE products SET price = round((5 + random() * 300)::numeric, 2), \
-                    category = ({CATEGORIES})[1 + floor(random() * 5)::int], updated_at = now()::timestamp \
-             WHERE id LIKE $1 || '-p%' AND random() < 0.3"
-        ),
-        prefix,
-    )
-    .await;
-    total
-}
-
-async fn workload(prefix: &str, rounds: usize, inserts: i32) -> u64 {
-    let db = legacy_db().await;
-    let mut total = 0;
-    for _ in 0..rounds {
-        total += round(&db, prefix, inserts).await;
-    }
-    total
-}
-
-fn stack(command: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack");
-    let status = Command::new("bash").arg(script).arg(command).status().expect("run scripts/stack");
-    assert!(status.success(), "scripts/stack {command} failed");
-}
-
-// ---- the oracle ----------------------------------------------------------------------------
-
-/// `ts` falls in the 60-bucket window ending with the bucket of `$2` (see docs/FEATURES.md).
-fn window(column: &str, bucket_us: i64) -> String {
-    let bucket =
-        |expr: &str| format!("((extract(epoch from {expr}) * 1000000)::bigint / {bucket_us})");
-    format!(
-        "{b} > {end} - 60 AND {b} <= {end}",
-        b = bucket(column),
-        end = bucket("$2::timestamptz")
-    )
-}
-
-const SECOND: i64 = 1_000_000;
-const MINUTE: i64 = 60 * SECOND;
-
-type Expected = BTreeMap<(String, String), Value>;
-
-async fn rows(db: &Client, sql: &str, prefix: &str, at: DateTime<Utc>) -> Vec<tokio_postgres::Row> {
-    db.query(sql, &[&prefix, &at]).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-/// Every default feature of every user and product, recomputed from Postgres at `at`.
-async fn expected(db: &Client, prefix: &str, at: DateTime<Utc>) -> Expected {
-    let mut expected = Expected::new();
-    let users: Vec<String> = (0..USERS).map(|u| format!("{prefix}-u{u}")).collect();
-    let products: Vec<String> = (0..PRODUCTS).map(|p| format!("{prefix}-p{p}")).collect();
-    let of_user = "a.user_id LIKE $1 || '-u%'";
-
-    let counts = [
-        ("clicks_1m", "CLICK", SECOND),
-        ("clicks_5m", "CLICK", 5 * SECOND),
-        ("clicks_15m", "CLICK", 15 * SECOND),
-        ("views_1m", "VIEW_PRODUCT", SECOND),
-        ("views_5m", "VIEW_PRODUCT", 5 * SECOND),
-        ("views_15m", "VIEW_PRODUCT", 15 * SECOND),
-        ("searches_15m", "SEARCH", 15 * SECOND),
-        ("add_to_carts_15m", "ADD_TO_CART", 15 * SECOND),
-    ];
-    for (name, kind, bucket) in counts {
-        for user in &users {
-            expected.insert((user.clone(), name.into()), json!(0));
-        }
-        let sql = format!(
-            "SELECT a.user_id, count(*) FROM user_activity a WHERE {of_user} \
-             AND a.activity_type = '{kind}' AND {} GROUP BY 1",
-            window("a.activity_timestamp", bucket)
-        );
-        for row in rows(db, &sql, prefix, at).await {
-            expected.insert((row.get(0), name.into()), json!(row.get::<_, i64>(1)));
-        }
-    }
-
-    let sql = format!(
-        "SELECT DISTINCT ON (a.user_id) a.user_id, a.product_id FROM user_activity a \
-         WHERE {of_user} AND a.activity_type = 'VIEW_PRODUCT' AND a.product_id IS NOT NULL \
-         AND a.activity_timestamp <= $2 \
-         ORDER BY a.user_id, a.activity_timestamp DESC, a.id::text COLLATE \"C\" DESC"
-    );
-    for row in rows(db, &sql, prefix, at).await {
-        expected.insert((row.get(0), "last_viewed_product".into()), json!(row.get::<_, String>(1)));
-    }
-
-    // Histograms over joined product attributes, as the products are now.
-    let histograms = [
-        ("category_views_1h", "VIEW_PRODUCT", "p.category", "p.category IS NOT NULL", MINUTE),
-        ("category_views_10m", "VIEW_PRODUCT", "p.category", "p.category IS NOT NULL", 10 * SECOND),
-        ("category_clicks_1h", "CLICK", "p.category", "p.category IS NOT NULL", MINUTE),
-        (
-            "clicks_by_price_band_1h",
-            "CLICK",
-            "CASE WHEN p.price < 25 THEN '<25' WHEN p.price < 50 THEN '25-50' \
-             WHEN p.price < 100 THEN '50-100' WHEN p.price < 250 THEN '100-250' ELSE '250+' END",
-            "p.price IS NOT NULL",
-            MINUTE,
-        ),
-    ];
-    for (name, kind, label, known, bucket) in histograms {
-        let mut maps: BTreeMap<String, serde_json::Map<String, Value>> =
-            users.iter().map(|u| (u.clone(), serde_json::Map::new())).collect();
-        let sql = format!(
-            "SELECT a.user_id, {label}, count(*) FROM user_activity a JOIN products p ON p.id = a.product_id \
-             WHERE {of_user} AND a.activity_type = '{kind}' AND {known} AND {} GROUP BY 1, 2",
-            window("a.activity_timestamp", bucket)
-        );
-        for row in rows(db, &sql, prefix, at).await {
-            let user: String = row.get(0);
-            maps.entry(user).or_default().insert(row.get(1), json!(row.get::<_, i64>(2)));
-        }
-        for (user, map) in maps {
-            expected.insert((user, name.into()), Value::Object(map));
-        }
-    }
-
-    // The newest distinct values, newest first.
-    let recents = [
-        (
-            "recent_categories_10m",
-            "p.category",
-            "JOIN products p ON p.id = a.product_id AND p.category IS NOT NULL",
-            window("a.activity_timestamp", 10 * SECOND),
-            10,
-        ),
-        (
-            "recent_products_viewed",
-            "a.product_id",
-            "",
-            "a.product_id IS NOT NULL AND a.activity_timestamp <= $2".to_string(),
-            20,
-        ),
-    ];
-    for (name, value, join, condition, n) in recents {
-        for user in &users {
-            expected.insert((user.clone(), name.into()), json!([]));
-        }
-        let sql = format!(
-            "WITH v AS (SELECT a.user_id, {value} AS value, a.activity_timestamp AS t, a.id::text AS k \
-                        FROM user_activity a {join} \
-                        WHERE {of_user} AND a.activity_type = 'VIEW_PRODUCT' AND {condition}), \
-                  newest AS (SELECT *, row_number() OVER (PARTITION BY user_id, value \
-                                ORDER BY t DESC, k COLLATE \"C\" DESC) AS r FROM v), \
-                  ranked AS (SELECT *, row_number() OVER (PARTITION BY user_id \
-                                ORDER BY t DESC, k COLLATE \"C\" DESC) AS r2 FROM newest WHERE r = 1) \
-             SELECT user_id, json_agg(value ORDER BY r2)::text FROM ranked WHERE r2 <= {n} GROUP BY 1"
-        );
-        for row in rows(db, &sql, prefix, at).await {
-            let list: Value = serde_json::from_str(&row.get::<_, String>(1)).expect("json");
-            expected.insert((row.get(0), name.into()), list);
-        }
-    }
-
-    // Funnel counts; the rates follow from them.
-    let sql = format!(
-        "SELECT a.user_id, count(*) FILTER (WHERE a.activity_type = 'SEARCH'), \
-                count(*) FILTER (WHERE a.activity_type = 'CLICK'), \
-                count(*) FILTER (WHERE a.activity_type = 'ADD_TO_CART') \
-         FROM user_activity a WHERE {of_user} AND {} GROUP BY 1",
-        window("a.activity_timestamp", MINUTE)
-    );
-    let mut funnels: BTreeMap<String, [i64; 3]> =
-        users.iter().map(|u| (u.clone(), [0; 3])).collect();
-    for row in rows(db, &sql, prefix, at).await {
-        funnels.insert(row.get(0), [row.get(1), row.get(2), row.get(3)]);
-    }
-    for (user, [search, click, cart]) in funnels {
-        let rate = |a: i64, b: i64| if a == 0 { Value::Null } else { json!(b as f64 / a as f64) };
-        expected.insert(
-            (user, "search_click_cart_conversion_1h".into()),
-            json!({"counts": {"SEARCH": search, "CLICK": click, "ADD_TO_CART": cart},
-                   "rates": [rate(search, click), rate(click, cart)]}),
-        );
-    }
-
-    // Current state of the carts.
-    for user in &users {
-        expected.insert((user.clone(), "cart_total".into()), json!(0));
-        expected.insert((user.clone(), "cart_item_count".into()), json!(0));
-    }
-    let sql = "SELECT user_id, sum(quantity * unit_price)::float8, sum(quantity)::bigint \
-               FROM cart_items WHERE user_id LIKE $1 || '-u%' AND $2::timestamptz IS NOT NULL GROUP BY 1";
-    for row in rows(db, sql, prefix, at).await {
-        expected.insert((row.get(0), "cart_total".into()), json!(row.get::<_, f64>(1)));
-        expected.insert((row.get(0), "cart_item_count".into()), json!(row.get::<_, i64>(2)));
-    }
-
-    // The products in the cart, most recently changed first (`updated_at` is stored as UTC).
-    let lists = [
-        (
-            "cart_products",
-            "SELECT user_id, product_id, updated_at AT TIME ZONE 'UTC', user_id || '/' || product_id \
-             FROM cart_items WHERE user_id LIKE $1 || '-u%' AND updated_at AT TIME ZONE 'UTC' <= $2"
-                .to_string(),
-        ),
-        (
-            "purchased_products_30d",
-            format!(
-                "SELECT o.user_id, o.product_id, o.created_at, o.id::text FROM orders o \
-                 WHERE o.user_id LIKE $1 || '-u%' AND {}",
-                window("o.created_at", 12 * 60 * MINUTE)
-            ),
-        ),
-    ];
-    for (name, source) in lists {
-        for user in &users {
-            expected.insert((user.clone(), name.into()), json!([]));
-        }
-        let sql = format!(
-            "WITH v(user_id, value, t, k) AS ({source}), \
-                  newest AS (SELECT *, row_number() OVER (PARTITION BY user_id, value \
-                                ORDER BY t DESC, k COLLATE \"C\" DESC) AS r FROM v), \
-                  ranked AS (SELECT *, row_number() OVER (PARTITION BY user_id \
-                                ORDER BY t DESC, k COLLATE \"C\" DESC) AS r2 FROM newest WHERE r = 1) \
-             SELECT user_id, json_agg(value ORDER BY r2)::text FROM ranked WHERE r2 <= 50 GROUP BY 1"
-        );
-        for row in rows(db, &sql, prefix, at).await {
-            let list: Value = serde_json::from_str(&row.get::<_, String>(1)).expect("json");
-            expected.insert((row.get(0), name.into()), list);
-        }
-    }
-
-    // Orders: top brands over 30 days (12 h buckets), intervals between the last three.
-    for user in &users {
-        expected.insert((user.clone(), "top_brands_purchased_30d".into()), json!([]));
-    }
-    let sql = format!(
-        "WITH b AS (SELECT o.user_id, p.brand, count(*) AS n FROM orders o JOIN products p ON p.id = o.product_id \
-                    WHERE o.user_id LIKE $1 || '-u%' AND p.brand IS NOT NULL AND {} GROUP BY 1, 2), \
-              r AS (SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY n DESC, brand COLLATE \"C\") AS r FROM b) \
-         SELECT user_id, json_agg(json_build_object('value', brand, 'count', n) ORDER BY r)::text FROM r WHERE r <= 3 GROUP BY 1",
-        window("o.created_at", 12 * 60 * MINUTE)
-    );
-    for row in rows(db, &sql, prefix, at).await {
-        let list: Value = serde_json::from_str(&row.get::<_, String>(1)).expect("json");
-        expected.insert((row.get(0), "top_brands_purchased_30d".into()), list);
-    }
-    let sql = "WITH r AS (SELECT user_id, created_at, row_number() OVER (PARTITION BY user_id \
-                          ORDER BY created_at DESC, id::text COLLATE \"C\" DESC) AS r \
-                          FROM orders WHERE user_id LIKE $1 || '-u%' AND created_at <= $2) \
-               SELECT a.user_id, extract(epoch from a.created_at - b.created_at)::float8 \
-               FROM r a JOIN r b ON a.user_id = b.user_id AND b.r = a.r + 1 WHERE a.r < 3 ORDER BY a.user_id, a.r";
-    let mut intervals: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for row in rows(db, sql, prefix, at).await {
-        intervals.entry(row.get(0)).or_default().push(json!(row.get::<_, f64>(1)));
-    }
-    for (user, list) in intervals {
-        expected.insert((user, "purchase_intervals".into()), Value::Array(list));
-    }
-
-    // Products: views and viewers over an hour, and the percent rank of views among all
-    // products of the catalog (whatever their activity).
-    for product in &products {
-        expected.insert((product.clone(), "trending_score".into()), json!(0.0));
-        expected.insert((product.clone(), "views_1h".into()), json!(0));
-        expected.insert((product.clone(), "unique_viewers_1h".into()), json!(0));
-    }
-    let sql = format!(
-        "SELECT product_id, count(*), count(DISTINCT user_id) FROM user_activity \
-         WHERE product_id LIKE $1 || '-p%' AND activity_type = 'VIEW_PRODUCT' AND {} GROUP BY 1",
-        window("activity_timestamp", MINUTE)
-    );
-    for row in rows(db, &sql, prefix, at).await {
-        expected.insert((row.get(0), "views_1h".into()), json!(row.get::<_, i64>(1)));
-        expected.insert((row.get(0), "unique_viewers_1h".into()), json!(row.get::<_, i64>(2)));
-    }
-    // Time decay: a bucket's views count 0.5^(age of its end / 10 minutes).
-    let sql = format!(
-        "WITH b AS (SELECT product_id, (extract(epoch from activity_timestamp) * 1000000)::bigint / {MINUTE} AS b, \
-                           count(*) AS n FROM user_activity \
-                    WHERE product_id LIKE $1 || '-p%' AND activity_type = 'VIEW_PRODUCT' AND {} GROUP BY 1, 2) \
-         SELECT product_id, sum(n * power(0.5, greatest(0, (extract(epoch from $2::timestamptz) * 1000000)::bigint \
-                                - (b + 1) * {MINUTE})::float8 / 600e6))::float8 FROM b GROUP BY 1",
-        window("activity_timestamp", MINUTE)
-    );
-    for row in rows(db, &sql, prefix, at).await {
-        expected.insert((row.get(0), "trending_score".into()), json!(row.get::<_, f64>(1)));
-    }
-    let sql = format!(
-        "WITH v AS (SELECT p.id, count(a.id) AS views FROM products p \
-                    LEFT JOIN user_activity a ON a.product_id = p.id AND a.activity_type = 'VIEW_PRODUCT' \
-                         AND {} GROUP BY p.id), \
-              r AS (SELECT id, rank() OVER (ORDER BY views) - 1 AS below, count(*) OVER () AS n FROM v) \
-         SELECT id, CASE WHEN n = 1 THEN 0 ELSE (below * 100 / (n - 1)) / 10 * 10 END FROM r \
-         WHERE id LIKE $1 || '-p%'",
-        window("a.activity_timestamp", MINUTE)
-    );
-    for row in rows(db, &sql, prefix, at).await {
-        expected.insert((row.get(0), "popularity_percentile".into()), json!(row.get::<_, i64>(1)));
-    }
-    expected
-}
-
-/// Whether a served value matches the recomputed one: numbers within float rounding, distinct
-/// counts within the HyperLogLog++ error bound (2% here, far above its 0.81% standard error).
-fn matches(name: &str, served: &Value, expected: &Value) -> bool {
-    match (served, expected) {
-        (Value::Number(a), Value::Number(b)) => {
-            let (a, b) = (a.as_f64().unwrap_or(f64::NAN), b.as_f64().unwrap_or(f64::NAN));
-            let tolerance = if name.starts_with("unique_") {
-                (0.02 * b).max(1.0)
-            } else if name.starts_with("trending_") {
-                // Served rounded to 6 decimals, from a float sum in another order.
-                1e-5
-            } else {
-                1e-6
-            };
-            (a - b).abs() <= tolerance
-        }
-        (Value::Array(a), Value::Array(b)) => {
-            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| matches(name, x, y))
-        }
-        (Value::Object(a), Value::Object(b)) => {
-            a.len() == b.len()
-                && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| matches(name, v, w)))
-        }
-        _ => served == expected,
-    }
-}
-
-/// Compares everything served at `at` with the oracle; the mismatches, described.
-async fn mismatches(
-    persona: &Persona,
-    db: &Client,
-    prefix: &str,
-    at: DateTime<Utc>,
-) -> Vec<String> {
-    let expected = expected(db, prefix, at).await;
-    let mut entities: Vec<Value> =
-        (0..USERS).map(|u| json!({"entity": "user", "id": format!("{prefix}-u{u}")})).collect();
-    entities.extend(
-        (0..PRODUCTS).map(|p| json!({"entity": "product", "id": format!("{prefix}-p{p}")})),
-    );
-    let body = json!({"at": at.to_rfc3339(), "entities": entities});
-    let (status, served) = persona.post("/api/v1/features/batch", &body).await;
-    if status != 200 {
-        return vec![format!("batch answered {status}: {served}")];
-    }
-    let mut problems = Vec::new();
-    for result in served["results"].as_array().into_iter().flatten() {
-        let id = result["id"].as_str().unwrap_or_default();
-        for (name, feature) in result["features"].as_object().into_iter().flatten() {
-            if NOT_COMPARED.contains(&name.as_str()) {
-                continue;
-            }
-            let want = expected.get(&(id.to_string(), name.clone()));
-            let ok = match want {
-                Some(want) => {
-                    feature["status"] == "present" && matches(name, &feature["value"], want)
-                }
-                None => feature["status"] == "missing",
-            };
-            if !ok {
-                problems.push(format!("{id} {name}: served {feature}, SQL says {want:?}"));
-            }
-        }
-    }
-    problems
-}
-
-async fn assert_no_mismatch(persona: &Persona, db: &Client, prefix: &str, when: &str) {
-    let at = Utc::now();
-    let mut last = Vec::new();
-    let deadline = tokio::time::Instant::now() + CATCH_UP;
-    while tokio::time::Instant::now() < deadline {
-        last = mismatches(persona, db, prefix, at).await;
-        if last.is_empty() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!(
-        "{when}: {} mismatches after {CATCH_UP:?}, for example:\n{}\n(log: {})",
-        last.len(),
-        last.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
-        persona.log.display()
-    );
-}
+use common::capture::{
+    PARTITIONS, admin, connector_file, consumer, high_watermark, release_slot_and_publication,
+};
+use common::oracle::{CATALOG, assert_no_mismatch, changes, seed_products, stack, workload};
+use common::{DEADLINE, Persona, env, eventually, legacy_db, unique};
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use serde_json::Value;
 
 #[tokio::test]
 async fn every_default_feature_equals_its_sql_recomputation_through_crashes() {
@@ -541,7 +31,7 @@ async fn every_default_feature_equals_its_sql_recomputation_through_crashes() {
     let mut total = seed_products(&db, &prefix, 0, CATALOG - 1).await;
 
     total += workload(&prefix, 3, 2_000).await;
-    assert_no_mismatch(&persona, &db, &prefix, "after the first workload").await;
+    assert_no_mismatch(&persona, &db, &prefix, true, "after the first workload").await;
 
     // kill -9 persona while the application keeps writing.
     let writer = tokio::spawn({
@@ -553,7 +43,7 @@ async fn every_default_feature_equals_its_sql_recomputation_through_crashes() {
     total += seed_products(&db, &prefix, CATALOG, CATALOG).await;
     persona.restart().await;
     total += writer.await.expect("workload");
-    assert_no_mismatch(&persona, &db, &prefix, "after kill -9 of persona").await;
+    assert_no_mismatch(&persona, &db, &prefix, true, "after kill -9 of persona").await;
 
     // kill -9 the Connect worker while the application keeps writing: Debezium publishes again
     // what it had published since its last offset flush.
@@ -565,7 +55,7 @@ async fn every_default_feature_equals_its_sql_recomputation_through_crashes() {
     tokio::task::spawn_blocking(|| stack("connect-kill")).await.expect("join");
     total += writer.await.expect("workload");
     tokio::task::spawn_blocking(|| stack("connect-start")).await.expect("join");
-    assert_no_mismatch(&persona, &db, &prefix, "after kill -9 of Kafka Connect").await;
+    assert_no_mismatch(&persona, &db, &prefix, true, "after kill -9 of Kafka Connect").await;
 
     assert!(total >= 20_000, "the workload made only {total} changes");
     let metrics = persona.metrics().await;
@@ -573,4 +63,238 @@ async fn every_default_feature_equals_its_sql_recomputation_through_crashes() {
         "oracle: {total} changes; duplicates skipped since the restart: {}",
         common::counter(&metrics, "persona_duplicate_events_total", &[])
     );
+}
+
+const SOURCE_TABLES: [&str; 3] = ["user_activity", "cart_items", "orders"];
+/// Rows the database has before the connector exists.
+const PREEXISTING_ACTIVITY: i32 = 20_000;
+
+/// A connector of the go-live's own that snapshots the go-live's rows (and streams only those).
+struct GoLive {
+    prefix: String,
+    file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl GoLive {
+    async fn create(db: &tokio_postgres::Client, prefix: &str) -> Self {
+        let of_user = format!("user_id LIKE '{prefix}-%'");
+        let of_product = format!("id LIKE '{prefix}-%'");
+        let filter = |table: &str| if table == "products" { &of_product } else { &of_user };
+        let tables: Vec<&str> = SOURCE_TABLES.into_iter().chain(["products"]).collect();
+        let published: Vec<String> =
+            tables.iter().map(|t| format!("public.{t} WHERE ({})", filter(t))).collect();
+        db.batch_execute(&format!(
+            "CREATE PUBLICATION {prefix}_pub FOR TABLE {}",
+            published.join(", ")
+        ))
+        .await
+        .expect("create publication");
+        let names: Vec<String> = tables.iter().map(|t| format!("{prefix}.public.{t}")).collect();
+        let topics: Vec<NewTopic> = names
+            .iter()
+            .map(|name| NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(-1)))
+            .collect();
+        admin().create_topics(&topics, &AdminOptions::new()).await.expect("create topics");
+
+        let include: Vec<String> = tables.iter().map(|t| format!("public.{t}")).collect();
+        // The snapshot reads the shared tables: only the go-live's rows.
+        let overrides: Vec<(String, String)> = tables
+            .iter()
+            .map(|t| {
+                (
+                    format!("snapshot.select.statement.overrides.public.{t}"),
+                    format!("SELECT * FROM public.{t} WHERE {}", filter(t)),
+                )
+            })
+            .collect();
+        let (publication, slot) = (format!("{prefix}_pub"), format!("{prefix}_slot"));
+        let include = include.join(",");
+        let mut settings: Vec<(&str, Option<&str>)> = vec![
+            ("topic.prefix", Some(prefix)),
+            ("publication.name", Some(&publication)),
+            ("slot.name", Some(&slot)),
+            ("snapshot.mode", Some("initial")),
+            ("table.include.list", Some(&include)),
+            ("snapshot.select.statement.overrides", Some(&include)),
+        ];
+        for (key, value) in &overrides {
+            settings.push((key, Some(value)));
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = connector_file(dir.path(), prefix, &settings);
+        Self { prefix: prefix.to_string(), file, _dir: dir }
+    }
+
+    fn topic(&self, table: &str) -> String {
+        format!("{}.public.{table}", self.prefix)
+    }
+
+    fn persona_env(&self) -> Vec<(String, String)> {
+        let topics: Vec<String> = SOURCE_TABLES.iter().map(|t| self.topic(t)).collect();
+        vec![
+            ("PERSONA_KAFKA__TOPICS".into(), serde_json::to_string(&topics).expect("json")),
+            ("PERSONA_KAFKA__PRODUCTS_TOPIC".into(), self.topic("products")),
+            ("PERSONA_KAFKA__DLQ_TOPIC".into(), format!("{}.dlq", self.prefix)),
+        ]
+    }
+
+    fn apply(&self) {
+        let output = common::capture::persona(
+            &["connector", "apply", self.file.to_str().expect("utf-8 path")],
+            &[],
+        );
+        assert!(output.status.success(), "apply: {}", common::capture::text(&output));
+    }
+
+    /// Messages written to the activity topic so far.
+    fn activity_messages(&self) -> i64 {
+        let topic = self.topic("user_activity");
+        (0..PARTITIONS).map(|partition| high_watermark(&topic, partition)).sum()
+    }
+
+    async fn rest(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
+        let url = format!("{}/connectors/{}{path}", env("PERSONA_CONNECT__URL"), self.prefix);
+        let response =
+            reqwest::Client::new().request(method, url).send().await.expect("connect rest");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn wait_state(&self, state: &str) {
+        eventually(&format!("connector {} {state}", self.prefix), DEADLINE, || async {
+            let (_, status) = self.rest(reqwest::Method::GET, "/status").await;
+            match status["connector"]["state"].as_str() {
+                Some(now) if now == state => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    }
+
+    /// The distinct snapshot runs (LSN, transaction) whose reads the activity topic holds.
+    fn runs(&self) -> BTreeSet<(i64, i64)> {
+        let consumer = consumer();
+        let topic = self.topic("user_activity");
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        let mut remaining = 0;
+        for partition in 0..PARTITIONS {
+            let end = high_watermark(&topic, partition);
+            remaining += end;
+            assignment
+                .add_partition_offset(&topic, partition, rdkafka::Offset::Beginning)
+                .expect("offset");
+        }
+        rdkafka::consumer::Consumer::assign(&consumer, &assignment).expect("assign");
+        let mut runs = BTreeSet::new();
+        let started = std::time::Instant::now();
+        while remaining > 0 && started.elapsed() < DEADLINE {
+            let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else { continue };
+            remaining -= 1;
+            let Some(payload) = rdkafka::Message::payload(&message) else { continue };
+            let Ok(event) = serde_json::from_slice::<Value>(payload) else { continue };
+            if event["op"] == "r" {
+                let source = &event["source"];
+                runs.insert((
+                    source["lsn"].as_i64().unwrap_or_default(),
+                    source["txId"].as_i64().unwrap_or_default(),
+                ));
+            }
+        }
+        runs
+    }
+}
+
+impl Drop for GoLive {
+    fn drop(&mut self) {
+        let _ = common::capture::persona(
+            &["connector", "delete", self.file.to_str().unwrap_or_default()],
+            &[],
+        );
+        release_slot_and_publication(&self.prefix);
+    }
+}
+
+/// Rows the legacy application wrote before persona: activity, carts and orders of the
+/// oracle's users, then a round of updates and deletes.
+async fn preexisting(db: &tokio_postgres::Client, prefix: &str) -> u64 {
+    let users = common::oracle::USERS;
+    let products = common::oracle::PRODUCTS;
+    let kinds = common::oracle::KINDS;
+    let mut total = seed_products(db, prefix, 0, CATALOG - 1).await;
+    total += changes(
+        db,
+        &format!(
+            "INSERT INTO user_activity (id, user_id, activity_type, product_id, activity_timestamp) \
+             SELECT gen_random_uuid(), $1 || '-u' || floor(random() * {users})::int, \
+                    ({kinds})[1 + floor(random() * 8)::int], \
+                    $1 || '-p' || floor(random() * {products})::int, \
+                    now() - random() * interval '70 minutes' \
+             FROM generate_series(1, {PREEXISTING_ACTIVITY})"
+        ),
+        prefix,
+    )
+    .await;
+    total + common::oracle::round(db, prefix, 500).await
+}
+
+#[tokio::test]
+async fn go_live_snapshot_with_crashes_and_a_second_run_equals_sql() {
+    // Also names the slot and publication: no dashes.
+    let prefix = format!("golive{}", common::capture::hex());
+    let db = legacy_db().await;
+    preexisting(&db, &prefix).await;
+    let rows: i64 = db
+        .query_one("SELECT count(*) FROM user_activity WHERE user_id LIKE $1 || '-%'", &[&prefix])
+        .await
+        .expect("count")
+        .get(0);
+    assert!(rows >= i64::from(PREEXISTING_ACTIVITY) - 1_000, "only {rows} rows before go-live");
+
+    let golive = GoLive::create(&db, &prefix).await;
+    let mut persona = Persona::start_with("golive", &unique("golive"), golive.persona_env()).await;
+    golive.apply();
+
+    // kill -9 the Connect worker mid-snapshot: it snapshots again from the start.
+    eventually("the snapshot under way", DEADLINE, || async {
+        match golive.activity_messages() {
+            written if written >= 2_000 => Ok(()),
+            written => Err(format!("{written} activity messages")),
+        }
+    })
+    .await;
+    tokio::task::spawn_blocking(|| stack("connect-kill")).await.expect("join");
+    let written_at_kill = golive.activity_messages();
+    tokio::task::spawn_blocking(|| stack("connect-start")).await.expect("join");
+
+    // kill -9 persona mid-catch-up.
+    eventually("the second snapshot under way", DEADLINE, || async {
+        match golive.activity_messages() {
+            written if written >= written_at_kill + 2_000 => Ok(()),
+            written => Err(format!("{written} activity messages")),
+        }
+    })
+    .await;
+    persona.kill();
+    persona.restart().await;
+
+    workload(&prefix, 2, 1_000).await;
+    assert_no_mismatch(&persona, &db, &prefix, false, "after go-live").await;
+
+    // A snapshot run again (offsets reset) after writes while no connector ran, deletes among
+    // them: rows it does not read any more must stop counting.
+    golive.rest(reqwest::Method::PUT, "/stop").await;
+    golive.wait_state("STOPPED").await;
+    workload(&prefix, 1, 500).await;
+    changes(&db, "DELETE FROM cart_items WHERE user_id = $1 || '-u1'", &prefix).await;
+    let (status, answer) = golive.rest(reqwest::Method::DELETE, "/offsets").await;
+    assert_eq!(status, 200, "reset offsets: {answer}");
+    golive.rest(reqwest::Method::PUT, "/resume").await;
+    golive.wait_state("RUNNING").await;
+    workload(&prefix, 1, 500).await;
+    assert_no_mismatch(&persona, &db, &prefix, false, "after a snapshot run again").await;
+
+    let runs = tokio::task::spawn_blocking(move || golive.runs()).await.expect("join");
+    assert!(runs.len() >= 2, "the activity topic holds reads of {runs:?} only");
+    eprintln!("go-live: {rows} rows before, snapshot runs {runs:?}");
 }

@@ -189,17 +189,21 @@ impl Capture {
 impl Drop for Capture {
     fn drop(&mut self) {
         let _ = persona(&["connector", "delete", self.file()], &[]);
-        // The slot is dropped once the deleted connector's task has let go of it.
-        let sql = format!(
-            "DO $$ BEGIN FOR i IN 1..100 LOOP \
-               IF NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '{p}_slot' AND active) THEN \
-                 PERFORM pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{p}_slot'; \
-                 EXIT; END IF; PERFORM pg_sleep(0.1); END LOOP; END $$; \
-             DROP PUBLICATION IF EXISTS {p}_pub;",
-            p = self.prefix
-        );
-        let _ = Command::new("psql").arg(env("PERSONA_POSTGRES__URL")).args(["-qc", &sql]).output();
+        release_slot_and_publication(&self.prefix);
     }
+}
+
+/// Drops the slot `<prefix>_slot` once its deleted connector's task has let go of it, and the
+/// publication `<prefix>_pub`.
+pub fn release_slot_and_publication(prefix: &str) {
+    let sql = format!(
+        "DO $$ BEGIN FOR i IN 1..100 LOOP \
+           IF NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '{prefix}_slot' AND active) THEN \
+             PERFORM pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{prefix}_slot'; \
+             EXIT; END IF; PERFORM pg_sleep(0.1); END LOOP; END $$; \
+         DROP PUBLICATION IF EXISTS {prefix}_pub;"
+    );
+    let _ = Command::new("psql").arg(env("PERSONA_POSTGRES__URL")).args(["-qc", &sql]).output();
 }
 
 /// The partition of `topic` whose messages mention `needle` (read from the beginning).

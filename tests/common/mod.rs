@@ -5,6 +5,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
 pub mod capture;
+pub mod oracle;
 
 use std::fs::File;
 use std::future::Future;
