@@ -55,6 +55,9 @@ pub const PARTITION_DRAINS: &str = "persona_partition_drains_total";
 /// Partition workers that died (a panic) and were replaced, their partition read again from
 /// the first change not yet written; label `topic`.
 pub const WORKER_DEATHS: &str = "persona_partition_worker_deaths_total";
+/// Batch writes refused because another instance claimed the partition since (a stale owner:
+/// paused past its session timeout); its worker stops. Label `topic`.
+pub const STALE_WRITES_REFUSED: &str = "persona_stale_writes_refused_total";
 /// Partitions paused because their worker's queue was full (backpressure while catching up);
 /// label `topic`.
 pub const PARTITION_PAUSES: &str = "persona_partition_pauses_total";

@@ -1,11 +1,13 @@
 //! Recovery on the real stack: persona notices when Redis lost its state and rebuilds it from the
 //! topics by itself; `persona rebuild` builds fresh state while persona serves, then swaps it in;
-//! a partition worker that dies is replaced without skipping anything.
+//! a partition worker that dies is replaced without skipping anything; an instance paused past
+//! its session cannot overwrite what the partition's new owner wrote.
 
 mod common;
 
 use std::process::Command;
 
+use common::capture::Capture;
 use common::{
     CATCH_UP, DEADLINE, Persona, counter, env, eventually, insert_activity, legacy_db, unique,
 };
@@ -174,4 +176,61 @@ async fn a_worker_that_panics_is_replaced_and_its_partition_read_again() {
     );
     let log = std::fs::read_to_string(&persona.log).expect("log");
     assert!(log.contains("partition worker died"), "log: {}", persona.log.display());
+}
+
+#[tokio::test]
+async fn a_stale_owner_paused_past_its_session_is_fenced() {
+    let db = legacy_db().await;
+    let capture = Capture::create(&db).await;
+    capture.apply();
+    let user = capture.user("zombie");
+    let marker = format!("{}-stop-here", capture.prefix);
+    let group = unique("fence");
+    let mut settings = capture.persona_env();
+    settings.push(("PERSONA_KAFKA__SESSION_TIMEOUT".into(), "6s".into()));
+    settings.push(("PERSONA_KAFKA__DRAIN_TIMEOUT".into(), "2s".into()));
+    let mut hooked = settings.clone();
+    hooked.push(("PERSONA_TEST_STOP_BEFORE_WRITE".into(), marker.clone()));
+
+    let stale = Persona::start_with("fence-stale", &group, hooked).await;
+    for _ in 0..3 {
+        insert_activity(&db, &user, "CLICK", None, 2).await;
+    }
+    stale.wait_for_features(&user, &[("clicks_5m", json!(3))]).await;
+    // The batch holding this row stops the process between loading the user's state and
+    // writing it back.
+    insert_activity(&db, &user, "VIEW_PRODUCT", Some(&marker), 2).await;
+    eventually("the first instance stopped mid-write", DEADLINE, || async {
+        if stale.is_stopped() { Ok(()) } else { Err("running".to_string()) }
+    })
+    .await;
+
+    // The second instance gets the partitions once the first one's session has expired, applies
+    // the change the first one holds, and then more.
+    let owner = Persona::start_with("fence-owner", &group, settings).await;
+    for _ in 0..2 {
+        insert_activity(&db, &user, "CLICK", None, 2).await;
+    }
+    let expected = [("clicks_5m", json!(5)), ("views_15m", json!(1))];
+    owner.wait_for_features_within(&user, &expected, CATCH_UP).await;
+
+    stale.signal("CONT");
+    eventually("the stale write refused", DEADLINE, || async {
+        let refused = counter(&stale.metrics().await, "persona_stale_writes_refused_total", &[]);
+        if refused >= 1.0 { Ok(()) } else { Err(format!("{refused} refused")) }
+    })
+    .await;
+    // What the new owner wrote stands, and it goes on.
+    insert_activity(&db, &user, "CLICK", None, 2).await;
+    let rows: i64 = db
+        .query_one(
+            "SELECT count(*) FROM user_activity WHERE user_id = $1 AND activity_type = 'CLICK'",
+            &[&user],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    owner.wait_for_features(&user, &[("clicks_5m", json!(rows)), ("views_15m", json!(1))]).await;
+    let log = std::fs::read_to_string(&stale.log).expect("log");
+    assert!(log.contains("another instance owns this partition"), "log: {}", stale.log.display());
 }

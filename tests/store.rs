@@ -2,12 +2,13 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use common::{OwnRedis, free_port, unique};
 use persona::config::{CacheConfig, RedisConfig, Sensitive};
-use persona::features::EntityState;
-use persona::store::{EntityRef, FeatureStore, Freshness, StateKey};
+use persona::features::{EntityState, RunMark, RunStart, SnapshotRun};
+use persona::store::{EntityRef, FeatureStore, Freshness, StateKey, StoreError};
 
 async fn store(redis: &OwnRedis, prefix: &str) -> FeatureStore {
     store_with_cache(redis, prefix, CacheConfig::default()).await
@@ -42,7 +43,7 @@ async fn concurrent_l1_misses_read_redis_once_per_key() {
     let writer = store(&redis, &prefix).await;
     let state = state(3);
     writer
-        .write_states(vec![(user("u1"), state.clone())], &Default::default())
+        .write_states(vec![(user("u1"), state.clone())], &Default::default(), None)
         .await
         .expect("write");
 
@@ -58,9 +59,10 @@ async fn concurrent_l1_misses_read_redis_once_per_key() {
         assert_eq!(read.freshness, Freshness::Live);
         assert_eq!(read.state.as_deref(), Some(&state));
     }
+    // One of the entity, one of the snapshot runs its shares are judged by.
     assert_eq!(
         redis.command_calls("hgetall") - gets_before,
-        1,
+        2,
         "one read for 50 concurrent misses"
     );
 }
@@ -71,12 +73,12 @@ async fn an_older_state_never_replaces_a_newer_one_in_l1() {
     let store = store(&redis, &unique("rev")).await;
     let newer = state(2);
     store
-        .write_states(vec![(user("u1"), newer.clone())], &Default::default())
+        .write_states(vec![(user("u1"), newer.clone())], &Default::default(), None)
         .await
         .expect("write newer");
     assert_eq!(read_user(&store, "u1").await, Some(newer.clone()), "cached");
     store
-        .write_states(vec![(user("u1"), state(1))], &Default::default())
+        .write_states(vec![(user("u1"), state(1))], &Default::default(), None)
         .await
         .expect("write older");
     assert_eq!(read_user(&store, "u1").await, Some(newer));
@@ -95,7 +97,7 @@ async fn another_instances_write_invalidates_l1_long_before_its_ttl() {
 
     let first = state(1);
     writer
-        .write_states(vec![(user("u1"), first.clone())], &Default::default())
+        .write_states(vec![(user("u1"), first.clone())], &Default::default(), None)
         .await
         .expect("write");
     let cached = read_user(&reader, "u1").await;
@@ -105,7 +107,7 @@ async fn another_instances_write_invalidates_l1_long_before_its_ttl() {
     // The subscription may still be settling: keep writing (idempotent) until it is seen.
     common::eventually("reader sees the newer state", common::DEADLINE, || async {
         writer
-            .write_states(vec![(user("u1"), second.clone())], &Default::default())
+            .write_states(vec![(user("u1"), second.clone())], &Default::default(), None)
             .await
             .map_err(|e| e.to_string())?;
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -125,11 +127,11 @@ async fn product_shares_of_all_partitions_are_merged_on_read() {
     let second = store(&redis, &prefix).await;
     let share = |partition| EntityRef::product("p1").share(format!("user_activity/{partition}"));
     first
-        .write_states(vec![(share(0), state(3))], &Default::default())
+        .write_states(vec![(share(0), state(3))], &Default::default(), None)
         .await
         .expect("write share 0");
     second
-        .write_states(vec![(share(1), state(4))], &Default::default())
+        .write_states(vec![(share(1), state(4))], &Default::default(), None)
         .await
         .expect("write share 1");
     // Ingest reads back only its own share.
@@ -145,7 +147,11 @@ async fn a_batch_reads_only_l1_misses_from_redis() {
     let prefix = unique("batch");
     let writer = store(&redis, &prefix).await;
     writer
-        .write_states(vec![(user("u1"), state(1)), (user("u2"), state(2))], &Default::default())
+        .write_states(
+            vec![(user("u1"), state(1)), (user("u2"), state(2))],
+            &Default::default(),
+            None,
+        )
         .await
         .expect("write");
     let reader = store(&redis, &prefix).await;
@@ -155,7 +161,8 @@ async fn a_batch_reads_only_l1_misses_from_redis() {
     let (reads, _) = reader.read_many(&wanted, &[]).await;
     let revs: Vec<Option<u64>> = reads.iter().map(|r| r.state.as_ref().map(|s| s.rev)).collect();
     assert_eq!(revs, [Some(1), Some(2), None]);
-    assert_eq!(redis.command_calls("hgetall") - gets_before, 2, "only the two L1 misses");
+    // The two L1 misses, and the snapshot runs their shares are judged by.
+    assert_eq!(redis.command_calls("hgetall") - gets_before, 3, "only the two L1 misses");
 }
 
 #[tokio::test]
@@ -166,16 +173,63 @@ async fn shares_of_one_user_written_by_different_streams_never_overwrite_each_ot
     let carts = store(&redis, &prefix).await;
     let u1 = EntityRef::user("u1");
     activity
-        .write_states(vec![(u1.share("user_activity/2"), state(5))], &Default::default())
+        .write_states(vec![(u1.share("user_activity/2"), state(5))], &Default::default(), None)
         .await
         .expect("write");
     carts
-        .write_states(vec![(u1.share("cart_items/2"), state(2))], &Default::default())
+        .write_states(vec![(u1.share("cart_items/2"), state(2))], &Default::default(), None)
         .await
         .expect("write");
     activity
-        .write_states(vec![(u1.share("user_activity/2"), state(6))], &Default::default())
+        .write_states(vec![(u1.share("user_activity/2"), state(6))], &Default::default(), None)
         .await
         .expect("write");
     assert_eq!(read_user(&store(&redis, &prefix).await, "u1").await.map(|s| s.rev), Some(8));
+}
+
+#[tokio::test]
+async fn a_write_under_a_stale_claim_is_refused_and_changes_nothing() {
+    let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
+    let prefix = unique("sf");
+    let (stale, owner) = (store(&redis, &prefix).await, store(&redis, &prefix).await);
+    let old_claim = stale.claim("t/0").await.expect("claim");
+    let new_claim = owner.claim("t/0").await.expect("claim");
+    assert!(new_claim.epoch > old_claim.epoch);
+    let no_runs = Default::default();
+    owner
+        .write_states(vec![(user("u1"), state(7))], &no_runs, Some(&new_claim))
+        .await
+        .expect("write");
+
+    let refused =
+        stale.write_states(vec![(user("u1"), state(3))], &no_runs, Some(&old_claim)).await;
+    assert!(matches!(refused, Err(StoreError::Fenced { .. })), "{refused:?}");
+    let reader = store(&redis, &prefix).await;
+    assert_eq!(read_user(&reader, "u1").await, Some(state(7)));
+    // Another partition's claim is its own.
+    let other = stale.claim("t/1").await.expect("claim");
+    stale.write_states(vec![(user("u2"), state(1))], &no_runs, Some(&other)).await.expect("write");
+}
+
+#[tokio::test]
+async fn a_newer_snapshot_run_supersedes_shares_it_did_not_write() {
+    let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
+    let prefix = unique("sf");
+    let writer = store(&redis, &prefix).await;
+    let run = |lsn| RunStart { run: SnapshotRun(lsn, lsn), at_ms: lsn };
+    let mut first = state(1);
+    first.runs.insert("user_activity/0".into(), RunMark { run: run(10).run, through: Some(3) });
+    let runs: HashMap<String, RunStart> = [("user_activity".to_string(), run(10))].into();
+    writer.write_states(vec![(user("u1"), first.clone())], &runs, None).await.expect("write");
+    let reader = store(&redis, &prefix).await;
+    assert_eq!(read_user(&reader, "u1").await, Some(first));
+
+    // A second run begins (written with another entity): u1's share is from the first.
+    let mut second = state(1);
+    second.runs.insert("user_activity/0".into(), RunMark { run: run(20).run, through: Some(9) });
+    let runs: HashMap<String, RunStart> = [("user_activity".to_string(), run(20))].into();
+    writer.write_states(vec![(user("u2"), second.clone())], &runs, None).await.expect("write");
+    let fresh = store(&redis, &prefix).await;
+    assert_eq!(read_user(&fresh, "u1").await, None);
+    assert_eq!(read_user(&fresh, "u2").await, Some(second));
 }

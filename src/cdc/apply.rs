@@ -11,7 +11,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use super::envelope::{self, CdcMessage};
 use crate::dlq::{self, DeadLetters, Failure};
 use crate::features::{self, Entity, EntityState, FeatureSet, SourceChange};
-use crate::store::{EntityRef, FeatureStore, Runs, StateKey};
+use crate::store::{EntityRef, FeatureStore, Fence, Runs, StateKey, StoreError};
 use crate::telemetry;
 
 const WRITE_BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -48,18 +48,22 @@ pub struct Applier<'a> {
     /// Where undecodable messages go; `None` when replaying for a rebuild, which only counts
     /// them (the live ingest dead-lettered them already).
     pub dead_letters: Option<&'a DeadLetters>,
+    /// The partition owner's claim, checked by every write; `None` for a rebuild, the only
+    /// writer of its generation.
+    pub fence: Option<&'a Fence>,
 }
 
 impl Applier<'_> {
     /// Decodes, applies and writes one batch of a partition's messages, in offset order. A write
     /// (or dead letter) that fails is retried until it succeeds: the caller moves offsets only
-    /// afterwards.
+    /// afterwards. Fails only when the writer was fenced ([`StoreError::Fenced`]): a newer
+    /// owner has the partition, and nothing of the batch was written.
     pub async fn apply_batch(
         &self,
         topic: &str,
         partition: i32,
         batch: &[OwnedMessage],
-    ) -> BatchStats {
+    ) -> Result<BatchStats, StoreError> {
         let mut stats = BatchStats::default();
         let mut changes: Vec<SourceChange> = Vec::new();
         // The connector of each change, which a snapshot run covers whole.
@@ -100,7 +104,7 @@ impl Applier<'_> {
         }
         stats.changes = changes.len() as u64;
         if changes.is_empty() {
-            return stats;
+            return Ok(stats);
         }
         let mut backoff = WRITE_BACKOFF_MIN;
         loop {
@@ -110,6 +114,7 @@ impl Applier<'_> {
                     stats.late = late;
                     break;
                 }
+                Err(fenced @ StoreError::Fenced { .. }) => return Err(fenced),
                 Err(error) => {
                     tracing::warn!(error = %error, retry_in = ?backoff, "feature write failed; holding offsets and retrying");
                     tokio::time::sleep(backoff).await;
@@ -122,7 +127,7 @@ impl Applier<'_> {
             let seconds = (now - committed).num_microseconds().unwrap_or(0) as f64 / 1e6;
             metrics::histogram!(telemetry::FRESHNESS_SECONDS).record(seconds.max(0.0));
         }
-        stats
+        Ok(stats)
     }
 
     /// Labels each change with its table's newest snapshot run at that change (`runs`, as
@@ -193,7 +198,7 @@ impl Applier<'_> {
         partition: i32,
         changes: &mut [SourceChange],
         connectors: &[Option<String>],
-    ) -> Result<(u64, u64), crate::store::StoreError> {
+    ) -> Result<(u64, u64), StoreError> {
         let streams: Vec<String> =
             changes.iter().map(|change| format!("{}/{partition}", change.table)).collect();
         let mut tables: Vec<String> =
@@ -291,7 +296,9 @@ impl Applier<'_> {
         }
         let writes: Vec<(StateKey, EntityState)> =
             states.into_iter().filter(|(key, _)| changed.contains(key)).collect();
-        self.store.write_states(writes, &new_runs).await?;
+        #[cfg(debug_assertions)]
+        injected_stop(changes);
+        self.store.write_states(writes, &new_runs, self.fence).await?;
         for (table, start) in &new_runs {
             tracing::info!(
                 topic,
@@ -346,4 +353,25 @@ fn record_capture_lag(event: &envelope::ChangeEvent) {
 fn count_consumed(topic: &str, op: &'static str) {
     metrics::counter!(telemetry::EVENTS_CONSUMED, "topic" => topic.to_string(), "op" => op)
         .increment(1);
+}
+
+/// Test-only hook, compiled into debug builds alone: the first batch (in this process) with a
+/// row holding the text `PERSONA_TEST_STOP_BEFORE_WRITE` stops the whole process (SIGSTOP)
+/// between loading its states and writing them, as a long stall would; SIGCONT resumes it.
+#[cfg(debug_assertions)]
+fn injected_stop(changes: &[SourceChange]) {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static MARKER: OnceLock<Option<String>> = OnceLock::new();
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    let marker = MARKER.get_or_init(|| std::env::var("PERSONA_TEST_STOP_BEFORE_WRITE").ok());
+    let Some(marker) = marker else { return };
+    let hit = changes.iter().flat_map(|c| [&c.before, &c.after]).flatten().any(|row| {
+        row.columns.values().any(|value| value.as_key().as_deref() == Some(marker.as_str()))
+    });
+    if hit && !FIRED.swap(true, Ordering::AcqRel) {
+        tracing::warn!("stopping the process before a write (PERSONA_TEST_STOP_BEFORE_WRITE)");
+        let pid = std::process::id().to_string();
+        let _ = std::process::Command::new("kill").args(["-STOP", &pid]).status();
+    }
 }

@@ -15,7 +15,7 @@
 //! nothing is skipped or repeated.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle as ThreadHandle;
 use std::time::{Duration, Instant};
@@ -41,6 +41,9 @@ use crate::telemetry;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const SEEK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a partition whose worker was fenced waits for the rebalance that revokes it before
+/// this instance claims it again (it is then still assigned here: the group says it is ours).
+const FENCED_RECHECK: Duration = Duration::from_secs(30);
 /// How often librdkafka reports statistics (consumer lag).
 const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -273,21 +276,21 @@ impl PollLoop {
                     self.set_paused(&key, true);
                     None
                 }
-                // The worker ended on its own, which only a panic does. This message is read
-                // again with the rest.
-                Err(TrySendError::Closed(_)) => {
-                    partitions.remove(&key).map(|dead| dead.resume_from.load(Ordering::Acquire))
-                }
+                // The worker ended on its own: a panic, or fenced. This message is read again
+                // with the rest.
+                Err(TrySendError::Closed(_)) => partitions.remove(&key).map(|dead| {
+                    (dead.resume_from.load(Ordering::Acquire), dead.fenced.load(Ordering::Acquire))
+                }),
             }
         };
-        if let Some(offset) = died_at {
-            self.worker_died(&key, offset);
+        if let Some((offset, fenced)) = died_at {
+            self.worker_ended(&key, offset, fenced);
         }
     }
 
-    /// Replaces the workers that ended on their own (a panic).
+    /// Replaces the workers that ended on their own (a panic, or fenced).
     fn check_workers(&mut self) {
-        let dead: Vec<(PartitionKey, i64)> = {
+        let dead: Vec<(PartitionKey, i64, bool)> = {
             let mut partitions = self.consumer.context().lock();
             let keys: Vec<PartitionKey> = partitions
                 .iter()
@@ -297,13 +300,27 @@ impl PollLoop {
             keys.into_iter()
                 .filter_map(|key| {
                     let dead = partitions.remove(&key)?;
-                    Some((key, dead.resume_from.load(Ordering::Acquire)))
+                    let fenced = dead.fenced.load(Ordering::Acquire);
+                    Some((key, dead.resume_from.load(Ordering::Acquire), fenced))
                 })
                 .collect()
         };
-        for (key, offset) in dead {
-            self.worker_died(&key, offset);
+        for (key, offset, fenced) in dead {
+            self.worker_ended(&key, offset, fenced);
         }
+    }
+
+    fn worker_ended(&mut self, key: &PartitionKey, offset: i64, fenced: bool) {
+        if !fenced {
+            self.worker_died(key, offset);
+            return;
+        }
+        tracing::warn!(
+            topic = %key.0, partition = key.1, offset, recheck_in = ?FENCED_RECHECK,
+            "partition paused: another instance owns it now; expecting the rebalance that revokes it"
+        );
+        self.set_paused(key, true);
+        self.restarts.fenced(key, offset, Instant::now() + FENCED_RECHECK);
     }
 
     /// Pauses the partition of a dead worker until its replacement is due ([`Self::restart_due`]).
@@ -442,6 +459,7 @@ impl PollLoop {
         let (queue, receiver) = mpsc::channel(self.queue_capacity);
         let stop = CancellationToken::new();
         let resume_from = Arc::new(AtomicI64::new(first_offset));
+        let fenced = Arc::new(AtomicBool::new(false));
         let worker = PartitionWorker {
             topic: topic.clone(),
             partition: *partition,
@@ -452,9 +470,10 @@ impl PollLoop {
             dead_letters: self.dead_letters.clone(),
             batch_max: self.batch_max,
             topics: Arc::clone(&self.topics),
+            fenced: Arc::clone(&fenced),
         };
         let task = self.consumer.context().runtime.spawn(worker.run(receiver, stop.clone()));
         tracing::debug!(%topic, partition, "partition worker started");
-        PartitionSlot { held: None, resume_from, queue, stop, task }
+        PartitionSlot { held: None, resume_from, queue, stop, task, fenced }
     }
 }

@@ -3,7 +3,7 @@
 //! their offsets are committed.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -32,6 +32,8 @@ pub(super) struct PartitionSlot {
     pub(super) queue: mpsc::Sender<OwnedMessage>,
     pub(super) stop: CancellationToken,
     pub(super) task: JoinHandle<()>,
+    /// Set by the worker when a newer owner fenced it.
+    pub(super) fenced: Arc<AtomicBool>,
 }
 
 /// librdkafka callbacks: logs into `tracing`, and drains revoked partitions before their offsets

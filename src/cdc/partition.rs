@@ -2,7 +2,8 @@
 //! resulting state, and only then stores the batch's offsets for commit.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
 
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
@@ -16,7 +17,7 @@ use super::apply::Applier;
 use super::context::IngestContext;
 use crate::dlq::DeadLetters;
 use crate::features::FeatureSet;
-use crate::store::FeatureStore;
+use crate::store::{FeatureStore, Fence};
 use crate::telemetry;
 
 pub(super) struct PartitionWorker {
@@ -30,11 +31,18 @@ pub(super) struct PartitionWorker {
     pub dead_letters: DeadLetters,
     pub batch_max: usize,
     pub topics: Arc<[String]>,
+    /// Set when the worker stopped because a newer owner claimed its partition.
+    pub fenced: Arc<AtomicBool>,
 }
 
+const CLAIM_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const CLAIM_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
 impl PartitionWorker {
-    /// Runs until `stop` is cancelled (between batches) or the queue is closed.
+    /// Runs until `stop` is cancelled (between batches), the queue is closed, or a newer owner
+    /// of the partition fenced this worker (then `fenced` is set).
     pub async fn run(self, mut queue: mpsc::Receiver<OwnedMessage>, stop: CancellationToken) {
+        let Some(fence) = self.claim(&stop).await else { return };
         loop {
             let first = tokio::select! {
                 biased;
@@ -68,9 +76,42 @@ impl PartitionWorker {
                 store: &self.store,
                 topics: &self.topics,
                 dead_letters: Some(&self.dead_letters),
+                fence: Some(&fence),
             };
-            applier.apply_batch(&self.topic, self.partition, &batch).instrument(span).await;
-            self.store_offset(last_offset);
+            match applier.apply_batch(&self.topic, self.partition, &batch).instrument(span).await {
+                Ok(_) => self.store_offset(last_offset),
+                Err(error) => {
+                    // Not a single offset more: the new owner reads on from the last commit.
+                    tracing::error!(topic = %self.topic, partition = self.partition, first_offset, error = %error, "write refused: another instance owns this partition now; stopping its worker");
+                    metrics::counter!(telemetry::STALE_WRITES_REFUSED, "topic" => self.topic.clone())
+                        .increment(1);
+                    self.fenced.store(true, Ordering::Release);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Claims the partition in the store, retrying while Redis does not answer; `None` when
+    /// stopped first.
+    async fn claim(&self, stop: &CancellationToken) -> Option<Fence> {
+        let partition = format!("{}/{}", self.topic, self.partition);
+        let mut backoff = CLAIM_BACKOFF_MIN;
+        loop {
+            match self.store.claim(&partition).await {
+                Ok(fence) => {
+                    tracing::debug!(%partition, epoch = fence.epoch, "partition claimed");
+                    return Some(fence);
+                }
+                Err(error) => {
+                    tracing::warn!(%partition, error = %error, retry_in = ?backoff, "cannot claim the partition yet");
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return None,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(CLAIM_BACKOFF_MAX);
         }
     }
 

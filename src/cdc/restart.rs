@@ -3,6 +3,10 @@
 //! durable, and fetched again by a fresh worker. What the dead worker had queued or in flight is
 //! read again; what it wrote already is skipped by source position.
 //!
+//! A worker fenced by a newer owner of its partition is not replaced at once: the rebalance
+//! that gave the partition to another instance revokes it here. Only if the partition is still
+//! assigned here a while later is a new worker started (claiming the partition again).
+//!
 //! A worker that dies again at the same offset (a change that panics every time) waits longer
 //! before each new try, so that a bug holds its partition back, logged and counted, rather than
 //! spinning; the other partitions go on.
@@ -51,6 +55,13 @@ impl Restarts {
         let due = Some(now + backoff(deaths));
         self.partitions.insert(key.clone(), Restart { offset, deaths, due });
         deaths
+    }
+
+    /// Records a worker fenced at `offset` by a newer owner of its partition: a new worker is
+    /// due only if the partition is still assigned here after `wait` (a rebalance normally
+    /// revokes it first), because the group then says this instance is the owner after all.
+    pub(super) fn fenced(&mut self, key: &PartitionKey, offset: i64, due: Instant) {
+        self.partitions.insert(key.clone(), Restart { offset, deaths: 0, due: Some(due) });
     }
 
     /// The partitions whose replacement is due, with the offset to seek to.

@@ -107,7 +107,8 @@ pub async fn run(
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    let applier = Applier { features, store, topics: &kafka.topics, dead_letters: None };
+    let applier =
+        Applier { features, store, topics: &kafka.topics, dead_letters: None, fence: None };
     let mut positions: HashMap<(String, i32), i64> = HashMap::new();
     let mut pending: HashMap<(String, i32), Vec<OwnedMessage>> = HashMap::new();
     let mut stats = BatchStats::default();
@@ -139,7 +140,7 @@ pub async fn run(
         }
         if flush || done(&positions) {
             for ((topic, partition), batch) in pending.drain() {
-                stats += applier.apply_batch(&topic, partition, &batch).await;
+                stats += applier.apply_batch(&topic, partition, &batch).await?;
             }
         }
         if last_progress.elapsed() > STALL_TIMEOUT {
@@ -149,7 +150,7 @@ pub async fn run(
         }
     }
     for ((topic, partition), batch) in pending.drain() {
-        stats += applier.apply_batch(&topic, partition, &batch).await;
+        stats += applier.apply_batch(&topic, partition, &batch).await?;
     }
     bar.finish_and_clear();
 

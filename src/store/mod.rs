@@ -20,6 +20,7 @@
 mod cache;
 pub mod generation;
 mod redis;
+mod write;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use cache::Shares;
 
 use cache::L1;
 pub use cache::{Cached, Freshness};
+pub use write::Fence;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -46,6 +48,9 @@ pub enum StoreError {
     Unavailable,
     #[error("cannot encode state for {key}: {source}")]
     Encode { key: String, source: serde_json::Error },
+    /// Another writer claimed the partition since this one did: it must stop writing it.
+    #[error("partition {partition} was claimed by a newer owner (epoch {owner}, ours {epoch})")]
+    Fenced { partition: String, epoch: i64, owner: String },
 }
 
 /// An entity features are served for.
@@ -351,106 +356,6 @@ impl FeatureStore {
                 .map(|shares| Cached::new(shares).state.map(|s| (*s).clone()))
                 .collect(),
         )
-    }
-
-    /// Loads the shares `keys` from Redis, and the newest snapshot run of each of `tables`
-    /// (one pipeline of `HGET`s), for ingest to apply changes to. Shares not stored yet are
-    /// absent from the map.
-    pub async fn load_for_write(
-        &self,
-        keys: &[StateKey],
-        tables: &[String],
-    ) -> Result<(HashMap<StateKey, EntityState>, Runs), StoreError> {
-        if keys.is_empty() && tables.is_empty() {
-            return Ok((HashMap::new(), Runs::new()));
-        }
-        let namespace = self.namespace();
-        let pipeline = self.redis.next().pipeline();
-        for table in tables {
-            let _: () = pipeline.hget(self.runs_key(&namespace), table).await?;
-        }
-        for key in keys {
-            let _: () = pipeline.hget(self.redis_key(&namespace, &key.entity), &key.stream).await?;
-        }
-        let started = Instant::now();
-        let result: Result<Vec<Option<String>>, _> = pipeline.all().await;
-        note_latency("ingest_read", started);
-        self.note_redis("ingest_read", &result);
-        let mut values = result?;
-        let shares = values.split_off(tables.len());
-        let runs = tables
-            .iter()
-            .zip(values)
-            .filter_map(|(table, value)| Some((table.clone(), decode_run(table, &value?)?)))
-            .collect();
-        let states = keys
-            .iter()
-            .zip(shares)
-            .filter_map(|(key, value)| {
-                let value = value?;
-                // The key is formatted for the error log only, not on every load.
-                let state = serde_json::from_str(&value)
-                    .ok()
-                    .or_else(|| self.decode_state(&format!("{key:?}"), &value))?;
-                Some((key.clone(), state))
-            })
-            .collect();
-        Ok((states, runs))
-    }
-
-    /// Writes shares to Redis in one transaction (a share and its source positions are one
-    /// field, and a batch's shares change together), with the snapshot runs the batch began,
-    /// and, once acknowledged, updates L1.
-    pub async fn write_states(
-        &self,
-        states: Vec<(StateKey, EntityState)>,
-        new_runs: &Runs,
-    ) -> Result<(), StoreError> {
-        if states.is_empty() && new_runs.is_empty() {
-            return Ok(());
-        }
-        let namespace = self.namespace();
-        // One MULTI/EXEC: the shares a batch touches change together or not at all, so a user's
-        // session and the co-occurrence pairs it implied for products never part ways.
-        let transaction = self.redis.next().multi();
-        let mut announced: Vec<(String, &str, u64)> = Vec::with_capacity(states.len());
-        for (key, state) in &states {
-            let json = serde_json::to_string(state)
-                .map_err(|source| StoreError::Encode { key: format!("{key:?}"), source })?;
-            let redis_key = self.redis_key(&namespace, &key.entity);
-            let _: () = transaction.hset(&redis_key, (key.stream.as_str(), json.as_str())).await?;
-            let _: () = transaction.expire(&redis_key, self.state_ttl_secs, None).await?;
-            announced.push((key.entity.cache_key(), key.stream.as_str(), state.rev));
-        }
-        for (stream, run) in new_runs {
-            let json = serde_json::to_string(run)
-                .map_err(|source| StoreError::Encode { key: stream.clone(), source })?;
-            let _: () =
-                transaction.hset(self.runs_key(&namespace), (stream.as_str(), json)).await?;
-        }
-        let announcement = serde_json::to_string(&announced).map_err(|source| {
-            StoreError::Encode { key: self.invalidation_channel.clone(), source }
-        })?;
-        let _: () = transaction.publish(&self.invalidation_channel, announcement).await?;
-        if !new_runs.is_empty() {
-            // Shares nobody wrote are superseded too: every instance forgets what it cached.
-            let _: () = transaction.publish(&self.invalidation_channel, CLEAR_ALL).await?;
-        }
-        let started = Instant::now();
-        let outcome: Result<Value, _> = transaction.exec(true).await;
-        note_latency("ingest_write", started);
-        let outcome = outcome.map(|_| ());
-        self.note_redis("ingest_write", &outcome);
-        outcome?;
-        metrics::counter!(telemetry::STATE_WRITES).increment(states.len() as u64);
-        if !new_runs.is_empty() {
-            self.clear_l1("snapshot_run");
-        }
-
-        for (key, state) in states {
-            self.l1.put_share(key.entity.cache_key(), &key.stream, state).await;
-        }
-        Ok(())
     }
 
     /// Notifies of every entity whose state changed, as its [`EntityRef::cache_key`]. A

@@ -151,6 +151,22 @@ impl Persona {
         self.spawn().await;
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill").args([format!("-{signal}"), pid]).status().expect("kill");
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// True while the process is stopped (SIGSTOP), from its state in /proc.
+    pub fn is_stopped(&self) -> bool {
+        let Some(child) = &self.child else { return false };
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+        // `pid (comm) state …`: the state follows the last parenthesis.
+        stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('T'))
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.send(self.http.get(format!("{}{path}", self.base_url)), "GET", path).await
     }

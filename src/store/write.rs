@@ -1,0 +1,152 @@
+//! Ingest's side of the store: loading the shares a batch touches, and writing them back in one
+//! atomic script that refuses the writes of a fenced partition owner.
+//!
+//! Fencing: each partition worker claims its partition before its first write, which bumps the
+//! partition's epoch in `<key_prefix>:owners` (outside the state generations, so a rebuild's
+//! swap keeps it). Every write carries the writer's epoch and is refused when a newer owner has
+//! claimed the partition since: an instance paused past its session timeout (a stop, a long
+//! stall) cannot overwrite what the partition's new owner wrote.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use fred::prelude::*;
+use fred::types::scripts::Script;
+
+use super::{CLEAR_ALL, FeatureStore, Runs, StateKey, StoreError, decode_run, note_latency};
+use crate::features::EntityState;
+use crate::telemetry;
+
+static WRITE_STATES: LazyLock<Script> =
+    LazyLock::new(|| Script::from_lua(include_str!("write_states.lua")));
+
+/// A partition owner's right to write: the epoch it claimed for its partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// `<topic>/<partition>`.
+    pub partition: String,
+    pub epoch: i64,
+}
+
+impl FeatureStore {
+    fn owners_key(&self) -> String {
+        format!("{}:owners", self.key_prefix)
+    }
+
+    /// Claims `partition` for this writer: writes under any earlier claim are refused from now.
+    pub async fn claim(&self, partition: &str) -> Result<Fence, StoreError> {
+        let result: Result<i64, _> =
+            self.redis.next().hincrby(self.owners_key(), partition, 1).await;
+        self.note_redis("claim", &result);
+        Ok(Fence { partition: partition.to_string(), epoch: result? })
+    }
+
+    /// Loads the shares `keys` from Redis, and the newest snapshot run of each of `tables`
+    /// (one pipeline of `HGET`s), for ingest to apply changes to. Shares not stored yet are
+    /// absent from the map.
+    pub async fn load_for_write(
+        &self,
+        keys: &[StateKey],
+        tables: &[String],
+    ) -> Result<(HashMap<StateKey, EntityState>, Runs), StoreError> {
+        if keys.is_empty() && tables.is_empty() {
+            return Ok((HashMap::new(), Runs::new()));
+        }
+        let namespace = self.namespace();
+        let pipeline = self.redis.next().pipeline();
+        for table in tables {
+            let _: () = pipeline.hget(self.runs_key(&namespace), table).await?;
+        }
+        for key in keys {
+            let _: () = pipeline.hget(self.redis_key(&namespace, &key.entity), &key.stream).await?;
+        }
+        let started = Instant::now();
+        let result: Result<Vec<Option<String>>, _> = pipeline.all().await;
+        note_latency("ingest_read", started);
+        self.note_redis("ingest_read", &result);
+        let mut values = result?;
+        let shares = values.split_off(tables.len());
+        let runs = tables
+            .iter()
+            .zip(values)
+            .filter_map(|(table, value)| Some((table.clone(), decode_run(table, &value?)?)))
+            .collect();
+        let states = keys
+            .iter()
+            .zip(shares)
+            .filter_map(|(key, value)| {
+                let value = value?;
+                // The key is formatted for the error log only, not on every load.
+                let state = serde_json::from_str(&value)
+                    .ok()
+                    .or_else(|| self.decode_state(&format!("{key:?}"), &value))?;
+                Some((key.clone(), state))
+            })
+            .collect();
+        Ok((states, runs))
+    }
+
+    /// Writes shares to Redis atomically (a share and its source positions are one field, and a
+    /// batch's shares change together, so a user's session and the co-occurrence pairs it
+    /// implied for products never part ways), with the snapshot runs the batch began, unless
+    /// `fence` is stale; once acknowledged, updates L1.
+    pub async fn write_states(
+        &self,
+        states: Vec<(StateKey, EntityState)>,
+        new_runs: &Runs,
+        fence: Option<&Fence>,
+    ) -> Result<(), StoreError> {
+        if states.is_empty() && new_runs.is_empty() {
+            return Ok(());
+        }
+        let namespace = self.namespace();
+        let mut keys: Vec<String> = vec![self.owners_key(), self.runs_key(&namespace)];
+        let mut announced: Vec<(String, &str, u64)> = Vec::with_capacity(states.len());
+        let announcement_slot = 4;
+        let mut args: Vec<String> = vec![
+            fence.map(|f| f.partition.clone()).unwrap_or_default(),
+            fence.map(|f| f.epoch.to_string()).unwrap_or_default(),
+            self.state_ttl_secs.to_string(),
+            self.invalidation_channel.clone(),
+            String::new(),
+            if new_runs.is_empty() { String::new() } else { CLEAR_ALL.to_string() },
+            new_runs.len().to_string(),
+        ];
+        for (table, start) in new_runs {
+            let json = serde_json::to_string(start)
+                .map_err(|source| StoreError::Encode { key: table.clone(), source })?;
+            args.extend([table.clone(), json]);
+        }
+        for (key, state) in &states {
+            let json = serde_json::to_string(state)
+                .map_err(|source| StoreError::Encode { key: format!("{key:?}"), source })?;
+            keys.push(self.redis_key(&namespace, &key.entity));
+            args.extend([key.stream.clone(), json]);
+            announced.push((key.entity.cache_key(), key.stream.as_str(), state.rev));
+        }
+        args[announcement_slot] = serde_json::to_string(&announced).map_err(|source| {
+            StoreError::Encode { key: self.invalidation_channel.clone(), source }
+        })?;
+        let started = Instant::now();
+        let client = self.redis.next();
+        let outcome: Result<Value, _> = WRITE_STATES.evalsha_with_reload(client, keys, args).await;
+        note_latency("ingest_write", started);
+        self.note_redis("ingest_write", &outcome);
+        if let (Value::String(owner), Some(fence)) = (outcome?, fence) {
+            return Err(StoreError::Fenced {
+                partition: fence.partition.clone(),
+                epoch: fence.epoch,
+                owner: owner.to_string(),
+            });
+        }
+        metrics::counter!(telemetry::STATE_WRITES).increment(states.len() as u64);
+        if !new_runs.is_empty() {
+            self.clear_l1("snapshot_run");
+        }
+        for (key, state) in states {
+            self.l1.put_share(key.entity.cache_key(), &key.stream, state).await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,33 @@
+-- Writes one batch of shares atomically, unless the partition's writer was fenced.
+--
+-- KEYS[1]  the owners hash: partition -> epoch of its current writer
+-- KEYS[2]  the snapshot runs hash: table -> newest run
+-- KEYS[3…] the entity hashes written, one share each
+-- ARGV[1]  the partition (`<topic>/<partition>`), or '' for a writer without an owner (rebuild)
+-- ARGV[2]  the writer's epoch
+-- ARGV[3]  TTL of the entity hashes, in seconds
+-- ARGV[4]  the L1 invalidation channel, ARGV[5] the announcement, ARGV[6] '*' or ''
+-- ARGV[7]  how many runs follow as (table, run) pairs; then one (stream, state) pair per entity
+--
+-- Returns 1 when written; when fenced, the epoch of the current writer (a string).
+if ARGV[1] ~= '' then
+  local owner = redis.call('HGET', KEYS[1], ARGV[1])
+  if owner ~= ARGV[2] then
+    return tostring(owner)
+  end
+end
+local at = 8
+for _ = 1, tonumber(ARGV[7]) do
+  redis.call('HSET', KEYS[2], ARGV[at], ARGV[at + 1])
+  at = at + 2
+end
+for i = 3, #KEYS do
+  redis.call('HSET', KEYS[i], ARGV[at], ARGV[at + 1])
+  redis.call('EXPIRE', KEYS[i], ARGV[3])
+  at = at + 2
+end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+if ARGV[6] ~= '' then
+  redis.call('PUBLISH', ARGV[4], ARGV[6])
+end
+return 1
