@@ -197,6 +197,7 @@ async fn a_stale_owner_paused_past_its_session_is_fenced() {
         insert_activity(&db, &user, "CLICK", None, 2).await;
     }
     stale.wait_for_features(&user, &[("clicks_5m", json!(3))]).await;
+    let written_before = counter(&stale.metrics().await, "persona_state_writes_total", &[]);
     // The batch holding this row stops the process between loading the user's state and
     // writing it back.
     insert_activity(&db, &user, "VIEW_PRODUCT", Some(&marker), 2).await;
@@ -215,9 +216,15 @@ async fn a_stale_owner_paused_past_its_session_is_fenced() {
     owner.wait_for_features_within(&user, &expected, CATCH_UP).await;
 
     stale.signal("CONT");
-    eventually("the stale write refused", DEADLINE, || async {
-        let refused = counter(&stale.metrics().await, "persona_stale_writes_refused_total", &[]);
-        if refused >= 1.0 { Ok(()) } else { Err(format!("{refused} refused")) }
+    eventually("the stale instance done with the batch it held", DEADLINE, || async {
+        let metrics = stale.metrics().await;
+        let refused = counter(&metrics, "persona_stale_writes_refused_total", &[]);
+        let written = counter(&metrics, "persona_state_writes_total", &[]);
+        if refused >= 1.0 || written > written_before {
+            Ok(())
+        } else {
+            Err(format!("{refused} refused, {written} written"))
+        }
     })
     .await;
     // What the new owner wrote stands, and it goes on.
@@ -231,6 +238,8 @@ async fn a_stale_owner_paused_past_its_session_is_fenced() {
         .expect("count")
         .get(0);
     owner.wait_for_features(&user, &[("clicks_5m", json!(rows)), ("views_15m", json!(1))]).await;
+    let refused = counter(&stale.metrics().await, "persona_stale_writes_refused_total", &[]);
+    assert!(refused >= 1.0, "no refused write counted");
     let log = std::fs::read_to_string(&stale.log).expect("log");
     assert!(log.contains("another instance owns this partition"), "log: {}", stale.log.display());
 }
