@@ -58,6 +58,9 @@ pub const WORKER_DEATHS: &str = "persona_partition_worker_deaths_total";
 /// Batch writes refused because another instance claimed the partition since (a stale owner:
 /// paused past its session timeout); its worker stops. Label `topic`.
 pub const STALE_WRITES_REFUSED: &str = "persona_stale_writes_refused_total";
+/// Stored feature states persona could not read; label `path` (`read`: served without it,
+/// `ingest`: set aside under `<namespace>:quarantine` and rebuilt from its partition).
+pub const UNREADABLE_STATES: &str = "persona_unreadable_states_total";
 /// Partitions paused because their worker's queue was full (backpressure while catching up);
 /// label `topic`.
 pub const PARTITION_PAUSES: &str = "persona_partition_pauses_total";

@@ -243,3 +243,39 @@ async fn a_stale_owner_paused_past_its_session_is_fenced() {
     let log = std::fs::read_to_string(&stale.log).expect("log");
     assert!(log.contains("another instance owns this partition"), "log: {}", stale.log.display());
 }
+
+#[tokio::test]
+async fn an_unreadable_state_is_set_aside_and_rebuilt_from_its_partition() {
+    let db = legacy_db().await;
+    let capture = Capture::create(&db).await;
+    capture.apply();
+    let group = unique("unreadable");
+    let persona = Persona::start_with("unreadable", &group, capture.persona_env()).await;
+    let user = capture.user("garbled");
+    for _ in 0..3 {
+        insert_activity(&db, &user, "CLICK", None, 2).await;
+    }
+    persona.wait_for_features(&user, &[("clicks_5m", json!(3))]).await;
+
+    let redis = redis().await;
+    let hashes = keys(&redis, &format!("{group}:*:user:{user}")).await;
+    let [hash] = hashes.as_slice() else { panic!("one state hash expected: {hashes:?}") };
+    let fields: Vec<String> = redis.hkeys(hash).await.expect("hkeys");
+    let [stream] = fields.as_slice() else { panic!("one share expected: {fields:?}") };
+    let _: () = redis.hset(hash, (stream.as_str(), "{\"rev\": garbled")).await.expect("hset");
+
+    insert_activity(&db, &user, "CLICK", None, 2).await;
+    let clicks: i64 = db
+        .query_one("SELECT count(*) FROM user_activity WHERE user_id = $1", &[&user])
+        .await
+        .expect("count")
+        .get(0);
+    persona.wait_for_features_within(&user, &[("clicks_5m", json!(clicks))], CATCH_UP).await;
+    let metrics = persona.metrics().await;
+    assert!(counter(&metrics, "persona_unreadable_states_total", &["path=\"ingest\""]) >= 1.0);
+    let quarantine =
+        hash.rsplit_once(":user:").map(|(namespace, _)| format!("{namespace}:quarantine"));
+    let kept: Option<String> =
+        redis.hget(quarantine.expect("namespace"), format!("{hash} {stream}")).await.expect("hget");
+    assert_eq!(kept.as_deref(), Some("{\"rev\": garbled"), "the unreadable value is kept aside");
+}

@@ -135,8 +135,8 @@ async fn product_shares_of_all_partitions_are_merged_on_read() {
         .await
         .expect("write share 1");
     // Ingest reads back only its own share.
-    let (loaded, _) = first.load_for_write(&[share(0)], &[]).await.expect("load");
-    assert_eq!(loaded.get(&share(0)), Some(&state(3)));
+    let loaded = first.load_for_write(&[share(0)], &[]).await.expect("load");
+    assert_eq!(loaded.states.get(&share(0)), Some(&state(3)));
     let read = store(&redis, &prefix).await.read(&EntityRef::product("p1")).await;
     assert_eq!(read.state.map(|s| s.rev), Some(7), "revisions of both shares add up");
 }
@@ -232,4 +232,25 @@ async fn a_newer_snapshot_run_supersedes_shares_it_did_not_write() {
     let fresh = store(&redis, &prefix).await;
     assert_eq!(read_user(&fresh, "u1").await, None);
     assert_eq!(read_user(&fresh, "u2").await, Some(second));
+}
+
+#[tokio::test]
+async fn an_unreadable_share_is_reported_never_defaulted_and_set_aside() {
+    let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
+    let prefix = unique("sf");
+    let writer = store(&redis, &prefix).await;
+    writer
+        .write_states(vec![(user("u1"), state(4))], &Default::default(), None)
+        .await
+        .expect("write");
+    let hash = format!("{prefix}:g0:user:u1");
+    redis.command(&["HSET", &hash, "user_activity/0", "{not json"]);
+
+    let loaded = writer.load_for_write(&[user("u1")], &[]).await.expect("load");
+    assert!(loaded.states.is_empty(), "an unreadable share is not a fresh one: {loaded:?}");
+    assert_eq!(loaded.unreadable, vec![(user("u1"), "{not json".to_string())]);
+    writer.quarantine(&loaded.unreadable).await.expect("quarantine");
+    assert_eq!(redis.command(&["HEXISTS", &hash, "user_activity/0"]), "0");
+    let field = format!("{hash} user_activity/0");
+    assert_eq!(redis.command(&["HGET", &format!("{prefix}:g0:quarantine"), &field]), "{not json");
 }

@@ -11,7 +11,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use super::envelope::{self, CdcMessage};
 use crate::dlq::{self, DeadLetters, Failure};
 use crate::features::{self, Entity, EntityState, FeatureSet, SourceChange};
-use crate::store::{EntityRef, FeatureStore, Fence, Runs, StateKey, StoreError};
+use crate::store::{EntityRef, FeatureStore, Fence, Loaded, Runs, StateKey, StoreError};
 use crate::telemetry;
 
 const WRITE_BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -114,7 +114,9 @@ impl Applier<'_> {
                     stats.late = late;
                     break;
                 }
-                Err(fenced @ StoreError::Fenced { .. }) => return Err(fenced),
+                Err(error @ (StoreError::Fenced { .. } | StoreError::Unreadable { .. })) => {
+                    return Err(error);
+                }
                 Err(error) => {
                     tracing::warn!(error = %error, retry_in = ?backoff, "feature write failed; holding offsets and retrying");
                     tokio::time::sleep(backoff).await;
@@ -214,8 +216,10 @@ impl Applier<'_> {
             routed.iter().flatten().map(|(key, _, _)| key.clone()).collect();
         keys.sort();
         keys.dedup();
-        let (mut states, runs) = self.store.load_for_write(&keys, &tables).await?;
-        let new_runs = self.follow_runs(changes, connectors, runs);
+        let loaded = self.store.load_for_write(&keys, &tables).await?;
+        set_aside(self.store, &loaded).await?;
+        let mut states = loaded.states;
+        let new_runs = self.follow_runs(changes, connectors, loaded.runs);
         let changes: &[SourceChange] = changes;
         let now = Utc::now();
         let mut changed: HashSet<StateKey> = HashSet::new();
@@ -258,7 +262,9 @@ impl Applier<'_> {
         }
         partners.sort();
         partners.dedup();
-        states.extend(self.store.load_for_write(&partners, &[]).await?.0);
+        let loaded = self.store.load_for_write(&partners, &[]).await?;
+        set_aside(self.store, &loaded).await?;
+        states.extend(loaded.states);
 
         for (index, (change, targets)) in changes.iter().zip(&routed).enumerate() {
             let mut products: Vec<(StateKey, String)> = targets
@@ -312,6 +318,18 @@ impl Applier<'_> {
         }
         Ok((duplicates, late))
     }
+}
+
+/// Moves unreadable shares aside; the batch then fails with [`StoreError::Unreadable`] so that
+/// its partition is read again from the start, rebuilding them.
+async fn set_aside(store: &FeatureStore, loaded: &Loaded) -> Result<(), StoreError> {
+    if loaded.unreadable.is_empty() {
+        return Ok(());
+    }
+    store.quarantine(&loaded.unreadable).await?;
+    Err(StoreError::Unreadable {
+        shares: loaded.unreadable.iter().map(|(key, _)| format!("{key:?}")).collect(),
+    })
 }
 
 fn failure(message: &OwnedMessage, error: &envelope::DecodeError) -> Failure {

@@ -15,7 +15,7 @@
 //! nothing is skipped or repeated.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle as ThreadHandle;
 use std::time::{Duration, Instant};
@@ -30,7 +30,9 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 
-use super::context::{IngestContext, PartitionKey, PartitionSlot, commit_stored};
+use super::context::{
+    ExitReason, IngestContext, PartitionKey, PartitionSlot, WorkerExit, commit_stored,
+};
 use super::partition::PartitionWorker;
 use super::restart::{Restarts, backoff};
 use crate::config::KafkaConfig;
@@ -278,19 +280,19 @@ impl PollLoop {
                 }
                 // The worker ended on its own: a panic, or fenced. This message is read again
                 // with the rest.
-                Err(TrySendError::Closed(_)) => partitions.remove(&key).map(|dead| {
-                    (dead.resume_from.load(Ordering::Acquire), dead.fenced.load(Ordering::Acquire))
-                }),
+                Err(TrySendError::Closed(_)) => partitions
+                    .remove(&key)
+                    .map(|dead| (dead.resume_from.load(Ordering::Acquire), dead.exit.get())),
             }
         };
-        if let Some((offset, fenced)) = died_at {
-            self.worker_ended(&key, offset, fenced);
+        if let Some((offset, exit)) = died_at {
+            self.worker_ended(&key, offset, exit);
         }
     }
 
     /// Replaces the workers that ended on their own (a panic, or fenced).
     fn check_workers(&mut self) {
-        let dead: Vec<(PartitionKey, i64, bool)> = {
+        let dead: Vec<(PartitionKey, i64, WorkerExit)> = {
             let mut partitions = self.consumer.context().lock();
             let keys: Vec<PartitionKey> = partitions
                 .iter()
@@ -300,27 +302,32 @@ impl PollLoop {
             keys.into_iter()
                 .filter_map(|key| {
                     let dead = partitions.remove(&key)?;
-                    let fenced = dead.fenced.load(Ordering::Acquire);
-                    Some((key, dead.resume_from.load(Ordering::Acquire), fenced))
+                    Some((key, dead.resume_from.load(Ordering::Acquire), dead.exit.get()))
                 })
                 .collect()
         };
-        for (key, offset, fenced) in dead {
-            self.worker_ended(&key, offset, fenced);
+        for (key, offset, exit) in dead {
+            self.worker_ended(&key, offset, exit);
         }
     }
 
-    fn worker_ended(&mut self, key: &PartitionKey, offset: i64, fenced: bool) {
-        if !fenced {
-            self.worker_died(key, offset);
-            return;
+    fn worker_ended(&mut self, key: &PartitionKey, offset: i64, exit: WorkerExit) {
+        match exit {
+            WorkerExit::Died => self.worker_died(key, offset),
+            WorkerExit::Fenced => {
+                tracing::warn!(
+                    topic = %key.0, partition = key.1, offset, recheck_in = ?FENCED_RECHECK,
+                    "partition paused: another instance owns it now; expecting the rebalance that revokes it"
+                );
+                self.set_paused(key, true);
+                self.restarts.schedule(key, offset, Instant::now() + FENCED_RECHECK);
+            }
+            WorkerExit::ReadAgain => {
+                tracing::warn!(topic = %key.0, partition = key.1, offset, "reading the partition again to rebuild an unreadable state");
+                self.set_paused(key, true);
+                self.restarts.schedule(key, offset, Instant::now());
+            }
         }
-        tracing::warn!(
-            topic = %key.0, partition = key.1, offset, recheck_in = ?FENCED_RECHECK,
-            "partition paused: another instance owns it now; expecting the rebalance that revokes it"
-        );
-        self.set_paused(key, true);
-        self.restarts.fenced(key, offset, Instant::now() + FENCED_RECHECK);
     }
 
     /// Pauses the partition of a dead worker until its replacement is due ([`Self::restart_due`]).
@@ -459,7 +466,7 @@ impl PollLoop {
         let (queue, receiver) = mpsc::channel(self.queue_capacity);
         let stop = CancellationToken::new();
         let resume_from = Arc::new(AtomicI64::new(first_offset));
-        let fenced = Arc::new(AtomicBool::new(false));
+        let exit = Arc::new(ExitReason::default());
         let worker = PartitionWorker {
             topic: topic.clone(),
             partition: *partition,
@@ -470,10 +477,10 @@ impl PollLoop {
             dead_letters: self.dead_letters.clone(),
             batch_max: self.batch_max,
             topics: Arc::clone(&self.topics),
-            fenced: Arc::clone(&fenced),
+            exit: Arc::clone(&exit),
         };
         let task = self.consumer.context().runtime.spawn(worker.run(receiver, stop.clone()));
         tracing::debug!(%topic, partition, "partition worker started");
-        PartitionSlot { held: None, resume_from, queue, stop, task, fenced }
+        PartitionSlot { held: None, resume_from, queue, stop, task, exit }
     }
 }

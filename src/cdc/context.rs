@@ -3,7 +3,7 @@
 //! their offsets are committed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -32,8 +32,37 @@ pub(super) struct PartitionSlot {
     pub(super) queue: mpsc::Sender<OwnedMessage>,
     pub(super) stop: CancellationToken,
     pub(super) task: JoinHandle<()>,
-    /// Set by the worker when a newer owner fenced it.
-    pub(super) fenced: Arc<AtomicBool>,
+    /// Why the worker ended, when it ended on its own.
+    pub(super) exit: Arc<ExitReason>,
+}
+
+/// Why a partition worker ended on its own, as it tells the poll loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WorkerExit {
+    /// A panic (the worker set nothing).
+    Died,
+    /// A newer owner of the partition fenced it.
+    Fenced,
+    /// It found a stored state it cannot read, removed it, and wants the partition read again
+    /// from the start (its `resume_from`) to rebuild it.
+    ReadAgain,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct ExitReason(AtomicU8);
+
+impl ExitReason {
+    pub(super) fn set(&self, exit: WorkerExit) {
+        self.0.store(exit as u8, Ordering::Release);
+    }
+
+    pub(super) fn get(&self) -> WorkerExit {
+        match self.0.load(Ordering::Acquire) {
+            1 => WorkerExit::Fenced,
+            2 => WorkerExit::ReadAgain,
+            _ => WorkerExit::Died,
+        }
+    }
 }
 
 /// librdkafka callbacks: logs into `tracing`, and drains revoked partitions before their offsets

@@ -2,7 +2,7 @@
 //! resulting state, and only then stores the batch's offsets for commit.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use rdkafka::Offset;
@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::apply::Applier;
-use super::context::IngestContext;
+use super::context::{ExitReason, IngestContext, WorkerExit};
 use crate::dlq::DeadLetters;
 use crate::features::FeatureSet;
-use crate::store::{FeatureStore, Fence};
+use crate::store::{FeatureStore, Fence, StoreError};
 use crate::telemetry;
 
 pub(super) struct PartitionWorker {
@@ -31,16 +31,16 @@ pub(super) struct PartitionWorker {
     pub dead_letters: DeadLetters,
     pub batch_max: usize,
     pub topics: Arc<[String]>,
-    /// Set when the worker stopped because a newer owner claimed its partition.
-    pub fenced: Arc<AtomicBool>,
+    /// Why the worker ended on its own (fenced, or asking for its partition to be read again).
+    pub exit: Arc<ExitReason>,
 }
 
 const CLAIM_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const CLAIM_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 impl PartitionWorker {
-    /// Runs until `stop` is cancelled (between batches), the queue is closed, or a newer owner
-    /// of the partition fenced this worker (then `fenced` is set).
+    /// Runs until `stop` is cancelled (between batches), the queue is closed, a newer owner of
+    /// the partition fenced this worker, or it found a state it cannot read (`exit` says which).
     pub async fn run(self, mut queue: mpsc::Receiver<OwnedMessage>, stop: CancellationToken) {
         let Some(fence) = self.claim(&stop).await else { return };
         loop {
@@ -80,12 +80,20 @@ impl PartitionWorker {
             };
             match applier.apply_batch(&self.topic, self.partition, &batch).instrument(span).await {
                 Ok(_) => self.store_offset(last_offset),
+                Err(error @ StoreError::Unreadable { .. }) => {
+                    // Its contributions are all in this partition: reading it again from the start
+                    // rebuilds it, and every other state skips what it has by position.
+                    tracing::error!(topic = %self.topic, partition = self.partition, first_offset, error = %error, "unreadable feature state set aside; reading the partition again from the start to rebuild it");
+                    self.resume_from.store(0, Ordering::Release);
+                    self.exit.set(WorkerExit::ReadAgain);
+                    return;
+                }
                 Err(error) => {
                     // Not a single offset more: the new owner reads on from the last commit.
                     tracing::error!(topic = %self.topic, partition = self.partition, first_offset, error = %error, "write refused: another instance owns this partition now; stopping its worker");
                     metrics::counter!(telemetry::STALE_WRITES_REFUSED, "topic" => self.topic.clone())
                         .increment(1);
-                    self.fenced.store(true, Ordering::Release);
+                    self.exit.set(WorkerExit::Fenced);
                     return;
                 }
             }

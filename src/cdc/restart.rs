@@ -57,10 +57,11 @@ impl Restarts {
         deaths
     }
 
-    /// Records a worker fenced at `offset` by a newer owner of its partition: a new worker is
-    /// due only if the partition is still assigned here after `wait` (a rebalance normally
-    /// revokes it first), because the group then says this instance is the owner after all.
-    pub(super) fn fenced(&mut self, key: &PartitionKey, offset: i64, due: Instant) {
+    /// Schedules a new worker at `offset` for `due`, for a worker that ended without dying: one
+    /// fenced by a newer owner of its partition (due only if the partition is still assigned
+    /// here by then: a rebalance normally revokes it first), or one that asked for its
+    /// partition to be read again.
+    pub(super) fn schedule(&mut self, key: &PartitionKey, offset: i64, due: Instant) {
         self.partitions.insert(key.clone(), Restart { offset, deaths: 0, due: Some(due) });
     }
 

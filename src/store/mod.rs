@@ -38,7 +38,7 @@ use cache::Shares;
 
 use cache::L1;
 pub use cache::{Cached, Freshness};
-pub use write::Fence;
+pub use write::{Fence, Loaded};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -48,6 +48,9 @@ pub enum StoreError {
     Unavailable,
     #[error("cannot encode state for {key}: {source}")]
     Encode { key: String, source: serde_json::Error },
+    /// Stored shares persona cannot read; they were set aside (see `write::quarantine`).
+    #[error("unreadable feature state set aside: {shares:?}")]
+    Unreadable { shares: Vec<String> },
     /// Another writer claimed the partition since this one did: it must stop writing it.
     #[error("partition {partition} was claimed by a newer owner (epoch {owner}, ours {epoch})")]
     Fenced { partition: String, epoch: i64, owner: String },
@@ -191,12 +194,14 @@ impl FeatureStore {
         }
     }
 
+    /// A share as read for the API; an unreadable one is left out (and reported): ingest sets it
+    /// aside and rebuilds it when a change reaches it.
     fn decode_state(&self, key: &str, json: &str) -> Option<EntityState> {
         match serde_json::from_str(json) {
             Ok(state) => Some(state),
             Err(error) => {
-                // Only persona writes these keys; an unreadable one is rebuilt from new events.
-                tracing::error!(key, error = %error, "unreadable feature state in redis; starting it afresh");
+                tracing::error!(key, error = %error, "unreadable feature state in redis; served without it");
+                metrics::counter!(telemetry::UNREADABLE_STATES, "path" => "read").increment(1);
                 None
             }
         }

@@ -21,6 +21,15 @@ use crate::telemetry;
 static WRITE_STATES: LazyLock<Script> =
     LazyLock::new(|| Script::from_lua(include_str!("write_states.lua")));
 
+/// What [`FeatureStore::load_for_write`] found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub states: HashMap<StateKey, EntityState>,
+    pub runs: Runs,
+    /// Shares stored in a form persona cannot read, as stored.
+    pub unreadable: Vec<(StateKey, String)>,
+}
+
 /// A partition owner's right to write: the epoch it claimed for its partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fence {
@@ -44,14 +53,14 @@ impl FeatureStore {
 
     /// Loads the shares `keys` from Redis, and the newest snapshot run of each of `tables`
     /// (one pipeline of `HGET`s), for ingest to apply changes to. Shares not stored yet are
-    /// absent from the map.
+    /// absent from the map; shares that cannot be read are in `unreadable`, never defaulted.
     pub async fn load_for_write(
         &self,
         keys: &[StateKey],
         tables: &[String],
-    ) -> Result<(HashMap<StateKey, EntityState>, Runs), StoreError> {
+    ) -> Result<Loaded, StoreError> {
         if keys.is_empty() && tables.is_empty() {
-            return Ok((HashMap::new(), Runs::new()));
+            return Ok(Loaded::default());
         }
         let namespace = self.namespace();
         let pipeline = self.redis.next().pipeline();
@@ -72,19 +81,42 @@ impl FeatureStore {
             .zip(values)
             .filter_map(|(table, value)| Some((table.clone(), decode_run(table, &value?)?)))
             .collect();
-        let states = keys
-            .iter()
-            .zip(shares)
-            .filter_map(|(key, value)| {
-                let value = value?;
-                // The key is formatted for the error log only, not on every load.
-                let state = serde_json::from_str(&value)
-                    .ok()
-                    .or_else(|| self.decode_state(&format!("{key:?}"), &value))?;
-                Some((key.clone(), state))
-            })
-            .collect();
-        Ok((states, runs))
+        let mut loaded = Loaded { runs, ..Loaded::default() };
+        for (key, value) in keys.iter().zip(shares) {
+            let Some(value) = value else { continue };
+            match serde_json::from_str(&value) {
+                Ok(state) => {
+                    loaded.states.insert(key.clone(), state);
+                }
+                Err(error) => {
+                    let name = self.redis_key(&namespace, &key.entity);
+                    tracing::error!(key = %name, stream = %key.stream, error = %error, "unreadable feature state in redis");
+                    metrics::counter!(telemetry::UNREADABLE_STATES, "path" => "ingest")
+                        .increment(1);
+                    loaded.unreadable.push((key.clone(), value));
+                }
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// Sets unreadable shares aside: each moves, as it was, to the hash `<namespace>:quarantine`
+    /// (field `<entity key> <stream>`) for inspection, and leaves its entity, so that nothing
+    /// builds on it and a replay of its partition rebuilds it from scratch.
+    pub async fn quarantine(&self, unreadable: &[(StateKey, String)]) -> Result<(), StoreError> {
+        let namespace = self.namespace();
+        let transaction = self.redis.next().multi();
+        for (key, raw) in unreadable {
+            let entity = self.redis_key(&namespace, &key.entity);
+            let field = format!("{entity} {}", key.stream);
+            let _: () =
+                transaction.hset(format!("{namespace}:quarantine"), (field, raw.as_str())).await?;
+            let _: () = transaction.hdel(&entity, key.stream.as_str()).await?;
+        }
+        let outcome: Result<Value, _> = transaction.exec(true).await;
+        self.note_redis("quarantine", &outcome);
+        outcome?;
+        Ok(())
     }
 
     /// Writes shares to Redis atomically (a share and its source positions are one field, and a

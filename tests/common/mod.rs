@@ -421,6 +421,16 @@ impl OwnRedis {
     }
 
     /// How many times Redis executed `command` (from `INFO commandstats`).
+    /// Runs one command through redis-cli; its reply as text.
+    pub fn command(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
     pub fn command_calls(&self, command: &str) -> u64 {
         let output = Command::new("redis-cli")
             .args(["-p", &self.port.to_string(), "info", "commandstats"])
