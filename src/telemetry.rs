@@ -58,6 +58,10 @@ pub const WORKER_DEATHS: &str = "persona_partition_worker_deaths_total";
 /// Batch writes refused because another instance claimed the partition since (a stale owner:
 /// paused past its session timeout); its worker stops. Label `topic`.
 pub const STALE_WRITES_REFUSED: &str = "persona_stale_writes_refused_total";
+/// Feature writes that failed and are retried; label `class`: `transient` (connection,
+/// timeout, failover) or `permanent` (out of memory, wrong type, refused credentials: someone
+/// must act; `/readyz` says so too).
+pub const WRITE_FAILURES: &str = "persona_feature_write_failures_total";
 /// Stored feature states persona could not read; label `path` (`read`: served without it,
 /// `ingest`: set aside under `<namespace>:quarantine` and rebuilt from its partition).
 pub const UNREADABLE_STATES: &str = "persona_unreadable_states_total";

@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::capture::Capture;
 use common::{
     CATCH_UP, DEADLINE, DEFAULT_PARTITIONS, OwnRedis, Persona, counter, eventually, free_port,
     insert_activity, legacy_db, unique,
@@ -133,4 +134,45 @@ async fn a_lost_invalidation_subscription_is_renewed_and_l1_emptied() {
         from_redis + 1.0,
         "the user cached before is read from Redis again"
     );
+}
+
+/// Redis refuses writes (out of memory): a failure that needs someone to act. It is reported as
+/// such (log, metric, `/readyz`) while ingest holds its offsets; once memory is freed, nothing
+/// is lost.
+#[tokio::test]
+async fn a_redis_that_refuses_writes_is_reported_and_nothing_is_lost() {
+    let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
+    let db = legacy_db().await;
+    let capture = Capture::create(&db).await;
+    capture.apply();
+    let mut settings = capture.persona_env();
+    settings.push(("PERSONA_REDIS__URL".into(), format!("redis://127.0.0.1:{}", redis.port)));
+    let persona = Persona::start_with("oom", &unique("oom"), settings).await;
+    let user = capture.user("oom");
+    insert_activity(&db, &user, "CLICK", None, 2).await;
+    persona.wait_for_features(&user, &[("clicks_5m", json!(1))]).await;
+
+    redis.command(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    redis.command(&["CONFIG", "SET", "maxmemory", "1"]);
+    insert_activity(&db, &user, "CLICK", None, 1).await;
+    insert_activity(&db, &user, "CLICK", None, 1).await;
+    let readiness = eventually("ingest reported failing", DEADLINE, || async {
+        let (status, body) = persona.get("/readyz").await;
+        let failing = body["checks"]["ingest"].as_str().is_some_and(|s| s.contains("OOM"));
+        if status == 200 && body["status"] == "degraded" && failing {
+            Ok(body)
+        } else {
+            Err(format!("{status} {body}"))
+        }
+    })
+    .await;
+    let metrics = persona.metrics().await;
+    let permanent =
+        counter(&metrics, "persona_feature_write_failures_total", &["class=\"permanent\""]);
+    assert!(permanent >= 1.0, "not counted as permanent: {readiness}");
+
+    redis.command(&["CONFIG", "SET", "maxmemory", "0"]);
+    persona.wait_for_features_within(&user, &[("clicks_5m", json!(3))], CATCH_UP).await;
+    let (_, body) = persona.get("/readyz").await;
+    assert_eq!(body["checks"]["ingest"], "ok", "{body}");
 }

@@ -195,10 +195,23 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         Some(_) => "loading",
     };
     let ready = redis == "ok" && (broker == "ok" || state.broker.is_none()) && catalog != "loading";
+    // Failing feature writes hold ingest back, not reads: this instance still serves what it has,
+    // so it stays in the load balancer (every replica shares the failure) but says so.
+    let ingest = state.store.write_failure();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let label = match (ready, &ingest) {
+        (false, _) => "not_ready",
+        (true, Some(_)) => "degraded",
+        (true, None) => "ready",
+    };
     let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
-        "checks": { "redis": redis, "broker": broker, "catalog": catalog },
+        "status": label,
+        "checks": {
+            "redis": redis,
+            "broker": broker,
+            "catalog": catalog,
+            "ingest": ingest.map_or_else(|| "ok".to_string(), |failure| format!("writes failing: {failure}")),
+        },
     });
     (status, Json(body))
 }

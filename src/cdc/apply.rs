@@ -17,6 +17,19 @@ use crate::telemetry;
 const WRITE_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const WRITE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// Waits between attempts at a write that must succeed before offsets move: exponential from
+/// [`WRITE_BACKOFF_MIN`] to [`WRITE_BACKOFF_MAX`], with jitter so that partitions retrying
+/// together do not hit a recovering Redis in step; never giving up.
+fn retry_delays() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(WRITE_BACKOFF_MIN)
+        .with_max_delay(WRITE_BACKOFF_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// What one batch amounted to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchStats {
@@ -106,21 +119,31 @@ impl Applier<'_> {
         if changes.is_empty() {
             return Ok(stats);
         }
-        let mut backoff = WRITE_BACKOFF_MIN;
+        let mut delays = retry_delays();
         loop {
             match self.write(topic, partition, &mut changes, &connectors).await {
                 Ok((duplicates, late)) => {
                     stats.duplicates = duplicates;
                     stats.late = late;
+                    self.store.note_write_failure(None);
                     break;
                 }
                 Err(error @ (StoreError::Fenced { .. } | StoreError::Unreadable { .. })) => {
                     return Err(error);
                 }
                 Err(error) => {
-                    tracing::warn!(error = %error, retry_in = ?backoff, "feature write failed; holding offsets and retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(WRITE_BACKOFF_MAX);
+                    let retry_in = delays.next().unwrap_or(WRITE_BACKOFF_MAX);
+                    if error.is_transient() {
+                        metrics::counter!(telemetry::WRITE_FAILURES, "class" => "transient")
+                            .increment(1);
+                        tracing::warn!(error = %error, ?retry_in, "feature write failed; holding offsets and retrying");
+                    } else {
+                        metrics::counter!(telemetry::WRITE_FAILURES, "class" => "permanent")
+                            .increment(1);
+                        tracing::error!(error = %error, ?retry_in, "feature write failed, and retrying will not fix it: the partition is held until someone does");
+                        self.store.note_write_failure(Some(error.to_string()));
+                    }
+                    tokio::time::sleep(retry_in).await;
                 }
             }
         }
@@ -346,11 +369,11 @@ fn failure(message: &OwnedMessage, error: &envelope::DecodeError) -> Failure {
 /// Produces the message to the dead-letter topic, retrying until the broker acknowledges it:
 /// its offset must not be stored before.
 async fn dead_letter(dead_letters: &DeadLetters, message: &OwnedMessage, failure: &Failure) {
-    let mut backoff = WRITE_BACKOFF_MIN;
+    let mut delays = retry_delays();
     while let Err(error) = dead_letters.send(message, failure).await {
-        tracing::warn!(error = %error, offset = message.offset(), retry_in = ?backoff, "dead letter not acknowledged; holding offsets and retrying");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(WRITE_BACKOFF_MAX);
+        let retry_in = delays.next().unwrap_or(WRITE_BACKOFF_MAX);
+        tracing::warn!(error = %error, offset = message.offset(), ?retry_in, "dead letter not acknowledged; holding offsets and retrying");
+        tokio::time::sleep(retry_in).await;
     }
     tracing::info!(
         offset = message.offset(),

@@ -56,6 +56,33 @@ pub enum StoreError {
     Fenced { partition: String, epoch: i64, owner: String },
 }
 
+/// Server replies that pass: a replica promoted, a server still loading its data, a busy script.
+const TRANSIENT_REPLIES: [&str; 7] =
+    ["LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "MOVED"];
+
+impl StoreError {
+    /// True for failures that pass by themselves (the connection, a timeout, a failover): retry
+    /// with backoff. False for those that need someone to act (out of memory, a key of the wrong
+    /// type, refused credentials, a cross-slot command): they are retried too, since the fix
+    /// may come while persona runs, but reported as such.
+    pub fn is_transient(&self) -> bool {
+        use fred::error::ErrorKind;
+        match self {
+            Self::Unavailable => true,
+            Self::Redis(error) => match error.kind() {
+                ErrorKind::IO
+                | ErrorKind::Timeout
+                | ErrorKind::Canceled
+                | ErrorKind::Backpressure
+                | ErrorKind::Cluster
+                | ErrorKind::Routing => true,
+                _ => TRANSIENT_REPLIES.iter().any(|reply| error.details().starts_with(reply)),
+            },
+            Self::Encode { .. } | Self::Unreadable { .. } | Self::Fenced { .. } => false,
+        }
+    }
+}
+
 /// An entity features are served for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EntityRef {
@@ -119,6 +146,9 @@ pub struct FeatureStore {
     state_ttl_secs: i64,
     command_timeout: Duration,
     redis_up: AtomicBool,
+    /// The last feature write that failed for a reason that does not pass by itself, until a
+    /// write succeeds again (for `/readyz`).
+    write_failure: std::sync::Mutex<Option<String>>,
     /// Entities whose state changed (any instance's writes, from the announcements), for live
     /// pages.
     changes: tokio::sync::broadcast::Sender<Arc<str>>,
@@ -150,6 +180,7 @@ impl FeatureStore {
             state_ttl_secs: i64::try_from(redis.state_ttl.as_secs()).unwrap_or(i64::MAX),
             command_timeout: redis.command_timeout,
             redis_up: AtomicBool::new(connected),
+            write_failure: std::sync::Mutex::new(None),
             changes: tokio::sync::broadcast::channel(CHANGES_BUFFERED).0,
         })
     }
@@ -175,6 +206,16 @@ impl FeatureStore {
 
     fn redis_key(&self, namespace: &str, entity: &EntityRef) -> String {
         format!("{namespace}:{}:{}", entity.entity.label(), entity.id)
+    }
+
+    /// Records how the last feature write went: `Some` for a failure that needs someone to act.
+    pub fn note_write_failure(&self, failure: Option<String>) {
+        *self.write_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = failure;
+    }
+
+    /// The failure of the last feature write, when it needs someone to act.
+    pub fn write_failure(&self) -> Option<String> {
+        self.write_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     pub fn redis_is_up(&self) -> bool {
@@ -515,4 +556,36 @@ fn decode_run(table: &str, json: &str) -> Option<RunStart> {
 fn note_latency(op: &'static str, started: Instant) {
     metrics::histogram!(telemetry::REDIS_COMMAND_SECONDS, "op" => op)
         .record(started.elapsed().as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use fred::error::{Error, ErrorKind};
+
+    use super::StoreError;
+
+    fn reply(kind: ErrorKind, text: &str) -> StoreError {
+        StoreError::Redis(Error::new(kind, text.to_string()))
+    }
+
+    #[test]
+    fn failures_that_pass_by_themselves_are_told_from_those_that_need_someone() {
+        assert!(reply(ErrorKind::Timeout, "Request timed out.").is_transient());
+        assert!(reply(ErrorKind::IO, "Connection reset").is_transient());
+        assert!(reply(ErrorKind::Unknown, "LOADING Redis is loading the dataset").is_transient());
+        assert!(
+            reply(ErrorKind::Unknown, "READONLY You can't write against a replica").is_transient()
+        );
+        assert!(StoreError::Unavailable.is_transient());
+        let oom = "OOM command not allowed when used memory > 'maxmemory'.";
+        assert!(!reply(ErrorKind::Unknown, oom).is_transient());
+        assert!(
+            !reply(ErrorKind::InvalidArgument, "WRONGTYPE Operation against a key").is_transient()
+        );
+        assert!(!reply(ErrorKind::Auth, "WRONGPASS invalid username-password pair").is_transient());
+        assert!(
+            !reply(ErrorKind::Unknown, "CROSSSLOT Keys in request don't hash to the same slot")
+                .is_transient()
+        );
+    }
 }
