@@ -11,8 +11,11 @@
 //!
 //! - Reads: L1, else Redis (one command per key even when many requests miss at once, one
 //!   pipeline for a batch), else an answer marked unavailable. A Redis error never fails a read.
-//! - Writes (from ingest only): one MULTI/EXEC per batch, then L1. The ingest loop retries a
-//!   failed write and does not move its offsets meanwhile, so nothing is lost.
+//! - Writes (from ingest only, see [`write`]): one atomic script per batch, fenced by the
+//!   partition owner's epoch, then L1. The ingest loop retries a failed write and does not move
+//!   its offsets meanwhile, so nothing is lost.
+//! - `<namespace>:runs` holds the newest snapshot run of each table: shares of an older run are
+//!   superseded (see `features::superseded`).
 //! - Every write also publishes the shares it changed (key, stream, revision) on `<key_prefix>:l1-invalidate`; every
 //!   instance drops older L1 copies. A read that raced with an invalidation does not cache what
 //!   it read, so L1 never keeps a state older than one announced.
