@@ -231,7 +231,13 @@ async fn a_newer_snapshot_run_supersedes_shares_it_did_not_write() {
     writer.write_states(vec![(user("u2"), second.clone())], &runs, None).await.expect("write");
     let fresh = store(&redis, &prefix).await;
     assert_eq!(read_user(&fresh, "u1").await, None);
-    assert_eq!(read_user(&fresh, "u2").await, Some(second));
+    assert_eq!(read_user(&fresh, "u2").await, Some(second.clone()));
+
+    // A partition still reading the first run cannot move the table back to it.
+    let behind: HashMap<String, RunStart> = [("user_activity".to_string(), run(10))].into();
+    writer.write_states(vec![(user("u3"), state(1))], &behind, None).await.expect("write");
+    let loaded = writer.load_for_write(&[], &["user_activity".to_string()]).await.expect("load");
+    assert_eq!(loaded.runs.get("user_activity"), Some(&run(20)));
 }
 
 #[tokio::test]

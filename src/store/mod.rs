@@ -21,6 +21,7 @@
 //!   it read, so L1 never keeps a state older than one announced.
 
 mod cache;
+mod error;
 pub mod generation;
 mod redis;
 mod write;
@@ -41,50 +42,8 @@ use cache::Shares;
 
 use cache::L1;
 pub use cache::{Cached, Freshness};
+pub use error::StoreError;
 pub use write::{Fence, Loaded};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("redis command failed: {0}")]
-    Redis(#[from] fred::error::Error),
-    #[error("redis is unreachable")]
-    Unavailable,
-    #[error("cannot encode state for {key}: {source}")]
-    Encode { key: String, source: serde_json::Error },
-    /// Stored shares persona cannot read; they were set aside (see `write::quarantine`).
-    #[error("unreadable feature state set aside: {shares:?}")]
-    Unreadable { shares: Vec<String> },
-    /// Another writer claimed the partition since this one did: it must stop writing it.
-    #[error("partition {partition} was claimed by a newer owner (epoch {owner}, ours {epoch})")]
-    Fenced { partition: String, epoch: i64, owner: String },
-}
-
-/// Server replies that pass: a replica promoted, a server still loading its data, a busy script.
-const TRANSIENT_REPLIES: [&str; 7] =
-    ["LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "MOVED"];
-
-impl StoreError {
-    /// True for failures that pass by themselves (the connection, a timeout, a failover): retry
-    /// with backoff. False for those that need someone to act (out of memory, a key of the wrong
-    /// type, refused credentials, a cross-slot command): they are retried too, since the fix
-    /// may come while persona runs, but reported as such.
-    pub fn is_transient(&self) -> bool {
-        use fred::error::ErrorKind;
-        match self {
-            Self::Unavailable => true,
-            Self::Redis(error) => match error.kind() {
-                ErrorKind::IO
-                | ErrorKind::Timeout
-                | ErrorKind::Canceled
-                | ErrorKind::Backpressure
-                | ErrorKind::Cluster
-                | ErrorKind::Routing => true,
-                _ => TRANSIENT_REPLIES.iter().any(|reply| error.details().starts_with(reply)),
-            },
-            Self::Encode { .. } | Self::Unreadable { .. } | Self::Fenced { .. } => false,
-        }
-    }
-}
 
 /// An entity features are served for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -559,36 +518,4 @@ fn decode_run(table: &str, json: &str) -> Option<RunStart> {
 fn note_latency(op: &'static str, started: Instant) {
     metrics::histogram!(telemetry::REDIS_COMMAND_SECONDS, "op" => op)
         .record(started.elapsed().as_secs_f64());
-}
-
-#[cfg(test)]
-mod tests {
-    use fred::error::{Error, ErrorKind};
-
-    use super::StoreError;
-
-    fn reply(kind: ErrorKind, text: &str) -> StoreError {
-        StoreError::Redis(Error::new(kind, text.to_string()))
-    }
-
-    #[test]
-    fn failures_that_pass_by_themselves_are_told_from_those_that_need_someone() {
-        assert!(reply(ErrorKind::Timeout, "Request timed out.").is_transient());
-        assert!(reply(ErrorKind::IO, "Connection reset").is_transient());
-        assert!(reply(ErrorKind::Unknown, "LOADING Redis is loading the dataset").is_transient());
-        assert!(
-            reply(ErrorKind::Unknown, "READONLY You can't write against a replica").is_transient()
-        );
-        assert!(StoreError::Unavailable.is_transient());
-        let oom = "OOM command not allowed when used memory > 'maxmemory'.";
-        assert!(!reply(ErrorKind::Unknown, oom).is_transient());
-        assert!(
-            !reply(ErrorKind::InvalidArgument, "WRONGTYPE Operation against a key").is_transient()
-        );
-        assert!(!reply(ErrorKind::Auth, "WRONGPASS invalid username-password pair").is_transient());
-        assert!(
-            !reply(ErrorKind::Unknown, "CROSSSLOT Keys in request don't hash to the same slot")
-                .is_transient()
-        );
-    }
 }

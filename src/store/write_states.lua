@@ -7,7 +7,8 @@
 -- ARGV[2]  the writer's epoch
 -- ARGV[3]  TTL of the entity hashes, in seconds
 -- ARGV[4]  the L1 invalidation channel, ARGV[5] the announcement, ARGV[6] '*' or ''
--- ARGV[7]  how many runs follow as (table, run) pairs; then one (stream, state) pair per entity
+-- ARGV[7]  how many runs follow as (table, run) pairs, each set only if later than the stored
+--          one; then one (stream, state) pair per entity
 --
 -- Returns 1 when written; when fenced, the epoch of the current writer (a string).
 if ARGV[1] ~= '' then
@@ -16,9 +17,19 @@ if ARGV[1] ~= '' then
     return tostring(owner)
   end
 end
+-- A table's run only ever moves forward: a partition behind may still be reading an older run.
+local function later(run, than)
+  if run[1] ~= than[1] then
+    return run[1] > than[1]
+  end
+  return run[2] > than[2]
+end
 local at = 8
 for _ = 1, tonumber(ARGV[7]) do
-  redis.call('HSET', KEYS[2], ARGV[at], ARGV[at + 1])
+  local current = redis.call('HGET', KEYS[2], ARGV[at])
+  if not current or later(cjson.decode(ARGV[at + 1]).run, cjson.decode(current).run) then
+    redis.call('HSET', KEYS[2], ARGV[at], ARGV[at + 1])
+  end
   at = at + 2
 end
 for i = 3, #KEYS do
