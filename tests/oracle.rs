@@ -182,7 +182,9 @@ impl GoLive {
             let (prefix, before) = (prefix.clone(), before.clone());
             async move {
                 let (started, completed) =
-                    tokio::task::spawn_blocking(move || snapshot_runs(&prefix)).await.expect("join");
+                    tokio::task::spawn_blocking(move || snapshot_runs(&prefix))
+                        .await
+                        .expect("join");
                 match started.last() {
                     Some(newest) if completed.contains(newest) && !before.contains(newest) => {
                         Ok(started)
