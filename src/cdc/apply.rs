@@ -170,7 +170,7 @@ impl Applier<'_> {
             if let Some(read) = change.snapshot
                 && runs.get(table).is_none_or(|current| current.run < read.start.run)
             {
-                let covered = connector.as_deref().map(|name| self.tables_of(name));
+                let covered = connector.as_deref().map(|name| tables_of(self.topics, name));
                 for covered in covered.unwrap_or_default().into_iter().chain([table.to_string()]) {
                     if runs.get(&covered).is_none_or(|current| current.run < read.start.run) {
                         runs.insert(covered.clone(), read.start);
@@ -181,18 +181,6 @@ impl Applier<'_> {
             change.run = runs.get(table).copied();
         }
         began
-    }
-
-    /// The source tables whose topics are under `connector`'s prefix (Debezium names topics
-    /// `<topic.prefix>.<schema>.<table>`).
-    fn tables_of(&self, connector: &str) -> Vec<String> {
-        let prefix = format!("{connector}.");
-        self.topics
-            .iter()
-            .filter_map(|topic| topic.strip_prefix(&prefix)?.rsplit('.').next())
-            .filter(|table| features::SourceTable::from_name(table).is_some())
-            .map(str::to_string)
-            .collect()
     }
 
     /// The shares a change touches: this stream's share of the users and products of its row
@@ -343,6 +331,18 @@ impl Applier<'_> {
     }
 }
 
+/// The source tables whose topics (of `topics`) are under `connector`'s prefix (Debezium names
+/// topics `<topic.prefix>.<schema>.<table>`).
+fn tables_of(topics: &[String], connector: &str) -> Vec<String> {
+    let prefix = format!("{connector}.");
+    topics
+        .iter()
+        .filter_map(|topic| topic.strip_prefix(&prefix)?.rsplit('.').next())
+        .filter(|table| features::SourceTable::from_name(table).is_some())
+        .map(str::to_string)
+        .collect()
+}
+
 /// Moves unreadable shares aside; the batch then fails with [`StoreError::Unreadable`] so that
 /// its partition is read again from the start, rebuilding them.
 async fn set_aside(store: &FeatureStore, loaded: &Loaded) -> Result<(), StoreError> {
@@ -414,5 +414,25 @@ fn injected_stop(changes: &[SourceChange]) {
         tracing::warn!("stopping the process before a write (PERSONA_TEST_STOP_BEFORE_WRITE)");
         let pid = std::process::id().to_string();
         let _ = std::process::Command::new("kill").args(["-STOP", &pid]).status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tables_of;
+
+    #[test]
+    fn a_connector_covers_the_source_tables_under_its_prefix() {
+        let topics: Vec<String> = [
+            "shop.public.user_activity",
+            "shop.public.orders",
+            "shopping.public.cart_items",
+            "__debezium-heartbeat.shop",
+            "shop.public.audit_log",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(tables_of(&topics, "shop"), ["user_activity", "orders"]);
+        assert!(tables_of(&topics, "other").is_empty());
     }
 }

@@ -127,4 +127,17 @@ mod tests {
         restarts.forget(&key());
         assert!(restarts.due(now + MAX_BACKOFF).is_empty());
     }
+
+    #[test]
+    fn a_scheduled_worker_is_due_at_its_time_and_is_not_a_death() {
+        let mut restarts = Restarts::default();
+        let now = Instant::now();
+        restarts.schedule(&key(), 0, now + Duration::from_secs(30));
+        assert!(restarts.due(now).is_empty());
+        assert_eq!(restarts.due(now + Duration::from_secs(30)), vec![(key(), 0)]);
+        restarts.started(&key());
+        // A death at the same offset afterwards is a first one: it restarts at once.
+        assert_eq!(restarts.died(&key(), 0, now), 1);
+        assert_eq!(restarts.due(now), vec![(key(), 0)]);
+    }
 }
