@@ -209,6 +209,14 @@ async fn a_write_under_a_stale_claim_is_refused_and_changes_nothing() {
     // Another partition's claim is its own.
     let other = stale.claim("t/1").await.expect("claim");
     stale.write_states(vec![(user("u2"), state(1))], &no_runs, Some(&other)).await.expect("write");
+
+    // Redis lost the claims (flushed): the write says so rather than that it was fenced, and a
+    // new claim writes.
+    redis.command(&["DEL", &format!("{prefix}:owners")]);
+    let lost = owner.write_states(vec![(user("u1"), state(8))], &no_runs, Some(&new_claim)).await;
+    assert!(matches!(lost, Err(StoreError::Unclaimed { .. })), "{lost:?}");
+    let again = owner.claim("t/0").await.expect("claim");
+    owner.write_states(vec![(user("u1"), state(8))], &no_runs, Some(&again)).await.expect("write");
 }
 
 #[tokio::test]

@@ -69,8 +69,9 @@ pub struct Applier<'a> {
 impl Applier<'_> {
     /// Decodes, applies and writes one batch of a partition's messages, in offset order. A write
     /// (or dead letter) that fails is retried until it succeeds: the caller moves offsets only
-    /// afterwards. Fails only when the writer was fenced ([`StoreError::Fenced`]): a newer
-    /// owner has the partition, and nothing of the batch was written.
+    /// afterwards. Fails, with nothing of the batch written, only when the writer was fenced
+    /// ([`StoreError::Fenced`]: a newer owner has the partition), its claim is gone
+    /// ([`StoreError::Unclaimed`]), or a state it needs is unreadable ([`StoreError::Unreadable`]).
     pub async fn apply_batch(
         &self,
         topic: &str,
@@ -128,9 +129,11 @@ impl Applier<'_> {
                     self.store.note_write_failure(None);
                     break;
                 }
-                Err(error @ (StoreError::Fenced { .. } | StoreError::Unreadable { .. })) => {
-                    return Err(error);
-                }
+                Err(
+                    error @ (StoreError::Fenced { .. }
+                    | StoreError::Unclaimed { .. }
+                    | StoreError::Unreadable { .. }),
+                ) => return Err(error),
                 Err(error) => {
                     let retry_in = delays.next().unwrap_or(WRITE_BACKOFF_MAX);
                     if error.is_transient() {

@@ -42,7 +42,7 @@ impl PartitionWorker {
     /// Runs until `stop` is cancelled (between batches), the queue is closed, a newer owner of
     /// the partition fenced this worker, or it found a state it cannot read (`exit` says which).
     pub async fn run(self, mut queue: mpsc::Receiver<OwnedMessage>, stop: CancellationToken) {
-        let Some(fence) = self.claim(&stop).await else { return };
+        let Some(mut fence) = self.claim(&stop).await else { return };
         loop {
             let first = tokio::select! {
                 biased;
@@ -71,14 +71,27 @@ impl PartitionWorker {
             );
             #[cfg(debug_assertions)]
             injected_panic(&batch);
-            let applier = Applier {
-                features: &self.features,
-                store: &self.store,
-                topics: &self.topics,
-                dead_letters: Some(&self.dead_letters),
-                fence: Some(&fence),
+            let outcome = loop {
+                let applier = Applier {
+                    features: &self.features,
+                    store: &self.store,
+                    topics: &self.topics,
+                    dead_letters: Some(&self.dead_letters),
+                    fence: Some(&fence),
+                };
+                let applied = applier
+                    .apply_batch(&self.topic, self.partition, &batch)
+                    .instrument(span.clone());
+                match applied.await {
+                    Err(StoreError::Unclaimed { partition }) => {
+                        tracing::warn!(%partition, "the partition's claim is gone from redis (its data was lost?); claiming it again");
+                        let Some(claimed) = self.claim(&stop).await else { return };
+                        fence = claimed;
+                    }
+                    outcome => break outcome,
+                }
             };
-            match applier.apply_batch(&self.topic, self.partition, &batch).instrument(span).await {
+            match outcome {
                 Ok(_) => self.store_offset(last_offset),
                 Err(error @ StoreError::Unreadable { .. }) => {
                     // Its contributions are all in this partition: reading it again from the start

@@ -11,6 +11,10 @@ pub enum StoreError {
     /// Stored shares persona cannot read; they were set aside (see `write::quarantine`).
     #[error("unreadable feature state set aside: {shares:?}")]
     Unreadable { shares: Vec<String> },
+    /// The partition has no claim at all any more (Redis lost its data): nobody else wrote it
+    /// under a newer one, so the writer claims it again and retries.
+    #[error("partition {partition} has no claim in redis any more")]
+    Unclaimed { partition: String },
     /// Another writer claimed the partition since this one did: it must stop writing it.
     #[error("partition {partition} was claimed by a newer owner (epoch {owner}, ours {epoch})")]
     Fenced { partition: String, epoch: i64, owner: String },
@@ -38,7 +42,10 @@ impl StoreError {
                 | ErrorKind::Routing => true,
                 _ => TRANSIENT_REPLIES.iter().any(|reply| error.details().starts_with(reply)),
             },
-            Self::Encode { .. } | Self::Unreadable { .. } | Self::Fenced { .. } => false,
+            Self::Encode { .. }
+            | Self::Unreadable { .. }
+            | Self::Fenced { .. }
+            | Self::Unclaimed { .. } => false,
         }
     }
 }

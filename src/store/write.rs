@@ -165,12 +165,18 @@ impl FeatureStore {
         let outcome: Result<Value, _> = WRITE_STATES.evalsha_with_reload(client, keys, args).await;
         note_latency("ingest_write", started);
         self.note_redis("ingest_write", &outcome);
-        if let (Value::String(owner), Some(fence)) = (outcome?, fence) {
-            return Err(StoreError::Fenced {
-                partition: fence.partition.clone(),
-                epoch: fence.epoch,
-                owner: owner.to_string(),
-            });
+        match (outcome?, fence) {
+            (Value::String(owner), Some(fence)) => {
+                return Err(StoreError::Fenced {
+                    partition: fence.partition.clone(),
+                    epoch: fence.epoch,
+                    owner: owner.to_string(),
+                });
+            }
+            (Value::Integer(-1), Some(fence)) => {
+                return Err(StoreError::Unclaimed { partition: fence.partition.clone() });
+            }
+            _ => {}
         }
         metrics::counter!(telemetry::STATE_WRITES).increment(states.len() as u64);
         if !new_runs.is_empty() {

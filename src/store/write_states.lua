@@ -10,9 +10,13 @@
 -- ARGV[7]  how many runs follow as (table, run) pairs, each set only if later than the stored
 --          one; then one (stream, state) pair per entity
 --
--- Returns 1 when written; when fenced, the epoch of the current writer (a string).
+-- Returns 1 when written; -1 when the partition has no claim at all (Redis lost its data); when
+-- fenced, the epoch of the current writer (a string).
 if ARGV[1] ~= '' then
   local owner = redis.call('HGET', KEYS[1], ARGV[1])
+  if owner == false then
+    return -1
+  end
   if owner ~= ARGV[2] then
     return tostring(owner)
   end
