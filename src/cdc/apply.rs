@@ -126,7 +126,7 @@ impl Applier<'_> {
                 Ok((duplicates, late)) => {
                     stats.duplicates = duplicates;
                     stats.late = late;
-                    self.store.note_write_failure(None);
+                    self.store.note_write_failure(format!("{topic}/{partition}"), None);
                     break;
                 }
                 Err(
@@ -144,7 +144,8 @@ impl Applier<'_> {
                         metrics::counter!(telemetry::WRITE_FAILURES, "class" => "permanent")
                             .increment(1);
                         tracing::error!(error = %error, ?retry_in, "feature write failed, and retrying will not fix it: the partition is held until someone does");
-                        self.store.note_write_failure(Some(error.to_string()));
+                        let partition = format!("{topic}/{partition}");
+                        self.store.note_write_failure(partition, Some(error.to_string()));
                     }
                     tokio::time::sleep(retry_in).await;
                 }

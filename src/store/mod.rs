@@ -108,9 +108,9 @@ pub struct FeatureStore {
     state_ttl_secs: i64,
     command_timeout: Duration,
     redis_up: AtomicBool,
-    /// The last feature write that failed for a reason that does not pass by itself, until a
-    /// write succeeds again (for `/readyz`).
-    write_failure: std::sync::Mutex<Option<String>>,
+    /// Per partition (`<topic>/<partition>`), the last feature write that failed for a reason
+    /// that does not pass by itself, until one of its writes succeeds again (for `/readyz`).
+    write_failures: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
     /// Entities whose state changed (any instance's writes, from the announcements), for live
     /// pages.
     changes: tokio::sync::broadcast::Sender<Arc<str>>,
@@ -142,7 +142,7 @@ impl FeatureStore {
             state_ttl_secs: i64::try_from(redis.state_ttl.as_secs()).unwrap_or(i64::MAX),
             command_timeout: redis.command_timeout,
             redis_up: AtomicBool::new(connected),
-            write_failure: std::sync::Mutex::new(None),
+            write_failures: std::sync::Mutex::default(),
             changes: tokio::sync::broadcast::channel(CHANGES_BUFFERED).0,
         })
     }
@@ -170,14 +170,25 @@ impl FeatureStore {
         format!("{namespace}:{}:{}", entity.entity.label(), entity.id)
     }
 
-    /// Records how the last feature write went: `Some` for a failure that needs someone to act.
-    pub fn note_write_failure(&self, failure: Option<String>) {
-        *self.write_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = failure;
+    /// Records how the last feature write of `partition` went: `Some` for a failure that
+    /// needs someone to act.
+    pub fn note_write_failure(&self, partition: String, failure: Option<String>) {
+        let mut failures =
+            self.write_failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match failure {
+            Some(failure) => failures.insert(partition, failure),
+            None => failures.remove(&partition),
+        };
     }
 
-    /// The failure of the last feature write, when it needs someone to act.
+    /// The partitions whose last feature write failed for a reason that needs someone to act,
+    /// each with its failure (`<topic>/<partition>: <error>`); `None` when there are none.
     pub fn write_failure(&self) -> Option<String> {
-        self.write_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        let failures =
+            self.write_failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let listed: Vec<String> =
+            failures.iter().map(|(partition, failure)| format!("{partition}: {failure}")).collect();
+        (!listed.is_empty()).then(|| listed.join("; "))
     }
 
     pub fn redis_is_up(&self) -> bool {
