@@ -101,12 +101,18 @@ impl PartitionWorker {
                     self.exit.set(WorkerExit::ReadAgain);
                     return;
                 }
-                Err(error) => {
+                Err(error @ StoreError::Fenced { .. }) => {
                     // Not a single offset more: the new owner reads on from the last commit.
                     tracing::error!(topic = %self.topic, partition = self.partition, first_offset, error = %error, "write refused: another instance owns this partition now; stopping its worker");
                     metrics::counter!(telemetry::STALE_WRITES_REFUSED, "topic" => self.topic.clone())
                         .increment(1);
                     self.exit.set(WorkerExit::Fenced);
+                    return;
+                }
+                Err(error) => {
+                    // apply_batch retries every other failure itself; should one come through,
+                    // end as a dead worker does: replaced, and nothing skipped.
+                    tracing::error!(topic = %self.topic, partition = self.partition, first_offset, error = %error, "batch failed unexpectedly; replacing the worker");
                     return;
                 }
             }
