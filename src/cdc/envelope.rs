@@ -384,6 +384,7 @@ pub fn source_change(event: &ChangeEvent) -> Result<Option<SourceChange>, Decode
         snapshot: snapshot_start(event)?.map(|start| SnapshotRead { start, seq: 0 }),
         run: None,
         processed_ms: event.ts_ms,
+        truncated: None,
         committed_at,
         replay: false,
     }))

@@ -225,6 +225,9 @@ pub struct SourceChange {
     pub run: Option<RunStart>,
     /// When Debezium processed the change (its clock, milliseconds since the epoch).
     pub processed_ms: Option<i64>,
+    /// The position of the newest TRUNCATE of the change's table in the current run's era, set
+    /// by whoever knows the table: what changes at or before it contributed is gone.
+    pub truncated: Option<Position>,
     /// Commit time in Postgres.
     pub committed_at: Option<DateTime<Utc>>,
     /// Re-driven from the dead-letter topic: its position may be behind what its stream has

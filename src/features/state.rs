@@ -81,6 +81,9 @@ pub struct EntityState {
     /// The snapshot run each stream's contributions belong to.
     #[serde(rename = "run", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub runs: BTreeMap<String, RunMark>,
+    /// The TRUNCATE of its table each stream's contributions come after.
+    #[serde(rename = "cut", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cuts: BTreeMap<String, Position>,
     #[serde(rename = "f", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub features: BTreeMap<String, FeatureState>,
 }
@@ -129,6 +132,9 @@ impl EntityState {
         }
         for (stream, mark) in &other.runs {
             self.runs.insert(stream.clone(), *mark);
+        }
+        for (stream, cut) in &other.cuts {
+            self.cuts.insert(stream.clone(), *cut);
         }
         for (name, theirs) in &other.features {
             let ours = self.features.entry(name.clone()).or_default();
@@ -199,6 +205,19 @@ pub fn apply_with_pairs(
         return outcome;
     }
     enter_run(state, stream, change.run.map(|start| start.run));
+    if let Some(cut) = change.truncated {
+        enter_cut(state, stream, cut);
+        let before_cut = match (change.snapshot, change.position) {
+            // Reads of the run come before anything it streams, the TRUNCATE included.
+            (Some(_), _) => true,
+            (None, Some(position)) => position <= cut,
+            (None, None) => false,
+        };
+        if before_cut {
+            outcome.duplicate = true;
+            return outcome;
+        }
+    }
     let fresh = match (change.snapshot, change.position) {
         (Some(read), _) => mark_read(state, stream, read, change.replay),
         (None, Some(position)) => mark_applied(state, stream, position, change.replay),
@@ -246,7 +265,21 @@ fn enter_run(state: &mut EntityState, stream: &str, run: Option<SnapshotRun>) {
     state.features.clear();
     state.applied.remove(stream);
     state.replayed.remove(stream);
+    state.cuts.remove(stream);
     state.runs.insert(stream.to_string(), RunMark { run, through: None });
+}
+
+/// Empties the share when `cut`, a TRUNCATE of its table, is newer than the one it came after:
+/// everything it holds was contributed before it. (A share that also holds changes after the
+/// TRUNCATE, applied before it was known, cannot be split; its partition must be read again.)
+fn enter_cut(state: &mut EntityState, stream: &str, cut: Position) {
+    if state.cuts.get(stream).is_some_and(|known| *known >= cut) {
+        return;
+    }
+    state.features.clear();
+    state.applied.remove(stream);
+    state.replayed.remove(stream);
+    state.cuts.insert(stream.to_string(), cut);
 }
 
 /// Records a snapshot read as applied on `stream`; false when it was already, or when its run

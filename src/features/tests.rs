@@ -10,6 +10,7 @@ use serde_json::json;
 use super::*;
 
 mod snapshot;
+mod truncate;
 
 fn t0() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-11-22T12:00:00Z").expect("valid").with_timezone(&Utc)
@@ -68,6 +69,7 @@ fn change(
         snapshot: None,
         run: None,
         processed_ms: None,
+        truncated: None,
         committed_at: Some(t0()),
         replay: false,
     }

@@ -63,6 +63,7 @@ fn change(before: Option<SourceRow>, after: Option<SourceRow>, lsn: i64) -> Sour
         snapshot: None,
         run: None,
         processed_ms: None,
+        truncated: None,
         committed_at: Some(t0()),
         replay: false,
     }
