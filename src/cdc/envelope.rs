@@ -367,7 +367,7 @@ pub fn source_change(event: &ChangeEvent) -> Result<Option<SourceChange>, Decode
     let Some(table) = event.table().and_then(SourceTable::from_name) else {
         return Ok(None);
     };
-    if matches!(event.op, Op::Truncate | Op::Message) {
+    if event.op == Op::Message {
         return Ok(None);
     }
     let committed_at = event.source.ts_ms.and_then(DateTime::from_timestamp_millis);
@@ -385,6 +385,7 @@ pub fn source_change(event: &ChangeEvent) -> Result<Option<SourceChange>, Decode
         run: None,
         processed_ms: event.ts_ms,
         truncated: None,
+        truncate: event.op == Op::Truncate,
         committed_at,
         replay: false,
     }))
@@ -490,6 +491,16 @@ mod tests {
         );
         assert_eq!(decoded.processed_ms, Some(1795316700100));
         assert_eq!(decoded.after.expect("after").get("product_id"), &Scalar::Null);
+    }
+
+    #[test]
+    fn a_truncate_is_a_change_without_rows_at_its_position() {
+        let truncate = r#"{"before":null,"after":null,"source":{"ts_ms":1795316793698,"snapshot":"false","table":"cart_items","sequence":"[\"500\",\"640\"]","lsn":640},"op":"t","ts_ms":1795316793712}"#;
+        let decoded = decoded(truncate);
+        assert!(decoded.truncate);
+        assert_eq!(decoded.table, SourceTable::CartItems);
+        assert_eq!((decoded.before, decoded.after), (None, None));
+        assert_eq!(decoded.position, Some(Position(500, 640, 1)));
     }
 
     #[test]

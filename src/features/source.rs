@@ -209,6 +209,15 @@ pub struct SnapshotRead {
     pub seq: i64,
 }
 
+/// The newest TRUNCATE of a table: where it sits, in the snapshot run era it happened in (a later
+/// run reads the table again and makes it moot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Truncation {
+    pub position: Position,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<SnapshotRun>,
+}
+
 /// One decoded change to a source table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceChange {
@@ -228,6 +237,9 @@ pub struct SourceChange {
     /// The position of the newest TRUNCATE of the change's table in the current run's era, set
     /// by whoever knows the table: what changes at or before it contributed is gone.
     pub truncated: Option<Position>,
+    /// This change is a TRUNCATE of `table` (no row images): it reaches no share itself, and
+    /// whoever knows the table records it as the table's newest truncation.
+    pub truncate: bool,
     /// Commit time in Postgres.
     pub committed_at: Option<DateTime<Utc>>,
     /// Re-driven from the dead-letter topic: its position may be behind what its stream has

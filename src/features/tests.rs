@@ -70,6 +70,7 @@ fn change(
         run: None,
         processed_ms: None,
         truncated: None,
+        truncate: false,
         committed_at: Some(t0()),
         replay: false,
     }

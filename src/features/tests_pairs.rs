@@ -64,6 +64,7 @@ fn change(before: Option<SourceRow>, after: Option<SourceRow>, lsn: i64) -> Sour
         run: None,
         processed_ms: None,
         truncated: None,
+        truncate: false,
         committed_at: Some(t0()),
         replay: false,
     }
