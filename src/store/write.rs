@@ -15,17 +15,24 @@ use fred::prelude::*;
 use fred::types::scripts::Script;
 
 use super::{CLEAR_ALL, FeatureStore, Runs, StateKey, StoreError, decode_run, note_latency};
-use crate::features::EntityState;
+use crate::features::{EntityState, Truncation};
 use crate::telemetry;
 
 static WRITE_STATES: LazyLock<Script> =
     LazyLock::new(|| Script::from_lua(include_str!("write_states.lua")));
+
+/// The field of `<namespace>:runs` holding `table`'s newest TRUNCATE.
+fn truncate_field(table: &str) -> String {
+    format!("{table}#truncate")
+}
 
 /// What [`FeatureStore::load_for_write`] found.
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub states: HashMap<StateKey, EntityState>,
     pub runs: Runs,
+    /// The newest TRUNCATE of each table that has had one, by table name.
+    pub truncations: HashMap<String, Truncation>,
     /// Shares stored in a form persona cannot read, as stored.
     pub unreadable: Vec<(StateKey, String)>,
 }
@@ -66,6 +73,7 @@ impl FeatureStore {
         let pipeline = self.redis.next().pipeline();
         for table in tables {
             let _: () = pipeline.hget(self.runs_key(&namespace), table).await?;
+            let _: () = pipeline.hget(self.runs_key(&namespace), truncate_field(table)).await?;
         }
         for key in keys {
             let _: () = pipeline.hget(self.redis_key(&namespace, &key.entity), &key.stream).await?;
@@ -75,13 +83,23 @@ impl FeatureStore {
         note_latency("ingest_read", started);
         self.note_redis("ingest_read", &result);
         let mut values = result?;
-        let shares = values.split_off(tables.len());
-        let runs = tables
-            .iter()
-            .zip(values)
-            .filter_map(|(table, value)| Some((table.clone(), decode_run(table, &value?)?)))
-            .collect();
-        let mut loaded = Loaded { runs, ..Loaded::default() };
+        let shares = values.split_off(tables.len() * 2);
+        let mut loaded = Loaded::default();
+        for (table, pair) in tables.iter().zip(values.chunks(2)) {
+            if let Some(run) = pair[0].as_deref().and_then(|json| decode_run(table, json)) {
+                loaded.runs.insert(table.clone(), run);
+            }
+            if let Some(json) = pair[1].as_deref() {
+                match serde_json::from_str(json) {
+                    Ok(truncation) => {
+                        loaded.truncations.insert(table.clone(), truncation);
+                    }
+                    Err(error) => {
+                        tracing::error!(table, error = %error, "unreadable TRUNCATE mark in redis; ignoring it");
+                    }
+                }
+            }
+        }
         for (key, value) in keys.iter().zip(shares) {
             let Some(value) = value else { continue };
             match serde_json::from_str(&value) {
@@ -127,9 +145,10 @@ impl FeatureStore {
         &self,
         states: Vec<(StateKey, EntityState)>,
         new_runs: &Runs,
+        new_truncations: &HashMap<String, Truncation>,
         fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
-        if states.is_empty() && new_runs.is_empty() {
+        if states.is_empty() && new_runs.is_empty() && new_truncations.is_empty() {
             return Ok(());
         }
         let namespace = self.namespace();
@@ -143,12 +162,17 @@ impl FeatureStore {
             self.invalidation_channel.clone(),
             String::new(),
             if new_runs.is_empty() { String::new() } else { CLEAR_ALL.to_string() },
-            new_runs.len().to_string(),
+            (new_runs.len() + new_truncations.len()).to_string(),
         ];
         for (table, start) in new_runs {
             let json = serde_json::to_string(start)
                 .map_err(|source| StoreError::Encode { key: table.clone(), source })?;
             args.extend([table.clone(), json]);
+        }
+        for (table, truncation) in new_truncations {
+            let json = serde_json::to_string(truncation)
+                .map_err(|source| StoreError::Encode { key: table.clone(), source })?;
+            args.extend([truncate_field(table), json]);
         }
         for (key, state) in &states {
             let json = serde_json::to_string(state)

@@ -7,8 +7,9 @@
 -- ARGV[2]  the writer's epoch
 -- ARGV[3]  TTL of the entity hashes, in seconds
 -- ARGV[4]  the L1 invalidation channel, ARGV[5] the announcement, ARGV[6] '*' or ''
--- ARGV[7]  how many runs follow as (table, run) pairs, each set only if later than the stored
---          one; then one (stream, state) pair per entity
+-- ARGV[7]  how many table marks follow as (field, mark) pairs — `<table>` → its run,
+--          `<table>#truncate` → its newest TRUNCATE — each set only if later than the stored one;
+--          then one (stream, state) pair per entity
 --
 -- Returns 1 when written; -1 when the partition has no claim at all (Redis lost its data); when
 -- fenced, the epoch of the current writer (a string).
@@ -21,17 +22,29 @@ if ARGV[1] ~= '' then
     return tostring(owner)
   end
 end
--- A table's run only ever moves forward: a partition behind may still be reading an older run.
-local function later(run, than)
-  if run[1] ~= than[1] then
-    return run[1] > than[1]
+-- A table's run and TRUNCATE only ever move forward: a partition behind may still be reading
+-- an older run, and TRUNCATEs of one table may be seen by different partitions out of order.
+local function later(a, b)
+  for i = 1, math.max(#a, #b) do
+    local x, y = a[i] or 0, b[i] or 0
+    if x ~= y then
+      return x > y
+    end
   end
-  return run[2] > than[2]
+  return false
+end
+local function order(field, value)
+  local mark = cjson.decode(value)
+  if string.sub(field, -9) == '#truncate' then
+    local run = mark.run or {0, 0}
+    return {run[1], run[2], mark.position[1], mark.position[2], mark.position[3]}
+  end
+  return mark.run
 end
 local at = 8
 for _ = 1, tonumber(ARGV[7]) do
   local current = redis.call('HGET', KEYS[2], ARGV[at])
-  if not current or later(cjson.decode(ARGV[at + 1]).run, cjson.decode(current).run) then
+  if not current or later(order(ARGV[at], ARGV[at + 1]), order(ARGV[at], current)) then
     redis.call('HSET', KEYS[2], ARGV[at], ARGV[at + 1])
   end
   at = at + 2
