@@ -2,7 +2,7 @@
 //! it touches, load them, apply in offset order (skipping what a share already has), and write
 //! back what changed. Used by the partition workers and by `persona rebuild`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -10,7 +10,7 @@ use rdkafka::message::{Message, OwnedMessage};
 
 use super::envelope::{self, CdcMessage};
 use crate::dlq::{self, DeadLetters, Failure};
-use crate::features::{self, Entity, EntityState, FeatureSet, SourceChange};
+use crate::features::{self, Entity, EntityState, FeatureSet, SourceChange, Truncation};
 use crate::store::{EntityRef, FeatureStore, Fence, Loaded, Runs, StateKey, StoreError};
 use crate::telemetry;
 
@@ -235,6 +235,7 @@ impl Applier<'_> {
         set_aside(self.store, &loaded).await?;
         let mut states = loaded.states;
         let new_runs = self.follow_runs(changes, connectors, loaded.runs);
+        let new_truncations = follow_truncations(changes, loaded.truncations);
         let changes: &[SourceChange] = changes;
         let now = Utc::now();
         let mut changed: HashSet<StateKey> = HashSet::new();
@@ -319,8 +320,8 @@ impl Applier<'_> {
             states.into_iter().filter(|(key, _)| changed.contains(key)).collect();
         #[cfg(debug_assertions)]
         injected_stop(changes);
-        // TRUNCATEs are not followed yet (their labels and the re-read of mixed partitions).
-        self.store.write_states(writes, &new_runs, &Default::default(), self.fence).await?;
+        // Not yet: the re-read of a partition that applied changes after a TRUNCATE before it knew.
+        self.store.write_states(writes, &new_runs, &new_truncations, self.fence).await?;
         for (table, start) in &new_runs {
             tracing::info!(
                 topic,
@@ -334,6 +335,34 @@ impl Applier<'_> {
         }
         Ok((duplicates, late))
     }
+}
+
+/// Labels each change with its table's newest TRUNCATE in the change's run era (as stored,
+/// advanced by the batch's own TRUNCATEs, in order), and returns those the batch recorded.
+fn follow_truncations(
+    changes: &mut [SourceChange],
+    mut truncations: HashMap<String, Truncation>,
+) -> HashMap<String, Truncation> {
+    let mut recorded = HashMap::new();
+    for change in changes.iter_mut() {
+        let table = change.table.name();
+        let run = change.run.map(|start| start.run);
+        if change.truncate
+            && let Some(position) = change.position
+        {
+            let mark = Truncation { position, run };
+            let later = truncations
+                .get(table)
+                .is_none_or(|known| (known.run, known.position) < (mark.run, mark.position));
+            if later {
+                truncations.insert(table.to_string(), mark);
+                recorded.insert(table.to_string(), mark);
+            }
+        }
+        change.truncated =
+            truncations.get(table).filter(|known| known.run == run).map(|known| known.position);
+    }
+    recorded
 }
 
 /// The source tables whose topics (of `topics`) are under `connector`'s prefix (Debezium names
@@ -424,7 +453,43 @@ fn injected_stop(changes: &[SourceChange]) {
 
 #[cfg(test)]
 mod tests {
-    use super::tables_of;
+    use std::collections::HashMap;
+
+    use super::{follow_truncations, tables_of};
+    use crate::features::{Position, SourceChange, SourceTable, Truncation};
+
+    fn change(position: i64, truncate: bool) -> SourceChange {
+        SourceChange {
+            table: SourceTable::CartItems,
+            before: None,
+            after: None,
+            position: Some(Position(position, position, 1)),
+            snapshot: None,
+            run: None,
+            processed_ms: None,
+            truncated: None,
+            truncate,
+            committed_at: None,
+            replay: false,
+        }
+    }
+
+    #[test]
+    fn a_batchs_truncate_labels_what_follows_it_and_is_recorded_once_newer() {
+        let mut changes = vec![change(3, false), change(5, true), change(7, false)];
+        let recorded = follow_truncations(&mut changes, HashMap::new());
+        let labels: Vec<Option<Position>> = changes.iter().map(|c| c.truncated).collect();
+        assert_eq!(labels, [None, Some(Position(5, 5, 1)), Some(Position(5, 5, 1))]);
+        assert_eq!(recorded["cart_items"].position, Position(5, 5, 1));
+
+        // A partition behind sees an older TRUNCATE than the one stored: not recorded, and the
+        // stored one labels its changes.
+        let stored = Truncation { position: Position(9, 9, 1), run: None };
+        let mut behind = vec![change(5, true), change(6, false)];
+        let recorded = follow_truncations(&mut behind, [("cart_items".to_string(), stored)].into());
+        assert!(recorded.is_empty());
+        assert_eq!(behind[1].truncated, Some(Position(9, 9, 1)));
+    }
 
     #[test]
     fn a_connector_covers_the_source_tables_under_its_prefix() {

@@ -29,6 +29,7 @@ pub use source::{
 };
 pub use state::{
     EntityState, FACT_SLACK, Outcome, RunMark, apply, apply_with_pairs, entity_of, superseded,
+    truncated_away,
 };
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::definition::{BUCKETS_PER_WINDOW, Entity, Feature, FeatureSet, Storage, ValueExpr};
 use super::pairs::{self, PairDelta};
-use super::source::{Position, SnapshotRead, SnapshotRun, SourceChange, SourceRow};
+use super::source::{Position, SnapshotRead, SnapshotRun, SourceChange, SourceRow, Truncation};
 
 /// Facts kept beyond what an unwindowed `last`/`last_n`/`intervals` reports, so that deleting
 /// the newest rows falls back to older ones. Deleting more than this many of a user's newest
@@ -104,6 +104,14 @@ pub fn superseded(share: &EntityState, stream: &str, current: Option<SnapshotRun
     // `None < Some(_)`: a share from before any run is superseded by the first.
     let run = share.runs.get(stream).map(|mark| mark.run);
     current.is_some_and(|current| run < Some(current))
+}
+
+/// True when `share`, a share of `stream`, holds only what came before `truncation`, its
+/// table's newest TRUNCATE, in the share's own run era: it counts as empty.
+pub fn truncated_away(share: &EntityState, stream: &str, truncation: Option<&Truncation>) -> bool {
+    let Some(truncation) = truncation else { return false };
+    let run = share.runs.get(stream).map(|mark| mark.run);
+    run == truncation.run && share.cuts.get(stream).is_none_or(|cut| *cut < truncation.position)
 }
 
 impl EntityState {

@@ -36,7 +36,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CacheConfig, RedisConfig};
-use crate::features::{self, Entity, EntityState, RunStart};
+use crate::features::{self, Entity, EntityState, RunStart, Truncation};
 use crate::telemetry;
 use cache::Shares;
 
@@ -222,13 +222,22 @@ impl FeatureStore {
     }
 
     /// The shares of one entity's hash, without those an newer snapshot run superseded.
-    fn decode_shares(&self, key: &str, fields: HashMap<String, String>, runs: &Runs) -> Shares {
+    /// The shares of one entity's hash, without those a newer snapshot run superseded or a
+    /// TRUNCATE emptied.
+    fn decode_shares(
+        &self,
+        key: &str,
+        fields: HashMap<String, String>,
+        marks: &TableMarks,
+    ) -> Shares {
         fields
             .into_iter()
             .filter_map(|(stream, json)| Some((stream, self.decode_state(key, &json)?)))
             .filter(|(stream, share)| {
                 let table = stream.split('/').next().unwrap_or_default();
-                !features::superseded(share, stream, runs.get(table).map(|start| start.run))
+                let run = marks.runs.get(table).map(|start| start.run);
+                !features::superseded(share, stream, run)
+                    && !features::truncated_away(share, stream, marks.truncations.get(table))
             })
             .collect()
     }
@@ -352,11 +361,11 @@ impl FeatureStore {
         note_latency(op, started);
         self.note_redis(op, &result);
         let mut hashes = result?.into_iter();
-        let runs = decode_runs(hashes.next().unwrap_or_default());
+        let marks = decode_marks(hashes.next().unwrap_or_default());
         let mut shares: Vec<Shares> = keys
             .iter()
             .zip(hashes)
-            .map(|(key, fields)| self.decode_shares(key, fields, &runs))
+            .map(|(key, fields)| self.decode_shares(key, fields, &marks))
             .collect();
         let extras = shares.split_off(entities.len());
         Ok((shares, extras))
@@ -508,11 +517,30 @@ impl FeatureStore {
     }
 }
 
-fn decode_runs(fields: HashMap<String, String>) -> Runs {
-    fields
-        .into_iter()
-        .filter_map(|(stream, json)| Some((stream.clone(), decode_run(&stream, &json)?)))
-        .collect()
+/// The table marks of `<namespace>:runs`: each table's newest run, and its newest TRUNCATE.
+#[derive(Debug, Default)]
+struct TableMarks {
+    runs: Runs,
+    truncations: HashMap<String, Truncation>,
+}
+
+fn decode_marks(fields: HashMap<String, String>) -> TableMarks {
+    let mut marks = TableMarks::default();
+    for (field, json) in fields {
+        if let Some(table) = field.strip_suffix("#truncate") {
+            match serde_json::from_str(&json) {
+                Ok(truncation) => {
+                    marks.truncations.insert(table.to_string(), truncation);
+                }
+                Err(error) => {
+                    tracing::error!(table, error = %error, "unreadable TRUNCATE mark in redis; ignoring it")
+                }
+            }
+        } else if let Some(run) = decode_run(&field, &json) {
+            marks.runs.insert(field, run);
+        }
+    }
+    marks
 }
 
 fn decode_run(table: &str, json: &str) -> Option<RunStart> {
