@@ -58,6 +58,12 @@ pub const WORKER_DEATHS: &str = "persona_partition_worker_deaths_total";
 /// Batch writes refused because another instance claimed the partition since (a stale owner:
 /// paused past its session timeout); its worker stops. Label `topic`.
 pub const STALE_WRITES_REFUSED: &str = "persona_stale_writes_refused_total";
+/// TRUNCATEs of source tables recorded (each empties every feature its table fed); label
+/// `table`.
+pub const TRUNCATES: &str = "persona_source_truncates_total";
+/// Partitions read again from the start because they applied changes after a TRUNCATE of their
+/// table (delivered on another partition) before it was recorded; label `topic`.
+pub const TRUNCATE_REREADS: &str = "persona_truncate_rereads_total";
 /// Feature writes that failed and are retried; label `class`: `transient` (connection,
 /// timeout, failover) or `permanent` (out of memory, wrong type, refused credentials: someone
 /// must act; `/readyz` says so too).

@@ -331,3 +331,46 @@ async fn go_live_snapshot_with_crashes_and_a_second_run_equals_sql() {
     assert!(runs.len() >= 2, "the topics hold reads of {runs:?} only");
     eprintln!("go-live: {rows} rows before, snapshot runs {runs:?}");
 }
+
+/// TRUNCATE of a fact table and of the dimension, with the partition that delivers the fact
+/// table's TRUNCATE held back so that the table's other partitions run past it first (they must
+/// be read again), and writes on both sides of each.
+#[tokio::test]
+async fn truncates_empty_what_their_table_fed_even_where_partitions_ran_ahead() {
+    let prefix = unique("t");
+    let hold = vec![("PERSONA_TEST_HOLD_TRUNCATE".to_string(), "4000".to_string())];
+    let persona = Persona::start_with("truncate", &unique("truncate"), hold).await;
+    let db = legacy_db().await;
+    seed_products(&db, &prefix, 0, CATALOG - 1).await;
+    workload(&prefix, 2, 500).await;
+    assert_no_mismatch(&persona, &db, &prefix, true, "before the TRUNCATEs").await;
+    let truncates = |metrics: &str| {
+        common::counter(metrics, "persona_source_truncates_total", &["table=\"cart_items\""])
+    };
+    let before = persona.metrics().await;
+
+    db.batch_execute("TRUNCATE cart_items").await.expect("truncate cart_items");
+    // Rows after it, for every user: on every partition of the topic.
+    workload(&prefix, 1, 500).await;
+    assert_no_mismatch(&persona, &db, &prefix, true, "after TRUNCATE cart_items").await;
+    let metrics = persona.metrics().await;
+    assert!(truncates(&metrics) > truncates(&before), "no TRUNCATE recorded: {metrics}");
+    let rereads = |metrics: &str| common::counter(metrics, "persona_truncate_rereads_total", &[]);
+    assert!(
+        rereads(&metrics) > rereads(&before),
+        "no partition ran past the held TRUNCATE; the test did not test what it should"
+    );
+
+    // The dimension: every product goes, then some come back.
+    db.batch_execute("TRUNCATE products").await.expect("truncate products");
+    seed_products(&db, &prefix, 0, CATALOG / 2).await;
+    workload(&prefix, 1, 500).await;
+    assert_no_mismatch(&persona, &db, &prefix, true, "after TRUNCATE products").await;
+    let products: i64 =
+        db.query_one("SELECT count(*) FROM products", &[]).await.expect("count").get(0);
+    eventually("the catalog holds what the table holds", CATCH_UP, || async {
+        let held = common::counter(&persona.metrics().await, "persona_catalog_products", &[]);
+        if held == products as f64 { Ok(()) } else { Err(format!("{held} held, {products} rows")) }
+    })
+    .await;
+}

@@ -2,13 +2,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use common::{OwnRedis, free_port, unique};
 use persona::config::{CacheConfig, RedisConfig, Sensitive};
-use persona::features::{EntityState, Position, RunMark, RunStart, SnapshotRun, Truncation};
-use persona::store::{EntityRef, FeatureStore, Freshness, StateKey, StoreError};
+use persona::features::{EntityState, High, Position, RunMark, RunStart, SnapshotRun, Truncation};
+use persona::store::{EntityRef, FeatureStore, Freshness, StateKey, StoreError, TableMarks};
 
 async fn store(redis: &OwnRedis, prefix: &str) -> FeatureStore {
     store_with_cache(redis, prefix, CacheConfig::default()).await
@@ -43,12 +42,7 @@ async fn concurrent_l1_misses_read_redis_once_per_key() {
     let writer = store(&redis, &prefix).await;
     let state = state(3);
     writer
-        .write_states(
-            vec![(user("u1"), state.clone())],
-            &Default::default(),
-            &Default::default(),
-            None,
-        )
+        .write_states(vec![(user("u1"), state.clone())], &Default::default(), None)
         .await
         .expect("write");
 
@@ -78,17 +72,12 @@ async fn an_older_state_never_replaces_a_newer_one_in_l1() {
     let store = store(&redis, &unique("rev")).await;
     let newer = state(2);
     store
-        .write_states(
-            vec![(user("u1"), newer.clone())],
-            &Default::default(),
-            &Default::default(),
-            None,
-        )
+        .write_states(vec![(user("u1"), newer.clone())], &Default::default(), None)
         .await
         .expect("write newer");
     assert_eq!(read_user(&store, "u1").await, Some(newer.clone()), "cached");
     store
-        .write_states(vec![(user("u1"), state(1))], &Default::default(), &Default::default(), None)
+        .write_states(vec![(user("u1"), state(1))], &Default::default(), None)
         .await
         .expect("write older");
     assert_eq!(read_user(&store, "u1").await, Some(newer));
@@ -107,12 +96,7 @@ async fn another_instances_write_invalidates_l1_long_before_its_ttl() {
 
     let first = state(1);
     writer
-        .write_states(
-            vec![(user("u1"), first.clone())],
-            &Default::default(),
-            &Default::default(),
-            None,
-        )
+        .write_states(vec![(user("u1"), first.clone())], &Default::default(), None)
         .await
         .expect("write");
     let cached = read_user(&reader, "u1").await;
@@ -122,12 +106,7 @@ async fn another_instances_write_invalidates_l1_long_before_its_ttl() {
     // The subscription may still be settling: keep writing (idempotent) until it is seen.
     common::eventually("reader sees the newer state", common::DEADLINE, || async {
         writer
-            .write_states(
-                vec![(user("u1"), second.clone())],
-                &Default::default(),
-                &Default::default(),
-                None,
-            )
+            .write_states(vec![(user("u1"), second.clone())], &Default::default(), None)
             .await
             .map_err(|e| e.to_string())?;
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -147,15 +126,15 @@ async fn product_shares_of_all_partitions_are_merged_on_read() {
     let second = store(&redis, &prefix).await;
     let share = |partition| EntityRef::product("p1").share(format!("user_activity/{partition}"));
     first
-        .write_states(vec![(share(0), state(3))], &Default::default(), &Default::default(), None)
+        .write_states(vec![(share(0), state(3))], &Default::default(), None)
         .await
         .expect("write share 0");
     second
-        .write_states(vec![(share(1), state(4))], &Default::default(), &Default::default(), None)
+        .write_states(vec![(share(1), state(4))], &Default::default(), None)
         .await
         .expect("write share 1");
     // Ingest reads back only its own share.
-    let loaded = first.load_for_write(&[share(0)], &[]).await.expect("load");
+    let loaded = first.load_for_write(&[share(0)], &[], &[]).await.expect("load");
     assert_eq!(loaded.states.get(&share(0)), Some(&state(3)));
     let read = store(&redis, &prefix).await.read(&EntityRef::product("p1")).await;
     assert_eq!(read.state.map(|s| s.rev), Some(7), "revisions of both shares add up");
@@ -169,7 +148,6 @@ async fn a_batch_reads_only_l1_misses_from_redis() {
     writer
         .write_states(
             vec![(user("u1"), state(1)), (user("u2"), state(2))],
-            &Default::default(),
             &Default::default(),
             None,
         )
@@ -194,30 +172,15 @@ async fn shares_of_one_user_written_by_different_streams_never_overwrite_each_ot
     let carts = store(&redis, &prefix).await;
     let u1 = EntityRef::user("u1");
     activity
-        .write_states(
-            vec![(u1.share("user_activity/2"), state(5))],
-            &Default::default(),
-            &Default::default(),
-            None,
-        )
+        .write_states(vec![(u1.share("user_activity/2"), state(5))], &Default::default(), None)
         .await
         .expect("write");
     carts
-        .write_states(
-            vec![(u1.share("cart_items/2"), state(2))],
-            &Default::default(),
-            &Default::default(),
-            None,
-        )
+        .write_states(vec![(u1.share("cart_items/2"), state(2))], &Default::default(), None)
         .await
         .expect("write");
     activity
-        .write_states(
-            vec![(u1.share("user_activity/2"), state(6))],
-            &Default::default(),
-            &Default::default(),
-            None,
-        )
+        .write_states(vec![(u1.share("user_activity/2"), state(6))], &Default::default(), None)
         .await
         .expect("write");
     assert_eq!(read_user(&store(&redis, &prefix).await, "u1").await.map(|s| s.rev), Some(8));
@@ -233,35 +196,26 @@ async fn a_write_under_a_stale_claim_is_refused_and_changes_nothing() {
     assert!(new_claim.epoch > old_claim.epoch);
     let no_runs = Default::default();
     owner
-        .write_states(vec![(user("u1"), state(7))], &no_runs, &Default::default(), Some(&new_claim))
+        .write_states(vec![(user("u1"), state(7))], &no_runs, Some(&new_claim))
         .await
         .expect("write");
 
-    let refused = stale
-        .write_states(vec![(user("u1"), state(3))], &no_runs, &Default::default(), Some(&old_claim))
-        .await;
+    let refused =
+        stale.write_states(vec![(user("u1"), state(3))], &no_runs, Some(&old_claim)).await;
     assert!(matches!(refused, Err(StoreError::Fenced { .. })), "{refused:?}");
     let reader = store(&redis, &prefix).await;
     assert_eq!(read_user(&reader, "u1").await, Some(state(7)));
     // Another partition's claim is its own.
     let other = stale.claim("t/1").await.expect("claim");
-    stale
-        .write_states(vec![(user("u2"), state(1))], &no_runs, &Default::default(), Some(&other))
-        .await
-        .expect("write");
+    stale.write_states(vec![(user("u2"), state(1))], &no_runs, Some(&other)).await.expect("write");
 
     // Redis lost the claims (flushed): the write says so rather than that it was fenced, and a
     // new claim writes.
     redis.command(&["DEL", &format!("{prefix}:owners")]);
-    let lost = owner
-        .write_states(vec![(user("u1"), state(8))], &no_runs, &Default::default(), Some(&new_claim))
-        .await;
+    let lost = owner.write_states(vec![(user("u1"), state(8))], &no_runs, Some(&new_claim)).await;
     assert!(matches!(lost, Err(StoreError::Unclaimed { .. })), "{lost:?}");
     let again = owner.claim("t/0").await.expect("claim");
-    owner
-        .write_states(vec![(user("u1"), state(8))], &no_runs, &Default::default(), Some(&again))
-        .await
-        .expect("write");
+    owner.write_states(vec![(user("u1"), state(8))], &no_runs, Some(&again)).await.expect("write");
 }
 
 #[tokio::test]
@@ -272,34 +226,29 @@ async fn a_newer_snapshot_run_supersedes_shares_it_did_not_write() {
     let run = |lsn| RunStart { run: SnapshotRun(lsn, lsn), at_ms: lsn };
     let mut first = state(1);
     first.runs.insert("user_activity/0".into(), RunMark { run: run(10).run, through: Some(3) });
-    let runs: HashMap<String, RunStart> = [("user_activity".to_string(), run(10))].into();
-    writer
-        .write_states(vec![(user("u1"), first.clone())], &runs, &Default::default(), None)
-        .await
-        .expect("write");
+    let runs =
+        TableMarks { runs: [("user_activity".to_string(), run(10))].into(), ..Default::default() };
+    writer.write_states(vec![(user("u1"), first.clone())], &runs, None).await.expect("write");
     let reader = store(&redis, &prefix).await;
     assert_eq!(read_user(&reader, "u1").await, Some(first));
 
     // A second run begins (written with another entity): u1's share is from the first.
     let mut second = state(1);
     second.runs.insert("user_activity/0".into(), RunMark { run: run(20).run, through: Some(9) });
-    let runs: HashMap<String, RunStart> = [("user_activity".to_string(), run(20))].into();
-    writer
-        .write_states(vec![(user("u2"), second.clone())], &runs, &Default::default(), None)
-        .await
-        .expect("write");
+    let runs =
+        TableMarks { runs: [("user_activity".to_string(), run(20))].into(), ..Default::default() };
+    writer.write_states(vec![(user("u2"), second.clone())], &runs, None).await.expect("write");
     let fresh = store(&redis, &prefix).await;
     assert_eq!(read_user(&fresh, "u1").await, None);
     assert_eq!(read_user(&fresh, "u2").await, Some(second.clone()));
 
     // A partition still reading the first run cannot move the table back to it.
-    let behind: HashMap<String, RunStart> = [("user_activity".to_string(), run(10))].into();
-    writer
-        .write_states(vec![(user("u3"), state(1))], &behind, &Default::default(), None)
-        .await
-        .expect("write");
-    let loaded = writer.load_for_write(&[], &["user_activity".to_string()]).await.expect("load");
-    assert_eq!(loaded.runs.get("user_activity"), Some(&run(20)));
+    let behind =
+        TableMarks { runs: [("user_activity".to_string(), run(10))].into(), ..Default::default() };
+    writer.write_states(vec![(user("u3"), state(1))], &behind, None).await.expect("write");
+    let loaded =
+        writer.load_for_write(&[], &["user_activity".to_string()], &[]).await.expect("load");
+    assert_eq!(loaded.marks.runs.get("user_activity"), Some(&run(20)));
 }
 
 #[tokio::test]
@@ -308,13 +257,13 @@ async fn an_unreadable_share_is_reported_never_defaulted_and_set_aside() {
     let prefix = unique("sf");
     let writer = store(&redis, &prefix).await;
     writer
-        .write_states(vec![(user("u1"), state(4))], &Default::default(), &Default::default(), None)
+        .write_states(vec![(user("u1"), state(4))], &Default::default(), None)
         .await
         .expect("write");
     let hash = format!("{prefix}:g0:user:u1");
     redis.command(&["HSET", &hash, "user_activity/0", "{not json"]);
 
-    let loaded = writer.load_for_write(&[user("u1")], &[]).await.expect("load");
+    let loaded = writer.load_for_write(&[user("u1")], &[], &[]).await.expect("load");
     assert!(loaded.states.is_empty(), "an unreadable share is not a fresh one: {loaded:?}");
     assert_eq!(loaded.unreadable, vec![(user("u1"), "{not json".to_string())]);
     writer.quarantine(&loaded.unreadable).await.expect("quarantine");
@@ -329,14 +278,36 @@ async fn a_tables_truncate_mark_only_moves_forward() {
     let prefix = unique("sf");
     let writer = store(&redis, &prefix).await;
     let mark = |lsn| Truncation { position: Position(lsn, lsn, 1), run: None };
-    let later: HashMap<String, Truncation> = [("cart_items".to_string(), mark(20))].into();
-    let earlier: HashMap<String, Truncation> = [("cart_items".to_string(), mark(10))].into();
-    let no_runs = Default::default();
-    writer.write_states(vec![(user("u1"), state(1))], &no_runs, &later, None).await.expect("write");
+    let truncation = |mark| TableMarks {
+        truncations: [("cart_items".to_string(), mark)].into(),
+        ..Default::default()
+    };
     writer
-        .write_states(vec![(user("u2"), state(1))], &no_runs, &earlier, None)
+        .write_states(vec![(user("u1"), state(1))], &truncation(mark(20)), None)
         .await
         .expect("write");
-    let loaded = writer.load_for_write(&[], &["cart_items".to_string()]).await.expect("load");
-    assert_eq!(loaded.truncations.get("cart_items"), Some(&mark(20)));
+    writer
+        .write_states(vec![(user("u2"), state(1))], &truncation(mark(10)), None)
+        .await
+        .expect("write");
+    let loaded = writer.load_for_write(&[], &["cart_items".to_string()], &[]).await.expect("load");
+    assert_eq!(loaded.marks.truncations.get("cart_items"), Some(&mark(20)));
+
+    // A stream's high moves forward by run, then the TRUNCATE it follows, then position: an
+    // acknowledged TRUNCATE replaces a high further along that did not know of it, and a
+    // partition's late write from before it cannot bring that back.
+    let stream = "cart_items/2".to_string();
+    let high = |cut: Option<i64>, at| High {
+        run: None,
+        cut: cut.map(|lsn| Position(lsn, lsn, 1)),
+        position: Position(at, at, 1),
+    };
+    let highs = |high| TableMarks { highs: [(stream.clone(), high)].into(), ..Default::default() };
+    let load = || writer.load_for_write(&[], &[], std::slice::from_ref(&stream));
+    writer.write_states(Vec::new(), &highs(high(None, 30)), None).await.expect("write");
+    writer.write_states(Vec::new(), &highs(high(Some(20), 20)), None).await.expect("write");
+    writer.write_states(Vec::new(), &highs(high(None, 40)), None).await.expect("write");
+    assert_eq!(load().await.expect("load").marks.highs.get(&stream), Some(&high(Some(20), 20)));
+    writer.write_states(Vec::new(), &highs(high(Some(20), 25)), None).await.expect("write");
+    assert_eq!(load().await.expect("load").marks.highs.get(&stream), Some(&high(Some(20), 25)));
 }

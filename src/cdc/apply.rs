@@ -2,16 +2,19 @@
 //! it touches, load them, apply in offset order (skipping what a share already has), and write
 //! back what changed. Used by the partition workers and by `persona rebuild`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::Utc;
 use rdkafka::message::{Message, OwnedMessage};
 
 use super::envelope::{self, CdcMessage};
+use super::truncate;
 use crate::dlq::{self, DeadLetters, Failure};
 use crate::features::{self, Entity, EntityState, FeatureSet, SourceChange, Truncation};
-use crate::store::{EntityRef, FeatureStore, Fence, Loaded, Runs, StateKey, StoreError};
+use crate::store::{
+    EntityRef, FeatureStore, Fence, Loaded, Runs, StateKey, StoreError, TableMarks,
+};
 use crate::telemetry;
 
 const WRITE_BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -71,7 +74,8 @@ impl Applier<'_> {
     /// (or dead letter) that fails is retried until it succeeds: the caller moves offsets only
     /// afterwards. Fails, with nothing of the batch written, only when the writer was fenced
     /// ([`StoreError::Fenced`]: a newer owner has the partition), its claim is gone
-    /// ([`StoreError::Unclaimed`]), or a state it needs is unreadable ([`StoreError::Unreadable`]).
+    /// ([`StoreError::Unclaimed`]), a state it needs is unreadable ([`StoreError::Unreadable`]),
+    /// or the partition ran past a TRUNCATE it did not know of ([`StoreError::MissedTruncate`]).
     pub async fn apply_batch(
         &self,
         topic: &str,
@@ -132,7 +136,8 @@ impl Applier<'_> {
                 Err(
                     error @ (StoreError::Fenced { .. }
                     | StoreError::Unclaimed { .. }
-                    | StoreError::Unreadable { .. }),
+                    | StoreError::Unreadable { .. }
+                    | StoreError::MissedTruncate { .. }),
                 ) => return Err(error),
                 Err(error) => {
                     let retry_in = delays.next().unwrap_or(WRITE_BACKOFF_MAX);
@@ -157,6 +162,27 @@ impl Applier<'_> {
             metrics::histogram!(telemetry::FRESHNESS_SECONDS).record(seconds.max(0.0));
         }
         Ok(stats)
+    }
+
+    /// Fails with [`StoreError::MissedTruncate`] when `stream` (of `table`) ran past its table's
+    /// newest TRUNCATE before it was recorded.
+    pub async fn missed_truncate(&self, table: &str, stream: &str) -> Result<(), StoreError> {
+        let (tables, streams) = ([table.to_string()], [stream.to_string()]);
+        let marks = self.store.load_for_write(&[], &tables, &streams).await?.marks;
+        truncate::check(&marks.highs, &marks.truncations)
+    }
+
+    /// Records that `stream`, about to be read again from its start, knows of `truncation`
+    /// (the TRUNCATE it had run past): the re-read applies nothing before it and is not sent
+    /// back again.
+    pub async fn acknowledge_truncate(
+        &self,
+        stream: &str,
+        truncation: &Truncation,
+    ) -> Result<(), StoreError> {
+        let highs = [(stream.to_string(), truncate::acknowledged(truncation))].into();
+        let marks = TableMarks { highs, ..TableMarks::default() };
+        self.store.write_states(Vec::new(), &marks, self.fence).await
     }
 
     /// Labels each change with its table's newest snapshot run at that change (`runs`, as
@@ -231,11 +257,19 @@ impl Applier<'_> {
             routed.iter().flatten().map(|(key, _, _)| key.clone()).collect();
         keys.sort();
         keys.dedup();
-        let loaded = self.store.load_for_write(&keys, &tables).await?;
+        #[cfg(debug_assertions)]
+        injected_truncate_hold(changes).await;
+        let mut own_streams = streams.clone();
+        own_streams.sort();
+        own_streams.dedup();
+        let loaded = self.store.load_for_write(&keys, &tables, &own_streams).await?;
         set_aside(self.store, &loaded).await?;
         let mut states = loaded.states;
-        let new_runs = self.follow_runs(changes, connectors, loaded.runs);
-        let new_truncations = follow_truncations(changes, loaded.truncations);
+        let mut marks = loaded.marks;
+        let new_runs = self.follow_runs(changes, connectors, marks.runs);
+        let new_truncations = truncate::follow(changes, &mut marks.truncations);
+        truncate::check(&marks.highs, &marks.truncations)?;
+        let new_highs = truncate::highs(changes, &streams, &marks.highs);
         let changes: &[SourceChange] = changes;
         let now = Utc::now();
         let mut changed: HashSet<StateKey> = HashSet::new();
@@ -278,7 +312,7 @@ impl Applier<'_> {
         }
         partners.sort();
         partners.dedup();
-        let loaded = self.store.load_for_write(&partners, &[]).await?;
+        let loaded = self.store.load_for_write(&partners, &[], &[]).await?;
         set_aside(self.store, &loaded).await?;
         states.extend(loaded.states);
 
@@ -320,9 +354,19 @@ impl Applier<'_> {
             states.into_iter().filter(|(key, _)| changed.contains(key)).collect();
         #[cfg(debug_assertions)]
         injected_stop(changes);
-        // Not yet: the re-read of a partition that applied changes after a TRUNCATE before it knew.
-        self.store.write_states(writes, &new_runs, &new_truncations, self.fence).await?;
-        for (table, start) in &new_runs {
+        let marks = TableMarks { runs: new_runs, truncations: new_truncations, highs: new_highs };
+        self.store.write_states(writes, &marks, self.fence).await?;
+        for (table, truncation) in &marks.truncations {
+            tracing::warn!(
+                topic,
+                partition,
+                table,
+                position = ?truncation.position,
+                "the table was truncated; every feature it fed is emptied"
+            );
+            metrics::counter!(telemetry::TRUNCATES, "table" => table.clone()).increment(1);
+        }
+        for (table, start) in &marks.runs {
             tracing::info!(
                 topic,
                 partition,
@@ -335,34 +379,6 @@ impl Applier<'_> {
         }
         Ok((duplicates, late))
     }
-}
-
-/// Labels each change with its table's newest TRUNCATE in the change's run era (as stored,
-/// advanced by the batch's own TRUNCATEs, in order), and returns those the batch recorded.
-fn follow_truncations(
-    changes: &mut [SourceChange],
-    mut truncations: HashMap<String, Truncation>,
-) -> HashMap<String, Truncation> {
-    let mut recorded = HashMap::new();
-    for change in changes.iter_mut() {
-        let table = change.table.name();
-        let run = change.run.map(|start| start.run);
-        if change.truncate
-            && let Some(position) = change.position
-        {
-            let mark = Truncation { position, run };
-            let later = truncations
-                .get(table)
-                .is_none_or(|known| (known.run, known.position) < (mark.run, mark.position));
-            if later {
-                truncations.insert(table.to_string(), mark);
-                recorded.insert(table.to_string(), mark);
-            }
-        }
-        change.truncated =
-            truncations.get(table).filter(|known| known.run == run).map(|known| known.position);
-    }
-    recorded
 }
 
 /// The source tables whose topics (of `topics`) are under `connector`'s prefix (Debezium names
@@ -451,45 +467,27 @@ fn injected_stop(changes: &[SourceChange]) {
     }
 }
 
+/// Test-only hook, compiled into debug builds alone: a batch holding a TRUNCATE waits
+/// `PERSONA_TEST_HOLD_TRUNCATE` milliseconds before it is applied, so that the table's other
+/// partitions run ahead of it, as a partition lagging behind the others would.
+#[cfg(debug_assertions)]
+async fn injected_truncate_hold(changes: &[SourceChange]) {
+    use std::sync::OnceLock;
+    static HOLD: OnceLock<Option<u64>> = OnceLock::new();
+    let hold = HOLD.get_or_init(|| {
+        std::env::var("PERSONA_TEST_HOLD_TRUNCATE").ok().and_then(|ms| ms.parse().ok())
+    });
+    if let Some(ms) = hold
+        && changes.iter().any(|change| change.truncate)
+    {
+        tracing::warn!(ms, "holding a TRUNCATE back (PERSONA_TEST_HOLD_TRUNCATE)");
+        tokio::time::sleep(Duration::from_millis(*ms)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
-    use super::{follow_truncations, tables_of};
-    use crate::features::{Position, SourceChange, SourceTable, Truncation};
-
-    fn change(position: i64, truncate: bool) -> SourceChange {
-        SourceChange {
-            table: SourceTable::CartItems,
-            before: None,
-            after: None,
-            position: Some(Position(position, position, 1)),
-            snapshot: None,
-            run: None,
-            processed_ms: None,
-            truncated: None,
-            truncate,
-            committed_at: None,
-            replay: false,
-        }
-    }
-
-    #[test]
-    fn a_batchs_truncate_labels_what_follows_it_and_is_recorded_once_newer() {
-        let mut changes = vec![change(3, false), change(5, true), change(7, false)];
-        let recorded = follow_truncations(&mut changes, HashMap::new());
-        let labels: Vec<Option<Position>> = changes.iter().map(|c| c.truncated).collect();
-        assert_eq!(labels, [None, Some(Position(5, 5, 1)), Some(Position(5, 5, 1))]);
-        assert_eq!(recorded["cart_items"].position, Position(5, 5, 1));
-
-        // A partition behind sees an older TRUNCATE than the one stored: not recorded, and the
-        // stored one labels its changes.
-        let stored = Truncation { position: Position(9, 9, 1), run: None };
-        let mut behind = vec![change(5, true), change(6, false)];
-        let recorded = follow_truncations(&mut behind, [("cart_items".to_string(), stored)].into());
-        assert!(recorded.is_empty());
-        assert_eq!(behind[1].truncated, Some(Position(9, 9, 1)));
-    }
+    use super::tables_of;
 
     #[test]
     fn a_connector_covers_the_source_tables_under_its_prefix() {

@@ -6,6 +6,10 @@
 //! Changes to one product are keyed by its id, so they arrive in order on one partition and the
 //! catalog ends up with the latest row. Redelivery and Debezium re-publishing replay a suffix of
 //! that order, which converges to the same row.
+//!
+//! A TRUNCATE arrives on one partition while the others may be ahead of it or behind it: it
+//! removes the products last written before it (by WAL position, see [`Truncations`]), and the
+//! products that partitions behind it deliver from before it are not let in.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,6 +60,7 @@ impl Dimension {
             stop: stop.clone(),
             end_offsets: HashMap::new(),
             positions: HashMap::new(),
+            truncations: Truncations::default(),
         };
         let thread = std::thread::Builder::new()
             .name("kafka-dimension".into())
@@ -91,6 +96,49 @@ struct Reader {
     end_offsets: HashMap<i32, i64>,
     /// Per partition: the next offset to read.
     positions: HashMap<i32, i64>,
+    truncations: Truncations,
+}
+
+/// Where each product in the catalog was last written (the WAL position of the change, or of the
+/// snapshot that read it), and the newest TRUNCATE of the table.
+#[derive(Debug, Default)]
+struct Truncations {
+    written_at: HashMap<String, i64>,
+    newest: Option<i64>,
+}
+
+impl Truncations {
+    /// False for a change from before the newest TRUNCATE, delivered late by another partition.
+    fn admits(&self, lsn: Option<i64>) -> bool {
+        match (self.newest, lsn) {
+            (Some(cut), Some(lsn)) => lsn > cut,
+            _ => true,
+        }
+    }
+
+    fn written(&mut self, product: &str, lsn: Option<i64>) {
+        if let Some(lsn) = lsn {
+            self.written_at.insert(product.to_string(), lsn);
+        }
+    }
+
+    /// Records a TRUNCATE at `lsn`; the products it removes (those written before it).
+    fn truncate(&mut self, lsn: i64) -> Vec<String> {
+        if self.newest.is_some_and(|newest| newest >= lsn) {
+            return Vec::new();
+        }
+        self.newest = Some(lsn);
+        let gone: Vec<String> = self
+            .written_at
+            .iter()
+            .filter(|(_, at)| **at < lsn)
+            .map(|(product, _)| product.clone())
+            .collect();
+        for product in &gone {
+            self.written_at.remove(product);
+        }
+        gone
+    }
 }
 
 impl Reader {
@@ -109,6 +157,7 @@ impl Reader {
                 None => {}
                 Some(Ok(message)) => {
                     self.positions.insert(message.partition(), message.offset() + 1);
+                    let message = message.detach();
                     self.apply(message.payload(), message.partition(), message.offset());
                 }
                 Some(Err(error)) => {
@@ -168,21 +217,30 @@ impl Reader {
         }
     }
 
-    fn apply(&self, payload: Option<&[u8]>, partition: i32, offset: i64) {
+    fn apply(&mut self, payload: Option<&[u8]>, partition: i32, offset: i64) {
         let event = match envelope::decode(payload) {
             Ok(CdcMessage::Change(event)) => event,
             Ok(CdcMessage::Tombstone | CdcMessage::Heartbeat { .. }) => return,
             Err(error) => return self.skip(partition, offset, &error),
         };
+        let lsn = event.source.lsn;
         let row = match event.op {
             Op::Delete => event.before.as_ref(),
             Op::Read | Op::Create | Op::Update => event.after.as_ref(),
             Op::Truncate => {
-                self.catalog.clear();
+                let gone = lsn.map(|lsn| self.truncations.truncate(lsn)).unwrap_or_default();
+                tracing::warn!(topic = %self.topic, products = gone.len(), "products truncated; removing every product written before it");
+                for product in gone {
+                    self.catalog.remove(&product);
+                }
+                metrics::gauge!(telemetry::CATALOG_PRODUCTS).set(self.catalog.len() as f64);
                 return;
             }
             Op::Message => return,
         };
+        if !self.truncations.admits(lsn) {
+            return;
+        }
         let Some(row) = row else { return };
         match envelope::product_row(row) {
             Ok(product) if event.op == Op::Delete => self.catalog.remove(&product.id),
@@ -194,6 +252,7 @@ impl Reader {
                 {
                     self.catalog.remove(&old.id);
                 }
+                self.truncations.written(&product.id, lsn);
                 self.catalog.upsert(product);
             }
             Err(error) => return self.skip(partition, offset, &error),
@@ -205,5 +264,28 @@ impl Reader {
     fn skip(&self, partition: i32, offset: i64, error: &envelope::DecodeError) {
         tracing::warn!(topic = %self.topic, partition, offset, kind = error.kind(), error = %error, "skipping undecodable product event");
         metrics::counter!(telemetry::DECODE_ERRORS, "kind" => error.kind()).increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Truncations;
+
+    #[test]
+    fn a_truncate_removes_what_came_before_it_whichever_partition_delivers_first() {
+        let mut truncations = Truncations::default();
+        // A partition ahead of the TRUNCATE (at 50) delivered p2 after it; p1 came before it.
+        truncations.written("p1", Some(10));
+        truncations.written("p2", Some(60));
+        assert_eq!(truncations.truncate(50), vec!["p1".to_string()]);
+        // A partition behind delivers p3 from before the TRUNCATE: not let in; p4 after is.
+        assert!(!truncations.admits(Some(40)));
+        assert!(truncations.admits(Some(70)));
+        // Delivered again, the same TRUNCATE removes nothing more.
+        truncations.written("p4", Some(70));
+        assert!(truncations.truncate(50).is_empty());
+        let mut gone = truncations.truncate(80);
+        gone.sort();
+        assert_eq!(gone, ["p2", "p4"]);
     }
 }

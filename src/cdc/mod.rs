@@ -32,6 +32,7 @@ mod dimension;
 pub mod envelope;
 mod partition;
 mod restart;
+mod truncate;
 
 pub use apply::{Applier, BatchStats};
 pub use consumer::{BrokerProbe, Ingest, IngestError, Replay, Replayer, client_config};

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +17,7 @@ use tracing::Instrument;
 use super::apply::Applier;
 use super::context::{ExitReason, IngestContext, WorkerExit};
 use crate::dlq::DeadLetters;
-use crate::features::FeatureSet;
+use crate::features::{FeatureSet, Truncation};
 use crate::store::{FeatureStore, Fence, StoreError};
 use crate::telemetry;
 
@@ -37,16 +38,28 @@ pub(super) struct PartitionWorker {
 
 const CLAIM_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const CLAIM_BACKOFF_MAX: Duration = Duration::from_secs(5);
+const REWIND_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl PartitionWorker {
     /// Runs until `stop` is cancelled (between batches), the queue is closed, a newer owner of
     /// the partition fenced this worker, or it found a state it cannot read (`exit` says which).
     pub async fn run(self, mut queue: mpsc::Receiver<OwnedMessage>, stop: CancellationToken) {
         let Some(mut fence) = self.claim(&stop).await else { return };
+        let mut marks = self.store.watch_marks();
+        marks.mark_unchanged();
         loop {
             let first = tokio::select! {
                 biased;
                 () = stop.cancelled() => return,
+                Ok(()) = marks.changed() => {
+                    // A TRUNCATE recorded on another partition may be one this partition ran
+                    // past; with no message coming, only this finds out.
+                    if let Some((stream, truncation)) = self.missed_truncate(&fence).await {
+                        self.read_again_past_truncate(&fence, &stream, &truncation).await;
+                        return;
+                    }
+                    continue;
+                }
                 message = queue.recv() => match message {
                     Some(message) => message,
                     None => return,
@@ -72,13 +85,7 @@ impl PartitionWorker {
             #[cfg(debug_assertions)]
             injected_panic(&batch);
             let outcome = loop {
-                let applier = Applier {
-                    features: &self.features,
-                    store: &self.store,
-                    topics: &self.topics,
-                    dead_letters: Some(&self.dead_letters),
-                    fence: Some(&fence),
-                };
+                let applier = self.applier(&fence);
                 let applied = applier
                     .apply_batch(&self.topic, self.partition, &batch)
                     .instrument(span.clone());
@@ -97,8 +104,16 @@ impl PartitionWorker {
                     // Its contributions are all in this partition: reading it again from the start
                     // rebuilds it, and every other state skips what it has by position.
                     tracing::error!(topic = %self.topic, partition = self.partition, first_offset, error = %error, "unreadable feature state set aside; reading the partition again from the start to rebuild it");
-                    self.resume_from.store(0, Ordering::Release);
-                    self.exit.set(WorkerExit::ReadAgain);
+                    if !self.read_again_from_start().await {
+                        // The share is set aside already: read again even at the risk of a crash
+                        // before the committed offset catches up.
+                        self.resume_from.store(0, Ordering::Release);
+                        self.exit.set(WorkerExit::ReadAgain);
+                    }
+                    return;
+                }
+                Err(StoreError::MissedTruncate { stream, truncation }) => {
+                    self.read_again_past_truncate(&fence, &stream, &truncation).await;
                     return;
                 }
                 Err(error @ StoreError::Fenced { .. }) => {
@@ -139,6 +154,77 @@ impl PartitionWorker {
                 () = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(CLAIM_BACKOFF_MAX);
+        }
+    }
+
+    /// The TRUNCATE of this partition's table that it ran past, if any (see `cdc::truncate`).
+    async fn missed_truncate(&self, fence: &Fence) -> Option<(String, Truncation)> {
+        let table = self.topic.rsplit('.').next().unwrap_or_default();
+        let stream = format!("{table}/{}", self.partition);
+        match self.applier(fence).missed_truncate(table, &stream).await {
+            Ok(()) => None,
+            Err(StoreError::MissedTruncate { stream, truncation }) => Some((stream, truncation)),
+            Err(error) => {
+                // The next batch checks again.
+                tracing::debug!(%stream, error = %error, "cannot check for a missed TRUNCATE");
+                None
+            }
+        }
+    }
+
+    /// Reads the partition again from the start, after a TRUNCATE of its table it had run past.
+    async fn read_again_past_truncate(&self, fence: &Fence, stream: &str, truncation: &Truncation) {
+        tracing::warn!(topic = %self.topic, partition = self.partition, %stream, ?truncation, "the partition applied changes after a TRUNCATE of its table before knowing of it; reading it again from the start to separate them");
+        if !self.read_again_from_start().await {
+            // Not rewound: end as a dead worker, whose replacement meets the TRUNCATE again.
+            return;
+        }
+        if let Err(error) = self.applier(fence).acknowledge_truncate(stream, truncation).await {
+            tracing::warn!(%stream, error = %error, "cannot record the TRUNCATE as known; the re-read will meet it again");
+        }
+        metrics::counter!(telemetry::TRUNCATE_REREADS, "topic" => self.topic.clone()).increment(1);
+    }
+
+    fn applier<'a>(&'a self, fence: &'a Fence) -> Applier<'a> {
+        Applier {
+            features: &self.features,
+            store: &self.store,
+            topics: &self.topics,
+            dead_letters: Some(&self.dead_letters),
+            fence: Some(fence),
+        }
+    }
+
+    /// Ends the worker asking for its partition to be read again from its first message. The
+    /// committed offset is moved back first, and durably: a crash before the re-read caught up
+    /// must not resume past what it has to redo. False when it could not be moved (the worker
+    /// then ends as a dead one, replaced from its last stored offset).
+    async fn read_again_from_start(&self) -> bool {
+        let consumer = Arc::clone(&self.consumer);
+        let (topic, partition) = (self.topic.clone(), self.partition);
+        let rewound = tokio::task::spawn_blocking(move || {
+            let (low, _) = consumer.fetch_watermarks(&topic, partition, REWIND_TIMEOUT)?;
+            let mut offsets = TopicPartitionList::new();
+            offsets.add_partition_offset(&topic, partition, Offset::Offset(low))?;
+            consumer.store_offsets(&offsets)?;
+            consumer.commit(&offsets, CommitMode::Sync)?;
+            Ok::<i64, KafkaError>(low)
+        })
+        .await;
+        match rewound {
+            Ok(Ok(low)) => {
+                self.resume_from.store(low, Ordering::Release);
+                self.exit.set(WorkerExit::ReadAgain);
+                true
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(topic = %self.topic, partition = self.partition, error = %error, "cannot move the committed offset back");
+                false
+            }
+            Err(error) => {
+                tracing::warn!(topic = %self.topic, partition = self.partition, error = %error, "cannot move the committed offset back");
+                false
+            }
         }
     }
 

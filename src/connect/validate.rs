@@ -175,6 +175,18 @@ pub fn offline(committed: &BTreeMap<String, String>) -> Vec<Problem> {
             "remove it (the default, adaptive, is what persona reads)".into(),
         ));
     }
+    // Debezium skips truncates unless told otherwise ("t" is its default).
+    let skipped = committed.get("skipped.operations").map_or("t (default)", |v| v.as_str());
+    if skipped.split(',').any(|op| op.trim() == "t" || op.trim() == "t (default)") {
+        problems.push(file(
+            "skipped.operations",
+            format!(
+                "is {skipped}: a TRUNCATE of a captured table never reaches persona, so every \
+                 feature the table fed keeps counting the rows it removed (until `persona rebuild`)"
+            ),
+            "set \"skipped.operations\": \"none\"".into(),
+        ));
+    }
     let tables = captured_tables(committed);
     if let Some(list) = committed.get("table.include.list")
         && tables.len() != list.split(',').filter(|t| !t.trim().is_empty()).count()
@@ -249,7 +261,10 @@ pub async fn postgres(
     }
     let publication = resolved.get("publication.name").cloned().unwrap_or_default();
     match db
-        .query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&publication])
+        .query_opt(
+            "SELECT puballtables, pubtruncate FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
         .await?
     {
         None => problems.push(pg(
@@ -259,6 +274,11 @@ pub async fn postgres(
                 "run `persona migrate` (it creates persona_cdc), or CREATE PUBLICATION {publication} FOR TABLE {}",
                 join(&tables)
             ),
+        )),
+        Some(row) if !row.get::<_, bool>(1) => problems.push(pg(
+            &format!("publication {publication}"),
+            "does not publish TRUNCATE: features fed by a truncated table would keep counting its rows".into(),
+            format!("ALTER PUBLICATION {publication} SET (publish = 'insert, update, delete, truncate')"),
         )),
         Some(row) if !row.get::<_, bool>(0) => {
             let covered: Vec<TableName> = db
@@ -521,6 +541,19 @@ mod tests {
             vec!["slot.name", "database.password", "message.key.columns"]
         );
         assert!(!problems.iter().any(|p| p.to_string().contains("hunter2")));
+    }
+
+    #[test]
+    fn a_connector_skipping_truncates_is_caught() {
+        let mut config = committed();
+        config.remove("skipped.operations");
+        let problems = offline(&config);
+        assert_eq!(subjects(&problems), vec!["skipped.operations"]);
+        assert!(problems[0].message.contains("default"), "{}", problems[0]);
+        config.insert("skipped.operations".into(), "u,t".into());
+        assert_eq!(subjects(&offline(&config)), vec!["skipped.operations"]);
+        config.insert("skipped.operations".into(), "none".into());
+        assert_eq!(offline(&config), Vec::new());
     }
 
     #[test]

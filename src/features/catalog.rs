@@ -71,10 +71,6 @@ impl ProductCatalog {
         self.write().remove(product_id);
     }
 
-    pub fn clear(&self) {
-        self.write().clear();
-    }
-
     pub fn len(&self) -> usize {
         self.read(|products| products.len())
     }

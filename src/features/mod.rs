@@ -24,8 +24,8 @@ pub use evaluate::{
 };
 pub use pairs::{PairDelta, SESSION_FACTS_MAX};
 pub use source::{
-    Position, RunStart, Scalar, SnapshotRead, SnapshotRun, SourceChange, SourceRow, SourceTable,
-    Truncation,
+    High, Position, RunStart, Scalar, SnapshotRead, SnapshotRun, SourceChange, SourceRow,
+    SourceTable, Truncation,
 };
 pub use state::{
     EntityState, FACT_SLACK, Outcome, RunMark, apply, apply_with_pairs, entity_of, superseded,

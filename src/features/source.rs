@@ -218,6 +218,27 @@ pub struct Truncation {
     pub run: Option<SnapshotRun>,
 }
 
+/// How far one partition of a table has applied streamed changes, and the TRUNCATE they were
+/// applied after (in the run era they belong to). A partition whose changes went past a TRUNCATE
+/// it did not know of yet holds shares it cannot split: it must be read again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct High {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<SnapshotRun>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<Position>,
+    pub position: Position,
+}
+
+impl High {
+    /// True when this partition applied changes after `truncation` without knowing of it.
+    pub fn missed(&self, truncation: &Truncation) -> bool {
+        self.run == truncation.run
+            && self.cut.is_none_or(|cut| cut < truncation.position)
+            && self.position > truncation.position
+    }
+}
+
 /// One decoded change to a source table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceChange {

@@ -77,6 +77,27 @@ impl std::fmt::Display for Summary {
     }
 }
 
+/// Applies one partition's batch. A partition that ran past a TRUNCATE delivered on another
+/// partition (see `cdc::truncate`) is sought back to its start and read again.
+async fn apply(
+    applier: &Applier<'_>,
+    consumer: &BaseConsumer,
+    positions: &mut HashMap<(String, i32), i64>,
+    (topic, partition): &(String, i32),
+    batch: &[OwnedMessage],
+) -> Result<BatchStats, RebuildError> {
+    match applier.apply_batch(topic, *partition, batch).await {
+        Err(StoreError::MissedTruncate { stream, truncation }) => {
+            tracing::info!(%stream, ?truncation, "the partition ran past a TRUNCATE; reading it again");
+            applier.acknowledge_truncate(&stream, &truncation).await?;
+            consumer.seek(topic, *partition, Offset::Beginning, METADATA_TIMEOUT)?;
+            positions.insert((topic.clone(), *partition), 0);
+            Ok(BatchStats::default())
+        }
+        applied => Ok(applied?),
+    }
+}
+
 /// Rebuilds from `kafka.topics`; `grace` is how long instances get to switch before the old
 /// generation is deleted.
 pub async fn run(
@@ -139,8 +160,8 @@ pub async fn run(
             None => {}
         }
         if flush || done(&positions) {
-            for ((topic, partition), batch) in pending.drain() {
-                stats += applier.apply_batch(&topic, partition, &batch).await?;
+            for (key, batch) in pending.drain() {
+                stats += apply(&applier, &consumer, &mut positions, &key, &batch).await?;
             }
         }
         if last_progress.elapsed() > STALL_TIMEOUT {
@@ -149,8 +170,8 @@ pub async fn run(
             return Err(RebuildError::Stalled { missing: u64::try_from(end - read).unwrap_or(0) });
         }
     }
-    for ((topic, partition), batch) in pending.drain() {
-        stats += applier.apply_batch(&topic, partition, &batch).await?;
+    for (key, batch) in pending.drain() {
+        stats += apply(&applier, &consumer, &mut positions, &key, &batch).await?;
     }
     bar.finish_and_clear();
 

@@ -18,6 +18,11 @@ pub enum StoreError {
     /// Another writer claimed the partition since this one did: it must stop writing it.
     #[error("partition {partition} was claimed by a newer owner (epoch {owner}, ours {epoch})")]
     Fenced { partition: String, epoch: i64, owner: String },
+    /// The partition `stream` applied changes after a TRUNCATE of its table before the TRUNCATE
+    /// (delivered on another partition) was known: its shares mix both sides of it, and only
+    /// reading the partition again from the start separates them.
+    #[error("{stream} applied changes past a TRUNCATE it did not know of yet (at {truncation:?})")]
+    MissedTruncate { stream: String, truncation: crate::features::Truncation },
 }
 
 /// Server replies that pass: a replica promoted, a server still loading its data, a busy script.
@@ -45,7 +50,8 @@ impl StoreError {
             Self::Encode { .. }
             | Self::Unreadable { .. }
             | Self::Fenced { .. }
-            | Self::Unclaimed { .. } => false,
+            | Self::Unclaimed { .. }
+            | Self::MissedTruncate { .. } => false,
         }
     }
 }

@@ -23,6 +23,7 @@
 mod cache;
 mod error;
 pub mod generation;
+mod marks;
 mod redis;
 mod write;
 
@@ -36,13 +37,14 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CacheConfig, RedisConfig};
-use crate::features::{self, Entity, EntityState, RunStart, Truncation};
+use crate::features::{self, Entity, EntityState};
 use crate::telemetry;
 use cache::Shares;
 
 use cache::L1;
 pub use cache::{Cached, Freshness};
 pub use error::StoreError;
+pub use marks::{Runs, TableMarks};
 pub use write::{Fence, Loaded};
 
 /// An entity features are served for.
@@ -86,10 +88,6 @@ pub struct EntityRead {
     pub freshness: Freshness,
 }
 
-/// The newest snapshot run of each source table that has had one, by table name (see
-/// [`features::superseded`]).
-pub type Runs = HashMap<String, RunStart>;
-
 /// Announced on the invalidation channel when a snapshot run began: every L1 copy may be stale.
 const CLEAR_ALL: &str = "*";
 
@@ -114,6 +112,8 @@ pub struct FeatureStore {
     /// Entities whose state changed (any instance's writes, from the announcements), for live
     /// pages.
     changes: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// Bumped whenever a table mark (a snapshot run, a TRUNCATE) may have been recorded.
+    marks_changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl FeatureStore {
@@ -144,6 +144,7 @@ impl FeatureStore {
             redis_up: AtomicBool::new(connected),
             write_failures: std::sync::Mutex::default(),
             changes: tokio::sync::broadcast::channel(CHANGES_BUFFERED).0,
+            marks_changed: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -361,7 +362,7 @@ impl FeatureStore {
         note_latency(op, started);
         self.note_redis(op, &result);
         let mut hashes = result?.into_iter();
-        let marks = decode_marks(hashes.next().unwrap_or_default());
+        let marks = marks::decode_marks(hashes.next().unwrap_or_default());
         let mut shares: Vec<Shares> = keys
             .iter()
             .zip(hashes)
@@ -392,10 +393,16 @@ impl FeatureStore {
         self.changes.subscribe()
     }
 
+    /// Wakes when a table mark (a snapshot run, a TRUNCATE) may have been recorded by any
+    /// instance, or announcements may have been missed.
+    pub fn watch_marks(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.marks_changed.subscribe()
+    }
+
     /// Drops L1 entries older than the revisions another instance announced.
     async fn apply_announcement(&self, announcement: &str) {
         if announcement == CLEAR_ALL {
-            self.clear_l1("snapshot_run");
+            self.clear_l1("table_marks");
             return;
         }
         let Ok(announced) = serde_json::from_str::<Vec<(String, String, u64)>>(announcement) else {
@@ -481,6 +488,8 @@ impl FeatureStore {
 
     fn clear_l1(&self, reason: &'static str) {
         self.l1.clear();
+        // Whatever emptied L1 whole may have been a table mark (or hidden one).
+        self.marks_changed.send_modify(|seen| *seen += 1);
         metrics::counter!(telemetry::L1_CLEARS, "reason" => reason).increment(1);
     }
 
@@ -514,42 +523,6 @@ impl FeatureStore {
                 }
             }
         })
-    }
-}
-
-/// The table marks of `<namespace>:runs`: each table's newest run, and its newest TRUNCATE.
-#[derive(Debug, Default)]
-struct TableMarks {
-    runs: Runs,
-    truncations: HashMap<String, Truncation>,
-}
-
-fn decode_marks(fields: HashMap<String, String>) -> TableMarks {
-    let mut marks = TableMarks::default();
-    for (field, json) in fields {
-        if let Some(table) = field.strip_suffix("#truncate") {
-            match serde_json::from_str(&json) {
-                Ok(truncation) => {
-                    marks.truncations.insert(table.to_string(), truncation);
-                }
-                Err(error) => {
-                    tracing::error!(table, error = %error, "unreadable TRUNCATE mark in redis; ignoring it")
-                }
-            }
-        } else if let Some(run) = decode_run(&field, &json) {
-            marks.runs.insert(field, run);
-        }
-    }
-    marks
-}
-
-fn decode_run(table: &str, json: &str) -> Option<RunStart> {
-    match serde_json::from_str(json) {
-        Ok(run) => Some(run),
-        Err(error) => {
-            tracing::error!(table, error = %error, "unreadable snapshot run in redis; ignoring it");
-            None
-        }
     }
 }
 

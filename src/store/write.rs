@@ -14,25 +14,20 @@ use std::time::Instant;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 
-use super::{CLEAR_ALL, FeatureStore, Runs, StateKey, StoreError, decode_run, note_latency};
-use crate::features::{EntityState, Truncation};
+use super::marks::{TableMarks, decode_marks, high_field, truncate_field};
+use super::{CLEAR_ALL, FeatureStore, StateKey, StoreError, note_latency};
+use crate::features::EntityState;
 use crate::telemetry;
 
 static WRITE_STATES: LazyLock<Script> =
     LazyLock::new(|| Script::from_lua(include_str!("write_states.lua")));
 
-/// The field of `<namespace>:runs` holding `table`'s newest TRUNCATE.
-fn truncate_field(table: &str) -> String {
-    format!("{table}#truncate")
-}
-
 /// What [`FeatureStore::load_for_write`] found.
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub states: HashMap<StateKey, EntityState>,
-    pub runs: Runs,
-    /// The newest TRUNCATE of each table that has had one, by table name.
-    pub truncations: HashMap<String, Truncation>,
+    /// The marks of the tables and streams asked for.
+    pub marks: TableMarks,
     /// Shares stored in a form persona cannot read, as stored.
     pub unreadable: Vec<(StateKey, String)>,
 }
@@ -58,22 +53,28 @@ impl FeatureStore {
         Ok(Fence { partition: partition.to_string(), epoch: result? })
     }
 
-    /// Loads the shares `keys` from Redis, and the newest snapshot run of each of `tables`
-    /// (one pipeline of `HGET`s), for ingest to apply changes to. Shares not stored yet are
-    /// absent from the map; shares that cannot be read are in `unreadable`, never defaulted.
+    /// Loads the shares `keys` from Redis, with the marks of `tables` (newest snapshot run and
+    /// TRUNCATE) and of `streams` (how far each has applied), in one pipeline of `HGET`s, for
+    /// ingest to apply changes to. Shares not stored yet are absent from the map; shares that
+    /// cannot be read are in `unreadable`, never defaulted.
     pub async fn load_for_write(
         &self,
         keys: &[StateKey],
         tables: &[String],
+        streams: &[String],
     ) -> Result<Loaded, StoreError> {
-        if keys.is_empty() && tables.is_empty() {
+        let fields: Vec<String> = tables
+            .iter()
+            .flat_map(|table| [table.clone(), truncate_field(table)])
+            .chain(streams.iter().map(|stream| high_field(stream)))
+            .collect();
+        if keys.is_empty() && fields.is_empty() {
             return Ok(Loaded::default());
         }
         let namespace = self.namespace();
         let pipeline = self.redis.next().pipeline();
-        for table in tables {
-            let _: () = pipeline.hget(self.runs_key(&namespace), table).await?;
-            let _: () = pipeline.hget(self.runs_key(&namespace), truncate_field(table)).await?;
+        for field in &fields {
+            let _: () = pipeline.hget(self.runs_key(&namespace), field).await?;
         }
         for key in keys {
             let _: () = pipeline.hget(self.redis_key(&namespace, &key.entity), &key.stream).await?;
@@ -83,23 +84,10 @@ impl FeatureStore {
         note_latency("ingest_read", started);
         self.note_redis("ingest_read", &result);
         let mut values = result?;
-        let shares = values.split_off(tables.len() * 2);
-        let mut loaded = Loaded::default();
-        for (table, pair) in tables.iter().zip(values.chunks(2)) {
-            if let Some(run) = pair[0].as_deref().and_then(|json| decode_run(table, json)) {
-                loaded.runs.insert(table.clone(), run);
-            }
-            if let Some(json) = pair[1].as_deref() {
-                match serde_json::from_str(json) {
-                    Ok(truncation) => {
-                        loaded.truncations.insert(table.clone(), truncation);
-                    }
-                    Err(error) => {
-                        tracing::error!(table, error = %error, "unreadable TRUNCATE mark in redis; ignoring it");
-                    }
-                }
-            }
-        }
+        let shares = values.split_off(fields.len());
+        let stored =
+            fields.into_iter().zip(values).filter_map(|(field, value)| Some((field, value?)));
+        let mut loaded = Loaded { marks: decode_marks(stored.collect()), ..Loaded::default() };
         for (key, value) in keys.iter().zip(shares) {
             let Some(value) = value else { continue };
             match serde_json::from_str(&value) {
@@ -144,11 +132,10 @@ impl FeatureStore {
     pub async fn write_states(
         &self,
         states: Vec<(StateKey, EntityState)>,
-        new_runs: &Runs,
-        new_truncations: &HashMap<String, Truncation>,
+        marks: &TableMarks,
         fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
-        if states.is_empty() && new_runs.is_empty() && new_truncations.is_empty() {
+        if states.is_empty() && marks.is_empty() {
             return Ok(());
         }
         let namespace = self.namespace();
@@ -161,18 +148,12 @@ impl FeatureStore {
             self.state_ttl_secs.to_string(),
             self.invalidation_channel.clone(),
             String::new(),
-            if new_runs.is_empty() { String::new() } else { CLEAR_ALL.to_string() },
-            (new_runs.len() + new_truncations.len()).to_string(),
+            if marks.change_reads() { CLEAR_ALL.to_string() } else { String::new() },
         ];
-        for (table, start) in new_runs {
-            let json = serde_json::to_string(start)
-                .map_err(|source| StoreError::Encode { key: table.clone(), source })?;
-            args.extend([table.clone(), json]);
-        }
-        for (table, truncation) in new_truncations {
-            let json = serde_json::to_string(truncation)
-                .map_err(|source| StoreError::Encode { key: table.clone(), source })?;
-            args.extend([truncate_field(table), json]);
+        let encoded = marks.encode()?;
+        args.push(encoded.len().to_string());
+        for (field, json) in encoded {
+            args.extend([field, json]);
         }
         for (key, state) in &states {
             let json = serde_json::to_string(state)
@@ -203,8 +184,8 @@ impl FeatureStore {
             _ => {}
         }
         metrics::counter!(telemetry::STATE_WRITES).increment(states.len() as u64);
-        if !new_runs.is_empty() {
-            self.clear_l1("snapshot_run");
+        if marks.change_reads() {
+            self.clear_l1("table_marks");
         }
         for (key, state) in states {
             self.l1.put_share(key.entity.cache_key(), &key.stream, state).await;

@@ -7,9 +7,10 @@
 -- ARGV[2]  the writer's epoch
 -- ARGV[3]  TTL of the entity hashes, in seconds
 -- ARGV[4]  the L1 invalidation channel, ARGV[5] the announcement, ARGV[6] '*' or ''
--- ARGV[7]  how many table marks follow as (field, mark) pairs — `<table>` → its run,
---          `<table>#truncate` → its newest TRUNCATE — each set only if later than the stored one;
---          then one (stream, state) pair per entity
+-- ARGV[7]  how many marks follow as (field, mark) pairs — `<table>` → its run,
+--          `<table>#truncate` → its newest TRUNCATE, `<stream>#high` → how far the stream
+--          applied (see store/marks.rs) — each set only if later than the stored one; then one
+--          (stream, state) pair per entity
 --
 -- Returns 1 when written; -1 when the partition has no claim at all (Redis lost its data); when
 -- fenced, the epoch of the current writer (a string).
@@ -33,11 +34,19 @@ local function later(a, b)
   end
   return false
 end
+-- The order of a mark as a list of numbers: a run, a TRUNCATE (run era, then position), or a
+-- stream's high (run era, then the TRUNCATE it follows, then position). Absent parts sort first.
 local function order(field, value)
   local mark = cjson.decode(value)
   if string.sub(field, -9) == '#truncate' then
     local run = mark.run or {0, 0}
     return {run[1], run[2], mark.position[1], mark.position[2], mark.position[3]}
+  end
+  if string.sub(field, -5) == '#high' then
+    local run = mark.run or {0, 0}
+    local cut = mark.cut or {-1, -1, -1}
+    local at = mark.position
+    return {run[1], run[2], cut[1], cut[2], cut[3], at[1], at[2], at[3]}
   end
   return mark.run
 end

@@ -1,0 +1,92 @@
+//! The marks kept per table and per stream in `<namespace>:runs`, beside the shares they rule:
+//! a table's newest snapshot run (field `<table>`) and newest TRUNCATE (`<table>#truncate`), and
+//! how far each stream has applied (`<table>/<partition>#high`). Every mark only moves forward
+//! (`write_states.lua` compares them), since partitions see them at different times.
+
+use std::collections::HashMap;
+
+use super::StoreError;
+use crate::features::{High, RunStart, Truncation};
+
+/// Each table's newest snapshot run, by table name.
+pub type Runs = HashMap<String, RunStart>;
+
+const TRUNCATE: &str = "#truncate";
+const HIGH: &str = "#high";
+
+pub(super) fn truncate_field(table: &str) -> String {
+    format!("{table}{TRUNCATE}")
+}
+
+pub(super) fn high_field(stream: &str) -> String {
+    format!("{stream}{HIGH}")
+}
+
+/// Marks read from, or to be recorded in, `<namespace>:runs`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TableMarks {
+    pub runs: Runs,
+    /// The newest TRUNCATE of each table that has had one, by table name.
+    pub truncations: HashMap<String, Truncation>,
+    /// How far each stream (`<table>/<partition>`) has applied streamed changes.
+    pub highs: HashMap<String, High>,
+}
+
+impl TableMarks {
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty() && self.truncations.is_empty() && self.highs.is_empty()
+    }
+
+    /// True when recording these marks changes what readers serve (a run or a TRUNCATE empties
+    /// shares without touching them), so every L1 must be cleared.
+    pub(super) fn change_reads(&self) -> bool {
+        !self.runs.is_empty() || !self.truncations.is_empty()
+    }
+
+    /// The `(field, json)` pairs to record.
+    pub(super) fn encode(&self) -> Result<Vec<(String, String)>, StoreError> {
+        fn json<T: serde::Serialize>(
+            field: String,
+            mark: &T,
+        ) -> Result<(String, String), StoreError> {
+            serde_json::to_string(mark)
+                .map(|json| (field.clone(), json))
+                .map_err(|source| StoreError::Encode { key: field, source })
+        }
+        let runs = self.runs.iter().map(|(table, run)| json(table.clone(), run));
+        let truncations =
+            self.truncations.iter().map(|(table, mark)| json(truncate_field(table), mark));
+        let highs = self.highs.iter().map(|(stream, high)| json(high_field(stream), high));
+        runs.chain(truncations).chain(highs).collect()
+    }
+}
+
+/// Reads the stored marks; an unreadable one is logged and left out (it only ever makes reads
+/// or writes more conservative than they would be: a TRUNCATE or run not applied yet).
+pub(super) fn decode_marks(fields: HashMap<String, String>) -> TableMarks {
+    let mut marks = TableMarks::default();
+    for (field, json) in fields {
+        if let Some(table) = field.strip_suffix(TRUNCATE) {
+            if let Some(mark) = decode(&field, &json) {
+                marks.truncations.insert(table.to_string(), mark);
+            }
+        } else if let Some(stream) = field.strip_suffix(HIGH) {
+            if let Some(mark) = decode(&field, &json) {
+                marks.highs.insert(stream.to_string(), mark);
+            }
+        } else if let Some(run) = decode(&field, &json) {
+            marks.runs.insert(field, run);
+        }
+    }
+    marks
+}
+
+fn decode<T: serde::de::DeserializeOwned>(field: &str, json: &str) -> Option<T> {
+    match serde_json::from_str(json) {
+        Ok(mark) => Some(mark),
+        Err(error) => {
+            tracing::error!(field, error = %error, "unreadable table mark in redis; ignoring it");
+            None
+        }
+    }
+}
