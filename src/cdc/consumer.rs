@@ -323,7 +323,7 @@ impl PollLoop {
                 self.restarts.schedule(key, offset, Instant::now() + FENCED_RECHECK);
             }
             WorkerExit::ReadAgain => {
-                tracing::warn!(topic = %key.0, partition = key.1, offset, "reading the partition again to rebuild an unreadable state");
+                tracing::warn!(topic = %key.0, partition = key.1, offset, "reading the partition again from its start, as its worker asked (the reason is logged above)");
                 self.set_paused(key, true);
                 self.restarts.schedule(key, offset, Instant::now());
             }
