@@ -243,8 +243,14 @@ impl FeatureStore {
             .collect()
     }
 
+    /// The table marks readers need (runs, TRUNCATEs): see `marks`.
     fn runs_key(&self, namespace: &str) -> String {
         format!("{namespace}:runs")
+    }
+
+    /// How far each stream applied, which only ingest reads: apart, so reads do not fetch it.
+    fn highs_key(&self, namespace: &str) -> String {
+        format!("{namespace}:highs")
     }
 
     /// Reads one entity for the API. Never fails: the answer says how fresh it is.

@@ -63,18 +63,19 @@ impl FeatureStore {
         tables: &[String],
         streams: &[String],
     ) -> Result<Loaded, StoreError> {
-        let fields: Vec<String> = tables
+        let namespace = self.namespace();
+        let fields: Vec<(String, String)> = tables
             .iter()
             .flat_map(|table| [table.clone(), truncate_field(table)])
-            .chain(streams.iter().map(|stream| high_field(stream)))
+            .map(|field| (self.runs_key(&namespace), field))
+            .chain(streams.iter().map(|stream| (self.highs_key(&namespace), high_field(stream))))
             .collect();
         if keys.is_empty() && fields.is_empty() {
             return Ok(Loaded::default());
         }
-        let namespace = self.namespace();
         let pipeline = self.redis.next().pipeline();
-        for field in &fields {
-            let _: () = pipeline.hget(self.runs_key(&namespace), field).await?;
+        for (hash, field) in &fields {
+            let _: () = pipeline.hget(hash, field).await?;
         }
         for key in keys {
             let _: () = pipeline.hget(self.redis_key(&namespace, &key.entity), &key.stream).await?;
@@ -86,7 +87,7 @@ impl FeatureStore {
         let mut values = result?;
         let shares = values.split_off(fields.len());
         let stored =
-            fields.into_iter().zip(values).filter_map(|(field, value)| Some((field, value?)));
+            fields.into_iter().zip(values).filter_map(|((_, field), value)| Some((field, value?)));
         let mut loaded = Loaded { marks: decode_marks(stored.collect()), ..Loaded::default() };
         for (key, value) in keys.iter().zip(shares) {
             let Some(value) = value else { continue };
@@ -139,7 +140,8 @@ impl FeatureStore {
             return Ok(());
         }
         let namespace = self.namespace();
-        let mut keys: Vec<String> = vec![self.owners_key(), self.runs_key(&namespace)];
+        let mut keys: Vec<String> =
+            vec![self.owners_key(), self.runs_key(&namespace), self.highs_key(&namespace)];
         let mut announced: Vec<(String, &str, u64)> = Vec::with_capacity(states.len());
         let announcement_slot = 4;
         let mut args: Vec<String> = vec![

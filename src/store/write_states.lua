@@ -1,8 +1,9 @@
 -- Writes one batch of shares atomically, unless the partition's writer was fenced.
 --
 -- KEYS[1]  the owners hash: partition -> epoch of its current writer
--- KEYS[2]  the snapshot runs hash: table -> newest run
--- KEYS[3…] the entity hashes written, one share each
+-- KEYS[2]  the table marks hash: table -> newest run, `<table>#truncate` -> newest TRUNCATE
+-- KEYS[3]  the highs hash: `<stream>#high` -> how far the stream applied
+-- KEYS[4…] the entity hashes written, one share each
 -- ARGV[1]  the partition (`<topic>/<partition>`), or '' for a writer without an owner (rebuild)
 -- ARGV[2]  the writer's epoch
 -- ARGV[3]  TTL of the entity hashes, in seconds
@@ -52,13 +53,17 @@ local function order(field, value)
 end
 local at = 8
 for _ = 1, tonumber(ARGV[7]) do
-  local current = redis.call('HGET', KEYS[2], ARGV[at])
+  local hash = KEYS[2]
+  if string.sub(ARGV[at], -5) == '#high' then
+    hash = KEYS[3]
+  end
+  local current = redis.call('HGET', hash, ARGV[at])
   if not current or later(order(ARGV[at], ARGV[at + 1]), order(ARGV[at], current)) then
-    redis.call('HSET', KEYS[2], ARGV[at], ARGV[at + 1])
+    redis.call('HSET', hash, ARGV[at], ARGV[at + 1])
   end
   at = at + 2
 end
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   redis.call('HSET', KEYS[i], ARGV[at], ARGV[at + 1])
   redis.call('EXPIRE', KEYS[i], ARGV[3])
   at = at + 2
