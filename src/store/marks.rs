@@ -1,8 +1,8 @@
-//! The marks kept per table and per stream in `<namespace>:runs`, beside the shares they rule:
-//! a table's newest snapshot run (field `<table>`) and newest TRUNCATE (`<table>#truncate`), and
-//! how far each stream has applied (`<table>/<partition>#high`, in `<namespace>:highs`, which
-//! readers never fetch). Every mark only moves forward
-//! (`write_states.lua` compares them), since partitions see them at different times.
+//! The marks kept beside the shares they rule: in `<namespace>:runs`, which every read fetches,
+//! a table's newest snapshot run (field `<table>`) and newest TRUNCATE (`<table>#truncate`); in
+//! `<namespace>:highs`, which only ingest reads, how far each stream has applied
+//! (`<table>/<partition>#high`). Every mark only moves forward (`write_states.lua` compares
+//! them), since partitions see them at different times.
 
 use std::collections::HashMap;
 
