@@ -3,9 +3,10 @@
 //!
 //! Data flows through the modules in this order:
 //! [`cdc`] (consume + decode) → [`features`] (pure computation) → [`store`] (moka L1 + Redis L2)
-//! → [`recommend`] (ranking from live features) → [`api`] (JSON) and [`web`] (server-rendered
-//! pages, live updates). Events that cannot be decoded or applied go to [`dlq`]; [`ops`]
-//! gathers what the dashboard shows.
+//! → [`recommend`] (ranking from live features) → [`serve`] (feature reads and recommendations
+//! for both front doors) → [`api`] (JSON) and [`web`] (server-rendered pages, live updates),
+//! joined under one set of layers by [`http`]. Events that cannot be decoded or applied go to
+//! [`dlq`]; [`ops`] gathers what the dashboard shows.
 //! [`simulate`] plays the legacy application for demos. [`connect`] manages the Debezium
 //! connector, [`db`] the CDC setup of the legacy database, [`config`] the one configuration
 //! tree, [`telemetry`] metrics and logs.
@@ -17,10 +18,12 @@ pub mod connect;
 pub mod db;
 pub mod dlq;
 pub mod features;
+pub mod http;
 pub mod ops;
 pub mod periodic;
 pub mod recommend;
 pub mod recovery;
+pub mod serve;
 pub mod simulate;
 pub mod store;
 pub mod telemetry;

@@ -13,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 
 use cli::{Cli, Command, ConnectorCommand, DlqCommand};
 
-use persona::api::{self, AppState, RankingCache, Readiness};
 use persona::cdc::{Dimension, Ingest, Replay};
 use persona::config::Config;
 use persona::connect::{self, ConnectClient};
@@ -22,8 +21,8 @@ use persona::features::{FeatureSet, ProductCatalog};
 use persona::ops::OpsView;
 use persona::recommend::{self, Recommender};
 use persona::recovery;
+use persona::serve::{ActiveUsers, AppState, RankingCache, Readiness};
 use persona::store::FeatureStore;
-use persona::web::ActiveUsers;
 use persona::{db, dlq, simulate, telemetry};
 
 const REDIS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -224,7 +223,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.api.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "api listening");
-    let server = axum::serve(listener, api::app(state, &config.api))
+    let server = axum::serve(listener, persona::http::app(state, &config.api))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let mut server = tokio::spawn(async move { server.await });
 

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use persona::api::{AppState, RankingCache, Readiness, app};
 use persona::config::{ApiConfig, CacheConfig, RedisConfig, Sensitive};
 use persona::features::{FeatureSet, ProductCatalog};
+use persona::http::app;
 use persona::recommend::Recommender;
+use persona::serve::{ActiveUsers, AppState, RankingCache, Readiness};
 use persona::store::FeatureStore;
-use persona::web::ActiveUsers;
 use serde_json::Value;
 use tower::ServiceExt;
 

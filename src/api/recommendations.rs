@@ -3,19 +3,16 @@
 //! none on an L1 hit) and the in-memory product index. Also what the storefront pages render.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+use super::AppError;
 use super::features::validate_id;
-use super::{AppError, AppState};
-use crate::features::{Entity, Features, ReadContext, evaluate};
-use crate::recommend::{self, DEFAULT_LIMIT, MAX_LIMIT, Recommendation, UserSignals};
-use crate::store::{EntityRef, Freshness};
+use crate::recommend::{self, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::serve::{Answer, AppState, recommend_for};
 
 /// Most ids one `exclude` may list.
 const MAX_EXCLUDE: usize = 100;
@@ -27,40 +24,6 @@ pub(super) struct RecommendationsQuery {
     category: Option<String>,
     /// Comma-separated product ids.
     exclude: Option<String>,
-}
-
-/// Where the ranking came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    /// From the user's features.
-    Personalized,
-    /// Popular products: the user has no history, or (see `degraded`) features could not be
-    /// read in time.
-    Popular,
-}
-
-/// Why an answer is not personalized though it might have been.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Degraded {
-    /// Redis is unreachable and the user is not in L1.
-    FeaturesUnavailable,
-    /// The user's features did not arrive within the page's render deadline.
-    FeaturesSlow,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Answer {
-    pub user_id: String,
-    pub at: DateTime<Utc>,
-    pub freshness: Freshness,
-    pub source: Source,
-    pub degraded: Option<Degraded>,
-    pub recommendations: Vec<Recommendation>,
-    /// The user's features, when read (pages show recent activity from them).
-    #[serde(skip)]
-    pub features: Option<Features>,
 }
 
 pub(super) async fn user_recommendations(
@@ -112,59 +75,6 @@ fn parse_query(query: RecommendationsQuery) -> Result<recommend::Query, AppError
         validate_id("exclude product", id)?;
     }
     Ok(recommend::Query { limit, category, exclude })
-}
-
-/// Ranks products for `user_id`. Never fails: without the user's features (Redis down, or
-/// slower than `deadline`) the answer is popular products, marked degraded.
-pub async fn recommend_for(
-    state: &AppState,
-    user_id: &str,
-    query: &recommend::Query,
-    deadline: Option<Duration>,
-) -> Answer {
-    let at = Utc::now();
-    let entity = EntityRef::user(user_id);
-    let read = match deadline {
-        None => Some(state.store.read(&entity).await),
-        Some(deadline) => tokio::time::timeout(deadline, state.store.read(&entity)).await.ok(),
-    };
-    let index = state.recommender.index();
-    let price_bands = state.features.get(recommend::PRICE_BANDS);
-    let (freshness, degraded, features) = match read {
-        None => (Freshness::Unavailable, Some(Degraded::FeaturesSlow), None),
-        Some(read) if read.freshness == Freshness::Unavailable => {
-            (Freshness::Unavailable, Some(Degraded::FeaturesUnavailable), None)
-        }
-        Some(read) => {
-            let features = state.catalog.read(|catalog| {
-                evaluate(
-                    &state.features,
-                    Entity::User,
-                    user_id,
-                    read.state.as_deref(),
-                    None,
-                    &ReadContext { at, catalog, ranking: &|_| None },
-                )
-            });
-            (read.freshness, None, Some(features))
-        }
-    };
-    let signals = features.as_ref().map(UserSignals::from_features).unwrap_or_default();
-    let source = if degraded.is_some() || signals.is_cold() {
-        Source::Popular
-    } else {
-        Source::Personalized
-    };
-    let recommendations = recommend::recommend(&signals, &index, price_bands, query);
-    Answer {
-        user_id: user_id.to_string(),
-        at,
-        freshness,
-        source,
-        degraded,
-        recommendations,
-        features,
-    }
 }
 
 #[cfg(test)]

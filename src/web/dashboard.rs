@@ -11,9 +11,9 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::{check_id, render};
-use crate::api::{AppState, read_user_features};
 use crate::features::FeatureStatus;
 use crate::ops::history::Sample;
+use crate::serve::{AppState, read_user_features};
 
 const CHART_WIDTH: f64 = 300.0;
 const CHART_HEIGHT: f64 = 60.0;

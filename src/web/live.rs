@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::views::LiveBlock;
 use super::{check_id, live_view};
-use crate::api::AppState;
+use crate::serve::AppState;
 use crate::store::EntityRef;
 
 /// How often a change of the product index alone (trending) may re-render a live block.

@@ -8,7 +8,6 @@
 //! renders popular products and says so. Pages work without JavaScript; `live.js` only swaps in
 //! the live block when the server pushes a new one.
 
-mod active;
 mod dashboard;
 mod live;
 pub mod views;
@@ -23,10 +22,8 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
-pub use active::ActiveUsers;
-
-use crate::api::{AppState, recommend_for};
 use crate::recommend;
+use crate::serve::{AppState, recommend_for};
 use views::{ErrorPage, IndexPage, LiveView, ProductPage, StorefrontPage};
 
 const MAX_ID_LEN: usize = 128;

@@ -7,10 +7,10 @@ use std::hash::{Hash, Hasher};
 use askama::Template;
 use rust_decimal::Decimal;
 
-use crate::api::{Answer, Degraded};
 use crate::features::{FeatureStatus, Features};
 use crate::recommend::index::IndexedProduct;
 use crate::recommend::{self, ProductIndex, Recommendation, UserSignals};
+use crate::serve::{Answer, Degraded};
 use crate::store::Freshness;
 
 /// Products per shelf.

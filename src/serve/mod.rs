@@ -1,0 +1,74 @@
+//! The service below both front doors, the JSON API (`api`) and the SSR pages (`web`): feature
+//! reads, recommendations, readiness, and the state every handler shares. Neither front door
+//! imports the other; both read through here.
+
+mod active;
+mod features;
+mod recommendations;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::cdc::BrokerProbe;
+use crate::features::{FeatureSet, ProductCatalog};
+use crate::recommend::Recommender;
+use crate::store::FeatureStore;
+
+pub use active::ActiveUsers;
+pub use features::{
+    EntityFeatures, FeatureRequest, RankingCache, read_and_evaluate, read_user_features,
+};
+pub use recommendations::{Answer, Degraded, Source, recommend_for};
+
+/// Whether this instance should receive traffic.
+#[derive(Default)]
+pub struct Readiness {
+    draining: AtomicBool,
+    /// Cancelled when draining starts: long-lived responses (live streams) end, so that the
+    /// server's graceful shutdown does not wait for them forever.
+    drain: tokio_util::sync::CancellationToken,
+}
+
+impl Readiness {
+    /// From now on `/readyz` answers 503, so load balancers stop sending requests, and live
+    /// streams close (browsers reconnect to another instance).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.drain.cancel();
+    }
+
+    /// Resolves once draining has started.
+    pub async fn draining(&self) {
+        self.drain.cancelled().await;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<FeatureStore>,
+    pub features: Arc<FeatureSet>,
+    pub catalog: Arc<ProductCatalog>,
+    pub rankings: Arc<RankingCache>,
+    /// Set once the product catalog has been read up to its end at start; `None` when no
+    /// dimension reader runs (then readiness does not check it).
+    pub catalog_loaded: Option<Arc<AtomicBool>>,
+    pub readiness: Arc<Readiness>,
+    /// `None` when no consumer runs (then readiness does not check the broker).
+    pub broker: Option<BrokerProbe>,
+    pub metrics: Option<PrometheusHandle>,
+    /// The product index recommendations rank from.
+    pub recommender: Arc<Recommender>,
+    /// How long a page waits for a user's features before rendering popular products.
+    pub render_deadline: Duration,
+    /// Users seen active lately, for the storefront's user picker.
+    pub active_users: Arc<ActiveUsers>,
+    /// What the dashboard shows: sampled metrics, slot and connector health.
+    pub ops: Arc<crate::ops::OpsView>,
+}

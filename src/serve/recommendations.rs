@@ -1,0 +1,99 @@
+//! Recommendations for a user: ranked from the user's features, or popular products when the
+//! features are missing, unreadable or slower than the caller can wait.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::AppState;
+use crate::features::{Entity, Features, ReadContext, evaluate};
+use crate::recommend::{self, Recommendation, UserSignals};
+use crate::store::{EntityRef, Freshness};
+
+/// Where the ranking came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// From the user's features.
+    Personalized,
+    /// Popular products: the user has no history, or (see `degraded`) features could not be
+    /// read in time.
+    Popular,
+}
+
+/// Why an answer is not personalized though it might have been.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Degraded {
+    /// Redis is unreachable and the user is not in L1.
+    FeaturesUnavailable,
+    /// The user's features did not arrive within the page's render deadline.
+    FeaturesSlow,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer {
+    pub user_id: String,
+    pub at: DateTime<Utc>,
+    pub freshness: Freshness,
+    pub source: Source,
+    pub degraded: Option<Degraded>,
+    pub recommendations: Vec<Recommendation>,
+    /// The user's features, when read (pages show recent activity from them).
+    #[serde(skip)]
+    pub features: Option<Features>,
+}
+
+/// Ranks products for `user_id`. Never fails: without the user's features (Redis down, or
+/// slower than `deadline`) the answer is popular products, marked degraded.
+pub async fn recommend_for(
+    state: &AppState,
+    user_id: &str,
+    query: &recommend::Query,
+    deadline: Option<Duration>,
+) -> Answer {
+    let at = Utc::now();
+    let entity = EntityRef::user(user_id);
+    let read = match deadline {
+        None => Some(state.store.read(&entity).await),
+        Some(deadline) => tokio::time::timeout(deadline, state.store.read(&entity)).await.ok(),
+    };
+    let index = state.recommender.index();
+    let price_bands = state.features.get(recommend::PRICE_BANDS);
+    let (freshness, degraded, features) = match read {
+        None => (Freshness::Unavailable, Some(Degraded::FeaturesSlow), None),
+        Some(read) if read.freshness == Freshness::Unavailable => {
+            (Freshness::Unavailable, Some(Degraded::FeaturesUnavailable), None)
+        }
+        Some(read) => {
+            let features = state.catalog.read(|catalog| {
+                evaluate(
+                    &state.features,
+                    Entity::User,
+                    user_id,
+                    read.state.as_deref(),
+                    None,
+                    &ReadContext { at, catalog, ranking: &|_| None },
+                )
+            });
+            (read.freshness, None, Some(features))
+        }
+    };
+    let signals = features.as_ref().map(UserSignals::from_features).unwrap_or_default();
+    let source = if degraded.is_some() || signals.is_cold() {
+        Source::Popular
+    } else {
+        Source::Personalized
+    };
+    let recommendations = recommend::recommend(&signals, &index, price_bands, query);
+    Answer {
+        user_id: user_id.to_string(),
+        at,
+        freshness,
+        source,
+        degraded,
+        recommendations,
+        features,
+    }
+}
