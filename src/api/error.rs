@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -19,6 +19,20 @@ pub enum AppError {
     Timeout,
     #[error("internal error")]
     Internal(String),
+}
+
+/// How every error of the API reads.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorResponse {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// `bad_request`, `not_found`, `overloaded`, `timeout` or `internal`.
+    pub code: String,
+    /// What was wrong, for people: names the parameter or field at fault.
+    pub message: String,
 }
 
 impl AppError {
@@ -39,7 +53,9 @@ impl IntoResponse for AppError {
         if let Self::Internal(detail) = &self {
             tracing::error!(detail, "request failed");
         }
-        let body = json!({ "error": { "code": code, "message": self.to_string() } });
+        let body = ErrorResponse {
+            error: ErrorDetail { code: code.to_string(), message: self.to_string() },
+        };
         (status, Json(body)).into_response()
     }
 }

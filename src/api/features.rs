@@ -13,6 +13,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::AppError;
+use super::error::ErrorResponse;
 use crate::features::{Entity, FeatureSet};
 use crate::serve::{AppState, EntityFeatures, FeatureRequest, read_and_evaluate};
 use crate::store::EntityRef;
@@ -23,16 +24,19 @@ pub const MAX_BATCH: usize = 500;
 /// A read time may be this far ahead of the server's clock (clock skew between callers).
 const MAX_FUTURE: TimeDelta = TimeDelta::seconds(60);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct FeaturesQuery {
     /// Comma-separated feature names; all when absent.
     names: Option<String>,
-    /// RFC 3339 read time; now when absent.
+    /// RFC 3339 read time, within the features' history; now when absent.
+    #[param(format = DateTime)]
     at: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// One entity's features at a read time.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct FeaturesResponse {
     /// The read time windows were evaluated at.
     at: DateTime<Utc>,
@@ -40,24 +44,31 @@ pub(super) struct FeaturesResponse {
     result: EntityFeatures,
 }
 
-#[derive(Debug, Deserialize)]
+/// Several entities read at one read time.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct BatchRequest {
+    /// RFC 3339 read time, within the features' history; now when absent.
+    #[schema(format = DateTime)]
     at: Option<String>,
     /// Names for every entity that does not list its own.
     names: Option<Vec<String>>,
+    #[schema(min_items = 1, max_items = 500)]
     entities: Vec<BatchEntity>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One entity of a batch, with the features wanted of it (the batch's `names`, or all, when
+/// absent).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BatchEntity {
     entity: Entity,
+    #[schema(min_length = 1, max_length = 128)]
     id: String,
     names: Option<Vec<String>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct BatchResponse {
     at: DateTime<Utc>,
     results: Vec<EntityFeatures>,
@@ -120,6 +131,20 @@ fn split_names(names: Option<&str>) -> Option<Vec<String>> {
     })
 }
 
+/// A user's features: every feature, or those named, each with its status and event time.
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{user_id}/features",
+    tag = "features",
+    params(("user_id" = String, Path, description = "The user's id as the legacy tables hold it", min_length = 1, max_length = 128), FeaturesQuery),
+    responses(
+        (status = 200, description = "The user's features (an unknown user has every feature missing)", body = FeaturesResponse),
+        (status = 400, description = "A malformed id, name, read time or query", body = ErrorResponse),
+        (status = 404, description = "No such route (an empty id, say)", body = ErrorResponse),
+        (status = 503, description = "Overloaded: the request was shed; retry shortly", body = ErrorResponse),
+        (status = 504, description = "The request took longer than the server allows", body = ErrorResponse),
+    )
+)]
 pub(super) async fn user_features(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -128,6 +153,20 @@ pub(super) async fn user_features(
     one_entity(state, Entity::User, path, query).await
 }
 
+/// A product's features.
+#[utoipa::path(
+    get,
+    path = "/api/v1/products/{product_id}/features",
+    tag = "features",
+    params(("product_id" = String, Path, description = "The product's id", min_length = 1, max_length = 128), FeaturesQuery),
+    responses(
+        (status = 200, description = "The product's features", body = FeaturesResponse),
+        (status = 400, description = "A malformed id, name, read time or query", body = ErrorResponse),
+        (status = 404, description = "No such route (an empty id, say)", body = ErrorResponse),
+        (status = 503, description = "Overloaded: the request was shed; retry shortly", body = ErrorResponse),
+        (status = 504, description = "The request took longer than the server allows", body = ErrorResponse),
+    )
+)]
 pub(super) async fn product_features(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -156,6 +195,20 @@ async fn one_entity(
     Ok(Json(FeaturesResponse { at, result }))
 }
 
+/// Features of many users and products at one read time, with one Redis round trip at most.
+#[utoipa::path(
+    post,
+    path = "/api/v1/features/batch",
+    tag = "features",
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "One result per entity, in request order", body = BatchResponse),
+        (status = 400, description = "A malformed id, name, read time or query", body = ErrorResponse),
+        (status = 404, description = "No such route (an empty id, say)", body = ErrorResponse),
+        (status = 503, description = "Overloaded: the request was shed; retry shortly", body = ErrorResponse),
+        (status = 504, description = "The request took longer than the server allows", body = ErrorResponse),
+    )
+)]
 pub(super) async fn batch(
     State(state): State<AppState>,
     body: Result<Json<BatchRequest>, JsonRejection>,

@@ -1,8 +1,10 @@
 //! The JSON API (axum): feature reads and recommendations for SSR pages and other callers,
-//! health and readiness probes, Prometheus metrics. Its routes join the pages' in `crate::http`.
+//! its OpenAPI document (`/openapi.json`, `/docs`), health and readiness probes, Prometheus
+//! metrics. Its routes join the pages' in `crate::http`.
 
 mod error;
 mod features;
+mod openapi;
 mod recommendations;
 
 use std::sync::atomic::Ordering;
@@ -34,6 +36,8 @@ pub fn routes() -> Router<AppState> {
             "/api/v1/users/{user_id}/recommendations",
             get(recommendations::user_recommendations),
         )
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/docs", get(openapi::docs))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

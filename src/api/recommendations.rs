@@ -10,6 +10,7 @@ use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 
 use super::AppError;
+use super::error::ErrorResponse;
 use super::features::validate_id;
 use crate::recommend::{self, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::serve::{Answer, AppState, recommend_for};
@@ -17,15 +18,34 @@ use crate::serve::{Answer, AppState, recommend_for};
 /// Most ids one `exclude` may list.
 const MAX_EXCLUDE: usize = 100;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct RecommendationsQuery {
+    /// How many products, 1 to 50 (10 when absent).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 50)]
     limit: Option<String>,
+    /// Only products of this category.
     category: Option<String>,
     /// Comma-separated product ids.
     exclude: Option<String>,
 }
 
+/// Products ranked for a user from the user's live features; popular products (marked as such)
+/// for a user without history or whose features cannot be read.
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{user_id}/recommendations",
+    tag = "recommendations",
+    params(("user_id" = String, Path, description = "The user's id", min_length = 1, max_length = 128), RecommendationsQuery),
+    responses(
+        (status = 200, description = "Ranked products, each with a score and a reason", body = Answer),
+        (status = 400, description = "A malformed id, name, read time or query", body = ErrorResponse),
+        (status = 404, description = "No such route (an empty id, say)", body = ErrorResponse),
+        (status = 503, description = "Overloaded: the request was shed; retry shortly", body = ErrorResponse),
+        (status = 504, description = "The request took longer than the server allows", body = ErrorResponse),
+    )
+)]
 pub(super) async fn user_recommendations(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,

@@ -20,7 +20,7 @@ use super::state::{EntityState, Fact, FeatureState, stored_number};
 /// about 12,000 distinct values the sparse representation is used, which is close to exact.
 pub const HLL_PRECISION: u8 = 14;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FeatureStatus {
     /// Computed from state that is current as far as persona knows.
@@ -31,9 +31,10 @@ pub enum FeatureStatus {
     Stale,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct FeatureValue {
     pub status: FeatureStatus,
+    /// A number, string, list or object as the feature defines; null when missing.
     pub value: Value,
     /// Event time of the newest event the value is derived from.
     pub event_time: Option<DateTime<Utc>>,

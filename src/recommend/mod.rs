@@ -135,7 +135,7 @@ pub struct Query {
 }
 
 /// Why a product is recommended.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Reason {
     /// Viewed next to a product the user viewed recently.
@@ -165,12 +165,14 @@ impl Reason {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Recommendation {
     pub product_id: String,
     pub name: Option<String>,
     pub category: Option<String>,
     pub brand: Option<String>,
+    /// A decimal number as a string (`"19.90"`).
+    #[schema(value_type = Option<String>)]
     pub price: Option<Decimal>,
     /// In [0, 1]; comparable within one answer only.
     pub score: f64,

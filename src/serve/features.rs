@@ -17,12 +17,14 @@ use crate::store::{EntityRead, EntityRef, Freshness};
 /// How long a whole-catalog ranking is reused for reads at "now".
 const RANKING_TTL: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EntityFeatures {
     pub entity: Entity,
     pub id: String,
     /// `live`, `stale` (Redis unreachable, served from L1) or `unavailable`.
     pub freshness: Freshness,
+    /// Feature name → value.
+    #[schema(value_type = std::collections::BTreeMap<String, crate::features::FeatureValue>)]
     pub features: Features,
 }
 

@@ -12,7 +12,7 @@ use crate::recommend::{self, Recommendation, UserSignals};
 use crate::store::{EntityRef, Freshness};
 
 /// Where the ranking came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// From the user's features.
@@ -23,7 +23,7 @@ pub enum Source {
 }
 
 /// Why an answer is not personalized though it might have been.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Degraded {
     /// Redis is unreachable and the user is not in L1.
@@ -32,7 +32,7 @@ pub enum Degraded {
     FeaturesSlow,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Answer {
     pub user_id: String,
     pub at: DateTime<Utc>,
@@ -42,6 +42,7 @@ pub struct Answer {
     pub recommendations: Vec<Recommendation>,
     /// The user's features, when read (pages show recent activity from them).
     #[serde(skip)]
+    #[schema(ignore)]
     pub features: Option<Features>,
 }
 

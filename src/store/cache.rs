@@ -58,7 +58,7 @@ impl Cached {
 }
 
 /// How current a read answer is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Freshness {
     /// From L1 or Redis while Redis is reachable.
