@@ -35,6 +35,24 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+/// The errors every API operation may answer with, as the OpenAPI document lists them.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum ErrorResponses {
+    /// A malformed id, name, read time, query or body.
+    #[response(status = 400)]
+    BadRequest(ErrorResponse),
+    /// No such route (an empty id, say).
+    #[response(status = 404)]
+    NotFound(ErrorResponse),
+    /// Overloaded: the request was shed; retry shortly.
+    #[response(status = 503)]
+    Overloaded(ErrorResponse),
+    /// The request took longer than the server allows.
+    #[response(status = 504)]
+    Timeout(ErrorResponse),
+}
+
 impl AppError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {

@@ -13,7 +13,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::AppError;
-use super::error::ErrorResponse;
+use super::error::ErrorResponses;
 use crate::features::{Entity, FeatureSet};
 use crate::serve::{AppState, EntityFeatures, FeatureRequest, read_and_evaluate};
 use crate::store::EntityRef;
@@ -139,10 +139,7 @@ fn split_names(names: Option<&str>) -> Option<Vec<String>> {
     params(("user_id" = String, Path, description = "The user's id as the legacy tables hold it", min_length = 1, max_length = 128), FeaturesQuery),
     responses(
         (status = 200, description = "The user's features (an unknown user has every feature missing)", body = FeaturesResponse),
-        (status = 400, description = "A malformed id, name, read time or query", body = ErrorResponse),
-        (status = 404, description = "No such route (an empty id, say)", body = ErrorResponse),
-        (status = 503, description = "Overloaded: the request was shed; retry shortly", body = ErrorResponse),
-        (status = 504, description = "The request took longer than the server allows", body = ErrorResponse),
+        ErrorResponses,
     )
 )]
 pub(super) async fn user_features(
@@ -161,10 +158,7 @@ pub(super) async fn user_features(
     params(("product_id" = String, Path, description = "The product's id", min_length = 1, max_length = 128), FeaturesQuery),
     responses(
         (status = 200, description = "The product's features", body = FeaturesResponse),
-        (status = 400, description = "A malformed id, name, read time or query", body = ErrorResponse),
-        (status = 404, description = "No such route (an empty id, say)", body = ErrorResponse),
-        (status = 503, description = "Overloaded: the request was shed; retry shortly", body = ErrorResponse),
-        (status = 504, description = "The request took longer than the server allows", body = ErrorResponse),
+        ErrorResponses,
     )
 )]
 pub(super) async fn product_features(
@@ -203,10 +197,7 @@ async fn one_entity(
     request_body = BatchRequest,
     responses(
         (status = 200, description = "One result per entity, in request order", body = BatchResponse),
-        (status = 400, description = "A malformed id, name, read time or query", body = ErrorResponse),
-        (status = 404, description = "No such route (an empty id, say)", body = ErrorResponse),
-        (status = 503, description = "Overloaded: the request was shed; retry shortly", body = ErrorResponse),
-        (status = 504, description = "The request took longer than the server allows", body = ErrorResponse),
+        ErrorResponses,
     )
 )]
 pub(super) async fn batch(

@@ -21,6 +21,7 @@ use utoipa::OpenApi;
         super::features::batch,
         super::recommendations::user_recommendations,
     ),
+    components(schemas(super::error::ErrorResponse)),
     tags(
         (name = "features", description = "Feature reads at a read time"),
         (name = "recommendations", description = "Ranked products for a user"),

@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 
 use super::AppError;
-use super::error::ErrorResponse;
+use super::error::ErrorResponses;
 use super::features::validate_id;
 use crate::recommend::{self, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::serve::{Answer, AppState, recommend_for};
@@ -40,10 +40,7 @@ pub(super) struct RecommendationsQuery {
     params(("user_id" = String, Path, description = "The user's id", min_length = 1, max_length = 128), RecommendationsQuery),
     responses(
         (status = 200, description = "Ranked products, each with a score and a reason", body = Answer),
-        (status = 400, description = "A malformed id, name, read time or query", body = ErrorResponse),
-        (status = 404, description = "No such route (an empty id, say)", body = ErrorResponse),
-        (status = 503, description = "Overloaded: the request was shed; retry shortly", body = ErrorResponse),
-        (status = 504, description = "The request took longer than the server allows", body = ErrorResponse),
+        ErrorResponses,
     )
 )]
 pub(super) async fn user_recommendations(
