@@ -102,8 +102,16 @@ async fn a_lost_invalidation_subscription_is_renewed_and_l1_emptied() {
     .await;
     let channel = format!("{}:l1-invalidate", persona.group);
     let subscribed = || redis.subscribers(&channel) == 1;
+    // Subscribed as Redis sees it, and done with the L1 clear that follows a subscription (else
+    // that clear may land between the two reads below).
     eventually("persona subscribed to invalidations", DEADLINE, || async {
-        if subscribed() { Ok(()) } else { Err("no subscriber".into()) }
+        let metrics = persona.metrics().await;
+        let cleared = counter(&metrics, "persona_l1_clears_total", &["reason=\"resubscribed\""]);
+        if subscribed() && cleared >= 1.0 {
+            Ok(())
+        } else {
+            Err(format!("subscribed: {}, L1 cleared {cleared} times", subscribed()))
+        }
     })
     .await;
 

@@ -20,11 +20,15 @@ use utoipa::OpenApi;
         super::features::product_features,
         super::features::batch,
         super::recommendations::user_recommendations,
+        super::probes::healthz,
+        super::probes::readyz,
+        super::probes::metrics,
     ),
     components(schemas(super::error::ErrorResponse)),
     tags(
         (name = "features", description = "Feature reads at a read time"),
         (name = "recommendations", description = "Ranked products for a user"),
+        (name = "probes", description = "Liveness, readiness and metrics"),
     )
 )]
 struct ApiDoc;
