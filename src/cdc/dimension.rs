@@ -157,8 +157,13 @@ impl Reader {
                 None => {}
                 Some(Ok(message)) => {
                     self.positions.insert(message.partition(), message.offset() + 1);
-                    let message = message.detach();
-                    self.apply(message.payload(), message.partition(), message.offset());
+                    let (partition, offset) = (message.partition(), message.offset());
+                    let changes = Changes {
+                        topic: &self.topic,
+                        catalog: &self.catalog,
+                        truncations: &mut self.truncations,
+                    };
+                    changes.apply(message.payload(), partition, offset);
                 }
                 Some(Err(error)) => {
                     metrics::counter!(telemetry::CONSUMER_ERRORS).increment(1);
@@ -216,8 +221,18 @@ impl Reader {
             }
         }
     }
+}
 
-    fn apply(&mut self, payload: Option<&[u8]>, partition: i32, offset: i64) {
+/// One product change applied to the catalog: borrows only what it needs, so the reader can
+/// apply a message while the consumer still holds it.
+struct Changes<'a> {
+    topic: &'a str,
+    catalog: &'a ProductCatalog,
+    truncations: &'a mut Truncations,
+}
+
+impl Changes<'_> {
+    fn apply(self, payload: Option<&[u8]>, partition: i32, offset: i64) {
         let event = match envelope::decode(payload) {
             Ok(CdcMessage::Change(event)) => event,
             Ok(CdcMessage::Tombstone | CdcMessage::Heartbeat { .. }) => return,
