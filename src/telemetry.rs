@@ -101,6 +101,9 @@ metrics! {
     /// Snapshot runs begun on a stream (go-live, or a snapshot run again), superseding what the
     /// stream delivered before; label `topic`.
     counter SNAPSHOT_RUNS = "persona_snapshot_runs_total";
+    /// Streamed changes that their table's snapshot run had already read (committed after the
+    /// run began and before its database snapshot): only their position is recorded.
+    counter SNAPSHOT_OVERLAPS = "persona_snapshot_overlap_events_total";
     /// Rows older than their feature's window and history, dropped; label `topic`.
     counter LATE_EVENTS = "persona_late_events_total";
     /// Product changes applied to this instance's in-memory catalog; label `op`.

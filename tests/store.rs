@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use common::{OwnRedis, free_port, unique};
 use persona::config::{CacheConfig, RedisConfig, Sensitive};
+use persona::features::overlap::{Overlap, OverlapWrites, Wanted};
 use persona::features::{EntityState, High, Position, RunMark, RunStart, SnapshotRun, Truncation};
 use persona::store::{EntityRef, FeatureStore, Freshness, StateKey, StoreError, TableMarks};
 
@@ -223,7 +224,7 @@ async fn a_newer_snapshot_run_supersedes_shares_it_did_not_write() {
     let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
     let prefix = unique("sf");
     let writer = store(&redis, &prefix).await;
-    let run = |lsn| RunStart { run: SnapshotRun(lsn, lsn), at_ms: lsn };
+    let run = |lsn| RunStart { run: SnapshotRun(lsn, lsn), at_ms: lsn, read_ms: Some(lsn) };
     let mut first = state(1);
     first.runs.insert("user_activity/0".into(), RunMark { run: run(10).run, through: Some(3) });
     let runs =
@@ -310,4 +311,66 @@ async fn a_tables_truncate_mark_only_moves_forward() {
     assert_eq!(load().await.expect("load").marks.highs.get(&stream), Some(&high(Some(20), 20)));
     writer.write_states(Vec::new(), &highs(high(Some(20), 25)), None).await.expect("write");
     assert_eq!(load().await.expect("load").marks.highs.get(&stream), Some(&high(Some(20), 25)));
+}
+
+/// A stream's overlap with a snapshot run: its mark, row memory and verdicts are written with
+/// the batch and read back as a batch asks for them; a new run clears memory and verdicts.
+#[tokio::test]
+async fn a_streams_snapshot_overlap_round_trips_and_clears() {
+    let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
+    let writer = store(&redis, &unique("overlap")).await;
+    let stream = "orders/1".to_string();
+    let mark = Overlap {
+        run: Some(SnapshotRun(5, 5)),
+        until_ms: Some(1_000),
+        open: true,
+        read: Some(7),
+        ..Overlap::default()
+    };
+    let marks =
+        TableMarks { overlaps: [(stream.clone(), mark.clone())].into(), ..Default::default() };
+    let (p1, p2) = (Position(10, 11, 1), Position(10, 12, 0));
+    let writes = OverlapWrites {
+        mark: Some(mark.clone()),
+        rows: vec![("41".into(), Some(u64::MAX)), ("42".into(), Some(7))],
+        overlapped: vec![p1],
+        ..Default::default()
+    };
+    writer
+        .write_batch(vec![(user("u1"), state(1))], &marks, Some((&stream, &writes)), None)
+        .await
+        .expect("write");
+    let loaded =
+        writer.load_for_write(&[], &[], std::slice::from_ref(&stream)).await.expect("load");
+    assert_eq!(loaded.marks.overlaps.get(&stream), Some(&mark));
+    let wanted =
+        Wanted { rows: vec!["41".into(), "42".into(), "43".into()], positions: vec![p1, p2] };
+    let known = writer.load_overlap(&stream, &wanted).await.expect("load overlap");
+    assert_eq!(known.rows, [("41".to_string(), u64::MAX), ("42".to_string(), 7)].into());
+    assert_eq!(known.overlapped, [p1].into());
+
+    // Forgetting a row, then a new run: memory and verdicts start over.
+    let forget = OverlapWrites { rows: vec![("41".into(), None)], ..Default::default() };
+    writer
+        .write_batch(Vec::new(), &TableMarks::default(), Some((&stream, &forget)), None)
+        .await
+        .expect("write");
+    let known = writer.load_overlap(&stream, &wanted).await.expect("load overlap");
+    assert_eq!(known.rows, [("42".to_string(), 7)].into());
+    let anew = OverlapWrites {
+        clear_rows: true,
+        clear_overlapped: true,
+        rows: vec![("43".into(), Some(1))],
+        ..Default::default()
+    };
+    writer
+        .write_batch(Vec::new(), &TableMarks::default(), Some((&stream, &anew)), None)
+        .await
+        .expect("write");
+    let known = writer.load_overlap(&stream, &wanted).await.expect("load overlap");
+    assert_eq!(known.rows, [("43".to_string(), 1)].into());
+    assert!(known.overlapped.is_empty());
+    // Other streams' memory is their own.
+    let other = writer.load_overlap("orders/2", &wanted).await.expect("load overlap");
+    assert!(other.rows.is_empty() && other.overlapped.is_empty());
 }

@@ -11,6 +11,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use super::envelope::{self, CdcMessage};
 use super::truncate;
 use crate::dlq::{self, DeadLetters, Failure};
+use crate::features::overlap::{self, Overlap};
 use crate::features::{self, Entity, EntityState, FeatureSet, SourceChange, Truncation};
 use crate::store::{
     EntityRef, FeatureStore, Fence, Loaded, Runs, StateKey, StoreError, TableMarks,
@@ -124,14 +125,41 @@ impl Applier<'_> {
         if changes.is_empty() {
             return Ok(stats);
         }
+        // A topic is one table, so a batch is one stream; should a topic carry several, each run
+        // of one stream's changes is written on its own (a stream's overlap is written with it).
+        let mut from = 0;
+        while from < changes.len() {
+            let table = changes[from].table;
+            let to = from + changes[from..].iter().take_while(|c| c.table == table).count();
+            let (duplicates, late) = self
+                .write_retrying(topic, partition, &mut changes[from..to], &connectors[from..to])
+                .await?;
+            stats.duplicates += duplicates;
+            stats.late += late;
+            from = to;
+        }
+        let now = Utc::now();
+        for committed in changes.iter().filter_map(|change| change.committed_at) {
+            let seconds = (now - committed).num_microseconds().unwrap_or(0) as f64 / 1e6;
+            metrics::histogram!(telemetry::FRESHNESS_SECONDS).record(seconds.max(0.0));
+        }
+        Ok(stats)
+    }
+
+    /// [`Self::write`], retried until it succeeds or fails for good (see [`Self::apply_batch`]).
+    async fn write_retrying(
+        &self,
+        topic: &str,
+        partition: i32,
+        changes: &mut [SourceChange],
+        connectors: &[Option<String>],
+    ) -> Result<(u64, u64), StoreError> {
         let mut delays = retry_delays();
         loop {
-            match self.write(topic, partition, &mut changes, &connectors).await {
-                Ok((duplicates, late)) => {
-                    stats.duplicates = duplicates;
-                    stats.late = late;
+            match self.write(topic, partition, changes, connectors).await {
+                Ok(counts) => {
                     self.store.note_write_failure(format!("{topic}/{partition}"), None);
-                    break;
+                    return Ok(counts);
                 }
                 Err(
                     error @ (StoreError::Fenced { .. }
@@ -156,12 +184,6 @@ impl Applier<'_> {
                 }
             }
         }
-        let now = Utc::now();
-        for committed in changes.iter().filter_map(|change| change.committed_at) {
-            let seconds = (now - committed).num_microseconds().unwrap_or(0) as f64 / 1e6;
-            metrics::histogram!(telemetry::FRESHNESS_SECONDS).record(seconds.max(0.0));
-        }
-        Ok(stats)
     }
 
     /// Fails with [`StoreError::MissedTruncate`] when `stream` (of `table`) ran past its table's
@@ -181,7 +203,10 @@ impl Applier<'_> {
         truncation: &Truncation,
     ) -> Result<(), StoreError> {
         let highs = [(stream.to_string(), truncate::acknowledged(truncation))].into();
-        let marks = TableMarks { highs, ..TableMarks::default() };
+        // Its verdicts on snapshot overlap were reached without knowing of the TRUNCATE: the
+        // re-read reaches them again.
+        let overlaps = [(stream.to_string(), Overlap::default())].into();
+        let marks = TableMarks { highs, overlaps, ..TableMarks::default() };
         self.store.write_states(Vec::new(), &marks, self.fence).await
     }
 
@@ -270,6 +295,11 @@ impl Applier<'_> {
         let new_truncations = truncate::follow(changes, &mut marks.truncations);
         truncate::check(&marks.highs, &marks.truncations)?;
         let new_highs = truncate::highs(changes, &streams, &marks.highs);
+        // One stream per call (see `apply_batch`).
+        let stream = streams[0].clone();
+        let mut overlap = marks.overlaps.remove(&stream).unwrap_or_default();
+        let known = self.store.load_overlap(&stream, &overlap::wanted(&overlap, changes)).await?;
+        let overlap_writes = overlap::decide(&mut overlap, &known, changes);
         let changes: &[SourceChange] = changes;
         let now = Utc::now();
         let mut changed: HashSet<StateKey> = HashSet::new();
@@ -354,8 +384,18 @@ impl Applier<'_> {
             states.into_iter().filter(|(key, _)| changed.contains(key)).collect();
         #[cfg(debug_assertions)]
         injected_stop(changes);
-        let marks = TableMarks { runs: new_runs, truncations: new_truncations, highs: new_highs };
-        self.store.write_states(writes, &marks, self.fence).await?;
+        let marks = TableMarks {
+            runs: new_runs,
+            truncations: new_truncations,
+            highs: new_highs,
+            overlaps: overlap_writes
+                .mark
+                .iter()
+                .map(|mark| (stream.clone(), mark.clone()))
+                .collect(),
+        };
+        let overlap = Some((stream.as_str(), &overlap_writes));
+        self.store.write_batch(writes, &marks, overlap, self.fence).await?;
         for (table, truncation) in &marks.truncations {
             tracing::warn!(
                 topic,

@@ -388,6 +388,7 @@ pub fn source_change(event: &ChangeEvent) -> Result<Option<SourceChange>, Decode
         truncate: event.op == Op::Truncate,
         committed_at,
         replay: false,
+        overlapped: false,
     }))
 }
 
@@ -401,7 +402,8 @@ fn snapshot_start(event: &ChangeEvent) -> Result<Option<RunStart>, DecodeError> 
     }
     let lsn = event.source.lsn.ok_or(DecodeError::MissingField("source.lsn"))?;
     let at_ms = event.source.ts_ms.ok_or(DecodeError::MissingField("source.ts_ms"))?;
-    Ok(Some(RunStart { run: SnapshotRun(lsn, event.source.tx_id.unwrap_or(0)), at_ms }))
+    let run = SnapshotRun(lsn, event.source.tx_id.unwrap_or(0));
+    Ok(Some(RunStart { run, at_ms, read_ms: event.ts_ms }))
 }
 
 /// The Debezium connector (its `topic.prefix`) that produced `event`.
@@ -487,7 +489,11 @@ mod tests {
         let start = decoded.snapshot.map(|read| read.start);
         assert_eq!(
             start,
-            Some(RunStart { run: SnapshotRun(24000000, 3638), at_ms: 1795316700000 })
+            Some(RunStart {
+                run: SnapshotRun(24000000, 3638),
+                at_ms: 1795316700000,
+                read_ms: Some(1795316700100)
+            })
         );
         assert_eq!(decoded.processed_ms, Some(1795316700100));
         assert_eq!(decoded.after.expect("after").get("product_id"), &Scalar::Null);

@@ -108,6 +108,7 @@ mod tests {
             truncate,
             committed_at: None,
             replay: false,
+            overlapped: false,
         }
     }
 

@@ -5,12 +5,14 @@
 //! - [`definition`]: the feature file, its validation and the compiled [`FeatureSet`].
 //! - [`source`]: the legacy tables features read, and one decoded change ([`SourceChange`]).
 //! - [`state`]: per-entity state and [`apply`] (retraction, dedup by source position, late rows).
+//! - [`overlap`]: which streamed changes a snapshot run over an existing slot had already read.
 //! - [`pairs`]: item-to-item co-occurrence from neighbouring rows of a user's session.
 //! - [`evaluate()`]: values at a reference time, joined through the product [`catalog`].
 
 pub mod catalog;
 pub mod definition;
 mod evaluate;
+pub mod overlap;
 mod pairs;
 pub mod source;
 mod state;

@@ -179,7 +179,7 @@ impl SourceRow {
 /// are delivered in commit order), but the last commit LSN grows with every transaction and the
 /// change LSN grows within one, so the pair is increasing in delivery order. A primary-key
 /// update is a delete and an insert at the same LSN: the rank (delete 0, other 1) orders them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Position(pub i64, pub i64, pub u8);
 
 /// One run of Debezium's snapshot: `(snapshot LSN, snapshot transaction id)`.
@@ -197,6 +197,11 @@ pub struct SnapshotRun(pub i64, pub i64);
 pub struct RunStart {
     pub run: SnapshotRun,
     pub at_ms: i64,
+    /// When Debezium emitted one of the run's reads (its clock): the run's database snapshot was
+    /// taken before, so a change committed later was not read by it (see
+    /// [`crate::features::overlap`]). `None` for runs recorded before persona kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_ms: Option<i64>,
 }
 
 /// A snapshot read (`op: "r"`): the row as its run read it.
@@ -266,4 +271,8 @@ pub struct SourceChange {
     /// Re-driven from the dead-letter topic: its position may be behind what its stream has
     /// applied since, and it is applied once all the same.
     pub replay: bool,
+    /// Streamed, but already in what its snapshot run read (committed after the run began and
+    /// before its database snapshot; see [`crate::features::overlap`]): only its position is
+    /// recorded.
+    pub overlapped: bool,
 }

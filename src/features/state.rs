@@ -164,6 +164,9 @@ impl EntityState {
 pub struct Outcome {
     /// Already applied (its position is not after the stream's newest): nothing changed.
     pub duplicate: bool,
+    /// Already in what the change's snapshot run read: only its position was recorded, which
+    /// must be written all the same (see [`crate::features::overlap`]).
+    pub overlapped: bool,
     /// Rows older than a window's retention, dropped.
     pub late: u32,
     /// Applied to a user: what the change does to products' co-occurrence counts, for the
@@ -233,6 +236,11 @@ pub fn apply_with_pairs(
     };
     if !fresh {
         outcome.duplicate = true;
+        return outcome;
+    }
+    if change.overlapped {
+        state.rev += 1;
+        outcome.overlapped = true;
         return outcome;
     }
     let belongs = |row: &&SourceRow| entity_of(row, entity) == Some(entity_id);

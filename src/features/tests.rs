@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::*;
 
+mod overlap;
 mod snapshot;
 mod truncate;
 
@@ -73,6 +74,7 @@ fn change(
         truncate: false,
         committed_at: Some(t0()),
         replay: false,
+        overlapped: false,
     }
 }
 

@@ -67,6 +67,7 @@ fn change(before: Option<SourceRow>, after: Option<SourceRow>, lsn: i64) -> Sour
         truncate: false,
         committed_at: Some(t0()),
         replay: false,
+        overlapped: false,
     }
 }
 

@@ -1,12 +1,15 @@
 //! The marks kept beside the shares they rule: in `<namespace>:runs`, which every read fetches,
 //! a table's newest snapshot run (field `<table>`) and newest TRUNCATE (`<table>#truncate`); in
 //! `<namespace>:highs`, which only ingest reads, how far each stream has applied
-//! (`<table>/<partition>#high`). Every mark only moves forward (`write_states.lua` compares
-//! them), since partitions see them at different times.
+//! (`<table>/<partition>#high`) and its overlap with its table's newest snapshot run
+//! (`<table>/<partition>#overlap`, see [`crate::features::overlap`]). Every mark but the overlap
+//! only moves forward (`write_states.lua` compares them), since partitions see them at different
+//! times; a stream's overlap is its owner's alone.
 
 use std::collections::HashMap;
 
 use super::StoreError;
+use crate::features::overlap::Overlap;
 use crate::features::{High, RunStart, Truncation};
 
 /// Each table's newest snapshot run, by table name.
@@ -14,6 +17,7 @@ pub type Runs = HashMap<String, RunStart>;
 
 const TRUNCATE: &str = "#truncate";
 const HIGH: &str = "#high";
+const OVERLAP: &str = "#overlap";
 
 pub(super) fn truncate_field(table: &str) -> String {
     format!("{table}{TRUNCATE}")
@@ -21,6 +25,10 @@ pub(super) fn truncate_field(table: &str) -> String {
 
 pub(super) fn high_field(stream: &str) -> String {
     format!("{stream}{HIGH}")
+}
+
+pub(super) fn overlap_field(stream: &str) -> String {
+    format!("{stream}{OVERLAP}")
 }
 
 /// Marks read from, or to be recorded in, `<namespace>:runs`.
@@ -31,11 +39,16 @@ pub struct TableMarks {
     pub truncations: HashMap<String, Truncation>,
     /// How far each stream (`<table>/<partition>`) has applied streamed changes.
     pub highs: HashMap<String, High>,
+    /// Each stream's overlap with its table's newest snapshot run.
+    pub overlaps: HashMap<String, Overlap>,
 }
 
 impl TableMarks {
     pub fn is_empty(&self) -> bool {
-        self.runs.is_empty() && self.truncations.is_empty() && self.highs.is_empty()
+        self.runs.is_empty()
+            && self.truncations.is_empty()
+            && self.highs.is_empty()
+            && self.overlaps.is_empty()
     }
 
     /// True when recording these marks changes what readers serve (a run or a TRUNCATE empties
@@ -58,7 +71,9 @@ impl TableMarks {
         let truncations =
             self.truncations.iter().map(|(table, mark)| json(truncate_field(table), mark));
         let highs = self.highs.iter().map(|(stream, high)| json(high_field(stream), high));
-        runs.chain(truncations).chain(highs).collect()
+        let overlaps =
+            self.overlaps.iter().map(|(stream, overlap)| json(overlap_field(stream), overlap));
+        runs.chain(truncations).chain(highs).chain(overlaps).collect()
     }
 }
 
@@ -75,6 +90,9 @@ pub(super) fn decode_marks(fields: HashMap<String, String>) -> TableMarks {
             if let Some(mark) = decode(&field, &json) {
                 marks.highs.insert(stream.to_string(), mark);
             }
+        } else if let Some(stream) = field.strip_suffix(OVERLAP) {
+            let mark = decode(&field, &json).unwrap_or_else(Overlap::unreadable);
+            marks.overlaps.insert(stream.to_string(), mark);
         } else if let Some(run) = decode(&field, &json) {
             marks.runs.insert(field, run);
         }

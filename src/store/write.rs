@@ -14,9 +14,10 @@ use std::time::Instant;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 
-use super::marks::{TableMarks, decode_marks, high_field, truncate_field};
+use super::marks::{TableMarks, decode_marks, high_field, overlap_field, truncate_field};
 use super::{CLEAR_ALL, FeatureStore, StateKey, StoreError, note_latency};
-use crate::features::EntityState;
+use crate::features::overlap::{Known, OverlapWrites, Wanted};
+use crate::features::{EntityState, Position};
 use crate::telemetry;
 
 static WRITE_STATES: LazyLock<Script> =
@@ -68,7 +69,10 @@ impl FeatureStore {
             .iter()
             .flat_map(|table| [table.clone(), truncate_field(table)])
             .map(|field| (self.runs_key(&namespace), field))
-            .chain(streams.iter().map(|stream| (self.highs_key(&namespace), high_field(stream))))
+            .chain(streams.iter().flat_map(|stream| {
+                let highs = self.highs_key(&namespace);
+                [(highs.clone(), high_field(stream)), (highs, overlap_field(stream))]
+            }))
             .collect();
         if keys.is_empty() && fields.is_empty() {
             return Ok(Loaded::default());
@@ -107,6 +111,48 @@ impl FeatureStore {
         Ok(loaded)
     }
 
+    /// The row memory and past verdicts of `stream`'s overlap with its snapshot run that a batch
+    /// needs (see [`crate::features::overlap`]), in one round trip.
+    pub async fn load_overlap(&self, stream: &str, wanted: &Wanted) -> Result<Known, StoreError> {
+        if wanted.rows.is_empty() && wanted.positions.is_empty() {
+            return Ok(Known::default());
+        }
+        let namespace = self.namespace();
+        let positions: Vec<String> = wanted.positions.iter().map(position_field).collect();
+        let pipeline = self.redis.next().pipeline();
+        if !wanted.rows.is_empty() {
+            let _: () =
+                pipeline.hmget(overlap_rows_key(&namespace, stream), wanted.rows.clone()).await?;
+        }
+        if !positions.is_empty() {
+            let _: () =
+                pipeline.hmget(overlapped_key(&namespace, stream), positions.clone()).await?;
+        }
+        let started = Instant::now();
+        let result: Result<Vec<Vec<Option<String>>>, _> = pipeline.all().await;
+        note_latency("overlap_read", started);
+        self.note_redis("overlap_read", &result);
+        let mut replies = result?.into_iter();
+        let mut known = Known::default();
+        if !wanted.rows.is_empty() {
+            let images = replies.next().unwrap_or_default();
+            for (key, image) in wanted.rows.iter().zip(images) {
+                if let Some(image) = image.and_then(|image| image.parse().ok()) {
+                    known.rows.insert(key.clone(), image);
+                }
+            }
+        }
+        if !positions.is_empty() {
+            let verdicts = replies.next().unwrap_or_default();
+            for (position, verdict) in wanted.positions.iter().zip(verdicts) {
+                if verdict.is_some() {
+                    known.overlapped.insert(*position);
+                }
+            }
+        }
+        Ok(known)
+    }
+
     /// Sets unreadable shares aside: each moves, as it was, to the hash `<namespace>:quarantine`
     /// (field `<entity key> <stream>`) for inspection, and leaves its entity, so that nothing
     /// builds on it and a replay of its partition rebuilds it from scratch.
@@ -128,20 +174,39 @@ impl FeatureStore {
 
     /// Writes shares to Redis atomically (a share and its source positions are one field, and a
     /// batch's shares change together, so a user's session and the co-occurrence pairs it
-    /// implied for products never part ways), with the snapshot runs the batch began, unless
-    /// `fence` is stale; once acknowledged, updates L1.
+    /// implied for products never part ways), with the marks the batch moved, unless `fence` is
+    /// stale; once acknowledged, updates L1.
     pub async fn write_states(
         &self,
         states: Vec<(StateKey, EntityState)>,
         marks: &TableMarks,
         fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
-        if states.is_empty() && marks.is_empty() {
+        self.write_batch(states, marks, None, fence).await
+    }
+
+    /// [`Self::write_states`], with what the batch changed in its stream's overlap with a
+    /// snapshot run (`overlap`: the stream and its writes), in the same atomic script.
+    pub async fn write_batch(
+        &self,
+        states: Vec<(StateKey, EntityState)>,
+        marks: &TableMarks,
+        overlap: Option<(&str, &OverlapWrites)>,
+        fence: Option<&Fence>,
+    ) -> Result<(), StoreError> {
+        let overlap = overlap.filter(|(_, writes)| !writes.is_empty());
+        if states.is_empty() && marks.is_empty() && overlap.is_none() {
             return Ok(());
         }
         let namespace = self.namespace();
-        let mut keys: Vec<String> =
-            vec![self.owners_key(), self.runs_key(&namespace), self.highs_key(&namespace)];
+        let stream = overlap.map_or("", |(stream, _)| stream);
+        let mut keys: Vec<String> = vec![
+            self.owners_key(),
+            self.runs_key(&namespace),
+            self.highs_key(&namespace),
+            overlap_rows_key(&namespace, stream),
+            overlapped_key(&namespace, stream),
+        ];
         let mut announced: Vec<(String, &str, u64)> = Vec::with_capacity(states.len());
         let announcement_slot = 4;
         let mut args: Vec<String> = vec![
@@ -157,6 +222,18 @@ impl FeatureStore {
         for (field, json) in encoded {
             args.extend([field, json]);
         }
+        let writes = overlap.map(|(_, writes)| writes);
+        let flag = |set: bool| if set { "1" } else { "" }.to_string();
+        args.push(flag(writes.is_some_and(|w| w.clear_rows)));
+        args.push(flag(writes.is_some_and(|w| w.clear_overlapped)));
+        let rows = writes.map_or(&[][..], |w| &w.rows[..]);
+        args.push(rows.len().to_string());
+        for (key, image) in rows {
+            args.extend([key.clone(), image.map(|image| image.to_string()).unwrap_or_default()]);
+        }
+        let overlapped = writes.map_or(&[][..], |w| &w.overlapped[..]);
+        args.push(overlapped.len().to_string());
+        args.extend(overlapped.iter().map(position_field));
         for (key, state) in &states {
             let json = serde_json::to_string(state)
                 .map_err(|source| StoreError::Encode { key: format!("{key:?}"), source })?;
@@ -186,6 +263,12 @@ impl FeatureStore {
             _ => {}
         }
         metrics::counter!(telemetry::STATE_WRITES).increment(states.len() as u64);
+        if let Some((_, writes)) = overlap
+            && !writes.overlapped.is_empty()
+        {
+            metrics::counter!(telemetry::SNAPSHOT_OVERLAPS)
+                .increment(writes.overlapped.len() as u64);
+        }
         if marks.change_reads() {
             self.clear_l1("table_marks");
         }
@@ -194,4 +277,18 @@ impl FeatureStore {
         }
         Ok(())
     }
+}
+
+/// The row memory of `stream`'s overlap: row key → image hash.
+fn overlap_rows_key(namespace: &str, stream: &str) -> String {
+    format!("{namespace}:overlap-rows:{stream}")
+}
+
+/// The streamed changes of `stream` found overlapped, by position, until its next run.
+fn overlapped_key(namespace: &str, stream: &str) -> String {
+    format!("{namespace}:overlapped:{stream}")
+}
+
+fn position_field(position: &Position) -> String {
+    format!("{}/{}/{}", position.0, position.1, position.2)
 }

@@ -2,15 +2,21 @@
 --
 -- KEYS[1]  the owners hash: partition -> epoch of its current writer
 -- KEYS[2]  the table marks hash: table -> newest run, `<table>#truncate` -> newest TRUNCATE
--- KEYS[3]  the highs hash: `<stream>#high` -> how far the stream applied
--- KEYS[4…] the entity hashes written, one share each
+-- KEYS[3]  the highs hash: `<stream>#high` -> how far the stream applied, `<stream>#overlap` ->
+--          its overlap with its table's snapshot run
+-- KEYS[4]  the stream's overlap row memory: row key -> image hash
+-- KEYS[5]  the stream's overlapped positions
+-- KEYS[6…] the entity hashes written, one share each
 -- ARGV[1]  the partition (`<topic>/<partition>`), or '' for a writer without an owner (rebuild)
 -- ARGV[2]  the writer's epoch
 -- ARGV[3]  TTL of the entity hashes, in seconds
 -- ARGV[4]  the L1 invalidation channel, ARGV[5] the announcement, ARGV[6] '*' or ''
 -- ARGV[7]  how many marks follow as (field, mark) pairs — `<table>` → its run,
 --          `<table>#truncate` → its newest TRUNCATE, `<stream>#high` → how far the stream
---          applied (see store/marks.rs) — each set only if later than the stored one; then one
+--          applied (see store/marks.rs) — each set only if later than the stored one
+--          (`<stream>#overlap` always); then '1' to clear the row memory first, '1' to clear the
+--          overlapped positions first, the count of (row key, image) pairs that follow (an empty
+--          image forgets the row), the count of overlapped positions that follow; then one
 --          (stream, state) pair per entity
 --
 -- Returns 1 when written; -1 when the partition has no claim at all (Redis lost its data); when
@@ -54,16 +60,43 @@ end
 local at = 8
 for _ = 1, tonumber(ARGV[7]) do
   local hash = KEYS[2]
-  if string.sub(ARGV[at], -5) == '#high' then
-    hash = KEYS[3]
-  end
-  local current = redis.call('HGET', hash, ARGV[at])
-  if not current or later(order(ARGV[at], ARGV[at + 1]), order(ARGV[at], current)) then
-    redis.call('HSET', hash, ARGV[at], ARGV[at + 1])
+  if string.sub(ARGV[at], -8) == '#overlap' then
+    redis.call('HSET', KEYS[3], ARGV[at], ARGV[at + 1])
+  else
+    if string.sub(ARGV[at], -5) == '#high' then
+      hash = KEYS[3]
+    end
+    local current = redis.call('HGET', hash, ARGV[at])
+    if not current or later(order(ARGV[at], ARGV[at + 1]), order(ARGV[at], current)) then
+      redis.call('HSET', hash, ARGV[at], ARGV[at + 1])
+    end
   end
   at = at + 2
 end
-for i = 4, #KEYS do
+if ARGV[at] ~= '' then
+  redis.call('UNLINK', KEYS[4])
+end
+if ARGV[at + 1] ~= '' then
+  redis.call('UNLINK', KEYS[5])
+end
+at = at + 2
+local rows = tonumber(ARGV[at])
+at = at + 1
+for _ = 1, rows do
+  if ARGV[at + 1] == '' then
+    redis.call('HDEL', KEYS[4], ARGV[at])
+  else
+    redis.call('HSET', KEYS[4], ARGV[at], ARGV[at + 1])
+  end
+  at = at + 2
+end
+local overlapped = tonumber(ARGV[at])
+at = at + 1
+for _ = 1, overlapped do
+  redis.call('HSET', KEYS[5], ARGV[at], '1')
+  at = at + 1
+end
+for i = 6, #KEYS do
   redis.call('HSET', KEYS[i], ARGV[at], ARGV[at + 1])
   redis.call('EXPIRE', KEYS[i], ARGV[3])
   at = at + 2

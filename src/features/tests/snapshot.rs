@@ -6,7 +6,7 @@ use super::*;
 const STREAM: &str = "user_activity/0";
 
 fn start(lsn: i64, at_ms: i64) -> RunStart {
-    RunStart { run: SnapshotRun(lsn, lsn / 10), at_ms }
+    RunStart { run: SnapshotRun(lsn, lsn / 10), at_ms, read_ms: Some(at_ms) }
 }
 
 fn read_of(row: SourceRow, start: RunStart, seq: i64) -> SourceChange {
