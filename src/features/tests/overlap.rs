@@ -154,8 +154,11 @@ fn the_image_hash_is_of_the_columns_only() {
     assert_ne!(image_hash(&a), image_hash(&row(2, "CLICK")));
 }
 
+/// A row's change: its before and after images.
+type Event = (Option<SourceRow>, Option<SourceRow>);
+
 /// A row history: each step inserts, updates or deletes one of a few rows.
-fn history(steps: &[(usize, u8)]) -> (Vec<(Option<SourceRow>, Option<SourceRow>)>, usize) {
+fn history(steps: &[(usize, u8)]) -> Vec<Event> {
     let kinds = ["VIEW_PRODUCT", "CLICK", "ADD_TO_CART"];
     let mut table: BTreeMap<usize, SourceRow> = BTreeMap::new();
     let mut events = Vec::new();
@@ -172,10 +175,10 @@ fn history(steps: &[(usize, u8)]) -> (Vec<(Option<SourceRow>, Option<SourceRow>)
         };
         events.push(event);
     }
-    (events, table.len())
+    events
 }
 
-fn table_after(events: &[(Option<SourceRow>, Option<SourceRow>)]) -> BTreeMap<String, u64> {
+fn table_after(events: &[Event]) -> BTreeMap<String, u64> {
     let mut table = BTreeMap::new();
     for (before, after) in events {
         if let Some(row) = before {
@@ -203,7 +206,7 @@ proptest! {
         cuts in prop::collection::vec(1usize..6, 0..12),
         again in prop::collection::vec(any::<bool>(), 12),
     ) {
-        let (events, _) = history(&steps);
+        let events = history(&steps);
         let before_run = before_run.min(events.len());
         let read_at = read_at.clamp(before_run, events.len());
         let late_from = late_from.clamp(read_at, events.len());
