@@ -3,8 +3,10 @@
 //!   mid-workload and after the Kafka Connect worker is killed mid-workload (Debezium then
 //!   publishes again what it had already published);
 //! - a go-live: a database with more than 20,000 rows, a fresh connector snapshots it while
-//!   persona consumes, Connect is killed mid-snapshot (it snapshots again), persona is killed
-//!   mid-catch-up; then streaming, and a snapshot run again after writes no connector saw.
+//!   persona consumes and the application keeps writing, Connect is killed mid-snapshot (it
+//!   snapshots again, over the slot it had created), persona is killed mid-catch-up; then
+//!   streaming, and a snapshot run again after writes no connector saw, with the application
+//!   writing throughout (so that the run reads rows it also streams).
 //!
 //! Runs on its own (scripts/test runs this binary after the others, one test at a time:
 //! .config/nextest.toml), because it kills the shared Connect worker.
@@ -286,6 +288,8 @@ async fn go_live_snapshot_with_crashes_and_a_second_run_equals_sql() {
 
     let golive = GoLive::create(&db, &prefix).await;
     let mut persona = Persona::start_with("golive", &unique("golive"), golive.persona_env()).await;
+    // The application writes on through the whole go-live.
+    let writer = Writer::start(&prefix);
     golive.apply();
 
     // kill -9 the Connect worker mid-snapshot: it snapshots again from the start.
@@ -312,24 +316,62 @@ async fn go_live_snapshot_with_crashes_and_a_second_run_equals_sql() {
     persona.restart().await;
 
     let runs = golive.wait_for_snapshot(&BTreeSet::new()).await;
+    let during_go_live = writer.stop().await;
     workload(&prefix, 2, 1_000).await;
     assert_no_mismatch(&persona, &db, &prefix, false, "after go-live").await;
 
     // A snapshot run again (offsets reset) after writes while no connector ran, deletes among
-    // them: rows it does not read any more must stop counting.
+    // them: rows it does not read any more must stop counting. The application writes on
+    // while the run reads: the run's own database snapshot is taken seconds after the position
+    // it streams from, so it reads rows that it streams too.
     golive.rest(reqwest::Method::PUT, "/stop").await;
     golive.wait_state("STOPPED").await;
     workload(&prefix, 1, 500).await;
     changes(&db, "DELETE FROM cart_items WHERE user_id = $1 || '-u1'", &prefix).await;
     let (status, answer) = golive.rest(reqwest::Method::DELETE, "/offsets").await;
     assert_eq!(status, 200, "reset offsets: {answer}");
+    let writer = Writer::start(&prefix);
     golive.rest(reqwest::Method::PUT, "/resume").await;
     golive.wait_state("RUNNING").await;
     let runs = golive.wait_for_snapshot(&runs).await;
+    let during_run = writer.stop().await;
     workload(&prefix, 1, 500).await;
     assert_no_mismatch(&persona, &db, &prefix, false, "after a snapshot run again").await;
     assert!(runs.len() >= 2, "the topics hold reads of {runs:?} only");
-    eprintln!("go-live: {rows} rows before, snapshot runs {runs:?}");
+    let overlapped =
+        common::counter(&persona.metrics().await, "persona_snapshot_overlap_events_total", &[]);
+    eprintln!(
+        "go-live: {rows} rows before, {during_go_live} changes during it, {during_run} during \
+         the run again; snapshot runs {runs:?}; {overlapped} streamed changes found already read"
+    );
+}
+
+/// The legacy application writing on, round after round, until stopped.
+struct Writer {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl Writer {
+    fn start(prefix: &str) -> Self {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let prefix = prefix.to_string();
+        let task = tokio::spawn(async move {
+            let db = legacy_db().await;
+            let mut total = 0;
+            while !*stopped.borrow_and_update() {
+                total += common::oracle::round(&db, &prefix, 100).await;
+            }
+            total
+        });
+        Self { stop, task }
+    }
+
+    /// Stops after the round under way; the changes written.
+    async fn stop(self) -> u64 {
+        let _ = self.stop.send(true);
+        self.task.await.expect("writer")
+    }
 }
 
 /// TRUNCATE of a fact table and of the dimension, with the partition that delivers the fact

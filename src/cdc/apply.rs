@@ -283,7 +283,7 @@ impl Applier<'_> {
         keys.sort();
         keys.dedup();
         #[cfg(debug_assertions)]
-        injected_truncate_hold(changes).await;
+        super::hooks::injected_truncate_hold(changes).await;
         let mut own_streams = streams.clone();
         own_streams.sort();
         own_streams.dedup();
@@ -383,7 +383,7 @@ impl Applier<'_> {
         let writes: Vec<(StateKey, EntityState)> =
             states.into_iter().filter(|(key, _)| changed.contains(key)).collect();
         #[cfg(debug_assertions)]
-        injected_stop(changes);
+        super::hooks::injected_stop(changes);
         let marks = TableMarks {
             runs: new_runs,
             truncations: new_truncations,
@@ -484,45 +484,6 @@ fn record_capture_lag(event: &envelope::ChangeEvent) {
 fn count_consumed(topic: &str, op: &'static str) {
     metrics::counter!(telemetry::EVENTS_CONSUMED, "topic" => topic.to_string(), "op" => op)
         .increment(1);
-}
-
-/// Test-only hook, compiled into debug builds alone: the first batch (in this process) with a
-/// row holding the text `PERSONA_TEST_STOP_BEFORE_WRITE` stops the whole process (SIGSTOP)
-/// between loading its states and writing them, as a long stall would; SIGCONT resumes it.
-#[cfg(debug_assertions)]
-fn injected_stop(changes: &[SourceChange]) {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    static MARKER: OnceLock<Option<String>> = OnceLock::new();
-    static FIRED: AtomicBool = AtomicBool::new(false);
-    let marker = MARKER.get_or_init(|| std::env::var("PERSONA_TEST_STOP_BEFORE_WRITE").ok());
-    let Some(marker) = marker else { return };
-    let hit = changes.iter().flat_map(|c| [&c.before, &c.after]).flatten().any(|row| {
-        row.columns.values().any(|value| value.as_key().as_deref() == Some(marker.as_str()))
-    });
-    if hit && !FIRED.swap(true, Ordering::AcqRel) {
-        tracing::warn!("stopping the process before a write (PERSONA_TEST_STOP_BEFORE_WRITE)");
-        let pid = std::process::id().to_string();
-        let _ = std::process::Command::new("kill").args(["-STOP", &pid]).status();
-    }
-}
-
-/// Test-only hook, compiled into debug builds alone: a batch holding a TRUNCATE waits
-/// `PERSONA_TEST_HOLD_TRUNCATE` milliseconds before it is applied, so that the table's other
-/// partitions run ahead of it, as a partition lagging behind the others would.
-#[cfg(debug_assertions)]
-async fn injected_truncate_hold(changes: &[SourceChange]) {
-    use std::sync::OnceLock;
-    static HOLD: OnceLock<Option<u64>> = OnceLock::new();
-    let hold = HOLD.get_or_init(|| {
-        std::env::var("PERSONA_TEST_HOLD_TRUNCATE").ok().and_then(|ms| ms.parse().ok())
-    });
-    if let Some(ms) = hold
-        && changes.iter().any(|change| change.truncate)
-    {
-        tracing::warn!(ms, "holding a TRUNCATE back (PERSONA_TEST_HOLD_TRUNCATE)");
-        tokio::time::sleep(Duration::from_millis(*ms)).await;
-    }
 }
 
 #[cfg(test)]

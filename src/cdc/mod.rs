@@ -30,6 +30,8 @@ mod consumer;
 mod context;
 mod dimension;
 pub mod envelope;
+#[cfg(debug_assertions)]
+mod hooks;
 mod partition;
 mod restart;
 mod truncate;

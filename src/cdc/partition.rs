@@ -83,7 +83,7 @@ impl PartitionWorker {
                 last_offset
             );
             #[cfg(debug_assertions)]
-            injected_panic(&batch);
+            super::hooks::injected_panic(&batch);
             let outcome = loop {
                 let applier = self.applier(&fence);
                 let applied = applier
@@ -243,24 +243,5 @@ impl PartitionWorker {
         }
         self.resume_from.store(last_offset + 1, Ordering::Release);
         metrics::counter!(telemetry::OFFSETS_STORED).increment(1);
-    }
-}
-
-/// Test-only hook, compiled into debug builds alone: the first batch (in this process) holding
-/// a message that contains `PERSONA_TEST_PANIC_ON` panics, as a bug in decode or apply would.
-#[cfg(debug_assertions)]
-fn injected_panic(batch: &[OwnedMessage]) {
-    use std::sync::OnceLock;
-    use std::sync::atomic::AtomicBool;
-    static MARKER: OnceLock<Option<String>> = OnceLock::new();
-    static FIRED: AtomicBool = AtomicBool::new(false);
-    let Some(marker) = MARKER.get_or_init(|| std::env::var("PERSONA_TEST_PANIC_ON").ok()) else {
-        return;
-    };
-    let hit = batch.iter().any(|message| {
-        message.payload().is_some_and(|p| String::from_utf8_lossy(p).contains(marker.as_str()))
-    });
-    if hit && !FIRED.swap(true, Ordering::AcqRel) {
-        panic!("injected panic (PERSONA_TEST_PANIC_ON)");
     }
 }
