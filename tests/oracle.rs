@@ -360,7 +360,7 @@ impl Writer {
             let db = legacy_db().await;
             let mut total = 0;
             while !*stopped.borrow_and_update() {
-                total += common::oracle::round(&db, &prefix, 100).await;
+                total += common::oracle::trickle(&db, &prefix).await;
             }
             total
         });

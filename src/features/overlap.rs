@@ -250,10 +250,13 @@ pub fn decide(overlap: &mut Overlap, known: &Known, changes: &mut [SourceChange]
             continue;
         }
         let Some(position) = streamed(change) else { continue };
+        if change.processed_ms.is_some_and(|processed| processed < start.at_ms) {
+            // Streamed before the run began, in the sequence of positions before it: obsolete
+            // (see `state::apply`), and no mark for what the run streams.
+            continue;
+        }
         overlap.decided = Some(position);
-        let obsolete = change.processed_ms.is_some_and(|processed| processed < start.at_ms);
-        let before_cut = change.truncated.is_some_and(|cut| position <= cut);
-        if obsolete || before_cut {
+        if change.truncated.is_some_and(|cut| position <= cut) {
             // Not applied at all (see `state::apply`).
             continue;
         }

@@ -153,6 +153,57 @@ pub async fn round(db: &Client, prefix: &str, inserts: i32) -> u64 {
     total
 }
 
+/// A light round, as an application that is never idle writes: a few rows of each fact table
+/// added, changed and removed (existing rows among them).
+pub async fn trickle(db: &Client, prefix: &str) -> u64 {
+    let user = format!("$1 || '-u' || floor(random() * {USERS})::int");
+    let product = format!("$1 || '-p' || floor(random() * {PRODUCTS})::int");
+    let some = |table: &str, key: &str, limit: i32| {
+        format!(
+            "{key} IN (SELECT {key} FROM {table} WHERE user_id LIKE $1 || '-u%' \
+             ORDER BY random() LIMIT {limit})"
+        )
+    };
+    let statements = [
+        format!(
+            "INSERT INTO user_activity (id, user_id, activity_type, product_id, activity_timestamp) \
+             SELECT gen_random_uuid(), {user}, ({KINDS})[1 + floor(random() * 8)::int], {product}, \
+                    now() - random() * interval '70 minutes' \
+             FROM generate_series(1, 10)"
+        ),
+        format!(
+            "UPDATE user_activity SET activity_type = ({KINDS})[1 + floor(random() * 8)::int], \
+                    activity_timestamp = now() - random() * interval '70 minutes' WHERE {}",
+            some("user_activity", "id", 5)
+        ),
+        format!("DELETE FROM user_activity WHERE {}", some("user_activity", "id", 3)),
+        format!(
+            "INSERT INTO cart_items (user_id, product_id, quantity, unit_price, updated_at) \
+             VALUES ({user}, {product}, 1 + floor(random() * 4)::int, \
+                     round((1 + random() * 200)::numeric, 2), now()::timestamp) \
+             ON CONFLICT (user_id, product_id) DO UPDATE \
+             SET quantity = EXCLUDED.quantity, unit_price = EXCLUDED.unit_price"
+        ),
+        format!(
+            "DELETE FROM cart_items WHERE {}",
+            some("cart_items", "(user_id, product_id)", 1)
+                .replace("SELECT (user_id, product_id)", "SELECT user_id, product_id")
+        ),
+        format!(
+            "INSERT INTO orders (user_id, product_id, quantity, amount, status, created_at) \
+             SELECT {user}, {product}, 1, round((5 + random() * 300)::numeric, 2), 'paid', \
+                    now() - random() * interval '29 days' FROM generate_series(1, 2)"
+        ),
+        format!("UPDATE orders SET status = 'shipped' WHERE {}", some("orders", "id", 3)),
+        format!("DELETE FROM orders WHERE {}", some("orders", "id", 1)),
+    ];
+    let mut total = 0;
+    for statement in &statements {
+        total += changes(db, statement, prefix).await;
+    }
+    total
+}
+
 pub async fn workload(prefix: &str, rounds: usize, inserts: i32) -> u64 {
     let db = legacy_db().await;
     let mut total = 0;

@@ -212,8 +212,10 @@ proptest! {
         let late_from = late_from.clamp(read_at, events.len());
         let mut delivered: Vec<SourceChange> = Vec::new();
         for (index, (before, after)) in events[..before_run].iter().enumerate() {
+            // Positions before a run are of another sequence: beyond those streamed after it.
             let ms = RUN_AT_MS - 1_000 + index as i64;
-            delivered.push(streamed_at(before.clone(), after.clone(), index as i64 + 1, ms));
+            let lsn = 1_000_000 + index as i64;
+            delivered.push(streamed_at(before.clone(), after.clone(), lsn, ms));
         }
         let read_rows = table_after(&events[..read_at]);
         for (seq, (key, _)) in read_rows.iter().enumerate() {
@@ -283,4 +285,34 @@ proptest! {
             prop_assert_eq!(verdicts.get(&position).copied(), Some(change.overlapped));
         }
     }
+}
+
+/// A TRUNCATE inside the window empties what the run read (as the shares do): a row inserted
+/// after it is applied even though the run read it too.
+#[test]
+fn a_truncate_in_the_window_forgets_what_the_run_read() {
+    let cut = Position(650, 650, 1);
+    let truncate = SourceChange {
+        truncate: true,
+        truncated: Some(cut),
+        before: None,
+        after: None,
+        position: Some(cut),
+        ..streamed_at(None, None, 650, RUN_AT_MS + 600)
+    };
+    let after_cut = SourceChange {
+        truncated: Some(cut),
+        ..streamed_at(None, Some(row(2, "CLICK")), 700, RUN_AT_MS + 700)
+    };
+    let mut batch = vec![
+        read_of(row(2, "CLICK"), 10),
+        streamed_at(None, Some(row(1, "CLICK")), 600, RUN_AT_MS + 500),
+        truncate,
+        after_cut,
+    ];
+    let mut stored = Stored::default();
+    stored.deliver(&mut batch);
+    assert_eq!(batch.iter().map(|c| c.overlapped).collect::<Vec<_>>(), [false; 4]);
+    assert_eq!(stored.overlap.cut, Some(cut));
+    assert_eq!(stored.rows.keys().collect::<Vec<_>>(), ["r2"]);
 }
