@@ -220,6 +220,11 @@ pub struct ApiConfig {
     pub request_timeout: Duration,
     /// Requests in progress at once; beyond this the API sheds load with 503.
     pub max_concurrency: usize,
+    /// Reads at "now" of an entity that has not changed reuse its evaluation from up to this
+    /// long ago (the answer's `at` says when); `0s` evaluates every read. The default is the
+    /// bucket width of a one-minute window: its value moves once per granule at most.
+    #[serde(with = "humantime_serde")]
+    pub evaluation_granularity: Duration,
 }
 
 impl Default for ApiConfig {
@@ -228,6 +233,7 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             request_timeout: Duration::from_secs(2),
             max_concurrency: 1024,
+            evaluation_granularity: Duration::from_secs(1),
         }
     }
 }

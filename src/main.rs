@@ -21,7 +21,7 @@ use persona::features::{FeatureSet, ProductCatalog};
 use persona::ops::OpsView;
 use persona::recommend::{self, Recommender};
 use persona::recovery;
-use persona::serve::{ActiveUsers, AppState, RankingCache, Readiness};
+use persona::serve::{ActiveUsers, AppState, EvaluationCache, RankingCache, Readiness};
 use persona::store::FeatureStore;
 use persona::{db, dlq, simulate, telemetry};
 
@@ -210,6 +210,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         features,
         catalog,
         rankings: Arc::new(RankingCache::default()),
+        evaluations: Arc::new(EvaluationCache::new(config.api.evaluation_granularity)),
         catalog_loaded: Some(dimension.readiness()),
         readiness: Arc::clone(&readiness),
         broker: Some(ingest.broker_probe()),

@@ -8,26 +8,34 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use persona::config::{ApiConfig, CacheConfig, RedisConfig, Sensitive};
-use persona::features::{FeatureSet, ProductCatalog};
+use persona::features::{
+    Entity, EntityState, FeatureSet, Position, Product, ProductCatalog, Scalar, SourceChange,
+    SourceRow, SourceTable, apply,
+};
 use persona::http::app;
 use persona::recommend::Recommender;
-use persona::serve::{ActiveUsers, AppState, RankingCache, Readiness};
-use persona::store::FeatureStore;
+use persona::serve::{ActiveUsers, AppState, EvaluationCache, RankingCache, Readiness};
+use persona::store::{EntityRef, FeatureStore, TableMarks};
 use serde_json::Value;
 use tower::ServiceExt;
 
 async fn router() -> axum::Router {
+    app(state().await, &ApiConfig::default())
+}
+
+async fn state() -> AppState {
     let redis = RedisConfig {
         url: Sensitive(common::env("PERSONA_REDIS__URL")),
         key_prefix: common::unique("api"),
         ..RedisConfig::default()
     };
     let store = FeatureStore::connect(&redis, &CacheConfig::default()).await.expect("redis");
-    let state = AppState {
+    AppState {
         store: Arc::new(store),
         features: Arc::new(FeatureSet::load(None).expect("definitions")),
         catalog: Arc::new(ProductCatalog::default()),
         rankings: Arc::new(RankingCache::default()),
+        evaluations: Arc::new(EvaluationCache::new(ApiConfig::default().evaluation_granularity)),
         catalog_loaded: None,
         readiness: Arc::new(Readiness::default()),
         broker: None,
@@ -36,8 +44,7 @@ async fn router() -> axum::Router {
         render_deadline: std::time::Duration::from_millis(50),
         active_users: Arc::new(ActiveUsers::default()),
         ops: Arc::new(persona::ops::OpsView::default()),
-    };
-    app(state, &ApiConfig::default())
+    }
 }
 
 async fn call(router: &axum::Router, uri: &str) -> (StatusCode, Option<String>, Value) {
@@ -170,4 +177,78 @@ async fn batch_answers_every_entity_in_order_and_rejects_bad_bodies() {
             .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(error_message(&body).contains("at most"), "{body}");
+}
+
+/// A click of `user` on `product`, now, as ingest would apply it to the user's share.
+fn clicked(set: &FeatureSet, user: &str, product: &str, share: &mut EntityState, lsn: i64) {
+    let now = chrono::Utc::now();
+    let text = |value: &str| Scalar::Text(value.to_string());
+    let columns = [
+        ("id", text(&format!("click-{lsn}"))),
+        ("user_id", text(user)),
+        ("activity_type", text("CLICK")),
+        ("product_id", text(product)),
+        ("activity_timestamp", Scalar::Time(now.timestamp_micros())),
+    ];
+    let row = SourceRow { key: format!("click-{lsn}"), columns: columns.into(), time: now };
+    let change = SourceChange {
+        table: SourceTable::UserActivity,
+        before: None,
+        after: Some(row),
+        position: Some(Position(lsn, lsn, 1)),
+        snapshot: None,
+        run: None,
+        processed_ms: None,
+        truncated: None,
+        truncate: false,
+        committed_at: Some(now),
+        replay: false,
+        overlapped: false,
+    };
+    apply(set, Entity::User, user, share, &change, "user_activity/0", now);
+}
+
+/// Reads at "now" reuse an evaluation only while nothing it came from changed: a new change of
+/// the user, or of a product its features join through, is served at once.
+#[tokio::test]
+async fn a_reused_evaluation_never_hides_a_change() {
+    let state = state().await;
+    let (store, catalog, set) =
+        (Arc::clone(&state.store), Arc::clone(&state.catalog), Arc::clone(&state.features));
+    let router = app(state, &ApiConfig::default());
+    let user = common::unique("cached");
+    let product = |category: &str| Product {
+        id: "p1".into(),
+        name: None,
+        category: Some(category.into()),
+        brand: None,
+        price: None,
+        updated_at: None,
+    };
+    catalog.upsert(product("shoes"));
+    let uri = format!("/api/v1/users/{user}/features?names=clicks_1m,category_clicks_1h");
+    let key = EntityRef::user(&user).share("user_activity/0");
+    let mut share = EntityState::default();
+    let mut previous_at = None;
+    for click in 1..=3 {
+        clicked(&set, &user, "p1", &mut share, click);
+        store
+            .write_states(vec![(key.clone(), share.clone())], &TableMarks::default(), None)
+            .await
+            .expect("write");
+        // The write updated L1 before returning: the very next read sees it.
+        let (status, _, body) = call(&router, &uri).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["features"]["clicks_1m"]["value"], click, "{body}");
+        assert_eq!(body["features"]["category_clicks_1h"]["value"]["shoes"], click, "{body}");
+        // Unchanged, a second read is the same evaluation (same read time).
+        let (_, _, again) = call(&router, &uri).await;
+        assert_eq!(again["features"], body["features"]);
+        previous_at = Some(body["at"].clone());
+    }
+    catalog.upsert(product("boots"));
+    let (_, _, body) = call(&router, &uri).await;
+    assert_eq!(body["features"]["category_clicks_1h"]["value"]["boots"], 3, "{body}");
+    assert!(body["features"]["category_clicks_1h"]["value"].get("shoes").is_none(), "{body}");
+    assert_ne!(Some(body["at"].clone()), previous_at, "re-evaluated after the catalog changed");
 }

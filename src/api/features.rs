@@ -9,13 +9,15 @@
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::AppError;
 use super::error::ErrorResponses;
 use crate::features::{Entity, FeatureSet};
-use crate::serve::{AppState, EntityFeatures, FeatureRequest, read_and_evaluate};
+use crate::serve::{AppState, EntityFeatures, FeatureRequest, read_and_evaluate, read_now};
 use crate::store::EntityRef;
 
 const MAX_ID_LEN: usize = 128;
@@ -146,7 +148,7 @@ pub(super) async fn user_features(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<FeaturesQuery>, QueryRejection>,
-) -> Result<Json<FeaturesResponse>, AppError> {
+) -> Result<Response, AppError> {
     one_entity(state, Entity::User, path, query).await
 }
 
@@ -165,7 +167,7 @@ pub(super) async fn product_features(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<FeaturesQuery>, QueryRejection>,
-) -> Result<Json<FeaturesResponse>, AppError> {
+) -> Result<Response, AppError> {
     one_entity(state, Entity::Product, path, query).await
 }
 
@@ -174,7 +176,7 @@ async fn one_entity(
     entity: Entity,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<FeaturesQuery>, QueryRejection>,
-) -> Result<Json<FeaturesResponse>, AppError> {
+) -> Result<Response, AppError> {
     let Path(id) = path?;
     let Query(query) = query?;
     validate_id(entity.label(), &id)?;
@@ -182,11 +184,36 @@ async fn one_entity(
         Some(names) => check_names(&state.features, entity, names)?,
         None => None,
     };
-    let (at, explicit_at) = parse_at(query.at.as_deref(), &state.features)?;
     let request = FeatureRequest { entity: EntityRef { entity, id }, names };
+    if query.at.is_none() {
+        let evaluated = read_now(&state, request).await;
+        return Ok(json_body(with_at(evaluated.at, evaluated.json())));
+    }
+    let (at, explicit_at) = parse_at(query.at.as_deref(), &state.features)?;
     let mut results = read_and_evaluate(&state, vec![request], at, explicit_at).await;
     let result = results.pop().ok_or_else(|| AppError::Internal("no result".into()))?;
-    Ok(Json(FeaturesResponse { at, result }))
+    Ok(Json(FeaturesResponse { at, result }).into_response())
+}
+
+/// A [`FeaturesResponse`] from the JSON of its `EntityFeatures` (serialized once per
+/// evaluation): `{"at": …,` then the object's fields.
+fn with_at(at: DateTime<Utc>, entity_features: &[u8]) -> Vec<u8> {
+    let at = serde_json::to_vec(&at).unwrap_or_else(|_| b"null".to_vec());
+    let mut body = Vec::with_capacity(entity_features.len() + at.len() + 8);
+    body.extend_from_slice(br#"{"at":"#);
+    body.extend_from_slice(&at);
+    match entity_features.split_first() {
+        Some((b'{', fields)) if fields != b"}" => {
+            body.push(b',');
+            body.extend_from_slice(fields);
+        }
+        _ => body.push(b'}'),
+    }
+    body
+}
+
+fn json_body(body: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// Features of many users and products at one read time, with one Redis round trip at most.
@@ -270,5 +297,23 @@ mod tests {
         let future = (Utc::now() + TimeDelta::hours(1)).to_rfc3339();
         assert!(parse_at(Some(&future), &set).is_err());
         assert!(parse_at(Some("yesterday"), &set).is_err());
+    }
+
+    #[test]
+    fn a_cached_evaluation_answers_as_the_typed_response_would() {
+        let at = Utc::now();
+        let mut features = crate::features::Features::new();
+        features.insert("clicks_1m".into(), crate::features::FeatureValue::missing());
+        let result = EntityFeatures {
+            entity: Entity::User,
+            id: "u\"1".into(),
+            freshness: crate::store::Freshness::Live,
+            features,
+        };
+        let json = serde_json::to_vec(&result).expect("json");
+        let typed = serde_json::to_value(FeaturesResponse { at, result }).expect("json");
+        let spliced: serde_json::Value =
+            serde_json::from_slice(&with_at(at, &json)).expect("valid JSON");
+        assert_eq!(spliced, typed);
     }
 }

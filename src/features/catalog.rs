@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -60,15 +61,29 @@ impl Catalog for HashMap<String, Product> {
 #[derive(Debug, Default)]
 pub struct ProductCatalog {
     products: RwLock<HashMap<String, Product>>,
+    /// Bumped by every change (under the write lock): what was evaluated against the catalog
+    /// as of one version holds until the next.
+    version: AtomicU64,
 }
 
 impl ProductCatalog {
     pub fn upsert(&self, product: Product) {
-        self.write().insert(product.id.clone(), product);
+        let mut products = self.write();
+        products.insert(product.id.clone(), product);
+        self.version.fetch_add(1, Ordering::Release);
     }
 
     pub fn remove(&self, product_id: &str) {
-        self.write().remove(product_id);
+        let mut products = self.write();
+        if products.remove(product_id).is_some() {
+            self.version.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// The catalog's version; read it before reading the catalog, so that what is computed
+    /// from the catalog is labelled with a version no newer than the data it saw.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 
     pub fn len(&self) -> usize {

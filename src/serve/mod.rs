@@ -3,6 +3,7 @@
 //! imports the other; both read through here.
 
 mod active;
+mod evaluated;
 mod features;
 mod recommendations;
 
@@ -18,8 +19,9 @@ use crate::recommend::Recommender;
 use crate::store::FeatureStore;
 
 pub use active::ActiveUsers;
+pub use evaluated::{Evaluated, EvaluationCache};
 pub use features::{
-    EntityFeatures, FeatureRequest, RankingCache, read_and_evaluate, read_user_features,
+    EntityFeatures, FeatureRequest, RankingCache, read_and_evaluate, read_now, read_user_features,
 };
 pub use recommendations::{Answer, Degraded, Source, recommend_for};
 
@@ -56,6 +58,8 @@ pub struct AppState {
     pub features: Arc<FeatureSet>,
     pub catalog: Arc<ProductCatalog>,
     pub rankings: Arc<RankingCache>,
+    /// Evaluations reused for reads at "now" within a granule of read time.
+    pub evaluations: Arc<EvaluationCache>,
     /// Set once the product catalog has been read up to its end at start; `None` when no
     /// dimension reader runs (then readiness does not check it).
     pub catalog_loaded: Option<Arc<AtomicBool>>,
