@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::AppState;
-use crate::features::{Entity, Features, ReadContext, evaluate};
+use super::features::{FeatureRequest, read_now};
+use crate::features::Features;
 use crate::recommend::{self, Recommendation, UserSignals};
 use crate::store::{EntityRef, Freshness};
 
@@ -54,31 +55,20 @@ pub async fn recommend_for(
     query: &recommend::Query,
     deadline: Option<Duration>,
 ) -> Answer {
-    let at = Utc::now();
-    let entity = EntityRef::user(user_id);
-    let read = match deadline {
-        None => Some(state.store.read(&entity).await),
-        Some(deadline) => tokio::time::timeout(deadline, state.store.read(&entity)).await.ok(),
+    let request = FeatureRequest { entity: EntityRef::user(user_id), names: None };
+    let evaluated = match deadline {
+        None => Some(read_now(state, request).await),
+        Some(deadline) => tokio::time::timeout(deadline, read_now(state, request)).await.ok(),
     };
     let index = state.recommender.index();
     let price_bands = state.features.get(recommend::PRICE_BANDS);
-    let (freshness, degraded, features) = match read {
-        None => (Freshness::Unavailable, Some(Degraded::FeaturesSlow), None),
-        Some(read) if read.freshness == Freshness::Unavailable => {
-            (Freshness::Unavailable, Some(Degraded::FeaturesUnavailable), None)
+    let (at, freshness, degraded, features) = match evaluated {
+        None => (Utc::now(), Freshness::Unavailable, Some(Degraded::FeaturesSlow), None),
+        Some(read) if read.features.freshness == Freshness::Unavailable => {
+            (read.at, Freshness::Unavailable, Some(Degraded::FeaturesUnavailable), None)
         }
         Some(read) => {
-            let features = state.catalog.read(|catalog| {
-                evaluate(
-                    &state.features,
-                    Entity::User,
-                    user_id,
-                    read.state.as_deref(),
-                    None,
-                    &ReadContext { at, catalog, ranking: &|_| None },
-                )
-            });
-            (read.freshness, None, Some(features))
+            (read.at, read.features.freshness, None, Some(read.features.features.clone()))
         }
     };
     let signals = features.as_ref().map(UserSignals::from_features).unwrap_or_default();
