@@ -13,6 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 use cli::{Cli, Command, ConnectorCommand, DlqCommand};
 
+/// Request handling allocates small, short-lived values on every thread; glibc's allocator
+/// spent a fifth of a feature read's CPU in malloc/free (see BENCHMARKS.md, "Serving").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use persona::cdc::{Dimension, Ingest, Replay};
 use persona::config::Config;
 use persona::connect::{self, ConnectClient};
