@@ -15,7 +15,7 @@ use serde::Serialize;
 
 pub use index::{ProductIndex, Recommender};
 
-use crate::features::{Feature, Features};
+use crate::features::{Feature, Features, Product};
 
 /// User features the ranking reads.
 pub const CATEGORY_SHORT: &str = "category_views_10m";
@@ -194,25 +194,29 @@ fn affinity(user: &UserSignals, category: &str) -> f64 {
     }
 }
 
-/// The strongest "viewed together" link from the user's recent views to `candidate`: weight in
-/// [0, 1] (the seed's co-view count relative to its best partner, newer seeds weigh more), and
-/// the seed.
+/// The strongest "viewed together" link from the user's recent views to each product linked:
+/// weight in [0, 1] (the seed's co-view count relative to its best partner, newer seeds weigh
+/// more), and the seed; the first seed wins a tie. Computed once per answer, from the seeds'
+/// partner lists, rather than searching those lists for every product of the catalog.
 fn together<'a>(
     user: &'a UserSignals,
-    index: &ProductIndex,
-    candidate: &str,
-) -> (f64, Option<&'a str>) {
-    let mut best = (0.0, None);
+    index: &'a ProductIndex,
+) -> HashMap<&'a str, (f64, &'a str)> {
+    let mut best: HashMap<&str, (f64, &str)> = HashMap::new();
     for (rank, seed) in user.recent.iter().take(SEEDS).enumerate() {
         let Some(entry) = index.get(seed) else { continue };
         let Some(top) = entry.together.first().map(|(_, count)| *count as f64) else { continue };
-        let Some(count) = entry.together.iter().find(|(id, _)| id == candidate).map(|(_, c)| *c)
-        else {
-            continue;
-        };
-        let weight = (count as f64 / top) / (rank as f64 + 1.0);
-        if weight > best.0 {
-            best = (weight, Some(seed.as_str()));
+        let mut seen: HashSet<&str> = HashSet::new();
+        for (candidate, count) in &entry.together {
+            // A partner listed twice counts as its first listing, as a search would find it.
+            if !seen.insert(candidate.as_str()) {
+                continue;
+            }
+            let weight = (*count as f64 / top) / (rank as f64 + 1.0);
+            let current = best.entry(candidate.as_str()).or_insert((0.0, ""));
+            if weight > current.0 {
+                *current = (weight, seed.as_str());
+            }
         }
     }
     best
@@ -233,6 +237,9 @@ fn price_match(
 }
 
 /// Ranks the catalog for `user`. `price_bands` is the feature whose bands price matching uses.
+///
+/// Every product is scored without allocating; only the products picked become
+/// [`Recommendation`]s (names cloned, reasons worded).
 pub fn recommend(
     user: &UserSignals,
     index: &ProductIndex,
@@ -241,7 +248,8 @@ pub fn recommend(
 ) -> Vec<Recommendation> {
     let cold = user.is_cold();
     let max_trending = index.max_trending();
-    let mut scored: Vec<(f64, Recommendation)> = Vec::new();
+    let linked = if cold { HashMap::new() } else { together(user, index) };
+    let mut scored: Vec<Scored<'_>> = Vec::new();
     for id in &index.popular {
         let Some(entry) = index.get(id) else { continue };
         let product = &entry.product;
@@ -251,15 +259,18 @@ pub fn recommend(
         if query.category.as_ref().is_some_and(|c| product.category.as_ref() != Some(c)) {
             continue;
         }
-        let category = product.category.clone().unwrap_or_default();
+        let category = product.category.as_deref().unwrap_or_default();
         let popular = if max_trending > 0.0 { entry.trending / max_trending } else { 0.0 };
-        let (score, reason) = if cold {
-            (popular, Reason::Popular)
+        let (score, why) = if cold {
+            (popular, Why::Popular)
         } else {
-            let top = index.top_trending.get(&category).copied().unwrap_or(0.0);
+            let top = index.top_trending.get(category).copied().unwrap_or(0.0);
             let trending = if top > 0.0 { entry.trending / top } else { 0.0 };
-            let affinity = affinity(user, &category);
-            let (together, seed) = together(user, index, id);
+            let affinity = affinity(user, category);
+            let (together, seed) = match linked.get(id.as_str()) {
+                Some((weight, seed)) => (*weight, Some(*seed)),
+                None => (0.0, None),
+            };
             let (price, band) = price_match(user, price_bands, product.price);
             let parts = [
                 (W_TOGETHER * together, 0),
@@ -275,59 +286,96 @@ pub fn recommend(
                 .iter()
                 .copied()
                 .fold((0.0, usize::MAX), |best, part| if part.0 > best.0 { part } else { best });
-            let reason = match strongest.1 {
-                0 => {
-                    let seed = seed.unwrap_or_default().to_string();
-                    let name = index.get(&seed).and_then(|e| e.product.name.clone());
-                    Reason::ViewedTogether { product_id: seed, product_name: name }
-                }
-                1 => Reason::CategoryAffinity { category },
-                2 => Reason::Trending { category },
-                3 => Reason::PriceMatch { band: band.unwrap_or_default() },
-                _ => Reason::Popular,
+            let why = match strongest.1 {
+                0 => Why::Together(seed.unwrap_or_default()),
+                1 => Why::Affinity,
+                2 => Why::Trending,
+                3 => Why::Price(band),
+                _ => Why::Popular,
             };
-            (score, reason)
+            (score, why)
         };
-        scored.push((
-            score,
-            Recommendation {
-                product_id: id.clone(),
-                name: product.name.clone(),
-                category: product.category.clone(),
-                brand: product.brand.clone(),
-                price: product.price,
-                score: (score * 1e4).round() / 1e4,
-                reason_text: reason.text(),
-                reason,
-            },
-        ));
+        scored.push(Scored { score, id, product, why });
     }
     diversify(scored, query.limit.clamp(1, MAX_LIMIT))
+        .into_iter()
+        .map(|picked| picked.recommendation(index))
+        .collect()
+}
+
+/// A product as scored, before it is picked.
+struct Scored<'a> {
+    score: f64,
+    id: &'a str,
+    product: &'a Product,
+    why: Why<'a>,
+}
+
+/// Which part of the score was strongest (a [`Reason`] once worded).
+enum Why<'a> {
+    Together(&'a str),
+    Affinity,
+    Trending,
+    Price(Option<String>),
+    Popular,
+}
+
+impl Scored<'_> {
+    fn recommendation(self, index: &ProductIndex) -> Recommendation {
+        let category = self.product.category.clone().unwrap_or_default();
+        let reason = match self.why {
+            Why::Together(seed) => Reason::ViewedTogether {
+                product_id: seed.to_string(),
+                product_name: index.get(seed).and_then(|e| e.product.name.clone()),
+            },
+            Why::Affinity => Reason::CategoryAffinity { category },
+            Why::Trending => Reason::Trending { category },
+            Why::Price(band) => Reason::PriceMatch { band: band.unwrap_or_default() },
+            Why::Popular => Reason::Popular,
+        };
+        Recommendation {
+            product_id: self.id.to_string(),
+            name: self.product.name.clone(),
+            category: self.product.category.clone(),
+            brand: self.product.brand.clone(),
+            price: self.product.price,
+            score: (self.score * 1e4).round() / 1e4,
+            reason_text: reason.text(),
+            reason,
+        }
+    }
 }
 
 /// Picks `limit` products greedily: each pick's score is discounted by how many products of its
 /// category were already picked, so one strong category does not take every slot.
-fn diversify(mut scored: Vec<(f64, Recommendation)>, limit: usize) -> Vec<Recommendation> {
-    let mut picked: Vec<Recommendation> = Vec::with_capacity(limit);
-    let mut per_category: HashMap<Option<String>, i32> = HashMap::new();
+fn diversify(mut scored: Vec<Scored<'_>>, limit: usize) -> Vec<Scored<'_>> {
+    let mut picked: Vec<Scored<'_>> = Vec::with_capacity(limit);
+    // Categories picked so far, with how many times: at most `limit` of them.
+    let mut per_category: Vec<(Option<&str>, i32)> = Vec::new();
     while picked.len() < limit && !scored.is_empty() {
         let mut best: Option<(f64, usize)> = None;
-        for (position, (score, item)) in scored.iter().enumerate() {
-            let seen = per_category.get(&item.category).copied().unwrap_or(0);
-            let adjusted = score * DIVERSITY.powi(seen);
+        for (position, item) in scored.iter().enumerate() {
+            let category = item.product.category.as_deref();
+            let seen = per_category
+                .iter()
+                .find(|(known, _)| *known == category)
+                .map_or(0, |(_, count)| *count);
+            let adjusted = item.score * DIVERSITY.powi(seen);
             let better = match best {
                 None => true,
-                Some((top, at)) => {
-                    adjusted > top || (adjusted == top && item.product_id < scored[at].1.product_id)
-                }
+                Some((top, at)) => adjusted > top || (adjusted == top && item.id < scored[at].id),
             };
             if better {
                 best = Some((adjusted, position));
             }
         }
         let Some((_, position)) = best else { break };
-        let (_, item) = scored.swap_remove(position);
-        *per_category.entry(item.category.clone()).or_default() += 1;
+        let item = scored.swap_remove(position);
+        let category = item.product.category.as_deref();
+        match per_category.iter_mut().find(|(known, _)| *known == category) {
+            Some((_, count)) => *count += 1,
+            None => per_category.push((category, 1)),
+        }
         picked.push(item);
     }
     picked
