@@ -16,8 +16,12 @@ use std::time::Duration;
 use axum::body::Bytes;
 use chrono::{DateTime, Utc};
 
-use super::features::EntityFeatures;
+use super::AppState;
+use super::features::{
+    EntityFeatures, FeatureRequest, evaluate_read, rankings_needed, read_and_evaluate, unavailable,
+};
 use crate::features::{Entity, EntityState};
+use crate::store::Freshness;
 
 /// Entries kept at most; an entity not read for a while leaves sooner.
 const MAX_ENTRIES: u64 = 100_000;
@@ -109,4 +113,39 @@ impl EvaluationCache {
             Key { entity: evaluated.features.entity, id: evaluated.features.id.clone(), names };
         self.entries.insert(key, evaluated);
     }
+}
+
+/// One entity's features at "now": reused from the evaluation cache when neither the entity nor
+/// the catalog changed within the current granule of read time (see [`super::evaluated`]).
+pub async fn read_now(state: &AppState, request: FeatureRequest) -> Arc<Evaluated> {
+    let ranked = !rankings_needed(&state.features, std::slice::from_ref(&request)).is_empty();
+    let catalog = state.catalog.version();
+    let at = Utc::now();
+    let granule = state.evaluations.granule(at).filter(|_| !ranked);
+    let read = match granule {
+        None => None,
+        Some(_) => Some(state.store.read(&request.entity).await),
+    };
+    let (Some(granule), Some(read)) = (granule, read) else {
+        let (entity, id) = (request.entity.entity, request.entity.id.clone());
+        let mut results = read_and_evaluate(state, vec![request], at, false).await;
+        let features = results.pop().unwrap_or_else(|| unavailable(entity, id));
+        return Arc::new(Evaluated::new(None, catalog, 0, at, features));
+    };
+    let live = read.freshness == Freshness::Live;
+    let FeatureRequest { entity, names } = request;
+    if live
+        && let Some(hit) =
+            state.evaluations.get(entity.entity, &entity.id, &names, &read.state, catalog, granule)
+    {
+        return hit;
+    }
+    let version = read.state.clone();
+    let request = FeatureRequest { entity, names: names.clone() };
+    let features = evaluate_read(state, request, read, at, &|_| None);
+    let evaluated = Arc::new(Evaluated::new(version, catalog, granule, at, features));
+    if live {
+        state.evaluations.put(names, Arc::clone(&evaluated));
+    }
+    evaluated
 }

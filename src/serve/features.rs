@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::AppState;
-use super::evaluated::Evaluated;
 use crate::features::{
     Aggregation, Entity, EntityState, Feature, FeatureSet, FeatureStatus, Features, Ranking,
     ReadContext,
@@ -65,42 +64,7 @@ pub async fn read_user_features(
     results.pop().unwrap_or_else(|| unavailable(Entity::User, user_id.to_string()))
 }
 
-/// One entity's features at "now": reused from the evaluation cache when neither the entity nor
-/// the catalog changed within the current granule of read time (see [`super::evaluated`]).
-pub async fn read_now(state: &AppState, request: FeatureRequest) -> Arc<Evaluated> {
-    let ranked = !rankings_needed(&state.features, std::slice::from_ref(&request)).is_empty();
-    let catalog = state.catalog.version();
-    let at = Utc::now();
-    let granule = state.evaluations.granule(at).filter(|_| !ranked);
-    let read = match granule {
-        None => None,
-        Some(_) => Some(state.store.read(&request.entity).await),
-    };
-    let (Some(granule), Some(read)) = (granule, read) else {
-        let (entity, id) = (request.entity.entity, request.entity.id.clone());
-        let mut results = read_and_evaluate(state, vec![request], at, false).await;
-        let features = results.pop().unwrap_or_else(|| unavailable(entity, id));
-        return Arc::new(Evaluated::new(None, catalog, 0, at, features));
-    };
-    let live = read.freshness == Freshness::Live;
-    let FeatureRequest { entity, names } = request;
-    if live
-        && let Some(hit) =
-            state.evaluations.get(entity.entity, &entity.id, &names, &read.state, catalog, granule)
-    {
-        return hit;
-    }
-    let version = read.state.clone();
-    let request = FeatureRequest { entity, names: names.clone() };
-    let features = evaluate_read(state, request, read, at, &|_| None);
-    let evaluated = Arc::new(Evaluated::new(version, catalog, granule, at, features));
-    if live {
-        state.evaluations.put(names, Arc::clone(&evaluated));
-    }
-    evaluated
-}
-
-fn unavailable(entity: Entity, id: String) -> EntityFeatures {
+pub(super) fn unavailable(entity: Entity, id: String) -> EntityFeatures {
     EntityFeatures { entity, id, freshness: Freshness::Unavailable, features: Features::new() }
 }
 
@@ -111,7 +75,10 @@ pub struct FeatureRequest {
 }
 
 /// The percentile features the requests need a whole-catalog ranking for.
-fn rankings_needed<'a>(set: &'a FeatureSet, requests: &[FeatureRequest]) -> Vec<&'a Feature> {
+pub(super) fn rankings_needed<'a>(
+    set: &'a FeatureSet,
+    requests: &[FeatureRequest],
+) -> Vec<&'a Feature> {
     let mut needed: Vec<&Feature> = Vec::new();
     for request in requests.iter().filter(|r| r.entity.entity == Entity::Product) {
         for feature in set.of_entity(Entity::Product) {
@@ -204,7 +171,7 @@ fn rank(
     Ranking::new(values)
 }
 
-fn evaluate_read(
+pub(super) fn evaluate_read(
     state: &AppState,
     request: FeatureRequest,
     read: EntityRead,

@@ -19,9 +19,9 @@ use crate::recommend::Recommender;
 use crate::store::FeatureStore;
 
 pub use active::ActiveUsers;
-pub use evaluated::{Evaluated, EvaluationCache};
+pub use evaluated::{Evaluated, EvaluationCache, read_now};
 pub use features::{
-    EntityFeatures, FeatureRequest, RankingCache, read_and_evaluate, read_now, read_user_features,
+    EntityFeatures, FeatureRequest, RankingCache, read_and_evaluate, read_user_features,
 };
 pub use recommendations::{Answer, Degraded, Source, recommend_for};
 

@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::AppState;
-use super::features::{FeatureRequest, read_now};
+use super::evaluated::read_now;
+use super::features::FeatureRequest;
 use crate::features::Features;
 use crate::recommend::{self, Recommendation, UserSignals};
 use crate::store::{EntityRef, Freshness};
