@@ -26,7 +26,9 @@ use persona::features::{FeatureSet, ProductCatalog};
 use persona::ops::OpsView;
 use persona::recommend::{self, Recommender};
 use persona::recovery;
-use persona::serve::{ActiveUsers, AppState, EvaluationCache, RankingCache, Readiness};
+use persona::serve::{
+    ActiveUsers, AppState, EvaluationCache, RankingCache, Readiness, RecommendationCache,
+};
 use persona::store::FeatureStore;
 use persona::{db, dlq, simulate, telemetry};
 
@@ -216,6 +218,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         catalog,
         rankings: Arc::new(RankingCache::default()),
         evaluations: Arc::new(EvaluationCache::new(config.api.evaluation_granularity)),
+        recommendations: Arc::new(RecommendationCache::default()),
         catalog_loaded: Some(dimension.readiness()),
         readiness: Arc::clone(&readiness),
         broker: Some(ingest.broker_probe()),

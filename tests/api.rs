@@ -14,7 +14,9 @@ use persona::features::{
 };
 use persona::http::app;
 use persona::recommend::Recommender;
-use persona::serve::{ActiveUsers, AppState, EvaluationCache, RankingCache, Readiness};
+use persona::serve::{
+    ActiveUsers, AppState, EvaluationCache, RankingCache, Readiness, RecommendationCache,
+};
 use persona::store::{EntityRef, FeatureStore, TableMarks};
 use serde_json::Value;
 use tower::ServiceExt;
@@ -36,6 +38,7 @@ async fn state() -> AppState {
         catalog: Arc::new(ProductCatalog::default()),
         rankings: Arc::new(RankingCache::default()),
         evaluations: Arc::new(EvaluationCache::new(ApiConfig::default().evaluation_granularity)),
+        recommendations: Arc::new(RecommendationCache::default()),
         catalog_loaded: None,
         readiness: Arc::new(Readiness::default()),
         broker: None,
@@ -251,4 +254,82 @@ async fn a_reused_evaluation_never_hides_a_change() {
     assert_eq!(body["features"]["category_clicks_1h"]["value"]["boots"], 3, "{body}");
     assert!(body["features"]["category_clicks_1h"]["value"].get("shoes").is_none(), "{body}");
     assert_ne!(Some(body["at"].clone()), previous_at, "re-evaluated after the catalog changed");
+}
+
+/// Batches at "now" and recommendations reuse evaluations and answers the same way: a change of
+/// the user, or a new product index, is served at once.
+#[tokio::test]
+async fn reused_batches_and_recommendations_never_hide_a_change() {
+    let state = state().await;
+    let (store, catalog, set, recommender) = (
+        Arc::clone(&state.store),
+        Arc::clone(&state.catalog),
+        Arc::clone(&state.features),
+        Arc::clone(&state.recommender),
+    );
+    let router = app(state, &ApiConfig::default());
+    let user = common::unique("reused");
+    let product = |id: &str, category: &str| Product {
+        id: id.into(),
+        name: None,
+        category: Some(category.into()),
+        brand: None,
+        price: None,
+        updated_at: None,
+    };
+    catalog.upsert(product("p1", "shoes"));
+    catalog.upsert(product("p2", "boots"));
+    let rebuild_index = || {
+        let index = catalog.read(|products| {
+            persona::recommend::ProductIndex::build(products, &Default::default(), None)
+        });
+        recommender.replace(index);
+    };
+    rebuild_index();
+    let recommendations = format!("/api/v1/users/{user}/recommendations");
+    let batch = format!(
+        r#"{{"names": ["clicks_1m"], "entities": [{{"entity": "user", "id": "{user}"}}, {{"entity": "user", "id": "{user}-other"}}]}}"#
+    );
+    let key = EntityRef::user(&user).share("user_activity/0");
+    let mut share = EntityState::default();
+    for (click, product, top) in [(1, "p1", "p1"), (2, "p2", "p1"), (3, "p2", "p2")] {
+        clicked(&set, &user, product, &mut share, click);
+        store
+            .write_states(vec![(key.clone(), share.clone())], &TableMarks::default(), None)
+            .await
+            .expect("write");
+        for _ in 0..2 {
+            let (status, body) = post(&router, "/api/v1/features/batch", &batch).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body["results"][0]["features"]["clicks_1m"]["value"], click, "{body}");
+            assert_eq!(body["results"][1]["features"]["clicks_1m"]["status"], "missing");
+            assert!(body["results"][0]["at"].is_string(), "each result says when: {body}");
+
+            let (status, _, body) = call(&router, &recommendations).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body["source"], "personalized", "{body}");
+            assert_eq!(body["recommendations"][0]["product_id"], top, "click {click}: {body}");
+        }
+    }
+    let listed = |body: &Value| -> Vec<String> {
+        body["recommendations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["product_id"].as_str().map(String::from))
+            .collect()
+    };
+    let (_, _, before) = call(&router, &recommendations).await;
+    assert!(!listed(&before).contains(&"p3".to_string()), "{before}");
+    // A new index over the same catalog (as the refresher builds when trending scores move):
+    // the user's evaluation is reused, the answer is not.
+    let mut products = catalog.read(Clone::clone);
+    products.insert("p3".into(), product("p3", "boots"));
+    recommender.replace(persona::recommend::ProductIndex::build(
+        &products,
+        &Default::default(),
+        None,
+    ));
+    let (_, _, after) = call(&router, &recommendations).await;
+    assert!(listed(&after).contains(&"p3".to_string()), "a new index is used at once: {after}");
 }

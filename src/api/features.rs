@@ -6,6 +6,8 @@
 //! - `GET /api/v1/products/{id}/features?names=…&at=…`
 //! - `POST /api/v1/features/batch` with `{"at"?, "names"?, "entities": [{"entity", "id", "names"?}]}`
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -17,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use super::AppError;
 use super::error::ErrorResponses;
 use crate::features::{Entity, FeatureSet};
-use crate::serve::{AppState, EntityFeatures, FeatureRequest, read_and_evaluate, read_now};
+use crate::serve::{
+    AppState, EntityFeatures, Evaluated, FeatureRequest, read_and_evaluate, read_now, read_now_many,
+};
 use crate::store::EntityRef;
 
 const MAX_ID_LEN: usize = 128;
@@ -70,10 +74,15 @@ struct BatchEntity {
     names: Option<Vec<String>>,
 }
 
+/// A batch's answer. At an explicit read time every result is evaluated at it; at "now" each
+/// result carries the time its values were evaluated at, within `api.evaluation_granularity`
+/// of the batch's `at` (see the single reads).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct BatchResponse {
+    /// The read time asked for (now when the request named none).
     at: DateTime<Utc>,
-    results: Vec<EntityFeatures>,
+    /// In request order.
+    results: Vec<FeaturesResponse>,
 }
 
 pub(super) fn validate_id(kind: &str, id: &str) -> Result<(), AppError> {
@@ -198,10 +207,14 @@ async fn one_entity(
 /// A [`FeaturesResponse`] from the JSON of its `EntityFeatures` (serialized once per
 /// evaluation): `{"at": …,` then the object's fields.
 fn with_at(at: DateTime<Utc>, entity_features: &[u8]) -> Vec<u8> {
-    let at = serde_json::to_vec(&at).unwrap_or_else(|_| b"null".to_vec());
-    let mut body = Vec::with_capacity(entity_features.len() + at.len() + 8);
+    let mut body = Vec::with_capacity(entity_features.len() + 48);
+    push_with_at(&mut body, at, entity_features);
+    body
+}
+
+fn push_with_at(body: &mut Vec<u8>, at: DateTime<Utc>, entity_features: &[u8]) {
     body.extend_from_slice(br#"{"at":"#);
-    body.extend_from_slice(&at);
+    push_time(body, at);
     match entity_features.split_first() {
         Some((b'{', fields)) if fields != b"}" => {
             body.push(b',');
@@ -209,7 +222,12 @@ fn with_at(at: DateTime<Utc>, entity_features: &[u8]) -> Vec<u8> {
         }
         _ => body.push(b'}'),
     }
-    body
+}
+
+/// `at` as serde writes a `DateTime<Utc>` (an RFC 3339 string).
+fn push_time(body: &mut Vec<u8>, at: DateTime<Utc>) {
+    // Writing a timestamp into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *body, &at);
 }
 
 fn json_body(body: Vec<u8>) -> Response {
@@ -230,7 +248,7 @@ fn json_body(body: Vec<u8>) -> Response {
 pub(super) async fn batch(
     State(state): State<AppState>,
     body: Result<Json<BatchRequest>, JsonRejection>,
-) -> Result<Json<BatchResponse>, AppError> {
+) -> Result<Response, AppError> {
     let Json(body) = body?;
     if body.entities.is_empty() {
         return Err(AppError::BadRequest("entities is empty".into()));
@@ -241,7 +259,10 @@ pub(super) async fn batch(
             body.entities.len()
         )));
     }
-    let (at, explicit_at) = parse_at(body.at.as_deref(), &state.features)?;
+    let at = match body.at.as_deref() {
+        Some(text) => Some(parse_at(Some(text), &state.features)?.0),
+        None => None,
+    };
     let mut requests = Vec::with_capacity(body.entities.len());
     for (index, item) in body.entities.into_iter().enumerate() {
         validate_id(item.entity.label(), &item.id)
@@ -254,8 +275,32 @@ pub(super) async fn batch(
         requests
             .push(FeatureRequest { entity: EntityRef { entity: item.entity, id: item.id }, names });
     }
-    let results = read_and_evaluate(&state, requests, at, explicit_at).await;
-    Ok(Json(BatchResponse { at, results }))
+    let Some(at) = at else {
+        let asked = Utc::now();
+        let evaluated = read_now_many(&state, requests).await;
+        return Ok(json_body(batch_at_now(asked, &evaluated)));
+    };
+    let results = read_and_evaluate(&state, requests, at, true).await;
+    let results = results.into_iter().map(|result| FeaturesResponse { at, result }).collect();
+    Ok(Json(BatchResponse { at, results }).into_response())
+}
+
+/// A [`BatchResponse`] from evaluations at "now", each result's JSON serialized once per
+/// evaluation.
+fn batch_at_now(asked: DateTime<Utc>, evaluated: &[Arc<Evaluated>]) -> Vec<u8> {
+    let size: usize = evaluated.iter().map(|e| e.json().len() + 48).sum();
+    let mut body = Vec::with_capacity(size + 64);
+    body.extend_from_slice(br#"{"at":"#);
+    push_time(&mut body, asked);
+    body.extend_from_slice(br#","results":["#);
+    for (position, one) in evaluated.iter().enumerate() {
+        if position > 0 {
+            body.push(b',');
+        }
+        push_with_at(&mut body, one.at, one.json());
+    }
+    body.extend_from_slice(b"]}");
+    body
 }
 
 #[cfg(test)]
@@ -314,6 +359,31 @@ mod tests {
         let typed = serde_json::to_value(FeaturesResponse { at, result }).expect("json");
         let spliced: serde_json::Value =
             serde_json::from_slice(&with_at(at, &json)).expect("valid JSON");
+        assert_eq!(spliced, typed);
+    }
+
+    #[test]
+    fn a_batch_of_cached_evaluations_answers_as_the_typed_response_would() {
+        let asked = Utc::now();
+        let at = |n: i64| asked - TimeDelta::milliseconds(n);
+        let result = |n: i64| {
+            let mut features = crate::features::Features::new();
+            if n > 0 {
+                features.insert("clicks_1m".into(), crate::features::FeatureValue::missing());
+            }
+            EntityFeatures {
+                entity: Entity::User,
+                id: format!("u{n}"),
+                freshness: crate::store::Freshness::Live,
+                features,
+            }
+        };
+        let evaluated: Vec<Arc<Evaluated>> =
+            (0..3).map(|n| Arc::new(Evaluated::uncached(at(n), result(n)))).collect();
+        let results = (0..3).map(|n| FeaturesResponse { at: at(n), result: result(n) }).collect();
+        let typed = serde_json::to_value(BatchResponse { at: asked, results }).expect("json");
+        let spliced: serde_json::Value =
+            serde_json::from_slice(&batch_at_now(asked, &evaluated)).expect("valid JSON");
         assert_eq!(spliced, typed);
     }
 }

@@ -4,9 +4,10 @@
 
 use std::collections::HashSet;
 
-use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::AppError;
@@ -47,12 +48,13 @@ pub(super) async fn user_recommendations(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<RecommendationsQuery>, QueryRejection>,
-) -> Result<Json<Answer>, AppError> {
+) -> Result<Response, AppError> {
     let Path(user_id) = path?;
     let Query(query) = query?;
     validate_id("user", &user_id)?;
     let query = parse_query(query)?;
-    Ok(Json(recommend_for(&state, &user_id, &query, None).await))
+    let answer = recommend_for(&state, &user_id, &query, None).await;
+    Ok(([(header::CONTENT_TYPE, "application/json")], answer.json().clone()).into_response())
 }
 
 fn parse_query(query: RecommendationsQuery) -> Result<recommend::Query, AppError> {

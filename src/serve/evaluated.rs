@@ -21,7 +21,7 @@ use super::features::{
     EntityFeatures, FeatureRequest, evaluate_read, rankings_needed, read_and_evaluate, unavailable,
 };
 use crate::features::{Entity, EntityState};
-use crate::store::Freshness;
+use crate::store::{EntityRead, EntityRef, Freshness};
 
 /// Entries kept at most; an entity not read for a while leaves sooner.
 const MAX_ENTRIES: u64 = 100_000;
@@ -36,6 +36,7 @@ struct Key {
 }
 
 /// One entity's features as evaluated at `at`.
+#[derive(Debug)]
 pub struct Evaluated {
     state: Option<Arc<EntityState>>,
     catalog: u64,
@@ -54,6 +55,12 @@ impl Evaluated {
         features: EntityFeatures,
     ) -> Self {
         Self { state, catalog, granule, at, features, json: OnceLock::new() }
+    }
+
+    /// An evaluation that is not kept for reuse (reads needing a ranking, reads without a
+    /// granule).
+    pub fn uncached(at: DateTime<Utc>, features: EntityFeatures) -> Self {
+        Self::new(None, 0, 0, at, features)
     }
 
     /// `features` as JSON, serialized once.
@@ -122,28 +129,73 @@ pub async fn read_now(state: &AppState, request: FeatureRequest) -> Arc<Evaluate
     let catalog = state.catalog.version();
     let at = Utc::now();
     let granule = state.evaluations.granule(at).filter(|_| !ranked);
-    let read = match granule {
-        None => None,
-        Some(_) => Some(state.store.read(&request.entity).await),
-    };
-    let (Some(granule), Some(read)) = (granule, read) else {
+    let Some(granule) = granule else {
         let (entity, id) = (request.entity.entity, request.entity.id.clone());
         let mut results = read_and_evaluate(state, vec![request], at, false).await;
         let features = results.pop().unwrap_or_else(|| unavailable(entity, id));
-        return Arc::new(Evaluated::new(None, catalog, 0, at, features));
+        return Arc::new(Evaluated::uncached(at, features));
     };
+    let read = state.store.read(&request.entity).await;
+    reuse_or_evaluate(state, request, read, Now { catalog, granule, at })
+}
+
+/// Many entities' features at "now", with at most one Redis round trip for the L1 misses; each
+/// reused from the evaluation cache as [`read_now`] does, so each carries its own `at` (all
+/// within one granule of now). Requests needing a whole-catalog ranking are evaluated together
+/// at one `at` instead, uncached.
+pub async fn read_now_many(state: &AppState, requests: Vec<FeatureRequest>) -> Vec<Arc<Evaluated>> {
+    let ranked = !rankings_needed(&state.features, &requests).is_empty();
+    let catalog = state.catalog.version();
+    let at = Utc::now();
+    let Some(granule) = state.evaluations.granule(at).filter(|_| !ranked) else {
+        let results = read_and_evaluate(state, requests, at, false).await;
+        return results
+            .into_iter()
+            .map(|features| Arc::new(Evaluated::uncached(at, features)))
+            .collect();
+    };
+    let entities: Vec<EntityRef> = requests.iter().map(|r| r.entity.clone()).collect();
+    let (reads, _) = state.store.read_many(&entities, &[]).await;
+    let now = Now { catalog, granule, at };
+    requests
+        .into_iter()
+        .zip(reads)
+        .map(|(request, read)| reuse_or_evaluate(state, request, read, now))
+        .collect()
+}
+
+/// What a read at "now" is checked against: the catalog's version and the granule of `at`.
+#[derive(Clone, Copy)]
+struct Now {
+    catalog: u64,
+    granule: i64,
+    at: DateTime<Utc>,
+}
+
+fn reuse_or_evaluate(
+    state: &AppState,
+    request: FeatureRequest,
+    read: EntityRead,
+    now: Now,
+) -> Arc<Evaluated> {
     let live = read.freshness == Freshness::Live;
     let FeatureRequest { entity, names } = request;
     if live
-        && let Some(hit) =
-            state.evaluations.get(entity.entity, &entity.id, &names, &read.state, catalog, granule)
+        && let Some(hit) = state.evaluations.get(
+            entity.entity,
+            &entity.id,
+            &names,
+            &read.state,
+            now.catalog,
+            now.granule,
+        )
     {
         return hit;
     }
     let version = read.state.clone();
     let request = FeatureRequest { entity, names: names.clone() };
-    let features = evaluate_read(state, request, read, at, &|_| None);
-    let evaluated = Arc::new(Evaluated::new(version, catalog, granule, at, features));
+    let features = evaluate_read(state, request, read, now.at, &|_| None);
+    let evaluated = Arc::new(Evaluated::new(version, now.catalog, now.granule, now.at, features));
     if live {
         state.evaluations.put(names, Arc::clone(&evaluated));
     }

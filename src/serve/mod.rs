@@ -19,11 +19,11 @@ use crate::recommend::Recommender;
 use crate::store::FeatureStore;
 
 pub use active::ActiveUsers;
-pub use evaluated::{Evaluated, EvaluationCache, read_now};
+pub use evaluated::{Evaluated, EvaluationCache, read_now, read_now_many};
 pub use features::{
     EntityFeatures, FeatureRequest, RankingCache, read_and_evaluate, read_user_features,
 };
-pub use recommendations::{Answer, Degraded, Source, recommend_for};
+pub use recommendations::{Answer, Degraded, RecommendationCache, Source, recommend_for};
 
 /// Whether this instance should receive traffic.
 #[derive(Default)]
@@ -60,6 +60,8 @@ pub struct AppState {
     pub rankings: Arc<RankingCache>,
     /// Evaluations reused for reads at "now" within a granule of read time.
     pub evaluations: Arc<EvaluationCache>,
+    /// Recommendation answers reused while their user's evaluation and the index are unchanged.
+    pub recommendations: Arc<RecommendationCache>,
     /// Set once the product catalog has been read up to its end at start; `None` when no
     /// dimension reader runs (then readiness does not check it).
     pub catalog_loaded: Option<Arc<AtomicBool>>,

@@ -1,16 +1,19 @@
 //! Recommendations for a user: ranked from the user's features, or popular products when the
 //! features are missing, unreadable or slower than the caller can wait.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use axum::body::Bytes;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::AppState;
-use super::evaluated::read_now;
+use super::evaluated::{Evaluated, read_now};
 use super::features::FeatureRequest;
 use crate::features::Features;
-use crate::recommend::{self, Recommendation, UserSignals};
+use crate::recommend::{self, ProductIndex, Recommendation, UserSignals};
 use crate::store::{EntityRef, Freshness};
 
 /// Where the ranking came from.
@@ -34,7 +37,7 @@ pub enum Degraded {
     FeaturesSlow,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Answer {
     pub user_id: String,
     pub at: DateTime<Utc>,
@@ -45,7 +48,88 @@ pub struct Answer {
     /// The user's features, when read (pages show recent activity from them).
     #[serde(skip)]
     #[schema(ignore)]
-    pub features: Option<Features>,
+    pub evaluated: Option<Arc<Evaluated>>,
+    /// The product index ranked from.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub index: Arc<ProductIndex>,
+    #[serde(skip)]
+    #[schema(ignore)]
+    json: OnceLock<Bytes>,
+}
+
+impl Answer {
+    /// The user's evaluated features, when read.
+    pub fn features(&self) -> Option<&Features> {
+        self.evaluated.as_ref().map(|evaluated| &evaluated.features.features)
+    }
+
+    /// The answer as JSON, serialized once.
+    pub fn json(&self) -> &Bytes {
+        self.json.get_or_init(|| {
+            // Plain values and strings: serializing cannot fail.
+            Bytes::from(serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec()))
+        })
+    }
+}
+
+/// Answers kept for reuse: an answer is a pure function of the user's evaluation, the product
+/// index and the query, so an entry is reused exactly while the evaluation cache hands out the
+/// same evaluation (same `Arc`) and the same index is current; it holds both, so neither
+/// address can be reused by another.
+pub struct RecommendationCache {
+    entries: moka::sync::Cache<AnswerKey, Arc<Answer>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct AnswerKey {
+    user_id: String,
+    limit: usize,
+    category: Option<String>,
+    /// Sorted.
+    exclude: Vec<String>,
+}
+
+impl AnswerKey {
+    fn new(user_id: &str, query: &recommend::Query) -> Self {
+        let mut exclude: Vec<String> = query.exclude.iter().cloned().collect();
+        exclude.sort_unstable();
+        Self {
+            user_id: user_id.to_string(),
+            limit: query.limit,
+            category: query.category.clone(),
+            exclude,
+        }
+    }
+}
+
+impl Default for RecommendationCache {
+    fn default() -> Self {
+        Self::new(100_000)
+    }
+}
+
+impl RecommendationCache {
+    /// Keeps at most `capacity` answers (0: none).
+    pub fn new(capacity: u64) -> Self {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(capacity)
+            .time_to_idle(Duration::from_secs(30))
+            .build();
+        Self { entries }
+    }
+
+    fn get(
+        &self,
+        key: &AnswerKey,
+        evaluated: &Arc<Evaluated>,
+        index: &Arc<ProductIndex>,
+    ) -> Option<Arc<Answer>> {
+        self.entries.get(key).filter(|answer| {
+            answer.evaluated.as_ref().is_some_and(|ours| Arc::ptr_eq(ours, evaluated))
+                && Arc::ptr_eq(&answer.index, index)
+        })
+    }
 }
 
 /// Ranks products for `user_id`. Never fails: without the user's features (Redis down, or
@@ -55,7 +139,7 @@ pub async fn recommend_for(
     user_id: &str,
     query: &recommend::Query,
     deadline: Option<Duration>,
-) -> Answer {
+) -> Arc<Answer> {
     let request = FeatureRequest { entity: EntityRef::user(user_id), names: None };
     let evaluated = match deadline {
         None => Some(read_now(state, request).await),
@@ -63,29 +147,45 @@ pub async fn recommend_for(
     };
     let index = state.recommender.index();
     let price_bands = state.features.get(recommend::PRICE_BANDS);
-    let (at, freshness, degraded, features) = match evaluated {
+    let key = evaluated
+        .as_ref()
+        .filter(|read| read.features.freshness == Freshness::Live)
+        .map(|read| (AnswerKey::new(user_id, query), Arc::clone(read)));
+    if let Some((key, read)) = &key
+        && let Some(answer) = state.recommendations.get(key, read, &index)
+    {
+        return answer;
+    }
+    let (at, freshness, degraded, evaluated) = match evaluated {
         None => (Utc::now(), Freshness::Unavailable, Some(Degraded::FeaturesSlow), None),
         Some(read) if read.features.freshness == Freshness::Unavailable => {
             (read.at, Freshness::Unavailable, Some(Degraded::FeaturesUnavailable), None)
         }
-        Some(read) => {
-            (read.at, read.features.freshness, None, Some(read.features.features.clone()))
-        }
+        Some(read) => (read.at, read.features.freshness, None, Some(read)),
     };
-    let signals = features.as_ref().map(UserSignals::from_features).unwrap_or_default();
+    let signals = evaluated
+        .as_ref()
+        .map(|read| UserSignals::from_features(&read.features.features))
+        .unwrap_or_default();
     let source = if degraded.is_some() || signals.is_cold() {
         Source::Popular
     } else {
         Source::Personalized
     };
     let recommendations = recommend::recommend(&signals, &index, price_bands, query);
-    Answer {
+    let answer = Arc::new(Answer {
         user_id: user_id.to_string(),
         at,
         freshness,
         source,
         degraded,
         recommendations,
-        features,
+        evaluated,
+        index,
+        json: OnceLock::new(),
+    });
+    if let Some((key, _)) = key {
+        state.recommendations.entries.insert(key, Arc::clone(&answer));
     }
+    answer
 }

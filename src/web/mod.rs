@@ -123,7 +123,7 @@ pub(crate) async fn live_view(
 ) -> LiveView {
     let query = recommend::Query { limit: views::SHELF, ..recommend::Query::default() };
     let answer = recommend_for(state, user_id, &query, deadline).await;
-    views::live_view(&answer, &state.recommender.index())
+    views::live_view(&answer)
 }
 
 async fn storefront(State(state): State<AppState>, Path(user_id): Path<String>) -> Response {

@@ -250,9 +250,10 @@ fn notice(answer: &Answer) -> Option<String> {
 }
 
 /// Builds the live part of a storefront from a recommendation answer.
-pub fn live_view(answer: &Answer, index: &ProductIndex) -> LiveView {
+pub fn live_view(answer: &Answer) -> LiveView {
+    let index = &answer.index;
     let user_id = answer.user_id.as_str();
-    let signals = answer.features.as_ref().map(UserSignals::from_features).unwrap_or_default();
+    let signals = answer.features().map(UserSignals::from_features).unwrap_or_default();
     let recommended: Vec<Card> =
         answer.recommendations.iter().map(|item| card_of_recommendation(item, user_id)).collect();
     let shown: Vec<&str> = recommended.iter().map(|c| c.id.as_str()).collect();
@@ -270,7 +271,7 @@ pub fn live_view(answer: &Answer, index: &ProductIndex) -> LiveView {
         let cards = trending_cards(index, &category, &skip, user_id, SIDE_SHELF);
         (!cards.is_empty()).then_some(Trending { category, cards })
     });
-    let activity = answer.features.as_ref().map(|f| activity(f, index)).unwrap_or_default();
+    let activity = answer.features().map(|f| activity(f, index)).unwrap_or_default();
     let notice = notice(answer);
 
     let mut hasher = std::hash::DefaultHasher::new();
