@@ -218,8 +218,14 @@ pub struct ApiConfig {
     /// Requests taking longer are answered 408 rather than left hanging.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Requests in progress at once; beyond this the API sheds load with 503.
+    /// Requests in progress at once; beyond this the API sheds load at once with 503 and
+    /// `Retry-After`, so that admitted requests keep their latency. The default suits
+    /// requests answered from memory in well under a millisecond of CPU.
     pub max_concurrency: usize,
+    /// Live streams (`/u/{id}/live`) open at once, apart from `max_concurrency` (a stream holds
+    /// no request slot once its response has started); beyond this new ones get 503 and
+    /// `Retry-After`. Each takes a file descriptor: keep `ulimit -n` above it.
+    pub max_streams: usize,
     /// Reads at "now" of an entity that has not changed reuse its evaluation from up to this
     /// long ago (the answer's `at` says when); `0s` evaluates every read. The default is the
     /// bucket width of a one-minute window: its value moves once per granule at most.
@@ -232,7 +238,8 @@ impl Default for ApiConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             request_timeout: Duration::from_secs(2),
-            max_concurrency: 1024,
+            max_concurrency: 128,
+            max_streams: 20_000,
             evaluation_granularity: Duration::from_secs(1),
         }
     }
@@ -392,6 +399,9 @@ impl Config {
         }
         if self.api.max_concurrency == 0 {
             return invalid("api.max_concurrency", "must be at least 1");
+        }
+        if self.api.max_streams == 0 {
+            return invalid("api.max_streams", "must be at least 1");
         }
         if self.api.request_timeout.is_zero() {
             return invalid("api.request_timeout", "must be positive");

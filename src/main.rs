@@ -27,7 +27,7 @@ use persona::ops::OpsView;
 use persona::recommend::{self, Recommender};
 use persona::recovery;
 use persona::serve::{
-    ActiveUsers, AppState, EvaluationCache, RankingCache, Readiness, RecommendationCache,
+    ActiveUsers, AppState, EvaluationCache, RankingCache, Readiness, RecommendationCache, Watchers,
 };
 use persona::store::FeatureStore;
 use persona::{db, dlq, simulate, telemetry};
@@ -203,6 +203,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let active_users = Arc::new(ActiveUsers::default());
     let tracker = active_users.spawn_tracker(&store, shutdown.clone());
+    let watchers = Arc::new(Watchers::new(config.api.max_streams));
+    let dispatcher = watchers.spawn_dispatcher(&store, shutdown.clone());
     let ops = Arc::new(OpsView::default());
     let ops_poller = ops.spawn_poller(
         config.postgres.url.expose().clone(),
@@ -226,6 +228,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         recommender,
         render_deadline: config.recommend.render_deadline,
         active_users: Arc::clone(&active_users),
+        watchers,
         ops,
     };
     let listener = tokio::net::TcpListener::bind(config.api.listen)
@@ -257,6 +260,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     shutdown.cancel();
     let _ = probe.await;
     let _ = watcher.await;
+    let _ = dispatcher.await;
     let _ = invalidations.await;
     let _ = refresher.await;
     let _ = tracker.await;

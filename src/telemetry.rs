@@ -48,6 +48,8 @@ metrics! {
     /// HTTP requests served, by duration in seconds; labels `method`, `route` (the matched route
     /// pattern, never the raw path), `status`.
     histogram HTTP_REQUEST_SECONDS = "persona_http_request_duration_seconds";
+    /// Live streams (`/u/{id}/live`) open now; at `api.max_streams` new ones are refused with 503.
+    gauge LIVE_STREAMS = "persona_live_streams";
     /// Consumer lag of each assigned partition, in messages (high watermark minus the offset
     /// stored after the effects were durable); labels `topic`, `partition`.
     gauge CONSUMER_LAG = "persona_consumer_lag_messages";

@@ -15,7 +15,7 @@ use persona::features::{
 use persona::http::app;
 use persona::recommend::Recommender;
 use persona::serve::{
-    ActiveUsers, AppState, EvaluationCache, RankingCache, Readiness, RecommendationCache,
+    ActiveUsers, AppState, EvaluationCache, RankingCache, Readiness, RecommendationCache, Watchers,
 };
 use persona::store::{EntityRef, FeatureStore, TableMarks};
 use serde_json::Value;
@@ -46,6 +46,7 @@ async fn state() -> AppState {
         recommender: Arc::new(Recommender::default()),
         render_deadline: std::time::Duration::from_millis(50),
         active_users: Arc::new(ActiveUsers::default()),
+        watchers: Arc::new(Watchers::new(ApiConfig::default().max_streams)),
         ops: Arc::new(persona::ops::OpsView::default()),
     }
 }

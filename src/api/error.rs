@@ -3,9 +3,11 @@
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+
+use crate::serve::RETRY_AFTER;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -74,7 +76,13 @@ impl IntoResponse for AppError {
         let body = ErrorResponse {
             error: ErrorDetail { code: code.to_string(), message: self.to_string() },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if matches!(self, Self::Overloaded) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER));
+        }
+        response
     }
 }
 

@@ -4,11 +4,11 @@
 //! Redis only for the user's own state.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::features::{
@@ -99,17 +99,18 @@ impl ProductIndex {
     }
 }
 
-/// Holds the newest index and tells listeners (live pages) when it is replaced.
+/// Holds the newest index and counts its replacements (live pages look whether it changed).
 pub struct Recommender {
     index: RwLock<Arc<ProductIndex>>,
-    refreshed: watch::Sender<u64>,
+    /// How many times the index was replaced.
+    generation: AtomicU64,
 }
 
 impl Default for Recommender {
     fn default() -> Self {
         Self {
             index: RwLock::new(Arc::new(ProductIndex::default())),
-            refreshed: watch::channel(0).0,
+            generation: AtomicU64::new(0),
         }
     }
 }
@@ -121,12 +122,12 @@ impl Recommender {
 
     pub fn replace(&self, index: ProductIndex) {
         *self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(index);
-        self.refreshed.send_modify(|generation| *generation += 1);
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
-    /// Changes each time the index is replaced.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.refreshed.subscribe()
+    /// How many times the index was replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Rebuilds the index every `every` until `shutdown`. When Redis cannot be read the

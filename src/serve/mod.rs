@@ -6,6 +6,7 @@ mod active;
 mod evaluated;
 mod features;
 mod recommendations;
+mod watchers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +25,11 @@ pub use features::{
     EntityFeatures, FeatureRequest, RankingCache, read_and_evaluate, read_user_features,
 };
 pub use recommendations::{Answer, Degraded, RecommendationCache, Source, recommend_for};
+pub use watchers::{Watch, Watchers};
+
+/// Seconds a caller turned away for load should wait before trying again (HTTP `Retry-After`),
+/// for the API and the pages alike.
+pub const RETRY_AFTER: &str = "1";
 
 /// Whether this instance should receive traffic.
 #[derive(Default)]
@@ -73,6 +79,8 @@ pub struct AppState {
     pub recommender: Arc<Recommender>,
     /// How long a page waits for a user's features before rendering popular products.
     pub render_deadline: Duration,
+    /// Live streams by user, within their own budget (`api.max_streams`).
+    pub watchers: Arc<Watchers>,
     /// Users seen active lately, for the storefront's user picker.
     pub active_users: Arc<ActiveUsers>,
     /// What the dashboard shows: sampled metrics, slot and connector health.

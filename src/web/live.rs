@@ -1,7 +1,9 @@
 //! `GET /u/{user_id}/live?since=<version>`: Server-Sent Events carrying the storefront's live
 //! block (`event: live`, data: its HTML) whenever it changes. It is recomputed when the user's
-//! state changes (on any instance: the store's change notifications) and, at most every
-//! [`INDEX_RECHECK`], when the product index is rebuilt. A block is sent only if its version
+//! state changes (on any instance: the store's change notifications, which wake only this
+//! user's streams) and, at most every [`INDEX_RECHECK`], when the product index is rebuilt.
+//! Open streams have their own budget (`api.max_streams`); past it a new one gets 503 with
+//! `Retry-After`, which `EventSource` honours as a reconnect delay. A block is sent only if its version
 //! differs from the last one sent, or at first from `since` (the version the page rendered).
 //! The stream ends when the instance starts draining; `EventSource` reconnects by itself.
 
@@ -10,19 +12,21 @@ use std::time::{Duration, Instant};
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use serde::Deserialize;
-use tokio::sync::{broadcast, watch};
 
 use super::views::LiveBlock;
 use super::{check_id, live_view};
-use crate::serve::AppState;
+use crate::serve::{AppState, RETRY_AFTER, Watch};
 use crate::store::EntityRef;
 
-/// How often a change of the product index alone (trending) may re-render a live block.
-const INDEX_RECHECK: Duration = Duration::from_secs(5);
+/// How often a change of the product index alone (trending) may re-render a live block. Each
+/// stream starts its period at a random point, so that many open streams re-render a few at a
+/// time rather than all together.
+const INDEX_RECHECK: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Deserialize)]
 pub(super) struct LiveQuery {
@@ -32,39 +36,27 @@ pub(super) struct LiveQuery {
 struct Listener {
     state: AppState,
     user_id: String,
-    user_key: String,
-    changes: broadcast::Receiver<std::sync::Arc<str>>,
-    index: Option<watch::Receiver<u64>>,
+    changes: Watch,
+    /// The product index generation the last block was built from.
+    index_seen: u64,
+    next_index_check: Instant,
     last_version: String,
-    last_index_check: Instant,
     first: bool,
 }
 
 impl Listener {
-    /// Waits until the user's block may have changed.
+    /// Waits until the user's block may have changed: the user changed, or the product index
+    /// was rebuilt since the last block (looked at once per [`INDEX_RECHECK`], by timer, so that
+    /// an index rebuild does not wake every stream).
     async fn wait(&mut self) -> bool {
+        let readiness = std::sync::Arc::clone(&self.state.readiness);
         loop {
-            let index_changed = async {
-                match self.index.as_mut() {
-                    Some(index) => index.changed().await.is_ok(),
-                    None => std::future::pending().await,
-                }
-            };
-            let readiness = std::sync::Arc::clone(&self.state.readiness);
             tokio::select! {
                 () = readiness.draining() => return false,
-                change = self.changes.recv() => match change {
-                    Ok(key) if *key == *self.user_key => return true,
-                    Ok(_) => {}
-                    // Fell behind: anything may have changed.
-                    Err(broadcast::error::RecvError::Lagged(_)) => return true,
-                    Err(broadcast::error::RecvError::Closed) => return false,
-                },
-                alive = index_changed => {
-                    if !alive {
-                        self.index = None;
-                    } else if self.last_index_check.elapsed() >= INDEX_RECHECK {
-                        self.last_index_check = Instant::now();
+                alive = self.changes.changed() => return alive,
+                () = tokio::time::sleep_until(self.next_index_check.into()) => {
+                    self.next_index_check += INDEX_RECHECK;
+                    if self.state.recommender.generation() != self.index_seen {
                         return true;
                     }
                 }
@@ -79,6 +71,7 @@ impl Listener {
                 return None;
             }
             self.first = false;
+            self.index_seen = self.state.recommender.generation();
             let live = live_view(&self.state, &self.user_id, None).await;
             if live.version == self.last_version {
                 continue;
@@ -104,17 +97,25 @@ pub(super) async fn stream(
     if let Err(page) = check_id("user", &user_id) {
         return *page;
     }
+    let Some(changes) = state.watchers.watch(&EntityRef::user(user_id.clone()).cache_key()) else {
+        return too_many_streams();
+    };
     let listener = Listener {
-        changes: state.store.subscribe_changes(),
-        index: Some(state.recommender.subscribe()),
-        user_key: EntityRef::user(user_id.clone()).cache_key(),
+        changes,
+        index_seen: 0,
+        next_index_check: Instant::now() + INDEX_RECHECK.mul_f64(rand::random::<f64>()),
         state,
         user_id,
         last_version: query.since.unwrap_or_default(),
-        last_index_check: Instant::now(),
         first: true,
     };
     sse(futures::stream::unfold(listener, Listener::next)).into_response()
+}
+
+fn too_many_streams() -> Response {
+    let headers = [(header::RETRY_AFTER, RETRY_AFTER), (header::CACHE_CONTROL, "no-store")];
+    (StatusCode::SERVICE_UNAVAILABLE, headers, "Too many live streams are open; retry shortly.\n")
+        .into_response()
 }
 
 fn sse(
