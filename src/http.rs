@@ -8,6 +8,7 @@ use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::MatchedPath;
 use axum::http::{Request, Uri};
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{BoxError, ServiceBuilder};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -32,22 +33,38 @@ pub fn app(state: AppState, config: &ApiConfig) -> Router {
             .to_owned();
         tracing::info_span!("request", method = %request.method(), route, request_id = id)
     });
-    Router::new()
+    let routes = Router::new()
         .merge(api::routes())
         .merge(web::routes())
         .route_layer(axum::middleware::from_fn(record_latency))
-        .fallback(not_found)
+        .fallback(not_found);
+    with_limits(routes, config)
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
                 .layer(trace)
-                .layer(PropagateRequestIdLayer::new(request_id))
-                .layer(HandleErrorLayer::new(overload_error))
-                .load_shed()
-                .concurrency_limit(config.max_concurrency)
-                .timeout(config.request_timeout),
+                .layer(PropagateRequestIdLayer::new(request_id)),
         )
         .with_state(state)
+}
+
+/// The budget every request runs within: at most `max_concurrency` in progress, the next ones
+/// answered 503 with `Retry-After` at once (queueing them would only make every caller wait),
+/// and each cut off after `request_timeout`.
+///
+/// `Router::layer` wraps each route on its own, so the budget is a semaphore shared by every
+/// route (a plain `concurrency_limit` would give each route a budget of its own).
+fn with_limits<S: Clone + Send + Sync + 'static>(
+    routes: Router<S>,
+    config: &ApiConfig,
+) -> Router<S> {
+    routes.layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(overload_error))
+            .load_shed()
+            .layer(GlobalConcurrencyLimitLayer::new(config.max_concurrency))
+            .timeout(config.request_timeout),
+    )
 }
 
 /// Records each routed request's latency (until the response head) under its route pattern, so
@@ -82,4 +99,80 @@ async fn overload_error(error: BoxError) -> AppError {
 
 async fn not_found(uri: Uri) -> AppError {
     AppError::NotFound(uri.path().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn limited(release: Arc<tokio::sync::Notify>) -> Router {
+        let config = ApiConfig {
+            max_concurrency: 1,
+            request_timeout: Duration::from_secs(1),
+            ..ApiConfig::default()
+        };
+        let routes = Router::new()
+            .route(
+                "/held",
+                get(move || async move {
+                    release.notified().await;
+                    "done"
+                }),
+            )
+            .route("/quick", get(|| async { "quick" }))
+            .route("/stuck", get(std::future::pending::<&str>));
+        with_limits(routes, &config)
+    }
+
+    async fn send(router: &Router, uri: &str) -> axum::response::Response {
+        let request = Request::builder().uri(uri).body(Body::empty()).expect("request");
+        router.clone().oneshot(request).await.expect("infallible")
+    }
+
+    #[tokio::test]
+    async fn past_the_concurrency_budget_requests_are_shed_at_once_with_retry_after() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let router = limited(Arc::clone(&release));
+        let held = tokio::spawn({
+            let router = router.clone();
+            async move { send(&router, "/held").await }
+        });
+        // Poll until the held request occupies the only slot: then a second one is shed.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let shed = loop {
+            let response = send(&router, "/quick").await;
+            if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+                break response;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never shed while a request was held");
+            tokio::task::yield_now().await;
+        };
+        assert_eq!(shed.headers()["retry-after"], crate::serve::RETRY_AFTER);
+        let body = axum::body::to_bytes(shed.into_body(), 1 << 16).await.expect("body");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON error");
+        assert_eq!(body["error"]["code"], "overloaded", "{body}");
+        release.notify_one();
+        assert_eq!(held.await.expect("held request").status(), StatusCode::OK);
+        assert_eq!(
+            send(&router, "/quick").await.status(),
+            StatusCode::OK,
+            "the slot is free again"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_past_its_time_limit_is_answered_504() {
+        let router = limited(Arc::new(tokio::sync::Notify::new()));
+        let response = send(&router, "/stuck").await;
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert!(response.headers().get("retry-after").is_none());
+    }
 }

@@ -334,3 +334,30 @@ async fn reused_batches_and_recommendations_never_hide_a_change() {
     let (_, _, after) = call(&router, &recommendations).await;
     assert!(listed(&after).contains(&"p3".to_string()), "a new index is used at once: {after}");
 }
+
+/// Live streams have their own budget: past it a new stream is refused with 503 and
+/// `Retry-After` (which `EventSource` honours), and a closed stream frees its place.
+#[tokio::test]
+async fn live_streams_past_their_budget_are_refused_until_one_closes() {
+    let mut state = state().await;
+    state.watchers = Arc::new(Watchers::new(1));
+    let router = app(state, &ApiConfig::default());
+    let open = |uri: &'static str| {
+        let router = router.clone();
+        async move {
+            let request = Request::builder().uri(uri).body(Body::empty()).expect("request");
+            router.oneshot(request).await.expect("infallible")
+        }
+    };
+    let first = open("/u/alice/live").await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let refused = open("/u/bob/live").await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["retry-after"], persona::serve::RETRY_AFTER);
+    drop(first);
+    assert_eq!(
+        open("/u/bob/live").await.status(),
+        StatusCode::OK,
+        "a closed stream frees its place"
+    );
+}
