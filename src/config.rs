@@ -226,6 +226,9 @@ pub struct ApiConfig {
     /// no request slot once its response has started); beyond this new ones get 503 and
     /// `Retry-After`. Each takes a file descriptor: keep `ulimit -n` above it.
     pub max_streams: usize,
+    /// Upper bound of each cache of the read path (evaluations, recommendation answers,
+    /// storefront pages), in approximate bytes.
+    pub cache_bytes: u64,
     /// Reads at "now" of an entity that has not changed reuse its evaluation from up to this
     /// long ago (the answer's `at` says when); `0s` evaluates every read. The default is the
     /// bucket width of a one-minute window: its value moves once per granule at most.
@@ -240,6 +243,7 @@ impl Default for ApiConfig {
             request_timeout: Duration::from_secs(2),
             max_concurrency: 128,
             max_streams: 20_000,
+            cache_bytes: 64 * 1024 * 1024,
             evaluation_granularity: Duration::from_secs(1),
         }
     }

@@ -35,7 +35,7 @@ pub fn app(state: AppState, config: &ApiConfig) -> Router {
     });
     let routes = Router::new()
         .merge(api::routes())
-        .merge(web::routes())
+        .merge(web::routes(config))
         .route_layer(axum::middleware::from_fn(record_latency))
         .fallback(not_found);
     with_limits(routes, config)

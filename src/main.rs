@@ -219,8 +219,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         features,
         catalog,
         rankings: Arc::new(RankingCache::default()),
-        evaluations: Arc::new(EvaluationCache::new(config.api.evaluation_granularity)),
-        recommendations: Arc::new(RecommendationCache::default()),
+        evaluations: Arc::new(EvaluationCache::new(
+            config.api.evaluation_granularity,
+            config.api.cache_bytes,
+        )),
+        recommendations: Arc::new(RecommendationCache::new(config.api.cache_bytes)),
         catalog_loaded: Some(dimension.readiness()),
         readiness: Arc::clone(&readiness),
         broker: Some(ingest.broker_probe()),

@@ -37,8 +37,11 @@ async fn state() -> AppState {
         features: Arc::new(FeatureSet::load(None).expect("definitions")),
         catalog: Arc::new(ProductCatalog::default()),
         rankings: Arc::new(RankingCache::default()),
-        evaluations: Arc::new(EvaluationCache::new(ApiConfig::default().evaluation_granularity)),
-        recommendations: Arc::new(RecommendationCache::default()),
+        evaluations: Arc::new(EvaluationCache::new(
+            ApiConfig::default().evaluation_granularity,
+            ApiConfig::default().cache_bytes,
+        )),
+        recommendations: Arc::new(RecommendationCache::new(ApiConfig::default().cache_bytes)),
         catalog_loaded: None,
         readiness: Arc::new(Readiness::default()),
         broker: None,

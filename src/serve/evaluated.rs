@@ -1,16 +1,16 @@
 //! Evaluated features, kept per entity version and read-time granule, so that reads at "now"
 //! pay for evaluating an entity's windows once per granule rather than once per request.
 //!
-//! An entry holds the merged state it was evaluated from (the `Arc` L1 serves; L1 replaces it
-//! whenever any share of the entity changes, so pointer identity is the entity's version and
-//! holding it rules out reuse of the address), the product catalog's version, and the granule
+//! An entry refers to the merged state it was evaluated from (the `Arc` L1 serves; L1 replaces
+//! it whenever any share of the entity changes, so pointer identity is the entity's version; a
+//! `Weak` reference rules out reuse of the address without keeping the state's contents alive), the product catalog's version, and the granule
 //! of its read time. A read at "now" reuses the entry only when all three are unchanged: a change
 //! to the entity or to any product is served at once, and what is reused is exactly the
 //! evaluation at the read time the answer states (`at`), at most one granule ago. Reads at an
 //! explicit time, reads served while Redis is unreachable, and products ranked by percentile
 //! are never cached.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -23,8 +23,7 @@ use super::features::{
 use crate::features::{Entity, EntityState};
 use crate::store::{EntityRead, EntityRef, Freshness};
 
-/// Entries kept at most; an entity not read for a while leaves sooner.
-const MAX_ENTRIES: u64 = 100_000;
+/// An entity not read for this long leaves the cache.
 const IDLE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -38,7 +37,7 @@ struct Key {
 /// One entity's features as evaluated at `at`.
 #[derive(Debug)]
 pub struct Evaluated {
-    state: Option<Arc<EntityState>>,
+    state: Option<Weak<EntityState>>,
     catalog: u64,
     granule: i64,
     pub at: DateTime<Utc>,
@@ -54,6 +53,7 @@ impl Evaluated {
         at: DateTime<Utc>,
         features: EntityFeatures,
     ) -> Self {
+        let state = state.as_ref().map(Arc::downgrade);
         Self { state, catalog, granule, at, features, json: OnceLock::new() }
     }
 
@@ -72,9 +72,21 @@ impl Evaluated {
         })
     }
 
+    /// Roughly what an entry takes in memory, for the cache's bound.
+    fn weight(&self) -> u32 {
+        let features: usize = self
+            .features
+            .features
+            .iter()
+            .map(|(name, value)| name.len() + 64 + approximate_bytes(&value.value))
+            .sum();
+        // The JSON, once serialized, is about as large again.
+        u32::try_from(2 * features + self.features.id.len() + 256).unwrap_or(u32::MAX)
+    }
+
     fn reusable(&self, state: &Option<Arc<EntityState>>, catalog: u64, granule: i64) -> bool {
         let same_state = match (&self.state, state) {
-            (Some(ours), Some(theirs)) => Arc::ptr_eq(ours, theirs),
+            (Some(ours), Some(theirs)) => std::ptr::eq(ours.as_ptr(), Arc::as_ptr(theirs)),
             (None, None) => true,
             _ => false,
         };
@@ -88,10 +100,12 @@ pub struct EvaluationCache {
 }
 
 impl EvaluationCache {
-    /// Reuses evaluations within `granularity` of read time; `Duration::ZERO` keeps nothing.
-    pub fn new(granularity: Duration) -> Self {
+    /// Reuses evaluations within `granularity` of read time, keeping about `max_bytes`;
+    /// `Duration::ZERO` keeps nothing.
+    pub fn new(granularity: Duration, max_bytes: u64) -> Self {
         let entries = moka::sync::Cache::builder()
-            .max_capacity(if granularity.is_zero() { 0 } else { MAX_ENTRIES })
+            .max_capacity(if granularity.is_zero() { 0 } else { max_bytes })
+            .weigher(|_, evaluated: &Arc<Evaluated>| evaluated.weight())
             .time_to_idle(IDLE)
             .build();
         Self { entries, granule_us: granularity.as_micros().try_into().unwrap_or(i64::MAX) }
@@ -119,6 +133,19 @@ impl EvaluationCache {
         let key =
             Key { entity: evaluated.features.entity, id: evaluated.features.id.clone(), names };
         self.entries.insert(key, evaluated);
+    }
+}
+
+/// Roughly the heap a JSON value takes.
+pub(super) fn approximate_bytes(value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 16,
+        Value::String(text) => 24 + text.len(),
+        Value::Array(items) => 24 + items.iter().map(approximate_bytes).sum::<usize>(),
+        Value::Object(map) => {
+            48 + map.iter().map(|(key, v)| 32 + key.len() + approximate_bytes(v)).sum::<usize>()
+        }
     }
 }
 

@@ -103,17 +103,20 @@ impl AnswerKey {
     }
 }
 
-impl Default for RecommendationCache {
-    fn default() -> Self {
-        Self::new(100_000)
-    }
-}
-
 impl RecommendationCache {
-    /// Keeps at most `capacity` answers (0: none).
-    pub fn new(capacity: u64) -> Self {
+    /// Keeps about `max_bytes` of answers (0: none).
+    pub fn new(max_bytes: u64) -> Self {
         let entries = moka::sync::Cache::builder()
-            .max_capacity(capacity)
+            .max_capacity(max_bytes)
+            .weigher(|key: &AnswerKey, answer: &Arc<Answer>| {
+                let listed: usize = answer
+                    .recommendations
+                    .iter()
+                    .map(|r| 160 + r.product_id.len() + r.reason_text.len() * 2)
+                    .sum();
+                // The JSON, once serialized, is about as large again.
+                u32::try_from(2 * listed + key.user_id.len() + 512).unwrap_or(u32::MAX)
+            })
             .time_to_idle(Duration::from_secs(30))
             .build();
         Self { entries }

@@ -8,9 +8,11 @@
 //! The stream ends when the instance starts draining; `EventSource` reconnects by itself.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use askama::Template;
+use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -18,8 +20,9 @@ use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use serde::Deserialize;
 
+use super::pages::PageCache;
 use super::views::LiveBlock;
-use super::{check_id, live_view};
+use super::{check_id, storefront_now};
 use crate::serve::{AppState, RETRY_AFTER, Watch};
 use crate::store::EntityRef;
 
@@ -35,6 +38,7 @@ pub(super) struct LiveQuery {
 
 struct Listener {
     state: AppState,
+    pages: Arc<PageCache>,
     user_id: String,
     changes: Watch,
     /// The product index generation the last block was built from.
@@ -72,18 +76,19 @@ impl Listener {
             }
             self.first = false;
             self.index_seen = self.state.recommender.generation();
-            let live = live_view(&self.state, &self.user_id, None).await;
+            let storefront = storefront_now(&self.state, &self.pages, &self.user_id, None).await;
+            let live = &storefront.live;
             if live.version == self.last_version {
                 continue;
             }
-            let html = match (LiveBlock { live: &live }).render() {
+            let html = match (LiveBlock { live }).render() {
                 Ok(html) => html,
                 Err(error) => {
                     tracing::error!(error = %error, "live block failed to render");
                     continue;
                 }
             };
-            self.last_version = live.version;
+            self.last_version.clone_from(&live.version);
             return Some((Ok(Event::default().event("live").data(html)), self));
         }
     }
@@ -91,6 +96,7 @@ impl Listener {
 
 pub(super) async fn stream(
     State(state): State<AppState>,
+    Extension(pages): Extension<Arc<PageCache>>,
     Path(user_id): Path<String>,
     Query(query): Query<LiveQuery>,
 ) -> Response {
@@ -101,6 +107,7 @@ pub(super) async fn stream(
         return too_many_streams();
     };
     let listener = Listener {
+        pages,
         changes,
         index_seen: 0,
         next_index_check: Instant::now() + INDEX_RECHECK.mul_f64(rand::random::<f64>()),

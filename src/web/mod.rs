@@ -10,11 +10,14 @@
 
 mod dashboard;
 mod live;
+mod pages;
 pub mod views;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use askama::Template;
+use axum::Extension;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -22,15 +25,17 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
+use crate::config::ApiConfig;
 use crate::recommend;
 use crate::serve::{AppState, recommend_for};
-use views::{ErrorPage, IndexPage, LiveView, ProductPage, StorefrontPage};
+use pages::{PageCache, Storefront};
+use views::{ErrorPage, IndexPage, ProductPage};
 
 const MAX_ID_LEN: usize = 128;
 const CSS: &str = include_str!("../../frontend/static/persona.css");
 const LIVE_JS: &str = include_str!("../../frontend/static/live.js");
 
-pub fn routes() -> Router<AppState> {
+pub fn routes(config: &ApiConfig) -> Router<AppState> {
     Router::new()
         .route("/", get(index))
         .route("/u", get(pick_user))
@@ -45,6 +50,7 @@ pub fn routes() -> Router<AppState> {
             "/static/live.js",
             get(|| async { asset("text/javascript; charset=utf-8", LIVE_JS) }),
         )
+        .layer(Extension(Arc::new(PageCache::new(config.cache_bytes))))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -61,9 +67,14 @@ fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
 }
 
 fn render(template: &impl Template, started: Instant) -> Response {
-    match template.render() {
+    html_response(template.render(), started)
+}
+
+/// A rendered page with how long it took (`server-timing`), or the error page.
+fn html_response(rendered: Result<impl Into<String>, askama::Error>, started: Instant) -> Response {
+    match rendered {
         Ok(html) => {
-            let mut response = Html(html).into_response();
+            let mut response = Html(html.into()).into_response();
             let timing = format!("render;dur={:.1}", started.elapsed().as_secs_f64() * 1000.0);
             if let Ok(value) = HeaderValue::from_str(&timing) {
                 response.headers_mut().insert("server-timing", value);
@@ -115,29 +126,28 @@ async fn pick_user(Query(pick): Query<PickUser>) -> Response {
     Redirect::to(&views::storefront_href(&user_id)).into_response()
 }
 
-/// The live block of `user_id`'s storefront, as of now.
-pub(crate) async fn live_view(
+/// `user_id`'s storefront, as of now.
+async fn storefront_now(
     state: &AppState,
+    pages: &PageCache,
     user_id: &str,
     deadline: Option<std::time::Duration>,
-) -> LiveView {
+) -> Arc<Storefront> {
     let query = recommend::Query { limit: views::SHELF, ..recommend::Query::default() };
-    let answer = recommend_for(state, user_id, &query, deadline).await;
-    views::live_view(&answer)
+    pages.storefront(recommend_for(state, user_id, &query, deadline).await)
 }
 
-async fn storefront(State(state): State<AppState>, Path(user_id): Path<String>) -> Response {
+async fn storefront(
+    State(state): State<AppState>,
+    Extension(pages): Extension<Arc<PageCache>>,
+    Path(user_id): Path<String>,
+) -> Response {
     let started = Instant::now();
     if let Err(page) = check_id("user", &user_id) {
         return *page;
     }
-    let live = live_view(&state, &user_id, Some(state.render_deadline)).await;
-    let page = StorefrontPage {
-        user_id: &user_id,
-        live_url: format!("{}/live", views::storefront_href(&user_id)),
-        live: &live,
-    };
-    render(&page, started)
+    let storefront = storefront_now(&state, &pages, &user_id, Some(state.render_deadline)).await;
+    html_response(storefront.html(), started)
 }
 
 #[derive(Debug, Deserialize)]
