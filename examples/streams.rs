@@ -42,6 +42,8 @@ async fn main() -> anyhow::Result<()> {
         .pool_max_idle_per_host(0)
         .connect_timeout(Duration::from_secs(10))
         .build()?;
+    // Appended to each stream's path, e.g. `?since=<version>` (the block the page already shows).
+    let query = std::env::var("STREAMS_QUERY").unwrap_or_default();
     let counts = Arc::new(Counts::default());
     let opening = Arc::new(Semaphore::new(OPENING));
     let started = Instant::now();
@@ -49,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
     let (asked_tx, mut asked_rx) = tokio::sync::mpsc::channel::<()>(streams.max(1));
     for stream in 0..streams {
         let user = format!("sim-u{:04}", stream % users + 1);
-        let url = format!("{base}/u/{user}/live");
+        let url = format!("{base}/u/{user}/live{query}");
         let (client, counts, opening, asked) =
             (client.clone(), Arc::clone(&counts), Arc::clone(&opening), asked_tx.clone());
         tasks.push(tokio::spawn(async move {

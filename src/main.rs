@@ -27,7 +27,8 @@ use persona::ops::OpsView;
 use persona::recommend::{self, Recommender};
 use persona::recovery;
 use persona::serve::{
-    ActiveUsers, AppState, EvaluationCache, RankingCache, Readiness, RecommendationCache, Watchers,
+    ActiveUsers, AppState, EvaluationCache, RankingCache, Readiness, RecommendationCache, Services,
+    Watchers,
 };
 use persona::store::FeatureStore;
 use persona::{db, dlq, simulate, telemetry};
@@ -214,7 +215,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let sampler = ops.history.spawn_sampler(metrics.clone(), config.ops.interval, shutdown.clone());
     let readiness = Arc::new(Readiness::default());
-    let state = AppState {
+    let state = AppState::from(Services {
         store,
         features,
         catalog,
@@ -233,7 +234,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         active_users: Arc::clone(&active_users),
         watchers,
         ops,
-    };
+    });
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
         .with_context(|| format!("binding {}", config.api.listen))?;

@@ -15,24 +15,24 @@ use persona::features::{
 use persona::http::app;
 use persona::recommend::Recommender;
 use persona::serve::{
-    ActiveUsers, AppState, EvaluationCache, RankingCache, Readiness, RecommendationCache, Watchers,
+    ActiveUsers, EvaluationCache, RankingCache, Readiness, RecommendationCache, Services, Watchers,
 };
 use persona::store::{EntityRef, FeatureStore, TableMarks};
 use serde_json::Value;
 use tower::ServiceExt;
 
 async fn router() -> axum::Router {
-    app(state().await, &ApiConfig::default())
+    app(state().await.into(), &ApiConfig::default())
 }
 
-async fn state() -> AppState {
+async fn state() -> Services {
     let redis = RedisConfig {
         url: Sensitive(common::env("PERSONA_REDIS__URL")),
         key_prefix: common::unique("api"),
         ..RedisConfig::default()
     };
     let store = FeatureStore::connect(&redis, &CacheConfig::default()).await.expect("redis");
-    AppState {
+    Services {
         store: Arc::new(store),
         features: Arc::new(FeatureSet::load(None).expect("definitions")),
         catalog: Arc::new(ProductCatalog::default()),
@@ -222,7 +222,7 @@ async fn a_reused_evaluation_never_hides_a_change() {
     let state = state().await;
     let (store, catalog, set) =
         (Arc::clone(&state.store), Arc::clone(&state.catalog), Arc::clone(&state.features));
-    let router = app(state, &ApiConfig::default());
+    let router = app(state.into(), &ApiConfig::default());
     let user = common::unique("cached");
     let product = |category: &str| Product {
         id: "p1".into(),
@@ -271,7 +271,7 @@ async fn reused_batches_and_recommendations_never_hide_a_change() {
         Arc::clone(&state.features),
         Arc::clone(&state.recommender),
     );
-    let router = app(state, &ApiConfig::default());
+    let router = app(state.into(), &ApiConfig::default());
     let user = common::unique("reused");
     let product = |id: &str, category: &str| Product {
         id: id.into(),
@@ -344,7 +344,7 @@ async fn reused_batches_and_recommendations_never_hide_a_change() {
 async fn live_streams_past_their_budget_are_refused_until_one_closes() {
     let mut state = state().await;
     state.watchers = Arc::new(Watchers::new(1));
-    let router = app(state, &ApiConfig::default());
+    let router = app(state.into(), &ApiConfig::default());
     let open = |uri: &'static str| {
         let router = router.clone();
         async move {

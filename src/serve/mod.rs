@@ -58,8 +58,27 @@ impl Readiness {
     }
 }
 
+/// What every handler shares, behind one `Arc`: axum hands each request its own clone of the
+/// state, which is then one reference count rather than one per service.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+impl From<Services> for AppState {
+    fn from(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+/// The services below the front doors, and their settings.
+pub struct Services {
     pub store: Arc<FeatureStore>,
     pub features: Arc<FeatureSet>,
     pub catalog: Arc<ProductCatalog>,
