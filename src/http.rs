@@ -6,8 +6,12 @@
 
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::MatchedPath;
-use axum::http::{Request, Uri};
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use axum::extract::{MatchedPath, State};
+use axum::http::{Method, Request, Uri};
+use metrics::Histogram;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{BoxError, ServiceBuilder};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -36,7 +40,10 @@ pub fn app(state: AppState, config: &ApiConfig) -> Router {
     let routes = Router::new()
         .merge(api::routes())
         .merge(web::routes(config))
-        .route_layer(axum::middleware::from_fn(record_latency))
+        .route_layer(axum::middleware::from_fn_with_state(
+            LatencyHistograms::default(),
+            record_latency,
+        ))
         .fallback(not_found);
     with_limits(routes, config)
         .layer(
@@ -67,23 +74,56 @@ fn with_limits<S: Clone + Send + Sync + 'static>(
     )
 }
 
+/// The request duration histograms by route pattern, method and status, registered once each:
+/// looking one up by its labels on every request would allocate and hash three strings.
+#[derive(Clone, Default)]
+struct LatencyHistograms(Arc<RwLock<HashMap<String, Vec<RouteHistogram>>>>);
+
+/// One route's histogram for one method and status.
+type RouteHistogram = (Method, u16, Histogram);
+
+impl LatencyHistograms {
+    fn get(&self, route: &str, method: &Method, status: u16) -> Histogram {
+        let known =
+            self.0.read().unwrap_or_else(PoisonError::into_inner).get(route).and_then(|by_kind| {
+                by_kind
+                    .iter()
+                    .find(|(m, s, _)| m == method && *s == status)
+                    .map(|(.., h)| h.clone())
+            });
+        if let Some(histogram) = known {
+            return histogram;
+        }
+        let histogram = metrics::histogram!(
+            crate::telemetry::HTTP_REQUEST_SECONDS,
+            "method" => method.as_str().to_owned(),
+            "route" => route.to_owned(),
+            "status" => status.to_string()
+        );
+        let mut routes = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        routes.entry(route.to_owned()).or_default().push((
+            method.clone(),
+            status,
+            histogram.clone(),
+        ));
+        histogram
+    }
+}
+
 /// Records each routed request's latency (until the response head) under its route pattern, so
 /// that user ids in paths do not become label values.
 async fn record_latency(
+    State(histograms): State<LatencyHistograms>,
     route: MatchedPath,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let started = std::time::Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = request.method().clone();
     let response = next.run(request).await;
-    metrics::histogram!(
-        crate::telemetry::HTTP_REQUEST_SECONDS,
-        "method" => method,
-        "route" => route.as_str().to_owned(),
-        "status" => response.status().as_u16().to_string()
-    )
-    .record(started.elapsed().as_secs_f64());
+    histograms
+        .get(route.as_str(), &method, response.status().as_u16())
+        .record(started.elapsed().as_secs_f64());
     response
 }
 
@@ -103,7 +143,6 @@ async fn not_found(uri: Uri) -> AppError {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use axum::body::Body;

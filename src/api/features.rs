@@ -196,7 +196,7 @@ async fn one_entity(
     let request = FeatureRequest { entity: EntityRef { entity, id }, names };
     if query.at.is_none() {
         let evaluated = read_now(&state, request).await;
-        return Ok(json_body(with_at(evaluated.at, evaluated.json())));
+        return Ok(json_body(evaluated.json().clone()));
     }
     let (at, explicit_at) = parse_at(query.at.as_deref(), &state.features)?;
     let mut results = read_and_evaluate(&state, vec![request], at, explicit_at).await;
@@ -204,33 +204,7 @@ async fn one_entity(
     Ok(Json(FeaturesResponse { at, result }).into_response())
 }
 
-/// A [`FeaturesResponse`] from the JSON of its `EntityFeatures` (serialized once per
-/// evaluation): `{"at": …,` then the object's fields.
-fn with_at(at: DateTime<Utc>, entity_features: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(entity_features.len() + 48);
-    push_with_at(&mut body, at, entity_features);
-    body
-}
-
-fn push_with_at(body: &mut Vec<u8>, at: DateTime<Utc>, entity_features: &[u8]) {
-    body.extend_from_slice(br#"{"at":"#);
-    push_time(body, at);
-    match entity_features.split_first() {
-        Some((b'{', fields)) if fields != b"}" => {
-            body.push(b',');
-            body.extend_from_slice(fields);
-        }
-        _ => body.push(b'}'),
-    }
-}
-
-/// `at` as serde writes a `DateTime<Utc>` (an RFC 3339 string).
-fn push_time(body: &mut Vec<u8>, at: DateTime<Utc>) {
-    // Writing a timestamp into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *body, &at);
-}
-
-fn json_body(body: Vec<u8>) -> Response {
+fn json_body(body: impl IntoResponse) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -288,16 +262,17 @@ pub(super) async fn batch(
 /// A [`BatchResponse`] from evaluations at "now", each result's JSON serialized once per
 /// evaluation.
 fn batch_at_now(asked: DateTime<Utc>, evaluated: &[Arc<Evaluated>]) -> Vec<u8> {
-    let size: usize = evaluated.iter().map(|e| e.json().len() + 48).sum();
+    let size: usize = evaluated.iter().map(|e| e.json().len() + 1).sum();
     let mut body = Vec::with_capacity(size + 64);
     body.extend_from_slice(br#"{"at":"#);
-    push_time(&mut body, asked);
+    // Writing a timestamp into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut body, &asked);
     body.extend_from_slice(br#","results":["#);
     for (position, one) in evaluated.iter().enumerate() {
         if position > 0 {
             body.push(b',');
         }
-        push_with_at(&mut body, one.at, one.json());
+        body.extend_from_slice(one.json());
     }
     body.extend_from_slice(b"]}");
     body
@@ -347,19 +322,20 @@ mod tests {
     #[test]
     fn a_cached_evaluation_answers_as_the_typed_response_would() {
         let at = Utc::now();
-        let mut features = crate::features::Features::new();
-        features.insert("clicks_1m".into(), crate::features::FeatureValue::missing());
-        let result = EntityFeatures {
-            entity: Entity::User,
-            id: "u\"1".into(),
-            freshness: crate::store::Freshness::Live,
-            features,
+        let result = || {
+            let mut features = crate::features::Features::new();
+            features.insert("clicks_1m".into(), crate::features::FeatureValue::missing());
+            EntityFeatures {
+                entity: Entity::User,
+                id: "u\"1".into(),
+                freshness: crate::store::Freshness::Live,
+                features,
+            }
         };
-        let json = serde_json::to_vec(&result).expect("json");
-        let typed = serde_json::to_value(FeaturesResponse { at, result }).expect("json");
-        let spliced: serde_json::Value =
-            serde_json::from_slice(&with_at(at, &json)).expect("valid JSON");
-        assert_eq!(spliced, typed);
+        let cached: serde_json::Value =
+            serde_json::from_slice(Evaluated::uncached(at, result()).json()).expect("valid JSON");
+        let typed = serde_json::to_value(FeaturesResponse { at, result: result() }).expect("json");
+        assert_eq!(cached, typed);
     }
 
     #[test]

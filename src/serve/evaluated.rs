@@ -63,12 +63,20 @@ impl Evaluated {
         Self::new(None, 0, 0, at, features)
     }
 
-    /// `features` as JSON, serialized once.
+    /// The answer to a single read, `{"at": …, "entity": …, "id": …, "freshness": …,
+    /// "features": …}`, serialized once: a reused evaluation costs a reference count.
     pub fn json(&self) -> &Bytes {
         self.json.get_or_init(|| {
+            #[derive(serde::Serialize)]
+            struct Response<'a> {
+                at: DateTime<Utc>,
+                #[serde(flatten)]
+                features: &'a EntityFeatures,
+            }
+            let response = Response { at: self.at, features: &self.features };
             // Serializing a map of plain values cannot fail; an empty object would be wrong but
             // harmless, and is not reachable.
-            Bytes::from(serde_json::to_vec(&self.features).unwrap_or_else(|_| b"{}".to_vec()))
+            Bytes::from(serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()))
         })
     }
 
