@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
+use super::Change;
 use crate::store::FeatureStore;
 
 const KEPT: usize = 12;
@@ -38,22 +39,11 @@ impl ActiveUsers {
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let active = Arc::clone(self);
-        let mut changes = store.subscribe_changes();
-        tokio::spawn(async move {
-            loop {
-                let change = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    change = changes.recv() => change,
-                };
-                match change {
-                    Ok(key) => {
-                        if let Some(user_id) = key.strip_prefix("user:") {
-                            active.seen(user_id);
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
+        super::follow_changes(store, shutdown, move |change| {
+            if let Change::Entity(key) = change
+                && let Some(user_id) = key.strip_prefix("user:")
+            {
+                active.seen(user_id);
             }
         })
     }

@@ -27,6 +27,37 @@ pub use features::{
 pub use recommendations::{Answer, Degraded, RecommendationCache, Source, recommend_for};
 pub use watchers::{Watch, Watchers};
 
+/// What a follower of the store's change notifications is told.
+enum Change<'a> {
+    /// This entity's state changed (its cache key).
+    Entity(&'a str),
+    /// Notifications were missed: anything may have changed.
+    Missed,
+}
+
+/// Calls `on_change` for every change notification of the store until `shutdown`.
+fn follow_changes(
+    store: &FeatureStore,
+    shutdown: tokio_util::sync::CancellationToken,
+    mut on_change: impl FnMut(Change<'_>) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut changes = store.subscribe_changes();
+    tokio::spawn(async move {
+        loop {
+            let change = tokio::select! {
+                () = shutdown.cancelled() => return,
+                change = changes.recv() => change,
+            };
+            match change {
+                Ok(key) => on_change(Change::Entity(&key)),
+                Err(RecvError::Lagged(_)) => on_change(Change::Missed),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    })
+}
+
 /// Seconds a caller turned away for load should wait before trying again (HTTP `Retry-After`),
 /// for the API and the pages alike.
 pub const RETRY_AFTER: &str = "1";

@@ -9,9 +9,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::Change;
 use crate::store::FeatureStore;
 use crate::telemetry;
 
@@ -94,19 +95,9 @@ impl Watchers {
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let watchers = Arc::clone(self);
-        let mut changes = store.subscribe_changes();
-        tokio::spawn(async move {
-            loop {
-                let change = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    change = changes.recv() => change,
-                };
-                match change {
-                    Ok(key) => watchers.changed(&key),
-                    Err(broadcast::error::RecvError::Lagged(_)) => watchers.everything_changed(),
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
+        super::follow_changes(store, shutdown, move |change| match change {
+            Change::Entity(key) => watchers.changed(key),
+            Change::Missed => watchers.everything_changed(),
         })
     }
 }
