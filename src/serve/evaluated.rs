@@ -3,12 +3,16 @@
 //!
 //! An entry refers to the merged state it was evaluated from (the `Arc` L1 serves; L1 replaces
 //! it whenever any share of the entity changes, so pointer identity is the entity's version; a
-//! `Weak` reference rules out reuse of the address without keeping the state's contents alive), the product catalog's version, and the granule
-//! of its read time. A read at "now" reuses the entry only when all three are unchanged: a change
-//! to the entity or to any product is served at once, and what is reused is exactly the
-//! evaluation at the read time the answer states (`at`), at most one granule ago. Reads at an
-//! explicit time, reads served while Redis is unreachable, and products ranked by percentile
-//! are never cached.
+//! `Weak` reference rules out reuse of the address without keeping the state's contents
+//! alive), the product catalog's version, and the granule of its read time. A read at "now"
+//! reuses the entry only when all three are unchanged: a change to the entity or to any product
+//! is served at once, and what is reused is exactly the evaluation at the read time the answer
+//! states (`at`), at most one granule ago. Reads at an explicit time, reads served while Redis
+//! is unreachable, and products ranked by percentile are never cached.
+//!
+//! Each entity's granules are shifted by a hash of its id, so that entities expire spread over
+//! the granule rather than all at its boundary (where a batch would evaluate all of its
+//! entities again at once).
 
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -119,9 +123,16 @@ impl EvaluationCache {
         Self { entries, granule_us: granularity.as_micros().try_into().unwrap_or(i64::MAX) }
     }
 
-    /// The granule of `at`; `None` when nothing is kept.
-    pub(super) fn granule(&self, at: DateTime<Utc>) -> Option<i64> {
-        (self.granule_us > 0).then(|| at.timestamp_micros().div_euclid(self.granule_us))
+    /// Whether evaluations are kept at all.
+    pub(super) fn keeps(&self) -> bool {
+        self.granule_us > 0
+    }
+
+    /// The granule `at` falls in for the entity `id` (its granules shifted by a hash of the id).
+    pub(super) fn granule(&self, at: DateTime<Utc>, id: &str) -> i64 {
+        let granule_us = self.granule_us.max(1);
+        let shift = (xxhash_rust::xxh3::xxh3_64(id.as_bytes()) % granule_us.unsigned_abs()) as i64;
+        at.timestamp_micros().saturating_add(shift).div_euclid(granule_us)
     }
 
     pub(super) fn get(
@@ -163,15 +174,14 @@ pub async fn read_now(state: &AppState, request: FeatureRequest) -> Arc<Evaluate
     let ranked = !rankings_needed(&state.features, std::slice::from_ref(&request)).is_empty();
     let catalog = state.catalog.version();
     let at = Utc::now();
-    let granule = state.evaluations.granule(at).filter(|_| !ranked);
-    let Some(granule) = granule else {
+    if ranked || !state.evaluations.keeps() {
         let (entity, id) = (request.entity.entity, request.entity.id.clone());
         let mut results = read_and_evaluate(state, vec![request], at, false).await;
         let features = results.pop().unwrap_or_else(|| unavailable(entity, id));
         return Arc::new(Evaluated::uncached(at, features));
-    };
+    }
     let read = state.store.read(&request.entity).await;
-    reuse_or_evaluate(state, request, read, Now { catalog, granule, at })
+    reuse_or_evaluate(state, request, read, Now { catalog, at })
 }
 
 /// Many entities' features at "now", with at most one Redis round trip for the L1 misses; each
@@ -182,16 +192,16 @@ pub async fn read_now_many(state: &AppState, requests: Vec<FeatureRequest>) -> V
     let ranked = !rankings_needed(&state.features, &requests).is_empty();
     let catalog = state.catalog.version();
     let at = Utc::now();
-    let Some(granule) = state.evaluations.granule(at).filter(|_| !ranked) else {
+    if ranked || !state.evaluations.keeps() {
         let results = read_and_evaluate(state, requests, at, false).await;
         return results
             .into_iter()
             .map(|features| Arc::new(Evaluated::uncached(at, features)))
             .collect();
-    };
+    }
     let entities: Vec<EntityRef> = requests.iter().map(|r| r.entity.clone()).collect();
     let (reads, _) = state.store.read_many(&entities, &[]).await;
-    let now = Now { catalog, granule, at };
+    let now = Now { catalog, at };
     requests
         .into_iter()
         .zip(reads)
@@ -199,11 +209,10 @@ pub async fn read_now_many(state: &AppState, requests: Vec<FeatureRequest>) -> V
         .collect()
 }
 
-/// What a read at "now" is checked against: the catalog's version and the granule of `at`.
+/// What a read at "now" is checked against: the catalog's version and the read time.
 #[derive(Clone, Copy)]
 struct Now {
     catalog: u64,
-    granule: i64,
     at: DateTime<Utc>,
 }
 
@@ -215,6 +224,7 @@ fn reuse_or_evaluate(
 ) -> Arc<Evaluated> {
     let live = read.freshness == Freshness::Live;
     let FeatureRequest { entity, names } = request;
+    let granule = state.evaluations.granule(now.at, &entity.id);
     if live
         && let Some(hit) = state.evaluations.get(
             entity.entity,
@@ -222,7 +232,7 @@ fn reuse_or_evaluate(
             &names,
             &read.state,
             now.catalog,
-            now.granule,
+            granule,
         )
     {
         return hit;
@@ -230,9 +240,44 @@ fn reuse_or_evaluate(
     let version = read.state.clone();
     let request = FeatureRequest { entity, names: names.clone() };
     let features = evaluate_read(state, request, read, now.at, &|_| None);
-    let evaluated = Arc::new(Evaluated::new(version, now.catalog, now.granule, now.at, features));
+    let evaluated = Arc::new(Evaluated::new(version, now.catalog, granule, now.at, features));
     if live {
         state.evaluations.put(names, Arc::clone(&evaluated));
     }
     evaluated
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+
+    use super::*;
+
+    #[test]
+    fn an_entitys_granule_lasts_the_granularity_and_entities_expire_apart() {
+        let cache = EvaluationCache::new(Duration::from_secs(1), 1 << 20);
+        let start = DateTime::from_timestamp_micros(1_800_000_000_000_000).expect("time");
+        let ids: Vec<String> = (0..200).map(|n| format!("u{n}")).collect();
+        let mut changes_at: Vec<i64> = Vec::new();
+        for id in &ids {
+            // Step through two seconds by milliseconds: the granule changes exactly twice, one
+            // second apart.
+            let mut changes = Vec::new();
+            let mut previous = cache.granule(start, id);
+            for ms in 1..=2000 {
+                let at = start + TimeDelta::milliseconds(ms);
+                let granule = cache.granule(at, id);
+                if granule != previous {
+                    changes.push(ms);
+                    previous = granule;
+                }
+            }
+            assert!(changes.len() == 2 && changes[1] - changes[0] == 1000, "{id}: {changes:?}");
+            changes_at.push(changes[0]);
+        }
+        // Spread over the second, not all at its boundary: 200 ids land on many instants.
+        changes_at.sort_unstable();
+        changes_at.dedup();
+        assert!(changes_at.len() > 100, "granules of different entities change together");
+    }
 }
