@@ -222,18 +222,32 @@ fn together<'a>(
     best
 }
 
-fn price_match(
-    user: &UserSignals,
-    bands: Option<&Feature>,
-    price: Option<Decimal>,
-) -> (f64, Option<String>) {
-    let (Some(feature), Some(price)) = (bands, price) else { return (0.0, None) };
-    let total: f64 = user.bands.values().sum();
-    if total <= 0.0 || feature.bands.is_empty() {
-        return (0.0, None);
+/// The user's share of clicks in each price band (by band index), worked out once per answer so
+/// that matching a product's price takes a search among the bounds and no label.
+struct PriceMatch<'a> {
+    feature: &'a Feature,
+    shares: Vec<f64>,
+}
+
+impl<'a> PriceMatch<'a> {
+    fn new(user: &UserSignals, bands: Option<&'a Feature>) -> Option<Self> {
+        let feature = bands.filter(|feature| !feature.bands.is_empty())?;
+        let total: f64 = user.bands.values().sum();
+        if total <= 0.0 {
+            return None;
+        }
+        let shares = (0..=feature.bands.len())
+            .map(|index| user.bands.get(&feature.band_label(index)).copied().unwrap_or(0.0) / total)
+            .collect();
+        Some(Self { feature, shares })
     }
-    let band = feature.band_of(price);
-    (user.bands.get(&band).copied().unwrap_or(0.0) / total, Some(band))
+
+    /// The user's share of the band `price` falls in, and that band.
+    fn of(&self, price: Option<Decimal>) -> (f64, Option<usize>) {
+        let Some(price) = price else { return (0.0, None) };
+        let band = self.feature.band_index(price);
+        (self.shares[band], Some(band))
+    }
 }
 
 /// Ranks the catalog for `user`. `price_bands` is the feature whose bands price matching uses.
@@ -249,6 +263,7 @@ pub fn recommend(
     let cold = user.is_cold();
     let max_trending = index.max_trending();
     let linked = if cold { HashMap::new() } else { together(user, index) };
+    let prices = PriceMatch::new(user, price_bands);
     let mut scored: Vec<Scored<'_>> = Vec::new();
     for id in &index.popular {
         let Some(entry) = index.get(id) else { continue };
@@ -271,7 +286,7 @@ pub fn recommend(
                 Some((weight, seed)) => (*weight, Some(*seed)),
                 None => (0.0, None),
             };
-            let (price, band) = price_match(user, price_bands, product.price);
+            let (price, band) = prices.as_ref().map_or((0.0, None), |p| p.of(product.price));
             let parts = [
                 (W_TOGETHER * together, 0),
                 (W_AFFINITY * affinity, 1),
@@ -299,7 +314,7 @@ pub fn recommend(
     }
     diversify(scored, query.limit.clamp(1, MAX_LIMIT))
         .into_iter()
-        .map(|picked| picked.recommendation(index))
+        .map(|picked| picked.recommendation(index, price_bands))
         .collect()
 }
 
@@ -316,12 +331,13 @@ enum Why<'a> {
     Together(&'a str),
     Affinity,
     Trending,
-    Price(Option<String>),
+    /// The band's index among the price bands.
+    Price(Option<usize>),
     Popular,
 }
 
 impl Scored<'_> {
-    fn recommendation(self, index: &ProductIndex) -> Recommendation {
+    fn recommendation(self, index: &ProductIndex, price_bands: Option<&Feature>) -> Recommendation {
         let category = self.product.category.clone().unwrap_or_default();
         let reason = match self.why {
             Why::Together(seed) => Reason::ViewedTogether {
@@ -330,7 +346,9 @@ impl Scored<'_> {
             },
             Why::Affinity => Reason::CategoryAffinity { category },
             Why::Trending => Reason::Trending { category },
-            Why::Price(band) => Reason::PriceMatch { band: band.unwrap_or_default() },
+            Why::Price(band) => Reason::PriceMatch {
+                band: band.zip(price_bands).map(|(b, f)| f.band_label(b)).unwrap_or_default(),
+            },
             Why::Popular => Reason::Popular,
         };
         Recommendation {

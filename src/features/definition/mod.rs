@@ -233,11 +233,24 @@ impl Feature {
 
     /// The band label of a numeric value: `<25`, `25-50`, …, `250+`.
     pub fn band_of(&self, value: Decimal) -> String {
+        self.band_label(self.band_index(value))
+    }
+
+    /// Which band a numeric value falls in: 0 below the first bound, `bands.len()` above the
+    /// last.
+    pub fn band_index(&self, value: Decimal) -> usize {
+        self.bands.iter().position(|upper| value < *upper).unwrap_or(self.bands.len())
+    }
+
+    /// The label of band `index` (see [`Self::band_index`]).
+    pub fn band_label(&self, index: usize) -> String {
         let bands = &self.bands;
-        match bands.iter().position(|upper| value < *upper) {
-            Some(0) => format!("<{}", bands[0].normalize()),
-            Some(i) => format!("{}-{}", bands[i - 1].normalize(), bands[i].normalize()),
-            None => format!("{}+", bands[bands.len() - 1].normalize()),
+        match index {
+            0 => format!("<{}", bands[0].normalize()),
+            i if i < bands.len() => {
+                format!("{}-{}", bands[i - 1].normalize(), bands[i].normalize())
+            }
+            _ => format!("{}+", bands[bands.len() - 1].normalize()),
         }
     }
 }
