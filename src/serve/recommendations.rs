@@ -133,6 +133,10 @@ impl RecommendationCache {
                 && Arc::ptr_eq(&answer.index, index)
         })
     }
+
+    fn put(&self, key: AnswerKey, answer: Arc<Answer>) {
+        self.entries.insert(key, answer);
+    }
 }
 
 /// Ranks products for `user_id`. Never fails: without the user's features (Redis down, or
@@ -188,7 +192,7 @@ pub async fn recommend_for(
         json: OnceLock::new(),
     });
     if let Some((key, _)) = key {
-        state.recommendations.entries.insert(key, Arc::clone(&answer));
+        state.recommendations.put(key, Arc::clone(&answer));
     }
     answer
 }

@@ -3,8 +3,9 @@
 //! state changes (on any instance: the store's change notifications, which wake only this
 //! user's streams) and, at most every [`INDEX_RECHECK`], when the product index is rebuilt.
 //! Open streams have their own budget (`api.max_streams`); past it a new one gets 503 with
-//! `Retry-After`, which `EventSource` honours as a reconnect delay. A block is sent only if its version
-//! differs from the last one sent, or at first from `since` (the version the page rendered).
+//! `Retry-After`. A browser's `EventSource` does not retry a refused stream: that page keeps
+//! what it rendered, without live updates. A block is sent only if its version differs from the
+//! last one sent, or at first from `since` (the version the page rendered).
 //! The stream ends when the instance starts draining; `EventSource` reconnects by itself.
 
 use std::convert::Infallible;
@@ -53,7 +54,7 @@ impl Listener {
     /// was rebuilt since the last block (looked at once per [`INDEX_RECHECK`], by timer, so that
     /// an index rebuild does not wake every stream).
     async fn wait(&mut self) -> bool {
-        let readiness = std::sync::Arc::clone(&self.state.readiness);
+        let readiness = Arc::clone(&self.state.readiness);
         loop {
             tokio::select! {
                 () = readiness.draining() => return false,
