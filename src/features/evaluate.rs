@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::catalog::Catalog;
 use super::definition::{Aggregation, Entity, Feature, FeatureSet, ValueExpr};
+use super::expiry::DecayParts;
 use super::source::Scalar;
 use super::state::{EntityState, Fact, FeatureState, stored_number};
 
@@ -277,24 +278,10 @@ fn evaluate_one(
             }
             FeatureValue::present(json!(sketch.count().round() as u64), newest)
         }
-        Aggregation::DecayedCount => {
-            let Some(window) = feature.window else { return FeatureValue::missing() };
-            let half_life_us = feature.half_life.map_or(1.0, |h| h.as_micros() as f64);
-            let mut score = 0.0;
-            let mut newest = None;
-            for (bucket, cell) in &state.buckets {
-                let start = bucket * window.bucket_us;
-                if !window.contains(at_us, start) {
-                    continue;
-                }
-                newest = newest.max(Some(start));
-                // A bucket's rows count as if they happened at its end (never in the future).
-                let age_us = (at_us - (start + window.bucket_us)).max(0) as f64;
-                let weight = 0.5f64.powf(age_us / half_life_us);
-                score += weight * cell.values().sum::<i64>() as f64;
-            }
-            FeatureValue::present(json!((score * 1e6).round() / 1e6), newest)
-        }
+        Aggregation::DecayedCount => match DecayParts::of(feature, state, at_us) {
+            Some(parts) => FeatureValue::present(json!(parts.at(at_us)), parts.newest_us),
+            None => FeatureValue::missing(),
+        },
         Aggregation::CoOccurrence => {
             let (counts, newest) = window_counts(feature, state, at_us);
             let mut ranked: Vec<(String, i64)> =

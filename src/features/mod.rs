@@ -8,10 +8,12 @@
 //! - [`overlap`]: which streamed changes a snapshot run over an existing slot had already read.
 //! - [`pairs`]: item-to-item co-occurrence from neighbouring rows of a user's session.
 //! - [`evaluate()`]: values at a reference time, joined through the product [`catalog`].
+//! - [`next_change`]: when a value read earlier changes with no new event (windows sliding).
 
 pub mod catalog;
 pub mod definition;
 mod evaluate;
+mod expiry;
 pub mod overlap;
 mod pairs;
 pub mod source;
@@ -24,6 +26,7 @@ pub use definition::{
 pub use evaluate::{
     FeatureStatus, FeatureValue, Features, HLL_PRECISION, Ranking, ReadContext, evaluate,
 };
+pub use expiry::{DecayParts, next_change};
 pub use pairs::{PairDelta, SESSION_FACTS_MAX};
 pub use source::{
     High, Position, RunStart, Scalar, SnapshotRead, SnapshotRun, SourceChange, SourceRow,
@@ -36,5 +39,7 @@ pub use state::{
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_expiry;
 #[cfg(test)]
 mod tests_pairs;

@@ -13,7 +13,7 @@ mod overlap;
 mod snapshot;
 mod truncate;
 
-fn t0() -> DateTime<Utc> {
+pub(super) fn t0() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-11-22T12:00:00Z").expect("valid").with_timezone(&Utc)
 }
 
@@ -82,7 +82,7 @@ fn insert(row: SourceRow, lsn: i64) -> SourceChange {
     change(SourceTable::UserActivity, None, Some(row), lsn)
 }
 
-fn catalog() -> HashMap<String, Product> {
+pub(super) fn catalog() -> HashMap<String, Product> {
     let product = |id: &str, category: &str, brand: &str, price: i64| Product {
         id: id.into(),
         name: Some(format!("{id} name")),
@@ -454,7 +454,7 @@ fn every_aggregation() -> FeatureSet {
 }
 
 /// Both the shipped definitions and one feature of every aggregation.
-fn sets() -> [FeatureSet; 2] {
+pub(super) fn sets() -> [FeatureSet; 2] {
     [set(), every_aggregation()]
 }
 
