@@ -27,8 +27,7 @@ use persona::ops::OpsView;
 use persona::recommend::{self, Recommender};
 use persona::recovery;
 use persona::serve::{
-    ActiveUsers, AppState, EvaluationCache, RankingCache, Readiness, RecommendationCache, Services,
-    Watchers,
+    ActiveUsers, AppState, EvaluationCache, Readiness, RecommendationCache, Services, Watchers,
 };
 use persona::store::FeatureStore;
 use persona::{db, dlq, simulate, telemetry};
@@ -219,7 +218,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         store,
         features,
         catalog,
-        rankings: Arc::new(RankingCache::default()),
         evaluations: Arc::new(EvaluationCache::new(
             config.api.evaluation_granularity,
             config.api.cache_bytes,

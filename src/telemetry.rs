@@ -45,6 +45,9 @@ metrics! {
     counter REDIS_ROUND_TRIPS = "persona_redis_round_trips_total";
     /// Duration of Redis round trips, in seconds; label `op` as for [`REDIS_ROUND_TRIPS`].
     histogram REDIS_COMMAND_SECONDS = "persona_redis_command_duration_seconds";
+    /// Products the index refresher evaluated again: their state changed or a window moved
+    /// (all of them after missed notifications, a table mark or a generation switch).
+    counter INDEX_EVALUATIONS = "persona_index_products_evaluated_total";
     /// HTTP requests served, by duration in seconds; labels `method`, `route` (the matched route
     /// pattern, never the raw path), `status`.
     histogram HTTP_REQUEST_SECONDS = "persona_http_request_duration_seconds";

@@ -15,7 +15,7 @@ use persona::features::{
 use persona::http::app;
 use persona::recommend::Recommender;
 use persona::serve::{
-    ActiveUsers, EvaluationCache, RankingCache, Readiness, RecommendationCache, Services, Watchers,
+    ActiveUsers, EvaluationCache, Readiness, RecommendationCache, Services, Watchers,
 };
 use persona::store::{EntityRef, FeatureStore, TableMarks};
 use serde_json::Value;
@@ -36,7 +36,6 @@ async fn state() -> Services {
         store: Arc::new(store),
         features: Arc::new(FeatureSet::load(None).expect("definitions")),
         catalog: Arc::new(ProductCatalog::default()),
-        rankings: Arc::new(RankingCache::default()),
         evaluations: Arc::new(EvaluationCache::new(
             ApiConfig::default().evaluation_granularity,
             ApiConfig::default().cache_bytes,

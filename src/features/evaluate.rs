@@ -61,7 +61,7 @@ impl FeatureValue {
 pub type Features = BTreeMap<String, FeatureValue>;
 
 /// Every product's value of the feature a percentile ranks, at one read time.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Ranking {
     /// Sorted ascending.
     values: Vec<f64>,
@@ -71,6 +71,29 @@ impl Ranking {
     pub fn new(mut values: Vec<f64>) -> Self {
         values.sort_by(f64::total_cmp);
         Self { values }
+    }
+
+    /// Replaces one product's value: `old` is dropped (when ranked), `new` added (when `Some`).
+    pub fn replace(&mut self, old: Option<f64>, new: Option<f64>) {
+        if let Some(old) = old {
+            let at = self.values.partition_point(|v| v.total_cmp(&old).is_lt());
+            if self.values.get(at).is_some_and(|v| v.total_cmp(&old).is_eq()) {
+                self.values.remove(at);
+            }
+        }
+        if let Some(new) = new {
+            let at = self.values.partition_point(|v| v.total_cmp(&new).is_lt());
+            self.values.insert(at, new);
+        }
+    }
+
+    /// How many products are ranked.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
     }
 
     /// `PERCENT_RANK`: the share of the other products ranked strictly below `value`, in percent,

@@ -4,16 +4,16 @@
 //! Redis only for the user's own state.
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::features::{
-    Entity, FeatureSet, Features, Product, ProductCatalog, ReadContext, evaluate,
-};
+use super::tracker::Tracker;
+use crate::features::{Entity, FeatureSet, Features, Product, ProductCatalog, Ranking};
 use crate::store::{EntityRef, FeatureStore};
 
 /// The product features recommendations read.
@@ -39,6 +39,9 @@ pub struct ProductIndex {
     pub top_trending: HashMap<String, f64>,
     /// When the product features were read; `None` when built from the catalog alone.
     pub built_at: Option<DateTime<Utc>>,
+    /// Ranked feature → every product's value of it at `built_at`, for percentile reads at
+    /// "now"; empty when the index is not maintained by a refresher.
+    pub rankings: HashMap<String, Arc<Ranking>>,
 }
 
 /// What the index keeps of a product's features: trending score and viewed-together list.
@@ -47,7 +50,12 @@ pub type ProductSignals = (f64, Vec<(String, i64)>);
 /// Reads a product's signals from its evaluated features.
 pub fn signals_of(features: &Features) -> ProductSignals {
     let trending = features.get(TRENDING).and_then(|v| v.value.as_f64()).unwrap_or(0.0);
-    let together = features
+    (trending, together_of(features))
+}
+
+/// Reads a product's viewed-together list from its evaluated features.
+pub fn together_of(features: &Features) -> Vec<(String, i64)> {
+    features
         .get(VIEWED_TOGETHER)
         .and_then(|v| v.value.as_array())
         .map(|list| {
@@ -57,8 +65,7 @@ pub fn signals_of(features: &Features) -> ProductSignals {
                 })
                 .collect()
         })
-        .unwrap_or_default();
-    (trending, together)
+        .unwrap_or_default()
 }
 
 impl ProductIndex {
@@ -69,10 +76,19 @@ impl ProductIndex {
         signals: &HashMap<String, ProductSignals>,
         built_at: Option<DateTime<Utc>>,
     ) -> Self {
+        Self::build_with(catalog, |id| signals.get(id).cloned().unwrap_or_default(), built_at)
+    }
+
+    /// Builds the index from the catalog and each product's signals as `signals` gives them.
+    pub fn build_with(
+        catalog: &HashMap<String, Product>,
+        signals: impl Fn(&str) -> ProductSignals,
+        built_at: Option<DateTime<Utc>>,
+    ) -> Self {
         let mut products = HashMap::with_capacity(catalog.len());
         let mut top_trending: HashMap<String, f64> = HashMap::new();
         for (id, product) in catalog {
-            let (trending, together) = signals.get(id).cloned().unwrap_or_default();
+            let (trending, together) = signals(id);
             if let Some(category) = &product.category {
                 let top = top_trending.entry(category.clone()).or_insert(0.0);
                 *top = top.max(trending);
@@ -86,7 +102,7 @@ impl ProductIndex {
         popular.sort_by(|a, b| {
             products[b].trending.total_cmp(&products[a].trending).then_with(|| a.cmp(b))
         });
-        Self { products, popular, top_trending, built_at }
+        Self { products, popular, top_trending, built_at, rankings: HashMap::new() }
     }
 
     pub fn get(&self, id: &str) -> Option<&IndexedProduct> {
@@ -130,8 +146,11 @@ impl Recommender {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Rebuilds the index every `every` until `shutdown`. When Redis cannot be read the
-    /// previous scores are kept (the catalog still refreshes).
+    /// Keeps the index up to date every `every` until `shutdown`: each tick evaluates again
+    /// only the products whose state changed (as the store's change notifications say) or whose
+    /// windows moved since; everything after notifications were missed, a table mark (snapshot
+    /// run, TRUNCATE, generation switch) or, when tracked values join product attributes, a
+    /// catalog change. When Redis cannot be read the products wait for the next tick.
     pub fn spawn_refresher(
         self: &Arc<Self>,
         store: Arc<FeatureStore>,
@@ -141,53 +160,122 @@ impl Recommender {
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let recommender = Arc::clone(self);
+        let pending = Arc::new(Mutex::new(Pending { all: true, ids: HashSet::new() }));
+        let listener = listen(&store, Arc::clone(&pending), shutdown.clone());
         tokio::spawn(async move {
+            let mut tracker = Tracker::new(&features);
+            let mut catalog_seen = None;
             let mut ticks = crate::periodic::Ticks::new(every, shutdown);
             while ticks.next().await {
-                recommender.refresh(&store, &features, &catalog).await;
+                let taken = std::mem::take(&mut *lock(&pending));
+                let version = catalog.version();
+                let catalog_moved = catalog_seen.replace(version) != Some(version);
+                let all = taken.all || (catalog_moved && tracker.joins_catalog());
+                let refreshed = recommender
+                    .refresh(&store, &features, &catalog, &mut tracker, all, &taken.ids)
+                    .await;
+                if !refreshed {
+                    lock(&pending).merge(taken);
+                }
             }
+            listener.abort();
         })
     }
 
-    async fn refresh(&self, store: &FeatureStore, set: &FeatureSet, catalog: &ProductCatalog) {
-        let ids: Vec<EntityRef> =
-            catalog.read(|products| products.keys().cloned().map(EntityRef::product).collect());
-        let states = store.read_uncached(&ids).await;
+    /// Evaluates the products due (all of them when `all`), then publishes the index; `false`
+    /// when Redis could not be read (the index keeps the products' previous signals).
+    async fn refresh(
+        &self,
+        store: &FeatureStore,
+        set: &FeatureSet,
+        catalog: &ProductCatalog,
+        tracker: &mut Tracker,
+        all: bool,
+        changed: &HashSet<String>,
+    ) -> bool {
+        // Evaluated as of before the read: a change the read sees early is one more, not one
+        // less, and a window that moves meanwhile is due at the next tick.
         let at = Utc::now();
-        let names = [TRENDING.to_string(), VIEWED_TOGETHER.to_string()];
-        let (signals, built_at) = match states {
-            Some(states) => {
-                let signals = catalog.read(|products| {
-                    let context = ReadContext { at, catalog: products, ranking: &|_| None };
-                    ids.iter()
-                        .zip(&states)
-                        .map(|(id, state)| {
-                            let state = state.clone().unwrap_or_default();
-                            let values = evaluate(
-                                set,
-                                Entity::Product,
-                                &id.id,
-                                Some(&state),
-                                Some(&names),
-                                &context,
-                            );
-                            (id.id.clone(), signals_of(&values))
-                        })
-                        .collect()
-                });
-                (signals, Some(at))
+        let ids: Vec<String> = catalog.read(|products| {
+            tracker.retain(products);
+            if all {
+                return products.keys().cloned().collect();
             }
-            None => {
-                let previous = self.index();
-                let signals = previous
-                    .products
-                    .iter()
-                    .map(|(id, entry)| (id.clone(), (entry.trending, entry.together.clone())))
-                    .collect();
-                (signals, previous.built_at)
+            let mut ids = tracker.due(at.timestamp_micros(), products);
+            ids.extend(changed.iter().filter(|id| products.contains_key(*id)).cloned());
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        });
+        let mut read = true;
+        if !ids.is_empty() {
+            let refs: Vec<EntityRef> = ids.iter().cloned().map(EntityRef::product).collect();
+            metrics::counter!(crate::telemetry::INDEX_EVALUATIONS).increment(ids.len() as u64);
+            match store.read_uncached(&refs).await {
+                Some(states) => catalog.read(|products| {
+                    for (id, state) in ids.iter().zip(&states) {
+                        tracker.update(set, id, state.as_ref(), at, products);
+                    }
+                }),
+                None => read = false,
             }
-        };
-        let index = catalog.read(|products| ProductIndex::build(products, &signals, built_at));
+        }
+        let index = catalog.read(|products| tracker.index(products, at));
         self.replace(index);
+        read
     }
+}
+
+/// Products changed since the last tick.
+#[derive(Default)]
+struct Pending {
+    /// Anything may have changed.
+    all: bool,
+    ids: HashSet<String>,
+}
+
+impl Pending {
+    fn merge(&mut self, other: Pending) {
+        self.all |= other.all;
+        self.ids.extend(other.ids);
+    }
+}
+
+fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Notes every product the store announces as changed, and everything when announcements were
+/// missed or a table mark may have been recorded.
+fn listen(
+    store: &FeatureStore,
+    pending: Arc<Mutex<Pending>>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut changes = store.subscribe_changes();
+    let mut marks = store.watch_marks();
+    let prefix = format!("{}:", Entity::Product.label());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                change = changes.recv() => match change {
+                    Ok(key) => {
+                        if let Some(id) = key.strip_prefix(&prefix) {
+                            lock(&pending).ids.insert(id.to_string());
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => lock(&pending).all = true,
+                    Err(RecvError::Closed) => return,
+                },
+                marked = marks.changed() => {
+                    if marked.is_err() {
+                        return;
+                    }
+                    lock(&pending).all = true;
+                }
+            }
+        }
+    })
 }

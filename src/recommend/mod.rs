@@ -7,6 +7,7 @@
 //! - [`recommend`]: scoring, exclusions, diversity, reasons.
 
 pub mod index;
+mod tracker;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 

@@ -1,8 +1,8 @@
-//! Feature reads: entities read with at most one Redis round trip, evaluated at a read time,
-//! with whole-catalog rankings for percentile features computed once a second.
+//! Feature reads: entities read with at most one Redis round trip, evaluated at a read time.
+//! Percentiles at "now" rank among the values the product index keeps up to date; at a past
+//! time they rank the whole catalog read then.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -14,9 +14,6 @@ use crate::features::{
 };
 use crate::store::{EntityRead, EntityRef, Freshness};
 
-/// How long a whole-catalog ranking is reused for reads at "now".
-const RANKING_TTL: Duration = Duration::from_secs(1);
-
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EntityFeatures {
     pub entity: Entity,
@@ -26,27 +23,6 @@ pub struct EntityFeatures {
     /// Feature name → value.
     #[schema(value_type = std::collections::BTreeMap<String, crate::features::FeatureValue>)]
     pub features: Features,
-}
-
-/// The last whole-catalog ranking computed, reused for reads at "now" for `RANKING_TTL`.
-#[derive(Default)]
-pub struct RankingCache {
-    inner: std::sync::Mutex<Option<(Instant, String, Arc<Ranking>)>>,
-}
-
-impl RankingCache {
-    fn get(&self, feature: &str) -> Option<Arc<Ranking>> {
-        let guard = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        guard
-            .as_ref()
-            .filter(|(computed, name, _)| name == feature && computed.elapsed() < RANKING_TTL)
-            .map(|(_, _, ranking)| Arc::clone(ranking))
-    }
-
-    fn put(&self, feature: &str, ranking: Arc<Ranking>) {
-        let mut guard = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        *guard = Some((Instant::now(), feature.to_string(), ranking));
-    }
 }
 
 /// Every feature of one user at `at`, as `GET /api/v1/users/{id}/features` reads them (for the
@@ -107,9 +83,12 @@ pub async fn read_and_evaluate(
     let needed = rankings_needed(set, &requests);
     let mut rankings: Vec<(String, Arc<Ranking>)> = Vec::new();
     let mut to_rank: Vec<&Feature> = Vec::new();
+    // At "now", the rankings the index refresher keeps; at a past time (or before the first
+    // refresh), ranked from the whole catalog.
+    let index = (!explicit_at && !needed.is_empty()).then(|| state.recommender.index());
     for feature in needed {
-        match state.rankings.get(&feature.name).filter(|_| !explicit_at) {
-            Some(ranking) => rankings.push((feature.name.clone(), ranking)),
+        match index.as_ref().and_then(|index| index.rankings.get(&feature.name)) {
+            Some(ranking) => rankings.push((feature.name.clone(), Arc::clone(ranking))),
             None => to_rank.push(feature),
         }
     }
@@ -127,9 +106,6 @@ pub async fn read_and_evaluate(
     if let Some(catalog_states) = catalog_states {
         for feature in to_rank {
             let ranking = Arc::new(rank(set, feature, &catalog_ids, &catalog_states, at, state));
-            if !explicit_at {
-                state.rankings.put(&feature.name, Arc::clone(&ranking));
-            }
             rankings.push((feature.name.clone(), ranking));
         }
     }

@@ -21,9 +21,7 @@ use crate::store::FeatureStore;
 
 pub use active::ActiveUsers;
 pub use evaluated::{Evaluated, EvaluationCache, read_now, read_now_many};
-pub use features::{
-    EntityFeatures, FeatureRequest, RankingCache, read_and_evaluate, read_user_features,
-};
+pub use features::{EntityFeatures, FeatureRequest, read_and_evaluate, read_user_features};
 pub use recommendations::{Answer, Degraded, RecommendationCache, Source, recommend_for};
 pub use watchers::{Watch, Watchers};
 
@@ -113,7 +111,6 @@ pub struct Services {
     pub store: Arc<FeatureStore>,
     pub features: Arc<FeatureSet>,
     pub catalog: Arc<ProductCatalog>,
-    pub rankings: Arc<RankingCache>,
     /// Evaluations reused for reads at "now" within a granule of read time.
     pub evaluations: Arc<EvaluationCache>,
     /// Recommendation answers reused while their user's evaluation and the index are unchanged.
