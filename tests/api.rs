@@ -187,12 +187,24 @@ async fn batch_answers_every_entity_in_order_and_rejects_bad_bodies() {
 
 /// A click of `user` on `product`, now, as ingest would apply it to the user's share.
 fn clicked(set: &FeatureSet, user: &str, product: &str, share: &mut EntityState, lsn: i64) {
+    act(set, (Entity::User, user), "CLICK", product, share, lsn);
+}
+
+/// An activity of `user` on `product`, now, as ingest would apply it to `entity`'s share.
+fn act(
+    set: &FeatureSet,
+    (entity, user): (Entity, &str),
+    kind: &str,
+    product: &str,
+    share: &mut EntityState,
+    lsn: i64,
+) {
     let now = chrono::Utc::now();
     let text = |value: &str| Scalar::Text(value.to_string());
     let columns = [
         ("id", text(&format!("click-{lsn}"))),
         ("user_id", text(user)),
-        ("activity_type", text("CLICK")),
+        ("activity_type", text(kind)),
         ("product_id", text(product)),
         ("activity_timestamp", Scalar::Time(now.timestamp_micros())),
     ];
@@ -211,7 +223,8 @@ fn clicked(set: &FeatureSet, user: &str, product: &str, share: &mut EntityState,
         replay: false,
         overlapped: false,
     };
-    apply(set, Entity::User, user, share, &change, "user_activity/0", now);
+    let id = if entity == Entity::User { user } else { product };
+    apply(set, entity, id, share, &change, "user_activity/0", now);
 }
 
 /// Reads at "now" reuse an evaluation only while nothing it came from changed: a new change of
@@ -362,4 +375,97 @@ async fn live_streams_past_their_budget_are_refused_until_one_closes() {
         StatusCode::OK,
         "a closed stream frees its place"
     );
+}
+
+/// Percentiles at "now" rank among the values the index refresher keeps: a product's change
+/// reaches the ranking through the store's change notifications, and only that product is
+/// evaluated again.
+#[tokio::test]
+async fn percentiles_at_now_follow_product_changes_through_the_kept_ranking() {
+    let state = state().await;
+    let (store, catalog, set, recommender) = (
+        Arc::clone(&state.store),
+        Arc::clone(&state.catalog),
+        Arc::clone(&state.features),
+        Arc::clone(&state.recommender),
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _guard = shutdown.clone().drop_guard();
+    store.spawn_invalidation_listener(shutdown.clone());
+    for id in ["p1", "p2", "p3"] {
+        let product = Product {
+            id: id.into(),
+            name: None,
+            category: Some("shoes".into()),
+            brand: None,
+            price: None,
+            updated_at: None,
+        };
+        catalog.upsert(product);
+    }
+    recommender.spawn_refresher(
+        Arc::clone(&store),
+        Arc::clone(&set),
+        Arc::clone(&catalog),
+        std::time::Duration::from_millis(100),
+        shutdown.clone(),
+    );
+    let router = app(state.into(), &ApiConfig::default());
+    let mut lsn = 0;
+    let mut view = |product: &str, times: i64, share: &mut EntityState| {
+        for _ in 0..times {
+            lsn += 1;
+            act(&set, (Entity::Product, "u1"), "VIEW_PRODUCT", product, share, lsn);
+        }
+    };
+    let write = |product: &str, share: &EntityState| {
+        let key = EntityRef::product(product).share("user_activity/0");
+        let store = Arc::clone(&store);
+        let share = share.clone();
+        async move {
+            store
+                .write_states(vec![(key, share)], &TableMarks::default(), None)
+                .await
+                .expect("write")
+        }
+    };
+    let percentiles = || async {
+        let mut served = Vec::new();
+        for id in ["p1", "p2", "p3"] {
+            let uri = format!("/api/v1/products/{id}/features?names=popularity_percentile");
+            let (_, _, body) = call(&router, &uri).await;
+            served.push(body["features"]["popularity_percentile"]["value"].clone());
+        }
+        served
+    };
+    // Refreshed every 100 ms: a few seconds are plenty, and short enough that the next minute
+    // boundary (when p3's trending bucket ends and it is due anyway) seldom hides a missed change.
+    let settles = |expected: [i64; 3]| {
+        let percentiles = &percentiles;
+        let recommender = &recommender;
+        async move {
+            let what = format!("percentiles {expected:?} from the kept ranking");
+            common::eventually(&what, std::time::Duration::from_secs(5), || async {
+                let kept = recommender.index().rankings.contains_key("views_1h");
+                let served = percentiles().await;
+                (kept && served == expected.map(serde_json::Value::from))
+                    .then_some(())
+                    .ok_or(format!("kept ranking: {kept}, served {served:?}"))
+            })
+            .await
+        }
+    };
+
+    let mut shares: Vec<EntityState> = vec![EntityState::default(); 3];
+    for (product, views) in [("p1", 2), ("p2", 1), ("p3", 1)] {
+        let share = &mut shares[usize::from(product.as_bytes()[1] - b'1')];
+        view(product, views, share);
+        write(product, share).await;
+    }
+    // Views: p1 2, p2 1, p3 1.
+    settles([100, 0, 0]).await;
+    view("p3", 4, &mut shares[2]);
+    write("p3", &shares[2]).await;
+    // Views: p1 2, p2 1, p3 5.
+    settles([50, 0, 100]).await;
 }
