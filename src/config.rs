@@ -57,7 +57,8 @@ impl Default for OpsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RecommendConfig {
-    /// How often the product index (trending, viewed together) is rebuilt from Redis.
+    /// How often the product index (trending, viewed together) and the percentile rankings are
+    /// published, with the products that changed or whose windows moved evaluated again.
     #[serde(with = "humantime_serde")]
     pub refresh: Duration,
     /// A storefront page waits this long for the user's features, then renders with popular

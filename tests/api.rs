@@ -232,19 +232,10 @@ fn act(
 #[tokio::test]
 async fn a_reused_evaluation_never_hides_a_change() {
     let state = state().await;
-    let (store, catalog, set) =
-        (Arc::clone(&state.store), Arc::clone(&state.catalog), Arc::clone(&state.features));
+    let (store, catalog, set, _) = handles(&state);
     let router = app(state.into(), &ApiConfig::default());
     let user = common::unique("cached");
-    let product = |category: &str| Product {
-        id: "p1".into(),
-        name: None,
-        category: Some(category.into()),
-        brand: None,
-        price: None,
-        updated_at: None,
-    };
-    catalog.upsert(product("shoes"));
+    catalog.upsert(product("p1", "shoes"));
     let uri = format!("/api/v1/users/{user}/features?names=clicks_1m,category_clicks_1h");
     let key = EntityRef::user(&user).share("user_activity/0");
     let mut share = EntityState::default();
@@ -265,11 +256,34 @@ async fn a_reused_evaluation_never_hides_a_change() {
         assert_eq!(again["features"], body["features"]);
         previous_at = Some(body["at"].clone());
     }
-    catalog.upsert(product("boots"));
+    catalog.upsert(product("p1", "boots"));
     let (_, _, body) = call(&router, &uri).await;
     assert_eq!(body["features"]["category_clicks_1h"]["value"]["boots"], 3, "{body}");
     assert!(body["features"]["category_clicks_1h"]["value"].get("shoes").is_none(), "{body}");
     assert_ne!(Some(body["at"].clone()), previous_at, "re-evaluated after the catalog changed");
+}
+
+/// The services a test drives besides the router.
+fn handles(
+    state: &Services,
+) -> (Arc<FeatureStore>, Arc<ProductCatalog>, Arc<FeatureSet>, Arc<Recommender>) {
+    (
+        Arc::clone(&state.store),
+        Arc::clone(&state.catalog),
+        Arc::clone(&state.features),
+        Arc::clone(&state.recommender),
+    )
+}
+
+fn product(id: &str, category: &str) -> Product {
+    Product {
+        id: id.into(),
+        name: None,
+        category: Some(category.into()),
+        brand: None,
+        price: None,
+        updated_at: None,
+    }
 }
 
 /// Batches at "now" and recommendations reuse evaluations and answers the same way: a change of
@@ -277,22 +291,9 @@ async fn a_reused_evaluation_never_hides_a_change() {
 #[tokio::test]
 async fn reused_batches_and_recommendations_never_hide_a_change() {
     let state = state().await;
-    let (store, catalog, set, recommender) = (
-        Arc::clone(&state.store),
-        Arc::clone(&state.catalog),
-        Arc::clone(&state.features),
-        Arc::clone(&state.recommender),
-    );
+    let (store, catalog, set, recommender) = handles(&state);
     let router = app(state.into(), &ApiConfig::default());
     let user = common::unique("reused");
-    let product = |id: &str, category: &str| Product {
-        id: id.into(),
-        name: None,
-        category: Some(category.into()),
-        brand: None,
-        price: None,
-        updated_at: None,
-    };
     catalog.upsert(product("p1", "shoes"));
     catalog.upsert(product("p2", "boots"));
     let rebuild_index = || {
@@ -383,25 +384,12 @@ async fn live_streams_past_their_budget_are_refused_until_one_closes() {
 #[tokio::test]
 async fn percentiles_at_now_follow_product_changes_through_the_kept_ranking() {
     let state = state().await;
-    let (store, catalog, set, recommender) = (
-        Arc::clone(&state.store),
-        Arc::clone(&state.catalog),
-        Arc::clone(&state.features),
-        Arc::clone(&state.recommender),
-    );
+    let (store, catalog, set, recommender) = handles(&state);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let _guard = shutdown.clone().drop_guard();
     store.spawn_invalidation_listener(shutdown.clone());
     for id in ["p1", "p2", "p3"] {
-        let product = Product {
-            id: id.into(),
-            name: None,
-            category: Some("shoes".into()),
-            brand: None,
-            price: None,
-            updated_at: None,
-        };
-        catalog.upsert(product);
+        catalog.upsert(product(id, "shoes"));
     }
     recommender.spawn_refresher(
         Arc::clone(&store),

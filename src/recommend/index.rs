@@ -1,7 +1,8 @@
 //! The product side of recommendations: every product of the catalog with its trending score
-//! and the products viewed together with it, rebuilt from the product features every
-//! `recommend.refresh`. Requests read the newest index from memory, so a recommendation needs
-//! Redis only for the user's own state.
+//! and the products viewed together with it, and the percentile rankings, published every
+//! `recommend.refresh` from what [`Tracker`] keeps (only changed products are read from Redis).
+//! Requests read the newest index from memory, so a recommendation needs Redis only for the
+//! user's own state.
 
 use std::collections::HashMap;
 use std::collections::HashSet;

@@ -27,15 +27,29 @@ use super::features::{
 use crate::features::{Entity, EntityState};
 use crate::store::{EntityRead, EntityRef, Freshness};
 
-/// An entity not read for this long leaves the cache.
-const IDLE: Duration = Duration::from_secs(30);
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
-    entity: Entity,
-    id: String,
-    /// The feature names asked for, as asked (all when `None`).
+/// What an entry answers: an entity, and the feature names asked for, as asked (all when
+/// `None`). The cache is keyed by a hash of it, so that a lookup allocates nothing; the entry
+/// keeps the names to tell a collision from a hit.
+struct Entry {
     names: Option<Vec<String>>,
+    evaluated: Arc<Evaluated>,
+}
+
+fn key_of(entity: Entity, id: &str, names: &Option<Vec<String>>) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(entity.label().as_bytes());
+    hasher.update(&[0]);
+    hasher.update(id.as_bytes());
+    match names {
+        None => hasher.update(&[0]),
+        Some(names) => {
+            for name in names {
+                hasher.update(&[1]);
+                hasher.update(name.as_bytes());
+            }
+        }
+    }
+    hasher.digest()
 }
 
 /// One entity's features as evaluated at `at`.
@@ -107,7 +121,7 @@ impl Evaluated {
 }
 
 pub struct EvaluationCache {
-    entries: moka::sync::Cache<Key, Arc<Evaluated>>,
+    entries: moka::sync::Cache<u64, Arc<Entry>>,
     granule_us: i64,
 }
 
@@ -115,10 +129,11 @@ impl EvaluationCache {
     /// Reuses evaluations within `granularity` of read time, keeping about `max_bytes`;
     /// `Duration::ZERO` keeps nothing.
     pub fn new(granularity: Duration, max_bytes: u64) -> Self {
+        // No idle expiry: an entry out of its granule is never reused and makes room by size
+        // like any other, and expiry would read the clock on every hit.
         let entries = moka::sync::Cache::builder()
             .max_capacity(if granularity.is_zero() { 0 } else { max_bytes })
-            .weigher(|_, evaluated: &Arc<Evaluated>| evaluated.weight())
-            .time_to_idle(IDLE)
+            .weigher(|_, entry: &Arc<Entry>| entry.evaluated.weight())
             .build();
         Self { entries, granule_us: granularity.as_micros().try_into().unwrap_or(i64::MAX) }
     }
@@ -144,14 +159,17 @@ impl EvaluationCache {
         catalog: u64,
         granule: i64,
     ) -> Option<Arc<Evaluated>> {
-        let key = Key { entity, id: id.to_string(), names: names.clone() };
-        self.entries.get(&key).filter(|hit| hit.reusable(state, catalog, granule))
+        let entry = self.entries.get(&key_of(entity, id, names))?;
+        let evaluated = &entry.evaluated;
+        let same_request = evaluated.features.entity == entity
+            && evaluated.features.id == id
+            && entry.names == *names;
+        (same_request && evaluated.reusable(state, catalog, granule)).then(|| Arc::clone(evaluated))
     }
 
     pub(super) fn put(&self, names: Option<Vec<String>>, evaluated: Arc<Evaluated>) {
-        let key =
-            Key { entity: evaluated.features.entity, id: evaluated.features.id.clone(), names };
-        self.entries.insert(key, evaluated);
+        let key = key_of(evaluated.features.entity, &evaluated.features.id, &names);
+        self.entries.insert(key, Arc::new(Entry { names, evaluated }));
     }
 }
 

@@ -114,6 +114,22 @@ pub struct FeatureStore {
     changes: tokio::sync::broadcast::Sender<Arc<str>>,
     /// Bumped whenever a table mark (a snapshot run, a TRUNCATE) may have been recorded.
     marks_changed: tokio::sync::watch::Sender<u64>,
+    /// `persona_cache_lookups_total` by tier, registered once: a labelled lookup per read was
+    /// visible in read-path profiles.
+    lookups: Lookups,
+}
+
+struct Lookups {
+    l1: metrics::Counter,
+    redis: metrics::Counter,
+    none: metrics::Counter,
+}
+
+impl Lookups {
+    fn register() -> Self {
+        let tier = |tier: &'static str| metrics::counter!(telemetry::CACHE_LOOKUPS, "tier" => tier);
+        Self { l1: tier("l1"), redis: tier("redis"), none: tier("none") }
+    }
 }
 
 impl FeatureStore {
@@ -145,6 +161,7 @@ impl FeatureStore {
             write_failures: std::sync::Mutex::default(),
             changes: tokio::sync::broadcast::channel(CHANGES_BUFFERED).0,
             marks_changed: tokio::sync::watch::channel(0).0,
+            lookups: Lookups::register(),
         })
     }
 
@@ -262,7 +279,7 @@ impl FeatureStore {
         if !self.redis_is_up() {
             // Waiting for a timeout per request would queue callers behind the key lock; the
             // health probe notices when Redis is back.
-            metrics::counter!(telemetry::CACHE_LOOKUPS, "tier" => "none").increment(1);
+            self.lookups.none.increment(1);
             return EntityRead { state: None, freshness: Freshness::Unavailable };
         }
         let loaded = self
@@ -275,19 +292,19 @@ impl FeatureStore {
             .await;
         match loaded {
             Some((cached, from_l1)) => {
-                let tier = if from_l1 { "l1" } else { "redis" };
-                metrics::counter!(telemetry::CACHE_LOOKUPS, "tier" => tier).increment(1);
+                let tier = if from_l1 { &self.lookups.l1 } else { &self.lookups.redis };
+                tier.increment(1);
                 EntityRead { state: cached.state.clone(), freshness: Freshness::Live }
             }
             None => {
-                metrics::counter!(telemetry::CACHE_LOOKUPS, "tier" => "none").increment(1);
+                self.lookups.none.increment(1);
                 EntityRead { state: None, freshness: Freshness::Unavailable }
             }
         }
     }
 
     fn answer_from_l1(&self, cached: Arc<Cached>) -> EntityRead {
-        metrics::counter!(telemetry::CACHE_LOOKUPS, "tier" => "l1").increment(1);
+        self.lookups.l1.increment(1);
         let freshness = if self.redis_is_up() { Freshness::Live } else { Freshness::Stale };
         EntityRead { state: cached.state.clone(), freshness }
     }
@@ -320,7 +337,7 @@ impl FeatureStore {
                 for ((index, entity, epoch), state) in misses.iter().zip(states) {
                     let cached =
                         self.l1.insert_if_unchanged(entity.cache_key(), state, *epoch).await;
-                    metrics::counter!(telemetry::CACHE_LOOKUPS, "tier" => "redis").increment(1);
+                    self.lookups.redis.increment(1);
                     reads[*index] = Some(EntityRead {
                         state: cached.state.clone(),
                         freshness: Freshness::Live,
@@ -338,7 +355,7 @@ impl FeatureStore {
             .into_iter()
             .map(|read| {
                 read.unwrap_or_else(|| {
-                    metrics::counter!(telemetry::CACHE_LOOKUPS, "tier" => "none").increment(1);
+                    self.lookups.none.increment(1);
                     unavailable()
                 })
             })
