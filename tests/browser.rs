@@ -179,6 +179,80 @@ async fn the_storefront_renders_server_side_and_updates_in_place() {
     client.close().await.expect("close the browser");
 }
 
+/// A live stream refused for being past the stream budget is tried again by the page, later each
+/// time, until it gets a place; the page then updates in place as usual.
+#[tokio::test]
+async fn a_refused_live_stream_is_retried_until_it_gets_a_place() {
+    let prefix = unique("retry");
+    let budget = vec![("PERSONA_API__MAX_STREAMS".to_string(), "1".to_string())];
+    let persona = Persona::start_with("browser-retry", &unique("browser-retry"), budget).await;
+    let db = legacy_db().await;
+    let category = format!("{prefix}-shoes");
+    for i in 1..=3 {
+        upsert_product(&db, &format!("{prefix}-s{i}"), &format!("Shoe {i}"), &category, "40.00")
+            .await;
+    }
+    let user = format!("{prefix}-dave");
+    insert_activity(&db, &user, "VIEW_PRODUCT", Some(&format!("{prefix}-s1")), 0).await;
+    let page = format!("/u/{user}");
+    eventually("the first HTML holds recommendations", DEADLINE, || async {
+        let (status, _, html) = persona.get_text(&page).await;
+        if status == 200 && html.contains("class=\"card\"") { Ok(()) } else { Err(html) }
+    })
+    .await;
+    persona.wait_caught_up(DEFAULT_PARTITIONS, CATCH_UP).await;
+
+    // Another page holds the only place.
+    let holder = reqwest::Client::new()
+        .get(format!("{}/u/{prefix}-erin/live", persona.base_url))
+        .send()
+        .await
+        .expect("the first stream");
+    assert_eq!(holder.status(), 200, "the first stream is admitted");
+
+    let driver = ChromeDriver::start();
+    let profile = tempfile::tempdir().expect("browser profile");
+    let client = browser(&driver, profile.path()).await;
+    client.goto(&format!("{}{page}", persona.base_url)).await.expect("open the storefront");
+    let live_state = || async {
+        let state = client
+            .execute(
+                "const html = document.documentElement;
+                 return [html.getAttribute('data-live-state'),
+                         Number(html.getAttribute('data-live-retries') || 0)];",
+                vec![],
+            )
+            .await
+            .expect("run script");
+        (state[0].as_str().map(String::from), state[1].as_u64().unwrap_or(0))
+    };
+    let refused = eventually("the page's stream is refused and retried", DEADLINE, || async {
+        match live_state().await {
+            (state, retries) if retries >= 2 => Ok((state, retries)),
+            observed => Err(format!("{observed:?}")),
+        }
+    })
+    .await;
+    assert_ne!(refused.0.as_deref(), Some("open"), "the stream was admitted past the budget");
+
+    // The place is freed (the server notices at its next keep-alive): the page gets it.
+    drop(holder);
+    eventually("the page's stream is admitted once a place is free", DEADLINE, || async {
+        match live_state().await {
+            (Some(state), _) if state == "open" => Ok(()),
+            observed => Err(format!("{observed:?}")),
+        }
+    })
+    .await;
+    insert_activity(&db, &user, "VIEW_PRODUCT", Some(&format!("{prefix}-s3")), 0).await;
+    eventually("the retried stream updates the page", DEADLINE, || async {
+        let observed = observe(&client, "Shoe 3").await;
+        if observed[2] == true { Ok(()) } else { Err(observed.to_string()) }
+    })
+    .await;
+    client.close().await.expect("close the browser");
+}
+
 /// The ops dashboard after a workload: server-rendered charts with data, readable in Chromium.
 #[tokio::test]
 async fn the_dashboard_draws_charts_after_a_workload() {

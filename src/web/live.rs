@@ -3,8 +3,9 @@
 //! state changes (on any instance: the store's change notifications, which wake only this
 //! user's streams) and, at most every [`INDEX_RECHECK`], when the product index is rebuilt.
 //! Open streams have their own budget (`api.max_streams`); past it a new one gets 503 with
-//! `Retry-After`. A browser's `EventSource` does not retry a refused stream: that page keeps
-//! what it rendered, without live updates. A block is sent only if its version differs from the
+//! `Retry-After`. `EventSource` gives up on a refused stream, so `frontend/static/live.js`
+//! retries it with backoff; meanwhile the page keeps what it rendered. A block is sent only if
+//! its version differs from the
 //! last one sent, or at first from `since` (the version the page rendered).
 //! The stream ends when the instance starts draining; `EventSource` reconnects by itself.
 
