@@ -265,9 +265,14 @@ pub fn recommend(
     let max_trending = index.max_trending();
     let linked = if cold { HashMap::new() } else { together(user, index) };
     let prices = PriceMatch::new(user, price_bands);
-    let mut scored: Vec<Scored<'_>> = Vec::new();
-    for id in &index.popular {
-        let Some(entry) = index.get(id) else { continue };
+    // Only categories the user browsed have an affinity; computed once each, not per product.
+    let affinities: HashMap<&str, f64> = if cold {
+        HashMap::new()
+    } else {
+        user.short.keys().chain(user.long.keys()).map(|c| (c.as_str(), affinity(user, c))).collect()
+    };
+    let mut scored: Vec<Scored<'_>> = Vec::with_capacity(index.products.len());
+    for (id, entry) in &index.products {
         let product = &entry.product;
         if user.owned.contains(id) || query.exclude.contains(id) {
             continue;
@@ -282,8 +287,9 @@ pub fn recommend(
         } else {
             let top = index.top_trending.get(category).copied().unwrap_or(0.0);
             let trending = if top > 0.0 { entry.trending / top } else { 0.0 };
-            let affinity = affinity(user, category);
-            let (together, seed) = match linked.get(id.as_str()) {
+            let affinity = affinities.get(category).copied().unwrap_or(0.0);
+            let linked_to = if linked.is_empty() { None } else { linked.get(id.as_str()) };
+            let (together, seed) = match linked_to {
                 Some((weight, seed)) => (*weight, Some(*seed)),
                 None => (0.0, None),
             };
@@ -366,36 +372,56 @@ impl Scored<'_> {
 }
 
 /// Picks `limit` products greedily: each pick's score is discounted by how many products of its
-/// category were already picked, so one strong category does not take every slot.
-fn diversify(mut scored: Vec<Scored<'_>>, limit: usize) -> Vec<Scored<'_>> {
+/// category were already picked, so one strong category does not take every slot; ties go to the
+/// smaller id.
+///
+/// Within a category every product is discounted alike, so each pick is some category's best
+/// remaining product, and no category gives more than `limit`: only each category's `limit` best
+/// are sorted, and a pick compares one product per category instead of the whole catalog.
+fn diversify(scored: Vec<Scored<'_>>, limit: usize) -> Vec<Scored<'_>> {
+    let best_first =
+        |a: &Scored<'_>, b: &Scored<'_>| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(b.id));
+    let mut slot: HashMap<Option<&str>, usize> = HashMap::new();
+    let mut categories: Vec<Vec<Scored<'_>>> = Vec::new();
+    for item in scored {
+        let at = *slot.entry(item.product.category.as_deref()).or_insert_with(|| {
+            categories.push(Vec::new());
+            categories.len() - 1
+        });
+        categories[at].push(item);
+    }
+    // Each category's best `limit`, best last (so a pick pops), with how many were picked.
+    let mut queues: Vec<(Vec<Scored<'_>>, i32)> = categories
+        .into_iter()
+        .map(|mut items| {
+            if items.len() > limit {
+                items.select_nth_unstable_by(limit - 1, best_first);
+                items.truncate(limit);
+            }
+            items.sort_by(|a, b| best_first(b, a));
+            (items, 0)
+        })
+        .collect();
     let mut picked: Vec<Scored<'_>> = Vec::with_capacity(limit);
-    // Categories picked so far, with how many times: at most `limit` of them.
-    let mut per_category: Vec<(Option<&str>, i32)> = Vec::new();
-    while picked.len() < limit && !scored.is_empty() {
-        let mut best: Option<(f64, usize)> = None;
-        for (position, item) in scored.iter().enumerate() {
-            let category = item.product.category.as_deref();
-            let seen = per_category
-                .iter()
-                .find(|(known, _)| *known == category)
-                .map_or(0, |(_, count)| *count);
-            let adjusted = item.score * DIVERSITY.powi(seen);
+    while picked.len() < limit {
+        let mut best: Option<(f64, &str, usize)> = None;
+        for (at, (items, seen)) in queues.iter().enumerate() {
+            let Some(head) = items.last() else { continue };
+            let adjusted = head.score * DIVERSITY.powi(*seen);
             let better = match best {
                 None => true,
-                Some((top, at)) => adjusted > top || (adjusted == top && item.id < scored[at].id),
+                Some((top, id, _)) => adjusted > top || (adjusted == top && head.id < id),
             };
             if better {
-                best = Some((adjusted, position));
+                best = Some((adjusted, head.id, at));
             }
         }
-        let Some((_, position)) = best else { break };
-        let item = scored.swap_remove(position);
-        let category = item.product.category.as_deref();
-        match per_category.iter_mut().find(|(known, _)| *known == category) {
-            Some((_, count)) => *count += 1,
-            None => per_category.push((category, 1)),
+        let Some((_, _, at)) = best else { break };
+        let (items, seen) = &mut queues[at];
+        if let Some(item) = items.pop() {
+            *seen += 1;
+            picked.push(item);
         }
-        picked.push(item);
     }
     picked
 }
