@@ -13,6 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+use super::FastMap;
 use super::tracker::Tracker;
 use crate::features::{Entity, FeatureSet, Features, Product, ProductCatalog, Ranking};
 use crate::store::{EntityRef, FeatureStore};
@@ -37,7 +38,7 @@ pub struct ProductIndex {
     /// Every product id, most trending first (ties by id): the cold-start list.
     pub popular: Vec<String>,
     /// The highest trending score per category, to normalise within a category.
-    pub top_trending: HashMap<String, f64>,
+    pub top_trending: FastMap<String, f64>,
     /// When the product features were read; `None` when built from the catalog alone.
     pub built_at: Option<DateTime<Utc>>,
     /// Ranked feature → every product's value of it at `built_at`, for percentile reads at
@@ -87,7 +88,7 @@ impl ProductIndex {
         built_at: Option<DateTime<Utc>>,
     ) -> Self {
         let mut products = HashMap::with_capacity(catalog.len());
-        let mut top_trending: HashMap<String, f64> = HashMap::new();
+        let mut top_trending: FastMap<String, f64> = FastMap::default();
         for (id, product) in catalog {
             let (trending, together) = signals(id);
             if let Some(category) = &product.category {
