@@ -4,9 +4,11 @@
 //!
 //! - [`UserSignals`]: what the ranking reads of a user's features.
 //! - [`index`]: the products with their trending scores and viewed-together lists.
+//! - `tracker` and `refresh`: the index kept up to date incrementally, and the task publishing it.
 //! - [`recommend`]: scoring, exclusions, diversity, reasons.
 
 pub mod index;
+mod refresh;
 mod tracker;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -14,7 +16,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-pub use index::{ProductIndex, Recommender};
+pub use index::ProductIndex;
+pub use refresh::Recommender;
 
 use crate::features::{Feature, Features, Product};
 

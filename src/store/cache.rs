@@ -212,3 +212,18 @@ impl L1 {
         self.cache.invalidate_all();
     }
 }
+
+/// `persona_cache_lookups_total` by the tier that answered, registered once.
+pub(super) struct Lookups {
+    pub l1: metrics::Counter,
+    pub redis: metrics::Counter,
+    pub none: metrics::Counter,
+}
+
+impl Lookups {
+    pub fn register() -> Self {
+        let tier =
+            |tier: &'static str| metrics::counter!(crate::telemetry::CACHE_LOOKUPS, "tier" => tier);
+        Self { l1: tier("l1"), redis: tier("redis"), none: tier("none") }
+    }
+}

@@ -41,8 +41,8 @@ use crate::features::{self, Entity, EntityState};
 use crate::telemetry;
 use cache::Shares;
 
-use cache::L1;
 pub use cache::{Cached, Freshness};
+use cache::{L1, Lookups};
 pub use error::StoreError;
 pub use marks::{Runs, TableMarks};
 pub use write::{Fence, Loaded};
@@ -117,19 +117,6 @@ pub struct FeatureStore {
     /// `persona_cache_lookups_total` by tier, registered once: a labelled lookup per read was
     /// visible in read-path profiles.
     lookups: Lookups,
-}
-
-struct Lookups {
-    l1: metrics::Counter,
-    redis: metrics::Counter,
-    none: metrics::Counter,
-}
-
-impl Lookups {
-    fn register() -> Self {
-        let tier = |tier: &'static str| metrics::counter!(telemetry::CACHE_LOOKUPS, "tier" => tier);
-        Self { l1: tier("l1"), redis: tier("redis"), none: tier("none") }
-    }
 }
 
 impl FeatureStore {
