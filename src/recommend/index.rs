@@ -30,6 +30,9 @@ pub struct ProductIndex {
     pub products: HashMap<String, IndexedProduct>,
     /// Every product id, most trending first (ties by id): the cold-start list.
     pub popular: Vec<String>,
+    /// Each category's products (`None`: products without one), most trending first, as in
+    /// `popular`: a ranking walks a category only as far as its products can still score.
+    pub by_category: FastMap<Option<String>, Vec<String>>,
     /// The highest trending score per category, to normalise within a category.
     pub top_trending: FastMap<String, f64>,
     /// When the product features were read; `None` when built from the catalog alone.
@@ -97,7 +100,11 @@ impl ProductIndex {
         popular.sort_by(|a, b| {
             products[b].trending.total_cmp(&products[a].trending).then_with(|| a.cmp(b))
         });
-        Self { products, popular, top_trending, built_at, rankings: HashMap::new() }
+        let mut by_category: FastMap<Option<String>, Vec<String>> = FastMap::default();
+        for id in &popular {
+            by_category.entry(products[id].product.category.clone()).or_default().push(id.clone());
+        }
+        Self { products, popular, by_category, top_trending, built_at, rankings: HashMap::new() }
     }
 
     pub fn get(&self, id: &str) -> Option<&IndexedProduct> {

@@ -9,6 +9,7 @@
 
 pub mod index;
 mod refresh;
+mod scorer;
 mod tracker;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -251,6 +252,11 @@ impl<'a> PriceMatch<'a> {
         Some(Self { feature, shares })
     }
 
+    /// The largest share of any band: what price matching gives at most.
+    fn best(&self) -> f64 {
+        self.shares.iter().copied().fold(0.0, f64::max)
+    }
+
     /// The user's share of the band `price` falls in, and that band.
     fn of(&self, price: Option<Decimal>) -> (f64, Option<usize>) {
         let Some(price) = price else { return (0.0, None) };
@@ -261,77 +267,17 @@ impl<'a> PriceMatch<'a> {
 
 /// Ranks the catalog for `user`. `price_bands` is the feature whose bands price matching uses.
 ///
-/// Every product is scored without allocating; only the products picked become
-/// [`Recommendation`]s (names cloned, reasons worded).
+/// Only the products that can make the answer are scored (see [`scorer`]); only the products
+/// picked become [`Recommendation`]s (names cloned, reasons worded).
 pub fn recommend(
     user: &UserSignals,
     index: &ProductIndex,
     price_bands: Option<&Feature>,
     query: &Query,
 ) -> Vec<Recommendation> {
-    let cold = user.is_cold();
-    let max_trending = index.max_trending();
-    let linked = if cold { FastMap::default() } else { together(user, index) };
-    let prices = PriceMatch::new(user, price_bands);
-    // Only categories the user browsed have an affinity; computed once each, not per product.
-    let affinities: FastMap<&str, f64> = if cold {
-        FastMap::default()
-    } else {
-        user.short.keys().chain(user.long.keys()).map(|c| (c.as_str(), affinity(user, c))).collect()
-    };
-    let mut scored: Vec<Scored<'_>> = Vec::with_capacity(index.products.len());
-    let just_viewed: FastSet<&str> =
-        user.recent.iter().take(JUST_VIEWED).map(String::as_str).collect();
-    let left_out: FastSet<&str> =
-        user.owned.iter().chain(&query.exclude).map(String::as_str).collect();
-    for (id, entry) in &index.products {
-        let product = &entry.product;
-        if !left_out.is_empty() && left_out.contains(id.as_str()) {
-            continue;
-        }
-        if query.category.as_ref().is_some_and(|c| product.category.as_ref() != Some(c)) {
-            continue;
-        }
-        let category = product.category.as_deref().unwrap_or_default();
-        let popular = if max_trending > 0.0 { entry.trending / max_trending } else { 0.0 };
-        let (score, why) = if cold {
-            (popular, Why::Popular)
-        } else {
-            let top = index.top_trending.get(category).copied().unwrap_or(0.0);
-            let trending = if top > 0.0 { entry.trending / top } else { 0.0 };
-            let affinity = affinities.get(category).copied().unwrap_or(0.0);
-            let linked_to = if linked.is_empty() { None } else { linked.get(id.as_str()) };
-            let (together, seed) = match linked_to {
-                Some((weight, seed)) => (*weight, Some(*seed)),
-                None => (0.0, None),
-            };
-            let (price, band) = prices.as_ref().map_or((0.0, None), |p| p.of(product.price));
-            let parts = [
-                (W_TOGETHER * together, 0),
-                (W_AFFINITY * affinity, 1),
-                (W_TRENDING * trending, 2),
-                (W_PRICE * price, 3),
-            ];
-            let mut score: f64 = parts.iter().map(|(p, _)| p).sum::<f64>() + W_POPULAR * popular;
-            if !just_viewed.is_empty() && just_viewed.contains(id.as_str()) {
-                score *= JUST_VIEWED_FACTOR;
-            }
-            let strongest = parts
-                .iter()
-                .copied()
-                .fold((0.0, usize::MAX), |best, part| if part.0 > best.0 { part } else { best });
-            let why = match strongest.1 {
-                0 => Why::Together(seed.unwrap_or_default()),
-                1 => Why::Affinity,
-                2 => Why::Trending,
-                3 => Why::Price(band),
-                _ => Why::Popular,
-            };
-            (score, why)
-        };
-        scored.push(Scored { score, id, product, why });
-    }
-    diversify(scored, query.limit.clamp(1, MAX_LIMIT))
+    let limit = query.limit.clamp(1, MAX_LIMIT);
+    let scorer = scorer::Scorer::new(user, index, price_bands, query);
+    diversify(scorer.candidates(limit), limit)
         .into_iter()
         .map(|picked| picked.recommendation(index, price_bands))
         .collect()

@@ -210,3 +210,62 @@ proptest::proptest! {
         proptest::prop_assert_eq!(picked, scanned);
     }
 }
+
+fn arb_catalog() -> impl proptest::strategy::Strategy<Value = Vec<(usize, u8, i64, Vec<usize>)>> {
+    use proptest::prelude::*;
+    // Per product: category (4 is none), trending in quarters, price, partners.
+    proptest::collection::vec(
+        (0usize..5, 0u8..12, 1i64..400, proptest::collection::vec(0usize..30, 0..3)),
+        0..30,
+    )
+}
+
+proptest::proptest! {
+    /// Walking each category only as far as its products can still score gives the answer that
+    /// scoring every product gives, for any catalog, user and query.
+    #[test]
+    fn candidates_give_the_answer_scoring_everything_gives(
+        catalog in arb_catalog(),
+        short in proptest::collection::vec((0usize..5, 1u8..5), 0..3),
+        recent in proptest::collection::vec(0usize..30, 0..4),
+        owned in proptest::collection::vec(0usize..30, 0..3),
+        band_clicks in proptest::collection::vec((0usize..4, 1u8..4), 0..3),
+        limit in 1usize..12,
+        only in proptest::option::weighted(0.2, 0usize..4),
+    ) {
+        let categories = ["a", "b", "c", "d"];
+        let id = |n: usize| format!("p{n:02}");
+        let mut products = HashMap::new();
+        let mut signals: HashMap<String, ProductSignals> = HashMap::new();
+        for (n, (category, trending, price, partners)) in catalog.iter().enumerate() {
+            let mut item = product(&id(n), "", *price);
+            item.category = categories.get(*category).map(|c| c.to_string());
+            products.insert(id(n), item);
+            let together = partners.iter().enumerate().map(|(k, p)| (id(*p), 3 - k as i64)).collect();
+            signals.insert(id(n), (f64::from(*trending) / 4.0, together));
+        }
+        let index = ProductIndex::build(&products, &signals, None);
+        let set = bands();
+        let feature = set.get(PRICE_BANDS);
+        let band_names = ["<25", "25-100", "100-250", "250+"];
+        let user = UserSignals {
+            short: short.iter().map(|(c, n)| (categories.get(*c).unwrap_or(&"").to_string(), f64::from(*n))).collect(),
+            long: BTreeMap::new(),
+            recent: recent.iter().map(|n| id(*n)).collect(),
+            bands: band_clicks.iter().map(|(b, n)| (band_names[*b].to_string(), f64::from(*n))).collect(),
+            owned: owned.iter().map(|n| id(*n)).collect(),
+        };
+        let query = Query {
+            limit,
+            category: only.map(|c| categories[c].to_string()),
+            exclude: HashSet::new(),
+        };
+        let answer = recommend(&user, &index, feature, &query);
+        let scorer = scorer::Scorer::new(&user, &index, feature, &query);
+        let everything: Vec<Recommendation> = diversify(scorer.all(), limit)
+            .into_iter()
+            .map(|picked| picked.recommendation(&index, feature))
+            .collect();
+        proptest::prop_assert_eq!(answer, everything);
+    }
+}

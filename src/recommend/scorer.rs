@@ -1,0 +1,192 @@
+//! Scoring products for one answer, and finding the few that can make it without scoring the
+//! whole catalog.
+//!
+//! The diversified pick only ever takes from each category's `limit` best (see `diversify`). A
+//! product that is not viewed together with the user's recent views scores at most what its
+//! category's affinity, the best price share and its own trending score give, and a category's
+//! products are listed most trending first. So each category is walked only while that bound
+//! still reaches its `limit`-th best score so far. The bound is the score's own formula with the
+//! unknown parts at their maximum: floating-point addition and multiplication are monotone, so it
+//! is never below a score it stands for. Products viewed together are scored anyway.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use super::index::{IndexedProduct, ProductIndex};
+use super::{
+    FastMap, FastSet, JUST_VIEWED, JUST_VIEWED_FACTOR, PriceMatch, Query, Scored, UserSignals,
+    W_AFFINITY, W_POPULAR, W_PRICE, W_TOGETHER, W_TRENDING, Why, affinity, together,
+};
+use crate::features::Feature;
+
+pub(super) struct Scorer<'a> {
+    index: &'a ProductIndex,
+    query: &'a Query,
+    cold: bool,
+    max_trending: f64,
+    linked: FastMap<&'a str, (f64, &'a str)>,
+    prices: Option<PriceMatch<'a>>,
+    affinities: FastMap<&'a str, f64>,
+    just_viewed: FastSet<&'a str>,
+    left_out: FastSet<&'a str>,
+}
+
+impl<'a> Scorer<'a> {
+    pub fn new(
+        user: &'a UserSignals,
+        index: &'a ProductIndex,
+        price_bands: Option<&'a Feature>,
+        query: &'a Query,
+    ) -> Self {
+        let cold = user.is_cold();
+        let linked = if cold { FastMap::default() } else { together(user, index) };
+        // Only categories the user browsed have an affinity; computed once each.
+        let affinities = if cold {
+            FastMap::default()
+        } else {
+            user.short
+                .keys()
+                .chain(user.long.keys())
+                .map(|c| (c.as_str(), affinity(user, c)))
+                .collect()
+        };
+        Self {
+            index,
+            query,
+            cold,
+            max_trending: index.max_trending(),
+            linked,
+            prices: PriceMatch::new(user, price_bands),
+            affinities,
+            just_viewed: user.recent.iter().take(JUST_VIEWED).map(String::as_str).collect(),
+            left_out: user.owned.iter().chain(&query.exclude).map(String::as_str).collect(),
+        }
+    }
+
+    /// Every product that can be among the first `limit` of its category, scored.
+    pub fn candidates(&self, limit: usize) -> Vec<Scored<'a>> {
+        let mut scored: Vec<Scored<'a>> = Vec::new();
+        for id in self.linked.keys() {
+            if let Some((id, entry)) = self.index.products.get_key_value(*id)
+                && let Some(item) = self.score(id, entry)
+            {
+                scored.push(item);
+            }
+        }
+        for (category, ids) in &self.index.by_category {
+            if self.query.category.is_some() && self.query.category != *category {
+                continue;
+            }
+            let category = category.as_deref().unwrap_or_default();
+            let mut best: BinaryHeap<Worst<'a>> = BinaryHeap::with_capacity(limit + 1);
+            for id in ids {
+                let Some((id, entry)) = self.index.products.get_key_value(id) else { continue };
+                if best.len() == limit
+                    && best.peek().is_some_and(|worst| self.bound(category, entry) < worst.0.score)
+                {
+                    break;
+                }
+                if self.linked.contains_key(id.as_str()) {
+                    continue;
+                }
+                if let Some(item) = self.score(id, entry) {
+                    best.push(Worst(item));
+                    if best.len() > limit {
+                        best.pop();
+                    }
+                }
+            }
+            scored.extend(best.into_iter().map(|worst| worst.0));
+        }
+        scored
+    }
+
+    /// Every product of the catalog scored, for tests to compare the candidates with.
+    #[cfg(test)]
+    pub fn all(&self) -> Vec<Scored<'a>> {
+        self.index.products.iter().filter_map(|(id, entry)| self.score(id, entry)).collect()
+    }
+
+    /// At least the score of any product of `category` viewed with none of the user's recent
+    /// views and no more trending than `entry`.
+    fn bound(&self, category: &str, entry: &IndexedProduct) -> f64 {
+        let best_price = self.prices.as_ref().map_or(0.0, PriceMatch::best);
+        self.parts(category, entry.trending, 0.0, best_price).0
+    }
+
+    /// The score without the just-viewed discount, and the index of its strongest part.
+    fn parts(&self, category: &str, trending: f64, together: f64, price: f64) -> (f64, usize) {
+        let popular = if self.max_trending > 0.0 { trending / self.max_trending } else { 0.0 };
+        if self.cold {
+            return (popular, usize::MAX);
+        }
+        let top = self.index.top_trending.get(category).copied().unwrap_or(0.0);
+        let trending = if top > 0.0 { trending / top } else { 0.0 };
+        let affinity = self.affinities.get(category).copied().unwrap_or(0.0);
+        let parts = [
+            (W_TOGETHER * together, 0),
+            (W_AFFINITY * affinity, 1),
+            (W_TRENDING * trending, 2),
+            (W_PRICE * price, 3),
+        ];
+        let score: f64 = parts.iter().map(|(p, _)| p).sum::<f64>() + W_POPULAR * popular;
+        let strongest = parts
+            .iter()
+            .copied()
+            .fold((0.0, usize::MAX), |best, part| if part.0 > best.0 { part } else { best });
+        (score, strongest.1)
+    }
+
+    /// The product's score and strongest reason; `None` when it is left out of this answer.
+    fn score(&self, id: &'a str, entry: &'a IndexedProduct) -> Option<Scored<'a>> {
+        let product = &entry.product;
+        if !self.left_out.is_empty() && self.left_out.contains(id) {
+            return None;
+        }
+        if self.query.category.as_ref().is_some_and(|c| product.category.as_ref() != Some(c)) {
+            return None;
+        }
+        let category = product.category.as_deref().unwrap_or_default();
+        let (together, seed) = match self.linked.get(id) {
+            Some((weight, seed)) => (*weight, Some(*seed)),
+            None => (0.0, None),
+        };
+        let (price, band) = self.prices.as_ref().map_or((0.0, None), |p| p.of(product.price));
+        let (mut score, strongest) = self.parts(category, entry.trending, together, price);
+        if !self.cold && !self.just_viewed.is_empty() && self.just_viewed.contains(id) {
+            score *= JUST_VIEWED_FACTOR;
+        }
+        let why = match strongest {
+            0 => Why::Together(seed.unwrap_or_default()),
+            1 => Why::Affinity,
+            2 => Why::Trending,
+            3 => Why::Price(band),
+            _ => Why::Popular,
+        };
+        Some(Scored { score, id, product, why })
+    }
+}
+
+/// Orders a category's best so far with the worst on top: lowest score, then highest id (the
+/// diversified pick prefers the smaller id on a tie).
+struct Worst<'a>(Scored<'a>);
+
+impl Ord for Worst<'_> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.0.score.total_cmp(&self.0.score).then_with(|| self.0.id.cmp(other.0.id))
+    }
+}
+
+impl PartialOrd for Worst<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Worst<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Worst<'_> {}
