@@ -212,7 +212,6 @@ proptest::proptest! {
 }
 
 fn arb_catalog() -> impl proptest::strategy::Strategy<Value = Vec<(usize, u8, i64, Vec<usize>)>> {
-    use proptest::prelude::*;
     // Per product: category (4 is none), trending in quarters, price, partners.
     proptest::collection::vec(
         (0usize..5, 0u8..12, 1i64..400, proptest::collection::vec(0usize..30, 0..3)),
