@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasherDefault;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use hyperloglogplus::{HyperLogLog, HyperLogLogPlus};
@@ -87,15 +88,6 @@ impl Ranking {
         }
     }
 
-    /// How many products are ranked.
-    pub fn len(&self) -> usize {
-        self.values.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
-    }
-
     /// `PERCENT_RANK`: the share of the other products ranked strictly below `value`, in percent,
     /// rounded down to a multiple of `step`.
     pub fn percentile(&self, value: f64, step: u32) -> Option<u64> {
@@ -118,8 +110,8 @@ pub struct ReadContext<'a> {
     /// The reference time windows end at.
     pub at: DateTime<Utc>,
     pub catalog: &'a dyn Catalog,
-    /// The whole-catalog ranking of a feature, for percentiles.
-    pub ranking: &'a dyn Fn(&Feature) -> Option<Ranking>,
+    /// The whole-catalog ranking of a feature, for percentiles (shared, not copied per read).
+    pub ranking: &'a dyn Fn(&Feature) -> Option<Arc<Ranking>>,
 }
 
 /// Evaluates `names` (every feature of `entity` when `None`) of one entity.
@@ -159,7 +151,7 @@ fn percentile(
     state: &EntityState,
     at: DateTime<Utc>,
     catalog: &dyn Catalog,
-    ranking: &dyn Fn(&Feature) -> Option<Ranking>,
+    ranking: &dyn Fn(&Feature) -> Option<Arc<Ranking>>,
 ) -> FeatureValue {
     let Some(of) = feature.of.as_deref().and_then(|name| set.get(name)) else {
         return FeatureValue::missing();

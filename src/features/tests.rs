@@ -114,7 +114,7 @@ fn fold(set: &FeatureSet, entity: Entity, id: &str, changes: &[SourceChange]) ->
 fn context<'a>(
     at: DateTime<Utc>,
     catalog: &'a HashMap<String, Product>,
-    ranking: &'a dyn Fn(&Feature) -> Option<Ranking>,
+    ranking: &'a dyn Fn(&Feature) -> Option<std::sync::Arc<Ranking>>,
 ) -> ReadContext<'a> {
     ReadContext { at, catalog, ranking }
 }
@@ -259,8 +259,8 @@ fn product_features_merge_partition_shares_and_rank() {
     let share1 = fold(&set, Entity::Product, "p1", &[view("c", "u2", 1)]);
     let mut merged = share0.clone();
     merged.merge(&share1);
-    let ranking = Ranking::new(vec![0.0, 1.0, 3.0, 5.0]);
-    let rank = |_: &Feature| Some(ranking.clone());
+    let ranking = std::sync::Arc::new(Ranking::new(vec![0.0, 1.0, 3.0, 5.0]));
+    let rank = |_: &Feature| Some(std::sync::Arc::clone(&ranking));
     let catalog = catalog();
     let f =
         evaluate(&set, Entity::Product, "p1", Some(&merged), None, &context(t0(), &catalog, &rank));

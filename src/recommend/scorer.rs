@@ -26,6 +26,8 @@ pub(super) struct Scorer<'a> {
     max_trending: f64,
     linked: FastMap<&'a str, (f64, &'a str)>,
     prices: Option<PriceMatch<'a>>,
+    /// The largest price share of any band: what price matching gives at most.
+    best_price: f64,
     affinities: FastMap<&'a str, f64>,
     just_viewed: FastSet<&'a str>,
     left_out: FastSet<&'a str>,
@@ -50,13 +52,15 @@ impl<'a> Scorer<'a> {
                 .map(|c| (c.as_str(), affinity(user, c)))
                 .collect()
         };
+        let prices = PriceMatch::new(user, price_bands);
         Self {
             index,
+            best_price: prices.as_ref().map_or(0.0, PriceMatch::best),
             query,
             cold,
             max_trending: index.max_trending(),
             linked,
-            prices: PriceMatch::new(user, price_bands),
+            prices,
             affinities,
             just_viewed: user.recent.iter().take(JUST_VIEWED).map(String::as_str).collect(),
             left_out: user.owned.iter().chain(&query.exclude).map(String::as_str).collect(),
@@ -110,8 +114,7 @@ impl<'a> Scorer<'a> {
     /// At least the score of any product of `category` viewed with none of the user's recent
     /// views and no more trending than `entry`.
     fn bound(&self, category: &str, entry: &IndexedProduct) -> f64 {
-        let best_price = self.prices.as_ref().map_or(0.0, PriceMatch::best);
-        self.parts(category, entry.trending, 0.0, best_price).0
+        self.parts(category, entry.trending, 0.0, self.best_price).0
     }
 
     /// The score without the just-viewed discount, and the index of its strongest part.

@@ -31,6 +31,8 @@ struct Tracked {
 pub struct Tracker {
     /// Features evaluated per product: trending, viewed together and every ranked feature.
     features: Vec<Feature>,
+    /// Their names, as `evaluate` takes them.
+    names: Vec<String>,
     /// The features percentiles rank (the `of` of each percentile feature).
     ranked: Vec<String>,
     /// Whether any tracked value joins product attributes, so a catalog change moves it.
@@ -63,9 +65,11 @@ impl Tracker {
             }
         }
         let joins_catalog = features.iter().any(|f| matches!(f.value, ValueExpr::Product(_)));
+        let names = features.iter().map(|f| f.name.clone()).collect();
         let rankings = ranked.iter().map(|_| Arc::new(Ranking::default())).collect();
         Self {
             features,
+            names,
             ranked,
             joins_catalog,
             products: HashMap::new(),
@@ -100,9 +104,8 @@ impl Tracker {
         let empty = EntityState::default();
         let state = state.unwrap_or(&empty);
         let at_us = at.timestamp_micros();
-        let names: Vec<String> = self.features.iter().map(|f| f.name.clone()).collect();
         let context = ReadContext { at, catalog, ranking: &|_| None };
-        let values = evaluate(set, Entity::Product, id, Some(state), Some(&names), &context);
+        let values = evaluate(set, Entity::Product, id, Some(state), Some(&self.names), &context);
         let default_state = Default::default();
         let feature_state = |name: &str| state.features.get(name).unwrap_or(&default_state);
         let trending = match self.features.iter().find(|f| f.name == TRENDING) {
@@ -127,12 +130,13 @@ impl Tracker {
             .iter()
             .filter_map(|feature| next_change(feature, feature_state(&feature.name), at_us))
             .min();
+        let previous = self.products.get(id);
+        let previous_next = previous.and_then(|p| p.next_change);
+        Self::rerank(&mut self.rankings, previous.map(|p| p.ranked.as_slice()), Some(&ranked));
+        self.reschedule(id, previous_next, next);
         let tracked =
             Tracked { trending, together: together_of(&values), ranked, next_change: next };
-        let previous = self.products.insert(id.to_string(), tracked);
-        self.reschedule(id, previous.as_ref(), next);
-        let new = self.products[id].ranked.clone();
-        self.rerank(previous.map(|p| p.ranked), Some(new));
+        self.products.insert(id.to_string(), tracked);
     }
 
     /// Forgets the products that left the catalog.
@@ -141,14 +145,14 @@ impl Tracker {
             self.products.keys().filter(|id| !catalog.contains_key(*id)).cloned().collect();
         for id in gone {
             if let Some(previous) = self.products.remove(&id) {
-                self.reschedule(&id, Some(&previous), None);
-                self.rerank(Some(previous.ranked), None);
+                self.reschedule(&id, previous.next_change, None);
+                Self::rerank(&mut self.rankings, Some(&previous.ranked), None);
             }
         }
     }
 
-    fn reschedule(&mut self, id: &str, previous: Option<&Tracked>, next: Option<i64>) {
-        if let Some(at) = previous.and_then(|p| p.next_change) {
+    fn reschedule(&mut self, id: &str, previous: Option<i64>, next: Option<i64>) {
+        if let Some(at) = previous {
             self.due.remove(&(at, id.to_string()));
         }
         if let Some(at) = next {
@@ -156,10 +160,11 @@ impl Tracker {
         }
     }
 
-    fn rerank(&mut self, old: Option<Vec<f64>>, new: Option<Vec<f64>>) {
-        for (position, ranking) in self.rankings.iter_mut().enumerate() {
-            let old = old.as_ref().map(|values| values[position]);
-            let new = new.as_ref().map(|values| values[position]);
+    /// Moves one product's values in the rankings (`None`: not ranked before, or no more).
+    fn rerank(rankings: &mut [Arc<Ranking>], old: Option<&[f64]>, new: Option<&[f64]>) {
+        for (position, ranking) in rankings.iter_mut().enumerate() {
+            let old = old.map(|values| values[position]);
+            let new = new.map(|values| values[position]);
             if old.map(f64::to_bits) != new.map(f64::to_bits) {
                 // Copied only when a reader still holds the previous ranking.
                 Arc::make_mut(ranking).replace(old, new);

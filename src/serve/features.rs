@@ -110,7 +110,7 @@ pub async fn read_and_evaluate(
         }
     }
     let ranking_of = |feature: &Feature| {
-        rankings.iter().find(|(name, _)| *name == feature.name).map(|(_, r)| (**r).clone())
+        rankings.iter().find(|(name, _)| *name == feature.name).map(|(_, r)| Arc::clone(r))
     };
     requests
         .into_iter()
@@ -152,7 +152,7 @@ pub(super) fn evaluate_read(
     request: FeatureRequest,
     read: EntityRead,
     at: DateTime<Utc>,
-    ranking: &dyn Fn(&Feature) -> Option<Ranking>,
+    ranking: &dyn Fn(&Feature) -> Option<Arc<Ranking>>,
 ) -> EntityFeatures {
     let FeatureRequest { entity, names } = request;
     let mut features = state.catalog.read(|catalog| {
