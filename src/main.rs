@@ -163,7 +163,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let probe = store.spawn_health_probe(REDIS_PROBE_INTERVAL, shutdown.clone());
     let invalidations = store.spawn_invalidation_listener(shutdown.clone());
     let catalog = Arc::new(ProductCatalog::default());
-    let dimension = Dimension::start(&config.kafka, Arc::clone(&catalog))?;
+    let dimension = match &features.dimension {
+        Some(schema) => {
+            Some(Dimension::start(&config.kafka, schema.clone(), Arc::clone(&catalog))?)
+        }
+        None => None,
+    };
     let dead_letters = DeadLetters::new(&config.kafka)?;
     if let Err(error) = dead_letters.ensure_topic(&config.kafka).await {
         // Brokers that auto-create topics still take the first dead letter.
@@ -223,7 +228,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             config.api.cache_bytes,
         )),
         recommendations: Arc::new(RecommendationCache::new(config.api.cache_bytes)),
-        catalog_loaded: Some(dimension.readiness()),
+        catalog_loaded: dimension.as_ref().map(Dimension::readiness),
         readiness: Arc::clone(&readiness),
         broker: Some(ingest.broker_probe()),
         metrics: Some(metrics),
@@ -256,7 +261,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     readiness.start_draining();
     tokio::task::spawn_blocking(move || {
         ingest.shutdown();
-        dimension.shutdown();
+        if let Some(dimension) = dimension {
+            dimension.shutdown();
+        }
     })
     .await?;
     shutdown.cancel();

@@ -208,9 +208,9 @@ fn act(
         ("product_id", text(product)),
         ("activity_timestamp", Scalar::Time(now.timestamp_micros())),
     ];
-    let row = SourceRow { key: format!("click-{lsn}"), columns: columns.into(), time: now };
+    let row = SourceRow::reference(format!("click-{lsn}"), columns.into(), now);
     let change = SourceChange {
-        table: SourceTable::UserActivity,
+        table: SourceTable::new("user_activity"),
         before: None,
         after: Some(row),
         position: Some(Position(lsn, lsn, 1)),
@@ -276,14 +276,7 @@ fn handles(
 }
 
 fn product(id: &str, category: &str) -> Product {
-    Product {
-        id: id.into(),
-        name: None,
-        category: Some(category.into()),
-        brand: None,
-        price: None,
-        updated_at: None,
-    }
+    Product::reference(id, None, Some(category), None, None)
 }
 
 /// Batches at "now" and recommendations reuse evaluations and answers the same way: a change of

@@ -3,11 +3,14 @@
 
 mod common;
 
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use common::{env, legacy_db, unique};
 use persona::cdc::envelope::{self, CdcMessage, Op};
+use persona::cdc::rows;
+use persona::features::{FeatureSet, Product, Scalar};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -46,6 +49,15 @@ async fn messages_keyed(
     found
 }
 
+/// The shipped definitions, which declare the reference schema.
+static REFERENCE: LazyLock<FeatureSet> =
+    LazyLock::new(|| FeatureSet::load(None).expect("shipped definitions"));
+
+fn product_row(event: &envelope::ChangeEvent) -> Product {
+    let dimension = REFERENCE.dimension.as_ref().expect("the products dimension");
+    rows::dimension_row(dimension, event.after.as_ref().expect("after"), |_| None).expect("decodes")
+}
+
 fn change(message: &OwnedMessage) -> envelope::ChangeEvent {
     match envelope::decode(message.payload()) {
         Ok(CdcMessage::Change(event)) => *event,
@@ -73,18 +85,16 @@ async fn products_carry_numeric_strings_and_timestamp_micros() {
     let messages = messages_keyed(&consumer, &id, 2).await;
     let created = change(&messages[0]);
     assert_eq!(created.op, Op::Create);
-    let product = envelope::product_row(created.after.as_ref().expect("after")).expect("decodes");
+    let product = product_row(&created);
     assert_eq!(product.price, Some(Decimal::new(123456, 2)));
     assert_eq!(product.name.as_deref(), Some("Trail <shoe>"));
-    assert_eq!(
-        product.updated_at,
-        Some(DateTime::<Utc>::from_naive_utc_and_offset(updated_at, Utc))
-    );
+    let updated_at = DateTime::<Utc>::from_naive_utc_and_offset(updated_at, Utc);
+    assert_eq!(product.attribute("updated_at"), &Scalar::Time(updated_at.timestamp_micros()));
     assert!(created.source.ts_ms.is_some());
 
     let updated = change(&messages[1]);
     assert_eq!(updated.op, Op::Update);
-    let product = envelope::product_row(updated.after.as_ref().expect("after")).expect("decodes");
+    let product = product_row(&updated);
     assert_eq!(product.price, Some(Decimal::new(99, 2)));
 }
 
@@ -97,7 +107,8 @@ async fn activity_deletes_keep_their_user_and_are_followed_by_a_tombstone() {
     db.execute("DELETE FROM user_activity WHERE id = $1", &[&id]).await.expect("delete");
 
     let messages = messages_keyed(&consumer, &user, 3).await;
-    let created = envelope::source_change(&change(&messages[0])).expect("decodes").expect("row");
+    let created =
+        envelope::source_change(&REFERENCE, &change(&messages[0])).expect("decodes").expect("row");
     let row = created.after.expect("after image");
     assert_eq!(row.text("user_id"), Some(user.as_str()));
     assert_eq!(row.key, id.to_string());
@@ -105,7 +116,7 @@ async fn activity_deletes_keep_their_user_and_are_followed_by_a_tombstone() {
     // REPLICA IDENTITY FULL: the delete's before image still names the user.
     let deleted = change(&messages[1]);
     assert_eq!(deleted.op, Op::Delete);
-    let deleted = envelope::source_change(&deleted).expect("decodes").expect("row");
+    let deleted = envelope::source_change(&REFERENCE, &deleted).expect("decodes").expect("row");
     assert!(deleted.after.is_none());
     assert_eq!(deleted.before.expect("before image").text("user_id"), Some(user.as_str()));
     assert!(
@@ -158,7 +169,7 @@ async fn positions_grow_in_delivery_order_across_interleaved_transactions() {
     let messages = messages_keyed(&consumer, &user, 7).await;
     let decoded = |m: &OwnedMessage| match envelope::decode(m.payload()) {
         Ok(CdcMessage::Change(event)) => {
-            Some(envelope::source_change(&event).expect("decodes").expect("row"))
+            Some(envelope::source_change(&REFERENCE, &event).expect("decodes").expect("row"))
         }
         _ => None,
     };

@@ -93,7 +93,7 @@ impl Applier<'_> {
                 Ok(CdcMessage::Change(event)) => {
                     count_consumed(topic, event.op.label());
                     record_capture_lag(&event);
-                    match envelope::source_change(&event) {
+                    match envelope::source_change(self.features, &event) {
                         Ok(Some(mut change)) => {
                             change.replay = dlq::is_replay(message);
                             if let Some(read) = change.snapshot.as_mut() {
@@ -225,7 +225,8 @@ impl Applier<'_> {
             if let Some(read) = change.snapshot
                 && runs.get(table).is_none_or(|current| current.run < read.start.run)
             {
-                let covered = connector.as_deref().map(|name| tables_of(self.topics, name));
+                let covered =
+                    connector.as_deref().map(|name| sources_of(self.features, self.topics, name));
                 for covered in covered.unwrap_or_default().into_iter().chain([table.to_string()]) {
                     if runs.get(&covered).is_none_or(|current| current.run < read.start.run) {
                         runs.insert(covered.clone(), read.start);
@@ -421,15 +422,15 @@ impl Applier<'_> {
     }
 }
 
-/// The source tables whose topics (of `topics`) are under `connector`'s prefix (Debezium names
+/// The declared sources whose topics (of `topics`) are under `connector`'s prefix (Debezium names
 /// topics `<topic.prefix>.<schema>.<table>`).
-fn tables_of(topics: &[String], connector: &str) -> Vec<String> {
+fn sources_of(set: &FeatureSet, topics: &[String], connector: &str) -> Vec<String> {
     let prefix = format!("{connector}.");
     topics
         .iter()
-        .filter_map(|topic| topic.strip_prefix(&prefix)?.rsplit('.').next())
-        .filter(|table| features::SourceTable::from_name(table).is_some())
-        .map(str::to_string)
+        .filter_map(|topic| topic.strip_prefix(&prefix)?.split_once('.'))
+        .filter_map(|(schema, table)| set.source_of_table(Some(schema), table))
+        .map(|source| source.name.name().to_string())
         .collect()
 }
 
@@ -488,7 +489,8 @@ fn count_consumed(topic: &str, op: &'static str) {
 
 #[cfg(test)]
 mod tests {
-    use super::tables_of;
+    use super::sources_of;
+    use crate::features::FeatureSet;
 
     #[test]
     fn a_connector_covers_the_source_tables_under_its_prefix() {
@@ -501,7 +503,8 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        assert_eq!(tables_of(&topics, "shop"), ["user_activity", "orders"]);
-        assert!(tables_of(&topics, "other").is_empty());
+        let set = FeatureSet::load(None).expect("shipped definitions");
+        assert_eq!(sources_of(&set, &topics, "shop"), ["user_activity", "orders"]);
+        assert!(sources_of(&set, &topics, "other").is_empty());
     }
 }

@@ -25,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::consumer::{IngestError, client_config};
 use super::envelope::{self, CdcMessage, Op};
+use super::rows;
 use crate::config::KafkaConfig;
-use crate::features::ProductCatalog;
+use crate::features::{DimensionSchema, ProductCatalog};
 use crate::telemetry;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -42,7 +43,12 @@ pub struct Dimension {
 }
 
 impl Dimension {
-    pub fn start(config: &KafkaConfig, catalog: Arc<ProductCatalog>) -> Result<Self, IngestError> {
+    /// Reads `config.products_topic` as rows of `schema`.
+    pub fn start(
+        config: &KafkaConfig,
+        schema: DimensionSchema,
+        catalog: Arc<ProductCatalog>,
+    ) -> Result<Self, IngestError> {
         let mut client = client_config(config);
         // Every instance reads everything: a group of its own, never committed.
         client
@@ -55,6 +61,7 @@ impl Dimension {
         let reader = Reader {
             consumer,
             topic: config.products_topic.clone(),
+            schema,
             catalog,
             ready: Arc::clone(&ready),
             stop: stop.clone(),
@@ -89,6 +96,7 @@ impl Dimension {
 struct Reader {
     consumer: BaseConsumer,
     topic: String,
+    schema: DimensionSchema,
     catalog: Arc<ProductCatalog>,
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
@@ -160,6 +168,7 @@ impl Reader {
                     let (partition, offset) = (message.partition(), message.offset());
                     let changes = Changes {
                         topic: &self.topic,
+                        schema: &self.schema,
                         catalog: &self.catalog,
                         truncations: &mut self.truncations,
                     };
@@ -227,6 +236,7 @@ impl Reader {
 /// apply a message while the consumer still holds it.
 struct Changes<'a> {
     topic: &'a str,
+    schema: &'a DimensionSchema,
     catalog: &'a ProductCatalog,
     truncations: &'a mut Truncations,
 }
@@ -257,12 +267,19 @@ impl Changes<'_> {
             return;
         }
         let Some(row) = row else { return };
-        match envelope::product_row(row) {
+        let before = event
+            .before
+            .as_ref()
+            .and_then(|before| rows::dimension_row(self.schema, before, |_| None).ok());
+        // An unchanged TOASTed attribute keeps its value: from the before image where the table
+        // is REPLICA IDENTITY FULL, or else from the row already held.
+        let held = |id: &str| before.clone().or_else(|| self.catalog.get(id));
+        match rows::dimension_row(self.schema, row, held) {
             Ok(product) if event.op == Op::Delete => self.catalog.remove(&product.id),
             Ok(product) => {
                 // A primary-key change arrives as a delete and a create; an update can still
                 // carry an old id in its before image.
-                if let Some(old) = event.before.as_ref().and_then(|b| envelope::product_row(b).ok())
+                if let Some(old) = &before
                     && old.id != product.id
                 {
                     self.catalog.remove(&old.id);

@@ -34,6 +34,9 @@ pub mod envelope;
 mod hooks;
 mod partition;
 mod restart;
+pub mod rows;
+#[cfg(test)]
+mod tests_decode;
 mod truncate;
 
 pub use apply::{Applier, BatchStats};

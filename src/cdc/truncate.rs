@@ -97,7 +97,7 @@ mod tests {
 
     fn change(position: i64, truncate: bool) -> SourceChange {
         SourceChange {
-            table: SourceTable::CartItems,
+            table: SourceTable::new("cart_items"),
             before: None,
             after: None,
             position: Some(Position(position, position, 1)),

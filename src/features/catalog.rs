@@ -1,5 +1,7 @@
-//! The products dimension features join through by `product_id`. Every persona instance holds
-//! all of it in memory (see `cdc::dimension`), because any user's activity may name any product.
+//! The dimension features join through (the reference schema's `products`, declared in the
+//! definitions, see [`DimensionSchema`]): a source row reaches it by the column naming the
+//! dimension's entity. Every persona instance holds all of it in memory (see `cdc::dimension`),
+//! because any user's activity may name any item.
 //!
 //! Joins happen when a feature is read, against the product as it is then: a category or price
 //! change re-labels the history that mentions the product (a view counted under `shoes` counts
@@ -7,48 +9,117 @@
 //! Activity for a product not seen yet is kept and counts for the joined features as soon as
 //! the product arrives; until then it contributes to no joined value.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
-use super::definition::ProductAttr;
-use super::source::Scalar;
+use super::definition::Entity;
+use super::source::{ColumnType, Scalar};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The declared dimension items join to (the reference schema's `products`): its table, its
+/// key, the attributes features may read through it, and which of them recommendations use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DimensionSchema {
+    /// The prefix features name its attributes by: `value = "product.category"`.
+    pub name: &'static str,
+    pub schema: &'static str,
+    pub table: &'static str,
+    /// The column holding the id: what a source's column for [`Self::entity`] holds.
+    pub key: &'static str,
+    /// The entity whose id is the dimension's key: a source row reaches the dimension through
+    /// the column that names that entity.
+    pub entity: Entity,
+    pub attributes: Vec<(&'static str, ColumnType)>,
+    /// The attributes recommendations and pages read as name, category, brand and price.
+    pub roles: ItemRoles,
+}
+
+impl DimensionSchema {
+    pub fn attribute(&self, name: &str) -> Option<ColumnType> {
+        self.attributes.iter().find(|(known, _)| *known == name).map(|(_, kind)| *kind)
+    }
+
+    /// `schema.table`.
+    pub fn qualified_table(&self) -> String {
+        format!("{}.{}", self.schema, self.table)
+    }
+}
+
+/// Which dimension attributes play which part for recommendations and pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ItemRoles {
+    pub name: Option<&'static str>,
+    pub category: Option<&'static str>,
+    pub brand: Option<&'static str>,
+    /// Numeric.
+    pub price: Option<&'static str>,
+}
+
+/// One row of the dimension: every declared attribute, and the ones with a role by their role.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Product {
     pub id: String,
     pub name: Option<String>,
     pub category: Option<String>,
     pub brand: Option<String>,
     pub price: Option<Decimal>,
-    pub updated_at: Option<DateTime<Utc>>,
+    pub attributes: BTreeMap<&'static str, Scalar>,
 }
 
 impl Product {
-    pub fn attribute(&self, attr: ProductAttr) -> Scalar {
-        let text = |value: &Option<String>| value.clone().map_or(Scalar::Null, Scalar::Text);
-        match attr {
-            ProductAttr::Name => text(&self.name),
-            ProductAttr::Category => text(&self.category),
-            ProductAttr::Brand => text(&self.brand),
-            ProductAttr::Price => self.price.map_or(Scalar::Null, Scalar::Number),
+    /// A product of the reference schema, as the default definitions declare it.
+    pub fn reference(
+        id: &str,
+        name: Option<&str>,
+        category: Option<&str>,
+        brand: Option<&str>,
+        price: Option<Decimal>,
+    ) -> Self {
+        let text = |value: Option<&str>| value.map_or(Scalar::Null, |v| Scalar::Text(v.into()));
+        let attributes = BTreeMap::from([
+            ("name", text(name)),
+            ("category", text(category)),
+            ("brand", text(brand)),
+            ("price", price.map_or(Scalar::Null, Scalar::Number)),
+        ]);
+        Self {
+            id: id.into(),
+            name: name.map(Into::into),
+            category: category.map(Into::into),
+            brand: brand.map(Into::into),
+            price,
+            attributes,
         }
+    }
+
+    /// Fills the role fields from the attributes `roles` names.
+    pub fn with_roles(mut self, roles: &ItemRoles) -> Self {
+        let text =
+            |product: &Self, attr: Option<&str>| attr.and_then(|a| product.attribute(a).as_key());
+        self.name = text(&self, roles.name);
+        self.category = text(&self, roles.category);
+        self.brand = text(&self, roles.brand);
+        self.price = roles.price.and_then(|attr| self.attribute(attr).as_number());
+        self
+    }
+
+    pub fn attribute(&self, name: &str) -> &Scalar {
+        self.attributes.get(name).unwrap_or(&Scalar::Null)
     }
 }
 
 pub trait Catalog {
-    fn attribute(&self, product_id: &str, attr: ProductAttr) -> Option<Scalar>;
+    fn attribute(&self, product_id: &str, attr: &str) -> Option<Scalar>;
     fn contains(&self, product_id: &str) -> bool;
 }
 
 impl Catalog for HashMap<String, Product> {
-    fn attribute(&self, product_id: &str, attr: ProductAttr) -> Option<Scalar> {
+    fn attribute(&self, product_id: &str, attr: &str) -> Option<Scalar> {
         match self.get(product_id)?.attribute(attr) {
             Scalar::Null => None,
-            value => Some(value),
+            value => Some(value.clone()),
         }
     }
 

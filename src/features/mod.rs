@@ -19,7 +19,7 @@ mod pairs;
 pub mod source;
 mod state;
 
-pub use catalog::{Catalog, Product, ProductCatalog};
+pub use catalog::{Catalog, DimensionSchema, ItemRoles, Product, ProductCatalog};
 pub use definition::{
     Aggregation, BUCKETS_PER_WINDOW, DefinitionError, Entity, Feature, FeatureSet, Storage,
 };
@@ -29,8 +29,8 @@ pub use evaluate::{
 pub use expiry::{DecayParts, next_change};
 pub use pairs::{PairDelta, SESSION_FACTS_MAX};
 pub use source::{
-    High, Position, RunStart, Scalar, SnapshotRead, SnapshotRun, SourceChange, SourceRow,
-    SourceTable, Truncation,
+    ColumnType, High, Position, RunStart, Scalar, SnapshotRead, SnapshotRun, SourceChange,
+    SourceRow, SourceSchema, SourceTable, Truncation,
 };
 pub use state::{
     EntityState, FACT_SLACK, Outcome, RunMark, apply, apply_with_pairs, entity_of, superseded,

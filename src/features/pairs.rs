@@ -108,7 +108,7 @@ fn member<'a>(
     if entity_of(row, Entity::User) != Some(user_id) || !passes(feature, row) {
         return None;
     }
-    let product = row.text("product_id").filter(|p| !p.is_empty())?;
+    let product = entity_of(row, Entity::Product)?;
     let at_us = row.time.timestamp_micros();
     (at_us >= horizon.saturating_add(session_us(feature))).then_some((
         row.key.as_str(),

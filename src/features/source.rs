@@ -6,117 +6,204 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use ustr::Ustr;
 
-/// A table whose changes feed features. `products` is not one: it is the dimension features
-/// join through (see [`crate::features::Catalog`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceTable {
-    UserActivity,
-    CartItems,
-    Orders,
-}
+use super::definition::Entity;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ColumnType {
-    Text,
-    /// `INTEGER`/`BIGINT`: a JSON number.
-    Integer,
-    /// `NUMERIC`: a decimal string (`decimal.handling.mode=string`).
-    Number,
-    Time,
-}
-
-impl ColumnType {
-    pub fn is_numeric(self) -> bool {
-        matches!(self, Self::Integer | Self::Number)
-    }
-}
-
-pub struct TableSchema {
-    pub table: SourceTable,
-    pub name: &'static str,
-    /// Primary key columns: a row's identity across its updates.
-    pub key: &'static [&'static str],
-    /// The event time of a row. Rows without one (NULL) use the commit time.
-    pub time_column: Option<&'static str>,
-    pub columns: &'static [(&'static str, ColumnType)],
-}
-
-use ColumnType::{Integer, Number, Text, Time};
-
-pub const SCHEMAS: [TableSchema; 3] = [
-    TableSchema {
-        table: SourceTable::UserActivity,
-        name: "user_activity",
-        key: &["id"],
-        time_column: Some("activity_timestamp"),
-        columns: &[
-            ("id", Text),
-            ("user_id", Text),
-            ("activity_type", Text),
-            ("product_id", Text),
-            ("activity_timestamp", Time),
-        ],
-    },
-    TableSchema {
-        table: SourceTable::CartItems,
-        name: "cart_items",
-        key: &["user_id", "product_id"],
-        time_column: Some("updated_at"),
-        columns: &[
-            ("user_id", Text),
-            ("product_id", Text),
-            ("quantity", Integer),
-            ("unit_price", Number),
-            ("updated_at", Time),
-        ],
-    },
-    TableSchema {
-        table: SourceTable::Orders,
-        name: "orders",
-        key: &["id"],
-        time_column: Some("created_at"),
-        columns: &[
-            ("id", Integer),
-            ("user_id", Text),
-            ("product_id", Text),
-            ("quantity", Integer),
-            ("amount", Number),
-            ("status", Text),
-            ("created_at", Time),
-        ],
-    },
-];
+/// A declared source: a table whose changes feed features, by the name the definitions give it
+/// (see [`SourceSchema`]). Dimensions are not sources: features join through them (see
+/// [`crate::features::Catalog`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SourceTable(Ustr);
 
 impl SourceTable {
-    pub const ALL: [SourceTable; 3] =
-        [SourceTable::UserActivity, SourceTable::CartItems, SourceTable::Orders];
-
-    pub fn schema(self) -> &'static TableSchema {
-        match self {
-            Self::UserActivity => &SCHEMAS[0],
-            Self::CartItems => &SCHEMAS[1],
-            Self::Orders => &SCHEMAS[2],
-        }
+    pub fn new(name: &str) -> Self {
+        Self(Ustr::from(name))
     }
 
     pub fn name(self) -> &'static str {
-        self.schema().name
+        self.0.as_str()
     }
+}
 
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|table| table.name() == name)
+impl PartialOrd for SourceTable {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
+}
 
-    pub fn column(self, name: &str) -> Option<ColumnType> {
-        self.schema().columns.iter().find(|(column, _)| *column == name).map(|(_, kind)| *kind)
+impl Ord for SourceTable {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.name().cmp(other.name())
+    }
+}
+
+impl fmt::Debug for SourceTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SourceTable({})", self.name())
     }
 }
 
 impl fmt::Display for SourceTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+impl Serialize for SourceTable {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for SourceTable {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(Self::new(&name))
+    }
+}
+
+/// Interns a name read from the definitions: columns and sources are named by `&'static str`
+/// everywhere (rows, filters, state), and there are only as many as the definitions declare.
+pub fn intern(name: &str) -> &'static str {
+    Ustr::from(name).as_str()
+}
+
+/// A column's Postgres type, as declared, which says how Debezium sends its values (Postgres
+/// connector, JsonConverter without schemas, `decimal.handling.mode=string`,
+/// `time.precision.mode=adaptive`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    /// `TEXT`, `VARCHAR`, `CHAR`, enum types: a string.
+    Text,
+    /// `UUID`: a string.
+    Uuid,
+    /// `JSON`/`JSONB`: a string, the document as Postgres prints it.
+    Json,
+    /// `SMALLINT`/`INTEGER`/`BIGINT`: a JSON number.
+    Integer,
+    /// `NUMERIC`: a decimal string.
+    Number,
+    /// `REAL`/`DOUBLE PRECISION`: a JSON number.
+    Float,
+    /// `BOOLEAN`: `true`/`false`, kept as the text Postgres casts it to.
+    Boolean,
+    /// `TIMESTAMP` (precision 4 to 6, the default): microseconds since the epoch, read as UTC.
+    Timestamp,
+    /// `TIMESTAMP(0)` to `TIMESTAMP(3)`: milliseconds since the epoch, read as UTC.
+    TimestampMillis,
+    /// `TIMESTAMPTZ`: an ISO-8601 string.
+    Timestamptz,
+    /// `DATE`: days since the epoch; its midnight UTC.
+    Date,
+    /// An array of any of the above: a JSON array, kept as its JSON text.
+    Array(ElementType),
+}
+
+/// The element type of an array column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElementType {
+    Text,
+    Integer,
+    Number,
+    Boolean,
+}
+
+impl ColumnType {
+    /// The declared type named by `name` (`text`, `bigint`, `numeric`, `timestamptz`, `text[]`, …).
+    pub fn parse(name: &str) -> Option<Self> {
+        let name = name.trim().to_ascii_lowercase();
+        if let Some(element) = name.strip_suffix("[]") {
+            let element = match Self::parse(element)? {
+                Self::Text | Self::Uuid => ElementType::Text,
+                Self::Integer => ElementType::Integer,
+                Self::Number => ElementType::Number,
+                Self::Boolean => ElementType::Boolean,
+                _ => return None,
+            };
+            return Some(Self::Array(element));
+        }
+        Some(match name.as_str() {
+            "text" | "varchar" | "character varying" | "char" | "character" | "enum" => Self::Text,
+            "uuid" => Self::Uuid,
+            "json" | "jsonb" => Self::Json,
+            "smallint" | "integer" | "int" | "bigint" | "int2" | "int4" | "int8" => Self::Integer,
+            "numeric" | "decimal" => Self::Number,
+            "real" | "double precision" | "float4" | "float8" => Self::Float,
+            "boolean" | "bool" => Self::Boolean,
+            "timestamp" | "timestamp(4)" | "timestamp(5)" | "timestamp(6)" => Self::Timestamp,
+            "timestamp(0)" | "timestamp(1)" | "timestamp(2)" | "timestamp(3)" => {
+                Self::TimestampMillis
+            }
+            "timestamptz" | "timestamp with time zone" => Self::Timestamptz,
+            "date" => Self::Date,
+            _ => return None,
+        })
+    }
+
+    /// The names [`Self::parse`] accepts, for error messages.
+    pub const NAMES: &'static str = "text, varchar, enum, uuid, json, jsonb, smallint, integer, \
+        bigint, numeric, real, double precision, boolean, timestamp, timestamp(3), timestamptz, \
+        date, or an array of text, integer, numeric or boolean (`text[]`)";
+
+    pub fn is_numeric(self) -> bool {
+        matches!(self, Self::Integer | Self::Number | Self::Float)
+    }
+
+    /// Whether values are times (and the column can be a source's event time).
+    pub fn is_time(self) -> bool {
+        matches!(self, Self::Timestamp | Self::TimestampMillis | Self::Timestamptz | Self::Date)
+    }
+}
+
+/// A declared source table: where its changes come from, what identifies its rows, which
+/// entities they belong to, and the type of every column features may read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceSchema {
+    pub name: SourceTable,
+    /// The Postgres schema and table, as Debezium names them in `source.schema`/`source.table`.
+    pub schema: &'static str,
+    pub table: &'static str,
+    /// Primary key columns: a row's identity across its updates.
+    pub key: Vec<&'static str>,
+    /// The event time of a row; `None`: its commit time.
+    pub time_column: Option<&'static str>,
+    /// Where the time column is NULL: the commit time stands in (`true`), or the row is refused.
+    pub time_from_commit_if_null: bool,
+    pub columns: Vec<(&'static str, ColumnType)>,
+    /// The column holding each entity's id, for the entities the rows belong to.
+    pub entities: Vec<(Entity, &'static str)>,
+    /// The entity the change events are keyed by (Debezium's `message.key.columns`): a row
+    /// without it cannot be placed and is refused.
+    pub keyed_by: Entity,
+    /// Coded values read as names (`behavior` 1 → `VIEW_PRODUCT`): column → (value → name).
+    /// Values without a name are kept as they are.
+    pub mappings: Vec<(&'static str, BTreeMap<String, String>)>,
+}
+
+impl SourceSchema {
+    /// The column `name` and its type as features read it: a mapped column holds names (text)
+    /// whatever the type of its codes.
+    pub fn column(&self, name: &str) -> Option<(&'static str, ColumnType)> {
+        let (column, kind) = *self.columns.iter().find(|(column, _)| *column == name)?;
+        let mapped = self.mappings.iter().any(|(mapped, _)| *mapped == column);
+        Some((column, if mapped { ColumnType::Text } else { kind }))
+    }
+
+    /// The column naming `entity`'s id, when rows of this source belong to it.
+    pub fn entity_column(&self, entity: Entity) -> Option<&'static str> {
+        self.entities.iter().find(|(known, _)| *known == entity).map(|(_, column)| *column)
+    }
+
+    /// `schema.table`.
+    pub fn qualified_table(&self) -> String {
+        format!("{}.{}", self.schema, self.table)
+    }
+
+    /// The name `column`'s coded value `value` stands for, if the source maps it.
+    pub fn mapped(&self, column: &str, value: &str) -> Option<&str> {
+        let (_, names) = self.mappings.iter().find(|(mapped, _)| *mapped == column)?;
+        names.get(value).map(String::as_str)
     }
 }
 
@@ -155,6 +242,8 @@ pub struct SourceRow {
     /// Primary key, joined with `/`: identifies the row across its updates.
     pub key: String,
     pub columns: BTreeMap<&'static str, Scalar>,
+    /// The ids of the entities the row belongs to (see [`SourceSchema::entities`]), as text.
+    pub ids: Vec<(Entity, String)>,
     /// Event time: the table's time column, or the commit time where that is NULL.
     pub time: DateTime<Utc>,
 }
@@ -169,6 +258,25 @@ impl SourceRow {
             Scalar::Text(text) => Some(text),
             _ => None,
         }
+    }
+
+    /// A row of the reference schema (as the shipped definitions declare it), whose users and
+    /// products are its `user_id` and `product_id` columns.
+    pub fn reference(
+        key: String,
+        columns: BTreeMap<&'static str, Scalar>,
+        time: DateTime<Utc>,
+    ) -> Self {
+        let ids = [(Entity::User, "user_id"), (Entity::Product, "product_id")]
+            .into_iter()
+            .filter_map(|(entity, column)| Some((entity, columns.get(column)?.as_key()?)))
+            .collect();
+        Self { key, columns, ids, time }
+    }
+
+    /// The id of the `entity` the row belongs to; `None` where the row names none.
+    pub fn id(&self, entity: Entity) -> Option<&str> {
+        self.ids.iter().find(|(known, _)| *known == entity).map(|(_, id)| id.as_str())
     }
 }
 

@@ -176,7 +176,7 @@ pub struct Outcome {
 
 /// The entity a row belongs to, for `entity`.
 pub fn entity_of(row: &SourceRow, entity: Entity) -> Option<&str> {
-    row.text(entity.column()).filter(|id| !id.is_empty())
+    row.id(entity).filter(|id| !id.is_empty())
 }
 
 /// Applies `change`, read from `stream`, to the state of entity `entity_id`.
@@ -360,7 +360,7 @@ fn stored_value(feature: &Feature, row: &SourceRow) -> Option<String> {
         ValueExpr::Nothing => Some(String::new()),
         ValueExpr::Column(column) => row.get(column).as_key(),
         // Joined when read, so a product's later category or price change applies to history.
-        ValueExpr::Product(_) => row.text("product_id").map(str::to_string),
+        ValueExpr::Product(_) => row.id(Entity::Product).map(str::to_string),
         ValueExpr::Product2(left, right) => {
             match (row.get(left).as_number(), row.get(right).as_number()) {
                 (Some(left), Some(right)) => Some((left * right).normalize().to_string()),

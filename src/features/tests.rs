@@ -29,7 +29,7 @@ fn activity(id: &str, user: &str, kind: &str, product: Option<&str>, secs_ago: i
     columns.insert("activity_type", Scalar::Text(kind.into()));
     columns.insert("product_id", product.map_or(Scalar::Null, |p| Scalar::Text(p.into())));
     columns.insert("activity_timestamp", Scalar::Time(at.timestamp_micros()));
-    SourceRow { key: id.into(), columns, time: at }
+    SourceRow::reference(id.into(), columns, at)
 }
 
 fn cart(user: &str, product: &str, quantity: i64, price: &str) -> SourceRow {
@@ -39,7 +39,7 @@ fn cart(user: &str, product: &str, quantity: i64, price: &str) -> SourceRow {
     columns.insert("quantity", Scalar::Number(Decimal::from(quantity)));
     columns.insert("unit_price", Scalar::Number(price.parse().expect("decimal")));
     columns.insert("updated_at", Scalar::Null);
-    SourceRow { key: format!("{user}/{product}"), columns, time: t0() }
+    SourceRow::reference(format!("{user}/{product}"), columns, t0())
 }
 
 fn order(id: i64, user: &str, product: &str, secs_ago: i64) -> SourceRow {
@@ -52,7 +52,7 @@ fn order(id: i64, user: &str, product: &str, secs_ago: i64) -> SourceRow {
     columns.insert("amount", Scalar::Number(Decimal::TEN));
     columns.insert("status", Scalar::Text("paid".into()));
     columns.insert("created_at", Scalar::Time(at.timestamp_micros()));
-    SourceRow { key: id.to_string(), columns, time: at }
+    SourceRow::reference(id.to_string(), columns, at)
 }
 
 fn change(
@@ -79,17 +79,13 @@ fn change(
 }
 
 fn insert(row: SourceRow, lsn: i64) -> SourceChange {
-    change(SourceTable::UserActivity, None, Some(row), lsn)
+    change(SourceTable::new("user_activity"), None, Some(row), lsn)
 }
 
 pub(super) fn catalog() -> HashMap<String, Product> {
-    let product = |id: &str, category: &str, brand: &str, price: i64| Product {
-        id: id.into(),
-        name: Some(format!("{id} name")),
-        category: Some(category.into()),
-        brand: Some(brand.into()),
-        price: Some(Decimal::from(price)),
-        updated_at: None,
+    let product = |id: &str, category: &str, brand: &str, price: i64| {
+        let name = format!("{id} name");
+        Product::reference(id, Some(&name), Some(category), Some(brand), Some(Decimal::from(price)))
     };
     [
         product("p1", "shoes", "acme", 20),
@@ -177,7 +173,7 @@ fn last_viewed_is_by_event_time_and_a_delete_falls_back() {
     let f = user(&[
         insert(v1.clone(), 1),
         insert(v2.clone(), 2),
-        change(SourceTable::UserActivity, Some(v2), None, 3),
+        change(SourceTable::new("user_activity"), Some(v2), None, 3),
     ]);
     assert_eq!(f["last_viewed_product"].value, json!("p1"));
     assert_eq!(f["last_viewed_product"].event_time, Some(t0() - TimeDelta::seconds(20)));
@@ -216,15 +212,15 @@ fn price_bands_and_conversion() {
 fn cart_is_current_state_with_updates_and_deletes() {
     let set = set();
     let changes = [
-        change(SourceTable::CartItems, None, Some(cart("u1", "p1", 2, "10.50")), 1),
-        change(SourceTable::CartItems, None, Some(cart("u1", "p2", 1, "5")), 2),
+        change(SourceTable::new("cart_items"), None, Some(cart("u1", "p1", 2, "10.50")), 1),
+        change(SourceTable::new("cart_items"), None, Some(cart("u1", "p2", 1, "5")), 2),
         change(
-            SourceTable::CartItems,
+            SourceTable::new("cart_items"),
             Some(cart("u1", "p1", 2, "10.50")),
             Some(cart("u1", "p1", 3, "10.50")),
             3,
         ),
-        change(SourceTable::CartItems, Some(cart("u1", "p2", 1, "5")), None, 4),
+        change(SourceTable::new("cart_items"), Some(cart("u1", "p2", 1, "5")), None, 4),
     ];
     let f = read(&set, Entity::User, "u1", &fold(&set, Entity::User, "u1", &changes));
     assert_eq!(f["cart_total"].value, json!(31.5));
@@ -235,11 +231,11 @@ fn cart_is_current_state_with_updates_and_deletes() {
 fn top_brands_and_purchase_intervals() {
     let set = set();
     let changes = [
-        change(SourceTable::Orders, None, Some(order(1, "u1", "p1", 3600)), 1),
-        change(SourceTable::Orders, None, Some(order(2, "u1", "p3", 600)), 2),
-        change(SourceTable::Orders, None, Some(order(3, "u1", "p2", 60)), 3),
-        change(SourceTable::Orders, None, Some(order(4, "u1", "p4", 30)), 4),
-        change(SourceTable::Orders, Some(order(4, "u1", "p4", 30)), None, 5),
+        change(SourceTable::new("orders"), None, Some(order(1, "u1", "p1", 3600)), 1),
+        change(SourceTable::new("orders"), None, Some(order(2, "u1", "p3", 600)), 2),
+        change(SourceTable::new("orders"), None, Some(order(3, "u1", "p2", 60)), 3),
+        change(SourceTable::new("orders"), None, Some(order(4, "u1", "p4", 30)), 4),
+        change(SourceTable::new("orders"), Some(order(4, "u1", "p4", 30)), None, 5),
     ];
     let f = read(&set, Entity::User, "u1", &fold(&set, Entity::User, "u1", &changes));
     assert_eq!(
@@ -304,11 +300,11 @@ fn primary_key_update_is_a_delete_then_an_insert_at_one_lsn() {
     let new = activity("b", "u1", "CLICK", None, 10);
     let delete = SourceChange {
         position: Some(Position(5, 9, 0)),
-        ..change(SourceTable::UserActivity, Some(old.clone()), None, 0)
+        ..change(SourceTable::new("user_activity"), Some(old.clone()), None, 0)
     };
     let create = SourceChange {
         position: Some(Position(5, 9, 1)),
-        ..change(SourceTable::UserActivity, None, Some(new), 0)
+        ..change(SourceTable::new("user_activity"), None, Some(new), 0)
     };
     let state = fold(&set, Entity::User, "u1", &[insert(old, 1), delete, create]);
     assert_eq!(read(&set, Entity::User, "u1", &state)["clicks_1m"].value, json!(1));
@@ -515,11 +511,16 @@ fn run(steps: &[Step]) -> (Vec<SourceChange>, Vec<SourceRow>) {
                     *secs_ago,
                 );
                 let before = rows.insert(*row, new.clone());
-                changes.push(change(SourceTable::UserActivity, before, Some(new), lsn));
+                changes.push(change(SourceTable::new("user_activity"), before, Some(new), lsn));
             }
             Step::Delete { row } => {
                 if let Some(before) = rows.remove(row) {
-                    changes.push(change(SourceTable::UserActivity, Some(before), None, lsn));
+                    changes.push(change(
+                        SourceTable::new("user_activity"),
+                        Some(before),
+                        None,
+                        lsn,
+                    ));
                 }
             }
         }
@@ -601,7 +602,7 @@ proptest! {
         let extra = activity("extra", "u1", KINDS[kind], Some(PRODUCTS[product]), secs_ago);
         let next = changes.len() as i64 + 100;
         changes.push(insert(extra.clone(), next));
-        changes.push(change(SourceTable::UserActivity, Some(extra), None, next + 1));
+        changes.push(change(SourceTable::new("user_activity"), Some(extra), None, next + 1));
         for set in sets() {
             let base = fold(&set, Entity::User, "u1", &base_changes);
             let retracted = fold(&set, Entity::User, "u1", &changes);

@@ -50,13 +50,13 @@ fn row(key: &str, user: &str, kind: &str, product: &str, secs_ago: i64) -> Sourc
     columns.insert("activity_type", Scalar::Text(kind.into()));
     columns.insert("product_id", Scalar::Text(product.into()));
     columns.insert("activity_timestamp", Scalar::Time(at.timestamp_micros()));
-    SourceRow { key: key.into(), columns, time: at }
+    SourceRow::reference(key.into(), columns, at)
 }
 
 fn change(before: Option<SourceRow>, after: Option<SourceRow>, lsn: i64) -> SourceChange {
     let rank = u8::from(after.is_some());
     SourceChange {
-        table: SourceTable::UserActivity,
+        table: SourceTable::new("user_activity"),
         before,
         after,
         position: Some(Position(lsn, lsn, rank)),

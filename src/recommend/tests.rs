@@ -7,14 +7,8 @@ use super::*;
 use crate::features::{FeatureSet, Product};
 
 fn product(id: &str, category: &str, price: i64) -> Product {
-    Product {
-        id: id.into(),
-        name: Some(format!("{id} name")),
-        category: Some(category.into()),
-        brand: Some("acme".into()),
-        price: Some(Decimal::from(price)),
-        updated_at: None,
-    }
+    let name = format!("{id} name");
+    Product::reference(id, Some(&name), Some(category), Some("acme"), Some(Decimal::from(price)))
 }
 
 /// Four shoes and four hats; hats are the most viewed overall; s1 is viewed together with h4.

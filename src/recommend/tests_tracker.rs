@@ -25,14 +25,9 @@ fn id(index: usize) -> String {
 fn catalog() -> HashMap<String, Product> {
     (0..PRODUCTS)
         .map(|i| {
-            let product = Product {
-                id: id(i),
-                name: None,
-                category: Some(if i % 2 == 0 { "shoes" } else { "hats" }.into()),
-                brand: None,
-                price: Some(Decimal::from(10 * i as i64)),
-                updated_at: None,
-            };
+            let category = if i % 2 == 0 { "shoes" } else { "hats" };
+            let price = Some(Decimal::from(10 * i as i64));
+            let product = Product::reference(&id(i), None, Some(category), None, price);
             (id(i), product)
         })
         .collect()

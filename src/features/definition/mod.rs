@@ -8,7 +8,8 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::source::SourceTable;
+use super::catalog::DimensionSchema;
+use super::source::{SourceSchema, SourceTable};
 
 /// Every window is this many buckets: the bucket width is `window / 60`.
 pub const BUCKETS_PER_WINDOW: i64 = 60;
@@ -26,6 +27,10 @@ pub enum DefinitionError {
     Invalid { feature: String, field: &'static str, problem: String },
     #[error("feature definitions: `{field}` {problem}")]
     File { field: &'static str, problem: String },
+    #[error("source `{name}`: `{field}` {problem}")]
+    Source { name: String, field: &'static str, problem: String },
+    #[error("dimension `{name}`: `{field}` {problem}")]
+    Dimension { name: String, field: &'static str, problem: String },
 }
 
 #[derive(
@@ -48,13 +53,7 @@ pub enum Entity {
 }
 
 impl Entity {
-    /// The source column naming the entity a row belongs to.
-    pub fn column(self) -> &'static str {
-        match self {
-            Self::User => "user_id",
-            Self::Product => "product_id",
-        }
-    }
+    pub const ALL: [Entity; 2] = [Entity::User, Entity::Product];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -138,39 +137,15 @@ impl Aggregation {
     }
 }
 
-/// Product attributes a feature can join to by `product_id`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ProductAttr {
-    Name,
-    Category,
-    Brand,
-    Price,
-}
-
-impl ProductAttr {
-    fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "name" => Self::Name,
-            "category" => Self::Category,
-            "brand" => Self::Brand,
-            "price" => Self::Price,
-            _ => return None,
-        })
-    }
-
-    fn is_number(self) -> bool {
-        self == Self::Price
-    }
-}
-
 /// What a row contributes to a feature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ValueExpr {
     /// Nothing but its existence (count).
     Nothing,
     Column(&'static str),
-    /// The product's attribute, looked up by `product_id` when the feature is read.
-    Product(ProductAttr),
+    /// An attribute of the dimension, looked up by the row's product id when the feature is
+    /// read.
+    Product(&'static str),
     /// The product of two numeric columns, such as `quantity * unit_price`.
     Product2(&'static str, &'static str),
 }
@@ -263,6 +238,10 @@ pub struct FeatureSet {
     pub history: Duration,
     /// Hash of the definitions as loaded: state computed under other definitions is rebuilt.
     pub fingerprint: String,
+    /// The declared source tables.
+    pub sources: Vec<SourceSchema>,
+    /// The declared dimension, if any.
+    pub dimension: Option<DimensionSchema>,
 }
 
 /// The definitions shipped with persona (`features.toml` at the repository root).
@@ -282,9 +261,24 @@ impl FeatureSet {
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Self, DefinitionError> {
-        let raw: parse::RawFile = toml::from_str(text).map_err(|source| {
+        let mut raw: parse::RawFile = toml::from_str(text).map_err(|source| {
             DefinitionError::Parse { path: origin.to_string(), source: Box::new(source) }
         })?;
+        if raw.source.is_empty() && raw.dimension.is_empty() {
+            let reference: parse::RawFile =
+                toml::from_str(DEFAULT_DEFINITIONS).map_err(|e| DefinitionError::Parse {
+                    path: "<built-in features.toml>".into(),
+                    source: Box::new(e),
+                })?;
+            raw.source = reference.source;
+            raw.dimension = reference.dimension;
+        }
+        let sources: Vec<SourceSchema> =
+            raw.source.iter().map(sources::compile_source).collect::<Result<_, _>>()?;
+        let dimensions: Vec<DimensionSchema> =
+            raw.dimension.iter().map(sources::compile_dimension).collect::<Result<_, _>>()?;
+        sources::check_declarations(&sources, &dimensions)?;
+        let dimension = dimensions.into_iter().next();
         if raw.history > MAX_HISTORY {
             return Err(DefinitionError::File {
                 field: "history",
@@ -303,13 +297,39 @@ impl FeatureSet {
             if !names.insert(feature.name.clone()) {
                 return Err(invalid(&feature.name, "name", "is defined twice"));
             }
-            features.push(compile(feature)?);
+            features.push(compile(feature, &sources, dimension.as_ref())?);
         }
         for feature in &features {
             check_reference(feature, &features)?;
         }
         let canonical = serde_json::to_string(&raw).unwrap_or_default();
-        Ok(Self { features, history: raw.history, fingerprint: fingerprint(&canonical) })
+        Ok(Self {
+            features,
+            history: raw.history,
+            fingerprint: fingerprint(&canonical),
+            sources,
+            dimension,
+        })
+    }
+
+    /// The declaration of `table`.
+    ///
+    /// # Panics
+    /// When `table` was not declared by these definitions: every [`SourceTable`] a feature or a
+    /// decoded change holds was.
+    pub fn source(&self, table: SourceTable) -> &SourceSchema {
+        self.find_source(table).unwrap_or_else(|| panic!("source {table} is not declared"))
+    }
+
+    pub fn find_source(&self, table: SourceTable) -> Option<&SourceSchema> {
+        self.sources.iter().find(|source| source.name == table)
+    }
+
+    /// The declared source Debezium names `schema.table` (any schema when it names none).
+    pub fn source_of_table(&self, schema: Option<&str>, table: &str) -> Option<&SourceSchema> {
+        self.sources
+            .iter()
+            .find(|s| s.table == table && schema.is_none_or(|schema| s.schema == schema))
     }
 
     pub fn get(&self, name: &str) -> Option<&Feature> {
@@ -355,6 +375,7 @@ impl FeatureSet {
 }
 
 mod parse;
+mod sources;
 use parse::{check_reference, compile, fingerprint, invalid};
 #[cfg(test)]
 mod tests;

@@ -7,17 +7,23 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::sources::{RawDimension, RawSource};
 use super::{
     Aggregation, BUCKETS_PER_WINDOW, DefinitionError, Entity, Feature, MAX_WINDOW, MIN_WINDOW,
-    ProductAttr, Storage, ValueExpr, Window,
+    Storage, ValueExpr, Window,
 };
-use crate::features::source::{ColumnType, SourceTable};
+use crate::features::catalog::DimensionSchema;
+use crate::features::source::{ColumnType, SourceSchema};
 
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawFile {
     #[serde(default = "default_history", with = "humantime_serde")]
     pub history: Duration,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source: Vec<RawSource>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dimension: Vec<RawDimension>,
     #[serde(default)]
     pub feature: Vec<RawFeature>,
 }
@@ -76,44 +82,69 @@ pub(super) fn invalid(
 
 fn column_of(
     name: &str,
-    table: SourceTable,
+    source: &SourceSchema,
     column: &str,
     field: &'static str,
 ) -> Result<(&'static str, ColumnType), DefinitionError> {
-    table.schema().columns.iter().find(|(known, _)| *known == column).copied().ok_or_else(|| {
-        let known: Vec<&str> = table.schema().columns.iter().map(|(c, _)| *c).collect();
+    source.column(column).ok_or_else(|| {
+        let known: Vec<&str> = source.columns.iter().map(|(c, _)| *c).collect();
         invalid(
             name,
             field,
-            format!("names column {column:?}, which {table} does not have (it has {known:?})"),
+            format!(
+                "names column {column:?}, which source {} does not declare (it has {known:?})",
+                source.name
+            ),
         )
     })
 }
 
 fn parse_value(
     name: &str,
-    table: SourceTable,
+    source: &SourceSchema,
+    dimension: Option<&DimensionSchema>,
     text: &str,
 ) -> Result<(ValueExpr, bool), DefinitionError> {
-    if let Some(attr) = text.strip_prefix("product.") {
-        let attr = ProductAttr::parse(attr).ok_or_else(|| {
-            invalid(name, "value", format!("{text:?}: products has name, category, brand, price"))
+    if let Some((prefix, attr)) = text.split_once('.') {
+        let dimension = dimension.filter(|d| d.name == prefix).ok_or_else(|| {
+            invalid(name, "value", format!("{text:?}: {prefix:?} is not a declared dimension"))
         })?;
-        return Ok((ValueExpr::Product(attr), attr.is_number()));
+        let kind = dimension.attribute(attr).ok_or_else(|| {
+            let known: Vec<&str> = dimension.attributes.iter().map(|(a, _)| *a).collect();
+            invalid(name, "value", format!("{text:?}: {prefix} has the attributes {known:?}"))
+        })?;
+        if source.entity_column(dimension.entity).is_none() {
+            return Err(invalid(
+                name,
+                "value",
+                format!(
+                    "{text:?}: source {} names no {} id to join {prefix} by (declare it in its \
+                     `entities`)",
+                    source.name,
+                    dimension.entity.label()
+                ),
+            ));
+        }
+        let attr = crate::features::source::intern(attr);
+        return Ok((ValueExpr::Product(attr), kind.is_numeric()));
     }
     if let Some((left, right)) = text.split_once('*') {
-        let (left, left_type) = column_of(name, table, left.trim(), "value")?;
-        let (right, right_type) = column_of(name, table, right.trim(), "value")?;
+        let (left, left_type) = column_of(name, source, left.trim(), "value")?;
+        let (right, right_type) = column_of(name, source, right.trim(), "value")?;
         if !left_type.is_numeric() || !right_type.is_numeric() {
             return Err(invalid(name, "value", "multiplies columns that are not both numeric"));
         }
         return Ok((ValueExpr::Product2(left, right), true));
     }
-    let (column, kind) = column_of(name, table, text.trim(), "value")?;
+    let (column, kind) = column_of(name, source, text.trim(), "value")?;
     Ok((ValueExpr::Column(column), kind.is_numeric()))
 }
 
-pub(super) fn compile(raw: &RawFeature) -> Result<Feature, DefinitionError> {
+pub(super) fn compile(
+    raw: &RawFeature,
+    sources: &[SourceSchema],
+    dimension: Option<&DimensionSchema>,
+) -> Result<Feature, DefinitionError> {
     let name = raw.name.as_str();
     if name.is_empty()
         || name.len() > 64
@@ -121,16 +152,29 @@ pub(super) fn compile(raw: &RawFeature) -> Result<Feature, DefinitionError> {
     {
         return Err(invalid(name, "name", "must be 1 to 64 of a-z, 0-9 and _"));
     }
-    let table = SourceTable::from_name(&raw.source).ok_or_else(|| {
-        let known: Vec<&str> = SourceTable::ALL.iter().map(|t| t.name()).collect();
+    let source = sources.iter().find(|s| s.name.name() == raw.source).ok_or_else(|| {
+        let known: Vec<&str> = sources.iter().map(|s| s.name.name()).collect();
         invalid(name, "source", format!("{:?} is not one of {known:?}", raw.source))
     })?;
+    let table = source.name;
+    if source.entity_column(raw.entity).is_none() {
+        return Err(invalid(
+            name,
+            "entity",
+            format!(
+                "{}: rows of source {} name no {} (declare it in the source's `entities`)",
+                raw.entity.label(),
+                source.name,
+                raw.entity.label()
+            ),
+        ));
+    }
     let aggregation = raw.aggregation;
     let storage = aggregation.storage();
 
     let mut filter = Vec::new();
     for (column, values) in &raw.filter {
-        let (column, _) = column_of(name, table, column, "filter")?;
+        let (column, _) = column_of(name, source, column, "filter")?;
         let values = match values {
             OneOrMany::One(value) => vec![value.clone()],
             OneOrMany::Many(values) => values.clone(),
@@ -142,7 +186,7 @@ pub(super) fn compile(raw: &RawFeature) -> Result<Feature, DefinitionError> {
     }
 
     let (value, numeric) = match (&raw.value, aggregation.needs_value()) {
-        (Some(text), true) => parse_value(name, table, text)?,
+        (Some(text), true) => parse_value(name, source, dimension, text)?,
         (None, true) => {
             return Err(invalid(name, "value", format!("is required by {aggregation:?}")));
         }
@@ -151,7 +195,8 @@ pub(super) fn compile(raw: &RawFeature) -> Result<Feature, DefinitionError> {
         }
         // The partner of a pair is another row's product.
         (None, false) if aggregation == Aggregation::CoOccurrence => {
-            (ValueExpr::Column("product_id"), false)
+            let column = source.entity_column(Entity::Product).unwrap_or_default();
+            (ValueExpr::Column(column), false)
         }
         (None, false) => (ValueExpr::Nothing, false),
     };
@@ -233,9 +278,8 @@ pub(super) fn compile(raw: &RawFeature) -> Result<Feature, DefinitionError> {
         if raw.entity != Entity::Product {
             return Err(invalid(name, "entity", "must be product for co_occurrence"));
         }
-        let columns = table.schema().columns;
-        if !["user_id", "product_id"].iter().all(|c| columns.iter().any(|(known, _)| known == c)) {
-            return Err(invalid(name, "source", "must have user_id and product_id columns"));
+        if source.entity_column(Entity::User).is_none() {
+            return Err(invalid(name, "source", "must name the user of each row"));
         }
     }
 

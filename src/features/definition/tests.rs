@@ -88,3 +88,153 @@ fn fingerprint_follows_the_definitions() {
     assert_ne!(one(a).expect("ok").fingerprint, one(&b).expect("ok").fingerprint);
     assert_eq!(one(a).expect("ok").fingerprint, one(a).expect("ok").fingerprint);
 }
+
+/// A legacy schema of its own: the declarations and one feature over them.
+fn declared(source: &str, dimension: &str, feature: &str) -> Result<FeatureSet, DefinitionError> {
+    FeatureSet::parse(&format!("[[source]]\n{source}\n{dimension}\n[[feature]]\n{feature}"), "t")
+}
+
+const BEHAVIOR: &str = r#"name = "behavior"
+table = "legacy.t_user_behavior"
+key = ["behavior_id"]
+time = "gmt_create"
+entities = { user = "uid", product = "item_code" }
+columns = { behavior_id = "bigint", uid = "bigint", behavior = "smallint", item_code = "varchar", gmt_create = "timestamp" }
+map = { behavior = { 1 = "VIEW_PRODUCT" } }"#;
+
+const ITEM: &str = r#"[[dimension]]
+name = "item"
+table = "legacy.t_item"
+key = "code"
+entity = "product"
+attributes = { title = "text", cat = "varchar", list_price = "numeric" }
+roles = { category = "cat", price = "list_price" }"#;
+
+const VIEWS: &str = r#"name = "views"
+entity = "user"
+source = "behavior"
+filter = { behavior = "VIEW_PRODUCT" }
+aggregation = "count"
+window = "1h""#;
+
+#[test]
+fn declared_sources_replace_the_reference_schema() {
+    let set = declared(BEHAVIOR, ITEM, VIEWS).expect("valid");
+    assert_eq!(set.sources.len(), 1);
+    let source = set.source(set.features[0].table);
+    assert_eq!((source.schema, source.table), ("legacy", "t_user_behavior"));
+    assert_eq!(source.entity_column(Entity::User), Some("uid"));
+    assert_eq!(source.keyed_by, Entity::User);
+    // A mapped column holds names.
+    assert_eq!(source.column("behavior"), Some(("behavior", crate::features::ColumnType::Text)));
+    let dimension = set.dimension.as_ref().expect("declared");
+    assert_eq!((dimension.key, dimension.roles.category), ("code", Some("cat")));
+    // The reference schema's sources are not there.
+    let message =
+        declared(BEHAVIOR, ITEM, &VIEWS.replace("\"behavior\"\nfilter", "\"orders\"\nfilter"))
+            .expect_err("orders is not declared")
+            .to_string();
+    assert!(message.contains("`source`") && message.contains("behavior"), "{message}");
+}
+
+#[test]
+fn a_file_without_declarations_reads_the_reference_schema() {
+    let set = one("name = \"x\"\nentity = \"user\"\nsource = \"orders\"\naggregation = \"count\"")
+        .expect("valid");
+    let shipped = FeatureSet::load(None).expect("valid");
+    assert_eq!(set.sources, shipped.sources);
+    assert_eq!(set.dimension, shipped.dimension);
+    assert_eq!(set.sources.len(), 3);
+}
+
+#[test]
+fn declaration_errors_name_the_source_or_dimension_and_the_field() {
+    for (source, dimension, feature, names) in [
+        (
+            BEHAVIOR.replace("\"bigint\", uid", "\"bignum\", uid"),
+            ITEM.into(),
+            VIEWS.into(),
+            ["source `behavior`", "`columns`"],
+        ),
+        (
+            BEHAVIOR.replace("time = \"gmt_create\"", "time = \"uid\""),
+            ITEM.into(),
+            VIEWS.into(),
+            ["source `behavior`", "`time`"],
+        ),
+        (
+            BEHAVIOR.replace("key = [\"behavior_id\"]", "key = [\"id\"]"),
+            ITEM.into(),
+            VIEWS.into(),
+            ["source `behavior`", "`key`"],
+        ),
+        (
+            BEHAVIOR.replace("user = \"uid\"", "shopper = \"uid\""),
+            ITEM.into(),
+            VIEWS.into(),
+            ["source `behavior`", "`entities`"],
+        ),
+        (
+            BEHAVIOR.replace("{ behavior = {", "{ uid = {"),
+            ITEM.into(),
+            VIEWS.into(),
+            ["source `behavior`", "`map`"],
+        ),
+        (
+            BEHAVIOR.replace("legacy.t_user_behavior", "a.b.c"),
+            ITEM.into(),
+            VIEWS.into(),
+            ["source `behavior`", "`table`"],
+        ),
+        (
+            BEHAVIOR.into(),
+            ITEM.replace("list_price\" }", "title\" }"),
+            VIEWS.into(),
+            ["dimension `item`", "`roles`"],
+        ),
+        (
+            BEHAVIOR.into(),
+            ITEM.replace("entity = \"product\"", "entity = \"user\""),
+            VIEWS.into(),
+            ["dimension `item`", "`entity`"],
+        ),
+        (
+            BEHAVIOR.into(),
+            ITEM.into(),
+            VIEWS
+                .replace("entity = \"user\"", "entity = \"product\"")
+                .replace("\"count\"", "\"sum\"\nvalue = \"item.colour\""),
+            ["feature `views`", "`value`"],
+        ),
+        (
+            BEHAVIOR.replace(", product = \"item_code\"", ""),
+            ITEM.into(),
+            VIEWS.replace("entity = \"user\"", "entity = \"product\""),
+            ["feature `views`", "`entity`"],
+        ),
+        (
+            BEHAVIOR.replace("colmns", "x").replace("columns", "colums"),
+            ITEM.into(),
+            VIEWS.into(),
+            ["colums", ""],
+        ),
+    ] {
+        let message =
+            declared(&source, &dimension, &feature).expect_err("must be rejected").to_string();
+        assert!(names.iter().all(|name| message.contains(name)), "{names:?}: {message}");
+    }
+}
+
+#[test]
+fn a_join_needs_the_source_to_name_the_dimensions_entity() {
+    let source = BEHAVIOR.replace(", product = \"item_code\"", "");
+    let feature = r#"name = "cats"
+entity = "user"
+source = "behavior"
+aggregation = "histogram"
+value = "item.cat"
+window = "1h""#;
+    let message = declared(&source, ITEM, feature).expect_err("no product id").to_string();
+    assert!(message.contains("`value`") && message.contains("names no product id"), "{message}");
+    assert!(declared(BEHAVIOR, ITEM, feature).is_ok());
+}

@@ -44,7 +44,7 @@ fn streamed_at(
         run: Some(run()),
         processed_ms: Some(ms),
         committed_at: at_ms(ms),
-        ..change(SourceTable::UserActivity, before, after, lsn)
+        ..change(SourceTable::new("user_activity"), before, after, lsn)
     }
 }
 

@@ -14,7 +14,7 @@ fn read_of(row: SourceRow, start: RunStart, seq: i64) -> SourceChange {
         position: None,
         snapshot: Some(SnapshotRead { start, seq }),
         processed_ms: Some(start.at_ms),
-        ..change(SourceTable::UserActivity, None, Some(row), 0)
+        ..change(SourceTable::new("user_activity"), None, Some(row), 0)
     }
 }
 

@@ -1,0 +1,244 @@
+//! Row images of declared tables, decoded column by column by their declared Postgres types (see
+//! [`ColumnType`] for the form Debezium sends each in).
+//!
+//! A column stored out of line (TOASTed) that an update did not touch is not in the WAL's new
+//! row: Debezium sends `__debezium_unavailable_value` in its place. Such a column keeps the value
+//! it had: from the update's before image (sources are REPLICA IDENTITY FULL, whose old rows
+//! Postgres writes whole), or for the dimension from the row persona holds. Without either the
+//! image is refused, never stored with the placeholder.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde_json::Value;
+
+use super::envelope::{DecodeError, Row};
+use crate::features::source::{ColumnType, ElementType};
+use crate::features::{DimensionSchema, Product, Scalar, SourceRow, SourceSchema};
+
+/// What Debezium sends for an unchanged TOASTed column (its `unavailable.value.placeholder`).
+pub const UNAVAILABLE: &str = "__debezium_unavailable_value";
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+type Columns = BTreeMap<&'static str, Scalar>;
+
+fn invalid(field: &'static str, reason: String) -> DecodeError {
+    DecodeError::InvalidField { field, reason }
+}
+
+fn present<'a>(row: &'a Row, name: &str) -> Option<&'a Value> {
+    row.get(name).filter(|value| !value.is_null())
+}
+
+fn is_unavailable(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text == UNAVAILABLE,
+        // Arrays stand in as an array of the placeholder.
+        Value::Array(items) => {
+            items.len() == 1 && items[0].as_str().is_some_and(|text| text == UNAVAILABLE)
+        }
+        _ => false,
+    }
+}
+
+/// `TIMESTAMPTZ` (ISO-8601 string) or `TIMESTAMP` (microseconds since the epoch, read as UTC).
+pub fn parse_timestamp(value: &Value, name: &'static str) -> Result<DateTime<Utc>, DecodeError> {
+    match value {
+        Value::String(s) => DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| invalid(name, format!("{s:?} is not an ISO-8601 timestamp: {e}"))),
+        Value::Number(n) => n
+            .as_i64()
+            .and_then(DateTime::from_timestamp_micros)
+            .ok_or_else(|| invalid(name, format!("{n} is not a timestamp in microseconds"))),
+        other => Err(invalid(name, format!("expected a timestamp, got {other}"))),
+    }
+}
+
+/// `NUMERIC` as sent with `decimal.handling.mode=string`.
+pub fn parse_decimal(value: &Value, name: &'static str) -> Result<Decimal, DecodeError> {
+    match value {
+        Value::String(s) => {
+            s.parse::<Decimal>().map_err(|e| invalid(name, format!("{s:?} is not a decimal: {e}")))
+        }
+        other => Err(invalid(
+            name,
+            format!("expected a decimal string (is decimal.handling.mode=string?), got {other}"),
+        )),
+    }
+}
+
+fn integer(value: &Value, name: &'static str) -> Result<i64, DecodeError> {
+    value.as_i64().ok_or_else(|| invalid(name, format!("expected an integer, got {value}")))
+}
+
+fn element_fits(element: ElementType, value: &Value) -> bool {
+    match element {
+        ElementType::Text => value.is_string(),
+        ElementType::Integer => value.is_i64(),
+        ElementType::Number => value.as_str().is_some_and(|s| s.parse::<Decimal>().is_ok()),
+        ElementType::Boolean => value.is_boolean(),
+    }
+}
+
+/// One non-NULL, available value of a column of type `kind`.
+pub fn scalar(value: &Value, name: &'static str, kind: ColumnType) -> Result<Scalar, DecodeError> {
+    let expected = |what: &str| invalid(name, format!("expected {what}, got {value}"));
+    Ok(match kind {
+        ColumnType::Text | ColumnType::Uuid => match value {
+            Value::String(s) => Scalar::Text(s.clone()),
+            _ => return Err(expected("a string")),
+        },
+        ColumnType::Json => match value {
+            Value::String(s) => Scalar::Text(s.clone()),
+            // A converter that parses documents: keep their JSON text.
+            other => Scalar::Text(other.to_string()),
+        },
+        ColumnType::Integer => Scalar::Number(Decimal::from(integer(value, name)?)),
+        ColumnType::Number => Scalar::Number(parse_decimal(value, name)?),
+        ColumnType::Float => match value.as_f64().and_then(|f| Decimal::try_from(f).ok()) {
+            Some(number) => Scalar::Number(number),
+            None => return Err(expected("a finite number")),
+        },
+        ColumnType::Boolean => match value {
+            Value::Bool(flag) => Scalar::Text(flag.to_string()),
+            _ => return Err(expected("true or false")),
+        },
+        ColumnType::Timestamp | ColumnType::Timestamptz => {
+            Scalar::Time(parse_timestamp(value, name)?.timestamp_micros())
+        }
+        ColumnType::TimestampMillis => match value {
+            Value::Number(_) => Scalar::Time(integer(value, name)?.saturating_mul(1000)),
+            _ => Scalar::Time(parse_timestamp(value, name)?.timestamp_micros()),
+        },
+        ColumnType::Date => Scalar::Time(integer(value, name)?.saturating_mul(MICROS_PER_DAY)),
+        ColumnType::Array(element) => match value {
+            Value::Array(items) if items.iter().all(|item| element_fits(element, item)) => {
+                Scalar::Text(value.to_string())
+            }
+            _ => return Err(expected(&format!("an array of {element:?}"))),
+        },
+    })
+}
+
+/// The declared `columns` of an image. An unchanged TOASTed column takes its value from
+/// `previous` (the same row as it was), and is refused without one.
+fn decode_columns(
+    columns: &[(&'static str, ColumnType)],
+    row: &Row,
+    previous: Option<&Columns>,
+    table: &str,
+) -> Result<Columns, DecodeError> {
+    let mut decoded = Columns::new();
+    for (name, kind) in columns {
+        let value = match present(row, name) {
+            None => Scalar::Null,
+            Some(value) if is_unavailable(value) => {
+                match previous.and_then(|previous| previous.get(name)) {
+                    Some(kept) => kept.clone(),
+                    None => {
+                        return Err(invalid(
+                            name,
+                            format!(
+                                "is an unchanged TOASTed value and its previous value is unknown \
+                                 (is {table} REPLICA IDENTITY FULL?)"
+                            ),
+                        ));
+                    }
+                }
+            }
+            Some(value) => scalar(value, name, *kind)?,
+        };
+        decoded.insert(*name, value);
+    }
+    Ok(decoded)
+}
+
+fn missing_key(source: &SourceSchema, column: &'static str) -> DecodeError {
+    // What a delete's before image looks like when the table is not REPLICA IDENTITY FULL.
+    invalid(
+        column,
+        format!("missing or empty (is {} REPLICA IDENTITY FULL?)", source.qualified_table()),
+    )
+}
+
+/// A row image of a declared source. `committed_at` stands in for the event time where the
+/// source has no time column (or, when it says so, where it is NULL); `previous` is the same
+/// row before the change, for unchanged TOASTed columns.
+pub fn source_row(
+    source: &SourceSchema,
+    row: &Row,
+    committed_at: Option<DateTime<Utc>>,
+    previous: Option<&SourceRow>,
+) -> Result<SourceRow, DecodeError> {
+    let table = source.qualified_table();
+    let mut columns =
+        decode_columns(&source.columns, row, previous.map(|previous| &previous.columns), &table)?;
+    for (column, _) in &source.mappings {
+        if let Some(slot) = columns.get_mut(column)
+            && let Some(coded) = slot.as_key()
+        {
+            let name = source.mapped(column, &coded).map_or(coded.clone(), str::to_string);
+            *slot = Scalar::Text(name);
+        }
+    }
+    let present =
+        |name: &str| columns.get(name).and_then(Scalar::as_key).filter(|value| !value.is_empty());
+    let mut key_parts = Vec::with_capacity(source.key.len());
+    for column in &source.key {
+        key_parts.push(present(column).ok_or_else(|| missing_key(source, column))?);
+    }
+    let mut ids = Vec::with_capacity(source.entities.len());
+    for (entity, column) in &source.entities {
+        match present(column) {
+            Some(id) => ids.push((*entity, id)),
+            None if *entity == source.keyed_by => return Err(missing_key(source, column)),
+            None => {}
+        }
+    }
+    let time = match source.time_column.map(|column| (column, columns.get(column))) {
+        Some((_, Some(Scalar::Time(micros)))) => DateTime::from_timestamp_micros(*micros),
+        Some((column, _)) if !source.time_from_commit_if_null => {
+            return Err(DecodeError::MissingField(column));
+        }
+        _ => committed_at,
+    }
+    .ok_or(DecodeError::MissingField("source.ts_ms"))?;
+    Ok(SourceRow { key: key_parts.join("/"), columns, ids, time })
+}
+
+/// A row image of the dimension. `previous` is the same row as persona holds it, for unchanged
+/// TOASTed attributes.
+pub fn dimension_row(
+    dimension: &DimensionSchema,
+    row: &Row,
+    previous: impl FnOnce(&str) -> Option<Product>,
+) -> Result<Product, DecodeError> {
+    let id = match present(row, dimension.key) {
+        None => return Err(DecodeError::MissingField(dimension.key)),
+        Some(Value::String(id)) if id.is_empty() => {
+            return Err(DecodeError::MissingField(dimension.key));
+        }
+        Some(Value::String(id)) => id.clone(),
+        Some(Value::Number(id)) if id.is_i64() => id.to_string(),
+        Some(other) => {
+            return Err(invalid(
+                dimension.key,
+                format!("expected a string or integer, got {other}"),
+            ));
+        }
+    };
+    let unavailable =
+        dimension.attributes.iter().any(|(name, _)| present(row, name).is_some_and(is_unavailable));
+    let kept = if unavailable { previous(&id) } else { None };
+    let table = dimension.qualified_table();
+    let attributes = decode_columns(
+        &dimension.attributes,
+        row,
+        kept.as_ref().map(|product| &product.attributes),
+        &table,
+    )?;
+    Ok(Product { id, attributes, ..Product::default() }.with_roles(&dimension.roles))
+}
