@@ -22,6 +22,12 @@ pub enum Command {
     Serve,
     /// Apply the database migrations (reference schema if missing, and the CDC setup).
     Migrate,
+    /// The change data capture the declared sources need (definitions file, `[[source]]` and
+    /// `[[dimension]]`).
+    Sources {
+        #[command(subcommand)]
+        command: SourcesCommand,
+    },
     /// Manage the Debezium connector defined by JSON files.
     Connector {
         #[command(subcommand)]
@@ -61,6 +67,24 @@ pub enum Command {
     },
     /// Print the effective configuration (secrets redacted) and exit.
     Config,
+}
+
+#[derive(Subcommand)]
+pub enum SourcesCommand {
+    /// Print what the legacy database lacks for the declared sources (publication membership,
+    /// REPLICA IDENTITY FULL, missing tables, columns or types) and the connector settings they
+    /// need; exit status 1 when something no statement fixes is found.
+    Plan {
+        /// Run the database statements (in one transaction; a second run has nothing to do).
+        #[arg(long)]
+        apply: bool,
+        /// Connector file or directory to read publication.name and topic.prefix from.
+        #[arg(long, default_value = "connect")]
+        connector: PathBuf,
+        /// The publication Debezium reads (instead of the connector file's publication.name).
+        #[arg(long)]
+        publication: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]

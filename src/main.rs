@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use cli::{Cli, Command, ConnectorCommand, DlqCommand};
+use cli::{Cli, Command, ConnectorCommand, DlqCommand, SourcesCommand};
 
 /// Request handling allocates small, short-lived values on every thread; glibc's allocator
 /// spent a fifth of a feature read's CPU in malloc/free (see BENCHMARKS.md, "Serving").
@@ -54,6 +54,7 @@ async fn run(config: Config, command: Command) -> anyhow::Result<ExitCode> {
             println!("migrations applied");
             Ok(())
         }
+        Command::Sources { command } => return sources_command(&config, command).await,
         Command::Connector { command } => return connector_command(&config, command).await,
         Command::Rebuild { grace } => {
             let features = FeatureSet::load(config.features.definitions.as_deref())?;
@@ -111,7 +112,8 @@ async fn connector_command(config: &Config, command: ConnectorCommand) -> anyhow
     };
     Ok(match command {
         ConnectorCommand::Validate { path } => {
-            commands::validate(&client, &commands::load_all(&path)?).await
+            let features = FeatureSet::load(config.features.definitions.as_deref())?;
+            commands::validate(&client, &commands::load_all(&path)?, &features).await
         }
         ConnectorCommand::Plan { path } => {
             commands::plan(&client, &commands::load_all(&path)?).await?
@@ -127,6 +129,22 @@ async fn connector_command(config: &Config, command: ConnectorCommand) -> anyhow
         ConnectorCommand::Resume { path } => act(&path, Action::Resume).await?,
         ConnectorCommand::Delete { path } => act(&path, Action::Delete).await?,
     })
+}
+
+async fn sources_command(config: &Config, command: SourcesCommand) -> anyhow::Result<ExitCode> {
+    let SourcesCommand::Plan { apply, connector, publication } = command;
+    let features = FeatureSet::load(config.features.definitions.as_deref())?;
+    let files = match connect::commands::load_all(&connector) {
+        Ok(files) => files,
+        Err(_) if publication.is_some() => Vec::new(),
+        Err(error) => return Err(error.into()),
+    };
+    let publication = connect::sources::publication(publication, &files)?;
+    let prefixes: Vec<&String> =
+        files.iter().filter_map(|file| file.file.config.get("topic.prefix")).collect();
+    let prefix = if let [one] = prefixes.as_slice() { Some(one.as_str()) } else { None };
+    let url = config.postgres.url.expose();
+    Ok(connect::sources::plan(&features, url, &publication, prefix, apply).await?)
 }
 
 async fn dlq_command(config: &Config, command: DlqCommand) -> anyhow::Result<()> {

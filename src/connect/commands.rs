@@ -7,8 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::client::readable_trace;
+use super::setup;
 use super::validate::{self, Problem, Stage};
 use super::{ConnectClient, ConnectError, ConnectorFile, Placeholder};
+use crate::features::FeatureSet;
 
 /// How long a FAILED state read after a restart, resume or update may be the one from before.
 const STALE_STATUS_GRACE: Duration = Duration::from_secs(10);
@@ -53,12 +55,20 @@ fn code(ok: bool) -> ExitCode {
     if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
-/// Offline, Postgres and Connect checks; exit status 1 when any problem is found.
-pub async fn validate(client: &ConnectClient, loaded: &[Loaded]) -> ExitCode {
+/// Offline, Postgres and Connect checks, and the declared sources of `set` against the files and
+/// the database; exit status 1 when any problem is found.
+pub async fn validate(client: &ConnectClient, loaded: &[Loaded], set: &FeatureSet) -> ExitCode {
     let mut all_ok = true;
+    let captures = setup::captures(set);
+    let mut covered = Vec::new();
     for item in loaded {
         let name = &item.file.name;
         let mut problems: Vec<Problem> = validate::offline(&item.file.config);
+        for (subject, message, fix) in
+            setup::connector_mismatches(&item.file.config, &captures, &mut covered)
+        {
+            problems.push(Problem { stage: Stage::File, subject, message, fix });
+        }
         let mut skipped: Vec<String> = Vec::new();
         let mut notes: Vec<String> = Vec::new();
         match item.placeholders() {
@@ -95,6 +105,10 @@ pub async fn validate(client: &ConnectClient, loaded: &[Loaded]) -> ExitCode {
                             }
                             Err(error) => skipped.push(format!("postgres checks failed: {error}")),
                         }
+                        match declared_in_database(&db, &captures, &resolved, &problems).await {
+                            Ok(found) => problems.extend(found),
+                            Err(error) => skipped.push(format!("postgres checks failed: {error}")),
+                        }
                     }
                     Err(error) => problems.push(Problem {
                         stage: Stage::Postgres,
@@ -124,7 +138,65 @@ pub async fn validate(client: &ConnectClient, loaded: &[Loaded]) -> ExitCode {
         }
         all_ok &= problems.is_empty() && skipped.is_empty();
     }
+    let missing: Vec<&setup::Capture> =
+        captures.iter().filter(|capture| !covered.contains(&capture.table)).collect();
+    if !missing.is_empty() {
+        println!("declared sources");
+        for capture in &missing {
+            let problem = Problem {
+                stage: Stage::File,
+                subject: "table.include.list".into(),
+                message: format!(
+                    "{} ({}) is declared but no connector file captures it: its changes never \
+                     reach persona",
+                    capture.table, capture.declared_as
+                ),
+                fix: format!(
+                    "add {} to table.include.list (`persona sources plan` prints the whole list)",
+                    capture.table
+                ),
+            };
+            println!("  {}", problem.to_string().replace('\n', "\n  "));
+        }
+        all_ok = false;
+    }
     code(all_ok)
+}
+
+/// The declared tables this connector captures, against its database: missing tables, columns
+/// and types, and the statements `persona sources plan --apply` would run (those the connector
+/// checks did not already name).
+async fn declared_in_database(
+    db: &tokio_postgres::Client,
+    captures: &[setup::Capture],
+    resolved: &BTreeMap<String, String>,
+    found: &[Problem],
+) -> Result<Vec<Problem>, tokio_postgres::Error> {
+    let captured = validate::captured_tables(resolved);
+    let mine: Vec<setup::Capture> =
+        captures.iter().filter(|c| captured.contains(&c.table)).cloned().collect();
+    let publication = resolved.get("publication.name").cloned().unwrap_or_default();
+    let plan = setup::database_plan(db, &mine, &publication).await?;
+    let unquoted = |text: &str| text.replace('"', "");
+    let known: Vec<String> = found.iter().map(|problem| unquoted(&problem.fix)).collect();
+    let mut problems: Vec<Problem> = plan
+        .steps
+        .into_iter()
+        .filter(|step| !known.iter().any(|fix| fix.contains(&unquoted(&step.sql))))
+        .map(|step| Problem {
+            stage: Stage::Postgres,
+            subject: "declared sources".into(),
+            message: step.why,
+            fix: step.sql,
+        })
+        .collect();
+    problems.extend(plan.blockers.into_iter().map(|blocker| Problem {
+        stage: Stage::Postgres,
+        subject: "declared sources".into(),
+        message: blocker,
+        fix: "declare the table as it is (definitions file), or change the database".into(),
+    }));
+    Ok(problems)
 }
 
 /// The difference between each file and what Connect runs; exit status 0 either way (2 on

@@ -15,6 +15,8 @@
 mod client;
 pub mod commands;
 mod plan;
+pub mod setup;
+pub mod sources;
 pub mod validate;
 
 use std::collections::BTreeMap;

@@ -238,3 +238,11 @@ window = "1h""#;
     assert!(message.contains("`value`") && message.contains("names no product id"), "{message}");
     assert!(declared(BEHAVIOR, ITEM, feature).is_ok());
 }
+
+#[test]
+fn the_legacy_shop_of_the_tests_is_declared_validly() {
+    let text = include_str!("../../../tests/fixtures/legacy-shop/features.toml");
+    let set = FeatureSet::parse(text, "legacy-shop").expect("valid");
+    assert_eq!(set.sources.len(), 2);
+    assert_eq!(set.dimension.as_ref().map(|d| d.key), Some("code"));
+}
