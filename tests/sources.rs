@@ -9,68 +9,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::capture::{connector_file, hex, persona, text};
+use common::capture::{connector_file, persona, text};
 use common::legacy_db;
-
-/// A legacy shop of the test's own: its schema, and its definitions file.
-struct Shop {
-    schema: String,
-    definitions: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-fn fixture(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/legacy-shop").join(name);
-    std::fs::read_to_string(path).expect("fixture")
-}
-
-impl Shop {
-    async fn create(db: &tokio_postgres::Client) -> Self {
-        let schema = format!("shop_{}", hex());
-        db.batch_execute(&fixture("schema.sql").replace("legacy_shop", &schema))
-            .await
-            .expect("the shop's migration");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let definitions = dir.path().join("features.toml");
-        std::fs::write(&definitions, fixture("features.toml").replace("legacy_shop", &schema))
-            .expect("write definitions");
-        Self { schema, definitions, dir }
-    }
-
-    fn publication(&self) -> String {
-        format!("{}_pub", self.schema)
-    }
-
-    fn env(&self) -> Vec<(String, String)> {
-        let path = self.definitions.to_str().expect("utf-8 path").to_string();
-        vec![("PERSONA_FEATURES__DEFINITIONS".into(), path)]
-    }
-
-    fn plan(&self, apply: bool) -> (Option<i32>, String) {
-        let publication = self.publication();
-        let mut args = vec!["sources", "plan", "--publication", &publication];
-        if apply {
-            args.push("--apply");
-        }
-        let output = persona(&args, &self.env());
-        (output.status.code(), text(&output))
-    }
-
-    fn table(&self, table: &str) -> String {
-        format!("\"{}\".\"{table}\"", self.schema)
-    }
-
-    async fn drop(self, db: &tokio_postgres::Client) {
-        let sql = format!(
-            "DROP PUBLICATION IF EXISTS \"{}\"; DROP SCHEMA \"{}\" CASCADE",
-            self.publication(),
-            self.schema
-        );
-        db.batch_execute(&sql).await.expect("clean up");
-    }
-}
+use common::shop::Shop;
 
 /// The statements of the plan's database part, without their reasons.
 fn statements(report: &str) -> Vec<String> {

@@ -6,6 +6,7 @@
 
 pub mod capture;
 pub mod oracle;
+pub mod shop;
 
 use std::fs::File;
 use std::future::Future;

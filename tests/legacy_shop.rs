@@ -1,0 +1,351 @@
+//! The SQL oracle over a legacy shop unlike the reference schema (tests/fixtures/legacy-shop):
+//! integer user ids, coded behaviours, items keyed by a code, an enum, booleans, dates and large
+//! JSON documents stored out of line (TOAST). The test creates the schema, declares it in a
+//! definitions file, sets up capture with `persona sources plan --apply`, runs a connector of its
+//! own, and checks every feature persona serves against its recomputation by SQL on the shop's
+//! tables — through the snapshot, inserts, updates that leave TOASTed columns alone, deletes,
+//! rows moving between users, event times out of order, and item changes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::capture::{admin, connector_file, persona, text};
+use common::oracle::{MINUTE, SECOND, matches, window};
+use common::shop::Shop;
+use common::{CATCH_UP, Persona, legacy_db};
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use serde_json::{Value, json};
+use tokio_postgres::Client;
+
+const USERS: i64 = 24;
+/// Items i0..i19 are in the dimension; i20 and i21 never are.
+const ITEMS: i64 = 22;
+const CATALOG: i64 = 20;
+/// User ids beyond what 32 bits hold.
+const FIRST_USER: i64 = 9_000_000_000;
+
+/// A JSON document large enough to be stored out of line: an update that does not touch it
+/// reaches Debezium without it.
+const BIG_PAYLOAD: &str = "jsonb_build_object('q', 'boots', 'blob', \
+    (SELECT string_agg(md5(random()::text || g), '') FROM generate_series(1, 200) g))";
+
+async fn run(db: &Client, shop: &Shop, sql: &str) -> u64 {
+    let sql = sql.replace("shop.", &format!("\"{}\".", shop.schema));
+    db.execute(&sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+async fn seed_items(db: &Client, shop: &Shop) {
+    run(
+        db,
+        shop,
+        &format!(
+            "INSERT INTO shop.t_item (code, title, cat, list_price, specs) \
+             SELECT 'i' || i, 'Item ' || i, (ARRAY['boots','hats','bags'])[1 + i % 3], \
+                    round((5 + random() * 200)::numeric, 2), {BIG_PAYLOAD} \
+             FROM generate_series(0, {CATALOG} - 1) i"
+        ),
+    )
+    .await;
+}
+
+/// One round of the shop application's writes.
+async fn round(db: &Client, shop: &Shop, inserts: i64) -> u64 {
+    let user = format!("{FIRST_USER} + floor(random() * {USERS})::bigint");
+    let item = format!("'i' || floor(random() * {ITEMS})::int");
+    let utc_now = "(now() AT TIME ZONE 'UTC')";
+    let statements = [
+        format!(
+            "INSERT INTO shop.t_user_behavior (uid, behavior, item_code, gmt_create, payload) \
+             SELECT {user}, 1 + floor(random() * 3)::int, \
+                    CASE WHEN random() < 0.1 THEN NULL ELSE {item} END, \
+                    {utc_now} - random() * interval '70 minutes', \
+                    CASE WHEN random() < 0.3 THEN {BIG_PAYLOAD} \
+                         WHEN random() < 0.5 THEN jsonb_build_object('q', md5(random()::text)) END \
+             FROM generate_series(1, {inserts})"
+        ),
+        // The payload is left alone: Debezium sends it as unavailable.
+        format!(
+            "UPDATE shop.t_user_behavior SET behavior = 1 + floor(random() * 3)::int, \
+                    gmt_create = {utc_now} - random() * interval '70 minutes' WHERE random() < 0.08"
+        ),
+        format!("UPDATE shop.t_user_behavior SET uid = {user} WHERE random() < 0.01"),
+        "DELETE FROM shop.t_user_behavior WHERE random() < 0.03".to_string(),
+        format!(
+            "INSERT INTO shop.t_trade (trade_no, buyer_id, item_code, qty, total_fee, state, paid, \
+                                       pay_time, pay_date) \
+             SELECT 'T' || md5(random()::text), {user}, {item}, 1 + floor(random() * 3)::int, \
+                    round((5 + random() * 300)::numeric, 2), \
+                    (ARRAY['WAIT_PAY','PAID','REFUNDED'])[1 + floor(random() * 3)::int]::shop.trade_state, \
+                    random() < 0.6, t, t::date \
+             FROM (SELECT now() - random() * interval '70 minutes' AS t \
+                   FROM generate_series(1, {inserts} / 4)) times"
+        ),
+        "UPDATE shop.t_trade SET paid = NOT paid, state = 'REFUNDED' WHERE random() < 0.1"
+            .to_string(),
+        "DELETE FROM shop.t_trade WHERE random() < 0.03".to_string(),
+        // Items move under the facts; their specs stay (TOASTed, not REPLICA IDENTITY FULL).
+        "UPDATE shop.t_item SET cat = (ARRAY['boots','hats','bags','coats'])[1 + floor(random() * 4)::int], \
+                list_price = round((5 + random() * 200)::numeric, 2) WHERE random() < 0.3"
+            .to_string(),
+        format!("UPDATE shop.t_item SET specs = {BIG_PAYLOAD} WHERE random() < 0.1"),
+    ];
+    let mut total = 0;
+    for statement in &statements {
+        total += run(db, shop, statement).await;
+    }
+    total
+}
+
+type Expected = BTreeMap<(String, String), Value>;
+
+async fn query(db: &Client, shop: &Shop, sql: &str, at: DateTime<Utc>) -> Vec<tokio_postgres::Row> {
+    let sql = sql.replace("shop.", &format!("\"{}\".", shop.schema));
+    db.query(&sql, &[&at]).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// `window` of the reference oracle, with the read time as `$1`.
+fn within(column: &str, bucket_us: i64) -> String {
+    window(column, bucket_us).replace("$2", "$1")
+}
+
+/// Every feature of the shop's definitions, recomputed from its tables at `at`.
+async fn expected(db: &Client, shop: &Shop, at: DateTime<Utc>) -> Expected {
+    let mut expected = Expected::new();
+    let users: Vec<String> = (0..USERS).map(|u| (FIRST_USER + u).to_string()).collect();
+    let items: Vec<String> = (0..ITEMS).map(|i| format!("i{i}")).collect();
+    let mut put = |id: String, name: &str, value: Value| {
+        expected.insert((id, name.to_string()), value);
+    };
+    for user in &users {
+        for (name, zero) in [
+            ("views_15m", json!(0)),
+            ("clicks_5m", json!(0)),
+            ("category_views_1h", json!({})),
+            ("paid_spend_1h", json!(0)),
+            ("trades_by_state_1h", json!({})),
+            ("distinct_items_1h", json!(0)),
+        ] {
+            put(user.clone(), name, zero);
+        }
+    }
+    for item in &items {
+        put(item.clone(), "item_views_1h", json!(0));
+    }
+    // Behaviour codes as the definitions name them: 1 view, 2 click.
+    for (name, code, bucket) in [("views_15m", 1, 15 * SECOND), ("clicks_5m", 2, 5 * SECOND)] {
+        let sql = format!(
+            "SELECT uid::text, count(*) FROM shop.t_user_behavior WHERE behavior = {code} AND {} \
+             GROUP BY 1",
+            within("gmt_create", bucket)
+        );
+        for row in query(db, shop, &sql, at).await {
+            put(row.get(0), name, json!(row.get::<_, i64>(1)));
+        }
+    }
+    let sql = format!(
+        "SELECT b.uid::text, i.cat, count(*) FROM shop.t_user_behavior b \
+         JOIN shop.t_item i ON i.code = b.item_code \
+         WHERE b.behavior = 1 AND i.cat IS NOT NULL AND {} GROUP BY 1, 2",
+        within("b.gmt_create", MINUTE)
+    );
+    let mut histograms: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
+    for row in query(db, shop, &sql, at).await {
+        histograms.entry(row.get(0)).or_default().insert(row.get(1), json!(row.get::<_, i64>(2)));
+    }
+    for (user, map) in histograms {
+        put(user, "category_views_1h", Value::Object(map));
+    }
+    // The newest row first; rows at one time by their key, as text.
+    let newest = |value: &str, condition: &str| {
+        format!(
+            "SELECT DISTINCT ON (uid) uid::text, {value} FROM shop.t_user_behavior \
+             WHERE {condition} AND gmt_create AT TIME ZONE 'UTC' <= $1 \
+             ORDER BY uid, gmt_create DESC, behavior_id::text COLLATE \"C\" DESC"
+        )
+    };
+    let sql = newest("item_code", "behavior = 1 AND item_code IS NOT NULL");
+    for row in query(db, shop, &sql, at).await {
+        put(row.get(0), "last_viewed_item", json!(row.get::<_, String>(1)));
+    }
+    let sql = "SELECT DISTINCT ON (b.uid) b.uid::text, i.specs::text FROM shop.t_user_behavior b \
+               JOIN shop.t_item i ON i.code = b.item_code \
+               WHERE b.behavior = 1 AND i.specs IS NOT NULL AND b.gmt_create AT TIME ZONE 'UTC' <= $1 \
+               ORDER BY b.uid, b.gmt_create DESC, b.behavior_id::text COLLATE \"C\" DESC";
+    for row in query(db, shop, sql, at).await {
+        put(row.get(0), "last_viewed_specs", json!(row.get::<_, String>(1)));
+    }
+    let sql = newest("payload::text", "payload IS NOT NULL");
+    for row in query(db, shop, &sql, at).await {
+        put(row.get(0), "last_payload", json!(row.get::<_, String>(1)));
+    }
+    let trades = within("pay_time", MINUTE);
+    let sql = format!(
+        "SELECT buyer_id::text, sum(total_fee)::float8 FROM shop.t_trade WHERE paid AND {trades} \
+         GROUP BY 1"
+    );
+    for row in query(db, shop, &sql, at).await {
+        put(row.get(0), "paid_spend_1h", json!(row.get::<_, f64>(1)));
+    }
+    let sql = format!(
+        "SELECT buyer_id::text, json_object_agg(state, n)::text FROM \
+         (SELECT buyer_id, state::text, count(*) AS n FROM shop.t_trade WHERE {trades} \
+          GROUP BY 1, 2) s GROUP BY 1"
+    );
+    for row in query(db, shop, &sql, at).await {
+        let map: Value = serde_json::from_str(&row.get::<_, String>(1)).expect("json");
+        put(row.get(0), "trades_by_state_1h", map);
+    }
+    let sql = format!(
+        "SELECT buyer_id::text, count(DISTINCT item_code) FROM shop.t_trade WHERE {trades} \
+         GROUP BY 1"
+    );
+    for row in query(db, shop, &sql, at).await {
+        put(row.get(0), "distinct_items_1h", json!(row.get::<_, i64>(1)));
+    }
+    let sql = format!(
+        "SELECT item_code, count(*) FROM shop.t_user_behavior \
+         WHERE behavior = 1 AND item_code IS NOT NULL AND {} GROUP BY 1",
+        within("gmt_create", MINUTE)
+    );
+    for row in query(db, shop, &sql, at).await {
+        put(row.get(0), "item_views_1h", json!(row.get::<_, i64>(1)));
+    }
+    expected
+}
+
+async fn mismatches(persona: &Persona, db: &Client, shop: &Shop, at: DateTime<Utc>) -> Vec<String> {
+    let expected = expected(db, shop, at).await;
+    let mut entities: Vec<Value> =
+        (0..USERS).map(|u| json!({"entity": "user", "id": (FIRST_USER + u).to_string()})).collect();
+    entities.extend((0..ITEMS).map(|i| json!({"entity": "product", "id": format!("i{i}")})));
+    let body = json!({"at": at.to_rfc3339(), "entities": entities});
+    let (status, served) = persona.post("/api/v1/features/batch", &body).await;
+    if status != 200 {
+        return vec![format!("batch answered {status}: {served}")];
+    }
+    let mut problems = Vec::new();
+    let mut unserved: BTreeMap<&(String, String), &Value> = expected.iter().collect();
+    for result in served["results"].as_array().into_iter().flatten() {
+        let id = result["id"].as_str().unwrap_or_default();
+        for (name, feature) in result["features"].as_object().into_iter().flatten() {
+            let key = (id.to_string(), name.clone());
+            unserved.remove(&key);
+            let want = expected.get(&key);
+            let ok = match want {
+                Some(want) => {
+                    feature["status"] == "present" && matches(name, &feature["value"], want)
+                }
+                None => feature["status"] == "missing",
+            };
+            if !ok {
+                problems.push(format!("{id} {name}: served {feature}, SQL says {want:?}"));
+            }
+        }
+    }
+    problems.extend(
+        unserved
+            .iter()
+            .map(|((id, name), want)| format!("{id} {name}: not served, SQL says {want}")),
+    );
+    problems
+}
+
+async fn assert_exact(persona: &Persona, db: &Client, shop: &Shop, when: &str) {
+    let at = Utc::now();
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    let mut last = Vec::new();
+    while tokio::time::Instant::now() < deadline {
+        last = mismatches(persona, db, shop, at).await;
+        if last.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!(
+        "{when}: {} mismatches after {CATCH_UP:?}, for example:\n{}\n(log: {})",
+        last.len(),
+        last.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
+        persona.log.display()
+    );
+}
+
+#[tokio::test]
+async fn a_legacy_schema_declared_in_configuration_is_served_exactly() {
+    let db = legacy_db().await;
+    let shop = Shop::create(&db).await;
+    let (code, report) = shop.plan(true);
+    assert_eq!(code, Some(0), "{report}");
+    let schema = shop.schema.clone();
+    let topic = |table: &str| format!("{schema}.{schema}.{table}");
+    let names: Vec<String> =
+        ["t_user_behavior", "t_trade", "t_item"].iter().map(|table| topic(table)).collect();
+    let topics: Vec<NewTopic> =
+        names.iter().map(|name| NewTopic::new(name, 4, TopicReplication::Fixed(-1))).collect();
+    admin().create_topics(&topics, &AdminOptions::new()).await.expect("create topics");
+
+    // Rows written before capture starts arrive through the snapshot.
+    seed_items(&db, &shop).await;
+    round(&db, &shop, 150).await;
+    let connector = connector_file(
+        shop.dir.path(),
+        &schema,
+        &[
+            ("topic.prefix", Some(&schema)),
+            ("publication.name", Some(&shop.publication())),
+            ("slot.name", Some(&format!("{schema}_slot"))),
+            (
+                "table.include.list",
+                Some(&format!("{schema}.t_user_behavior,{schema}.t_trade,{schema}.t_item")),
+            ),
+            (
+                "message.key.columns",
+                Some(&format!(
+                    "{schema}.t_user_behavior:uid;{schema}.t_trade:buyer_id;{schema}.t_item:code"
+                )),
+            ),
+        ],
+    );
+    let connector = connector.to_str().expect("utf-8 path").to_string();
+    let output = persona(&["connector", "validate", &connector], &shop.env());
+    assert!(output.status.success(), "validate: {}", text(&output));
+    let output = persona(&["connector", "apply", &connector], &shop.env());
+    assert!(output.status.success(), "apply: {}", text(&output));
+
+    let mut env = shop.env();
+    let sources =
+        [topic("t_user_behavior"), topic("t_trade"), format!("__debezium-heartbeat.{schema}")];
+    env.push(("PERSONA_KAFKA__TOPICS".into(), serde_json::to_string(&sources).expect("json")));
+    env.push(("PERSONA_KAFKA__PRODUCTS_TOPIC".into(), topic("t_item")));
+    env.push(("PERSONA_KAFKA__DLQ_TOPIC".into(), format!("{schema}.dlq")));
+    let mut persona_process = Persona::start_with(&schema, &schema, env).await;
+    assert_exact(&persona_process, &db, &shop, "after the snapshot").await;
+
+    for _ in 0..3 {
+        round(&db, &shop, 120).await;
+    }
+    assert_exact(&persona_process, &db, &shop, "while streaming").await;
+    // The comparison is not of empty values: the workload reached every kind of feature.
+    let expected = expected(&db, &shop, Utc::now()).await;
+    for name in ["views_15m", "category_views_1h", "last_payload", "paid_spend_1h", "item_views_1h"]
+    {
+        let filled = expected
+            .iter()
+            .filter(|((_, feature), value)| {
+                feature == name && **value != json!(0) && **value != json!({})
+            })
+            .count();
+        assert!(filled > 0, "no {name} has a value: the workload did not reach it");
+    }
+
+    let metrics = persona_process.metrics().await;
+    let dead = common::counter(&metrics, "persona_dead_letters_total", &[]);
+    assert_eq!(dead, 0.0, "nothing is dead-lettered: {}", persona_process.log.display());
+
+    persona_process.stop().await;
+    let _ = persona(&["connector", "delete", &connector], &[]);
+    common::capture::release_slot_and_publication(&schema);
+    shop.drop(&db).await;
+}
