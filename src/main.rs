@@ -24,7 +24,7 @@ use persona::connect::{self, ConnectClient};
 use persona::dlq::DeadLetters;
 use persona::features::{FeatureSet, ProductCatalog};
 use persona::ops::OpsView;
-use persona::recommend::{self, Recommender};
+use persona::recommend::Recommender;
 use persona::recovery;
 use persona::serve::{
     ActiveUsers, AppState, EvaluationCache, Readiness, RecommendationCache, Services, Watchers,
@@ -208,12 +208,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         GENERATION_CHECK_INTERVAL,
         shutdown.clone(),
     );
-    let missing: Vec<&str> =
-        recommend::FEATURES_READ.into_iter().filter(|name| features.get(name).is_none()).collect();
+    let missing = features.recommendations.missing();
     if !missing.is_empty() {
         tracing::warn!(
             ?missing,
-            "recommendations read features these definitions lack; they rank without them"
+            "no feature plays these recommendation roles ([recommendations]); ranking goes without them"
         );
     }
     let recommender = Arc::new(Recommender::default());

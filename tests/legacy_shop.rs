@@ -340,6 +340,28 @@ async fn a_legacy_schema_declared_in_configuration_is_served_exactly() {
         assert!(filled > 0, "no {name} has a value: the workload did not reach it");
     }
 
+    // Recommendations rank the shop's items by the features that play their roles: the user's
+    // favourite category (by the dimension's `cat`) comes first.
+    let user = (0..USERS)
+        .map(|u| (FIRST_USER + u).to_string())
+        .find(|user| {
+            expected
+                .get(&(user.clone(), "category_views_1h".to_string()))
+                .and_then(Value::as_object)
+                .is_some_and(|categories| categories.len() == 1)
+        })
+        .expect("a user who viewed one category in the last hour");
+    let favourite = expected[&(user.clone(), "category_views_1h".to_string())]
+        .as_object()
+        .and_then(|categories| categories.keys().next().cloned())
+        .expect("a category");
+    let (status, answer) =
+        persona_process.get(&format!("/api/v1/users/{user}/recommendations?limit=3")).await;
+    assert_eq!(status, 200, "{answer}");
+    let first = &answer["recommendations"][0];
+    assert_eq!(first["category"], json!(favourite), "{answer}");
+    assert!(first["product_id"].as_str().is_some_and(|id| id.starts_with('i')), "{answer}");
+
     let metrics = persona_process.metrics().await;
     let dead = common::counter(&metrics, "persona_dead_letters_total", &[]);
     assert_eq!(dead, 0.0, "nothing is dead-lettered: {}", persona_process.log.display());

@@ -21,7 +21,8 @@ mod state;
 
 pub use catalog::{Catalog, DimensionSchema, ItemRoles, Product, ProductCatalog};
 pub use definition::{
-    Aggregation, BUCKETS_PER_WINDOW, DefinitionError, Entity, Feature, FeatureSet, Storage,
+    Aggregation, BUCKETS_PER_WINDOW, DefinitionError, Entity, Feature, FeatureSet,
+    RecommendationFeatures, Storage,
 };
 pub use evaluate::{
     FeatureStatus, FeatureValue, Features, HLL_PRECISION, Ranking, ReadContext, evaluate,

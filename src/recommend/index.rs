@@ -9,11 +9,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::FastMap;
-use crate::features::{Features, Product, Ranking};
+use crate::features::{Features, Product, Ranking, RecommendationFeatures};
 
 /// The product features recommendations read.
-pub const TRENDING: &str = "trending_score";
-pub const VIEWED_TOGETHER: &str = "viewed_together_24h";
 
 #[derive(Debug, Clone)]
 pub struct IndexedProduct {
@@ -45,16 +43,16 @@ pub struct ProductIndex {
 /// What the index keeps of a product's features: trending score and viewed-together list.
 pub type ProductSignals = (f64, Vec<(String, i64)>);
 
-/// Reads a product's signals from its evaluated features.
-pub fn signals_of(features: &Features) -> ProductSignals {
-    let trending = features.get(TRENDING).and_then(|v| v.value.as_f64()).unwrap_or(0.0);
-    (trending, together_of(features))
+/// Reads a product's signals from its evaluated features, `roles` saying which plays what.
+pub fn signals_of(features: &Features, roles: &RecommendationFeatures) -> ProductSignals {
+    let trending = roles.trending.as_ref().and_then(|name| features.get(name));
+    let trending = trending.and_then(|v| v.value.as_f64()).unwrap_or(0.0);
+    (trending, together_of(features, roles.viewed_together.as_deref()))
 }
 
-/// Reads a product's viewed-together list from its evaluated features.
-pub fn together_of(features: &Features) -> Vec<(String, i64)> {
-    features
-        .get(VIEWED_TOGETHER)
+/// Reads a product's viewed-together list (the feature `name`) from its evaluated features.
+pub fn together_of(features: &Features, name: Option<&str>) -> Vec<(String, i64)> {
+    name.and_then(|name| features.get(name))
         .and_then(|v| v.value.as_array())
         .map(|list| {
             list.iter()

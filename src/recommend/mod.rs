@@ -20,29 +20,7 @@ use serde::Serialize;
 pub use index::ProductIndex;
 pub use refresh::Recommender;
 
-use crate::features::{Feature, Features, Product};
-
-/// User features the ranking reads.
-pub const CATEGORY_SHORT: &str = "category_views_10m";
-pub const CATEGORY_LONG: &str = "category_views_1h";
-pub const CATEGORY_CLICKS: &str = "category_clicks_1h";
-pub const RECENTLY_VIEWED: &str = "recent_products_viewed";
-pub const PRICE_BANDS: &str = "clicks_by_price_band_1h";
-pub const IN_CART: &str = "cart_products";
-pub const PURCHASED: &str = "purchased_products_30d";
-
-/// Every feature recommendations read, for the check at start.
-pub const FEATURES_READ: [&str; 9] = [
-    CATEGORY_SHORT,
-    CATEGORY_LONG,
-    CATEGORY_CLICKS,
-    RECENTLY_VIEWED,
-    PRICE_BANDS,
-    IN_CART,
-    PURCHASED,
-    index::TRENDING,
-    index::VIEWED_TOGETHER,
-];
+use crate::features::{Feature, Features, Product, RecommendationFeatures};
 
 /// Weights of the score's parts; they add up to 1.
 const W_AFFINITY: f64 = 0.40;
@@ -78,6 +56,8 @@ pub struct UserSignals {
     pub long: BTreeMap<String, f64>,
     /// Recently viewed products, newest first.
     pub recent: Vec<String>,
+    /// Products in the cart, most recently changed first.
+    pub cart: Vec<String>,
     /// Price band → clicks.
     pub bands: BTreeMap<String, f64>,
     /// Products in the cart or bought recently: never recommended.
@@ -85,32 +65,35 @@ pub struct UserSignals {
 }
 
 impl UserSignals {
-    /// Reads the signals from a user's evaluated features; missing features read as empty.
-    pub fn from_features(features: &Features) -> Self {
-        let histogram = |name: &str| -> BTreeMap<String, f64> {
-            features
-                .get(name)
+    /// Reads the signals from a user's evaluated features, `roles` saying which plays what;
+    /// missing features read as empty.
+    pub fn from_features(features: &Features, roles: &RecommendationFeatures) -> Self {
+        let histogram = |name: &Option<String>| -> BTreeMap<String, f64> {
+            name.as_ref()
+                .and_then(|name| features.get(name))
                 .and_then(|v| v.value.as_object())
                 .map(|map| map.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect())
                 .unwrap_or_default()
         };
-        let list = |name: &str| -> Vec<String> {
-            features
-                .get(name)
+        let list = |name: &Option<String>| -> Vec<String> {
+            name.as_ref()
+                .and_then(|name| features.get(name))
                 .and_then(|v| v.value.as_array())
                 .map(|items| items.iter().filter_map(|v| v.as_str().map(String::from)).collect())
                 .unwrap_or_default()
         };
-        let mut long = histogram(CATEGORY_LONG);
-        for (category, clicks) in histogram(CATEGORY_CLICKS) {
+        let mut long = histogram(&roles.interest);
+        for (category, clicks) in histogram(&roles.click_interest) {
             *long.entry(category).or_default() += CLICK_WEIGHT * clicks;
         }
-        let owned = list(IN_CART).into_iter().chain(list(PURCHASED)).collect();
+        let cart = list(&roles.in_cart);
+        let owned = cart.iter().cloned().chain(list(&roles.purchased)).collect();
         Self {
-            short: histogram(CATEGORY_SHORT),
+            short: histogram(&roles.recent_interest),
             long,
-            recent: list(RECENTLY_VIEWED),
-            bands: histogram(PRICE_BANDS),
+            recent: list(&roles.recently_viewed),
+            cart,
+            bands: histogram(&roles.price_band_clicks),
             owned,
         }
     }

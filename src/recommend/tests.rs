@@ -50,7 +50,7 @@ fn ids(list: &[Recommendation]) -> Vec<&str> {
 #[test]
 fn a_user_who_viewed_shoes_gets_shoes_first() {
     let set = bands();
-    let list = recommend(&shoe_viewer(), &index(), set.get(PRICE_BANDS), &query(3));
+    let list = recommend(&shoe_viewer(), &index(), set.get("clicks_by_price_band_1h"), &query(3));
     assert_eq!(list[0].category.as_deref(), Some("shoes"), "{list:?}");
     assert_eq!(list[0].product_id, "s4", "the most trending shoe leads: {list:?}");
     assert_eq!(list[0].reason, Reason::CategoryAffinity { category: "shoes".into() });
@@ -101,7 +101,7 @@ fn the_price_band_the_user_clicks_lifts_products_in_it() {
     let position = |band: &str| {
         let user =
             UserSignals { bands: [(band.to_string(), 3.0)].into(), ..UserSignals::default() };
-        let list = recommend(&user, &index(), set.get(PRICE_BANDS), &query(50));
+        let list = recommend(&user, &index(), set.get("clicks_by_price_band_1h"), &query(50));
         let at = list.iter().position(|r| r.product_id == "h1").expect("h1 listed");
         (at, list[at].reason.clone())
     };
@@ -239,7 +239,7 @@ proptest::proptest! {
         }
         let index = ProductIndex::build(&products, &signals, None);
         let set = bands();
-        let feature = set.get(PRICE_BANDS);
+        let feature = set.get("clicks_by_price_band_1h");
         let band_names = ["<25", "25-100", "100-250", "250+"];
         let user = UserSignals {
             short: short.iter().map(|(c, n)| (categories.get(*c).unwrap_or(&"").to_string(), f64::from(*n))).collect(),
@@ -247,6 +247,7 @@ proptest::proptest! {
             recent: recent.iter().map(|n| id(*n)).collect(),
             bands: band_clicks.iter().map(|(b, n)| (band_names[*b].to_string(), f64::from(*n))).collect(),
             owned: owned.iter().map(|n| id(*n)).collect(),
+            ..UserSignals::default()
         };
         let query = Query {
             limit,
@@ -261,4 +262,34 @@ proptest::proptest! {
             .collect();
         proptest::prop_assert_eq!(answer, everything);
     }
+}
+
+#[test]
+fn signals_are_read_from_the_features_playing_each_role() {
+    use crate::features::{FeatureStatus, FeatureValue, RecommendationFeatures};
+    let value = |json: serde_json::Value| FeatureValue {
+        status: FeatureStatus::Present,
+        value: json,
+        event_time: None,
+    };
+    let features: crate::features::Features = [
+        ("cats".to_string(), value(serde_json::json!({"boots": 2}))),
+        ("cat_clicks".to_string(), value(serde_json::json!({"boots": 1}))),
+        ("basket".to_string(), value(serde_json::json!(["i1"]))),
+        ("category_views_1h".to_string(), value(serde_json::json!({"hats": 5}))),
+    ]
+    .into_iter()
+    .collect();
+    let roles = RecommendationFeatures {
+        interest: Some("cats".into()),
+        click_interest: Some("cat_clicks".into()),
+        in_cart: Some("basket".into()),
+        ..RecommendationFeatures::default()
+    };
+    let signals = UserSignals::from_features(&features, &roles);
+    // Views plus clicks counted double; the shipped feature's name plays no part.
+    assert_eq!(signals.long, [("boots".to_string(), 4.0)].into());
+    assert_eq!(signals.cart, ["i1"]);
+    assert!(signals.owned.contains("i1"));
+    assert!(UserSignals::from_features(&features, &RecommendationFeatures::default()).is_cold());
 }

@@ -9,7 +9,10 @@ use rust_decimal::Decimal;
 
 use super::*;
 use crate::features::{Catalog, EntityState, FeatureSet, Product, Ranking, ReadContext, evaluate};
-use crate::recommend::index::{ProductSignals, TRENDING, VIEWED_TOGETHER, signals_of};
+use crate::recommend::index::{ProductSignals, signals_of};
+
+const TRENDING: &str = "trending_score";
+const VIEWED_TOGETHER: &str = "viewed_together_24h";
 
 const PRODUCTS: usize = 6;
 const RANKED: &str = "views_1h";
@@ -65,7 +68,7 @@ fn rebuilt(
     for (id, state) in states {
         let values =
             evaluate(set, crate::features::Entity::Product, id, Some(state), None, &context);
-        signals.insert(id.clone(), signals_of(&values));
+        signals.insert(id.clone(), signals_of(&values, &set.recommendations));
         ranked.push(values.get(RANKED).and_then(|v| v.value.as_f64()).unwrap_or(0.0));
     }
     (ProductIndex::build(&catalog, &signals, Some(at)), Ranking::new(ranked))

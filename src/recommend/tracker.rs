@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::index::{ProductIndex, TRENDING, VIEWED_TOGETHER, together_of};
+use super::index::{ProductIndex, together_of};
 use crate::features::definition::ValueExpr;
 use crate::features::{
     Aggregation, DecayParts, Entity, EntityState, Feature, FeatureSet, Product, Ranking,
@@ -31,6 +31,9 @@ struct Tracked {
 pub struct Tracker {
     /// Features evaluated per product: trending, viewed together and every ranked feature.
     features: Vec<Feature>,
+    /// The features playing trending and viewed together (`[recommendations]`).
+    trending: Option<String>,
+    together: Option<String>,
     /// Their names, as `evaluate` takes them.
     names: Vec<String>,
     /// The features percentiles rank (the `of` of each percentile feature).
@@ -54,7 +57,10 @@ impl Tracker {
                 ranked.push(of.clone());
             }
         }
-        let mut names: Vec<&str> = vec![TRENDING, VIEWED_TOGETHER];
+        let roles = &set.recommendations;
+        let trending = roles.trending.clone();
+        let together = roles.viewed_together.clone();
+        let mut names: Vec<&str> = trending.iter().chain(&together).map(String::as_str).collect();
         names.extend(ranked.iter().map(String::as_str));
         let mut features: Vec<Feature> = Vec::new();
         for name in names {
@@ -69,6 +75,8 @@ impl Tracker {
         let rankings = ranked.iter().map(|_| Arc::new(Ranking::default())).collect();
         Self {
             features,
+            trending,
+            together,
             names,
             ranked,
             joins_catalog,
@@ -108,15 +116,22 @@ impl Tracker {
         let values = evaluate(set, Entity::Product, id, Some(state), Some(&self.names), &context);
         let default_state = Default::default();
         let feature_state = |name: &str| state.features.get(name).unwrap_or(&default_state);
-        let trending = match self.features.iter().find(|f| f.name == TRENDING) {
+        let trending_feature = self
+            .trending
+            .as_ref()
+            .and_then(|name| self.features.iter().find(|feature| &feature.name == name));
+        let trending = match trending_feature {
             Some(feature) if feature.aggregation == Aggregation::DecayedCount => {
-                DecayParts::of(feature, feature_state(TRENDING), at_us).unwrap_or_default()
+                DecayParts::of(feature, feature_state(&feature.name), at_us).unwrap_or_default()
             }
             // Any other definition of it is a plain number until its next change.
-            _ => DecayParts {
+            other => DecayParts {
                 at_us,
                 half_life_us: 1.0,
-                flat: values.get(TRENDING).and_then(|v| v.value.as_f64()).unwrap_or(0.0),
+                flat: other
+                    .and_then(|feature| values.get(&feature.name))
+                    .and_then(|v| v.value.as_f64())
+                    .unwrap_or(0.0),
                 ..DecayParts::default()
             },
         };
@@ -134,8 +149,12 @@ impl Tracker {
         let previous_next = previous.and_then(|p| p.next_change);
         Self::rerank(&mut self.rankings, previous.map(|p| p.ranked.as_slice()), Some(&ranked));
         self.reschedule(id, previous_next, next);
-        let tracked =
-            Tracked { trending, together: together_of(&values), ranked, next_change: next };
+        let tracked = Tracked {
+            trending,
+            together: together_of(&values, self.together.as_deref()),
+            ranked,
+            next_change: next,
+        };
         self.products.insert(id.to_string(), tracked);
     }
 

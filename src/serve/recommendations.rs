@@ -53,6 +53,10 @@ pub struct Answer {
     #[serde(skip)]
     #[schema(ignore)]
     pub index: Arc<ProductIndex>,
+    /// What the ranking read of the user (pages show the cart and recent views from it).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub signals: UserSignals,
     #[serde(skip)]
     #[schema(ignore)]
     json: OnceLock<Bytes>,
@@ -153,7 +157,8 @@ pub async fn recommend_for(
         Some(deadline) => tokio::time::timeout(deadline, read_now(state, request)).await.ok(),
     };
     let index = state.recommender.index();
-    let price_bands = state.features.get(recommend::PRICE_BANDS);
+    let roles = &state.features.recommendations;
+    let price_bands = roles.price_band_clicks.as_ref().and_then(|name| state.features.get(name));
     let key = evaluated
         .as_ref()
         .filter(|read| read.features.freshness == Freshness::Live)
@@ -172,7 +177,7 @@ pub async fn recommend_for(
     };
     let signals = evaluated
         .as_ref()
-        .map(|read| UserSignals::from_features(&read.features.features))
+        .map(|read| UserSignals::from_features(&read.features.features, roles))
         .unwrap_or_default();
     let source = if degraded.is_some() || signals.is_cold() {
         Source::Popular
@@ -189,6 +194,7 @@ pub async fn recommend_for(
         recommendations,
         evaluated,
         index,
+        signals,
         json: OnceLock::new(),
     });
     if let Some((key, _)) = key {

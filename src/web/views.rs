@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 
 use crate::features::{FeatureStatus, Features};
 use crate::recommend::index::IndexedProduct;
-use crate::recommend::{self, ProductIndex, Recommendation, UserSignals};
+use crate::recommend::{ProductIndex, Recommendation, UserSignals};
 use crate::serve::{Answer, Degraded};
 use crate::store::Freshness;
 
@@ -207,20 +207,23 @@ fn count(features: &Features, name: &str) -> i64 {
     features.get(name).and_then(|v| v.value.as_i64()).unwrap_or(0)
 }
 
-fn activity(features: &Features, index: &ProductIndex) -> Vec<(String, String)> {
+fn activity(
+    features: &Features,
+    signals: &UserSignals,
+    index: &ProductIndex,
+) -> Vec<(String, String)> {
     let mut rows = Vec::new();
-    let viewed = strings(features, recommend::RECENTLY_VIEWED);
-    if !viewed.is_empty() {
-        rows.push(("Viewed recently".to_string(), names(index, &viewed)));
+    if !signals.recent.is_empty() {
+        rows.push(("Viewed recently".to_string(), names(index, &signals.recent)));
     }
     let categories = strings(features, "recent_categories_10m");
     if !categories.is_empty() {
         rows.push(("Browsing".to_string(), categories.join(", ")));
     }
-    let cart = strings(features, recommend::IN_CART);
-    if !cart.is_empty() {
+    if !signals.cart.is_empty() {
         let total = features.get("cart_total").and_then(|v| v.value.as_f64()).unwrap_or(0.0);
-        rows.push(("In your cart".to_string(), format!("{} (${total:.2})", names(index, &cart))));
+        let cart = names(index, &signals.cart);
+        rows.push(("In your cart".to_string(), format!("{cart} (${total:.2})")));
     }
     let (views, clicks, searches) = (
         count(features, "views_15m"),
@@ -253,7 +256,7 @@ fn notice(answer: &Answer) -> Option<String> {
 pub fn live_view(answer: &Answer) -> LiveView {
     let index = &answer.index;
     let user_id = answer.user_id.as_str();
-    let signals = answer.features().map(UserSignals::from_features).unwrap_or_default();
+    let signals = &answer.signals;
     let recommended: Vec<Card> =
         answer.recommendations.iter().map(|item| card_of_recommendation(item, user_id)).collect();
     let shown: Vec<&str> = recommended.iter().map(|c| c.id.as_str()).collect();
@@ -271,7 +274,8 @@ pub fn live_view(answer: &Answer) -> LiveView {
         let cards = trending_cards(index, &category, &skip, user_id, SIDE_SHELF);
         (!cards.is_empty()).then_some(Trending { category, cards })
     });
-    let activity = answer.features().map(|f| activity(f, index)).unwrap_or_default();
+    let activity =
+        answer.features().map(|f| activity(f, &answer.signals, index)).unwrap_or_default();
     let notice = notice(answer);
 
     let mut hasher = std::hash::DefaultHasher::new();

@@ -242,6 +242,8 @@ pub struct FeatureSet {
     pub sources: Vec<SourceSchema>,
     /// The declared dimension, if any.
     pub dimension: Option<DimensionSchema>,
+    /// The features recommendations read (`[recommendations]`).
+    pub recommendations: RecommendationFeatures,
 }
 
 /// The definitions shipped with persona (`features.toml` at the repository root).
@@ -302,6 +304,7 @@ impl FeatureSet {
         for feature in &features {
             check_reference(feature, &features)?;
         }
+        let recommendations = roles::compile(&raw.recommendations, &features)?;
         let canonical = serde_json::to_string(&raw).unwrap_or_default();
         Ok(Self {
             features,
@@ -309,6 +312,7 @@ impl FeatureSet {
             fingerprint: fingerprint(&canonical),
             sources,
             dimension,
+            recommendations,
         })
     }
 
@@ -375,7 +379,10 @@ impl FeatureSet {
 }
 
 mod parse;
+mod roles;
 mod sources;
+
 use parse::{check_reference, compile, fingerprint, invalid};
+pub use roles::RecommendationFeatures;
 #[cfg(test)]
 mod tests;

@@ -26,6 +26,10 @@ pub(super) struct RawFile {
     pub dimension: Vec<RawDimension>,
     #[serde(default)]
     pub feature: Vec<RawFeature>,
+    /// Role → feature; not part of the fingerprint: which features recommendations read does
+    /// not change what is stored.
+    #[serde(default, skip_serializing)]
+    pub recommendations: BTreeMap<String, String>,
 }
 
 fn default_history() -> Duration {

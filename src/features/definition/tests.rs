@@ -246,3 +246,34 @@ fn the_legacy_shop_of_the_tests_is_declared_validly() {
     assert_eq!(set.sources.len(), 2);
     assert_eq!(set.dimension.as_ref().map(|d| d.key), Some("code"));
 }
+
+#[test]
+fn recommendation_roles_default_to_the_shipped_features_and_name_their_problems() {
+    let shipped = FeatureSet::load(None).expect("valid");
+    assert_eq!(shipped.recommendations.trending.as_deref(), Some("trending_score"));
+    assert!(shipped.recommendations.missing().is_empty());
+    // A file without them: every role unplayed, and no error.
+    let set = declared(BEHAVIOR, ITEM, VIEWS).expect("valid");
+    assert_eq!(set.recommendations.missing().len(), 9);
+    let with = |roles: &str| {
+        FeatureSet::parse(
+            &format!(
+                "[[source]]\n{BEHAVIOR}\n{ITEM}\n[[feature]]\n{VIEWS}\n[recommendations]\n{roles}"
+            ),
+            "t",
+        )
+    };
+    let message = with("interest = \"views\"").expect_err("a count is not a histogram").to_string();
+    assert!(message.contains("`recommendations`") && message.contains("histogram"), "{message}");
+    let message = with("trending = \"nope\"").expect_err("undefined").to_string();
+    assert!(message.contains("`trending`") && message.contains("not defined"), "{message}");
+    let message = with("hotness = \"views\"").expect_err("no such role").to_string();
+    assert!(message.contains("`hotness` is not a role"), "{message}");
+    let cats = "[[feature]]\nname = \"cats\"\nentity = \"user\"\nsource = \"behavior\"\naggregation = \"histogram\"\nvalue = \"item.cat\"\nwindow = \"1h\"";
+    let set = FeatureSet::parse(
+        &format!("[[source]]\n{BEHAVIOR}\n{ITEM}\n[[feature]]\n{VIEWS}\n{cats}\n[recommendations]\ninterest = \"cats\""),
+        "t",
+    )
+    .expect("valid");
+    assert_eq!(set.recommendations.interest.as_deref(), Some("cats"));
+}
