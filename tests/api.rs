@@ -187,7 +187,7 @@ async fn batch_answers_every_entity_in_order_and_rejects_bad_bodies() {
 
 /// A click of `user` on `product`, now, as ingest would apply it to the user's share.
 fn clicked(set: &FeatureSet, user: &str, product: &str, share: &mut EntityState, lsn: i64) {
-    act(set, (Entity::User, user), "CLICK", product, share, lsn);
+    act(set, (Entity::USER, user), "CLICK", product, share, lsn);
 }
 
 /// An activity of `user` on `product`, now, as ingest would apply it to `entity`'s share.
@@ -223,7 +223,7 @@ fn act(
         replay: false,
         overlapped: false,
     };
-    let id = if entity == Entity::User { user } else { product };
+    let id = if entity == Entity::USER { user } else { product };
     apply(set, entity, id, share, &change, "user_activity/0", now);
 }
 
@@ -396,7 +396,7 @@ async fn percentiles_at_now_follow_product_changes_through_the_kept_ranking() {
     let mut view = |product: &str, times: i64, share: &mut EntityState| {
         for _ in 0..times {
             lsn += 1;
-            act(&set, (Entity::Product, "u1"), "VIEW_PRODUCT", product, share, lsn);
+            act(&set, (Entity::PRODUCT, "u1"), "VIEW_PRODUCT", product, share, lsn);
         }
     };
     let write = |product: &str, share: &EntityState| {

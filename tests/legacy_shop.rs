@@ -1,6 +1,6 @@
 //! The SQL oracle over a legacy shop unlike the reference schema (tests/fixtures/legacy-shop):
-//! integer user ids, coded behaviours, items keyed by a code, an enum, booleans, dates and large
-//! JSON documents stored out of line (TOAST). The test creates the schema, declares it in a
+//! entities of its own (customers with integer ids, skus, stores), coded behaviours, items keyed by
+//! a code, an enum, booleans, dates and large JSON documents stored out of line (TOAST). The test creates the schema, declares it in a
 //! definitions file, sets up capture with `persona sources plan --apply`, runs a connector of its
 //! own, and checks every feature persona serves against its recomputation by SQL on the shop's
 //! tables — through the snapshot, inserts, updates that leave TOASTed columns alone, deletes,
@@ -24,6 +24,8 @@ const USERS: i64 = 24;
 /// Items i0..i19 are in the dimension; i20 and i21 never are.
 const ITEMS: i64 = 22;
 const CATALOG: i64 = 20;
+/// Stores 1..=4.
+const STORES: i64 = 4;
 /// User ids beyond what 32 bits hold.
 const FIRST_USER: i64 = 9_000_000_000;
 
@@ -74,9 +76,10 @@ async fn round(db: &Client, shop: &Shop, inserts: i64) -> u64 {
         format!("UPDATE shop.t_user_behavior SET uid = {user} WHERE random() < 0.01"),
         "DELETE FROM shop.t_user_behavior WHERE random() < 0.03".to_string(),
         format!(
-            "INSERT INTO shop.t_trade (trade_no, buyer_id, item_code, qty, total_fee, state, paid, \
-                                       pay_time, pay_date) \
-             SELECT 'T' || md5(random()::text), {user}, {item}, 1 + floor(random() * 3)::int, \
+            "INSERT INTO shop.t_trade (trade_no, buyer_id, shop_id, item_code, qty, total_fee, \
+                                       state, paid, pay_time, pay_date) \
+             SELECT 'T' || md5(random()::text), {user}, 1 + floor(random() * {STORES})::int, \
+                    {item}, 1 + floor(random() * 3)::int, \
                     round((5 + random() * 300)::numeric, 2), \
                     (ARRAY['WAIT_PAY','PAID','REFUNDED'])[1 + floor(random() * 3)::int]::shop.trade_state, \
                     random() < 0.6, t, t::date \
@@ -133,6 +136,9 @@ async fn expected(db: &Client, shop: &Shop, at: DateTime<Utc>) -> Expected {
     }
     for item in &items {
         put(item.clone(), "item_views_1h", json!(0));
+    }
+    for store in 1..=STORES {
+        put(store.to_string(), "store_revenue_1h", json!(0));
     }
     // Behaviour codes as the definitions name them: 1 view, 2 click.
     for (name, code, bucket) in [("views_15m", 1, 15 * SECOND), ("clicks_5m", 2, 5 * SECOND)] {
@@ -206,6 +212,13 @@ async fn expected(db: &Client, shop: &Shop, at: DateTime<Utc>) -> Expected {
         put(row.get(0), "distinct_items_1h", json!(row.get::<_, i64>(1)));
     }
     let sql = format!(
+        "SELECT shop_id::text, sum(total_fee)::float8 FROM shop.t_trade WHERE paid AND {trades} \
+         GROUP BY 1"
+    );
+    for row in query(db, shop, &sql, at).await {
+        put(row.get(0), "store_revenue_1h", json!(row.get::<_, f64>(1)));
+    }
+    let sql = format!(
         "SELECT item_code, count(*) FROM shop.t_user_behavior \
          WHERE behavior = 1 AND item_code IS NOT NULL AND {} GROUP BY 1",
         within("gmt_create", MINUTE)
@@ -218,9 +231,11 @@ async fn expected(db: &Client, shop: &Shop, at: DateTime<Utc>) -> Expected {
 
 async fn mismatches(persona: &Persona, db: &Client, shop: &Shop, at: DateTime<Utc>) -> Vec<String> {
     let expected = expected(db, shop, at).await;
-    let mut entities: Vec<Value> =
-        (0..USERS).map(|u| json!({"entity": "user", "id": (FIRST_USER + u).to_string()})).collect();
-    entities.extend((0..ITEMS).map(|i| json!({"entity": "product", "id": format!("i{i}")})));
+    let mut entities: Vec<Value> = (0..USERS)
+        .map(|u| json!({"entity": "customer", "id": (FIRST_USER + u).to_string()}))
+        .collect();
+    entities.extend((0..ITEMS).map(|i| json!({"entity": "sku", "id": format!("i{i}")})));
+    entities.extend((1..=STORES).map(|s| json!({"entity": "store", "id": s.to_string()})));
     let body = json!({"at": at.to_rfc3339(), "entities": entities});
     let (status, served) = persona.post("/api/v1/features/batch", &body).await;
     if status != 200 {
@@ -329,8 +344,15 @@ async fn a_legacy_schema_declared_in_configuration_is_served_exactly() {
     assert_exact(&persona_process, &db, &shop, "while streaming").await;
     // The comparison is not of empty values: the workload reached every kind of feature.
     let expected = expected(&db, &shop, Utc::now()).await;
-    for name in ["views_15m", "category_views_1h", "last_payload", "paid_spend_1h", "item_views_1h"]
-    {
+    for name in [
+        "views_15m",
+        "category_views_1h",
+        "last_payload",
+        "last_viewed_specs",
+        "paid_spend_1h",
+        "item_views_1h",
+        "store_revenue_1h",
+    ] {
         let filled = expected
             .iter()
             .filter(|((_, feature), value)| {
@@ -361,6 +383,19 @@ async fn a_legacy_schema_declared_in_configuration_is_served_exactly() {
     let first = &answer["recommendations"][0];
     assert_eq!(first["category"], json!(favourite), "{answer}");
     assert!(first["product_id"].as_str().is_some_and(|id| id.starts_with('i')), "{answer}");
+
+    // Any declared entity has its own route; an id of the wrong kind or an undeclared entity is a
+    // 4xx naming the problem.
+    let (status, store) = persona_process.get("/api/v1/entities/store/1/features").await;
+    assert_eq!(status, 200, "{store}");
+    assert!(store["features"]["store_revenue_1h"]["status"] == "present", "{store}");
+    let (status, error) = persona_process.get("/api/v1/entities/store/one/features").await;
+    assert_eq!(status, 400, "{error}");
+    assert!(error.to_string().contains("store ids are integers"), "{error}");
+    let (status, error) = persona_process.get("/api/v1/entities/warehouse/1/features").await;
+    assert_eq!(status, 404, "{error}");
+    let (status, error) = persona_process.get("/api/v1/users/u-1/features").await;
+    assert_eq!(status, 400, "customers are the shopper, with integer ids: {error}");
 
     let metrics = persona_process.metrics().await;
     let dead = common::counter(&metrics, "persona_dead_letters_total", &[]);

@@ -1,9 +1,10 @@
-//! Feature reads: one user, one product, or a batch of entities. Every value carries its status
-//! (`present`, `missing`, `stale`) and event time. An unknown entity is an answer (every feature
-//! missing), not an error.
+//! Feature reads: one user, one product, one entity of any declared kind, or a batch. Every value
+//! carries its status (`present`, `missing`, `stale`) and event time. An unknown id is an answer
+//! (every feature missing), not an error; an undeclared entity or an id of the wrong kind is.
 //!
-//! - `GET /api/v1/users/{id}/features?names=a,b&at=<RFC 3339>`
-//! - `GET /api/v1/products/{id}/features?names=…&at=…`
+//! - `GET /api/v1/users/{id}/features?names=a,b&at=<RFC 3339>` (the shopper entity)
+//! - `GET /api/v1/products/{id}/features?names=…&at=…` (the item entity)
+//! - `GET /api/v1/entities/{entity}/{id}/features?names=…&at=…`
 //! - `POST /api/v1/features/batch` with `{"at"?, "names"?, "entities": [{"entity", "id", "names"?}]}`
 
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppError;
 use super::error::ErrorResponses;
-use crate::features::{Entity, FeatureSet};
+use crate::features::{Entity, FeatureSet, IdKind};
 use crate::serve::{
     AppState, EntityFeatures, Evaluated, FeatureRequest, read_and_evaluate, read_now, read_now_many,
 };
@@ -97,6 +98,26 @@ pub(super) fn validate_id(kind: &str, id: &str) -> Result<(), AppError> {
     Ok(())
 }
 
+/// Checks that `entity` is declared and `id` is one of its ids.
+pub(super) fn check_entity(set: &FeatureSet, entity: Entity, id: &str) -> Result<(), AppError> {
+    let schema = set.entity(entity.label()).ok_or_else(|| {
+        let known: Vec<&str> = set.entities.iter().map(|s| s.entity.label()).collect();
+        AppError::BadRequest(format!(
+            "entity {:?} is not declared (entities: {})",
+            entity.label(),
+            known.join(", ")
+        ))
+    })?;
+    validate_id(entity.label(), id)?;
+    if schema.id == IdKind::Integer && id.parse::<i64>().is_err() {
+        return Err(AppError::BadRequest(format!(
+            "{} ids are integers, and {id:?} is not one",
+            entity.label()
+        )));
+    }
+    Ok(())
+}
+
 fn parse_at(at: Option<&str>, set: &FeatureSet) -> Result<(DateTime<Utc>, bool), AppError> {
     let now = Utc::now();
     let Some(text) = at else { return Ok((now, false)) };
@@ -142,7 +163,8 @@ fn split_names(names: Option<&str>) -> Option<Vec<String>> {
     })
 }
 
-/// A user's features: every feature, or those named, each with its status and event time.
+/// A user's features (the shopper entity's): every feature, or those named, each with its status
+/// and event time.
 #[utoipa::path(
     get,
     path = "/api/v1/users/{user_id}/features",
@@ -158,10 +180,12 @@ pub(super) async fn user_features(
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<FeaturesQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
-    one_entity(state, Entity::User, path, query).await
+    let Path(id) = path?;
+    let shopper = state.features.shopper;
+    one_entity(state, shopper, id, query).await
 }
 
-/// A product's features.
+/// A product's features (the item entity's).
 #[utoipa::path(
     get,
     path = "/api/v1/products/{product_id}/features",
@@ -177,18 +201,50 @@ pub(super) async fn product_features(
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<FeaturesQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
-    one_entity(state, Entity::Product, path, query).await
+    let Path(id) = path?;
+    let item = state.features.item;
+    one_entity(state, item, id, query).await
+}
+
+/// The features of an entity of any declared kind (`[[entity]]`: `user`, `product`, `store`, …).
+#[utoipa::path(
+    get,
+    path = "/api/v1/entities/{entity}/{id}/features",
+    tag = "features",
+    params(
+        ("entity" = String, Path, description = "A declared entity", min_length = 1, max_length = 64),
+        ("id" = String, Path, description = "The entity's id as the legacy tables hold it", min_length = 1, max_length = 128),
+        FeaturesQuery
+    ),
+    responses(
+        (status = 200, description = "The entity's features (an unknown id has every feature missing)", body = FeaturesResponse),
+        ErrorResponses,
+    )
+)]
+pub(super) async fn entity_features(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<FeaturesQuery>, QueryRejection>,
+) -> Result<Response, AppError> {
+    let Path((entity, id)) = path?;
+    let entity = state.features.entity(&entity).map(|schema| schema.entity).ok_or_else(|| {
+        let known: Vec<&str> = state.features.entities.iter().map(|s| s.entity.label()).collect();
+        AppError::NotFound(format!(
+            "entity {entity:?} is not declared (entities: {})",
+            known.join(", ")
+        ))
+    })?;
+    one_entity(state, entity, id, query).await
 }
 
 async fn one_entity(
     state: AppState,
     entity: Entity,
-    path: Result<Path<String>, PathRejection>,
+    id: String,
     query: Result<Query<FeaturesQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
-    let Path(id) = path?;
     let Query(query) = query?;
-    validate_id(entity.label(), &id)?;
+    check_entity(&state.features, entity, &id)?;
     let names = match split_names(query.names.as_deref()) {
         Some(names) => check_names(&state.features, entity, names)?,
         None => None,
@@ -239,7 +295,7 @@ pub(super) async fn batch(
     };
     let mut requests = Vec::with_capacity(body.entities.len());
     for (index, item) in body.entities.into_iter().enumerate() {
-        validate_id(item.entity.label(), &item.id)
+        check_entity(&state.features, item.entity, &item.id)
             .map_err(|e| AppError::BadRequest(format!("entities[{index}]: {e}")))?;
         let names = match item.names.or_else(|| body.names.clone()) {
             Some(names) => check_names(&state.features, item.entity, names)
@@ -298,12 +354,12 @@ mod tests {
     fn names_must_be_features_of_the_entity() {
         let set = set();
         let names = split_names(Some("clicks_1m, last_viewed_product")).expect("given");
-        assert_eq!(check_names(&set, Entity::User, names.clone()).expect("valid"), Some(names));
-        let error = check_names(&set, Entity::User, vec!["clicks_2m".into()]).expect_err("bad");
+        assert_eq!(check_names(&set, Entity::USER, names.clone()).expect("valid"), Some(names));
+        let error = check_names(&set, Entity::USER, vec!["clicks_2m".into()]).expect_err("bad");
         assert!(error.to_string().contains("clicks_2m"), "{error}");
-        let error = check_names(&set, Entity::Product, vec!["clicks_1m".into()]).expect_err("bad");
+        let error = check_names(&set, Entity::PRODUCT, vec!["clicks_1m".into()]).expect_err("bad");
         assert!(error.to_string().contains("product"), "{error}");
-        assert!(check_names(&set, Entity::User, vec![]).is_err());
+        assert!(check_names(&set, Entity::USER, vec![]).is_err());
     }
 
     #[test]
@@ -326,7 +382,7 @@ mod tests {
             let mut features = crate::features::Features::new();
             features.insert("clicks_1m".into(), crate::features::FeatureValue::missing());
             EntityFeatures {
-                entity: Entity::User,
+                entity: Entity::USER,
                 id: "u\"1".into(),
                 freshness: crate::store::Freshness::Live,
                 features,
@@ -348,7 +404,7 @@ mod tests {
                 features.insert("clicks_1m".into(), crate::features::FeatureValue::missing());
             }
             EntityFeatures {
-                entity: Entity::User,
+                entity: Entity::USER,
                 id: format!("u{n}"),
                 freshness: crate::store::Freshness::Live,
                 features,

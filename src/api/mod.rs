@@ -21,6 +21,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/users/{user_id}/features", get(features::user_features))
         .route("/api/v1/products/{product_id}/features", get(features::product_features))
+        .route("/api/v1/entities/{entity}/{id}/features", get(features::entity_features))
         .route("/api/v1/features/batch", axum::routing::post(features::batch))
         .route(
             "/api/v1/users/{user_id}/recommendations",

@@ -18,6 +18,7 @@ use utoipa::OpenApi;
     paths(
         super::features::user_features,
         super::features::product_features,
+        super::features::entity_features,
         super::features::batch,
         super::recommendations::user_recommendations,
         super::probes::healthz,

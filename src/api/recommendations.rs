@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::AppError;
 use super::error::ErrorResponses;
-use super::features::validate_id;
+use super::features::{check_entity, validate_id};
 use crate::recommend::{self, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::serve::{Answer, AppState, recommend_for};
 
@@ -51,7 +51,7 @@ pub(super) async fn user_recommendations(
 ) -> Result<Response, AppError> {
     let Path(user_id) = path?;
     let Query(query) = query?;
-    validate_id("user", &user_id)?;
+    check_entity(&state.features, state.features.shopper, &user_id)?;
     let query = parse_query(query)?;
     let answer = recommend_for(&state, &user_id, &query, None).await;
     Ok(([(header::CONTENT_TYPE, "application/json")], answer.json().clone()).into_response())

@@ -316,7 +316,9 @@ impl Applier<'_> {
 
         let mut pairs: Vec<Vec<features::PairDelta>> = vec![Vec::new(); changes.len()];
         for (index, (change, targets)) in changes.iter().zip(&routed).enumerate() {
-            for (key, entity, id) in targets.iter().filter(|(_, e, _)| *e == Entity::User) {
+            // Every entity but the item first: the shopper's session gives the items' pairs.
+            let item = self.features.item;
+            for (key, entity, id) in targets.iter().filter(|(_, e, _)| *e != item) {
                 let state = states.entry(key.clone()).or_default();
                 let outcome = features::apply(
                     self.features,
@@ -335,7 +337,7 @@ impl Applier<'_> {
         let mut partners: Vec<StateKey> = Vec::new();
         for (index, deltas) in pairs.iter().enumerate() {
             for delta in deltas {
-                let key = EntityRef::product(delta.product.clone()).share(&streams[index]);
+                let key = EntityRef::new(self.features.item, &delta.product).share(&streams[index]);
                 if !states.contains_key(&key) && keys.binary_search(&key).is_err() {
                     partners.push(key);
                 }
@@ -350,11 +352,11 @@ impl Applier<'_> {
         for (index, (change, targets)) in changes.iter().zip(&routed).enumerate() {
             let mut products: Vec<(StateKey, String)> = targets
                 .iter()
-                .filter(|(_, entity, _)| *entity == Entity::Product)
+                .filter(|(_, entity, _)| *entity == self.features.item)
                 .map(|(key, _, id)| (key.clone(), id.clone()))
                 .collect();
             for delta in &pairs[index] {
-                let key = EntityRef::product(delta.product.clone()).share(&streams[index]);
+                let key = EntityRef::new(self.features.item, &delta.product).share(&streams[index]);
                 if !products.iter().any(|(known, _)| *known == key) {
                     products.push((key, delta.product.clone()));
                 }
@@ -363,7 +365,7 @@ impl Applier<'_> {
                 let state = states.entry(key.clone()).or_default();
                 let outcome = features::apply_with_pairs(
                     self.features,
-                    Entity::Product,
+                    self.features.item,
                     &id,
                     state,
                     change,

@@ -239,8 +239,8 @@ fn every_declared_type_decodes_from_its_debezium_form() {
     let row = change.after.expect("after");
     // Bigint ids as numbers, beyond what a double holds exactly.
     assert_eq!(row.key, "9007199254740993");
-    assert_eq!(row.id(crate::features::Entity::User), Some("42"));
-    assert_eq!(row.id(crate::features::Entity::Product), Some("SKU-7"));
+    assert_eq!(row.id(crate::features::Entity::USER), Some("42"));
+    assert_eq!(row.id(crate::features::Entity::PRODUCT), Some("SKU-7"));
     // Coded values read as their names.
     assert_eq!(row.get("behavior"), &Scalar::Text("VIEW_PRODUCT".into()));
     assert_eq!(row.time.timestamp_micros(), 1795316793698261);

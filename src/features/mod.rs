@@ -21,8 +21,8 @@ mod state;
 
 pub use catalog::{Catalog, DimensionSchema, ItemRoles, Product, ProductCatalog};
 pub use definition::{
-    Aggregation, BUCKETS_PER_WINDOW, DefinitionError, Entity, Feature, FeatureSet,
-    RecommendationFeatures, Storage,
+    Aggregation, BUCKETS_PER_WINDOW, DefinitionError, Entity, EntitySchema, Feature, FeatureSet,
+    IdKind, RecommendationFeatures, Storage,
 };
 pub use evaluate::{
     FeatureStatus, FeatureValue, Features, HLL_PRECISION, Ranking, ReadContext, evaluate,

@@ -17,7 +17,6 @@
 
 use std::collections::BTreeMap;
 
-use super::Entity;
 use super::definition::{Feature, FeatureSet};
 use super::source::{SourceChange, SourceRow};
 use super::state::{EntityState, Fact, FeatureState, entity_of, passes};
@@ -99,16 +98,17 @@ fn neighbours<'a>(
 
 /// The row's (key, time, product) when it takes part in `feature`'s pairs for `user_id`.
 fn member<'a>(
+    set: &FeatureSet,
     feature: &Feature,
     row: Option<&'a SourceRow>,
     user_id: &str,
     horizon: i64,
 ) -> Option<(&'a str, i64, &'a str)> {
     let row = row?;
-    if entity_of(row, Entity::User) != Some(user_id) || !passes(feature, row) {
+    if entity_of(row, set.shopper) != Some(user_id) || !passes(feature, row) {
         return None;
     }
-    let product = entity_of(row, Entity::Product)?;
+    let product = entity_of(row, set.item)?;
     let at_us = row.time.timestamp_micros();
     (at_us >= horizon.saturating_add(session_us(feature))).then_some((
         row.key.as_str(),
@@ -130,8 +130,8 @@ pub fn apply_to_session(
     let mut deltas = Vec::new();
     for feature in set.pairs_fed_by(change.table) {
         let horizon = horizon_us(feature, set.history_us(), now_us);
-        let before = member(feature, change.before.as_ref(), user_id, horizon);
-        let after = member(feature, change.after.as_ref(), user_id, horizon);
+        let before = member(set, feature, change.before.as_ref(), user_id, horizon);
+        let after = member(set, feature, change.after.as_ref(), user_id, horizon);
         if before.is_none() && after.is_none() {
             continue;
         }

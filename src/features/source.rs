@@ -267,7 +267,7 @@ impl SourceRow {
         columns: BTreeMap<&'static str, Scalar>,
         time: DateTime<Utc>,
     ) -> Self {
-        let ids = [(Entity::User, "user_id"), (Entity::Product, "product_id")]
+        let ids = [(Entity::USER, "user_id"), (Entity::PRODUCT, "product_id")]
             .into_iter()
             .filter_map(|(entity, column)| Some((entity, columns.get(column)?.as_key()?)))
             .collect();

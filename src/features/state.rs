@@ -245,11 +245,10 @@ pub fn apply_with_pairs(
     }
     let belongs = |row: &&SourceRow| entity_of(row, entity) == Some(entity_id);
     let now_us = now.timestamp_micros();
-    match entity {
-        Entity::User => {
-            outcome.pairs = pairs::apply_to_session(set, entity_id, state, change, now_us);
-        }
-        Entity::Product => pairs::apply_pairs(set, entity_id, state, pair_deltas, now_us),
+    if entity == set.shopper {
+        outcome.pairs = pairs::apply_to_session(set, entity_id, state, change, now_us);
+    } else if entity == set.item {
+        pairs::apply_pairs(set, entity_id, state, pair_deltas, now_us);
     }
     for feature in set.fed_by(entity, change.table).filter(|f| f.storage() != Storage::Pairs) {
         let feature_state = state.features.entry(feature.name.clone()).or_default();
@@ -360,7 +359,7 @@ fn stored_value(feature: &Feature, row: &SourceRow) -> Option<String> {
         ValueExpr::Nothing => Some(String::new()),
         ValueExpr::Column(column) => row.get(column).as_key(),
         // Joined when read, so a product's later category or price change applies to history.
-        ValueExpr::Product(_) => row.id(Entity::Product).map(str::to_string),
+        ValueExpr::Attribute(entity, _) => row.id(*entity).map(str::to_string),
         ValueExpr::Product2(left, right) => {
             match (row.get(left).as_number(), row.get(right).as_number()) {
                 (Some(left), Some(right)) => Some((left * right).normalize().to_string()),

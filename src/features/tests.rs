@@ -121,7 +121,7 @@ fn read(set: &FeatureSet, entity: Entity, id: &str, state: &EntityState) -> Feat
 
 fn user(changes: &[SourceChange]) -> Features {
     let set = set();
-    read(&set, Entity::User, "u1", &fold(&set, Entity::User, "u1", changes))
+    read(&set, Entity::USER, "u1", &fold(&set, Entity::USER, "u1", changes))
 }
 
 #[test]
@@ -129,7 +129,7 @@ fn counts_fall_into_sliding_windows_and_decay() {
     let set = set();
     let state = fold(
         &set,
-        Entity::User,
+        Entity::USER,
         "u1",
         &[
             insert(activity("a", "u1", "CLICK", None, 10), 1),
@@ -137,7 +137,7 @@ fn counts_fall_into_sliding_windows_and_decay() {
             insert(activity("c", "u1", "CLICK", None, 600), 3),
         ],
     );
-    let now = read(&set, Entity::User, "u1", &state);
+    let now = read(&set, Entity::USER, "u1", &state);
     assert_eq!(now["clicks_1m"].value, json!(1));
     assert_eq!(now["clicks_5m"].value, json!(2));
     assert_eq!(now["clicks_15m"].value, json!(3));
@@ -145,7 +145,7 @@ fn counts_fall_into_sliding_windows_and_decay() {
     assert_eq!(now["clicks_1m"].event_time, Some(t0() - TimeDelta::seconds(10)));
     let later = evaluate(
         &set,
-        Entity::User,
+        Entity::USER,
         "u1",
         Some(&state),
         None,
@@ -159,8 +159,8 @@ fn counts_fall_into_sliding_windows_and_decay() {
 fn unknown_entity_has_every_feature_missing() {
     let set = set();
     let features =
-        evaluate(&set, Entity::User, "nobody", None, None, &context(t0(), &catalog(), &|_| None));
-    assert_eq!(features.len(), set.of_entity(Entity::User).count());
+        evaluate(&set, Entity::USER, "nobody", None, None, &context(t0(), &catalog(), &|_| None));
+    assert_eq!(features.len(), set.of_entity(Entity::USER).count());
     assert!(features.values().all(|v| v.status == FeatureStatus::Missing));
 }
 
@@ -222,7 +222,7 @@ fn cart_is_current_state_with_updates_and_deletes() {
         ),
         change(SourceTable::new("cart_items"), Some(cart("u1", "p2", 1, "5")), None, 4),
     ];
-    let f = read(&set, Entity::User, "u1", &fold(&set, Entity::User, "u1", &changes));
+    let f = read(&set, Entity::USER, "u1", &fold(&set, Entity::USER, "u1", &changes));
     assert_eq!(f["cart_total"].value, json!(31.5));
     assert_eq!(f["cart_item_count"].value, json!(3));
 }
@@ -237,7 +237,7 @@ fn top_brands_and_purchase_intervals() {
         change(SourceTable::new("orders"), None, Some(order(4, "u1", "p4", 30)), 4),
         change(SourceTable::new("orders"), Some(order(4, "u1", "p4", 30)), None, 5),
     ];
-    let f = read(&set, Entity::User, "u1", &fold(&set, Entity::User, "u1", &changes));
+    let f = read(&set, Entity::USER, "u1", &fold(&set, Entity::USER, "u1", &changes));
     assert_eq!(
         f["top_brands_purchased_30d"].value,
         json!([{"value": "acme", "count": 2}, {"value": "zeta", "count": 1}])
@@ -251,15 +251,15 @@ fn product_features_merge_partition_shares_and_rank() {
     let view = |id: &str, user: &str, lsn: i64| {
         insert(activity(id, user, "VIEW_PRODUCT", Some("p1"), 30), lsn)
     };
-    let share0 = fold(&set, Entity::Product, "p1", &[view("a", "u1", 1), view("b", "u1", 2)]);
-    let share1 = fold(&set, Entity::Product, "p1", &[view("c", "u2", 1)]);
+    let share0 = fold(&set, Entity::PRODUCT, "p1", &[view("a", "u1", 1), view("b", "u1", 2)]);
+    let share1 = fold(&set, Entity::PRODUCT, "p1", &[view("c", "u2", 1)]);
     let mut merged = share0.clone();
     merged.merge(&share1);
     let ranking = std::sync::Arc::new(Ranking::new(vec![0.0, 1.0, 3.0, 5.0]));
     let rank = |_: &Feature| Some(std::sync::Arc::clone(&ranking));
     let catalog = catalog();
     let f =
-        evaluate(&set, Entity::Product, "p1", Some(&merged), None, &context(t0(), &catalog, &rank));
+        evaluate(&set, Entity::PRODUCT, "p1", Some(&merged), None, &context(t0(), &catalog, &rank));
     assert_eq!(f["views_1h"].value, json!(3));
     assert_eq!(f["unique_viewers_1h"].value, json!(2));
     // Two of the three other products have fewer views: 66% → 60 at step 10.
@@ -270,12 +270,12 @@ fn product_features_merge_partition_shares_and_rank() {
 fn duplicates_are_skipped_by_position() {
     let set = set();
     let click = insert(activity("a", "u1", "CLICK", None, 10), 7);
-    let mut state = fold(&set, Entity::User, "u1", std::slice::from_ref(&click));
-    let outcome = apply(&set, Entity::User, "u1", &mut state, &click, "user_activity/0", t0());
+    let mut state = fold(&set, Entity::USER, "u1", std::slice::from_ref(&click));
+    let outcome = apply(&set, Entity::USER, "u1", &mut state, &click, "user_activity/0", t0());
     assert!(outcome.duplicate);
-    assert_eq!(read(&set, Entity::User, "u1", &state)["clicks_1m"].value, json!(1));
+    assert_eq!(read(&set, Entity::USER, "u1", &state)["clicks_1m"].value, json!(1));
     // The same position on another stream is another event.
-    let outcome = apply(&set, Entity::User, "u1", &mut state, &click, "user_activity/1", t0());
+    let outcome = apply(&set, Entity::USER, "u1", &mut state, &click, "user_activity/1", t0());
     assert!(!outcome.duplicate);
 }
 
@@ -284,13 +284,13 @@ fn a_change_behind_its_stream_is_a_duplicate_unless_redriven() {
     let set = set();
     let late = insert(activity("late", "u1", "CLICK", None, 10), 1);
     let mut state =
-        fold(&set, Entity::User, "u1", &[insert(activity("a", "u1", "CLICK", None, 10), 5)]);
+        fold(&set, Entity::USER, "u1", &[insert(activity("a", "u1", "CLICK", None, 10), 5)]);
     let stream = "user_activity/0";
-    assert!(apply(&set, Entity::User, "u1", &mut state, &late, stream, t0()).duplicate);
+    assert!(apply(&set, Entity::USER, "u1", &mut state, &late, stream, t0()).duplicate);
     let redriven = SourceChange { replay: true, ..late };
-    assert!(!apply(&set, Entity::User, "u1", &mut state, &redriven, stream, t0()).duplicate);
-    assert!(apply(&set, Entity::User, "u1", &mut state, &redriven, stream, t0()).duplicate);
-    assert_eq!(read(&set, Entity::User, "u1", &state)["clicks_1m"].value, json!(2));
+    assert!(!apply(&set, Entity::USER, "u1", &mut state, &redriven, stream, t0()).duplicate);
+    assert!(apply(&set, Entity::USER, "u1", &mut state, &redriven, stream, t0()).duplicate);
+    assert_eq!(read(&set, Entity::USER, "u1", &state)["clicks_1m"].value, json!(2));
 }
 
 #[test]
@@ -306,8 +306,8 @@ fn primary_key_update_is_a_delete_then_an_insert_at_one_lsn() {
         position: Some(Position(5, 9, 1)),
         ..change(SourceTable::new("user_activity"), None, Some(new), 0)
     };
-    let state = fold(&set, Entity::User, "u1", &[insert(old, 1), delete, create]);
-    assert_eq!(read(&set, Entity::User, "u1", &state)["clicks_1m"].value, json!(1));
+    let state = fold(&set, Entity::USER, "u1", &[insert(old, 1), delete, create]);
+    assert_eq!(read(&set, Entity::USER, "u1", &state)["clicks_1m"].value, json!(1));
 }
 
 #[test]
@@ -315,7 +315,7 @@ fn rows_older_than_window_and_history_are_dropped_as_late() {
     let set = set();
     let mut state = EntityState::default();
     let old = insert(activity("a", "u1", "CLICK", None, 2 * 3600), 1);
-    let outcome = apply(&set, Entity::User, "u1", &mut state, &old, "s", t0());
+    let outcome = apply(&set, Entity::USER, "u1", &mut state, &old, "s", t0());
     assert!(outcome.late > 0);
     assert!(!state.features.contains_key("clicks_15m"));
 }
@@ -325,7 +325,7 @@ fn state_round_trips_through_json() {
     let set = set();
     let state = fold(
         &set,
-        Entity::User,
+        Entity::USER,
         "u1",
         &[
             insert(activity("a", "u1", "CLICK", Some("p1"), 10), 1),
@@ -542,9 +542,9 @@ proptest! {
         let inserts: Vec<SourceChange> =
             (1i64..).zip(survivors).map(|(lsn, row)| insert(row, lsn)).collect();
         for set in sets() {
-            let replayed = fold(&set, Entity::User, "u1", &changes);
-            let direct = fold(&set, Entity::User, "u1", &inserts);
-            prop_assert_eq!(read(&set, Entity::User, "u1", &replayed), read(&set, Entity::User, "u1", &direct));
+            let replayed = fold(&set, Entity::USER, "u1", &changes);
+            let direct = fold(&set, Entity::USER, "u1", &inserts);
+            prop_assert_eq!(read(&set, Entity::USER, "u1", &replayed), read(&set, Entity::USER, "u1", &direct));
         }
     }
 
@@ -560,9 +560,9 @@ proptest! {
         let mut twice = changes.clone();
         twice.extend_from_slice(&changes[from..]);
         for set in sets() {
-            let once = fold(&set, Entity::User, "u1", &changes);
-            let again = fold(&set, Entity::User, "u1", &twice);
-            prop_assert_eq!(read(&set, Entity::User, "u1", &once), read(&set, Entity::User, "u1", &again));
+            let once = fold(&set, Entity::USER, "u1", &changes);
+            let again = fold(&set, Entity::USER, "u1", &twice);
+            prop_assert_eq!(read(&set, Entity::USER, "u1", &once), read(&set, Entity::USER, "u1", &again));
         }
     }
 
@@ -583,9 +583,9 @@ proptest! {
         let mut redriven = changes.clone();
         redriven.extend(std::iter::repeat_n(SourceChange { replay: true, ..dead }, times));
         for set in sets() {
-            let expected = fold(&set, Entity::User, "u1", &in_place);
-            let actual = fold(&set, Entity::User, "u1", &redriven);
-            prop_assert_eq!(read(&set, Entity::User, "u1", &expected), read(&set, Entity::User, "u1", &actual));
+            let expected = fold(&set, Entity::USER, "u1", &in_place);
+            let actual = fold(&set, Entity::USER, "u1", &redriven);
+            prop_assert_eq!(read(&set, Entity::USER, "u1", &expected), read(&set, Entity::USER, "u1", &actual));
         }
     }
 
@@ -604,9 +604,9 @@ proptest! {
         changes.push(insert(extra.clone(), next));
         changes.push(change(SourceTable::new("user_activity"), Some(extra), None, next + 1));
         for set in sets() {
-            let base = fold(&set, Entity::User, "u1", &base_changes);
-            let retracted = fold(&set, Entity::User, "u1", &changes);
-            prop_assert_eq!(read(&set, Entity::User, "u1", &base), read(&set, Entity::User, "u1", &retracted));
+            let base = fold(&set, Entity::USER, "u1", &base_changes);
+            let retracted = fold(&set, Entity::USER, "u1", &changes);
+            prop_assert_eq!(read(&set, Entity::USER, "u1", &base), read(&set, Entity::USER, "u1", &retracted));
         }
     }
 }

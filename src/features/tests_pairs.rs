@@ -81,25 +81,25 @@ fn ingest(set: &FeatureSet, changes: &[SourceChange]) -> BTreeMap<String, Entity
         let mut user_ids: Vec<String> = [&change.before, &change.after]
             .into_iter()
             .flatten()
-            .filter_map(|row| entity_of(row, Entity::User).map(str::to_string))
+            .filter_map(|row| entity_of(row, Entity::USER).map(str::to_string))
             .collect();
         user_ids.dedup();
         let mut deltas = Vec::new();
         for id in user_ids {
             let state = users.entry(id.clone()).or_default();
-            deltas.extend(apply(set, Entity::User, &id, state, change, stream, t0()).pairs);
+            deltas.extend(apply(set, Entity::USER, &id, state, change, stream, t0()).pairs);
         }
         let mut product_ids: Vec<String> = [&change.before, &change.after]
             .into_iter()
             .flatten()
-            .filter_map(|row| entity_of(row, Entity::Product).map(str::to_string))
+            .filter_map(|row| entity_of(row, Entity::PRODUCT).map(str::to_string))
             .chain(deltas.iter().map(|d| d.product.clone()))
             .collect();
         product_ids.sort();
         product_ids.dedup();
         for id in product_ids {
             let state = products.entry(id.clone()).or_default();
-            apply_with_pairs(set, Entity::Product, &id, state, change, stream, t0(), &deltas);
+            apply_with_pairs(set, Entity::PRODUCT, &id, state, change, stream, t0(), &deltas);
         }
     }
     products
@@ -113,7 +113,7 @@ fn together(set: &FeatureSet, products: &BTreeMap<String, EntityState>) -> BTree
         .map(|id| {
             let state = products.get(*id).cloned().unwrap_or_default();
             let names = ["together".to_string()];
-            let features = evaluate(set, Entity::Product, id, Some(&state), Some(&names), &context);
+            let features = evaluate(set, Entity::PRODUCT, id, Some(&state), Some(&names), &context);
             (id.to_string(), features["together"].value.clone())
         })
         .collect()
@@ -233,7 +233,7 @@ fn decayed_count_halves_per_half_life() {
     let products = ingest(&set, &[change(None, Some(now), 1), change(None, Some(old), 2)]);
     let catalog: HashMap<String, Product> = HashMap::new();
     let context = ReadContext { at: t0(), catalog: &catalog, ranking: &|_| None };
-    let features = evaluate(&set, Entity::Product, "p1", products.get("p1"), None, &context);
+    let features = evaluate(&set, Entity::PRODUCT, "p1", products.get("p1"), None, &context);
     let score = features["trend"].value.as_f64().expect("number");
     // Buckets are 1 minute wide and count from their end: ≈ 1 + 0.5·2^(1/10).
     assert!((score - (1.0 + 0.5 * 2f64.powf(0.1))).abs() < 0.02, "{score}");

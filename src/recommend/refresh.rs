@@ -61,7 +61,7 @@ impl Recommender {
     ) -> tokio::task::JoinHandle<()> {
         let recommender = Arc::clone(self);
         let pending = Arc::new(Mutex::new(Pending { all: true, ids: HashSet::new() }));
-        let listener = listen(&store, Arc::clone(&pending), shutdown.clone());
+        let listener = listen(&store, features.item, Arc::clone(&pending), shutdown.clone());
         tokio::spawn(async move {
             let mut tracker = Tracker::new(&features);
             let mut catalog_seen = None;
@@ -149,13 +149,14 @@ fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
 /// missed or a table mark may have been recorded.
 fn listen(
     store: &FeatureStore,
+    item: Entity,
     pending: Arc<Mutex<Pending>>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     use tokio::sync::broadcast::error::RecvError;
     let mut changes = store.subscribe_changes();
     let mut marks = store.watch_marks();
-    let prefix = format!("{}:", Entity::Product.label());
+    let prefix = format!("{}:", item.label());
     tokio::spawn(async move {
         loop {
             tokio::select! {

@@ -67,7 +67,7 @@ fn rebuilt(
     let mut ranked = Vec::new();
     for (id, state) in states {
         let values =
-            evaluate(set, crate::features::Entity::Product, id, Some(state), None, &context);
+            evaluate(set, crate::features::Entity::PRODUCT, id, Some(state), None, &context);
         signals.insert(id.clone(), signals_of(&values, &set.recommendations));
         ranked.push(values.get(RANKED).and_then(|v| v.value.as_f64()).unwrap_or(0.0));
     }

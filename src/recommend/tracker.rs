@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use super::index::{ProductIndex, together_of};
 use crate::features::definition::ValueExpr;
 use crate::features::{
-    Aggregation, DecayParts, Entity, EntityState, Feature, FeatureSet, Product, Ranking,
-    ReadContext, evaluate, next_change,
+    Aggregation, DecayParts, EntityState, Feature, FeatureSet, Product, Ranking, ReadContext,
+    evaluate, next_change,
 };
 
 /// One product's signals as evaluated last.
@@ -49,7 +49,7 @@ pub struct Tracker {
 impl Tracker {
     pub fn new(set: &FeatureSet) -> Self {
         let mut ranked: Vec<String> = Vec::new();
-        for feature in set.of_entity(Entity::Product) {
+        for feature in set.of_entity(set.item) {
             if feature.aggregation == Aggregation::Percentile
                 && let Some(of) = feature.of.as_ref().filter(|of| set.get(of).is_some())
                 && !ranked.contains(of)
@@ -70,7 +70,7 @@ impl Tracker {
                 features.push(feature.clone());
             }
         }
-        let joins_catalog = features.iter().any(|f| matches!(f.value, ValueExpr::Product(_)));
+        let joins_catalog = features.iter().any(|f| matches!(f.value, ValueExpr::Attribute(..)));
         let names = features.iter().map(|f| f.name.clone()).collect();
         let rankings = ranked.iter().map(|_| Arc::new(Ranking::default())).collect();
         Self {
@@ -113,7 +113,7 @@ impl Tracker {
         let state = state.unwrap_or(&empty);
         let at_us = at.timestamp_micros();
         let context = ReadContext { at, catalog, ranking: &|_| None };
-        let values = evaluate(set, Entity::Product, id, Some(state), Some(&self.names), &context);
+        let values = evaluate(set, set.item, id, Some(state), Some(&self.names), &context);
         let default_state = Default::default();
         let feature_state = |name: &str| state.features.get(name).unwrap_or(&default_state);
         let trending_feature = self

@@ -25,19 +25,17 @@ pub struct EntityFeatures {
     pub features: Features,
 }
 
-/// Every feature of one user at `at`, as `GET /api/v1/users/{id}/features` reads them (for the
-/// dashboard's inspector).
+/// Every feature of one shopper at `at`, as `GET /api/v1/users/{id}/features` reads them (for
+/// the dashboard's inspector).
 pub async fn read_user_features(
     state: &AppState,
     user_id: &str,
     at: DateTime<Utc>,
 ) -> EntityFeatures {
-    let request = FeatureRequest {
-        entity: EntityRef { entity: Entity::User, id: user_id.to_string() },
-        names: None,
-    };
+    let shopper = state.features.shopper;
+    let request = FeatureRequest { entity: EntityRef::new(shopper, user_id), names: None };
     let mut results = read_and_evaluate(state, vec![request], at, false).await;
-    results.pop().unwrap_or_else(|| unavailable(Entity::User, user_id.to_string()))
+    results.pop().unwrap_or_else(|| unavailable(shopper, user_id.to_string()))
 }
 
 pub(super) fn unavailable(entity: Entity, id: String) -> EntityFeatures {
@@ -56,8 +54,8 @@ pub(super) fn rankings_needed<'a>(
     requests: &[FeatureRequest],
 ) -> Vec<&'a Feature> {
     let mut needed: Vec<&Feature> = Vec::new();
-    for request in requests.iter().filter(|r| r.entity.entity == Entity::Product) {
-        for feature in set.of_entity(Entity::Product) {
+    for request in requests.iter().filter(|r| r.entity.entity == set.item) {
+        for feature in set.of_entity(set.item) {
             let wanted = request.names.as_ref().is_none_or(|names| names.contains(&feature.name));
             if wanted
                 && feature.aggregation == Aggregation::Percentile
@@ -95,7 +93,8 @@ pub async fn read_and_evaluate(
     let catalog_ids: Vec<EntityRef> = if to_rank.is_empty() {
         Vec::new()
     } else {
-        state.catalog.read(|products| products.keys().cloned().map(EntityRef::product).collect())
+        let item = set.item;
+        state.catalog.read(|products| products.keys().map(|id| EntityRef::new(item, id)).collect())
     };
     let entities: Vec<EntityRef> = requests.iter().map(|r| r.entity.clone()).collect();
     let (reads, catalog_states) = if entities.len() == 1 && catalog_ids.is_empty() {
@@ -134,7 +133,7 @@ fn rank(
             .map(|(id, entity_state)| {
                 let features = crate::features::evaluate(
                     set,
-                    Entity::Product,
+                    set.item,
                     &id.id,
                     Some(entity_state.as_ref().unwrap_or(&EntityState::default())),
                     Some(&names),

@@ -151,7 +151,8 @@ pub async fn recommend_for(
     query: &recommend::Query,
     deadline: Option<Duration>,
 ) -> Arc<Answer> {
-    let request = FeatureRequest { entity: EntityRef::user(user_id), names: None };
+    let shopper = state.features.shopper;
+    let request = FeatureRequest { entity: EntityRef::new(shopper, user_id), names: None };
     let evaluated = match deadline {
         None => Some(read_now(state, request).await),
         Some(deadline) => tokio::time::timeout(deadline, read_now(state, request)).await.ok(),

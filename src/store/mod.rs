@@ -55,12 +55,18 @@ pub struct EntityRef {
 }
 
 impl EntityRef {
-    pub fn user(id: impl Into<String>) -> Self {
-        Self { entity: Entity::User, id: id.into() }
+    pub fn new(entity: Entity, id: impl Into<String>) -> Self {
+        Self { entity, id: id.into() }
     }
 
+    /// A user of the reference schema.
+    pub fn user(id: impl Into<String>) -> Self {
+        Self { entity: Entity::USER, id: id.into() }
+    }
+
+    /// A product of the reference schema.
     pub fn product(id: impl Into<String>) -> Self {
-        Self { entity: Entity::Product, id: id.into() }
+        Self { entity: Entity::PRODUCT, id: id.into() }
     }
 
     /// This entity's share of the state fed by `stream`.

@@ -105,7 +105,9 @@ pub(super) async fn stream(
     if let Err(page) = check_id("user", &user_id) {
         return *page;
     }
-    let Some(changes) = state.watchers.watch(&EntityRef::user(user_id.clone()).cache_key()) else {
+    let Some(changes) =
+        state.watchers.watch(&EntityRef::new(state.features.shopper, user_id.clone()).cache_key())
+    else {
         return too_many_streams();
     };
     let listener = Listener {

@@ -31,36 +31,64 @@ pub enum DefinitionError {
     Source { name: String, field: &'static str, problem: String },
     #[error("dimension `{name}`: `{field}` {problem}")]
     Dimension { name: String, field: &'static str, problem: String },
+    #[error("entity `{name}`: `{field}` {problem}")]
+    Entity { name: String, field: &'static str, problem: String },
 }
 
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Entity {
-    User,
-    Product,
-}
+/// A declared entity: whose features they are (`user`, `product`, `store`, …; `[[entity]]`). Its
+/// name is interned, so an entity is a copyable handle compared by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, utoipa::ToSchema)]
+#[schema(value_type = String, example = "user")]
+pub struct Entity(&'static str);
 
 impl Entity {
-    pub const ALL: [Entity; 2] = [Entity::User, Entity::Product];
+    /// The reference schema's shopper.
+    pub const USER: Entity = Entity("user");
+    /// The reference schema's item.
+    pub const PRODUCT: Entity = Entity("product");
+
+    pub fn new(name: &str) -> Self {
+        Self(super::source::intern(name))
+    }
 
     pub fn label(self) -> &'static str {
-        match self {
-            Self::User => "user",
-            Self::Product => "product",
-        }
+        self.0
     }
+}
+
+impl std::fmt::Display for Entity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl Serialize for Entity {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Entity {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(Self::new(&name))
+    }
+}
+
+/// What an entity's ids are: any text, or integers (`42`; a Debezium number's decimal text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdKind {
+    #[default]
+    Text,
+    Integer,
+}
+
+/// A declared entity and the part it plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntitySchema {
+    pub entity: Entity,
+    pub id: IdKind,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,9 +171,9 @@ pub enum ValueExpr {
     /// Nothing but its existence (count).
     Nothing,
     Column(&'static str),
-    /// An attribute of the dimension, looked up by the row's product id when the feature is
-    /// read.
-    Product(&'static str),
+    /// An attribute of the dimension, looked up when the feature is read by the id of the
+    /// entity the dimension describes (the item) that the row names.
+    Attribute(Entity, &'static str),
     /// The product of two numeric columns, such as `quantity * unit_price`.
     Product2(&'static str, &'static str),
 }
@@ -244,6 +272,12 @@ pub struct FeatureSet {
     pub dimension: Option<DimensionSchema>,
     /// The features recommendations read (`[recommendations]`).
     pub recommendations: RecommendationFeatures,
+    /// The declared entities (`[[entity]]`; `user` and `product` when the file declares none).
+    pub entities: Vec<EntitySchema>,
+    /// The entity that browses and buys: its sessions pair items, recommendations are for it.
+    pub shopper: Entity,
+    /// The entity that is browsed and bought: the dimension describes it, percentiles rank it.
+    pub item: Entity,
 }
 
 /// The definitions shipped with persona (`features.toml` at the repository root).
@@ -266,7 +300,7 @@ impl FeatureSet {
         let mut raw: parse::RawFile = toml::from_str(text).map_err(|source| {
             DefinitionError::Parse { path: origin.to_string(), source: Box::new(source) }
         })?;
-        if raw.source.is_empty() && raw.dimension.is_empty() {
+        if raw.source.is_empty() && raw.dimension.is_empty() && raw.entity.is_empty() {
             let reference: parse::RawFile =
                 toml::from_str(DEFAULT_DEFINITIONS).map_err(|e| DefinitionError::Parse {
                     path: "<built-in features.toml>".into(),
@@ -274,11 +308,19 @@ impl FeatureSet {
                 })?;
             raw.source = reference.source;
             raw.dimension = reference.dimension;
+            raw.entity = reference.entity;
         }
-        let sources: Vec<SourceSchema> =
-            raw.source.iter().map(sources::compile_source).collect::<Result<_, _>>()?;
-        let dimensions: Vec<DimensionSchema> =
-            raw.dimension.iter().map(sources::compile_dimension).collect::<Result<_, _>>()?;
+        let entities = sources::compile_entities(&raw.entity)?;
+        let sources: Vec<SourceSchema> = raw
+            .source
+            .iter()
+            .map(|source| sources::compile_source(source, &entities))
+            .collect::<Result<_, _>>()?;
+        let dimensions: Vec<DimensionSchema> = raw
+            .dimension
+            .iter()
+            .map(|dimension| sources::compile_dimension(dimension, &entities))
+            .collect::<Result<_, _>>()?;
         sources::check_declarations(&sources, &dimensions)?;
         let dimension = dimensions.into_iter().next();
         if raw.history > MAX_HISTORY {
@@ -299,12 +341,13 @@ impl FeatureSet {
             if !names.insert(feature.name.clone()) {
                 return Err(invalid(&feature.name, "name", "is defined twice"));
             }
-            features.push(compile(feature, &sources, dimension.as_ref())?);
+            features.push(compile(feature, &entities, &sources, dimension.as_ref())?);
         }
         for feature in &features {
-            check_reference(feature, &features)?;
+            check_reference(feature, &features, entities.item)?;
         }
-        let recommendations = roles::compile(&raw.recommendations, &features)?;
+        let recommendations =
+            roles::compile(&raw.recommendations, &features, entities.shopper, entities.item)?;
         let canonical = serde_json::to_string(&raw).unwrap_or_default();
         Ok(Self {
             features,
@@ -313,6 +356,9 @@ impl FeatureSet {
             sources,
             dimension,
             recommendations,
+            entities: entities.all,
+            shopper: entities.shopper,
+            item: entities.item,
         })
     }
 
@@ -336,6 +382,11 @@ impl FeatureSet {
             .find(|s| s.table == table && schema.is_none_or(|schema| s.schema == schema))
     }
 
+    /// The declared entity named `name`.
+    pub fn entity(&self, name: &str) -> Option<&EntitySchema> {
+        self.entities.iter().find(|schema| schema.entity.label() == name)
+    }
+
     pub fn get(&self, name: &str) -> Option<&Feature> {
         self.features.iter().find(|feature| feature.name == name)
     }
@@ -355,9 +406,9 @@ impl FeatureSet {
             .features
             .iter()
             .filter(|feature| feature.table == table && feature.storage() != Storage::Derived)
-            // Pairs are found in the user's session; the products get them from there.
+            // Pairs are found in the shopper's session; the items get them from there.
             .map(|feature| match feature.storage() {
-                Storage::Pairs => Entity::User,
+                Storage::Pairs => self.shopper,
                 _ => feature.entity,
             })
             .collect();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::sources::{RawDimension, RawSource};
+use super::sources::{Entities, RawDimension, RawEntity, RawSource};
 use super::{
     Aggregation, BUCKETS_PER_WINDOW, DefinitionError, Entity, Feature, MAX_WINDOW, MIN_WINDOW,
     Storage, ValueExpr, Window,
@@ -20,6 +20,8 @@ use crate::features::source::{ColumnType, SourceSchema};
 pub(super) struct RawFile {
     #[serde(default = "default_history", with = "humantime_serde")]
     pub history: Duration,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entity: Vec<RawEntity>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub source: Vec<RawSource>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -130,7 +132,7 @@ fn parse_value(
             ));
         }
         let attr = crate::features::source::intern(attr);
-        return Ok((ValueExpr::Product(attr), kind.is_numeric()));
+        return Ok((ValueExpr::Attribute(dimension.entity, attr), kind.is_numeric()));
     }
     if let Some((left, right)) = text.split_once('*') {
         let (left, left_type) = column_of(name, source, left.trim(), "value")?;
@@ -146,6 +148,7 @@ fn parse_value(
 
 pub(super) fn compile(
     raw: &RawFeature,
+    entities: &Entities,
     sources: &[SourceSchema],
     dimension: Option<&DimensionSchema>,
 ) -> Result<Feature, DefinitionError> {
@@ -161,6 +164,13 @@ pub(super) fn compile(
         invalid(name, "source", format!("{:?} is not one of {known:?}", raw.source))
     })?;
     let table = source.name;
+    if !entities.declares(raw.entity) {
+        return Err(invalid(
+            name,
+            "entity",
+            format!("{:?} is not a declared entity", raw.entity.label()),
+        ));
+    }
     if source.entity_column(raw.entity).is_none() {
         return Err(invalid(
             name,
@@ -199,7 +209,7 @@ pub(super) fn compile(
         }
         // The partner of a pair is another row's product.
         (None, false) if aggregation == Aggregation::CoOccurrence => {
-            let column = source.entity_column(Entity::Product).unwrap_or_default();
+            let column = source.entity_column(entities.item).unwrap_or_default();
             (ValueExpr::Column(column), false)
         }
         (None, false) => (ValueExpr::Nothing, false),
@@ -279,11 +289,17 @@ pub(super) fn compile(
         (session, _) => session,
     };
     if aggregation == Aggregation::CoOccurrence {
-        if raw.entity != Entity::Product {
-            return Err(invalid(name, "entity", "must be product for co_occurrence"));
+        if raw.entity != entities.item {
+            let item = entities.item;
+            return Err(invalid(
+                name,
+                "entity",
+                format!("must be {item} (the item) for co_occurrence"),
+            ));
         }
-        if source.entity_column(Entity::User).is_none() {
-            return Err(invalid(name, "source", "must name the user of each row"));
+        if source.entity_column(entities.shopper).is_none() {
+            let shopper = entities.shopper;
+            return Err(invalid(name, "source", format!("must name the {shopper} of each row")));
         }
     }
 
@@ -316,8 +332,9 @@ pub(super) fn compile(
     if is_percentile != raw.of.is_some() {
         return Err(invalid(name, "of", "is required by percentile, and only by it"));
     }
-    if is_percentile && raw.entity != Entity::Product {
-        return Err(invalid(name, "entity", "must be product for percentile"));
+    if is_percentile && raw.entity != entities.item {
+        let item = entities.item;
+        return Err(invalid(name, "entity", format!("must be {item} (the item) for percentile")));
     }
     let step = match (raw.step, is_percentile) {
         (Some(_), false) => return Err(invalid(name, "step", "applies only to percentile")),
@@ -347,13 +364,17 @@ pub(super) fn compile(
     })
 }
 
-pub(super) fn check_reference(feature: &Feature, all: &[Feature]) -> Result<(), DefinitionError> {
+pub(super) fn check_reference(
+    feature: &Feature,
+    all: &[Feature],
+    item: Entity,
+) -> Result<(), DefinitionError> {
     let Some(of) = &feature.of else { return Ok(()) };
     let target = all
         .iter()
         .find(|candidate| &candidate.name == of)
         .ok_or_else(|| invalid(&feature.name, "of", format!("names no feature ({of:?})")))?;
-    let rankable = target.entity == Entity::Product
+    let rankable = target.entity == item
         && matches!(
             target.aggregation,
             Aggregation::Count | Aggregation::Sum | Aggregation::DistinctCount
@@ -362,7 +383,7 @@ pub(super) fn check_reference(feature: &Feature, all: &[Feature]) -> Result<(), 
         return Err(invalid(
             &feature.name,
             "of",
-            format!("{of:?} must be a product count, sum or distinct_count"),
+            format!("{of:?} must be a {item} count, sum or distinct_count"),
         ));
     }
     if target.table != feature.table {

@@ -30,11 +30,18 @@ pub struct RecommendationFeatures {
     pub viewed_together: Option<String>,
 }
 
+/// Whose feature a role reads.
+#[derive(Clone, Copy)]
+enum Of {
+    Shopper,
+    Item,
+}
+
 /// A role, the feature of the shipped definitions that plays it, and the shape it needs.
 struct Role {
     name: &'static str,
     default: &'static str,
-    entity: Entity,
+    of: Of,
     aggregations: &'static [Aggregation],
 }
 
@@ -44,55 +51,50 @@ const ROLES: [Role; 9] = [
     Role {
         name: "recent_interest",
         default: "category_views_10m",
-        entity: Entity::User,
+        of: Of::Shopper,
         aggregations: &[Histogram],
     },
     Role {
         name: "interest",
         default: "category_views_1h",
-        entity: Entity::User,
+        of: Of::Shopper,
         aggregations: &[Histogram],
     },
     Role {
         name: "click_interest",
         default: "category_clicks_1h",
-        entity: Entity::User,
+        of: Of::Shopper,
         aggregations: &[Histogram],
     },
     Role {
         name: "recently_viewed",
         default: "recent_products_viewed",
-        entity: Entity::User,
+        of: Of::Shopper,
         aggregations: &[LastN],
     },
     Role {
         name: "price_band_clicks",
         default: "clicks_by_price_band_1h",
-        entity: Entity::User,
+        of: Of::Shopper,
         aggregations: &[Histogram],
     },
-    Role {
-        name: "in_cart",
-        default: "cart_products",
-        entity: Entity::User,
-        aggregations: &[LastN],
-    },
+    Role { name: "in_cart", default: "cart_products", of: Of::Shopper, aggregations: &[LastN] },
     Role {
         name: "purchased",
         default: "purchased_products_30d",
-        entity: Entity::User,
+        of: Of::Shopper,
         aggregations: &[LastN],
     },
     Role {
         name: "trending",
         default: "trending_score",
-        entity: Entity::Product,
+        of: Of::Item,
         aggregations: &[DecayedCount, Count, Sum],
     },
     Role {
         name: "viewed_together",
         default: "viewed_together_24h",
-        entity: Entity::Product,
+        of: Of::Item,
         aggregations: &[CoOccurrence],
     },
 ];
@@ -101,14 +103,18 @@ fn error(role: &str, problem: String) -> DefinitionError {
     DefinitionError::File { field: "recommendations", problem: format!("`{role}` {problem}") }
 }
 
-fn fits(role: &Role, feature: &Feature) -> Result<(), String> {
-    if feature.entity != role.entity || !role.aggregations.contains(&feature.aggregation) {
+fn fits(role: &Role, feature: &Feature, shopper: Entity, item: Entity) -> Result<(), String> {
+    let entity = match role.of {
+        Of::Shopper => shopper,
+        Of::Item => item,
+    };
+    if feature.entity != entity || !role.aggregations.contains(&feature.aggregation) {
         let shapes: Vec<String> =
             role.aggregations.iter().map(|a| format!("{a:?}").to_lowercase()).collect();
         return Err(format!(
             "names {:?}, which must be a {} feature of aggregation {}",
             feature.name,
-            role.entity.label(),
+            entity.label(),
             shapes.join(" or ")
         ));
     }
@@ -121,6 +127,8 @@ fn fits(role: &Role, feature: &Feature) -> Result<(), String> {
 pub(super) fn compile(
     declared: &BTreeMap<String, String>,
     features: &[Feature],
+    shopper: Entity,
+    item: Entity,
 ) -> Result<RecommendationFeatures, DefinitionError> {
     if let Some(unknown) = declared.keys().find(|key| !ROLES.iter().any(|r| r.name == *key)) {
         let known: Vec<&str> = ROLES.iter().map(|role| role.name).collect();
@@ -131,7 +139,7 @@ pub(super) fn compile(
         let explicit = declared.get(role.name);
         let name = explicit.map_or(role.default, String::as_str);
         match features.iter().find(|feature| feature.name == name) {
-            Some(feature) => match fits(role, feature) {
+            Some(feature) => match fits(role, feature, shopper, item) {
                 Ok(()) => {
                     resolved.insert(role.name, feature.name.clone());
                 }

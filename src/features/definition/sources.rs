@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{DefinitionError, Entity};
+use super::{DefinitionError, Entity, EntitySchema, IdKind};
 use crate::features::catalog::{DimensionSchema, ItemRoles};
 use crate::features::source::{ColumnType, SourceSchema, SourceTable, intern};
 
@@ -19,6 +19,95 @@ pub(super) enum TimeIfNull {
     CommitTime,
     /// The row is refused (sent to the dead-letter topic).
     Refuse,
+}
+
+/// The part an entity plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum EntityRole {
+    Shopper,
+    Item,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEntity {
+    name: String,
+    #[serde(default)]
+    id: IdKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    role: Option<EntityRole>,
+}
+
+/// The declared entities, and which is the shopper and which the item.
+pub(super) struct Entities {
+    pub all: Vec<EntitySchema>,
+    pub shopper: Entity,
+    pub item: Entity,
+}
+
+impl Entities {
+    fn find(&self, name: &str) -> Option<Entity> {
+        self.all.iter().map(|schema| schema.entity).find(|entity| entity.label() == name)
+    }
+
+    fn names(&self) -> Vec<&'static str> {
+        self.all.iter().map(|schema| schema.entity.label()).collect()
+    }
+
+    /// Whether `entity` is declared.
+    pub fn declares(&self, entity: Entity) -> bool {
+        self.all.iter().any(|schema| schema.entity == entity)
+    }
+}
+
+fn entity_error(entity: &str, field: &'static str, problem: impl Into<String>) -> DefinitionError {
+    DefinitionError::Entity { name: entity.to_string(), field, problem: problem.into() }
+}
+
+/// `[[entity]]`; without any, the reference schema's: `user` (the shopper) and `product` (the
+/// item), with text ids.
+pub(super) fn compile_entities(raw: &[RawEntity]) -> Result<Entities, DefinitionError> {
+    if raw.is_empty() {
+        let text = |entity| EntitySchema { entity, id: IdKind::Text };
+        return Ok(Entities {
+            all: vec![text(Entity::USER), text(Entity::PRODUCT)],
+            shopper: Entity::USER,
+            item: Entity::PRODUCT,
+        });
+    }
+    let mut all: Vec<EntitySchema> = Vec::new();
+    let (mut shopper, mut item) = (None, None);
+    for declared in raw {
+        let name = declared.name.as_str();
+        if !valid_name(name) {
+            return Err(entity_error(name, "name", "must be 1 to 64 of a-z, 0-9 and _"));
+        }
+        let entity = Entity::new(name);
+        if all.iter().any(|known| known.entity == entity) {
+            return Err(entity_error(name, "name", "is declared twice"));
+        }
+        let slot = match declared.role {
+            Some(EntityRole::Shopper) => Some(&mut shopper),
+            Some(EntityRole::Item) => Some(&mut item),
+            None => None,
+        };
+        if let Some(slot) = slot {
+            if slot.is_some() {
+                return Err(entity_error(name, "role", "is already another entity's"));
+            }
+            *slot = Some(entity);
+        }
+        all.push(EntitySchema { entity, id: declared.id });
+    }
+    let (Some(shopper), Some(item)) = (shopper, item) else {
+        return Err(DefinitionError::File {
+            field: "entity",
+            problem: "must give role = \"shopper\" to one entity and role = \"item\" to another"
+                .into(),
+        });
+    };
+    Ok(Entities { all, shopper, item })
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -36,7 +125,7 @@ pub(super) struct RawSource {
     time_if_null: Option<TimeIfNull>,
     /// Entity → the column holding its id.
     entities: BTreeMap<String, String>,
-    /// The entity the change events are keyed by; `user` when the rows name one.
+    /// The entity the change events are keyed by; the shopper when the rows name one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     keyed_by: Option<String>,
     /// Column → its Postgres type.
@@ -88,14 +177,6 @@ fn schema_and_table(text: &str) -> Option<(&'static str, &'static str)> {
     (part(schema) && part(table)).then(|| (intern(schema), intern(table)))
 }
 
-fn entity(name: &str) -> Option<Entity> {
-    Entity::ALL.into_iter().find(|entity| entity.label() == name)
-}
-
-fn entity_names() -> Vec<&'static str> {
-    Entity::ALL.iter().map(|entity| entity.label()).collect()
-}
-
 fn column_types(
     columns: &BTreeMap<String, String>,
     error: impl Fn(String) -> DefinitionError,
@@ -112,7 +193,10 @@ fn column_types(
         .collect()
 }
 
-pub(super) fn compile_source(raw: &RawSource) -> Result<SourceSchema, DefinitionError> {
+pub(super) fn compile_source(
+    raw: &RawSource,
+    declared: &Entities,
+) -> Result<SourceSchema, DefinitionError> {
     let name = raw.name.as_str();
     let error = |field, problem: String| source_error(name, field, problem);
     if !valid_name(name) {
@@ -153,10 +237,10 @@ pub(super) fn compile_source(raw: &RawSource) -> Result<SourceSchema, Definition
     }
     let mut entities = Vec::new();
     for (entity_name, column) in &raw.entities {
-        let entity = entity(entity_name).ok_or_else(|| {
+        let entity = declared.find(entity_name).ok_or_else(|| {
             error(
                 "entities",
-                format!("{entity_name:?} is not an entity (entities: {:?})", entity_names()),
+                format!("{entity_name:?} is not an entity (entities: {:?})", declared.names()),
             )
         })?;
         let (column, kind) = known(column, "entities")?;
@@ -172,8 +256,8 @@ pub(super) fn compile_source(raw: &RawSource) -> Result<SourceSchema, Definition
         return Err(error("entities", "names no entity the rows belong to".into()));
     }
     let keyed_by = match &raw.keyed_by {
-        Some(name) => entity(name).filter(|e| entities.iter().any(|(known, _)| known == e)),
-        None if entities.iter().any(|(e, _)| *e == Entity::User) => Some(Entity::User),
+        Some(name) => declared.find(name).filter(|e| entities.iter().any(|(known, _)| known == e)),
+        None if entities.iter().any(|(e, _)| *e == declared.shopper) => Some(declared.shopper),
         None if entities.len() == 1 => Some(entities[0].0),
         None => None,
     }
@@ -203,7 +287,10 @@ pub(super) fn compile_source(raw: &RawSource) -> Result<SourceSchema, Definition
     })
 }
 
-pub(super) fn compile_dimension(raw: &RawDimension) -> Result<DimensionSchema, DefinitionError> {
+pub(super) fn compile_dimension(
+    raw: &RawDimension,
+    declared: &Entities,
+) -> Result<DimensionSchema, DefinitionError> {
     let name = raw.name.as_str();
     let error = |field, problem: String| dimension_error(name, field, problem);
     if !valid_name(name) {
@@ -211,8 +298,14 @@ pub(super) fn compile_dimension(raw: &RawDimension) -> Result<DimensionSchema, D
     }
     let (schema, table) = schema_and_table(&raw.table)
         .ok_or_else(|| error("table", format!("{:?} is not `schema.table`", raw.table)))?;
-    let entity = entity(&raw.entity).filter(|e| *e == Entity::Product).ok_or_else(|| {
-        error("entity", format!("{:?}: the dimension must be keyed by product ids", raw.entity))
+    let entity = declared.find(&raw.entity).filter(|e| *e == declared.item).ok_or_else(|| {
+        error(
+            "entity",
+            format!(
+                "{:?}: the dimension must be keyed by the item's ids ({})",
+                raw.entity, declared.item
+            ),
+        )
     })?;
     if raw.key.trim().is_empty() {
         return Err(error("key", "is empty".into()));

@@ -123,8 +123,8 @@ fn declared_sources_replace_the_reference_schema() {
     assert_eq!(set.sources.len(), 1);
     let source = set.source(set.features[0].table);
     assert_eq!((source.schema, source.table), ("legacy", "t_user_behavior"));
-    assert_eq!(source.entity_column(Entity::User), Some("uid"));
-    assert_eq!(source.keyed_by, Entity::User);
+    assert_eq!(source.entity_column(Entity::USER), Some("uid"));
+    assert_eq!(source.keyed_by, Entity::USER);
     // A mapped column holds names.
     assert_eq!(source.column("behavior"), Some(("behavior", crate::features::ColumnType::Text)));
     let dimension = set.dimension.as_ref().expect("declared");
@@ -276,4 +276,44 @@ fn recommendation_roles_default_to_the_shipped_features_and_name_their_problems(
     )
     .expect("valid");
     assert_eq!(set.recommendations.interest.as_deref(), Some("cats"));
+}
+
+#[test]
+fn entities_are_declared_with_their_ids_and_roles() {
+    let entities = "[[entity]]\nname = \"customer\"\nid = \"integer\"\nrole = \"shopper\"\n\n[[entity]]\nname = \"sku\"\nrole = \"item\"\n\n[[entity]]\nname = \"store\"\nid = \"integer\"\n";
+    let source = BEHAVIOR.replace(
+        "{ user = \"uid\", product = \"item_code\" }",
+        "{ customer = \"uid\", sku = \"item_code\" }",
+    );
+    let item = ITEM.replace("entity = \"product\"", "entity = \"sku\"");
+    let views = VIEWS.replace("entity = \"user\"", "entity = \"customer\"");
+    let file = |entities: &str, views: &str| {
+        FeatureSet::parse(
+            &format!("{entities}\n[[source]]\n{source}\n{item}\n[[feature]]\n{views}"),
+            "t",
+        )
+    };
+    let set = file(entities, &views).expect("valid");
+    assert_eq!((set.shopper.label(), set.item.label()), ("customer", "sku"));
+    assert_eq!(set.entity("store").map(|e| e.id), Some(IdKind::Integer));
+    assert_eq!(set.entity("sku").map(|e| e.id), Some(IdKind::Text));
+    // Rows are keyed by the shopper unless told otherwise.
+    assert_eq!(set.sources[0].keyed_by, set.shopper);
+
+    let message = file(entities, VIEWS).expect_err("user is not declared").to_string();
+    assert!(message.contains("feature `views`") && message.contains("`entity`"), "{message}");
+    let without_item = entities.replace("role = \"item\"\n", "");
+    let message = file(&without_item, &views).expect_err("no item").to_string();
+    assert!(message.contains("`entity`") && message.contains("role = \"item\""), "{message}");
+    let twice = format!("{entities}\n[[entity]]\nname = \"store\"\n");
+    let message = file(&twice, &views).expect_err("twice").to_string();
+    assert!(message.contains("entity `store`") && message.contains("declared twice"), "{message}");
+    let keyed = ITEM.replace("entity = \"product\"", "entity = \"customer\"");
+    let message = FeatureSet::parse(
+        &format!("{entities}\n[[source]]\n{source}\n{keyed}\n[[feature]]\n{views}"),
+        "t",
+    )
+    .expect_err("the dimension describes the item")
+    .to_string();
+    assert!(message.contains("dimension `item`") && message.contains("`entity`"), "{message}");
 }

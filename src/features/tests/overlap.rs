@@ -107,9 +107,9 @@ fn a_row_read_and_streamed_counts_once() {
     stored.deliver(&mut batch);
     assert_eq!(batch.iter().map(|c| c.overlapped).collect::<Vec<_>>(), [false, true, false]);
     for change in &batch {
-        apply(&set, Entity::User, "u1", &mut share, change, "user_activity/0", t0());
+        apply(&set, Entity::USER, "u1", &mut share, change, "user_activity/0", t0());
     }
-    assert_eq!(super::read(&set, Entity::User, "u1", &share)["clicks_1m"].value, json!(2));
+    assert_eq!(super::read(&set, Entity::USER, "u1", &share)["clicks_1m"].value, json!(2));
 }
 
 #[test]

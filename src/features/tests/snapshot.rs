@@ -39,7 +39,7 @@ fn deliver(set: &FeatureSet, delivered: &[SourceChange]) -> (EntityState, Option
             continue;
         }
         let labelled = SourceChange { run: current, ..change.clone() };
-        apply(set, Entity::User, "u1", &mut state, &labelled, STREAM, t0());
+        apply(set, Entity::USER, "u1", &mut state, &labelled, STREAM, t0());
     }
     (state, current)
 }
@@ -47,9 +47,9 @@ fn deliver(set: &FeatureSet, delivered: &[SourceChange]) -> (EntityState, Option
 /// What a reader serves for the share: nothing when a newer run superseded it.
 fn served(set: &FeatureSet, state: &EntityState, current: Option<RunStart>) -> Features {
     if superseded(state, STREAM, current.map(|start| start.run)) {
-        return read(set, Entity::User, "u1", &EntityState::default());
+        return read(set, Entity::USER, "u1", &EntityState::default());
     }
-    read(set, Entity::User, "u1", state)
+    read(set, Entity::USER, "u1", state)
 }
 
 fn surviving(rows: &[SourceRow]) -> Vec<SourceChange> {
@@ -225,8 +225,8 @@ proptest! {
         let (delivered, survivors) = go_live(&plan);
         for set in sets() {
             let (state, current) = deliver(&set, &delivered);
-            let expected = fold(&set, Entity::User, "u1", &surviving(&survivors));
-            prop_assert_eq!(served(&set, &state, current), read(&set, Entity::User, "u1", &expected));
+            let expected = fold(&set, Entity::USER, "u1", &surviving(&survivors));
+            prop_assert_eq!(served(&set, &state, current), read(&set, Entity::USER, "u1", &expected));
         }
     }
 }

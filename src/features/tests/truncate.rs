@@ -13,7 +13,7 @@ fn labelled(change: &SourceChange, cut: Option<Position>) -> SourceChange {
 
 fn apply_all(set: &FeatureSet, state: &mut EntityState, changes: &[SourceChange]) {
     for change in changes {
-        apply(set, Entity::User, "u1", state, change, STREAM, t0());
+        apply(set, Entity::USER, "u1", state, change, STREAM, t0());
     }
 }
 
@@ -21,7 +21,7 @@ fn apply_all(set: &FeatureSet, state: &mut EntityState, changes: &[SourceChange]
 fn served(set: &FeatureSet, state: &EntityState, cut: Position) -> Features {
     let behind = state.cuts.get(STREAM).is_none_or(|known| *known < cut);
     let empty = EntityState::default();
-    read(set, Entity::User, "u1", if behind { &empty } else { state })
+    read(set, Entity::USER, "u1", if behind { &empty } else { state })
 }
 
 #[test]
@@ -80,8 +80,8 @@ proptest! {
                 known.iter().map(|c| labelled(c, Some(cut))).collect()
             };
             apply_all(&set, &mut state, &replay);
-            let expected = fold(&set, Entity::User, "u1", &survivors.iter().cloned().zip(1i64..).map(|(row, lsn)| insert(row, lsn)).collect::<Vec<_>>());
-            prop_assert_eq!(served(&set, &state, cut), read(&set, Entity::User, "u1", &expected));
+            let expected = fold(&set, Entity::USER, "u1", &survivors.iter().cloned().zip(1i64..).map(|(row, lsn)| insert(row, lsn)).collect::<Vec<_>>());
+            prop_assert_eq!(served(&set, &state, cut), read(&set, Entity::USER, "u1", &expected));
         }
     }
 }
