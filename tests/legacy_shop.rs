@@ -9,13 +9,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::capture::{admin, connector_file, persona, text};
-use common::oracle::{MINUTE, SECOND, matches, window};
+use common::oracle::{MINUTE, SECOND, assert_converges, compare, window};
 use common::shop::Shop;
-use common::{CATCH_UP, Persona, legacy_db};
+use common::{Persona, legacy_db};
 use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use serde_json::{Value, json};
 use tokio_postgres::Client;
@@ -140,17 +139,6 @@ async fn expected(db: &Client, shop: &Shop, at: DateTime<Utc>) -> Expected {
     for store in 1..=STORES {
         put(store.to_string(), "store_revenue_1h", json!(0));
     }
-    // Behaviour codes as the definitions name them: 1 view, 2 click.
-    for (name, code, bucket) in [("views_15m", 1, 15 * SECOND), ("clicks_5m", 2, 5 * SECOND)] {
-        let sql = format!(
-            "SELECT uid::text, count(*) FROM shop.t_user_behavior WHERE behavior = {code} AND {} \
-             GROUP BY 1",
-            within("gmt_create", bucket)
-        );
-        for row in query(db, shop, &sql, at).await {
-            put(row.get(0), name, json!(row.get::<_, i64>(1)));
-        }
-    }
     let sql = format!(
         "SELECT b.uid::text, i.cat, count(*) FROM shop.t_user_behavior b \
          JOIN shop.t_item i ON i.code = b.item_code \
@@ -188,12 +176,59 @@ async fn expected(db: &Client, shop: &Shop, at: DateTime<Utc>) -> Expected {
         put(row.get(0), "last_payload", json!(row.get::<_, String>(1)));
     }
     let trades = within("pay_time", MINUTE);
-    let sql = format!(
-        "SELECT buyer_id::text, sum(total_fee)::float8 FROM shop.t_trade WHERE paid AND {trades} \
-         GROUP BY 1"
-    );
-    for row in query(db, shop, &sql, at).await {
-        put(row.get(0), "paid_spend_1h", json!(row.get::<_, f64>(1)));
+    // Numbers per entity, as (id, value) rows. Behaviour codes as the definitions name them:
+    // 1 view, 2 click.
+    let numbers = [
+        (
+            "views_15m",
+            format!(
+                "SELECT uid::text, count(*)::float8 FROM shop.t_user_behavior \
+                 WHERE behavior = 1 AND {} GROUP BY 1",
+                within("gmt_create", 15 * SECOND)
+            ),
+        ),
+        (
+            "clicks_5m",
+            format!(
+                "SELECT uid::text, count(*)::float8 FROM shop.t_user_behavior \
+                 WHERE behavior = 2 AND {} GROUP BY 1",
+                within("gmt_create", 5 * SECOND)
+            ),
+        ),
+        (
+            "paid_spend_1h",
+            format!(
+                "SELECT buyer_id::text, sum(total_fee)::float8 FROM shop.t_trade \
+                 WHERE paid AND {trades} GROUP BY 1"
+            ),
+        ),
+        (
+            "distinct_items_1h",
+            format!(
+                "SELECT buyer_id::text, count(DISTINCT item_code)::float8 FROM shop.t_trade \
+                 WHERE {trades} GROUP BY 1"
+            ),
+        ),
+        (
+            "store_revenue_1h",
+            format!(
+                "SELECT shop_id::text, sum(total_fee)::float8 FROM shop.t_trade \
+                 WHERE paid AND {trades} GROUP BY 1"
+            ),
+        ),
+        (
+            "item_views_1h",
+            format!(
+                "SELECT item_code, count(*)::float8 FROM shop.t_user_behavior \
+                 WHERE behavior = 1 AND item_code IS NOT NULL AND {} GROUP BY 1",
+                within("gmt_create", MINUTE)
+            ),
+        ),
+    ];
+    for (name, sql) in numbers {
+        for row in query(db, shop, &sql, at).await {
+            put(row.get(0), name, json!(row.get::<_, f64>(1)));
+        }
     }
     let sql = format!(
         "SELECT buyer_id::text, json_object_agg(state, n)::text FROM \
@@ -203,28 +238,6 @@ async fn expected(db: &Client, shop: &Shop, at: DateTime<Utc>) -> Expected {
     for row in query(db, shop, &sql, at).await {
         let map: Value = serde_json::from_str(&row.get::<_, String>(1)).expect("json");
         put(row.get(0), "trades_by_state_1h", map);
-    }
-    let sql = format!(
-        "SELECT buyer_id::text, count(DISTINCT item_code) FROM shop.t_trade WHERE {trades} \
-         GROUP BY 1"
-    );
-    for row in query(db, shop, &sql, at).await {
-        put(row.get(0), "distinct_items_1h", json!(row.get::<_, i64>(1)));
-    }
-    let sql = format!(
-        "SELECT shop_id::text, sum(total_fee)::float8 FROM shop.t_trade WHERE paid AND {trades} \
-         GROUP BY 1"
-    );
-    for row in query(db, shop, &sql, at).await {
-        put(row.get(0), "store_revenue_1h", json!(row.get::<_, f64>(1)));
-    }
-    let sql = format!(
-        "SELECT item_code, count(*) FROM shop.t_user_behavior \
-         WHERE behavior = 1 AND item_code IS NOT NULL AND {} GROUP BY 1",
-        within("gmt_create", MINUTE)
-    );
-    for row in query(db, shop, &sql, at).await {
-        put(row.get(0), "item_views_1h", json!(row.get::<_, i64>(1)));
     }
     expected
 }
@@ -241,50 +254,11 @@ async fn mismatches(persona: &Persona, db: &Client, shop: &Shop, at: DateTime<Ut
     if status != 200 {
         return vec![format!("batch answered {status}: {served}")];
     }
-    let mut problems = Vec::new();
-    let mut unserved: BTreeMap<&(String, String), &Value> = expected.iter().collect();
-    for result in served["results"].as_array().into_iter().flatten() {
-        let id = result["id"].as_str().unwrap_or_default();
-        for (name, feature) in result["features"].as_object().into_iter().flatten() {
-            let key = (id.to_string(), name.clone());
-            unserved.remove(&key);
-            let want = expected.get(&key);
-            let ok = match want {
-                Some(want) => {
-                    feature["status"] == "present" && matches(name, &feature["value"], want)
-                }
-                None => feature["status"] == "missing",
-            };
-            if !ok {
-                problems.push(format!("{id} {name}: served {feature}, SQL says {want:?}"));
-            }
-        }
-    }
-    problems.extend(
-        unserved
-            .iter()
-            .map(|((id, name), want)| format!("{id} {name}: not served, SQL says {want}")),
-    );
-    problems
+    compare(&served, &expected, &[])
 }
 
 async fn assert_exact(persona: &Persona, db: &Client, shop: &Shop, when: &str) {
-    let at = Utc::now();
-    let deadline = tokio::time::Instant::now() + CATCH_UP;
-    let mut last = Vec::new();
-    while tokio::time::Instant::now() < deadline {
-        last = mismatches(persona, db, shop, at).await;
-        if last.is_empty() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!(
-        "{when}: {} mismatches after {CATCH_UP:?}, for example:\n{}\n(log: {})",
-        last.len(),
-        last.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
-        persona.log.display()
-    );
+    assert_converges(persona, when, |at| mismatches(persona, db, shop, at)).await;
 }
 
 #[tokio::test]

@@ -550,14 +550,24 @@ pub async fn mismatches(
     if status != 200 {
         return vec![format!("batch answered {status}: {served}")];
     }
+    compare(&served, &expected, &NOT_COMPARED)
+}
+
+/// What a batch answer gets wrong against `expected`, described: values that differ, features
+/// served as present that SQL says are missing (or the other way), and expected values not
+/// served at all. Features named in `skip` are not compared.
+pub fn compare(served: &Value, expected: &Expected, skip: &[&str]) -> Vec<String> {
     let mut problems = Vec::new();
+    let mut unserved: BTreeMap<&(String, String), &Value> = expected.iter().collect();
     for result in served["results"].as_array().into_iter().flatten() {
         let id = result["id"].as_str().unwrap_or_default();
         for (name, feature) in result["features"].as_object().into_iter().flatten() {
-            if NOT_COMPARED.contains(&name.as_str()) {
+            let key = (id.to_string(), name.clone());
+            unserved.remove(&key);
+            if skip.contains(&name.as_str()) {
                 continue;
             }
-            let want = expected.get(&(id.to_string(), name.clone()));
+            let want = expected.get(&key);
             let ok = match want {
                 Some(want) => {
                     feature["status"] == "present" && matches(name, &feature["value"], want)
@@ -569,6 +579,11 @@ pub async fn mismatches(
             }
         }
     }
+    problems.extend(
+        unserved
+            .iter()
+            .map(|((id, name), want)| format!("{id} {name}: not served, SQL says {want}")),
+    );
     problems
 }
 
@@ -579,11 +594,21 @@ pub async fn assert_no_mismatch(
     whole_catalog: bool,
     when: &str,
 ) {
+    assert_converges(persona, when, |at| mismatches(persona, db, prefix, at, whole_catalog)).await;
+}
+
+/// Compares at one read time, again and again, until `mismatches` finds none; panics with the
+/// last ones after [`CATCH_UP`].
+pub async fn assert_converges<F, Fut>(persona: &Persona, when: &str, mut mismatches: F)
+where
+    F: FnMut(DateTime<Utc>) -> Fut,
+    Fut: std::future::Future<Output = Vec<String>>,
+{
     let at = Utc::now();
     let mut last = Vec::new();
     let deadline = tokio::time::Instant::now() + CATCH_UP;
     while tokio::time::Instant::now() < deadline {
-        last = mismatches(persona, db, prefix, at, whole_catalog).await;
+        last = mismatches(at).await;
         if last.is_empty() {
             return;
         }
