@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use common::{env, legacy_db, unique};
 use persona::cdc::envelope::{self, CdcMessage, Op};
-use persona::cdc::rows;
+use persona::cdc::{change, rows};
 use persona::features::{FeatureSet, Product, Scalar};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -108,7 +108,7 @@ async fn activity_deletes_keep_their_user_and_are_followed_by_a_tombstone() {
 
     let messages = messages_keyed(&consumer, &user, 3).await;
     let created =
-        envelope::source_change(&REFERENCE, &change(&messages[0])).expect("decodes").expect("row");
+        change::source_change(&REFERENCE, &change(&messages[0])).expect("decodes").expect("row");
     let row = created.after.expect("after image");
     assert_eq!(row.text("user_id"), Some(user.as_str()));
     assert_eq!(row.key, id.to_string());
@@ -116,7 +116,7 @@ async fn activity_deletes_keep_their_user_and_are_followed_by_a_tombstone() {
     // REPLICA IDENTITY FULL: the delete's before image still names the user.
     let deleted = change(&messages[1]);
     assert_eq!(deleted.op, Op::Delete);
-    let deleted = envelope::source_change(&REFERENCE, &deleted).expect("decodes").expect("row");
+    let deleted = change::source_change(&REFERENCE, &deleted).expect("decodes").expect("row");
     assert!(deleted.after.is_none());
     assert_eq!(deleted.before.expect("before image").text("user_id"), Some(user.as_str()));
     assert!(
@@ -169,7 +169,7 @@ async fn positions_grow_in_delivery_order_across_interleaved_transactions() {
     let messages = messages_keyed(&consumer, &user, 7).await;
     let decoded = |m: &OwnedMessage| match envelope::decode(m.payload()) {
         Ok(CdcMessage::Change(event)) => {
-            Some(envelope::source_change(&REFERENCE, &event).expect("decodes").expect("row"))
+            Some(change::source_change(&REFERENCE, &event).expect("decodes").expect("row"))
         }
         _ => None,
     };

@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use rdkafka::message::{Message, OwnedMessage};
 
+use super::change;
 use super::envelope::{self, CdcMessage};
 use super::truncate;
 use crate::dlq::{self, DeadLetters, Failure};
@@ -93,7 +94,7 @@ impl Applier<'_> {
                 Ok(CdcMessage::Change(event)) => {
                     count_consumed(topic, event.op.label());
                     record_capture_lag(&event);
-                    match envelope::source_change(self.features, &event) {
+                    match change::source_change(self.features, &event) {
                         Ok(Some(mut change)) => {
                             change.replay = dlq::is_replay(message);
                             if let Some(read) = change.snapshot.as_mut() {

@@ -26,6 +26,7 @@
 //!   instance into the in-memory catalog features join through.
 
 mod apply;
+pub mod change;
 mod consumer;
 mod context;
 mod dimension;

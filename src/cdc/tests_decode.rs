@@ -3,6 +3,7 @@ use std::sync::LazyLock;
 
 use rust_decimal::Decimal;
 
+use super::change::source_change;
 use super::envelope::*;
 use super::rows::{self, UNAVAILABLE};
 use crate::features::{

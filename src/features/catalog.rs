@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rust_decimal::Decimal;
 
-use super::definition::Entity;
+use super::entity::Entity;
 use super::source::{ColumnType, Scalar};
 
 /// The declared dimension items join to (the reference schema's `products`): its table, its

@@ -12,8 +12,10 @@
 
 pub mod catalog;
 pub mod definition;
+mod entity;
 mod evaluate;
 mod expiry;
+mod intern;
 pub mod overlap;
 mod pairs;
 pub mod source;

@@ -8,7 +8,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use ustr::Ustr;
 
-use super::definition::Entity;
+use super::entity::Entity;
+pub use super::intern::intern;
 
 /// A declared source: a table whose changes feed features, by the name the definitions give it
 /// (see [`SourceSchema`]). Dimensions are not sources: features join through them (see
@@ -61,12 +62,6 @@ impl<'de> Deserialize<'de> for SourceTable {
         let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
         Ok(Self::new(&name))
     }
-}
-
-/// Interns a name read from the definitions: columns and sources are named by `&'static str`
-/// everywhere (rows, filters, state), and there are only as many as the definitions declare.
-pub fn intern(name: &str) -> &'static str {
-    Ustr::from(name).as_str()
 }
 
 /// A column's Postgres type, as declared, which says how Debezium sends its values (Postgres
