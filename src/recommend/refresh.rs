@@ -109,7 +109,7 @@ impl Recommender {
         });
         let mut read = true;
         if !ids.is_empty() {
-            let refs: Vec<EntityRef> = ids.iter().cloned().map(EntityRef::product).collect();
+            let refs: Vec<EntityRef> = ids.iter().map(|id| EntityRef::new(set.item, id)).collect();
             metrics::counter!(crate::telemetry::INDEX_EVALUATIONS).increment(ids.len() as u64);
             match store.read_uncached(&refs).await {
                 Some(states) => catalog.read(|products| {
