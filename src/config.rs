@@ -96,6 +96,9 @@ pub struct KafkaConfig {
     pub topics: Vec<String>,
     /// The products topic: the dimension every instance reads whole, outside the group.
     pub products_topic: String,
+    /// The topics of other declared dimensions (`[[dimension]]` describing an entity other than
+    /// the item), by dimension name; read whole like the products topic.
+    pub dimension_topics: std::collections::BTreeMap<String, String>,
     /// Where a new consumer group starts. `earliest` so that nothing written before persona's
     /// first start is skipped.
     pub auto_offset_reset: String,
@@ -135,6 +138,7 @@ impl Default for KafkaConfig {
             instance_id: None,
             topics: default_topics("persona"),
             products_topic: "persona.public.products".into(),
+            dimension_topics: std::collections::BTreeMap::new(),
             auto_offset_reset: "earliest".into(),
             session_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
@@ -355,6 +359,17 @@ impl Config {
             return invalid(
                 "kafka.topics",
                 "must not list kafka.products_topic: every instance reads it whole, outside the group",
+            );
+        }
+        if self
+            .kafka
+            .dimension_topics
+            .values()
+            .any(|topic| self.kafka.topics.contains(topic) || *topic == self.kafka.products_topic)
+        {
+            return invalid(
+                "kafka.dimension_topics",
+                "must not list a topic of kafka.topics or kafka.products_topic",
             );
         }
         if self.kafka.dlq_topic.trim().is_empty() {

@@ -18,7 +18,7 @@ use cli::{Cli, Command, ConnectorCommand, DlqCommand, SourcesCommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use persona::cdc::{Dimension, Ingest, Replay};
+use persona::cdc::{Dimension, Ingest, Replay, dimension_topics};
 use persona::config::Config;
 use persona::connect::{self, ConnectClient};
 use persona::dlq::DeadLetters;
@@ -164,6 +164,7 @@ async fn dlq_command(config: &Config, command: DlqCommand) -> anyhow::Result<()>
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let features = Arc::new(FeatureSet::load(config.features.definitions.as_deref())?);
+    let dimension_topics = dimension_topics(&config.kafka, &features)?;
     tracing::info!(
         features = features.features.len(),
         fingerprint = %features.fingerprint,
@@ -180,13 +181,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let probe = store.spawn_health_probe(REDIS_PROBE_INTERVAL, shutdown.clone());
     let invalidations = store.spawn_invalidation_listener(shutdown.clone());
-    let catalog = Arc::new(ProductCatalog::default());
-    let dimension = match &features.dimension {
-        Some(schema) => {
-            Some(Dimension::start(&config.kafka, schema.clone(), Arc::clone(&catalog))?)
-        }
-        None => None,
-    };
+    let catalog = Arc::new(ProductCatalog::new(features.item));
+    let dimensions: Vec<Dimension> = dimension_topics
+        .into_iter()
+        .map(|(topic, schema)| Dimension::start(&config.kafka, topic, schema, Arc::clone(&catalog)))
+        .collect::<Result<_, _>>()?;
     let dead_letters = DeadLetters::new(&config.kafka)?;
     if let Err(error) = dead_letters.ensure_topic(&config.kafka).await {
         // Brokers that auto-create topics still take the first dead letter.
@@ -245,7 +244,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             config.api.cache_bytes,
         )),
         recommendations: Arc::new(RecommendationCache::new(config.api.cache_bytes)),
-        catalog_loaded: dimension.as_ref().map(Dimension::readiness),
+        catalog_loaded: dimensions.iter().map(Dimension::readiness).collect(),
         readiness: Arc::clone(&readiness),
         broker: Some(ingest.broker_probe()),
         metrics: Some(metrics),
@@ -278,7 +277,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     readiness.start_draining();
     tokio::task::spawn_blocking(move || {
         ingest.shutdown();
-        if let Some(dimension) = dimension {
+        for dimension in dimensions {
             dimension.shutdown();
         }
     })

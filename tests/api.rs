@@ -41,7 +41,7 @@ async fn state() -> Services {
             ApiConfig::default().cache_bytes,
         )),
         recommendations: Arc::new(RecommendationCache::new(ApiConfig::default().cache_bytes)),
-        catalog_loaded: None,
+        catalog_loaded: Vec::new(),
         readiness: Arc::new(Readiness::default()),
         broker: None,
         metrics: None,

@@ -54,7 +54,7 @@ static REFERENCE: LazyLock<FeatureSet> =
     LazyLock::new(|| FeatureSet::load(None).expect("shipped definitions"));
 
 fn product_row(event: &envelope::ChangeEvent) -> Product {
-    let dimension = REFERENCE.dimension.as_ref().expect("the products dimension");
+    let dimension = REFERENCE.item_dimension().expect("the products dimension");
     rows::dimension_row(dimension, event.after.as_ref().expect("after"), |_| None).expect("decodes")
 }
 

@@ -43,6 +43,15 @@ async fn seed_items(db: &Client, shop: &Shop) {
         db,
         shop,
         &format!(
+            "INSERT INTO shop.t_store (store_id, city, tier) \
+             SELECT s, (ARRAY['Lyon','Oslo','Kyiv'])[1 + s % 3], s % 2 FROM generate_series(1, {STORES}) s"
+        ),
+    )
+    .await;
+    run(
+        db,
+        shop,
+        &format!(
             "INSERT INTO shop.t_item (code, title, cat, list_price, specs) \
              SELECT 'i' || i, 'Item ' || i, (ARRAY['boots','hats','bags'])[1 + i % 3], \
                     round((5 + random() * 200)::numeric, 2), {BIG_PAYLOAD} \
@@ -93,6 +102,10 @@ async fn round(db: &Client, shop: &Shop, inserts: i64) -> u64 {
                 list_price = round((5 + random() * 200)::numeric, 2) WHERE random() < 0.3"
             .to_string(),
         format!("UPDATE shop.t_item SET specs = {BIG_PAYLOAD} WHERE random() < 0.1"),
+        // A store moves: the trades made there count under its new city.
+        "UPDATE shop.t_store SET city = (ARRAY['Lyon','Oslo','Kyiv','Rome'])[1 + floor(random() * 4)::int] \
+         WHERE random() < 0.3"
+            .to_string(),
     ];
     let mut total = 0;
     for statement in &statements {
@@ -126,6 +139,7 @@ async fn expected(db: &Client, shop: &Shop, at: DateTime<Utc>) -> Expected {
             ("views_15m", json!(0)),
             ("clicks_5m", json!(0)),
             ("category_views_1h", json!({})),
+            ("cities_bought_in_1h", json!({})),
             ("paid_spend_1h", json!(0)),
             ("trades_by_state_1h", json!({})),
             ("distinct_items_1h", json!(0)),
@@ -231,6 +245,16 @@ async fn expected(db: &Client, shop: &Shop, at: DateTime<Utc>) -> Expected {
         }
     }
     let sql = format!(
+        "SELECT buyer_id::text, json_object_agg(city, n)::text FROM \
+         (SELECT t.buyer_id, s.city, count(*) AS n FROM shop.t_trade t \
+          JOIN shop.t_store s ON s.store_id = t.shop_id WHERE {} GROUP BY 1, 2) c GROUP BY 1",
+        within("t.pay_time", MINUTE)
+    );
+    for row in query(db, shop, &sql, at).await {
+        let map: Value = serde_json::from_str(&row.get::<_, String>(1)).expect("json");
+        put(row.get(0), "cities_bought_in_1h", map);
+    }
+    let sql = format!(
         "SELECT buyer_id::text, json_object_agg(state, n)::text FROM \
          (SELECT buyer_id, state::text, count(*) AS n FROM shop.t_trade WHERE {trades} \
           GROUP BY 1, 2) s GROUP BY 1"
@@ -269,8 +293,10 @@ async fn a_legacy_schema_declared_in_configuration_is_served_exactly() {
     assert_eq!(code, Some(0), "{report}");
     let schema = shop.schema.clone();
     let topic = |table: &str| format!("{schema}.{schema}.{table}");
-    let names: Vec<String> =
-        ["t_user_behavior", "t_trade", "t_item"].iter().map(|table| topic(table)).collect();
+    let names: Vec<String> = ["t_user_behavior", "t_trade", "t_item", "t_store"]
+        .iter()
+        .map(|table| topic(table))
+        .collect();
     let topics: Vec<NewTopic> =
         names.iter().map(|name| NewTopic::new(name, 4, TopicReplication::Fixed(-1))).collect();
     admin().create_topics(&topics, &AdminOptions::new()).await.expect("create topics");
@@ -287,12 +313,15 @@ async fn a_legacy_schema_declared_in_configuration_is_served_exactly() {
             ("slot.name", Some(&format!("{schema}_slot"))),
             (
                 "table.include.list",
-                Some(&format!("{schema}.t_user_behavior,{schema}.t_trade,{schema}.t_item")),
+                Some(&format!(
+                    "{schema}.t_user_behavior,{schema}.t_trade,{schema}.t_item,{schema}.t_store"
+                )),
             ),
             (
                 "message.key.columns",
                 Some(&format!(
-                    "{schema}.t_user_behavior:uid;{schema}.t_trade:buyer_id;{schema}.t_item:code"
+                    "{schema}.t_user_behavior:uid;{schema}.t_trade:buyer_id;{schema}.t_item:code;\
+                     {schema}.t_store:store_id"
                 )),
             ),
         ],
@@ -308,6 +337,7 @@ async fn a_legacy_schema_declared_in_configuration_is_served_exactly() {
         [topic("t_user_behavior"), topic("t_trade"), format!("__debezium-heartbeat.{schema}")];
     env.push(("PERSONA_KAFKA__TOPICS".into(), serde_json::to_string(&sources).expect("json")));
     env.push(("PERSONA_KAFKA__PRODUCTS_TOPIC".into(), topic("t_item")));
+    env.push(("PERSONA_KAFKA__DIMENSION_TOPICS__SHOP".into(), topic("t_store")));
     env.push(("PERSONA_KAFKA__DLQ_TOPIC".into(), format!("{schema}.dlq")));
     let mut persona_process = Persona::start_with(&schema, &schema, env).await;
     assert_exact(&persona_process, &db, &shop, "after the snapshot").await;
@@ -326,6 +356,7 @@ async fn a_legacy_schema_declared_in_configuration_is_served_exactly() {
         "paid_spend_1h",
         "item_views_1h",
         "store_revenue_1h",
+        "cities_bought_in_1h",
     ] {
         let filled = expected
             .iter()

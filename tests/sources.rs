@@ -32,8 +32,12 @@ fn statements(report: &str) -> Vec<String> {
 async fn sources_plan_prints_what_the_database_lacks_and_apply_twice_is_a_no_op() {
     let db = legacy_db().await;
     let shop = Shop::create(&db).await;
-    let (behavior, trade, item) =
-        (shop.table("t_user_behavior"), shop.table("t_trade"), shop.table("t_item"));
+    let (behavior, trade, item, store) = (
+        shop.table("t_user_behavior"),
+        shop.table("t_trade"),
+        shop.table("t_item"),
+        shop.table("t_store"),
+    );
     let publication = format!("\"{}\"", shop.publication());
 
     let (code, report) = shop.plan(false);
@@ -43,20 +47,22 @@ async fn sources_plan_prints_what_the_database_lacks_and_apply_twice_is_a_no_op(
         [
             format!("ALTER TABLE {behavior} REPLICA IDENTITY FULL"),
             format!("ALTER TABLE {trade} REPLICA IDENTITY FULL"),
-            format!("CREATE PUBLICATION {publication} FOR TABLE {behavior}, {trade}, {item}"),
+            format!(
+                "CREATE PUBLICATION {publication} FOR TABLE {behavior}, {trade}, {item}, {store}"
+            ),
         ],
         "{report}"
     );
     let schema = &shop.schema;
     assert!(
         report.contains(&format!(
-            "\"table.include.list\": \"{schema}.t_user_behavior,{schema}.t_trade,{schema}.t_item\""
+            "\"table.include.list\": \"{schema}.t_user_behavior,{schema}.t_trade,{schema}.t_item,{schema}.t_store\""
         )),
         "{report}"
     );
     assert!(
         report.contains(&format!(
-            "\"message.key.columns\": \"{schema}.t_user_behavior:uid;{schema}.t_trade:buyer_id;{schema}.t_item:code\""
+            "\"message.key.columns\": \"{schema}.t_user_behavior:uid;{schema}.t_trade:buyer_id;{schema}.t_item:code;{schema}.t_store:store_id\""
         )),
         "{report}"
     );
@@ -84,7 +90,7 @@ async fn sources_plan_prints_what_the_database_lacks_and_apply_twice_is_a_no_op(
         .await
         .expect("publication")
         .get(0);
-    assert_eq!(published, 3);
+    assert_eq!(published, 4);
 
     let (code, report) = shop.plan(true);
     assert_eq!(code, Some(0), "{report}");
@@ -151,16 +157,21 @@ async fn connector_validate_names_a_declared_source_the_connector_misses() {
 
     let whole = connector(
         &format!("{schema}-whole"),
-        &format!("{schema}.t_user_behavior,{schema}.t_trade,{schema}.t_item"),
-        &format!("{schema}.t_user_behavior:uid;{schema}.t_trade:buyer_id;{schema}.t_item:code"),
+        &format!("{schema}.t_user_behavior,{schema}.t_trade,{schema}.t_item,{schema}.t_store"),
+        &format!(
+            "{schema}.t_user_behavior:uid;{schema}.t_trade:buyer_id;{schema}.t_item:code;\
+             {schema}.t_store:store_id"
+        ),
     );
     let (code, report) = validate(&whole);
     assert_eq!(code, Some(0), "{report}");
 
     let partial = connector(
         &format!("{schema}-partial"),
-        &format!("{schema}.t_user_behavior,{schema}.t_item"),
-        &format!("{schema}.t_user_behavior:behavior_id;{schema}.t_item:code"),
+        &format!("{schema}.t_user_behavior,{schema}.t_item,{schema}.t_store"),
+        &format!(
+            "{schema}.t_user_behavior:behavior_id;{schema}.t_item:code;{schema}.t_store:store_id"
+        ),
     );
     let (code, report) = validate(&partial);
     assert_eq!(code, Some(1), "{report}");

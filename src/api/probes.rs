@@ -95,10 +95,10 @@ pub(super) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<R
             }
         }
     };
-    let catalog = match &state.catalog_loaded {
-        None => "not checked",
-        Some(loaded) if loaded.load(Ordering::Acquire) => "ok",
-        Some(_) => "loading",
+    let catalog = match state.catalog_loaded.as_slice() {
+        [] => "not checked",
+        loaded if loaded.iter().all(|flag| flag.load(Ordering::Acquire)) => "ok",
+        _ => "loading",
     };
     let ready = redis == "ok" && (broker == "ok" || state.broker.is_none()) && catalog != "loading";
     // Failing feature writes hold ingest back, not reads: this instance still serves what it has,

@@ -57,6 +57,11 @@ pub enum IngestError {
     Subscribe { topics: Vec<String>, source: KafkaError },
     #[error("cannot start the poll thread: {0}")]
     Thread(#[source] std::io::Error),
+    #[error(
+        "invalid configuration: `kafka.dimension_topics.{dimension}` is required by dimension \
+         `{dimension}` (persona sources plan prints it)"
+    )]
+    DimensionTopic { dimension: String },
 }
 
 /// Checks that a broker answers; used by the readiness probe.

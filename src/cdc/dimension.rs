@@ -27,13 +27,33 @@ use super::consumer::{IngestError, client_config};
 use super::envelope::{self, CdcMessage, Op};
 use super::rows;
 use crate::config::KafkaConfig;
-use crate::features::{DimensionSchema, ProductCatalog};
+use crate::features::{DimensionSchema, FeatureSet, ProductCatalog};
 use crate::telemetry;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often new partitions of the products topic are looked for.
 const PARTITION_CHECK: Duration = Duration::from_secs(10);
+
+/// Each declared dimension and the topic it is read from: the item's from
+/// `kafka.products_topic`, the others' from `kafka.dimension_topics`.
+pub fn dimension_topics(
+    config: &KafkaConfig,
+    set: &FeatureSet,
+) -> Result<Vec<(String, DimensionSchema)>, IngestError> {
+    set.dimensions
+        .iter()
+        .map(|dimension| {
+            let topic = match dimension.entity == set.item {
+                true => Some(config.products_topic.clone()),
+                false => config.dimension_topics.get(dimension.name).cloned(),
+            };
+            topic.map(|topic| (topic, dimension.clone())).ok_or_else(|| {
+                IngestError::DimensionTopic { dimension: dimension.name.to_string() }
+            })
+        })
+        .collect()
+}
 
 /// The running dimension reader.
 pub struct Dimension {
@@ -43,9 +63,10 @@ pub struct Dimension {
 }
 
 impl Dimension {
-    /// Reads `config.products_topic` as rows of `schema`.
+    /// Reads `topic` as rows of `schema`.
     pub fn start(
         config: &KafkaConfig,
+        topic: String,
         schema: DimensionSchema,
         catalog: Arc<ProductCatalog>,
     ) -> Result<Self, IngestError> {
@@ -60,7 +81,7 @@ impl Dimension {
         let stop = CancellationToken::new();
         let reader = Reader {
             consumer,
-            topic: config.products_topic.clone(),
+            topic,
             schema,
             catalog,
             ready: Arc::clone(&ready),
@@ -158,7 +179,8 @@ impl Reader {
                 last_check = Some(Instant::now());
             }
             if !self.ready.load(Ordering::Relaxed) && self.caught_up() {
-                tracing::info!(products = self.catalog.len(), topic = %self.topic, "product catalog loaded");
+                let rows = self.catalog.len_for(self.schema.entity);
+                tracing::info!(rows, dimension = self.schema.name, topic = %self.topic, "dimension loaded");
                 self.ready.store(true, Ordering::Release);
             }
             match self.consumer.poll(POLL_INTERVAL) {
@@ -256,7 +278,7 @@ impl Changes<'_> {
                 let gone = lsn.map(|lsn| self.truncations.truncate(lsn)).unwrap_or_default();
                 tracing::warn!(topic = %self.topic, products = gone.len(), "products truncated; removing every product written before it");
                 for product in gone {
-                    self.catalog.remove(&product);
+                    self.catalog.remove_for(self.schema.entity, &product);
                 }
                 metrics::gauge!(telemetry::CATALOG_PRODUCTS).set(self.catalog.len() as f64);
                 return;
@@ -273,19 +295,22 @@ impl Changes<'_> {
             .and_then(|before| rows::dimension_row(self.schema, before, |_| None).ok());
         // An unchanged TOASTed attribute keeps its value: from the before image where the table
         // is REPLICA IDENTITY FULL, or else from the row already held.
-        let held = |id: &str| before.clone().or_else(|| self.catalog.get(id));
+        let held =
+            |id: &str| before.clone().or_else(|| self.catalog.get_for(self.schema.entity, id));
         match rows::dimension_row(self.schema, row, held) {
-            Ok(product) if event.op == Op::Delete => self.catalog.remove(&product.id),
+            Ok(product) if event.op == Op::Delete => {
+                self.catalog.remove_for(self.schema.entity, &product.id);
+            }
             Ok(product) => {
                 // A primary-key change arrives as a delete and a create; an update can still
                 // carry an old id in its before image.
                 if let Some(old) = &before
                     && old.id != product.id
                 {
-                    self.catalog.remove(&old.id);
+                    self.catalog.remove_for(self.schema.entity, &old.id);
                 }
                 self.truncations.written(&product.id, lsn);
-                self.catalog.upsert(product);
+                self.catalog.upsert_for(self.schema.entity, product);
             }
             Err(error) => return self.skip(partition, offset, &error),
         }

@@ -42,4 +42,4 @@ mod truncate;
 
 pub use apply::{Applier, BatchStats};
 pub use consumer::{BrokerProbe, Ingest, IngestError, Replay, Replayer, client_config};
-pub use dimension::Dimension;
+pub use dimension::{Dimension, dimension_topics};

@@ -128,7 +128,7 @@ fn tombstone_and_heartbeat_are_recognised() {
 }
 
 fn product(json: &str) -> Result<crate::features::Product, DecodeError> {
-    let dimension = REFERENCE.dimension.as_ref().expect("the reference dimension");
+    let dimension = REFERENCE.item_dimension().expect("the reference dimension");
     rows::dimension_row(dimension, change(json).after.as_ref().expect("after"), |_| None)
 }
 
@@ -323,7 +323,7 @@ fn after_json_with_placeholder() -> String {
 
 #[test]
 fn a_dimension_keyed_by_a_code_keeps_an_unchanged_toasted_attribute_from_the_row_held() {
-    let dimension = LEGACY_SET.dimension.as_ref().expect("declared");
+    let dimension = LEGACY_SET.item_dimension().expect("declared");
     let held: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
         r#"{"code":"SKU-7","title":"Boot","cat":"boots","specs":"{\"size\": 42}","list_price":"99.00"}"#,
     )

@@ -41,7 +41,7 @@ pub fn captures(set: &FeatureSet) -> Vec<Capture> {
             columns: source.columns.iter().map(|(c, k)| ((*c).to_string(), Some(*k))).collect(),
         })
         .collect();
-    if let Some(dimension) = &set.dimension {
+    for dimension in &set.dimensions {
         let key = (dimension.key.to_string(), None);
         captures.push(Capture {
             table: TableName { schema: dimension.schema.into(), table: dimension.table.into() },

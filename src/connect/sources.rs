@@ -64,9 +64,9 @@ pub async fn plan(
 ) -> Result<ExitCode, SourcesError> {
     let captures = setup::captures(set);
     println!(
-        "Declared tables ({} sources, {} dimension):",
+        "Declared tables ({} sources, {} dimensions):",
         set.sources.len(),
-        usize::from(set.dimension.is_some())
+        set.dimensions.len()
     );
     for capture in &captures {
         println!("  {}", describe(capture));
@@ -95,8 +95,15 @@ pub async fn plan(
             captures.iter().filter(|c| c.full_identity).map(|c| topic(&c.table)).collect();
         println!("\npersona (its config):");
         println!("  kafka.topics = {:?} (and __debezium-heartbeat.{prefix})", sources);
-        if let Some(dimension) = captures.iter().find(|c| !c.full_identity) {
-            println!("  kafka.products_topic = {:?}", topic(&dimension.table));
+        for dimension in &set.dimensions {
+            let table =
+                TableName { schema: dimension.schema.into(), table: dimension.table.into() };
+            match dimension.entity == set.item {
+                true => println!("  kafka.products_topic = {:?}", topic(&table)),
+                false => {
+                    println!("  kafka.dimension_topics.{} = {:?}", dimension.name, topic(&table))
+                }
+            }
         }
     }
     if apply && !plan.steps.is_empty() {

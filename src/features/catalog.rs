@@ -110,43 +110,121 @@ impl Product {
     }
 }
 
+/// Dimension rows as evaluation reads them.
 pub trait Catalog {
-    fn attribute(&self, product_id: &str, attr: &str) -> Option<Scalar>;
-    fn contains(&self, product_id: &str) -> bool;
+    /// Attribute `attr` of the row `id` of the dimension describing `entity`; `None` when the
+    /// row or the attribute is unknown (or NULL).
+    fn attribute(&self, entity: Entity, id: &str, attr: &str) -> Option<Scalar>;
+    /// Whether the item's dimension holds `id`.
+    fn contains(&self, id: &str) -> bool;
 }
 
+fn known(product: Option<&Product>, attr: &str) -> Option<Scalar> {
+    match product?.attribute(attr) {
+        Scalar::Null => None,
+        value => Some(value.clone()),
+    }
+}
+
+/// The item's dimension alone: any entity's attribute is looked up in it (tests, and readers
+/// of items only).
 impl Catalog for HashMap<String, Product> {
-    fn attribute(&self, product_id: &str, attr: &str) -> Option<Scalar> {
-        match self.get(product_id)?.attribute(attr) {
-            Scalar::Null => None,
-            value => Some(value.clone()),
-        }
+    fn attribute(&self, _entity: Entity, id: &str, attr: &str) -> Option<Scalar> {
+        known(self.get(id), attr)
     }
 
-    fn contains(&self, product_id: &str) -> bool {
-        self.contains_key(product_id)
+    fn contains(&self, id: &str) -> bool {
+        self.contains_key(id)
     }
 }
 
-/// The shared, updatable catalog.
+/// Rows of every dimension: the item's, which recommendations and pages read too, and the other
+/// entities'.
 #[derive(Debug, Default)]
+pub struct Tables {
+    pub items: HashMap<String, Product>,
+    others: HashMap<Entity, HashMap<String, Product>>,
+}
+
+/// [`Tables`] seen with the entity that is the item.
+pub struct CatalogView<'a> {
+    tables: &'a Tables,
+    item: Entity,
+}
+
+impl CatalogView<'_> {
+    pub fn items(&self) -> &HashMap<String, Product> {
+        &self.tables.items
+    }
+}
+
+impl Catalog for CatalogView<'_> {
+    fn attribute(&self, entity: Entity, id: &str, attr: &str) -> Option<Scalar> {
+        let table = match entity == self.item {
+            true => &self.tables.items,
+            false => self.tables.others.get(&entity)?,
+        };
+        known(table.get(id), attr)
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.tables.items.contains_key(id)
+    }
+}
+
+/// The shared, updatable dimensions.
+#[derive(Debug)]
 pub struct ProductCatalog {
-    products: RwLock<HashMap<String, Product>>,
+    tables: RwLock<Tables>,
+    /// The entity whose dimension is [`Tables::items`].
+    item: Entity,
     /// Bumped by every change (under the write lock): what was evaluated against the catalog
     /// as of one version holds until the next.
     version: AtomicU64,
 }
 
+impl Default for ProductCatalog {
+    fn default() -> Self {
+        Self::new(Entity::PRODUCT)
+    }
+}
+
 impl ProductCatalog {
+    /// Dimensions where `item`'s rows are the items.
+    pub fn new(item: Entity) -> Self {
+        Self { tables: RwLock::default(), item, version: AtomicU64::new(0) }
+    }
+
+    fn table_mut<'a>(
+        &self,
+        tables: &'a mut Tables,
+        entity: Entity,
+    ) -> &'a mut HashMap<String, Product> {
+        match entity == self.item {
+            true => &mut tables.items,
+            false => tables.others.entry(entity).or_default(),
+        }
+    }
+
+    /// Inserts or replaces an item.
     pub fn upsert(&self, product: Product) {
-        let mut products = self.write();
-        products.insert(product.id.clone(), product);
+        self.upsert_for(self.item, product);
+    }
+
+    /// Inserts or replaces a row of the dimension describing `entity`.
+    pub fn upsert_for(&self, entity: Entity, row: Product) {
+        let mut tables = self.write();
+        self.table_mut(&mut tables, entity).insert(row.id.clone(), row);
         self.version.fetch_add(1, Ordering::Release);
     }
 
     pub fn remove(&self, product_id: &str) {
-        let mut products = self.write();
-        if products.remove(product_id).is_some() {
+        self.remove_for(self.item, product_id);
+    }
+
+    pub fn remove_for(&self, entity: Entity, id: &str) {
+        let mut tables = self.write();
+        if self.table_mut(&mut tables, entity).remove(id).is_some() {
             self.version.fetch_add(1, Ordering::Release);
         }
     }
@@ -157,6 +235,7 @@ impl ProductCatalog {
         self.version.load(Ordering::Acquire)
     }
 
+    /// How many items.
     pub fn len(&self) -> usize {
         self.read(|products| products.len())
     }
@@ -165,17 +244,37 @@ impl ProductCatalog {
         self.len() == 0
     }
 
+    /// How many rows the dimension describing `entity` holds.
+    pub fn len_for(&self, entity: Entity) -> usize {
+        self.view(|view| match entity == self.item {
+            true => view.tables.items.len(),
+            false => view.tables.others.get(&entity).map_or(0, HashMap::len),
+        })
+    }
+
     pub fn get(&self, product_id: &str) -> Option<Product> {
-        self.read(|products| products.get(product_id).cloned())
+        self.get_for(self.item, product_id)
     }
 
-    /// Runs `f` over the catalog under its read lock.
+    pub fn get_for(&self, entity: Entity, id: &str) -> Option<Product> {
+        self.view(|view| match entity == self.item {
+            true => view.tables.items.get(id).cloned(),
+            false => view.tables.others.get(&entity)?.get(id).cloned(),
+        })
+    }
+
+    /// Runs `f` over the items under the read lock.
     pub fn read<T>(&self, f: impl FnOnce(&HashMap<String, Product>) -> T) -> T {
-        let guard = self.products.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&guard)
+        self.view(|view| f(&view.tables.items))
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Product>> {
-        self.products.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Runs `f` over every dimension under the read lock.
+    pub fn view<T>(&self, f: impl FnOnce(&CatalogView<'_>) -> T) -> T {
+        let guard = self.tables.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&CatalogView { tables: &guard, item: self.item })
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Tables> {
+        self.tables.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -174,7 +174,7 @@ fn percentile(
 /// product or the attribute is unknown), banded if the feature has bands.
 fn resolve(feature: &Feature, stored: &str, catalog: &dyn Catalog) -> Option<String> {
     let scalar = match feature.value {
-        ValueExpr::Attribute(_, attr) => catalog.attribute(stored, attr)?,
+        ValueExpr::Attribute(entity, attr) => catalog.attribute(entity, stored, attr)?,
         _ => {
             if feature.bands.is_empty() {
                 return Some(stored.to_string());
@@ -190,7 +190,7 @@ fn resolve(feature: &Feature, stored: &str, catalog: &dyn Catalog) -> Option<Str
 
 fn resolve_number(feature: &Feature, stored: &str, catalog: &dyn Catalog) -> Option<Decimal> {
     match feature.value {
-        ValueExpr::Attribute(_, attr) => catalog.attribute(stored, attr)?.as_number(),
+        ValueExpr::Attribute(entity, attr) => catalog.attribute(entity, stored, attr)?.as_number(),
         _ => stored_number(stored),
     }
 }

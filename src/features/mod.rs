@@ -21,7 +21,7 @@ mod pairs;
 pub mod source;
 mod state;
 
-pub use catalog::{Catalog, DimensionSchema, ItemRoles, Product, ProductCatalog};
+pub use catalog::{Catalog, CatalogView, DimensionSchema, ItemRoles, Product, ProductCatalog};
 pub use definition::{
     Aggregation, BUCKETS_PER_WINDOW, DefinitionError, Entity, EntitySchema, Feature, FeatureSet,
     IdKind, RecommendationFeatures, Storage,

@@ -112,9 +112,9 @@ impl Recommender {
             let refs: Vec<EntityRef> = ids.iter().map(|id| EntityRef::new(set.item, id)).collect();
             metrics::counter!(crate::telemetry::INDEX_EVALUATIONS).increment(ids.len() as u64);
             match store.read_uncached(&refs).await {
-                Some(states) => catalog.read(|products| {
+                Some(states) => catalog.view(|dimensions| {
                     for (id, state) in ids.iter().zip(&states) {
-                        tracker.update(set, id, state.as_ref(), at, products);
+                        tracker.update(set, id, state.as_ref(), at, dimensions);
                     }
                 }),
                 None => read = false,

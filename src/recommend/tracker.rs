@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use super::index::{ProductIndex, together_of};
 use crate::features::definition::ValueExpr;
 use crate::features::{
-    Aggregation, DecayParts, EntityState, Feature, FeatureSet, Product, Ranking, ReadContext,
-    evaluate, next_change,
+    Aggregation, Catalog, DecayParts, EntityState, Feature, FeatureSet, Product, Ranking,
+    ReadContext, evaluate, next_change,
 };
 
 /// One product's signals as evaluated last.
@@ -107,7 +107,7 @@ impl Tracker {
         id: &str,
         state: Option<&EntityState>,
         at: DateTime<Utc>,
-        catalog: &HashMap<String, Product>,
+        catalog: &dyn Catalog,
     ) {
         let empty = EntityState::default();
         let state = state.unwrap_or(&empty);

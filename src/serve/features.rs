@@ -127,7 +127,7 @@ fn rank(
     state: &AppState,
 ) -> Ranking {
     let names = [feature.name.clone()];
-    let values = state.catalog.read(|catalog| {
+    let values = state.catalog.view(|catalog| {
         ids.iter()
             .zip(states)
             .map(|(id, entity_state)| {
@@ -154,7 +154,7 @@ pub(super) fn evaluate_read(
     ranking: &dyn Fn(&Feature) -> Option<Arc<Ranking>>,
 ) -> EntityFeatures {
     let FeatureRequest { entity, names } = request;
-    let mut features = state.catalog.read(|catalog| {
+    let mut features = state.catalog.view(|catalog| {
         crate::features::evaluate(
             &state.features,
             entity.entity,

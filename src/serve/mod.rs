@@ -115,9 +115,9 @@ pub struct Services {
     pub evaluations: Arc<EvaluationCache>,
     /// Recommendation answers reused while their user's evaluation and the index are unchanged.
     pub recommendations: Arc<RecommendationCache>,
-    /// Set once the product catalog has been read up to its end at start; `None` when no
-    /// dimension reader runs (then readiness does not check it).
-    pub catalog_loaded: Option<Arc<AtomicBool>>,
+    /// One flag per dimension reader, set once it has read its topic up to the end at start;
+    /// empty when no dimension reader runs (then readiness does not check them).
+    pub catalog_loaded: Vec<Arc<AtomicBool>>,
     pub readiness: Arc<Readiness>,
     /// `None` when no consumer runs (then readiness does not check the broker).
     pub broker: Option<BrokerProbe>,

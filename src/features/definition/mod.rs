@@ -213,8 +213,8 @@ pub struct FeatureSet {
     pub fingerprint: String,
     /// The declared source tables.
     pub sources: Vec<SourceSchema>,
-    /// The declared dimension, if any.
-    pub dimension: Option<DimensionSchema>,
+    /// The declared dimensions: at most one per entity.
+    pub dimensions: Vec<DimensionSchema>,
     /// The features recommendations read (`[recommendations]`).
     pub recommendations: RecommendationFeatures,
     /// The declared entities (`[[entity]]`; `user` and `product` when the file declares none).
@@ -267,7 +267,6 @@ impl FeatureSet {
             .map(|dimension| sources::compile_dimension(dimension, &entities))
             .collect::<Result<_, _>>()?;
         sources::check_declarations(&sources, &dimensions)?;
-        let dimension = dimensions.into_iter().next();
         if raw.history > MAX_HISTORY {
             return Err(DefinitionError::File {
                 field: "history",
@@ -286,7 +285,7 @@ impl FeatureSet {
             if !names.insert(feature.name.clone()) {
                 return Err(invalid(&feature.name, "name", "is defined twice"));
             }
-            features.push(compile(feature, &entities, &sources, dimension.as_ref())?);
+            features.push(compile(feature, &entities, &sources, &dimensions)?);
         }
         for feature in &features {
             check_reference(feature, &features, entities.item)?;
@@ -299,7 +298,7 @@ impl FeatureSet {
             history: raw.history,
             fingerprint: fingerprint(&canonical),
             sources,
-            dimension,
+            dimensions,
             recommendations,
             entities: entities.all,
             shopper: entities.shopper,
@@ -325,6 +324,11 @@ impl FeatureSet {
         self.sources
             .iter()
             .find(|s| s.table == table && schema.is_none_or(|schema| s.schema == schema))
+    }
+
+    /// The dimension describing the item (recommendations and pages read its roles).
+    pub fn item_dimension(&self) -> Option<&DimensionSchema> {
+        self.dimensions.iter().find(|dimension| dimension.entity == self.item)
     }
 
     /// The declared entity named `name`.

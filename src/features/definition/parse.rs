@@ -108,11 +108,11 @@ fn column_of(
 fn parse_value(
     name: &str,
     source: &SourceSchema,
-    dimension: Option<&DimensionSchema>,
+    dimensions: &[DimensionSchema],
     text: &str,
 ) -> Result<(ValueExpr, bool), DefinitionError> {
     if let Some((prefix, attr)) = text.split_once('.') {
-        let dimension = dimension.filter(|d| d.name == prefix).ok_or_else(|| {
+        let dimension = dimensions.iter().find(|d| d.name == prefix).ok_or_else(|| {
             invalid(name, "value", format!("{text:?}: {prefix:?} is not a declared dimension"))
         })?;
         let kind = dimension.attribute(attr).ok_or_else(|| {
@@ -150,7 +150,7 @@ pub(super) fn compile(
     raw: &RawFeature,
     entities: &Entities,
     sources: &[SourceSchema],
-    dimension: Option<&DimensionSchema>,
+    dimensions: &[DimensionSchema],
 ) -> Result<Feature, DefinitionError> {
     let name = raw.name.as_str();
     if name.is_empty()
@@ -200,7 +200,7 @@ pub(super) fn compile(
     }
 
     let (value, numeric) = match (&raw.value, aggregation.needs_value()) {
-        (Some(text), true) => parse_value(name, source, dimension, text)?,
+        (Some(text), true) => parse_value(name, source, dimensions, text)?,
         (None, true) => {
             return Err(invalid(name, "value", format!("is required by {aggregation:?}")));
         }

@@ -298,15 +298,18 @@ pub(super) fn compile_dimension(
     }
     let (schema, table) = schema_and_table(&raw.table)
         .ok_or_else(|| error("table", format!("{:?} is not `schema.table`", raw.table)))?;
-    let entity = declared.find(&raw.entity).filter(|e| *e == declared.item).ok_or_else(|| {
+    let entity = declared.find(&raw.entity).ok_or_else(|| {
         error(
             "entity",
-            format!(
-                "{:?}: the dimension must be keyed by the item's ids ({})",
-                raw.entity, declared.item
-            ),
+            format!("{:?} is not an entity (entities: {:?})", raw.entity, declared.names()),
         )
     })?;
+    if entity != declared.item && !raw.roles.is_empty() {
+        return Err(error(
+            "roles",
+            format!("apply only to the dimension of the item ({})", declared.item),
+        ));
+    }
     if raw.key.trim().is_empty() {
         return Err(error("key", "is empty".into()));
     }
@@ -351,7 +354,7 @@ pub(super) fn compile_dimension(
     })
 }
 
-/// Checks the declarations together: names and tables declared once.
+/// Checks the declarations together: names and tables declared once, one dimension per entity.
 pub(super) fn check_declarations(
     sources: &[SourceSchema],
     dimensions: &[DimensionSchema],
@@ -367,16 +370,20 @@ pub(super) fn check_declarations(
             return Err(source_error(name, "table", "is declared by another source too"));
         }
     }
-    if dimensions.len() > 1 {
-        return Err(dimension_error(
-            dimensions[1].name,
-            "name",
-            "is a second dimension: persona joins through one",
-        ));
-    }
+    let mut described = BTreeSet::new();
     for dimension in dimensions {
+        if !names.insert(dimension.name) {
+            return Err(dimension_error(dimension.name, "name", "is declared twice"));
+        }
         if !tables.insert(dimension.qualified_table()) {
-            return Err(dimension_error(dimension.name, "table", "is declared as a source too"));
+            return Err(dimension_error(dimension.name, "table", "is declared twice"));
+        }
+        if !described.insert(dimension.entity) {
+            return Err(dimension_error(
+                dimension.name,
+                "entity",
+                format!("{} is described by another dimension already", dimension.entity),
+            ));
         }
     }
     if sources.is_empty() {

@@ -127,7 +127,7 @@ fn declared_sources_replace_the_reference_schema() {
     assert_eq!(source.keyed_by, Entity::USER);
     // A mapped column holds names.
     assert_eq!(source.column("behavior"), Some(("behavior", crate::features::ColumnType::Text)));
-    let dimension = set.dimension.as_ref().expect("declared");
+    let dimension = set.item_dimension().expect("declared");
     assert_eq!((dimension.key, dimension.roles.category), ("code", Some("cat")));
     // The reference schema's sources are not there.
     let message =
@@ -143,7 +143,7 @@ fn a_file_without_declarations_reads_the_reference_schema() {
         .expect("valid");
     let shipped = FeatureSet::load(None).expect("valid");
     assert_eq!(set.sources, shipped.sources);
-    assert_eq!(set.dimension, shipped.dimension);
+    assert_eq!(set.dimensions, shipped.dimensions);
     assert_eq!(set.sources.len(), 3);
 }
 
@@ -194,7 +194,7 @@ fn declaration_errors_name_the_source_or_dimension_and_the_field() {
         ),
         (
             BEHAVIOR.into(),
-            ITEM.replace("entity = \"product\"", "entity = \"user\""),
+            ITEM.replace("entity = \"product\"", "entity = \"warehouse\""),
             VIEWS.into(),
             ["dimension `item`", "`entity`"],
         ),
@@ -244,7 +244,7 @@ fn the_legacy_shop_of_the_tests_is_declared_validly() {
     let text = include_str!("../../../tests/fixtures/legacy-shop/features.toml");
     let set = FeatureSet::parse(text, "legacy-shop").expect("valid");
     assert_eq!(set.sources.len(), 2);
-    assert_eq!(set.dimension.as_ref().map(|d| d.key), Some("code"));
+    assert_eq!(set.item_dimension().map(|d| d.key), Some("code"));
 }
 
 #[test]
@@ -313,7 +313,41 @@ fn entities_are_declared_with_their_ids_and_roles() {
         &format!("{entities}\n[[source]]\n{source}\n{keyed}\n[[feature]]\n{views}"),
         "t",
     )
-    .expect_err("the dimension describes the item")
+    .expect_err("roles are the item's")
     .to_string();
-    assert!(message.contains("dimension `item`") && message.contains("`entity`"), "{message}");
+    assert!(message.contains("dimension `item`") && message.contains("`roles`"), "{message}");
+}
+
+#[test]
+fn every_entity_may_have_a_dimension_of_its_own() {
+    let entities = "[[entity]]\nname = \"user\"\nrole = \"shopper\"\n\n[[entity]]\nname = \"product\"\nrole = \"item\"\n\n[[entity]]\nname = \"store\"\nid = \"integer\"\n";
+    let source = BEHAVIOR
+        .replace("product = \"item_code\" }", "product = \"item_code\", store = \"shop\" }")
+        .replace("gmt_create = \"timestamp\"", "gmt_create = \"timestamp\", shop = \"integer\"");
+    let stores = "[[dimension]]\nname = \"outlet\"\ntable = \"legacy.t_store\"\nkey = \"store_id\"\nentity = \"store\"\nattributes = { city = \"text\" }";
+    let feature = "name = \"cities\"\nentity = \"user\"\nsource = \"behavior\"\naggregation = \"histogram\"\nvalue = \"outlet.city\"\nwindow = \"1h\"";
+    let file = |dimensions: &str| {
+        FeatureSet::parse(
+            &format!("{entities}\n[[source]]\n{source}\n{dimensions}\n[[feature]]\n{feature}"),
+            "t",
+        )
+    };
+    let set = file(&format!("{ITEM}\n{stores}")).expect("valid");
+    assert_eq!(set.dimensions.len(), 2);
+    assert_eq!(set.item_dimension().map(|d| d.name), Some("item"));
+    assert_eq!(
+        set.features[0].value,
+        ValueExpr::Attribute(Entity::new("store"), "city"),
+        "joined through the store's dimension"
+    );
+    let twice = stores.replace("outlet", "branch").replace("t_store", "t_branch");
+    let message =
+        file(&format!("{ITEM}\n{stores}\n{twice}")).expect_err("two for stores").to_string();
+    assert!(
+        message.contains("dimension `branch`") && message.contains("another dimension"),
+        "{message}"
+    );
+    let with_roles = format!("{stores}\nroles = {{ category = \"city\" }}");
+    let message = file(&format!("{ITEM}\n{with_roles}")).expect_err("roles of a store").to_string();
+    assert!(message.contains("dimension `outlet`") && message.contains("`roles`"), "{message}");
 }
