@@ -68,12 +68,16 @@ async fn round(db: &Client, shop: &Shop, inserts: i64) -> u64 {
     let utc_now = "(now() AT TIME ZONE 'UTC')";
     let statements = [
         format!(
-            "INSERT INTO shop.t_user_behavior (uid, behavior, item_code, gmt_create, payload) \
+            "INSERT INTO shop.t_user_behavior (uid, behavior, item_code, gmt_create, payload, \
+                                               tags, ratings, score, ref, made) \
              SELECT {user}, 1 + floor(random() * 3)::int, \
                     CASE WHEN random() < 0.1 THEN NULL ELSE {item} END, \
                     {utc_now} - random() * interval '70 minutes', \
                     CASE WHEN random() < 0.3 THEN {BIG_PAYLOAD} \
-                         WHEN random() < 0.5 THEN jsonb_build_object('q', md5(random()::text)) END \
+                         WHEN random() < 0.5 THEN jsonb_build_object('q', md5(random()::text)) END, \
+                    CASE WHEN random() < 0.7 THEN ARRAY['t' || floor(random() * 5)::int, 'x \"y\"'] END, \
+                    ARRAY[floor(random() * 5)::int, 3], floor(random() * 8) / 4, gen_random_uuid(), \
+                    {utc_now} \
              FROM generate_series(1, {inserts})"
         ),
         // The payload is left alone: Debezium sends it as unavailable.
@@ -141,6 +145,7 @@ async fn expected(db: &Client, shop: &Shop, at: DateTime<Utc>) -> Expected {
             ("category_views_1h", json!({})),
             ("cities_bought_in_1h", json!({})),
             ("paid_spend_1h", json!(0)),
+            ("score_15m", json!(0)),
             ("trades_by_state_1h", json!({})),
             ("distinct_items_1h", json!(0)),
         ] {
@@ -185,6 +190,10 @@ async fn expected(db: &Client, shop: &Shop, at: DateTime<Utc>) -> Expected {
     for row in query(db, shop, sql, at).await {
         put(row.get(0), "last_viewed_specs", json!(row.get::<_, String>(1)));
     }
+    let sql = newest("array_to_json(tags)::text", "tags IS NOT NULL");
+    for row in query(db, shop, &sql, at).await {
+        put(row.get(0), "last_tags", json!(row.get::<_, String>(1)));
+    }
     let sql = newest("payload::text", "payload IS NOT NULL");
     for row in query(db, shop, &sql, at).await {
         put(row.get(0), "last_payload", json!(row.get::<_, String>(1)));
@@ -207,6 +216,14 @@ async fn expected(db: &Client, shop: &Shop, at: DateTime<Utc>) -> Expected {
                 "SELECT uid::text, count(*)::float8 FROM shop.t_user_behavior \
                  WHERE behavior = 2 AND {} GROUP BY 1",
                 within("gmt_create", 5 * SECOND)
+            ),
+        ),
+        (
+            "score_15m",
+            format!(
+                "SELECT uid::text, sum(score) FROM shop.t_user_behavior \
+                 WHERE score IS NOT NULL AND {} GROUP BY 1",
+                within("gmt_create", 15 * SECOND)
             ),
         ),
         (
@@ -352,6 +369,8 @@ async fn a_legacy_schema_declared_in_configuration_is_served_exactly() {
         "views_15m",
         "category_views_1h",
         "last_payload",
+        "last_tags",
+        "score_15m",
         "last_viewed_specs",
         "paid_spend_1h",
         "item_views_1h",

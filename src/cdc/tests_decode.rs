@@ -355,3 +355,73 @@ fn tables_of_other_schemas_are_not_the_declared_source() {
     event.source.schema = Some("public".into());
     assert_eq!(source_change(&LEGACY_SET, &event).expect("decodes"), None);
 }
+
+#[test]
+fn each_declared_type_reads_its_debezium_form_and_refuses_others() {
+    use serde_json::json;
+    let kind = |name: &str| crate::features::ColumnType::parse(name).expect("a declared type");
+    let time = |micros: i64| Scalar::Time(micros);
+    let text = |text: &str| Scalar::Text(text.into());
+    let number = |text: &str| Scalar::Number(text.parse().expect("decimal"));
+    let accepted = [
+        ("text", json!("héllo"), text("héllo")),
+        ("varchar", json!(""), text("")),
+        ("enum", json!("PAID"), text("PAID")),
+        (
+            "uuid",
+            json!("8d3e3f63-5a8e-4d1c-9d43-0d0d0c0d0e01"),
+            text("8d3e3f63-5a8e-4d1c-9d43-0d0d0c0d0e01"),
+        ),
+        ("json", json!("{\"a\": [1, 2]}"), text("{\"a\": [1, 2]}")),
+        ("jsonb", json!({"a": 1}), text("{\"a\":1}")),
+        ("smallint", json!(-7), number("-7")),
+        ("integer", json!(2147483647), number("2147483647")),
+        ("bigint", json!(9007199254740993_i64), number("9007199254740993")),
+        ("numeric", json!("12.50"), number("12.50")),
+        ("real", json!(0.5), number("0.5")),
+        ("double precision", json!(-1.25), number("-1.25")),
+        ("boolean", json!(false), text("false")),
+        ("timestamp", json!(1795316793698261_i64), time(1795316793698261)),
+        ("timestamp(3)", json!(1795316793698_i64), time(1795316793698000)),
+        ("timestamptz", json!("2026-11-22T03:06:33.698261Z"), time(1795316793698261)),
+        ("timestamptz", json!("2026-11-22T05:06:33+02:00"), time(1795316793000000)),
+        ("date", json!(-1), time(-86_400_000_000)),
+        ("text[]", json!(["a", "b \"c\""]), text(r#"["a","b \"c\""]"#)),
+        ("integer[]", json!([1, -2]), text("[1,-2]")),
+        ("numeric[]", json!(["1.50", "2"]), text(r#"["1.50","2"]"#)),
+        ("boolean[]", json!([true]), text("[true]")),
+        ("text[]", json!([]), text("[]")),
+    ];
+    for (declared, form, expected) in accepted {
+        let read = rows::scalar(&form, "c", kind(declared));
+        assert_eq!(read, Ok(expected), "{declared} from {form}");
+    }
+    let refused = [
+        ("text", json!(1)),
+        ("uuid", json!(true)),
+        ("integer", json!("1")),
+        ("integer", json!(1.5)),
+        ("numeric", json!(12.5)),
+        ("numeric", json!("AjH0")),
+        ("real", json!("NaN")),
+        ("boolean", json!("true")),
+        ("timestamp", json!("yesterday")),
+        ("timestamp(3)", json!(true)),
+        ("timestamptz", json!("2026-11-22")),
+        ("date", json!("2026-11-22")),
+        ("text[]", json!([1])),
+        ("integer[]", json!(["1"])),
+        ("numeric[]", json!([1.5])),
+        ("boolean[]", json!([1])),
+        ("text[]", json!("a")),
+    ];
+    for (declared, form) in refused {
+        let error = rows::scalar(&form, "c", kind(declared)).expect_err(declared);
+        assert!(
+            matches!(error, DecodeError::InvalidField { field: "c", .. }),
+            "{declared}: {error}"
+        );
+    }
+    assert_eq!(crate::features::ColumnType::parse("money"), None);
+    assert_eq!(crate::features::ColumnType::parse("json[]"), None);
+}
