@@ -4,11 +4,13 @@
 //! The diversified pick only ever takes from each category's `limit` best (see `diversify`). A
 //! product that is not viewed together with the user's recent views scores at most what its
 //! category's affinity, the best price share and its own trending score give, and a category's
-//! products are listed most trending first. So each category is walked only while that bound
-//! still reaches its `limit`-th best score so far. The bound is the score's own formula with the
+//! products are listed most trending first (then by id). So each category is walked only while
+//! that bound still reaches its `limit`-th best score so far, and in the last group of equal
+//! trending scores (the never-viewed tail) only while it can still win a tie. The bound is the score's own formula with the
 //! unknown parts at their maximum: floating-point addition and multiplication are monotone, so it
 //! is never below a score it stands for. Products viewed together are scored anyway.
 
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
@@ -31,6 +33,8 @@ pub(super) struct Scorer<'a> {
     affinities: FastMap<&'a str, f64>,
     just_viewed: FastSet<&'a str>,
     left_out: FastSet<&'a str>,
+    /// How many products were scored: what the walk's bounds save is the rest of the catalog.
+    scored: Cell<usize>,
 }
 
 impl<'a> Scorer<'a> {
@@ -64,6 +68,7 @@ impl<'a> Scorer<'a> {
             affinities,
             just_viewed: user.recent.iter().take(JUST_VIEWED).map(String::as_str).collect(),
             left_out: user.owned.iter().chain(&query.exclude).map(String::as_str).collect(),
+            scored: Cell::new(0),
         }
     }
 
@@ -83,12 +88,21 @@ impl<'a> Scorer<'a> {
             }
             let category = category.as_deref().unwrap_or_default();
             let mut best: BinaryHeap<Worst<'a>> = BinaryHeap::with_capacity(limit + 1);
+            let last_trending = ids.last().and_then(|id| self.index.products.get(id));
+            let last_trending = last_trending.map(|entry| entry.trending);
             for id in ids {
                 let Some((id, entry)) = self.index.products.get_key_value(id) else { continue };
                 if best.len() == limit
-                    && best.peek().is_some_and(|worst| self.bound(category, entry) < worst.0.score)
+                    && let Some(Worst(worst)) = best.peek()
                 {
-                    break;
+                    let bound = self.bound(category, entry);
+                    // A tie goes to the smaller id. In the category's last trending group (the
+                    // long tail never viewed) every later product has a larger id than this one,
+                    // and a bound no more than this one's.
+                    let tail = Some(entry.trending) == last_trending && id.as_str() > worst.id;
+                    if bound < worst.score || (bound == worst.score && tail) {
+                        break;
+                    }
                 }
                 if self.linked.contains_key(id.as_str()) {
                     continue;
@@ -103,6 +117,11 @@ impl<'a> Scorer<'a> {
             scored.extend(best.into_iter().map(|worst| worst.0));
         }
         scored
+    }
+
+    /// How many products this scorer has scored.
+    pub fn scored(&self) -> usize {
+        self.scored.get()
     }
 
     /// Every product of the catalog scored, for tests to compare the candidates with.
@@ -142,6 +161,7 @@ impl<'a> Scorer<'a> {
 
     /// The product's score and strongest reason; `None` when it is left out of this answer.
     fn score(&self, id: &'a str, entry: &'a IndexedProduct) -> Option<Scored<'a>> {
+        self.scored.set(self.scored.get() + 1);
         let product = &entry.product;
         if !self.left_out.is_empty() && self.left_out.contains(id) {
             return None;

@@ -293,3 +293,33 @@ fn signals_are_read_from_the_features_playing_each_role() {
     assert!(signals.owned.contains("i1"));
     assert!(UserSignals::from_features(&features, &RecommendationFeatures::default()).is_cold());
 }
+
+/// A catalog mostly never viewed: hundreds of products tie at trending 0, many in the price band
+/// the user clicks. Only as many of them as can still win a tie are scored, and the answer is
+/// the one scoring everything gives.
+#[test]
+fn a_never_viewed_tail_is_walked_only_while_it_can_win_a_tie() {
+    let mut products = HashMap::new();
+    let mut signals: HashMap<String, ProductSignals> = HashMap::new();
+    for n in 0..400 {
+        let id = format!("p{n:03}");
+        // Two viewed products, then a tail never viewed; prices alternate between two bands.
+        let trending = if n < 2 { 5.0 } else { 0.0 };
+        let price = if n % 2 == 0 { 40 } else { 300 };
+        products.insert(id.clone(), product(&id, "shoes", price));
+        signals.insert(id, (trending, Vec::new()));
+    }
+    let index = ProductIndex::build(&products, &signals, None);
+    let set = bands();
+    let feature = set.get("clicks_by_price_band_1h");
+    let user = UserSignals { bands: [("25-50".to_string(), 3.0)].into(), ..shoe_viewer() };
+    let query = query(5);
+    let scorer = scorer::Scorer::new(&user, &index, feature, &query);
+    scorer.candidates(query.limit);
+    assert!(scorer.scored() <= 20, "{} of 400 products scored", scorer.scored());
+    let ids =
+        |list: Vec<Recommendation>| list.into_iter().map(|r| r.product_id).collect::<Vec<_>>();
+    let everything = diversify(scorer.all(), query.limit);
+    let everything: Vec<String> = everything.iter().map(|s| s.id.to_string()).collect();
+    assert_eq!(ids(recommend(&user, &index, feature, &query)), everything);
+}
