@@ -120,6 +120,7 @@ impl<'a> Scorer<'a> {
     }
 
     /// How many products this scorer has scored.
+    #[cfg(test)]
     pub fn scored(&self) -> usize {
         self.scored.get()
     }
