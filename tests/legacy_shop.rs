@@ -388,19 +388,22 @@ async fn a_legacy_schema_declared_in_configuration_is_served_exactly() {
 
     // Recommendations rank the shop's items by the features that play their roles: the user's
     // favourite category (by the dimension's `cat`) comes first.
-    let user = (0..USERS)
-        .map(|u| (FIRST_USER + u).to_string())
-        .find(|user| {
-            expected
-                .get(&(user.clone(), "category_views_1h".to_string()))
-                .and_then(Value::as_object)
-                .is_some_and(|categories| categories.len() == 1)
-        })
-        .expect("a user who viewed one category in the last hour");
-    let favourite = expected[&(user.clone(), "category_views_1h".to_string())]
-        .as_object()
-        .and_then(|categories| categories.keys().next().cloned())
-        .expect("a category");
+    // A new customer who viewed items of one category only.
+    let user = (FIRST_USER + 1_000).to_string();
+    let favourite: String = db
+        .query_one(&format!("SELECT cat FROM \"{}\".t_item WHERE code = 'i0'", shop.schema), &[])
+        .await
+        .expect("the category of i0")
+        .get(0);
+    run(
+        &db,
+        &shop,
+        &format!(
+            "INSERT INTO shop.t_user_behavior (uid, behavior, item_code, gmt_create) \
+             SELECT {user}, 1, 'i0', now() AT TIME ZONE 'UTC' FROM generate_series(1, 3)"
+        ),
+    )
+    .await;
     // Within it, the item most viewed in the last hour (the feature playing `trending`).
     let path = format!("/api/v1/users/{user}/recommendations?limit=3");
     common::eventually("the most viewed item of the favourite category first", CATCH_UP, || {
