@@ -7,7 +7,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::sources::{Entities, RawDimension, RawEntity, RawSource};
+use super::sources::{Entities, RawDimension, RawEntity, RawSource, valid_name};
 use super::{
     Aggregation, BUCKETS_PER_WINDOW, DefinitionError, Entity, Feature, MAX_WINDOW, MIN_WINDOW,
     Storage, ValueExpr, Window,
@@ -153,10 +153,7 @@ pub(super) fn compile(
     dimensions: &[DimensionSchema],
 ) -> Result<Feature, DefinitionError> {
     let name = raw.name.as_str();
-    if name.is_empty()
-        || name.len() > 64
-        || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-    {
+    if !valid_name(name) {
         return Err(invalid(name, "name", "must be 1 to 64 of a-z, 0-9 and _"));
     }
     let source = sources.iter().find(|s| s.name.name() == raw.source).ok_or_else(|| {

@@ -164,7 +164,8 @@ fn dimension_error(
     DefinitionError::Dimension { name: dimension.to_string(), field, problem: problem.into() }
 }
 
-fn valid_name(name: &str) -> bool {
+/// Whether `name` may name a feature, entity, source or dimension: 1 to 64 of a-z, 0-9 and `_`.
+pub(super) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
