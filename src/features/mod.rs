@@ -24,7 +24,7 @@ mod state;
 pub use catalog::{Catalog, CatalogView, DimensionSchema, ItemRoles, Product, ProductCatalog};
 pub use definition::{
     Aggregation, BUCKETS_PER_WINDOW, DefinitionError, Entity, EntitySchema, Feature, FeatureSet,
-    IdKind, RecommendationFeatures, Storage,
+    IdKind, RecommendationFeatures, Storage, band_of,
 };
 pub use evaluate::{
     FeatureStatus, FeatureValue, Features, HLL_PRECISION, Ranking, ReadContext, evaluate,

@@ -7,9 +7,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 
 use super::FastMap;
-use crate::features::{Features, Product, Ranking, RecommendationFeatures};
+use crate::features::{Features, Product, Ranking, RecommendationFeatures, band_of};
 
 /// The product features recommendations read.
 
@@ -28,9 +29,14 @@ pub struct ProductIndex {
     pub products: HashMap<String, IndexedProduct>,
     /// Every product id, most trending first (ties by id): the cold-start list.
     pub popular: Vec<String>,
-    /// Each category's products (`None`: products without one), most trending first, as in
-    /// `popular`: a ranking walks a category only as far as its products can still score.
-    pub by_category: FastMap<Option<String>, Vec<String>>,
+    /// Each category's products (`None`: products without one) by price slot, each slot most
+    /// trending first, as in `popular`: a ranking walks a slot only as far as its products can
+    /// still score. Slot 0 holds the products without a price, slot `b + 1` those in band `b`
+    /// of `price_bands` (see [`Self::slot_of`]), so a slot's products share one price share.
+    pub by_category: FastMap<Option<String>, Vec<Vec<String>>>,
+    /// The band bounds the slots follow (`Feature::bands` of the price band feature); empty:
+    /// slot 1 holds every priced product.
+    pub price_bands: Vec<Decimal>,
     /// The highest trending score per category, to normalise within a category.
     pub top_trending: FastMap<String, f64>,
     /// When the product features were read; `None` when built from the catalog alone.
@@ -98,11 +104,45 @@ impl ProductIndex {
         popular.sort_by(|a, b| {
             products[b].trending.total_cmp(&products[a].trending).then_with(|| a.cmp(b))
         });
-        let mut by_category: FastMap<Option<String>, Vec<String>> = FastMap::default();
-        for id in &popular {
-            by_category.entry(products[id].product.category.clone()).or_default().push(id.clone());
+        let mut index = Self {
+            products,
+            popular,
+            by_category: FastMap::default(),
+            top_trending,
+            built_at,
+            price_bands: Vec::new(),
+            rankings: HashMap::new(),
+        };
+        index.slot_by_price(Vec::new());
+        index
+    }
+
+    /// Splits each category's products into price slots by the band bounds `bands` (those of
+    /// the feature price matching reads), so that ranking walks each band with its own price
+    /// share: a band the user rarely buys in is then left after its first products.
+    pub fn with_price_bands(mut self, bands: &[Decimal]) -> Self {
+        self.slot_by_price(bands.to_vec());
+        self
+    }
+
+    fn slot_by_price(&mut self, bands: Vec<Decimal>) {
+        self.price_bands = bands;
+        let mut by_category: FastMap<Option<String>, Vec<Vec<String>>> = FastMap::default();
+        for id in &self.popular {
+            let product = &self.products[id].product;
+            let slot = self.slot_of(product.price);
+            let slots = by_category.entry(product.category.clone()).or_default();
+            if slots.len() <= slot {
+                slots.resize_with(slot + 1, Vec::new);
+            }
+            slots[slot].push(id.clone());
         }
-        Self { products, popular, by_category, top_trending, built_at, rankings: HashMap::new() }
+        self.by_category = by_category;
+    }
+
+    /// The price slot of a product priced `price`: 0 without a price, else 1 + its band.
+    pub fn slot_of(&self, price: Option<Decimal>) -> usize {
+        price.map_or(0, |price| 1 + band_of(&self.price_bands, price))
     }
 
     pub fn get(&self, id: &str) -> Option<&IndexedProduct> {

@@ -3,12 +3,14 @@
 //!
 //! The diversified pick only ever takes from each category's `limit` best (see `diversify`). A
 //! product that is not viewed together with the user's recent views scores at most what its
-//! category's affinity, the best price share and its own trending score give, and a category's
-//! products are listed most trending first (then by id). So each category is walked only while
-//! that bound still reaches its `limit`-th best score so far, and in the last group of equal
-//! trending scores (the never-viewed tail) only while it can still win a tie. The bound is the score's own formula with the
-//! unknown parts at their maximum: floating-point addition and multiplication are monotone, so it
-//! is never below a score it stands for. Products viewed together are scored anyway.
+//! category's affinity, its price band's share and its own trending score give. The index lists
+//! a category's products by price band, each band most trending first (then by id). So each
+//! band is walked only while that bound still reaches the category's `limit`-th best score so
+//! far, and in its last group of equal trending scores (the never-viewed tail) only while it can
+//! still win a tie. The bound is the score's own formula with nothing viewed together:
+//! floating-point addition and multiplication are monotone, so it is never below a score it
+//! stands for. Products viewed together are scored anyway. The user's favourite bands are
+//! walked first, so the others usually stop at their first product.
 
 use std::cell::Cell;
 use std::cmp::Ordering;
@@ -82,41 +84,78 @@ impl<'a> Scorer<'a> {
                 scored.push(item);
             }
         }
-        for (category, ids) in &self.index.by_category {
+        for (category, slots) in &self.index.by_category {
             if self.query.category.is_some() && self.query.category != *category {
                 continue;
             }
             let category = category.as_deref().unwrap_or_default();
             let mut best: BinaryHeap<Worst<'a>> = BinaryHeap::with_capacity(limit + 1);
-            let last_trending = ids.last().and_then(|id| self.index.products.get(id));
-            let last_trending = last_trending.map(|entry| entry.trending);
-            for id in ids {
-                let Some((id, entry)) = self.index.products.get_key_value(id) else { continue };
-                if best.len() == limit
-                    && let Some(Worst(worst)) = best.peek()
-                {
-                    let bound = self.bound(category, entry);
-                    // A tie goes to the smaller id. In the category's last trending group (the
-                    // long tail never viewed) every later product has a larger id than this one,
-                    // and a bound no more than this one's.
-                    let tail = Some(entry.trending) == last_trending && id.as_str() > worst.id;
-                    if bound < worst.score || (bound == worst.score && tail) {
-                        break;
-                    }
-                }
-                if self.linked.contains_key(id.as_str()) {
-                    continue;
-                }
-                if let Some(item) = self.score(id, entry) {
-                    best.push(Worst(item));
-                    if best.len() > limit {
-                        best.pop();
-                    }
-                }
+            let mut slots: Vec<(f64, &Vec<String>)> = slots
+                .iter()
+                .enumerate()
+                .filter(|(_, ids)| !ids.is_empty())
+                .map(|(slot, ids)| (self.slot_price(slot), ids))
+                .collect();
+            slots.sort_by(|a, b| b.0.total_cmp(&a.0));
+            for (price, ids) in slots {
+                self.walk(category, ids, price, limit, &mut best);
             }
             scored.extend(best.into_iter().map(|worst| worst.0));
         }
         scored
+    }
+
+    /// Walks one price slot of a category (most trending first) into the category's `best`,
+    /// while its products' bound, with the slot's price share `price`, can still enter.
+    fn walk(
+        &self,
+        category: &str,
+        ids: &'a [String],
+        price: f64,
+        limit: usize,
+        best: &mut BinaryHeap<Worst<'a>>,
+    ) {
+        let last_trending = ids.last().and_then(|id| self.index.products.get(id));
+        let last_trending = last_trending.map(|entry| entry.trending);
+        for id in ids {
+            let Some((id, entry)) = self.index.products.get_key_value(id) else { continue };
+            if best.len() == limit
+                && let Some(Worst(worst)) = best.peek()
+            {
+                let bound = self.parts(category, entry.trending, 0.0, price).0;
+                // A tie goes to the smaller id. In the slot's last trending group (the long tail
+                // never viewed) every later product has a larger id than this one, and the same
+                // bound.
+                let tail = Some(entry.trending) == last_trending && id.as_str() > worst.id;
+                if bound < worst.score || (bound == worst.score && tail) {
+                    break;
+                }
+            }
+            if self.linked.contains_key(id.as_str()) {
+                continue;
+            }
+            if let Some(item) = self.score(id, entry) {
+                best.push(Worst(item));
+                if best.len() > limit {
+                    best.pop();
+                }
+            }
+        }
+    }
+
+    /// The price share every product of index slot `slot` gets (see `ProductIndex::slot_of`):
+    /// none without a price; its band's share when the index's bands are the ones price
+    /// matching reads, else the best share (a bound that always holds).
+    fn slot_price(&self, slot: usize) -> f64 {
+        let Some(prices) = &self.prices else { return 0.0 };
+        if slot == 0 {
+            return 0.0;
+        }
+        if prices.feature.bands == self.index.price_bands {
+            prices.shares.get(slot - 1).copied().unwrap_or(self.best_price)
+        } else {
+            self.best_price
+        }
     }
 
     /// How many products this scorer has scored.
@@ -129,12 +168,6 @@ impl<'a> Scorer<'a> {
     #[cfg(test)]
     pub fn all(&self) -> Vec<Scored<'a>> {
         self.index.products.iter().filter_map(|(id, entry)| self.score(id, entry)).collect()
-    }
-
-    /// At least the score of any product of `category` viewed with none of the user's recent
-    /// views and no more trending than `entry`.
-    fn bound(&self, category: &str, entry: &IndexedProduct) -> f64 {
-        self.parts(category, entry.trending, 0.0, self.best_price).0
     }
 
     /// The score without the just-viewed discount, and the index of its strongest part.

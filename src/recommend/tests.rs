@@ -205,10 +205,21 @@ proptest::proptest! {
     }
 }
 
-fn arb_catalog() -> impl proptest::strategy::Strategy<Value = Vec<(usize, u8, i64, Vec<usize>)>> {
+type ArbProduct = (usize, u8, Option<i64>, Vec<usize>);
+
+fn arb_catalog() -> impl proptest::strategy::Strategy<Value = Vec<ArbProduct>> {
     // Per product: category (4 is none), trending in quarters, price, partners.
     proptest::collection::vec(
-        (0usize..5, 0u8..12, 1i64..400, proptest::collection::vec(0usize..30, 0..3)),
+        (
+            0usize..5,
+            0u8..12,
+            // Few prices, some in each band, so that bands hold several products.
+            proptest::option::weighted(
+                0.9,
+                proptest::sample::select(&[10i64, 30, 45, 70, 150, 300][..]),
+            ),
+            proptest::collection::vec(0usize..30, 0..3),
+        ),
         0..30,
     )
 }
@@ -222,7 +233,8 @@ proptest::proptest! {
         short in proptest::collection::vec((0usize..5, 1u8..5), 0..3),
         recent in proptest::collection::vec(0usize..30, 0..4),
         owned in proptest::collection::vec(0usize..30, 0..3),
-        band_clicks in proptest::collection::vec((0usize..4, 1u8..4), 0..3),
+        band_clicks in proptest::collection::vec((0usize..5, 1u8..4), 0..3),
+        slotted_by_price in proptest::bool::ANY,
         limit in 1usize..12,
         only in proptest::option::weighted(0.2, 0usize..4),
     ) {
@@ -231,21 +243,25 @@ proptest::proptest! {
         let mut products = HashMap::new();
         let mut signals: HashMap<String, ProductSignals> = HashMap::new();
         for (n, (category, trending, price, partners)) in catalog.iter().enumerate() {
-            let mut item = product(&id(n), "", *price);
+            let mut item = product(&id(n), "", price.unwrap_or_default());
+            item.price = price.map(Decimal::from);
             item.category = categories.get(*category).map(|c| c.to_string());
             products.insert(id(n), item);
             let together = partners.iter().enumerate().map(|(k, p)| (id(*p), 3 - k as i64)).collect();
             signals.insert(id(n), (f64::from(*trending) / 4.0, together));
         }
-        let index = ProductIndex::build(&products, &signals, None);
         let set = bands();
         let feature = set.get("clicks_by_price_band_1h");
-        let band_names = ["<25", "25-100", "100-250", "250+"];
+        let band_bounds = &feature.expect("the shipped price band feature").bands;
+        // Slotted by the bands price matching reads, or not at all (the bound then takes the
+        // best share everywhere).
+        let index = ProductIndex::build(&products, &signals, None);
+        let index = if slotted_by_price { index.with_price_bands(band_bounds) } else { index };
         let user = UserSignals {
             short: short.iter().map(|(c, n)| (categories.get(*c).unwrap_or(&"").to_string(), f64::from(*n))).collect(),
             long: BTreeMap::new(),
             recent: recent.iter().map(|n| id(*n)).collect(),
-            bands: band_clicks.iter().map(|(b, n)| (band_names[*b].to_string(), f64::from(*n))).collect(),
+            bands: band_clicks.iter().map(|(b, n)| (feature.expect("bands").band_label(*b), f64::from(*n))).collect(),
             owned: owned.iter().map(|n| id(*n)).collect(),
             ..UserSignals::default()
         };
@@ -322,4 +338,35 @@ fn a_never_viewed_tail_is_walked_only_while_it_can_win_a_tie() {
     let everything = diversify(scorer.all(), query.limit);
     let everything: Vec<String> = everything.iter().map(|s| s.id.to_string()).collect();
     assert_eq!(ids(recommend(&user, &index, feature, &query)), everything);
+}
+
+/// The same never-viewed tail, but the band the user clicks holds only 3 of the category's
+/// products, fewer than the answer's 5. Walked by price band, each band stops on its own bound:
+/// the other band's tail is left once the answer is full of products that beat it.
+#[test]
+fn a_tail_mostly_outside_the_users_price_band_is_walked_by_band() {
+    let mut products = HashMap::new();
+    let mut signals: HashMap<String, ProductSignals> = HashMap::new();
+    for n in 0..400 {
+        let id = format!("p{n:03}");
+        let trending = if n < 2 { 5.0 } else { 0.0 };
+        // Three products in the band the user clicks (25-50), the rest far above it.
+        let price = if n % 100 == 7 && n < 300 { 40 } else { 300 };
+        products.insert(id.clone(), product(&id, "shoes", price));
+        signals.insert(id, (trending, Vec::new()));
+    }
+    let set = bands();
+    let feature = set.get("clicks_by_price_band_1h");
+    let bounds = &feature.expect("the shipped price band feature").bands;
+    let index = ProductIndex::build(&products, &signals, None).with_price_bands(bounds);
+    let user = UserSignals { bands: [("25-50".to_string(), 3.0)].into(), ..shoe_viewer() };
+    let query = query(5);
+    let scorer = scorer::Scorer::new(&user, &index, feature, &query);
+    scorer.candidates(query.limit);
+    assert!(scorer.scored() <= 20, "{} of 400 products scored", scorer.scored());
+    let everything = diversify(scorer.all(), query.limit);
+    let everything: Vec<String> = everything.iter().map(|s| s.id.to_string()).collect();
+    let answer = recommend(&user, &index, feature, &query);
+    assert_eq!(answer.iter().map(|r| r.product_id.clone()).collect::<Vec<_>>(), everything);
+    assert!(everything.contains(&"p007".to_string()), "the user's band leads: {everything:?}");
 }

@@ -8,6 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 
 use super::index::{ProductIndex, together_of};
 use crate::features::definition::ValueExpr;
@@ -44,6 +45,8 @@ pub struct Tracker {
     /// Products by the time they must be evaluated again.
     due: BTreeSet<(i64, String)>,
     rankings: Vec<Arc<Ranking>>,
+    /// The band bounds of the feature price matching reads: the index's price slots.
+    price_bands: Vec<Decimal>,
 }
 
 impl Tracker {
@@ -73,6 +76,8 @@ impl Tracker {
         let joins_catalog = features.iter().any(|f| matches!(f.value, ValueExpr::Attribute(..)));
         let names = features.iter().map(|f| f.name.clone()).collect();
         let rankings = ranked.iter().map(|_| Arc::new(Ranking::default())).collect();
+        let price_bands = roles.price_band_clicks.as_ref().and_then(|name| set.get(name));
+        let price_bands = price_bands.map(|f| f.bands.clone()).unwrap_or_default();
         Self {
             features,
             trending,
@@ -83,6 +88,7 @@ impl Tracker {
             products: HashMap::new(),
             due: BTreeSet::new(),
             rankings,
+            price_bands,
         }
     }
 
@@ -203,7 +209,8 @@ impl Tracker {
                     .unwrap_or_default()
             },
             Some(at),
-        );
+        )
+        .with_price_bands(&self.price_bands);
         index.rankings =
             self.ranked.iter().cloned().zip(self.rankings.iter().map(Arc::clone)).collect();
         index

@@ -174,6 +174,12 @@ pub struct Feature {
     pub session: Option<Duration>,
 }
 
+/// Which of the bands bounded by `bounds` (ascending upper bounds) `value` falls in: 0 below
+/// the first bound, `bounds.len()` above the last.
+pub fn band_of(bounds: &[Decimal], value: Decimal) -> usize {
+    bounds.iter().position(|upper| value < *upper).unwrap_or(bounds.len())
+}
+
 impl Feature {
     pub fn storage(&self) -> Storage {
         self.aggregation.storage()
@@ -187,7 +193,7 @@ impl Feature {
     /// Which band a numeric value falls in: 0 below the first bound, `bands.len()` above the
     /// last.
     pub fn band_index(&self, value: Decimal) -> usize {
-        self.bands.iter().position(|upper| value < *upper).unwrap_or(self.bands.len())
+        band_of(&self.bands, value)
     }
 
     /// The label of band `index` (see [`Self::band_index`]).
