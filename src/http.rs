@@ -24,18 +24,12 @@ use crate::web;
 
 pub fn app(state: AppState, config: &ApiConfig) -> Router {
     let request_id = axum::http::HeaderName::from_static("x-request-id");
+    // The span is made before routing (no route pattern yet), for every request: its fields are
+    // borrowed, not copied, since the log formatter renders them once anyway.
     let trace = TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-        let route = request
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or_else(|| request.uri().path().to_owned(), |p| p.as_str().to_owned());
-        let id = request
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        tracing::info_span!("request", method = %request.method(), route, request_id = id)
+        let path = request.uri().path();
+        let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok());
+        tracing::info_span!("request", method = %request.method(), path, request_id = id.unwrap_or_default())
     });
     let routes = Router::new()
         .merge(api::routes())

@@ -174,8 +174,13 @@ pub fn install_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`); JSON when `PERSONA_LOG_FORMAT=json`.
 pub fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: a log file or collector would get the escape codes as text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if std::env::var("PERSONA_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {

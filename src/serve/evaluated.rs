@@ -120,10 +120,27 @@ impl Evaluated {
     }
 }
 
+/// The evaluations kept. A `quick_cache` rather than moka, which L1 uses: this cache is read
+/// on every request and needs neither expiry nor loaders, and quick_cache's hit is a shard's
+/// read lock and a bit, where moka records every read for its housekeeping (5% of a feature
+/// read's CPU in a profile).
 pub struct EvaluationCache {
-    entries: moka::sync::Cache<u64, Arc<Entry>>,
+    entries: Option<quick_cache::sync::Cache<u64, Arc<Entry>, EntryWeight>>,
     granule_us: i64,
 }
+
+/// An entry's weight: about the bytes it holds (see [`Evaluated::weight`]).
+#[derive(Clone)]
+struct EntryWeight;
+
+impl quick_cache::Weighter<u64, Arc<Entry>> for EntryWeight {
+    fn weight(&self, _: &u64, entry: &Arc<Entry>) -> u64 {
+        u64::from(entry.evaluated.weight())
+    }
+}
+
+/// A guess of how large an evaluation is, to size the cache's table up front.
+const TYPICAL_ENTRY_BYTES: u64 = 8 * 1024;
 
 impl EvaluationCache {
     /// Reuses evaluations within `granularity` of read time, keeping about `max_bytes`;
@@ -131,16 +148,16 @@ impl EvaluationCache {
     pub fn new(granularity: Duration, max_bytes: u64) -> Self {
         // No idle expiry: an entry out of its granule is never reused and makes room by size
         // like any other, and expiry would read the clock on every hit.
-        let entries = moka::sync::Cache::builder()
-            .max_capacity(if granularity.is_zero() { 0 } else { max_bytes })
-            .weigher(|_, entry: &Arc<Entry>| entry.evaluated.weight())
-            .build();
+        let entries = (!granularity.is_zero() && max_bytes > 0).then(|| {
+            let items = usize::try_from(max_bytes / TYPICAL_ENTRY_BYTES).unwrap_or(usize::MAX);
+            quick_cache::sync::Cache::with_weighter(items.max(16), max_bytes, EntryWeight)
+        });
         Self { entries, granule_us: granularity.as_micros().try_into().unwrap_or(i64::MAX) }
     }
 
     /// Whether evaluations are kept at all.
     pub(super) fn keeps(&self) -> bool {
-        self.granule_us > 0
+        self.granule_us > 0 && self.entries.is_some()
     }
 
     /// The granule `at` falls in for the entity `id` (its granules shifted by a hash of the id).
@@ -159,7 +176,7 @@ impl EvaluationCache {
         catalog: u64,
         granule: i64,
     ) -> Option<Arc<Evaluated>> {
-        let entry = self.entries.get(&key_of(entity, id, names))?;
+        let entry = self.entries.as_ref()?.get(&key_of(entity, id, names))?;
         let evaluated = &entry.evaluated;
         let same_request = evaluated.features.entity == entity
             && evaluated.features.id == id
@@ -168,8 +185,10 @@ impl EvaluationCache {
     }
 
     pub(super) fn put(&self, names: Option<Vec<String>>, evaluated: Arc<Evaluated>) {
-        let key = key_of(evaluated.features.entity, &evaluated.features.id, &names);
-        self.entries.insert(key, Arc::new(Entry { names, evaluated }));
+        if let Some(entries) = &self.entries {
+            let key = key_of(evaluated.features.entity, &evaluated.features.id, &names);
+            entries.insert(key, Arc::new(Entry { names, evaluated }));
+        }
     }
 }
 
