@@ -1,5 +1,6 @@
 //! The one error type of the HTTP API. It renders as `{"error": {"code", "message"}}` and never
-//! shows internals: those are logged, in the request's span, when the response is built.
+//! shows internals: an internal error's detail travels with the response as a
+//! [`FailureDetail`] extension, and `crate::http` logs it with the request's id.
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -67,16 +68,20 @@ impl AppError {
     }
 }
 
+/// What went wrong inside, for the log line of a failed request (never for the caller).
+#[derive(Debug, Clone)]
+pub struct FailureDetail(pub String);
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if let Self::Internal(detail) = &self {
-            tracing::error!(detail, "request failed");
-        }
         let body = ErrorResponse {
             error: ErrorDetail { code: code.to_string(), message: self.to_string() },
         };
         let mut response = (status, Json(body)).into_response();
+        if let Self::Internal(detail) = &self {
+            response.extensions_mut().insert(FailureDetail(detail.clone()));
+        }
         if matches!(self, Self::Overloaded) {
             response
                 .headers_mut()

@@ -11,7 +11,7 @@ mod recommendations;
 use axum::Router;
 use axum::routing::get;
 
-pub use error::AppError;
+pub use error::{AppError, FailureDetail};
 pub use features::MAX_BATCH;
 
 use crate::serve::AppState;
