@@ -5,7 +5,7 @@
 //! in a bounded concurrency budget beyond which it is shed with 503. A failed request (a 5xx
 //! other than shedding) is logged at ERROR with its id, status, latency and what went wrong.
 //! Each request also has a tracing span with its method, path and id, at DEBUG
-//! (`RUST_LOG=persona=info,tower_http=debug` shows them): at INFO, rendering it cost a tenth of a
+//! (`RUST_LOG=info,persona::http=debug` shows them): at INFO, rendering it cost a tenth of a
 //! cached feature read.
 
 use axum::Router;
