@@ -310,22 +310,26 @@ fn signals_are_read_from_the_features_playing_each_role() {
     assert!(UserSignals::from_features(&features, &RecommendationFeatures::default()).is_cold());
 }
 
+/// 400 shoes `p000`… priced by `price`: two viewed, then a tail never viewed.
+fn never_viewed_tail(price: impl Fn(usize) -> i64) -> ProductIndex {
+    let mut products = HashMap::new();
+    let mut signals: HashMap<String, ProductSignals> = HashMap::new();
+    for n in 0..400 {
+        let id = format!("p{n:03}");
+        let trending = if n < 2 { 5.0 } else { 0.0 };
+        products.insert(id.clone(), product(&id, "shoes", price(n)));
+        signals.insert(id, (trending, Vec::new()));
+    }
+    ProductIndex::build(&products, &signals, None)
+}
+
 /// A catalog mostly never viewed: hundreds of products tie at trending 0, many in the price band
 /// the user clicks. Only as many of them as can still win a tie are scored, and the answer is
 /// the one scoring everything gives.
 #[test]
 fn a_never_viewed_tail_is_walked_only_while_it_can_win_a_tie() {
-    let mut products = HashMap::new();
-    let mut signals: HashMap<String, ProductSignals> = HashMap::new();
-    for n in 0..400 {
-        let id = format!("p{n:03}");
-        // Two viewed products, then a tail never viewed; prices alternate between two bands.
-        let trending = if n < 2 { 5.0 } else { 0.0 };
-        let price = if n % 2 == 0 { 40 } else { 300 };
-        products.insert(id.clone(), product(&id, "shoes", price));
-        signals.insert(id, (trending, Vec::new()));
-    }
-    let index = ProductIndex::build(&products, &signals, None);
+    // Prices alternate between two bands.
+    let index = never_viewed_tail(|n| if n % 2 == 0 { 40 } else { 300 });
     let set = bands();
     let feature = set.get("clicks_by_price_band_1h");
     let user = UserSignals { bands: [("25-50".to_string(), 3.0)].into(), ..shoe_viewer() };
@@ -345,20 +349,12 @@ fn a_never_viewed_tail_is_walked_only_while_it_can_win_a_tie() {
 /// the other band's tail is left once the answer is full of products that beat it.
 #[test]
 fn a_tail_mostly_outside_the_users_price_band_is_walked_by_band() {
-    let mut products = HashMap::new();
-    let mut signals: HashMap<String, ProductSignals> = HashMap::new();
-    for n in 0..400 {
-        let id = format!("p{n:03}");
-        let trending = if n < 2 { 5.0 } else { 0.0 };
-        // Three products in the band the user clicks (25-50), the rest far above it.
-        let price = if n % 100 == 7 && n < 300 { 40 } else { 300 };
-        products.insert(id.clone(), product(&id, "shoes", price));
-        signals.insert(id, (trending, Vec::new()));
-    }
+    // Three products in the band the user clicks (25-50), the rest far above it.
+    let index = never_viewed_tail(|n| if n % 100 == 7 && n < 300 { 40 } else { 300 });
     let set = bands();
     let feature = set.get("clicks_by_price_band_1h");
     let bounds = &feature.expect("the shipped price band feature").bands;
-    let index = ProductIndex::build(&products, &signals, None).with_price_bands(bounds);
+    let index = index.with_price_bands(bounds);
     let user = UserSignals { bands: [("25-50".to_string(), 3.0)].into(), ..shoe_viewer() };
     let query = query(5);
     let scorer = scorer::Scorer::new(&user, &index, feature, &query);
