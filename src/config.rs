@@ -127,7 +127,47 @@ pub struct KafkaConfig {
     /// (`persona dlq list`, `persona dlq replay`). Created at start when missing.
     pub dlq_topic: String,
     /// Passed to librdkafka as is, after persona's own settings (escape hatch).
-    pub extra_librdkafka: BTreeMap<String, String>,
+    pub extra_librdkafka: LibrdkafkaSettings,
+}
+
+/// `kafka.extra_librdkafka`: librdkafka settings by name. Printed (`persona config`, `Debug`)
+/// with the values of credentials redacted: `sasl.password`, `ssl.key.password`,
+/// `ssl.key.pem`, `sasl.oauthbearer.client.secret` and the like.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct LibrdkafkaSettings(pub BTreeMap<String, String>);
+
+impl LibrdkafkaSettings {
+    fn is_secret(key: &str) -> bool {
+        ["password", "secret", "ssl.key", "ssl_key", "token"].iter().any(|part| key.contains(part))
+    }
+}
+
+impl std::ops::Deref for LibrdkafkaSettings {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for LibrdkafkaSettings {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl fmt::Debug for LibrdkafkaSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for (key, value) in &self.0 {
+            if Self::is_secret(key) {
+                map.entry(key, &format_args!("<redacted>"));
+            } else {
+                map.entry(key, value);
+            }
+        }
+        map.finish()
+    }
 }
 
 impl Default for KafkaConfig {
@@ -147,7 +187,7 @@ impl Default for KafkaConfig {
             partition_queue_capacity: 2_000,
             metadata_refresh: Duration::from_secs(10),
             dlq_topic: "persona.dlq".into(),
-            extra_librdkafka: BTreeMap::new(),
+            extra_librdkafka: LibrdkafkaSettings::default(),
         }
     }
 }
@@ -483,5 +523,27 @@ mod tests {
         let printed = format!("{config:?}");
         assert!(!printed.contains("redis://"), "{printed}");
         assert!(!printed.contains("postgres://"), "{printed}");
+    }
+
+    #[test]
+    fn librdkafka_credentials_are_redacted_and_the_rest_printed() {
+        let mut config = Config::default();
+        for (key, value) in [
+            ("sasl.password", "hunter2"),
+            ("ssl.key.password", "keypass"),
+            ("ssl.key.pem", "-----BEGIN PRIVATE KEY-----"),
+            ("sasl.oauthbearer.client.secret", "oauth-secret"),
+            ("sasl.username", "persona-user"),
+            ("security.protocol", "SASL_SSL"),
+        ] {
+            config.kafka.extra_librdkafka.insert(key.into(), value.into());
+        }
+        let printed = format!("{config:#?}");
+        for secret in ["hunter2", "keypass", "PRIVATE KEY", "oauth-secret"] {
+            assert!(!printed.contains(secret), "{secret} printed: {printed}");
+        }
+        for shown in ["persona-user", "SASL_SSL", "sasl.password"] {
+            assert!(printed.contains(shown), "{shown} missing: {printed}");
+        }
     }
 }

@@ -201,7 +201,7 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     if let Some(instance_id) = &config.instance_id {
         client.set("group.instance.id", instance_id);
     }
-    for (key, value) in &config.extra_librdkafka {
+    for (key, value) in config.extra_librdkafka.iter() {
         client.set(key, value);
     }
     client

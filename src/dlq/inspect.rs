@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::{
     DeadLetters, DlqError, HEADER_ERROR, HEADER_FAILED_AT, HEADER_KIND, HEADER_REPLAY_OF,
@@ -53,8 +53,7 @@ impl DeadLetter {
 pub fn read(config: &KafkaConfig, from_offset: i64) -> Result<Vec<DeadLetter>, DlqError> {
     let topic = config.dlq_topic.as_str();
     let read_error = |source| DlqError::Read { topic: topic.to_string(), source };
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
+    let consumer: BaseConsumer = super::client(config)
         .set("group.id", "persona-dlq-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")

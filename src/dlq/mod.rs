@@ -123,10 +123,8 @@ impl DeadLetters {
     /// when the broker does not have it yet, so that the first dead letter does not depend on
     /// the broker auto-creating topics.
     pub async fn ensure_topic(&self, config: &KafkaConfig) -> Result<(), DlqError> {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &config.brokers)
-            .create()
-            .map_err(DlqError::Create)?;
+        let admin: AdminClient<DefaultClientContext> =
+            client(config).create().map_err(DlqError::Create)?;
         // -1: the brokers' `default.replication.factor`, so that `acks=all` meets the cluster's
         // `min.insync.replicas` on a cluster of several brokers as on one.
         let topic = NewTopic::new(&self.topic, 1, TopicReplication::Fixed(-1));
@@ -167,22 +165,55 @@ pub fn replay_identity(message: &OwnedMessage) -> Option<i64> {
 }
 
 fn producer(config: &KafkaConfig) -> Result<FutureProducer, DlqError> {
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.brokers)
+    client(config)
         .set("client.id", "persona-dlq")
         // A dead letter is the only copy of what was skipped: wait for every replica.
         .set("acks", "all")
         .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string())
-        .set("linger.ms", "0");
+        .set("linger.ms", "0")
+        .create()
+        .map_err(DlqError::Create)
+}
+
+/// The settings every client of the dead-letter topic shares (its producer, the admin client
+/// that creates it, `persona dlq list`'s reader): the brokers, and the security and addressing
+/// settings of `kafka.extra_librdkafka`, so that they reach a SASL/TLS cluster as ingest does.
+pub(crate) fn client(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.brokers);
     for (key, value) in config.extra_librdkafka.iter().filter(|(key, _)| is_shared_setting(key)) {
         client.set(key, value);
     }
-    client.create().map_err(DlqError::Create)
+    client
 }
 
 /// Settings of `kafka.extra_librdkafka` that apply to a producer too (security, addressing);
 /// consumer-only ones would make librdkafka warn.
 fn is_shared_setting(key: &str) -> bool {
     ["security.", "sasl.", "ssl.", "client.dns", "broker."].iter().any(|p| key.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_dead_letter_client_takes_the_security_settings_and_no_consumer_only_ones() {
+        let mut config =
+            KafkaConfig { brokers: "b1:9093,b2:9093".into(), ..KafkaConfig::default() };
+        for (key, value) in [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("ssl.ca.location", "/etc/kafka/ca.pem"),
+            ("fetch.wait.max.ms", "10"),
+        ] {
+            config.extra_librdkafka.insert(key.into(), value.into());
+        }
+        let client = client(&config);
+        assert_eq!(client.get("bootstrap.servers"), Some("b1:9093,b2:9093"));
+        assert_eq!(client.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(client.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(client.get("ssl.ca.location"), Some("/etc/kafka/ca.pem"));
+        assert_eq!(client.get("fetch.wait.max.ms"), None, "a consumer-only setting");
+    }
 }
