@@ -21,6 +21,10 @@ use persona::cdc::envelope::{CdcMessage, decode};
 use persona::features::{Entity, EntityState, FeatureSet, apply_with_pairs, entity_of};
 use persona::simulate::model::{Action, Shoppers, catalog};
 
+/// The allocator `persona` runs with (see `src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const MESSAGES: usize = 20_000;
 const STREAM: &str = "persona.public.user_activity/0";
 

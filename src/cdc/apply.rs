@@ -244,7 +244,7 @@ impl Applier<'_> {
     /// images.
     fn keys_of(&self, change: &SourceChange, stream: &str) -> Vec<(StateKey, Entity, String)> {
         let mut keys = Vec::new();
-        for entity in self.features.entities_fed_by(change.table) {
+        for &entity in self.features.entities_fed_by(change.table) {
             for row in [&change.before, &change.after].into_iter().flatten() {
                 let Some(id) = features::entity_of(row, entity) else { continue };
                 let key = EntityRef { entity, id: id.to_string() }.share(stream);

@@ -180,7 +180,8 @@ pub fn source_row(
         if let Some(slot) = columns.get_mut(column)
             && let Some(coded) = slot.as_key()
         {
-            let name = source.mapped(column, &coded).map_or(coded.clone(), str::to_string);
+            let name =
+                source.mapped(column, &coded).map_or_else(|| coded.into_owned(), str::to_string);
             *slot = Scalar::Text(name);
         }
     }
@@ -193,7 +194,7 @@ pub fn source_row(
     let mut ids = Vec::with_capacity(source.entities.len());
     for (entity, column) in &source.entities {
         match present(column) {
-            Some(id) => ids.push((*entity, id)),
+            Some(id) => ids.push((*entity, id.into_owned())),
             None if *entity == source.keyed_by => return Err(missing_key(source, column)),
             None => {}
         }

@@ -9,6 +9,7 @@
 //! Activity for a product not seen yet is kept and counts for the joined features as soon as
 //! the product arrives; until then it contributes to no joined value.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -96,8 +97,9 @@ impl Product {
 
     /// Fills the role fields from the attributes `roles` names.
     pub fn with_roles(mut self, roles: &ItemRoles) -> Self {
-        let text =
-            |product: &Self, attr: Option<&str>| attr.and_then(|a| product.attribute(a).as_key());
+        let text = |product: &Self, attr: Option<&str>| {
+            attr.and_then(|a| product.attribute(a).as_key().map(Cow::into_owned))
+        };
         self.name = text(&self, roles.name);
         self.category = text(&self, roles.category);
         self.brand = text(&self, roles.brand);

@@ -1,6 +1,7 @@
 //! Reading features: evaluates an entity's state at a reference time, joining product attributes
 //! from the catalog as they are now.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
@@ -125,7 +126,9 @@ pub fn evaluate(
     context: &ReadContext<'_>,
 ) -> Features {
     let ReadContext { at, catalog, ranking } = *context;
-    let wanted = |feature: &&Feature| names.is_none_or(|names| names.contains(&feature.name));
+    let wanted = |feature: &&Feature| {
+        names.is_none_or(|names| names.iter().any(|name| name == feature.name))
+    };
     let mut features = Features::new();
     let empty = FeatureState::default();
     for feature in set.of_entity(entity).filter(wanted) {
@@ -135,11 +138,11 @@ pub fn evaluate(
                 percentile(set, feature, entity_id, state, at, catalog, ranking)
             }
             Some(state) => {
-                let feature_state = state.features.get(&feature.name).unwrap_or(&empty);
+                let feature_state = state.features.get(feature.name).unwrap_or(&empty);
                 evaluate_one(feature, feature_state, at, catalog)
             }
         };
-        features.insert(feature.name.clone(), value);
+        features.insert(feature.name.to_string(), value);
     }
     features
 }
@@ -160,7 +163,7 @@ fn percentile(
         return FeatureValue::missing();
     }
     let empty = FeatureState::default();
-    let own = evaluate_one(of, state.features.get(&of.name).unwrap_or(&empty), at, catalog);
+    let own = evaluate_one(of, state.features.get(of.name).unwrap_or(&empty), at, catalog);
     let (Some(value), Some(ranking)) = (own.value.as_f64(), ranking(of)) else {
         return FeatureValue::missing();
     };
@@ -183,7 +186,7 @@ fn resolve(feature: &Feature, stored: &str, catalog: &dyn Catalog) -> Option<Str
         }
     };
     if feature.bands.is_empty() {
-        return scalar.as_key();
+        return scalar.as_key().map(Cow::into_owned);
     }
     scalar.as_number().map(|number| feature.band_of(number))
 }

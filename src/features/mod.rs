@@ -10,6 +10,7 @@
 //! - [`evaluate()`]: values at a reference time, joined through the product [`catalog`].
 //! - [`next_change`]: when a value read earlier changes with no new event (windows sliding).
 
+mod by_feature;
 pub mod catalog;
 pub mod definition;
 mod entity;
@@ -21,6 +22,7 @@ mod pairs;
 pub mod source;
 mod state;
 
+pub use by_feature::FeatureStates;
 pub use catalog::{Catalog, CatalogView, DimensionSchema, ItemRoles, Product, ProductCatalog};
 pub use definition::{
     Aggregation, BUCKETS_PER_WINDOW, DefinitionError, Entity, EntitySchema, Feature, FeatureSet,

@@ -28,7 +28,7 @@ pub const SESSION_FACTS_MAX: usize = 500;
 /// One change to a product's co-occurrence counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairDelta {
-    pub feature: String,
+    pub feature: &'static str,
     pub product: String,
     pub partner: String,
     /// Event time of the later row of the pair.
@@ -64,7 +64,7 @@ fn push_pair(
     }
     for (product, partner) in [(earlier.1, later.1), (later.1, earlier.1)] {
         deltas.push(PairDelta {
-            feature: feature.name.clone(),
+            feature: feature.name,
             product: product.to_string(),
             partner: partner.to_string(),
             at_us: later.0.0,
@@ -80,8 +80,10 @@ fn neighbours<'a>(
 ) -> (Option<Node<'a>>, Option<Node<'a>>) {
     let mut before: Option<Node<'a>> = None;
     let mut after: Option<Node<'a>> = None;
+    // Found once: comparing every key of the session with it cost more than the walk.
+    let own = facts.get_key_value(at.1).map(|(key, _)| key);
     for (key, fact) in facts {
-        if key == at.1 {
+        if own.is_some_and(|own| std::ptr::eq(own, key)) {
             continue;
         }
         let node: Node<'a> = ((fact.at_us, key.as_str()), fact.value.as_str());
@@ -135,7 +137,7 @@ pub fn apply_to_session(
         if before.is_none() && after.is_none() {
             continue;
         }
-        let session = state.features.entry(feature.name.clone()).or_default();
+        let session = state.features.entry(feature.name);
         if let Some((key, at_us, product)) = before
             && session.facts.contains_key(key)
         {
@@ -168,7 +170,7 @@ pub fn apply_to_session(
         }
         prune_session(session, horizon);
         if session.facts.is_empty() && session.buckets.is_empty() {
-            state.features.remove(&feature.name);
+            state.features.remove(feature.name);
         }
     }
     deltas
@@ -196,9 +198,9 @@ pub fn apply_pairs(
     now_us: i64,
 ) {
     for delta in deltas.iter().filter(|d| d.product == product_id) {
-        let Some(feature) = set.get(&delta.feature) else { continue };
+        let Some(feature) = set.get(delta.feature) else { continue };
         let Some(window) = feature.window else { continue };
-        let counts = state.features.entry(feature.name.clone()).or_default();
+        let counts = state.features.entry(feature.name);
         let bucket = window.bucket_of(delta.at_us);
         let cell = counts.buckets.entry(bucket).or_default();
         let count = cell.entry(delta.partner.clone()).or_default();
@@ -211,7 +213,7 @@ pub fn apply_pairs(
         }
         super::state::prune_buckets(feature, counts, set.history_us(), now_us);
         if counts.buckets.is_empty() && counts.facts.is_empty() {
-            state.features.remove(&feature.name);
+            state.features.remove(feature.name);
         }
     }
 }

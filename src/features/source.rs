@@ -213,13 +213,14 @@ pub enum Scalar {
 }
 
 impl Scalar {
-    /// The value as features store and compare it; `None` for NULL.
-    pub fn as_key(&self) -> Option<String> {
+    /// The value as features store and compare it; `None` for NULL. Text, the common case, is
+    /// borrowed: filters compare it on every change.
+    pub fn as_key(&self) -> Option<std::borrow::Cow<'_, str>> {
         match self {
             Self::Null => None,
-            Self::Text(text) => Some(text.clone()),
-            Self::Number(number) => Some(number.normalize().to_string()),
-            Self::Time(micros) => Some(micros.to_string()),
+            Self::Text(text) => Some(std::borrow::Cow::Borrowed(text)),
+            Self::Number(number) => Some(number.normalize().to_string().into()),
+            Self::Time(micros) => Some(micros.to_string().into()),
         }
     }
 
@@ -264,7 +265,9 @@ impl SourceRow {
     ) -> Self {
         let ids = [(Entity::USER, "user_id"), (Entity::PRODUCT, "product_id")]
             .into_iter()
-            .filter_map(|(entity, column)| Some((entity, columns.get(column)?.as_key()?)))
+            .filter_map(|(entity, column)| {
+                Some((entity, columns.get(column)?.as_key()?.into_owned()))
+            })
             .collect();
         Self { key, columns, ids, time }
     }

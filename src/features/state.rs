@@ -22,12 +22,14 @@
 //!   newest position by nature. Its position is remembered in a small per-stream set instead,
 //!   so it is applied once however often it is re-driven.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::by_feature::FeatureStates;
 use super::definition::{BUCKETS_PER_WINDOW, Entity, Feature, FeatureSet, Storage, ValueExpr};
 use super::pairs::{self, PairDelta};
 use super::source::{Position, SnapshotRead, SnapshotRun, SourceChange, SourceRow, Truncation};
@@ -84,8 +86,8 @@ pub struct EntityState {
     /// The TRUNCATE of its table each stream's contributions come after.
     #[serde(rename = "cut", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub cuts: BTreeMap<String, Position>,
-    #[serde(rename = "f", default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub features: BTreeMap<String, FeatureState>,
+    #[serde(rename = "f", default, skip_serializing_if = "FeatureStates::is_empty")]
+    pub features: FeatureStates,
 }
 
 /// The snapshot run a share belongs to, and how far into the run's reads it got.
@@ -144,8 +146,8 @@ impl EntityState {
         for (stream, cut) in &other.cuts {
             self.cuts.insert(stream.clone(), *cut);
         }
-        for (name, theirs) in &other.features {
-            let ours = self.features.entry(name.clone()).or_default();
+        for (name, theirs) in other.features.iter() {
+            let ours = self.features.entry(name);
             for (bucket, cell) in &theirs.buckets {
                 let target = ours.buckets.entry(*bucket).or_default();
                 for (value, count) in cell {
@@ -251,7 +253,7 @@ pub fn apply_with_pairs(
         pairs::apply_pairs(set, entity_id, state, pair_deltas, now_us);
     }
     for feature in set.fed_by(entity, change.table).filter(|f| f.storage() != Storage::Pairs) {
-        let feature_state = state.features.entry(feature.name.clone()).or_default();
+        let feature_state = state.features.entry(feature.name);
         if let Some(before) = change.before.as_ref().filter(belongs) {
             retract(feature, feature_state, before, set.history_us(), now_us);
         }
@@ -262,7 +264,7 @@ pub fn apply_with_pairs(
         }
         prune(feature, feature_state, set.history_us(), now_us);
         if feature_state.is_empty() {
-            state.features.remove(&feature.name);
+            state.features.remove(feature.name);
         }
     }
     state.rev += 1;
@@ -346,28 +348,28 @@ fn first_replay(state: &mut EntityState, stream: &str, position: Position) -> bo
 
 pub(super) fn passes(feature: &Feature, row: &SourceRow) -> bool {
     feature.filter.iter().all(|(column, accepted)| {
-        row.get(column).as_key().is_some_and(|value| accepted.contains(&value))
+        row.get(column).as_key().is_some_and(|value| accepted.iter().any(|a| *a == value))
     })
 }
 
 /// What a row stores for a feature; `None` when it contributes nothing (filtered out, NULL).
-fn stored_value(feature: &Feature, row: &SourceRow) -> Option<String> {
+fn stored_value<'a>(feature: &Feature, row: &'a SourceRow) -> Option<Cow<'a, str>> {
     if !passes(feature, row) {
         return None;
     }
     let value = match &feature.value {
-        ValueExpr::Nothing => Some(String::new()),
+        ValueExpr::Nothing => Some(Cow::Borrowed("")),
         ValueExpr::Column(column) => row.get(column).as_key(),
         // Joined when read, so a product's later category or price change applies to history.
-        ValueExpr::Attribute(entity, _) => row.id(*entity).map(str::to_string),
+        ValueExpr::Attribute(entity, _) => row.id(*entity).map(Cow::Borrowed),
         ValueExpr::Product2(left, right) => {
             match (row.get(left).as_number(), row.get(right).as_number()) {
-                (Some(left), Some(right)) => Some((left * right).normalize().to_string()),
+                (Some(left), Some(right)) => Some((left * right).normalize().to_string().into()),
                 _ => None,
             }
         }
     }?;
-    if !feature.steps.is_empty() && !feature.steps.contains(&value) {
+    if !feature.steps.is_empty() && !feature.steps.iter().any(|step| *step == value) {
         return None;
     }
     Some(value)
@@ -402,10 +404,16 @@ fn add(
     match feature.storage() {
         Storage::Buckets => {
             let bucket = feature.window.map_or(0, |window| window.bucket_of(at_us));
-            *state.buckets.entry(bucket).or_default().entry(value).or_default() += 1;
+            let cell = state.buckets.entry(bucket).or_default();
+            match cell.get_mut(value.as_ref()) {
+                Some(count) => *count += 1,
+                None => {
+                    cell.insert(value.into_owned(), 1);
+                }
+            }
         }
         Storage::Facts | Storage::Current => {
-            state.facts.insert(row.key.clone(), Fact { at_us, value });
+            state.facts.insert(row.key.clone(), Fact { at_us, value: value.into_owned() });
         }
         Storage::Derived | Storage::Pairs => {}
     }
@@ -428,10 +436,10 @@ fn retract(
         Storage::Buckets => {
             let bucket = feature.window.map_or(0, |window| window.bucket_of(at_us));
             if let Some(cell) = state.buckets.get_mut(&bucket) {
-                if let Some(count) = cell.get_mut(&value) {
+                if let Some(count) = cell.get_mut(value.as_ref()) {
                     *count -= 1;
                     if *count <= 0 {
-                        cell.remove(&value);
+                        cell.remove(value.as_ref());
                     }
                 }
                 if cell.is_empty() {
@@ -472,24 +480,40 @@ fn prune(feature: &Feature, state: &mut FeatureState, history_us: i64, now_us: i
     if feature.storage() != Storage::Facts {
         return;
     }
-    let mut newest: Vec<(&String, &Fact)> = state.facts.iter().collect();
-    newest.sort_by(|a, b| (b.1.at_us, b.0).cmp(&(a.1.at_us, a.0)));
     let keep_values = feature.n.max(1) + FACT_SLACK;
-    let mut per_value: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut kept: std::collections::HashSet<String> = std::collections::HashSet::new();
-    for (key, fact) in newest {
-        let seen = per_value.len();
-        let count = per_value.entry(fact.value.as_str()).or_default();
-        let distinct_ok = *count > 0 || seen < keep_values;
+    let last_n = feature.aggregation == super::Aggregation::LastN;
+    // Fewer facts than every bound below allows: none can go (the common case, checked on
+    // every change before sorting anything).
+    if state.facts.len() <= if last_n { keep_values.min(FACTS_PER_VALUE) } else { keep_values } {
+        return;
+    }
+    let mut newest: Vec<(i64, &str, &str)> = state
+        .facts
+        .iter()
+        .map(|(key, fact)| (fact.at_us, key.as_str(), fact.value.as_str()))
+        .collect();
+    newest.sort_unstable_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    // Kept facts per value, newest value first: at most `keep_values` of them.
+    let mut per_value: Vec<(&str, usize)> = Vec::new();
+    let mut kept = 0;
+    let mut dropped: Vec<String> = Vec::new();
+    for (_, key, value) in newest {
+        let known = per_value.iter().position(|(seen, _)| *seen == value);
+        let distinct_ok = known.is_some() || per_value.len() < keep_values;
         let per_value_ok =
-            feature.aggregation != super::Aggregation::LastN || *count < FACTS_PER_VALUE;
-        if distinct_ok && per_value_ok && kept.len() < keep_values * FACTS_PER_VALUE {
-            *count += 1;
-            kept.insert(key.clone());
+            !last_n || known.is_none_or(|index| per_value[index].1 < FACTS_PER_VALUE);
+        if distinct_ok && per_value_ok && kept < keep_values * FACTS_PER_VALUE {
+            match known {
+                Some(index) => per_value[index].1 += 1,
+                None => per_value.push((value, 1)),
+            }
+            kept += 1;
+        } else {
+            dropped.push(key.to_string());
         }
     }
-    if kept.len() < state.facts.len() {
-        state.facts.retain(|key, _| kept.contains(key));
+    for key in dropped {
+        state.facts.remove(&key);
     }
 }
 

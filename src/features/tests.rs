@@ -10,6 +10,7 @@ use serde_json::json;
 use super::*;
 
 mod overlap;
+mod prune;
 mod snapshot;
 mod truncate;
 

@@ -20,13 +20,13 @@ fn micros(at: DateTime<Utc>) -> i64 {
 
 fn read(feature: &Feature, set: &FeatureSet, state: &FeatureState, at_us: i64) -> FeatureValue {
     let mut entity = EntityState::default();
-    entity.features.insert(feature.name.clone(), state.clone());
+    entity.features.insert(feature.name, state.clone());
     let at = DateTime::from_timestamp_micros(at_us).expect("in range");
     let catalog = catalog();
-    let names = [feature.name.clone()];
+    let names = [feature.name.to_string()];
     let context = ReadContext { at, catalog: &catalog, ranking: &|_| None };
     let mut values = evaluate(set, feature.entity, "e1", Some(&entity), Some(&names), &context);
-    values.remove(&feature.name).expect("the feature is read")
+    values.remove(feature.name).expect("the feature is read")
 }
 
 /// A state with rows at the given offsets (seconds from `t0`), bucketed by the feature's window.

@@ -45,7 +45,7 @@ fn state_of(set: &FeatureSet, views: &[View]) -> EntityState {
     for name in [TRENDING, VIEWED_TOGETHER, RANKED] {
         let feature = set.get(name).expect("shipped");
         let window = feature.window.expect("windowed");
-        let feature_state = state.features.entry(name.to_string()).or_default();
+        let feature_state = state.features.entry(feature.name);
         for (secs, count, partner) in views {
             let bucket = window.bucket_of((t0() + TimeDelta::seconds(*secs)).timestamp_micros());
             let value = if name == VIEWED_TOGETHER { id(*partner) } else { "v".into() };

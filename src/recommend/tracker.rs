@@ -74,7 +74,7 @@ impl Tracker {
             }
         }
         let joins_catalog = features.iter().any(|f| matches!(f.value, ValueExpr::Attribute(..)));
-        let names = features.iter().map(|f| f.name.clone()).collect();
+        let names = features.iter().map(|f| f.name.to_string()).collect();
         let rankings = ranked.iter().map(|_| Arc::new(Ranking::default())).collect();
         let price_bands = roles.price_band_clicks.as_ref().and_then(|name| set.get(name));
         let price_bands = price_bands.map(|f| f.bands.clone()).unwrap_or_default();
@@ -125,17 +125,17 @@ impl Tracker {
         let trending_feature = self
             .trending
             .as_ref()
-            .and_then(|name| self.features.iter().find(|feature| &feature.name == name));
+            .and_then(|name| self.features.iter().find(|feature| feature.name == name));
         let trending = match trending_feature {
             Some(feature) if feature.aggregation == Aggregation::DecayedCount => {
-                DecayParts::of(feature, feature_state(&feature.name), at_us).unwrap_or_default()
+                DecayParts::of(feature, feature_state(feature.name), at_us).unwrap_or_default()
             }
             // Any other definition of it is a plain number until its next change.
             other => DecayParts {
                 at_us,
                 half_life_us: 1.0,
                 flat: other
-                    .and_then(|feature| values.get(&feature.name))
+                    .and_then(|feature| values.get(feature.name))
                     .and_then(|v| v.value.as_f64())
                     .unwrap_or(0.0),
                 ..DecayParts::default()
@@ -149,7 +149,7 @@ impl Tracker {
         let next = self
             .features
             .iter()
-            .filter_map(|feature| next_change(feature, feature_state(&feature.name), at_us))
+            .filter_map(|feature| next_change(feature, feature_state(feature.name), at_us))
             .min();
         let previous = self.products.get(id);
         let previous_next = previous.and_then(|p| p.next_change);

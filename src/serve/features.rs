@@ -56,7 +56,10 @@ pub(super) fn rankings_needed<'a>(
     let mut needed: Vec<&Feature> = Vec::new();
     for request in requests.iter().filter(|r| r.entity.entity == set.item) {
         for feature in set.of_entity(set.item) {
-            let wanted = request.names.as_ref().is_none_or(|names| names.contains(&feature.name));
+            let wanted = request
+                .names
+                .as_ref()
+                .is_none_or(|names| names.iter().any(|name| name == feature.name));
             if wanted
                 && feature.aggregation == Aggregation::Percentile
                 && let Some(of) = feature.of.as_deref().and_then(|name| set.get(name))
@@ -85,8 +88,8 @@ pub async fn read_and_evaluate(
     // refresh), ranked from the whole catalog.
     let index = (!explicit_at && !needed.is_empty()).then(|| state.recommender.index());
     for feature in needed {
-        match index.as_ref().and_then(|index| index.rankings.get(&feature.name)) {
-            Some(ranking) => rankings.push((feature.name.clone(), Arc::clone(ranking))),
+        match index.as_ref().and_then(|index| index.rankings.get(feature.name)) {
+            Some(ranking) => rankings.push((feature.name.to_string(), Arc::clone(ranking))),
             None => to_rank.push(feature),
         }
     }
@@ -105,7 +108,7 @@ pub async fn read_and_evaluate(
     if let Some(catalog_states) = catalog_states {
         for feature in to_rank {
             let ranking = Arc::new(rank(set, feature, &catalog_ids, &catalog_states, at, state));
-            rankings.push((feature.name.clone(), ranking));
+            rankings.push((feature.name.to_string(), ranking));
         }
     }
     let ranking_of = |feature: &Feature| {
@@ -126,7 +129,7 @@ fn rank(
     at: DateTime<Utc>,
     state: &AppState,
 ) -> Ranking {
-    let names = [feature.name.clone()];
+    let names = [feature.name.to_string()];
     let values = state.catalog.view(|catalog| {
         ids.iter()
             .zip(states)
@@ -139,7 +142,7 @@ fn rank(
                     Some(&names),
                     &ReadContext { at, catalog, ranking: &|_| None },
                 );
-                features.get(&feature.name).and_then(|v| v.value.as_f64()).unwrap_or(0.0)
+                features.get(feature.name).and_then(|v| v.value.as_f64()).unwrap_or(0.0)
             })
             .collect()
     });

@@ -146,7 +146,7 @@ impl Window {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Feature {
-    pub name: String,
+    pub name: &'static str,
     pub description: Option<String>,
     pub entity: Entity,
     pub table: SourceTable,
@@ -229,6 +229,42 @@ pub struct FeatureSet {
     pub shopper: Entity,
     /// The entity that is browsed and bought: the dimension describes it, percentiles rank it.
     pub item: Entity,
+    /// What a change to each source feeds, found once at load rather than on every change.
+    routes: Vec<Route>,
+}
+
+/// What a change to one source table feeds.
+#[derive(Debug, Clone)]
+struct Route {
+    table: SourceTable,
+    /// The entities whose states it changes (see [`FeatureSet::entities_fed_by`]).
+    entities: Vec<Entity>,
+    /// Per entity, the features it feeds (indices into `features`).
+    features: Vec<(Entity, Vec<usize>)>,
+}
+
+impl Route {
+    fn of(table: SourceTable, features: &[Feature], shopper: Entity) -> Self {
+        let mut entities: Vec<Entity> = features
+            .iter()
+            .filter(|feature| feature.table == table && feature.storage() != Storage::Derived)
+            // Pairs are found in the shopper's session; the items get them from there.
+            .map(|feature| match feature.storage() {
+                Storage::Pairs => shopper,
+                _ => feature.entity,
+            })
+            .collect();
+        entities.sort();
+        entities.dedup();
+        let mut fed: Vec<(Entity, Vec<usize>)> = Vec::new();
+        for (index, feature) in features.iter().enumerate().filter(|(_, f)| f.table == table) {
+            match fed.iter_mut().find(|(entity, _)| *entity == feature.entity) {
+                Some((_, indices)) => indices.push(index),
+                None => fed.push((feature.entity, vec![index])),
+            }
+        }
+        Self { table, entities, features: fed }
+    }
 }
 
 /// The definitions shipped with persona (`features.toml` at the repository root).
@@ -299,6 +335,10 @@ impl FeatureSet {
         let recommendations =
             roles::compile(&raw.recommendations, &features, entities.shopper, entities.item)?;
         let canonical = serde_json::to_string(&raw).unwrap_or_default();
+        let routes = sources
+            .iter()
+            .map(|source| Route::of(source.name, &features, entities.shopper))
+            .collect();
         Ok(Self {
             features,
             history: raw.history,
@@ -309,6 +349,7 @@ impl FeatureSet {
             entities: entities.all,
             shopper: entities.shopper,
             item: entities.item,
+            routes,
         })
     }
 
@@ -352,24 +393,20 @@ impl FeatureSet {
 
     /// The features a change to `table` can affect for `entity`.
     pub fn fed_by(&self, entity: Entity, table: SourceTable) -> impl Iterator<Item = &Feature> {
-        self.of_entity(entity).filter(move |feature| feature.table == table)
+        self.route(table)
+            .and_then(|route| route.features.iter().find(|(fed, _)| *fed == entity))
+            .map_or(&[][..], |(_, indices)| indices.as_slice())
+            .iter()
+            .map(|index| &self.features[*index])
+    }
+
+    fn route(&self, table: SourceTable) -> Option<&Route> {
+        self.routes.iter().find(|route| route.table == table)
     }
 
     /// The entities whose features a change to `table` feeds.
-    pub fn entities_fed_by(&self, table: SourceTable) -> Vec<Entity> {
-        let mut entities: Vec<Entity> = self
-            .features
-            .iter()
-            .filter(|feature| feature.table == table && feature.storage() != Storage::Derived)
-            // Pairs are found in the shopper's session; the items get them from there.
-            .map(|feature| match feature.storage() {
-                Storage::Pairs => self.shopper,
-                _ => feature.entity,
-            })
-            .collect();
-        entities.sort();
-        entities.dedup();
-        entities
+    pub fn entities_fed_by(&self, table: SourceTable) -> &[Entity] {
+        self.route(table).map_or(&[], |route| route.entities.as_slice())
     }
 
     /// The co-occurrence features, whose pairs a change to `table` can feed.

@@ -342,7 +342,7 @@ pub(super) fn compile(
     };
 
     Ok(Feature {
-        name: name.to_string(),
+        name: crate::features::source::intern(name),
         description: raw.description.clone(),
         entity: raw.entity,
         table,
@@ -369,8 +369,8 @@ pub(super) fn check_reference(
     let Some(of) = &feature.of else { return Ok(()) };
     let target = all
         .iter()
-        .find(|candidate| &candidate.name == of)
-        .ok_or_else(|| invalid(&feature.name, "of", format!("names no feature ({of:?})")))?;
+        .find(|candidate| candidate.name == of)
+        .ok_or_else(|| invalid(feature.name, "of", format!("names no feature ({of:?})")))?;
     let rankable = target.entity == item
         && matches!(
             target.aggregation,
@@ -378,13 +378,13 @@ pub(super) fn check_reference(
         );
     if !rankable {
         return Err(invalid(
-            &feature.name,
+            feature.name,
             "of",
             format!("{of:?} must be a {item} count, sum or distinct_count"),
         ));
     }
     if target.table != feature.table {
-        return Err(invalid(&feature.name, "source", format!("must be the source of {of:?}")));
+        return Err(invalid(feature.name, "source", format!("must be the source of {of:?}")));
     }
     Ok(())
 }

@@ -141,7 +141,7 @@ pub(super) fn compile(
         match features.iter().find(|feature| feature.name == name) {
             Some(feature) => match fits(role, feature, shopper, item) {
                 Ok(()) => {
-                    resolved.insert(role.name, feature.name.clone());
+                    resolved.insert(role.name, feature.name.to_string());
                 }
                 Err(problem) if explicit.is_some() => return Err(error(role.name, problem)),
                 // The default name used for something else: not this role.

@@ -1,0 +1,178 @@
+//! An entity's feature states, by feature.
+//!
+//! Applying a change finds the state of every feature it feeds, so this lookup runs a few dozen
+//! times per event. Feature names are interned when the definitions load and when a state is
+//! read back from Redis, so the ingest path finds a state by comparing pointers; an entity holds
+//! at most as many states as the definitions declare features, few enough that a vector beats a
+//! map. (A map keyed by `String` spent a fifth of decode + apply comparing and cloning names;
+//! see BENCHMARKS.md, "Decode + apply per event".)
+
+use std::fmt;
+
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::intern::intern;
+use super::state::FeatureState;
+
+/// Feature states by feature name; serialized as a map from name to state.
+#[derive(Clone, Default)]
+pub struct FeatureStates(Vec<(&'static str, FeatureState)>);
+
+impl FeatureStates {
+    /// The state of the feature named `name`, by its text (a name from a request, say).
+    pub fn get(&self, name: &str) -> Option<&FeatureState> {
+        self.0.iter().find(|(known, _)| *known == name).map(|(_, state)| state)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// The state of the feature named `name`, an interned name (a [`super::Feature`]'s), made
+    /// empty when the entity has none yet.
+    pub fn entry(&mut self, name: &'static str) -> &mut FeatureState {
+        let index = match self.position(name) {
+            Some(index) => index,
+            None => {
+                self.0.push((name, FeatureState::default()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[index].1
+    }
+
+    pub fn insert(&mut self, name: &'static str, state: FeatureState) {
+        *self.entry(name) = state;
+    }
+
+    /// Forgets the state of `name`, an interned name.
+    pub fn remove(&mut self, name: &'static str) {
+        if let Some(index) = self.position(name) {
+            self.0.swap_remove(index);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &FeatureState)> {
+        self.0.iter().map(|(name, state)| (*name, state))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &FeatureState> {
+        self.0.iter().map(|(_, state)| state)
+    }
+
+    /// Every name held is interned, so equal names are the same pointer.
+    fn position(&self, name: &'static str) -> Option<usize> {
+        self.0.iter().position(|(known, _)| std::ptr::eq(*known, name))
+    }
+}
+
+/// Equal when both hold the same states, in whatever order they were added.
+impl PartialEq for FeatureStates {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|(name, state)| other.get(name) == Some(state))
+    }
+}
+
+impl Eq for FeatureStates {}
+
+impl fmt::Debug for FeatureStates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl FromIterator<(&'static str, FeatureState)> for FeatureStates {
+    fn from_iter<I: IntoIterator<Item = (&'static str, FeatureState)>>(iter: I) -> Self {
+        let mut states = Self::default();
+        for (name, state) in iter {
+            states.insert(intern(name), state);
+        }
+        states
+    }
+}
+
+impl Serialize for FeatureStates {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.len()))?;
+        for (name, state) in self.iter() {
+            map.serialize_entry(name, state)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for FeatureStates {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StatesVisitor;
+
+        impl<'de> Visitor<'de> for StatesVisitor {
+            type Value = FeatureStates;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map from feature name to feature state")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FeatureStates, A::Error> {
+                let mut states = FeatureStates(Vec::with_capacity(map.size_hint().unwrap_or(0)));
+                while let Some((name, state)) =
+                    map.next_entry::<std::borrow::Cow<'de, str>, FeatureState>()?
+                {
+                    states.insert(intern(&name), state);
+                }
+                Ok(states)
+            }
+        }
+
+        deserializer.deserialize_map(StatesVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(bucket: i64) -> FeatureState {
+        let mut state = FeatureState::default();
+        state.buckets.entry(bucket).or_default().insert(String::new(), 1);
+        state
+    }
+
+    #[test]
+    fn names_read_back_find_the_states_of_the_definitions_interned_names() {
+        let mut states = FeatureStates::default();
+        states.insert(intern("clicks_1m"), state(1));
+        states.insert(intern("views_1m"), state(2));
+        let json = serde_json::to_string(&states).expect("serializes");
+        let mut read: FeatureStates = serde_json::from_str(&json).expect("deserializes");
+        assert_eq!(read, states);
+        // The definitions' name, interned at load: the same pointer as the name read back.
+        *read.entry(intern("views_1m")) = state(3);
+        assert_eq!(read.len(), 2);
+        assert_eq!(read.get("views_1m"), Some(&state(3)));
+        read.remove(intern("clicks_1m"));
+        assert_eq!(read.get("clicks_1m"), None);
+    }
+
+    #[test]
+    fn equality_ignores_the_order_states_were_added_in() {
+        let a: FeatureStates = [("a", state(1)), ("b", state(2))].into_iter().collect();
+        let b: FeatureStates = [("b", state(2)), ("a", state(1))].into_iter().collect();
+        let c: FeatureStates = [("b", state(2)), ("a", state(9))].into_iter().collect();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+}

@@ -1,0 +1,58 @@
+//! Unwindowed `last`/`last_n` keep only the facts their reads can need (the newest values and
+//! [`FACT_SLACK`] more), so a user's state stays bounded. Pruning must never change a read: not
+//! after many rows, nor when a few of the newest are deleted and older ones take their place.
+
+use super::*;
+
+/// Views of `user` by `(row, product, seconds ago)`, the rows kept unpruned: the exact state.
+fn unpruned(set: &FeatureSet, rows: &[SourceRow]) -> EntityState {
+    let mut state = EntityState::default();
+    for name in ["last_viewed_product", "recent_products_viewed"] {
+        let feature = set.get(name).expect("shipped");
+        let facts = state.features.entry(feature.name);
+        for row in rows {
+            let value = row.text("product_id").expect("a product").to_string();
+            let at_us = row.time.timestamp_micros();
+            facts.facts.insert(row.key.clone(), super::super::state::Fact { at_us, value });
+        }
+    }
+    state
+}
+
+fn views(rows: &[(u8, u8, i64)]) -> BTreeMap<u8, SourceRow> {
+    rows.iter()
+        .map(|(row, product, secs_ago)| {
+            let product = format!("p{product}");
+            (*row, activity(&format!("r{row}"), "u1", "VIEW_PRODUCT", Some(&product), *secs_ago))
+        })
+        .collect()
+}
+
+proptest! {
+    /// Many views of a few products (so one product has more facts than a value keeps), then a
+    /// few of the newest deleted: the pruned state reads as the state of every surviving row.
+    #[test]
+    fn pruning_never_changes_a_read(
+        rows in prop::collection::vec((0u8..120, 0u8..30, 0i64..100_000), 0..120),
+        deleted in 0usize..6,
+    ) {
+        let set = set();
+        let rows = views(&rows);
+        let mut changes: Vec<SourceChange> =
+            (1i64..).zip(rows.values().cloned()).map(|(lsn, row)| insert(row, lsn)).collect();
+        let mut newest: Vec<&SourceRow> = rows.values().collect();
+        newest.sort_by_key(|row| std::cmp::Reverse((row.time, row.key.clone())));
+        for (lsn, row) in (changes.len() as i64 + 1..).zip(newest.iter().take(deleted)) {
+            changes.push(change(SourceTable::new("user_activity"), Some((*row).clone()), None, lsn));
+        }
+        let survivors: Vec<SourceRow> = newest.iter().skip(deleted).map(|row| (*row).clone()).collect();
+        let pruned = fold(&set, Entity::USER, "u1", &changes);
+        let kept = pruned.features.get("recent_products_viewed").map_or(0, |state| state.facts.len());
+        prop_assert!(kept <= (20 + FACT_SLACK) * 8, "{kept} facts kept");
+        let names = ["last_viewed_product".to_string(), "recent_products_viewed".to_string()];
+        let read = |state: &EntityState| {
+            evaluate(&set, Entity::USER, "u1", Some(state), Some(&names), &context(t0(), &catalog(), &|_| None))
+        };
+        prop_assert_eq!(read(&pruned), read(&unpruned(&set, &survivors)));
+    }
+}
