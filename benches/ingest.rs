@@ -48,6 +48,11 @@ fn insert(table: &str, after: serde_json::Value, at: DateTime<Utc>, n: usize) ->
     .expect("a JSON value serializes")
 }
 
+/// A fixed pseudo-random number for `n`, so every run decodes the same messages.
+fn hash(n: usize, salt: u64) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(&n.to_le_bytes(), salt)
+}
+
 /// The simulator's writes as the connector would deliver them.
 fn messages() -> Vec<Vec<u8>> {
     let mut shoppers = Shoppers::new(1_000, catalog(200, 7), 7);
@@ -58,7 +63,8 @@ fn messages() -> Vec<Vec<u8>> {
         let at = start + TimeDelta::microseconds(500 * n as i64);
         let activity = |user: &str, kind: &str, product: Option<&str>| {
             serde_json::json!({
-                "id": format!("8d3e3f63-5a8e-4d1c-9d43-{n:012x}"),
+                // `gen_random_uuid()`, as the simulator's inserts: keys that differ early.
+                "id": uuid::Uuid::from_u64_pair(hash(n, 1), hash(n, 2)).to_string(),
                 "user_id": user, "activity_type": kind, "product_id": product,
                 "activity_timestamp": at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
             })
