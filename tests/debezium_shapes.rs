@@ -58,7 +58,7 @@ fn product_row(event: &envelope::ChangeEvent) -> Product {
     rows::dimension_row(dimension, event.after.as_ref().expect("after"), |_| None).expect("decodes")
 }
 
-fn change(message: &OwnedMessage) -> envelope::ChangeEvent {
+fn change(message: &OwnedMessage) -> envelope::ChangeEvent<'_> {
     match envelope::decode(message.payload()) {
         Ok(CdcMessage::Change(event)) => *event,
         other => panic!("expected a change event, got {other:?}"),

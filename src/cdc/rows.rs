@@ -7,11 +7,13 @@
 //! Postgres writes whole), or for the dimension from the row persona holds. Without either the
 //! image is refused, never stored with the placeholder.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::envelope::{DecodeError, Row};
 use crate::features::source::{ColumnType, ElementType};
@@ -28,50 +30,71 @@ fn invalid(field: &'static str, reason: String) -> DecodeError {
     DecodeError::InvalidField { field, reason }
 }
 
-fn present<'a>(row: &'a Row, name: &str) -> Option<&'a Value> {
-    row.get(name).filter(|value| !value.is_null())
+fn present<'a>(row: &Row<'a>, name: &str) -> Option<&'a RawValue> {
+    row.get(name).filter(|value| value.get() != "null")
 }
 
-fn is_unavailable(value: &Value) -> bool {
-    match value {
-        Value::String(text) => text == UNAVAILABLE,
+/// A JSON string's text; `None` for any other JSON value. Without escapes (the common case) it is
+/// the text between the quotes, borrowed.
+fn string(value: &RawValue) -> Option<Cow<'_, str>> {
+    let json = value.get();
+    let inner = json.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        return serde_json::from_str::<String>(json).ok().map(Cow::Owned);
+    }
+    Some(Cow::Borrowed(inner))
+}
+
+/// A JSON integer; `None` for any other JSON value (`1.5`, `"1"`).
+fn as_integer(value: &RawValue) -> Option<i64> {
+    serde_json::from_str(value.get()).ok()
+}
+
+fn is_number(value: &RawValue) -> bool {
+    value.get().starts_with(|c: char| c == '-' || c.is_ascii_digit())
+}
+
+fn is_unavailable(value: &RawValue) -> bool {
+    match value.get().as_bytes().first() {
+        Some(b'"') => string(value).is_some_and(|text| text == UNAVAILABLE),
         // Arrays stand in as an array of the placeholder.
-        Value::Array(items) => {
-            items.len() == 1 && items[0].as_str().is_some_and(|text| text == UNAVAILABLE)
+        Some(b'[') => {
+            serde_json::from_str::<[String; 1]>(value.get()).is_ok_and(|[text]| text == UNAVAILABLE)
         }
         _ => false,
     }
 }
 
 /// `TIMESTAMPTZ` (ISO-8601 string) or `TIMESTAMP` (microseconds since the epoch, read as UTC).
-pub fn parse_timestamp(value: &Value, name: &'static str) -> Result<DateTime<Utc>, DecodeError> {
-    match value {
-        Value::String(s) => DateTime::parse_from_rfc3339(s)
+pub fn parse_timestamp(value: &RawValue, name: &'static str) -> Result<DateTime<Utc>, DecodeError> {
+    if let Some(text) = string(value) {
+        return DateTime::parse_from_rfc3339(&text)
             .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| invalid(name, format!("{s:?} is not an ISO-8601 timestamp: {e}"))),
-        Value::Number(n) => n
-            .as_i64()
-            .and_then(DateTime::from_timestamp_micros)
-            .ok_or_else(|| invalid(name, format!("{n} is not a timestamp in microseconds"))),
-        other => Err(invalid(name, format!("expected a timestamp, got {other}"))),
+            .map_err(|e| invalid(name, format!("{text:?} is not an ISO-8601 timestamp: {e}")));
     }
+    if is_number(value) {
+        return as_integer(value)
+            .and_then(DateTime::from_timestamp_micros)
+            .ok_or_else(|| invalid(name, format!("{value} is not a timestamp in microseconds")));
+    }
+    Err(invalid(name, format!("expected a timestamp, got {value}")))
 }
 
 /// `NUMERIC` as sent with `decimal.handling.mode=string`.
-pub fn parse_decimal(value: &Value, name: &'static str) -> Result<Decimal, DecodeError> {
-    match value {
-        Value::String(s) => {
-            s.parse::<Decimal>().map_err(|e| invalid(name, format!("{s:?} is not a decimal: {e}")))
-        }
-        other => Err(invalid(
+pub fn parse_decimal(value: &RawValue, name: &'static str) -> Result<Decimal, DecodeError> {
+    match string(value) {
+        Some(text) => text
+            .parse::<Decimal>()
+            .map_err(|e| invalid(name, format!("{text:?} is not a decimal: {e}"))),
+        None => Err(invalid(
             name,
-            format!("expected a decimal string (is decimal.handling.mode=string?), got {other}"),
+            format!("expected a decimal string (is decimal.handling.mode=string?), got {value}"),
         )),
     }
 }
 
-fn integer(value: &Value, name: &'static str) -> Result<i64, DecodeError> {
-    value.as_i64().ok_or_else(|| invalid(name, format!("expected an integer, got {value}")))
+fn integer(value: &RawValue, name: &'static str) -> Result<i64, DecodeError> {
+    as_integer(value).ok_or_else(|| invalid(name, format!("expected an integer, got {value}")))
 }
 
 fn element_fits(element: ElementType, value: &Value) -> bool {
@@ -83,40 +106,60 @@ fn element_fits(element: ElementType, value: &Value) -> bool {
     }
 }
 
+/// The JSON text of a document or array, as `serde_json` prints it (compact).
+fn compact(value: &RawValue) -> Option<(Value, String)> {
+    let parsed: Value = serde_json::from_str(value.get()).ok()?;
+    let text = parsed.to_string();
+    Some((parsed, text))
+}
+
 /// One non-NULL, available value of a column of type `kind`.
-pub fn scalar(value: &Value, name: &'static str, kind: ColumnType) -> Result<Scalar, DecodeError> {
+pub fn scalar(
+    value: &RawValue,
+    name: &'static str,
+    kind: ColumnType,
+) -> Result<Scalar, DecodeError> {
     let expected = |what: &str| invalid(name, format!("expected {what}, got {value}"));
     Ok(match kind {
-        ColumnType::Text | ColumnType::Uuid => match value {
-            Value::String(s) => Scalar::Text(s.clone()),
-            _ => return Err(expected("a string")),
+        ColumnType::Text | ColumnType::Uuid => match string(value) {
+            Some(text) => Scalar::Text(text.into_owned()),
+            None => return Err(expected("a string")),
         },
-        ColumnType::Json => match value {
-            Value::String(s) => Scalar::Text(s.clone()),
+        ColumnType::Json => match string(value) {
+            Some(text) => Scalar::Text(text.into_owned()),
             // A converter that parses documents: keep their JSON text.
-            other => Scalar::Text(other.to_string()),
+            None => {
+                Scalar::Text(compact(value).map_or_else(|| value.to_string(), |(_, text)| text))
+            }
         },
         ColumnType::Integer => Scalar::Number(Decimal::from(integer(value, name)?)),
         ColumnType::Number => Scalar::Number(parse_decimal(value, name)?),
-        ColumnType::Float => match value.as_f64().and_then(|f| Decimal::try_from(f).ok()) {
-            Some(number) => Scalar::Number(number),
-            None => return Err(expected("a finite number")),
-        },
-        ColumnType::Boolean => match value {
-            Value::Bool(flag) => Scalar::Text(flag.to_string()),
+        ColumnType::Float => {
+            let float = is_number(value).then(|| serde_json::from_str::<f64>(value.get()).ok());
+            match float.flatten().and_then(|f| Decimal::try_from(f).ok()) {
+                Some(number) => Scalar::Number(number),
+                None => return Err(expected("a finite number")),
+            }
+        }
+        ColumnType::Boolean => match value.get() {
+            flag @ ("true" | "false") => Scalar::Text(flag.to_string()),
             _ => return Err(expected("true or false")),
         },
         ColumnType::Timestamp | ColumnType::Timestamptz => {
             Scalar::Time(parse_timestamp(value, name)?.timestamp_micros())
         }
-        ColumnType::TimestampMillis => match value {
-            Value::Number(_) => Scalar::Time(integer(value, name)?.saturating_mul(1000)),
-            _ => Scalar::Time(parse_timestamp(value, name)?.timestamp_micros()),
-        },
+        ColumnType::TimestampMillis if is_number(value) => {
+            Scalar::Time(integer(value, name)?.saturating_mul(1000))
+        }
+        ColumnType::TimestampMillis => {
+            Scalar::Time(parse_timestamp(value, name)?.timestamp_micros())
+        }
         ColumnType::Date => Scalar::Time(integer(value, name)?.saturating_mul(MICROS_PER_DAY)),
-        ColumnType::Array(element) => match value {
-            Value::Array(items) if items.iter().all(|item| element_fits(element, item)) => {
-                Scalar::Text(value.to_string())
+        ColumnType::Array(element) => match compact(value) {
+            Some((Value::Array(items), text))
+                if items.iter().all(|item| element_fits(element, item)) =>
+            {
+                Scalar::Text(text)
             }
             _ => return Err(expected(&format!("an array of {element:?}"))),
         },
@@ -217,18 +260,15 @@ pub fn dimension_row(
     row: &Row,
     previous: impl FnOnce(&str) -> Option<Product>,
 ) -> Result<Product, DecodeError> {
-    let id = match present(row, dimension.key) {
-        None => return Err(DecodeError::MissingField(dimension.key)),
-        Some(Value::String(id)) if id.is_empty() => {
-            return Err(DecodeError::MissingField(dimension.key));
-        }
-        Some(Value::String(id)) => id.clone(),
-        Some(Value::Number(id)) if id.is_i64() => id.to_string(),
-        Some(other) => {
-            return Err(invalid(
-                dimension.key,
-                format!("expected a string or integer, got {other}"),
-            ));
+    let Some(key) = present(row, dimension.key) else {
+        return Err(DecodeError::MissingField(dimension.key));
+    };
+    let id = match (string(key), as_integer(key)) {
+        (Some(id), _) if id.is_empty() => return Err(DecodeError::MissingField(dimension.key)),
+        (Some(id), _) => id.into_owned(),
+        (None, Some(id)) => id.to_string(),
+        (None, None) => {
+            return Err(invalid(dimension.key, format!("expected a string or integer, got {key}")));
         }
     };
     let unavailable =

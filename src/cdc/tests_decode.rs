@@ -23,8 +23,13 @@ const SNAPSHOT_READ: &str = r#"{"before":null,"after":{"id":"11111111-5a8e-4d1c-
 const PRODUCT: &str = r#"{"before":null,"after":{"id":"p1","name":"Trail shoe","category":"shoes","brand":"Acme","price":"89.90","updated_at":1795316793698261},"source":{"ts_ms":1795316793698,"schema":"public","table":"products","lsn":24030000},"transaction":null,"op":"c","ts_ms":1795316793712}"#;
 const HEARTBEAT: &str = r#"{"ts_ms":1795316800000}"#;
 
-fn change(json: &str) -> ChangeEvent {
-    match decode(Some(json.as_bytes())) {
+/// The messages of a test live as long as it runs; its events borrow from them.
+fn leaked(json: &str) -> &'static str {
+    Box::leak(json.to_string().into_boxed_str())
+}
+
+fn change(json: &str) -> ChangeEvent<'static> {
+    match decode(Some(leaked(json).as_bytes())) {
         Ok(CdcMessage::Change(event)) => *event,
         other => panic!("expected a change event, got {other:?}"),
     }
@@ -111,6 +116,20 @@ fn orders_and_cart_items_decode_numbers() {
 
 fn decoded_row(json: &str) -> SourceRow {
     decoded(json).after.expect("after")
+}
+
+/// Images are read from the message as sent; names and values with JSON escapes are read as
+/// the text they stand for.
+#[test]
+fn escaped_names_and_values_read_as_their_text() {
+    let escaped = CREATE
+        .replace(r#""user_id":"u1""#, r#""user\u005fid":"u\u0031""#)
+        .replace(r#""activity_type":"VIEW_PRODUCT""#, r#""activity_type":"VIEW\u005fPRODUCT""#);
+    assert_ne!(escaped, CREATE);
+    let row = decoded_row(&escaped);
+    assert_eq!(row.text("user_id"), Some("u1"));
+    assert_eq!(row.text("activity_type"), Some("VIEW_PRODUCT"));
+    assert_eq!(row, decoded_row(CREATE));
 }
 
 #[test]
@@ -224,7 +243,7 @@ static LEGACY_SET: LazyLock<FeatureSet> =
 
 const LEGACY_ROW: &str = r#"{"behavior_id":9007199254740993,"uid":42,"behavior":1,"item_code":"SKU-7","gmt_create":1795316793698261,"payload":"{\"q\": \"boots\", \"n\": 3}","flagged":true,"day":20414,"tags":["a","b"],"score":0.25,"ref":"8d3e3f63-5a8e-4d1c-9d43-0d0d0c0d0e01","made":1795316793698,"price":"12.50"}"#;
 
-fn legacy_event(op: &str, before: &str, after: &str) -> ChangeEvent {
+fn legacy_event(op: &str, before: &str, after: &str) -> ChangeEvent<'static> {
     let json = format!(
         r#"{{"before":{before},"after":{after},"source":{{"ts_ms":1795316799000,"schema":"legacy","table":"t_user_behavior","sequence":"[\"10\",\"20\"]","lsn":20}},"op":"{op}","ts_ms":1795316799010}}"#
     );
@@ -324,7 +343,7 @@ fn after_json_with_placeholder() -> String {
 #[test]
 fn a_dimension_keyed_by_a_code_keeps_an_unchanged_toasted_attribute_from_the_row_held() {
     let dimension = LEGACY_SET.item_dimension().expect("declared");
-    let held: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+    let held: Row = serde_json::from_str(
         r#"{"code":"SKU-7","title":"Boot","cat":"boots","specs":"{\"size\": 42}","list_price":"99.00"}"#,
     )
     .expect("json");
@@ -334,9 +353,9 @@ fn a_dimension_keyed_by_a_code_keeps_an_unchanged_toasted_attribute_from_the_row
     assert_eq!(held.name.as_deref(), Some("Boot"));
     assert_eq!(held.price, Some(Decimal::new(9900, 2)));
     assert_eq!(held.brand, None);
-    let update: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&format!(
+    let update: Row = serde_json::from_str(leaked(&format!(
         r#"{{"code":"SKU-7","title":"Boot","cat":"shoes","specs":"{UNAVAILABLE}","list_price":"89.00"}}"#
-    ))
+    )))
     .expect("json");
     let updated = rows::dimension_row(dimension, &update, |id| {
         assert_eq!(id, "SKU-7");
@@ -366,6 +385,7 @@ fn each_declared_type_reads_its_debezium_form_and_refuses_others() {
     let accepted = [
         ("text", json!("héllo"), text("héllo")),
         ("varchar", json!(""), text("")),
+        ("text", json!("a \"b\"\t\\ c"), text("a \"b\"\t\\ c")),
         ("enum", json!("PAID"), text("PAID")),
         (
             "uuid",
@@ -393,6 +413,7 @@ fn each_declared_type_reads_its_debezium_form_and_refuses_others() {
         ("text[]", json!([]), text("[]")),
     ];
     for (declared, form, expected) in accepted {
+        let form = serde_json::value::to_raw_value(&form).expect("JSON");
         let read = rows::scalar(&form, "c", kind(declared));
         assert_eq!(read, Ok(expected), "{declared} from {form}");
     }
@@ -416,6 +437,7 @@ fn each_declared_type_reads_its_debezium_form_and_refuses_others() {
         ("text[]", json!("a")),
     ];
     for (declared, form) in refused {
+        let form = serde_json::value::to_raw_value(&form).expect("JSON");
         let error = rows::scalar(&form, "c", kind(declared)).expect_err(declared);
         assert!(
             matches!(error, DecodeError::InvalidField { field: "c", .. }),
