@@ -481,10 +481,21 @@ fn prune(feature: &Feature, state: &mut FeatureState, history_us: i64, now_us: i
         return;
     }
     let keep_values = feature.n.max(1) + FACT_SLACK;
-    let last_n = feature.aggregation == super::Aggregation::LastN;
+    if feature.aggregation != super::Aggregation::LastN {
+        // `last` and `intervals` read the newest facts whatever their values: the newest
+        // `n + FACT_SLACK` are all a read can need, however many of them are deleted.
+        while state.facts.len() > keep_values {
+            // A change adds at most one fact, so this drops the one oldest, found without
+            // sorting (a state kept under an older, looser rule drops its excess once).
+            let oldest = state.facts.iter().min_by_key(|(key, fact)| (fact.at_us, *key));
+            let Some(oldest) = oldest.map(|(key, _)| key.clone()) else { break };
+            state.facts.remove(&oldest);
+        }
+        return;
+    }
     // Fewer facts than every bound below allows: none can go (the common case, checked on
     // every change before sorting anything).
-    if state.facts.len() <= if last_n { keep_values.min(FACTS_PER_VALUE) } else { keep_values } {
+    if state.facts.len() <= keep_values.min(FACTS_PER_VALUE) {
         return;
     }
     let mut newest: Vec<(i64, &str, &str)> = state
@@ -500,8 +511,7 @@ fn prune(feature: &Feature, state: &mut FeatureState, history_us: i64, now_us: i
     for (_, key, value) in newest {
         let known = per_value.iter().position(|(seen, _)| *seen == value);
         let distinct_ok = known.is_some() || per_value.len() < keep_values;
-        let per_value_ok =
-            !last_n || known.is_none_or(|index| per_value[index].1 < FACTS_PER_VALUE);
+        let per_value_ok = known.is_none_or(|index| per_value[index].1 < FACTS_PER_VALUE);
         if distinct_ok && per_value_ok && kept < keep_values * FACTS_PER_VALUE {
             match known {
                 Some(index) => per_value[index].1 += 1,

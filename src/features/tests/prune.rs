@@ -49,6 +49,9 @@ proptest! {
         let pruned = fold(&set, Entity::USER, "u1", &changes);
         let kept = pruned.features.get("recent_products_viewed").map_or(0, |state| state.facts.len());
         prop_assert!(kept <= (20 + FACT_SLACK) * 8, "{kept} facts kept");
+        // `last` needs only the newest facts, whatever their values.
+        let last = pruned.features.get("last_viewed_product").map_or(0, |state| state.facts.len());
+        prop_assert!(last <= 1 + FACT_SLACK, "{last} facts kept for `last`");
         let names = ["last_viewed_product".to_string(), "recent_products_viewed".to_string()];
         let read = |state: &EntityState| {
             evaluate(&set, Entity::USER, "u1", Some(state), Some(&names), &context(t0(), &catalog(), &|_| None))

@@ -1,0 +1,160 @@
+//! State size per entity (issue 14's goal: a median ≤ 2 KB per simulator user in Redis and
+//! ≤ 1 KB in memory, so that a million users need ≤ 2 GiB of each).
+//!
+//! Applies the simulator's writes (see `support::Workload`) for long enough that every window
+//! but the 30-day ones holds its whole retention (the longest, 1 h plus the 15 min of history),
+//! then prints, per entity, the bytes of its state as `persona` writes it to Redis (JSON, the
+//! value only) and in memory (the heap a copy of it takes, counted by the allocator), the
+//! features that take the most, and both projected to a million users.
+//!
+//! By default 2,000 users write 200 changes/s between them: each browses every 10 s, for 75
+//! minutes. `persona simulate`'s load (2,000 changes/s over 300 to 1,000 users, a change every
+//! half second per user) is a stress test rather than a user; it can be set too:
+//!
+//! ```sh
+//! cargo bench --bench state
+//! PERSONA_BENCH_USERS=1000 PERSONA_BENCH_RATE=2000 PERSONA_BENCH_MINUTES=2 cargo bench --bench state
+//! ```
+
+mod support;
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use chrono::TimeDelta;
+use persona::features::{Entity, EntityState, FeatureSet};
+use support::{States, Workload, decode_and_apply};
+
+/// mimalloc, as `persona` runs, counting the bytes allocated and not yet freed.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The heap `state` takes: what a copy of it allocates.
+fn heap_bytes(state: &EntityState) -> usize {
+    let before = LIVE.load(Ordering::Relaxed);
+    let copy = state.clone();
+    let bytes = LIVE.load(Ordering::Relaxed) - before;
+    drop(copy);
+    bytes + size_of::<EntityState>()
+}
+
+fn json_bytes<T: serde::Serialize>(value: &T) -> usize {
+    serde_json::to_vec(value).expect("a state serializes").len()
+}
+
+/// Sorted sizes: their median, 90th percentile, largest and mean.
+fn summary(mut sizes: Vec<usize>) -> [usize; 4] {
+    sizes.sort_unstable();
+    let at = |q: f64| sizes[((sizes.len() - 1) as f64 * q) as usize];
+    [at(0.5), at(0.9), at(1.0), sizes.iter().sum::<usize>() / sizes.len()]
+}
+
+fn gib(bytes: f64) -> String {
+    format!("{:.2} GiB", bytes / f64::from(1u32 << 30))
+}
+
+fn main() {
+    if std::env::args().any(|arg| arg == "--list") {
+        return; // `cargo test --benches` lists benchmarks; this one is run, not listed.
+    }
+    let users = setting("PERSONA_BENCH_USERS", 2_000);
+    let minutes = setting("PERSONA_BENCH_MINUTES", 75);
+    let per_second = setting("PERSONA_BENCH_RATE", 200);
+    let messages = minutes * 60 * per_second;
+    let set = FeatureSet::load(None).expect("the shipped definitions");
+    let spacing = TimeDelta::microseconds(1_000_000 / per_second as i64);
+    let mut states = States::new();
+    let mut workload = Workload::new(users, 200, spacing);
+    // Applied in chunks, each generated first, so the time is decode and apply only; the last
+    // tenth is the rate once states hold their whole retention.
+    let chunk = (messages / 10).max(1);
+    let (mut applied, mut busy, mut last) = (0, 0.0, 0.0);
+    while applied < messages {
+        let batch: Vec<Vec<u8>> = workload.by_ref().take(chunk.min(messages - applied)).collect();
+        let started = Instant::now();
+        for message in &batch {
+            decode_and_apply(&set, message, &mut states);
+        }
+        last = batch.len() as f64 / started.elapsed().as_secs_f64();
+        busy += started.elapsed().as_secs_f64();
+        applied += batch.len();
+        eprintln!("applied {applied} of {messages} messages ({last:.0}/s)");
+    }
+    println!(
+        "{users} users, 200 products: {messages} changes over {minutes} min of event time \
+         ({per_second}/s, {:.2}/s per user); decode and apply {:.0} changes/s on one core, \
+         {last:.0}/s over the last tenth",
+        per_second as f64 / users as f64,
+        messages as f64 / busy,
+    );
+    for entity in [set.shopper, set.item] {
+        report(&set, &states, entity);
+    }
+}
+
+fn report(set: &FeatureSet, states: &States, entity: Entity) {
+    let of: Vec<&EntityState> =
+        states.iter().filter(|((e, _), _)| *e == entity).map(|(_, state)| state).collect();
+    if of.is_empty() {
+        return;
+    }
+    let redis = summary(of.iter().map(json_bytes).collect());
+    let memory = summary(of.iter().map(|state| heap_bytes(state)).collect());
+    println!("\n{entity} ({} states)      median     p90     max    mean", of.len());
+    for (what, [median, p90, max, mean]) in [("Redis (JSON)", redis), ("memory", memory)] {
+        println!("  {what:<16} {median:>8} {p90:>7} {max:>7} {mean:>7} bytes");
+    }
+    if entity == set.shopper {
+        let million = 1_000_000.0;
+        println!(
+            "  1M {entity}s: Redis {} (median) / {} (mean), memory {} / {}",
+            gib(redis[0] as f64 * million),
+            gib(redis[3] as f64 * million),
+            gib(memory[0] as f64 * million),
+            gib(memory[3] as f64 * million),
+        );
+    }
+    let mut by_feature: BTreeMap<&str, usize> = BTreeMap::new();
+    for state in &of {
+        for (name, feature) in state.features.iter() {
+            *by_feature.entry(name).or_default() += json_bytes(feature);
+        }
+    }
+    let total: usize = by_feature.values().sum();
+    let mut largest: Vec<(&str, usize)> = by_feature.into_iter().collect();
+    largest.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+    let shares: Vec<String> = largest
+        .iter()
+        .take(6)
+        .map(|(name, bytes)| format!("{name} {:.0}%", *bytes as f64 * 100.0 / total as f64))
+        .collect();
+    println!("  largest features (share of JSON): {}", shares.join(", "));
+}
