@@ -23,9 +23,10 @@
 //!   so it is applied once however often it is re-driven.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
+use foldhash::fast::FixedState;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -466,8 +467,13 @@ pub(super) fn prune_buckets(
     else {
         return false;
     };
-    if state.buckets.first_key_value().is_some_and(|(first, _)| *first < oldest) {
-        state.buckets = state.buckets.split_off(&oldest);
+    // Time moves a bucket or two past the window per change: popping them is cheaper than
+    // splitting the map.
+    while let Some(first) = state.buckets.first_entry() {
+        if *first.key() >= oldest {
+            break;
+        }
+        first.remove();
     }
     state.facts.retain(|_, fact| window.bucket_of(fact.at_us) >= oldest);
     true
@@ -493,37 +499,46 @@ fn prune(feature: &Feature, state: &mut FeatureState, history_us: i64, now_us: i
         }
         return;
     }
-    // Fewer facts than every bound below allows: none can go (the common case, checked on
-    // every change before sorting anything).
+    prune_last_n(state, keep_values);
+}
+
+/// `last_n` without a window keeps the facts of the `keep_values` values seen last (by their
+/// newest fact), at most [`FACTS_PER_VALUE`] of each, the newest. A change adds at most one fact,
+/// so a pruned state needs at most one removal: each pass counts the facts once, without
+/// sorting them (sorting every change's facts was most of the apply once states were full).
+fn prune_last_n(state: &mut FeatureState, keep_values: usize) {
     if state.facts.len() <= keep_values.min(FACTS_PER_VALUE) {
         return;
     }
-    let mut newest: Vec<(i64, &str, &str)> = state
-        .facts
-        .iter()
-        .map(|(key, fact)| (fact.at_us, key.as_str(), fact.value.as_str()))
-        .collect();
-    newest.sort_unstable_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
-    // Kept facts per value, newest value first: at most `keep_values` of them.
-    let mut per_value: Vec<(&str, usize)> = Vec::new();
-    let mut kept = 0;
-    let mut dropped: Vec<String> = Vec::new();
-    for (_, key, value) in newest {
-        let known = per_value.iter().position(|(seen, _)| *seen == value);
-        let distinct_ok = known.is_some() || per_value.len() < keep_values;
-        let per_value_ok = known.is_none_or(|index| per_value[index].1 < FACTS_PER_VALUE);
-        if distinct_ok && per_value_ok && kept < keep_values * FACTS_PER_VALUE {
-            match known {
-                Some(index) => per_value[index].1 += 1,
-                None => per_value.push((value, 1)),
-            }
-            kept += 1;
-        } else {
-            dropped.push(key.to_string());
+    type At<'a> = (i64, &'a str);
+    loop {
+        // Per value: how many facts, the newest and the oldest.
+        let mut values: HashMap<&str, (usize, At<'_>, At<'_>), FixedState> = HashMap::default();
+        for (key, fact) in &state.facts {
+            let at = (fact.at_us, key.as_str());
+            values
+                .entry(fact.value.as_str())
+                .and_modify(|(count, newest, oldest)| {
+                    *count += 1;
+                    *newest = (*newest).max(at);
+                    *oldest = (*oldest).min(at);
+                })
+                .or_insert((1, at, at));
         }
-    }
-    for key in dropped {
-        state.facts.remove(&key);
+        let crowded = values.values().find(|(count, ..)| *count > FACTS_PER_VALUE);
+        let gone: Vec<String> = match crowded {
+            Some((_, _, oldest)) => vec![oldest.1.to_string()],
+            None if values.len() > keep_values => {
+                let stalest = values.iter().min_by_key(|(_, (_, newest, _))| *newest);
+                let Some((stalest, _)) = stalest else { return };
+                let facts = state.facts.iter().filter(|(_, fact)| fact.value == *stalest);
+                facts.map(|(key, _)| key.clone()).collect()
+            }
+            None => return,
+        };
+        for key in gone {
+            state.facts.remove(&key);
+        }
     }
 }
 

@@ -19,7 +19,7 @@ fn unpruned(set: &FeatureSet, rows: &[SourceRow]) -> EntityState {
     state
 }
 
-fn views(rows: &[(u8, u8, i64)]) -> BTreeMap<u8, SourceRow> {
+fn views(rows: &[(u16, u8, i64)]) -> BTreeMap<u16, SourceRow> {
     rows.iter()
         .map(|(row, product, secs_ago)| {
             let product = format!("p{product}");
@@ -29,11 +29,17 @@ fn views(rows: &[(u8, u8, i64)]) -> BTreeMap<u8, SourceRow> {
 }
 
 proptest! {
-    /// Many views of a few products (so one product has more facts than a value keeps), then a
-    /// few of the newest deleted: the pruned state reads as the state of every surviving row.
+    /// Many views (of some products more than a value keeps facts of, and of more products than
+    /// `last_n` keeps values of), then a few of the newest deleted: the pruned state reads as
+    /// the state of every surviving row.
     #[test]
     fn pruning_never_changes_a_read(
-        rows in prop::collection::vec((0u8..120, 0u8..30, 0i64..100_000), 0..120),
+        // A third of the views go to three products (more facts than a value keeps), the rest
+        // to 80 (more values than `last_n` keeps).
+        rows in prop::collection::vec(
+            (0u16..400, prop_oneof![0u8..3, 0u8..80], 0i64..100_000),
+            0..300,
+        ),
         deleted in 0usize..6,
     ) {
         let set = set();
