@@ -5,6 +5,7 @@
 //! - [`definition`]: the feature file, its validation and the compiled [`FeatureSet`].
 //! - [`source`]: the legacy tables features read, and one decoded change ([`SourceChange`]).
 //! - [`state`]: per-entity state and [`apply`] (retraction, dedup by source position, late rows).
+//! - `retention`: what a state keeps and for how long (windows, `history`, fact bounds).
 //! - [`overlap`]: which streamed changes a snapshot run over an existing slot had already read.
 //! - [`pairs`]: item-to-item co-occurrence from neighbouring rows of a user's session.
 //! - [`evaluate()`]: values at a reference time, joined through the product [`catalog`].
@@ -19,6 +20,7 @@ mod expiry;
 mod intern;
 pub mod overlap;
 mod pairs;
+mod retention;
 pub mod source;
 mod state;
 

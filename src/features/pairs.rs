@@ -211,7 +211,7 @@ pub fn apply_pairs(
         if cell.is_empty() {
             counts.buckets.remove(&bucket);
         }
-        super::state::prune_buckets(feature, counts, set.history_us(), now_us);
+        super::retention::prune_buckets(feature, counts, set.history_us(), now_us);
         if counts.buckets.is_empty() && counts.facts.is_empty() {
             state.features.remove(feature.name);
         }
