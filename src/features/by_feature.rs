@@ -1,4 +1,4 @@
-//! An entity's feature states, by feature.
+//! One feature's state ([`FeatureState`]: buckets or facts), and an entity's, by feature.
 //!
 //! Applying a change finds the state of every feature it feeds, so this lookup runs a few dozen
 //! times per event. Feature names are interned when the definitions load and when a state is
@@ -7,6 +7,7 @@
 //! map. (A map keyed by `String` spent a fifth of decode + apply comparing and cloning names;
 //! see BENCHMARKS.md, "Decode + apply per event".)
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{MapAccess, Visitor};
@@ -14,7 +15,34 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::intern::intern;
-use super::state::FeatureState;
+
+/// One time bucket: stored value → number of rows.
+pub type Cell = BTreeMap<String, i64>;
+
+/// A row kept by its key: its event time and stored value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fact {
+    #[serde(rename = "t")]
+    pub at_us: i64,
+    #[serde(rename = "v")]
+    pub value: String,
+}
+
+/// What one feature keeps of one entity: counts per time bucket, or rows (see
+/// docs/FEATURES.md, "State layout").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureState {
+    #[serde(rename = "b", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub buckets: BTreeMap<i64, Cell>,
+    #[serde(rename = "f", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub facts: BTreeMap<String, Fact>,
+}
+
+impl FeatureState {
+    pub(super) fn is_empty(&self) -> bool {
+        self.buckets.is_empty() && self.facts.is_empty()
+    }
+}
 
 /// Feature states by feature name; serialized as a map from name to state.
 #[derive(Clone, Default)]

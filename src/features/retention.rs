@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use foldhash::fast::FixedState;
 
+use super::by_feature::FeatureState;
 use super::definition::{BUCKETS_PER_WINDOW, Feature, Storage};
-use super::state::FeatureState;
 
 /// Facts kept beyond what an unwindowed `last`/`last_n`/`intervals` reports, so that deleting
 /// the newest rows falls back to older ones. Deleting more than this many of a user's newest

@@ -30,6 +30,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::by_feature::FeatureStates;
+pub use super::by_feature::{Fact, FeatureState};
 use super::definition::{Entity, Feature, FeatureSet, Storage, ValueExpr};
 use super::pairs::{self, PairDelta};
 pub use super::retention::FACT_SLACK;
@@ -38,31 +39,6 @@ use super::source::{Position, SnapshotRead, SnapshotRun, SourceChange, SourceRow
 
 /// Re-driven positions remembered per stream; beyond this the oldest are forgotten.
 pub const REPLAYED_MAX: usize = 1_000;
-
-/// One time bucket: stored value → number of rows.
-pub type Cell = BTreeMap<String, i64>;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Fact {
-    #[serde(rename = "t")]
-    pub at_us: i64,
-    #[serde(rename = "v")]
-    pub value: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FeatureState {
-    #[serde(rename = "b", default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub buckets: BTreeMap<i64, Cell>,
-    #[serde(rename = "f", default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub facts: BTreeMap<String, Fact>,
-}
-
-impl FeatureState {
-    fn is_empty(&self) -> bool {
-        self.buckets.is_empty() && self.facts.is_empty()
-    }
-}
 
 /// Everything persona keeps about one entity (or, for products, one source partition's share
 /// of it), as stored in Redis.
