@@ -179,31 +179,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Row<'a> {
 }
 
 /// A column's name, borrowed from the message unless it has escapes.
-struct ColumnName<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for ColumnName<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct NameVisitor;
-
-        impl<'de> Visitor<'de> for NameVisitor {
-            type Value = ColumnName<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a column name")
-            }
-
-            fn visit_borrowed_str<E>(self, name: &'de str) -> Result<Self::Value, E> {
-                Ok(ColumnName(Cow::Borrowed(name)))
-            }
-
-            fn visit_str<E>(self, name: &str) -> Result<Self::Value, E> {
-                Ok(ColumnName(Cow::Owned(name.to_string())))
-            }
-        }
-
-        deserializer.deserialize_str(NameVisitor)
-    }
-}
+#[derive(Deserialize)]
+struct ColumnName<'a>(#[serde(borrow)] Cow<'a, str>);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChangeEvent<'a> {

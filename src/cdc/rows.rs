@@ -106,11 +106,9 @@ fn element_fits(element: ElementType, value: &Value) -> bool {
     }
 }
 
-/// The JSON text of a document or array, as `serde_json` prints it (compact).
-fn compact(value: &RawValue) -> Option<(Value, String)> {
-    let parsed: Value = serde_json::from_str(value.get()).ok()?;
-    let text = parsed.to_string();
-    Some((parsed, text))
+/// A document or array, parsed: its text as `serde_json` prints it is compact.
+fn parsed(value: &RawValue) -> Option<Value> {
+    serde_json::from_str(value.get()).ok()
 }
 
 /// One non-NULL, available value of a column of type `kind`.
@@ -129,7 +127,7 @@ pub fn scalar(
             Some(text) => Scalar::Text(text.into_owned()),
             // A converter that parses documents: keep their JSON text.
             None => {
-                Scalar::Text(compact(value).map_or_else(|| value.to_string(), |(_, text)| text))
+                Scalar::Text(parsed(value).map_or_else(|| value.to_string(), |v| v.to_string()))
             }
         },
         ColumnType::Integer => Scalar::Number(Decimal::from(integer(value, name)?)),
@@ -155,11 +153,9 @@ pub fn scalar(
             Scalar::Time(parse_timestamp(value, name)?.timestamp_micros())
         }
         ColumnType::Date => Scalar::Time(integer(value, name)?.saturating_mul(MICROS_PER_DAY)),
-        ColumnType::Array(element) => match compact(value) {
-            Some((Value::Array(items), text))
-                if items.iter().all(|item| element_fits(element, item)) =>
-            {
-                Scalar::Text(text)
+        ColumnType::Array(element) => match parsed(value) {
+            Some(Value::Array(items)) if items.iter().all(|item| element_fits(element, item)) => {
+                Scalar::Text(Value::Array(items).to_string())
             }
             _ => return Err(expected(&format!("an array of {element:?}"))),
         },
