@@ -3,8 +3,8 @@
 //!
 //! Applies the simulator's writes (see `support::Workload`) for long enough that every window
 //! but the 30-day ones holds its whole retention (the longest, 1 h plus the 15 min of history),
-//! then prints, per entity, the bytes of its state as `persona` writes it to Redis (JSON, the
-//! value only) and in memory (the heap a copy of it takes, counted by the allocator), the
+//! then prints, per entity, the bytes of its state as `persona` writes it to Redis (the value
+//! only, see `store::codec`; and as JSON, the layout before it) and in memory (the heap a copy of it takes, counted by the allocator), the
 //! features that take the most, and both projected to a million users.
 //!
 //! By default 2,000 users write 200 changes/s between them: each browses every 10 s, for 75
@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use chrono::TimeDelta;
-use persona::features::{Entity, EntityState, FeatureSet};
+use persona::features::{Entity, EntityState, FeatureSet, FeatureState};
+use persona::store::codec::{decode_state, encode_state};
 use support::{States, Workload, decode_and_apply};
 
 /// mimalloc, as `persona` runs, counting the bytes allocated and not yet freed.
@@ -68,6 +69,34 @@ fn heap_bytes(state: &EntityState) -> usize {
 
 fn json_bytes<T: serde::Serialize>(value: &T) -> usize {
     serde_json::to_vec(value).expect("a state serializes").len()
+}
+
+fn stored_bytes(state: &EntityState) -> usize {
+    encode_state(state).len()
+}
+
+/// The bytes `feature` takes in its entity's stored value: the value with it alone.
+fn feature_bytes(name: &str, feature: &FeatureState) -> usize {
+    let mut alone = EntityState::default();
+    alone.features.insert_named(name, feature.clone());
+    stored_bytes(&alone) - stored_bytes(&EntityState::default())
+}
+
+/// Microseconds per state to encode every state of `states` and read it back, `rounds` times.
+fn codec_micros<E: Fn(&EntityState) -> Vec<u8>, D: Fn(&[u8]) -> EntityState>(
+    states: &[&EntityState],
+    encode: E,
+    decode: D,
+) -> (f64, f64) {
+    let started = Instant::now();
+    let encoded: Vec<Vec<u8>> = states.iter().map(|state| encode(state)).collect();
+    let encoding = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let decoded: usize = encoded.iter().map(|bytes| decode(bytes).rev as usize).sum();
+    let decoding = started.elapsed().as_secs_f64();
+    std::hint::black_box(decoded);
+    let per_state = 1e6 / states.len() as f64;
+    (encoding * per_state, decoding * per_state)
 }
 
 /// Sorted sizes: their median, 90th percentile, largest and mean.
@@ -126,12 +155,25 @@ fn report(set: &FeatureSet, states: &States, entity: Entity) {
     if of.is_empty() {
         return;
     }
-    let redis = summary(of.iter().map(json_bytes).collect());
+    let redis = summary(of.iter().map(|state| stored_bytes(state)).collect());
+    let json = summary(of.iter().map(json_bytes).collect());
     let memory = summary(of.iter().map(|state| heap_bytes(state)).collect());
     println!("\n{entity} ({} states)      median     p90     max    mean", of.len());
-    for (what, [median, p90, max, mean]) in [("Redis (JSON)", redis), ("memory", memory)] {
+    let rows = [("Redis", redis), ("Redis, as JSON", json), ("memory", memory)];
+    for (what, [median, p90, max, mean]) in rows {
         println!("  {what:<16} {median:>8} {p90:>7} {max:>7} {mean:>7} bytes");
     }
+    let decode = |bytes: &[u8]| decode_state(bytes).expect("reads back");
+    let (encoding, decoding) = codec_micros(&of, encode_state, decode);
+    let json_codec = codec_micros(
+        &of,
+        |state| serde_json::to_vec(state).expect("serializes"),
+        |bytes| serde_json::from_slice(bytes).expect("reads back"),
+    );
+    println!(
+        "  per state: encode {encoding:.1} µs, decode {decoding:.1} µs (as JSON: {:.1} µs, {:.1} µs)",
+        json_codec.0, json_codec.1
+    );
     if entity == set.shopper {
         let million = 1_000_000.0;
         println!(
@@ -145,7 +187,7 @@ fn report(set: &FeatureSet, states: &States, entity: Entity) {
     let mut by_feature: BTreeMap<&str, usize> = BTreeMap::new();
     for state in &of {
         for (name, feature) in state.features.iter() {
-            *by_feature.entry(name).or_default() += json_bytes(feature);
+            *by_feature.entry(name).or_default() += feature_bytes(name, feature);
         }
     }
     let total: usize = by_feature.values().sum();
@@ -156,5 +198,5 @@ fn report(set: &FeatureSet, states: &States, entity: Entity) {
         .take(6)
         .map(|(name, bytes)| format!("{name} {:.0}%", *bytes as f64 * 100.0 / total as f64))
         .collect();
-    println!("  largest features (share of JSON): {}", shares.join(", "));
+    println!("  largest features (share of the stored value): {}", shares.join(", "));
 }

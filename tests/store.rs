@@ -266,7 +266,7 @@ async fn an_unreadable_share_is_reported_never_defaulted_and_set_aside() {
 
     let loaded = writer.load_for_write(&[user("u1")], &[], &[]).await.expect("load");
     assert!(loaded.states.is_empty(), "an unreadable share is not a fresh one: {loaded:?}");
-    assert_eq!(loaded.unreadable, vec![(user("u1"), "{not json".to_string())]);
+    assert_eq!(loaded.unreadable, vec![(user("u1"), bytes::Bytes::from_static(b"{not json"))]);
     writer.quarantine(&loaded.unreadable).await.expect("quarantine");
     assert_eq!(redis.command(&["HEXISTS", &hash, "user_activity/0"]), "0");
     let field = format!("{hash} user_activity/0");

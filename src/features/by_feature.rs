@@ -75,6 +75,11 @@ impl FeatureStates {
         *self.entry(name) = state;
     }
 
+    /// [`Self::insert`] under `name` read from elsewhere (a stored state), interned.
+    pub fn insert_named(&mut self, name: &str, state: FeatureState) {
+        self.insert(intern(name), state);
+    }
+
     /// Forgets the state of `name`, an interned name.
     pub fn remove(&mut self, name: &'static str) {
         if let Some(index) = self.position(name) {

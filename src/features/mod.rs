@@ -24,7 +24,7 @@ mod retention;
 pub mod source;
 mod state;
 
-pub use by_feature::FeatureStates;
+pub use by_feature::{Cell, Fact, FeatureState, FeatureStates};
 pub use catalog::{Catalog, CatalogView, DimensionSchema, ItemRoles, Product, ProductCatalog};
 pub use definition::{
     Aggregation, BUCKETS_PER_WINDOW, DefinitionError, Entity, EntitySchema, Feature, FeatureSet,

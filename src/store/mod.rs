@@ -4,7 +4,7 @@
 //!
 //! Layout in Redis, under the namespace `<key_prefix>:<generation>` (see [`generation`]): one hash
 //! per entity, `…:user:<id>` or `…:product:<id>`, with one field per source stream
-//! (`<table>/<partition>`) holding that stream's share of the entity's [`EntityState`] as JSON.
+//! (`<table>/<partition>`) holding that stream's share of the entity's [`EntityState`] (see [`codec`]).
 //! Each share has exactly one writer, the worker of that topic partition, so shares are
 //! read-modified-written without locks even though a user is fed by several topics and a
 //! product by every partition; reads merge the shares.
@@ -21,6 +21,7 @@
 //!   it read, so L1 never keeps a state older than one announced.
 
 mod cache;
+pub mod codec;
 mod error;
 pub mod generation;
 mod marks;
@@ -32,6 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use fred::prelude::*;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
@@ -227,8 +229,8 @@ impl FeatureStore {
 
     /// A share as read for the API; an unreadable one is left out (and reported): ingest sets it
     /// aside and rebuilds it when a change reaches it.
-    fn decode_state(&self, key: &str, json: &str) -> Option<EntityState> {
-        match serde_json::from_str(json) {
+    fn decode_state(&self, key: &str, value: &[u8]) -> Option<EntityState> {
+        match codec::decode_state(value) {
             Ok(state) => Some(state),
             Err(error) => {
                 tracing::error!(key, error = %error, "unreadable feature state in redis; served without it");
@@ -244,12 +246,12 @@ impl FeatureStore {
     fn decode_shares(
         &self,
         key: &str,
-        fields: HashMap<String, String>,
+        fields: HashMap<String, Bytes>,
         marks: &TableMarks,
     ) -> Shares {
         fields
             .into_iter()
-            .filter_map(|(stream, json)| Some((stream, self.decode_state(key, &json)?)))
+            .filter_map(|(stream, value)| Some((stream, self.decode_state(key, &value)?)))
             .filter(|(stream, share)| {
                 let table = stream.split('/').next().unwrap_or_default();
                 let run = marks.runs.get(table).map(|start| start.run);
@@ -380,11 +382,17 @@ impl FeatureStore {
             let _: () = pipeline.hgetall(key).await?;
         }
         let started = Instant::now();
-        let result: Result<Vec<HashMap<String, String>>, _> = pipeline.all().await;
+        let result: Result<Vec<HashMap<String, Bytes>>, _> = pipeline.all().await;
         note_latency(op, started);
         self.note_redis(op, &result);
         let mut hashes = result?.into_iter();
-        let marks = marks::decode_marks(hashes.next().unwrap_or_default());
+        // Marks are JSON text; shares are binary (see `codec`).
+        let marks = hashes
+            .next()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(field, value)| Some((field, String::from_utf8(value.into()).ok()?)));
+        let marks = marks::decode_marks(marks.collect());
         let mut shares: Vec<Shares> = keys
             .iter()
             .zip(hashes)

@@ -11,9 +11,11 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Instant;
 
+use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 
+use super::codec::{decode_state, encode_state};
 use super::marks::{TableMarks, decode_marks, high_field, overlap_field, truncate_field};
 use super::{CLEAR_ALL, FeatureStore, StateKey, StoreError, note_latency};
 use crate::features::overlap::{Known, OverlapWrites, Wanted};
@@ -30,7 +32,7 @@ pub struct Loaded {
     /// The marks of the tables and streams asked for.
     pub marks: TableMarks,
     /// Shares stored in a form persona cannot read, as stored.
-    pub unreadable: Vec<(StateKey, String)>,
+    pub unreadable: Vec<(StateKey, Bytes)>,
 }
 
 /// A partition owner's right to write: the epoch it claimed for its partition.
@@ -85,17 +87,19 @@ impl FeatureStore {
             let _: () = pipeline.hget(self.redis_key(&namespace, &key.entity), &key.stream).await?;
         }
         let started = Instant::now();
-        let result: Result<Vec<Option<String>>, _> = pipeline.all().await;
+        let result: Result<Vec<Option<Bytes>>, _> = pipeline.all().await;
         note_latency("ingest_read", started);
         self.note_redis("ingest_read", &result);
         let mut values = result?;
         let shares = values.split_off(fields.len());
-        let stored =
-            fields.into_iter().zip(values).filter_map(|((_, field), value)| Some((field, value?)));
+        // Marks are JSON text; shares are binary (see `codec`).
+        let stored = fields.into_iter().zip(values).filter_map(|((_, field), value)| {
+            Some((field, String::from_utf8(value?.into()).ok()?))
+        });
         let mut loaded = Loaded { marks: decode_marks(stored.collect()), ..Loaded::default() };
         for (key, value) in keys.iter().zip(shares) {
             let Some(value) = value else { continue };
-            match serde_json::from_str(&value) {
+            match decode_state(&value) {
                 Ok(state) => {
                     loaded.states.insert(key.clone(), state);
                 }
@@ -156,14 +160,14 @@ impl FeatureStore {
     /// Sets unreadable shares aside: each moves, as it was, to the hash `<namespace>:quarantine`
     /// (field `<entity key> <stream>`) for inspection, and leaves its entity, so that nothing
     /// builds on it and a replay of its partition rebuilds it from scratch.
-    pub async fn quarantine(&self, unreadable: &[(StateKey, String)]) -> Result<(), StoreError> {
+    pub async fn quarantine(&self, unreadable: &[(StateKey, Bytes)]) -> Result<(), StoreError> {
         let namespace = self.namespace();
         let transaction = self.redis.next().multi();
         for (key, raw) in unreadable {
             let entity = self.redis_key(&namespace, &key.entity);
             let field = format!("{entity} {}", key.stream);
             let _: () =
-                transaction.hset(format!("{namespace}:quarantine"), (field, raw.as_str())).await?;
+                transaction.hset(format!("{namespace}:quarantine"), (field, raw.clone())).await?;
             let _: () = transaction.hdel(&entity, key.stream.as_str()).await?;
         }
         let outcome: Result<Value, _> = transaction.exec(true).await;
@@ -234,16 +238,16 @@ impl FeatureStore {
         let overlapped = writes.map_or(&[][..], |w| &w.overlapped[..]);
         args.push(overlapped.len().to_string());
         args.extend(overlapped.iter().map(position_field));
+        let mut shares: Vec<Value> = Vec::with_capacity(2 * states.len());
         for (key, state) in &states {
-            let json = serde_json::to_string(state)
-                .map_err(|source| StoreError::Encode { key: format!("{key:?}"), source })?;
             keys.push(self.redis_key(&namespace, &key.entity));
-            args.extend([key.stream.clone(), json]);
+            shares.extend([key.stream.clone().into(), Bytes::from(encode_state(state)).into()]);
             announced.push((key.entity.cache_key(), key.stream.as_str(), state.rev));
         }
         args[announcement_slot] = serde_json::to_string(&announced).map_err(|source| {
             StoreError::Encode { key: self.invalidation_channel.clone(), source }
         })?;
+        let args: Vec<Value> = args.into_iter().map(Value::from).chain(shares).collect();
         let started = Instant::now();
         let client = self.redis.next();
         let outcome: Result<Value, _> = WRITE_STATES.evalsha_with_reload(client, keys, args).await;

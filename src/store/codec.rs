@@ -1,0 +1,360 @@
+//! How a share ([`EntityState`]) is laid out as a Redis value: a version byte, then the state in
+//! postcard (varints, no field names).
+//!
+//! Every text the state holds (stream and feature names, stored values, row keys) is written
+//! once, in a table, and referred to by its place in it: a user's state names the same products
+//! and categories in many buckets and facts. Row keys that are UUIDs in their canonical text (as
+//! Postgres prints `uuid` columns) take their 16 bytes instead, and time buckets and fact times
+//! are written as differences, which are small. JSON spent most of a state's bytes on
+//! repeating those (see BENCHMARKS.md, "State per entity").
+//!
+//! Shares written as JSON (the layout before version 1, recognised by its leading `{`) are still
+//! read, and written back in the current layout the next time a change reaches them. A value of
+//! any other version is refused, never guessed at: it was written by a newer persona, and ingest
+//! sets it aside (see `write::quarantine`) rather than build on it.
+
+use std::collections::HashMap;
+
+use foldhash::fast::FixedState;
+use serde::{Deserialize, Serialize};
+
+use crate::features::{
+    Cell, EntityState, Fact, FeatureState, FeatureStates, Position, RunMark, SnapshotRun,
+};
+
+/// The layout written; bump it (and keep reading the older ones) whenever the wire form changes.
+pub const STATE_VERSION: u8 = 1;
+
+/// A stored value persona cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("empty state value")]
+    Empty,
+    #[error("state written in layout version {0}, newer than this persona reads ({STATE_VERSION})")]
+    UnknownVersion(u8),
+    #[error("malformed state (layout version {STATE_VERSION}): {0}")]
+    Malformed(#[from] postcard::Error),
+    #[error("malformed state: text {0} is not in the state's table")]
+    MissingText(u32),
+    #[error("malformed JSON state: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// A fact's row key: a UUID's bytes, or a text of the table.
+#[derive(Serialize, Deserialize)]
+enum WireKey {
+    Uuid([u8; 16]),
+    Text(u32),
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireFeature {
+    name: u32,
+    /// `(bucket - previous bucket, [(value, count)])`, buckets in ascending order.
+    buckets: Vec<(i64, Vec<(u32, i64)>)>,
+    /// The oldest fact's time; facts carry theirs as the difference from it.
+    facts_since_us: i64,
+    facts: Vec<(WireKey, u64, u32)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire<'a> {
+    rev: u64,
+    #[serde(borrow)]
+    texts: Vec<&'a str>,
+    applied: Vec<(u32, Position)>,
+    replayed: Vec<(u32, Vec<Position>)>,
+    runs: Vec<(u32, SnapshotRun, Option<i64>)>,
+    cuts: Vec<(u32, Position)>,
+    features: Vec<WireFeature>,
+}
+
+/// Texts of one state, each given its place in the table once.
+#[derive(Default)]
+struct Texts<'a> {
+    table: Vec<&'a str>,
+    places: HashMap<&'a str, u32, FixedState>,
+}
+
+impl<'a> Texts<'a> {
+    fn place(&mut self, text: &'a str) -> u32 {
+        *self.places.entry(text).or_insert_with(|| {
+            self.table.push(text);
+            // A state holds far fewer than 2^32 texts: it lives in one Redis value.
+            (self.table.len() - 1) as u32
+        })
+    }
+}
+
+/// A UUID's bytes when `key` is one in the canonical text Postgres prints (lower-case hex,
+/// hyphenated), so that decoding gives back the same text; else `None`.
+fn uuid_bytes(key: &str) -> Option<[u8; 16]> {
+    let canonical = key.len() == 36
+        && key.bytes().enumerate().all(|(at, byte)| match at {
+            8 | 13 | 18 | 23 => byte == b'-',
+            _ => matches!(byte, b'0'..=b'9' | b'a'..=b'f'),
+        });
+    canonical.then(|| uuid::Uuid::try_parse(key).ok().map(|uuid| *uuid.as_bytes())).flatten()
+}
+
+/// The value written to Redis for `state`.
+pub fn encode_state(state: &EntityState) -> Vec<u8> {
+    // Named field by field: a field added to the state does not compile here until the wire
+    // form (and its version) carries it.
+    let EntityState { rev, applied, replayed, runs, cuts, features } = state;
+    let mut texts = Texts::default();
+    let applied = applied.iter().map(|(stream, at)| (texts.place(stream), *at)).collect();
+    let replayed = replayed
+        .iter()
+        .map(|(stream, positions)| (texts.place(stream), positions.iter().copied().collect()))
+        .collect();
+    let runs =
+        runs.iter().map(|(stream, mark)| (texts.place(stream), mark.run, mark.through)).collect();
+    let cuts = cuts.iter().map(|(stream, cut)| (texts.place(stream), *cut)).collect();
+    let features =
+        features.iter().map(|(name, feature)| encode_feature(&mut texts, name, feature)).collect();
+    let wire = Wire { rev: *rev, texts: texts.table, applied, replayed, runs, cuts, features };
+    let mut bytes = vec![STATE_VERSION];
+    // Serializing into a vector fails only when out of memory, which aborts first.
+    bytes.extend(postcard::to_allocvec(&wire).unwrap_or_default());
+    bytes
+}
+
+fn encode_feature<'a>(
+    texts: &mut Texts<'a>,
+    name: &'a str,
+    state: &'a FeatureState,
+) -> WireFeature {
+    let mut previous = 0;
+    let buckets = state
+        .buckets
+        .iter()
+        .map(|(bucket, cell)| {
+            // Wrapping, as decoding adds it back wrapping: exact for any bucket.
+            let delta = bucket.wrapping_sub(previous);
+            previous = *bucket;
+            (delta, cell.iter().map(|(value, count)| (texts.place(value), *count)).collect())
+        })
+        .collect();
+    let facts_since_us = state.facts.values().map(|fact| fact.at_us).min().unwrap_or(0);
+    let facts = state
+        .facts
+        .iter()
+        .map(|(key, fact)| {
+            let key = match uuid_bytes(key) {
+                Some(bytes) => WireKey::Uuid(bytes),
+                None => WireKey::Text(texts.place(key)),
+            };
+            (key, fact.at_us.abs_diff(facts_since_us), texts.place(&fact.value))
+        })
+        .collect();
+    WireFeature { name: texts.place(name), buckets, facts_since_us, facts }
+}
+
+/// Reads a value [`encode_state`] wrote, or a share stored as JSON before it.
+pub fn decode_state(bytes: &[u8]) -> Result<EntityState, CodecError> {
+    match bytes.first() {
+        None => Err(CodecError::Empty),
+        Some(b'{') => Ok(serde_json::from_slice(bytes)?),
+        Some(&STATE_VERSION) => decode_v1(&bytes[1..]),
+        Some(&other) => Err(CodecError::UnknownVersion(other)),
+    }
+}
+
+fn decode_v1(bytes: &[u8]) -> Result<EntityState, CodecError> {
+    let wire: Wire<'_> = postcard::from_bytes(bytes)?;
+    let text =
+        |place: u32| wire.texts.get(place as usize).copied().ok_or(CodecError::MissingText(place));
+    let by_stream = |place: u32| text(place).map(str::to_string);
+    let mut state = EntityState { rev: wire.rev, ..EntityState::default() };
+    for (stream, at) in &wire.applied {
+        state.applied.insert(by_stream(*stream)?, *at);
+    }
+    for (stream, positions) in &wire.replayed {
+        state.replayed.insert(by_stream(*stream)?, positions.iter().copied().collect());
+    }
+    for (stream, run, through) in &wire.runs {
+        state.runs.insert(by_stream(*stream)?, RunMark { run: *run, through: *through });
+    }
+    for (stream, cut) in &wire.cuts {
+        state.cuts.insert(by_stream(*stream)?, *cut);
+    }
+    let mut features = FeatureStates::default();
+    for feature in &wire.features {
+        let mut decoded = FeatureState::default();
+        let mut bucket = 0;
+        for (delta, cell) in &feature.buckets {
+            bucket = i64::wrapping_add(bucket, *delta);
+            let cell: Result<Cell, CodecError> =
+                cell.iter().map(|(value, count)| Ok((text(*value)?.to_string(), *count))).collect();
+            decoded.buckets.insert(bucket, cell?);
+        }
+        for (key, since, value) in &feature.facts {
+            let key = match key {
+                WireKey::Uuid(bytes) => {
+                    let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
+                    uuid::Uuid::from_bytes(*bytes).hyphenated().encode_lower(&mut text).to_string()
+                }
+                WireKey::Text(place) => text(*place)?.to_string(),
+            };
+            let at_us = feature.facts_since_us.saturating_add_unsigned(*since);
+            decoded.facts.insert(key, Fact { at_us, value: text(*value)?.to_string() });
+        }
+        features.insert_named(text(feature.name)?, decoded);
+    }
+    state.features = features;
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn position() -> impl Strategy<Value = Position> {
+        (any::<i64>(), any::<i64>(), 0u8..3).prop_map(|(a, b, c)| Position(a, b, c))
+    }
+
+    /// Row keys as persona makes them: UUIDs (canonical, or not as Postgres prints them), joined
+    /// composite keys, anything.
+    fn row_key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<u128>().prop_map(|n| uuid::Uuid::from_u128(n).hyphenated().to_string()),
+            any::<u128>()
+                .prop_map(|n| uuid::Uuid::from_u128(n).hyphenated().to_string().to_uppercase()),
+            any::<u128>().prop_map(|n| uuid::Uuid::from_u128(n).simple().to_string()),
+            "[a-z0-9]{1,6}/[a-z0-9]{1,6}",
+            ".{0,40}",
+        ]
+    }
+
+    fn feature_state() -> impl Strategy<Value = FeatureState> {
+        let value = prop_oneof!["", "p[0-9]{1,3}", ".{0,12}"];
+        let cell = prop::collection::btree_map(value.clone(), any::<i64>(), 0..4);
+        let buckets = prop::collection::btree_map(any::<i64>(), cell, 0..6);
+        let fact = (any::<i64>(), value).prop_map(|(at_us, value)| Fact { at_us, value });
+        let facts = prop::collection::btree_map(row_key(), fact, 0..8);
+        (buckets, facts).prop_map(|(buckets, facts)| FeatureState { buckets, facts })
+    }
+
+    fn entity_state() -> impl Strategy<Value = EntityState> {
+        let stream = prop_oneof!["user_activity/[0-3]", "orders/[0-3]", ".{0,10}"];
+        let name =
+            prop_oneof!["clicks_1m", "recent_products_viewed", "unique_viewers_1h", ".{1,10}"];
+        let mark = (any::<(i64, i64)>(), any::<Option<i64>>())
+            .prop_map(|((lsn, tx), through)| RunMark { run: SnapshotRun(lsn, tx), through });
+        (
+            any::<u64>(),
+            prop::collection::btree_map(stream.clone(), position(), 0..3),
+            prop::collection::btree_map(
+                stream.clone(),
+                prop::collection::btree_set(position(), 0..4),
+                0..2,
+            ),
+            prop::collection::btree_map(stream.clone(), mark, 0..2),
+            prop::collection::btree_map(stream, position(), 0..2),
+            prop::collection::vec((name, feature_state()), 0..5),
+        )
+            .prop_map(|(rev, applied, replayed, runs, cuts, features)| {
+                let mut states = FeatureStates::default();
+                for (name, state) in features {
+                    states.insert_named(&name, state);
+                }
+                EntityState { rev, applied, replayed, runs, cuts, features: states }
+            })
+    }
+
+    proptest! {
+        /// Whatever a state holds (extreme times and counts, keys that look like UUIDs but are
+        /// not printed as Postgres prints them, texts of any kind), it reads back the same.
+        #[test]
+        fn every_state_reads_back_as_it_was_written(state in entity_state()) {
+            let bytes = encode_state(&state);
+            prop_assert_eq!(bytes[0], STATE_VERSION);
+            prop_assert_eq!(decode_state(&bytes).expect("decodes"), state);
+        }
+
+        /// A share written as JSON, before the binary layout, reads as it was.
+        #[test]
+        fn a_share_written_as_json_still_reads(state in entity_state()) {
+            let json = serde_json::to_vec(&state).expect("serializes");
+            prop_assert_eq!(decode_state(&json).expect("decodes"), state);
+        }
+
+        /// Cut short anywhere, a value is refused, never read as some other state.
+        #[test]
+        fn a_truncated_value_is_refused(state in entity_state(), cut in any::<prop::sample::Index>()) {
+            let bytes = encode_state(&state);
+            let cut = 1 + cut.index(bytes.len() - 1);
+            prop_assert!(decode_state(&bytes[..cut]).is_err(), "{} of {} bytes", cut, bytes.len());
+        }
+    }
+
+    fn viewed(keys: &[&str]) -> EntityState {
+        let mut views = FeatureState::default();
+        for (at, key) in keys.iter().enumerate() {
+            let fact = Fact { at_us: 1_700_000_000_000_000 + at as i64, value: "p1".into() };
+            views.facts.insert(key.to_string(), fact);
+        }
+        let mut state = EntityState::default();
+        state.features.insert_named("last_viewed_product", views);
+        state
+    }
+
+    #[test]
+    fn a_uuid_key_takes_its_sixteen_bytes_and_other_keys_their_text() {
+        let canonical = "0b6a3d1e-8f44-4c3a-9d7e-2f1c5a6b7c8d";
+        let one = encode_state(&viewed(&[canonical])).len();
+        let two = encode_state(&viewed(&[canonical, "7f3e2d1c-0b9a-4876-a543-210fedcba987"])).len();
+        // A key, a time (1 byte: one microsecond after the first) and a value's place.
+        assert_eq!(two - one, 1 + 16 + 1 + 1);
+        let upper = encode_state(&viewed(&[&canonical.to_uppercase()]));
+        assert_eq!(decode_state(&upper).expect("decodes"), viewed(&[&canonical.to_uppercase()]));
+        assert!(upper.len() > one + 20, "kept as text, so it reads back as it was");
+    }
+
+    #[test]
+    fn texts_repeated_across_buckets_and_facts_are_written_once() {
+        let value = "a-category-name-long-enough-to-see";
+        let mut histogram = FeatureState::default();
+        for bucket in 0..50 {
+            histogram.buckets.insert(bucket, BTreeMap::from([(value.to_string(), 1)]));
+        }
+        let mut state = EntityState::default();
+        state.features.insert_named("category_views_1h", histogram);
+        let bytes = encode_state(&state);
+        let occurrences = bytes.windows(value.len()).filter(|w| *w == value.as_bytes()).count();
+        assert_eq!(occurrences, 1);
+        assert_eq!(decode_state(&bytes).expect("decodes"), state);
+    }
+
+    #[test]
+    fn a_value_of_an_unknown_layout_is_refused_and_says_why() {
+        let mut bytes = encode_state(&viewed(&["k"]));
+        bytes[0] = STATE_VERSION + 1;
+        let error = decode_state(&bytes).expect_err("refused");
+        assert!(matches!(error, CodecError::UnknownVersion(v) if v == STATE_VERSION + 1));
+        assert!(error.to_string().contains("newer than this persona reads"), "{error}");
+        assert!(matches!(decode_state(b""), Err(CodecError::Empty)));
+        assert!(matches!(decode_state(b"{not json"), Err(CodecError::Json(_))));
+    }
+
+    #[test]
+    fn a_place_outside_the_text_table_is_refused() {
+        let wire = Wire {
+            rev: 1,
+            texts: vec!["user_activity/0"],
+            applied: vec![(3, Position(1, 2, 1))],
+            replayed: vec![],
+            runs: vec![],
+            cuts: vec![],
+            features: vec![],
+        };
+        let mut bytes = vec![STATE_VERSION];
+        bytes.extend(postcard::to_allocvec(&wire).expect("serializes"));
+        assert!(matches!(decode_state(&bytes), Err(CodecError::MissingText(3))));
+    }
+}
