@@ -174,6 +174,10 @@ fn report(set: &FeatureSet, states: &States, entity: Entity) {
         "  per state: encode {encoding:.1} µs, decode {decoding:.1} µs (as JSON: {:.1} µs, {:.1} µs)",
         json_codec.0, json_codec.1
     );
+    // The same state over and over, in the caches: the cost of the work itself.
+    let one = vec![of[0]; setting("PERSONA_BENCH_CODEC_ROUNDS", 200)];
+    let (encoding, decoding) = codec_micros(&one, encode_state, decode);
+    println!("  one state, warm: encode {encoding:.1} µs, decode {decoding:.1} µs");
     if entity == set.shopper {
         let million = 1_000_000.0;
         println!(
@@ -184,10 +188,47 @@ fn report(set: &FeatureSet, states: &States, entity: Entity) {
             gib(memory[3] as f64 * million),
         );
     }
+    let stored = largest(&of, feature_bytes);
+    println!("  largest features (share of the stored value): {stored}");
+    let in_memory = largest(&of, |_, feature| {
+        let [buckets, facts] =
+            [&feature.buckets as &dyn HeapSize, &feature.facts].map(HeapSize::heap);
+        buckets + facts
+    });
+    println!("  largest features (share of memory): {in_memory}");
+    let (mut buckets, mut facts) = (0, 0);
+    for feature in of.iter().flat_map(|state| state.features.values()) {
+        buckets += feature.buckets.heap();
+        facts += feature.facts.heap();
+    }
+    println!(
+        "  memory in buckets {:.0}%, in facts {:.0}%",
+        buckets as f64 * 100.0 / (buckets + facts) as f64,
+        facts as f64 * 100.0 / (buckets + facts) as f64
+    );
+}
+
+/// What a copy of a part of a state allocates.
+trait HeapSize {
+    fn heap(&self) -> usize;
+}
+
+impl<T: Clone> HeapSize for T {
+    fn heap(&self) -> usize {
+        let before = LIVE.load(Ordering::Relaxed);
+        let copy = self.clone();
+        let bytes = LIVE.load(Ordering::Relaxed) - before;
+        drop(copy);
+        bytes
+    }
+}
+
+/// The six features that take the most, by `size`, with their share of the total.
+fn largest(of: &[&EntityState], size: impl Fn(&str, &FeatureState) -> usize) -> String {
     let mut by_feature: BTreeMap<&str, usize> = BTreeMap::new();
-    for state in &of {
+    for state in of {
         for (name, feature) in state.features.iter() {
-            *by_feature.entry(name).or_default() += feature_bytes(name, feature);
+            *by_feature.entry(name).or_default() += size(name, feature);
         }
     }
     let total: usize = by_feature.values().sum();
@@ -198,5 +239,5 @@ fn report(set: &FeatureSet, states: &States, entity: Entity) {
         .take(6)
         .map(|(name, bytes)| format!("{name} {:.0}%", *bytes as f64 * 100.0 / total as f64))
         .collect();
-    println!("  largest features (share of the stored value): {}", shares.join(", "));
+    shares.join(", ")
 }

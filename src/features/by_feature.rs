@@ -16,8 +16,89 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::intern::intern;
 
-/// One time bucket: stored value → number of rows.
-pub type Cell = BTreeMap<String, i64>;
+/// One time bucket: stored value → number of rows, in the order of the values.
+///
+/// Most buckets hold one value (`""` for plain counts), and a user holds hundreds of buckets:
+/// a sorted vector takes one small allocation where a map took a whole node each (buckets were
+/// 80% of a user's memory; BENCHMARKS.md, "State per entity").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cell(Vec<(Box<str>, i64)>);
+
+impl Cell {
+    fn place(&self, value: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(known, _)| known.as_ref().cmp(value))
+    }
+
+    pub fn get(&self, value: &str) -> Option<i64> {
+        self.place(value).ok().map(|at| self.0[at].1)
+    }
+
+    pub fn get_mut(&mut self, value: &str) -> Option<&mut i64> {
+        self.place(value).ok().map(|at| &mut self.0[at].1)
+    }
+
+    /// Adds `delta` to the rows of `value` (from none when absent); the new count.
+    pub fn add(&mut self, value: &str, delta: i64) -> i64 {
+        match self.place(value) {
+            Ok(at) => {
+                self.0[at].1 += delta;
+                self.0[at].1
+            }
+            Err(at) => {
+                self.0.insert(at, (value.into(), delta));
+                delta
+            }
+        }
+    }
+
+    pub fn remove(&mut self, value: &str) {
+        if let Ok(at) = self.place(value) {
+            self.0.remove(at);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Values and their rows, in the order of the values.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.0.iter().map(|(value, count)| (value.as_ref(), *count))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = i64> + '_ {
+        self.0.iter().map(|(_, count)| *count)
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<(S, i64)> for Cell {
+    /// Adds up the rows of a value given more than once.
+    fn from_iter<I: IntoIterator<Item = (S, i64)>>(iter: I) -> Self {
+        let mut cell = Cell::default();
+        for (value, count) in iter {
+            cell.add(value.as_ref(), count);
+        }
+        cell
+    }
+}
+
+/// As a map from value to rows, as the state's JSON form always wrote it.
+impl Serialize for Cell {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Cell {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<std::borrow::Cow<'de, str>, i64>::deserialize(deserializer)?;
+        Ok(map.into_iter().collect())
+    }
+}
 
 /// A row kept by its key: its event time and stored value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,11 +257,41 @@ impl<'de> Deserialize<'de> for FeatureStates {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// A cell counts as the map it replaced: any adds and removes leave the same counts,
+        /// in the same order, and write the same JSON (so shares written before read back).
+        #[test]
+        fn a_cell_counts_as_a_map_of_values_does(
+            steps in prop::collection::vec((prop_oneof!["", "p[0-9]", ".{0,4}"], -3i64..4, any::<bool>()), 0..60),
+        ) {
+            let mut cell = Cell::default();
+            let mut map: BTreeMap<String, i64> = BTreeMap::new();
+            for (value, delta, remove) in &steps {
+                if *remove {
+                    cell.remove(value);
+                    map.remove(value);
+                } else {
+                    let count = map.entry(value.clone()).or_default();
+                    *count += delta;
+                    prop_assert_eq!(cell.add(value, *delta), *count);
+                }
+                prop_assert_eq!(cell.get(value), map.get(value).copied());
+            }
+            let counted: Vec<(String, i64)> = cell.iter().map(|(v, c)| (v.to_string(), c)).collect();
+            prop_assert_eq!(&counted, &map.clone().into_iter().collect::<Vec<_>>());
+            let json = serde_json::to_string(&cell).expect("serializes");
+            prop_assert_eq!(&json, &serde_json::to_string(&map).expect("serializes"));
+            prop_assert_eq!(serde_json::from_str::<Cell>(&json).expect("reads"), cell);
+        }
+    }
 
     fn state(bucket: i64) -> FeatureState {
         let mut state = FeatureState::default();
-        state.buckets.entry(bucket).or_default().insert(String::new(), 1);
+        state.buckets.entry(bucket).or_default().add("", 1);
         state
     }
 

@@ -226,8 +226,13 @@ fn window_counts(
             None => None,
         };
         newest = newest.max(start);
-        for (value, count) in cell {
-            *counts.entry(value.clone()).or_default() += count;
+        for (value, count) in cell.iter() {
+            match counts.get_mut(value) {
+                Some(total) => *total += count,
+                None => {
+                    counts.insert(value.to_string(), count);
+                }
+            }
         }
     }
     (counts, newest)

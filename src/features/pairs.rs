@@ -203,9 +203,7 @@ pub fn apply_pairs(
         let counts = state.features.entry(feature.name);
         let bucket = window.bucket_of(delta.at_us);
         let cell = counts.buckets.entry(bucket).or_default();
-        let count = cell.entry(delta.partner.clone()).or_default();
-        *count += delta.delta;
-        if *count == 0 {
+        if cell.add(&delta.partner, delta.delta) == 0 {
             cell.remove(&delta.partner);
         }
         if cell.is_empty() {

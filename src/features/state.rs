@@ -122,8 +122,8 @@ impl EntityState {
             let ours = self.features.entry(name);
             for (bucket, cell) in &theirs.buckets {
                 let target = ours.buckets.entry(*bucket).or_default();
-                for (value, count) in cell {
-                    *target.entry(value.clone()).or_default() += count;
+                for (value, count) in cell.iter() {
+                    target.add(value, count);
                 }
             }
             for (key, fact) in &theirs.facts {
@@ -363,13 +363,7 @@ fn add(
     match feature.storage() {
         Storage::Buckets => {
             let bucket = feature.window.map_or(0, |window| window.bucket_of(at_us));
-            let cell = state.buckets.entry(bucket).or_default();
-            match cell.get_mut(value.as_ref()) {
-                Some(count) => *count += 1,
-                None => {
-                    cell.insert(value.into_owned(), 1);
-                }
-            }
+            state.buckets.entry(bucket).or_default().add(&value, 1);
         }
         Storage::Facts | Storage::Current => {
             state.facts.insert(row.key.clone(), Fact { at_us, value: value.into_owned() });
@@ -398,7 +392,7 @@ fn retract(
                 if let Some(count) = cell.get_mut(value.as_ref()) {
                     *count -= 1;
                     if *count <= 0 {
-                        cell.remove(value.as_ref());
+                        cell.remove(&value);
                     }
                 }
                 if cell.is_empty() {

@@ -39,8 +39,7 @@ fn state_of(
     for (secs, value, count) in rows {
         let at_us = micros(t0() + TimeDelta::seconds(*secs));
         let bucket = feature.window.map_or(0, |window| window.bucket_of(at_us));
-        *state.buckets.entry(bucket).or_default().entry(VALUES[*value].to_string()).or_default() +=
-            count;
+        state.buckets.entry(bucket).or_default().add(VALUES[*value], *count);
     }
     for (key, secs, value) in facts {
         let fact = Fact {

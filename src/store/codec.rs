@@ -133,7 +133,7 @@ fn encode_feature<'a>(
             // Wrapping, as decoding adds it back wrapping: exact for any bucket.
             let delta = bucket.wrapping_sub(previous);
             previous = *bucket;
-            (delta, cell.iter().map(|(value, count)| (texts.place(value), *count)).collect())
+            (delta, cell.iter().map(|(value, count)| (texts.place(value), count)).collect())
         })
         .collect();
     let facts_since_us = state.facts.values().map(|fact| fact.at_us).min().unwrap_or(0);
@@ -208,8 +208,6 @@ fn decode_v1(bytes: &[u8]) -> Result<EntityState, CodecError> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use proptest::prelude::*;
 
     use super::*;
@@ -237,7 +235,10 @@ mod tests {
         let buckets = prop::collection::btree_map(any::<i64>(), cell, 0..6);
         let fact = (any::<i64>(), value).prop_map(|(at_us, value)| Fact { at_us, value });
         let facts = prop::collection::btree_map(row_key(), fact, 0..8);
-        (buckets, facts).prop_map(|(buckets, facts)| FeatureState { buckets, facts })
+        (buckets, facts).prop_map(|(buckets, facts)| {
+            let buckets = buckets.into_iter().map(|(at, cell)| (at, cell.into_iter().collect()));
+            FeatureState { buckets: buckets.collect(), facts }
+        })
     }
 
     fn entity_state() -> impl Strategy<Value = EntityState> {
@@ -321,7 +322,7 @@ mod tests {
         let value = "a-category-name-long-enough-to-see";
         let mut histogram = FeatureState::default();
         for bucket in 0..50 {
-            histogram.buckets.insert(bucket, BTreeMap::from([(value.to_string(), 1)]));
+            histogram.buckets.insert(bucket, [(value, 1)].into_iter().collect());
         }
         let mut state = EntityState::default();
         state.features.insert_named("category_views_1h", histogram);
