@@ -186,7 +186,7 @@ fn decode_v1(bytes: &[u8]) -> Result<EntityState, CodecError> {
         for (delta, cell) in &feature.buckets {
             bucket = i64::wrapping_add(bucket, *delta);
             let cell: Result<Cell, CodecError> =
-                cell.iter().map(|(value, count)| Ok((text(*value)?.to_string(), *count))).collect();
+                cell.iter().map(|(value, count)| Ok((text(*value)?, *count))).collect();
             decoded.buckets.insert(bucket, cell?);
         }
         for (key, since, value) in &feature.facts {
