@@ -223,6 +223,18 @@ pub struct RedisConfig {
     /// may come up after persona, or be slow to accept connections under load.
     #[serde(with = "humantime_serde")]
     pub startup_timeout: Duration,
+    /// How feature state is written (both are always read): `binary`, or `json` while instances
+    /// older than the binary layout still run (a rolling upgrade), since they cannot read it.
+    pub state_encoding: StateEncoding,
+}
+
+/// The layout of the feature state persona writes to Redis (see `store::codec`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateEncoding {
+    #[default]
+    Binary,
+    Json,
 }
 
 impl Default for RedisConfig {
@@ -235,6 +247,7 @@ impl Default for RedisConfig {
             state_ttl: Duration::from_secs(30 * 24 * 3600),
             required_to_start: true,
             startup_timeout: Duration::from_secs(30),
+            state_encoding: StateEncoding::Binary,
         }
     }
 }

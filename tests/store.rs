@@ -374,3 +374,51 @@ async fn a_streams_snapshot_overlap_round_trips_and_clears() {
     let other = writer.load_overlap("orders/2", &wanted).await.expect("load overlap");
     assert!(other.rows.is_empty() && other.overlapped.is_empty());
 }
+
+/// A rolling upgrade from a persona older than the binary layout: instances write JSON
+/// (`state_encoding = "json"`), which the older ones read, until every instance is new; the new
+/// ones read both, whichever wrote last.
+#[tokio::test]
+async fn shares_are_written_in_the_configured_encoding_and_either_is_read() {
+    use persona::config::StateEncoding;
+    use persona::features::{Fact, FeatureState};
+
+    let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
+    let prefix = unique("enc");
+    let with = |state_encoding| RedisConfig {
+        url: Sensitive(redis.url()),
+        key_prefix: prefix.clone(),
+        state_encoding,
+        ..RedisConfig::default()
+    };
+    let cache = CacheConfig::default();
+    let json = FeatureStore::connect(&with(StateEncoding::Json), &cache).await.expect("connect");
+    let binary =
+        FeatureStore::connect(&with(StateEncoding::Binary), &cache).await.expect("connect");
+    let mut viewed = FeatureState::default();
+    let fact = Fact { at_us: 1_700_000_000_000_000, value: "p7".into() };
+    viewed.facts.insert("0b6a3d1e-8f44-4c3a-9d7e-2f1c5a6b7c8d".into(), fact);
+    let mut share = state(5);
+    share.features.insert_named("last_viewed_product", viewed);
+    let hash = format!("{prefix}:g0:user:u1");
+
+    json.write_states(vec![(user("u1"), share.clone())], &Default::default(), None)
+        .await
+        .expect("write");
+    let raw = redis.command(&["HGET", &hash, "user_activity/0"]);
+    assert!(raw.starts_with("{\"rev\":5"), "written as JSON: {raw}");
+    let loaded = binary.load_for_write(&[user("u1")], &[], &[]).await.expect("load");
+    assert_eq!(loaded.states.get(&user("u1")), Some(&share));
+    assert_eq!(read_user(&binary, "u1").await, Some(share.clone()));
+
+    share.rev = 6;
+    binary
+        .write_states(vec![(user("u1"), share.clone())], &Default::default(), None)
+        .await
+        .expect("write");
+    let raw = redis.command(&["HGET", &hash, "user_activity/0"]);
+    assert!(raw.starts_with('\u{1}'), "written in the binary layout, version 1: {raw:?}");
+    assert!(raw.len() < serde_json::to_string(&share).expect("json").len());
+    let loaded = json.load_for_write(&[user("u1")], &[], &[]).await.expect("load");
+    assert_eq!(loaded.states.get(&user("u1")), Some(&share));
+}

@@ -9,7 +9,9 @@
 //! repeating those (see BENCHMARKS.md, "State per entity").
 //!
 //! Shares written as JSON (the layout before version 1, recognised by its leading `{`) are still
-//! read, and written back in the current layout the next time a change reaches them. A value of
+//! read, and written back in the current layout the next time a change reaches them. JSON can
+//! still be written (`redis.state_encoding = "json"`) while instances of a persona older than
+//! the binary layout run next to newer ones during a rolling upgrade. A value of
 //! any other version is refused, never guessed at: it was written by a newer persona, and ingest
 //! sets it aside (see `write::quarantine`) rather than build on it.
 
@@ -18,6 +20,7 @@ use std::collections::HashMap;
 use foldhash::fast::FixedState;
 use serde::{Deserialize, Serialize};
 
+use crate::config::StateEncoding;
 use crate::features::{
     Cell, EntityState, Fact, FeatureState, FeatureStates, Position, RunMark, SnapshotRun,
 };
@@ -149,6 +152,17 @@ fn encode_feature<'a>(
         })
         .collect();
     WireFeature { name: texts.place(name), buckets, facts_since_us, facts }
+}
+
+/// The value written to Redis for `state` in `encoding`.
+pub fn encode_state_as(
+    state: &EntityState,
+    encoding: StateEncoding,
+) -> Result<Vec<u8>, serde_json::Error> {
+    match encoding {
+        StateEncoding::Binary => Ok(encode_state(state)),
+        StateEncoding::Json => serde_json::to_vec(state),
+    }
 }
 
 /// Reads a value [`encode_state`] wrote, or a share stored as JSON before it.

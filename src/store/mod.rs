@@ -118,6 +118,7 @@ pub struct FeatureStore {
     key_prefix: String,
     namespace: std::sync::RwLock<String>,
     state_ttl_secs: i64,
+    state_encoding: crate::config::StateEncoding,
     command_timeout: Duration,
     redis_up: AtomicBool,
     /// Per partition (`<topic>/<partition>`), the last feature write that failed for a reason
@@ -157,6 +158,7 @@ impl FeatureStore {
             key_prefix: redis.key_prefix.clone(),
             namespace: std::sync::RwLock::new(format!("{}:{}", redis.key_prefix, "g0")),
             state_ttl_secs: i64::try_from(redis.state_ttl.as_secs()).unwrap_or(i64::MAX),
+            state_encoding: redis.state_encoding,
             command_timeout: redis.command_timeout,
             redis_up: AtomicBool::new(connected),
             write_failures: std::sync::Mutex::default(),

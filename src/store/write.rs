@@ -15,7 +15,7 @@ use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 
-use super::codec::{decode_state, encode_state};
+use super::codec::{decode_state, encode_state_as};
 use super::marks::{TableMarks, decode_marks, high_field, overlap_field, truncate_field};
 use super::{CLEAR_ALL, FeatureStore, StateKey, StoreError, note_latency};
 use crate::features::overlap::{Known, OverlapWrites, Wanted};
@@ -241,7 +241,9 @@ impl FeatureStore {
         let mut shares: Vec<Value> = Vec::with_capacity(2 * states.len());
         for (key, state) in &states {
             keys.push(self.redis_key(&namespace, &key.entity));
-            shares.extend([key.stream.clone().into(), Bytes::from(encode_state(state)).into()]);
+            let value = encode_state_as(state, self.state_encoding)
+                .map_err(|source| StoreError::Encode { key: format!("{key:?}"), source })?;
+            shares.extend([key.stream.clone().into(), Bytes::from(value).into()]);
             announced.push((key.entity.cache_key(), key.stream.as_str(), state.rev));
         }
         args[announcement_slot] = serde_json::to_string(&announced).map_err(|source| {
