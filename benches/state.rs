@@ -158,10 +158,16 @@ fn report(set: &FeatureSet, states: &States, entity: Entity) {
     let redis = summary(of.iter().map(|state| stored_bytes(state)).collect());
     let json = summary(of.iter().map(json_bytes).collect());
     let memory = summary(of.iter().map(|state| heap_bytes(state)).collect());
-    println!("\n{entity} ({} states)      median     p90     max    mean", of.len());
-    let rows = [("Redis", redis), ("Redis, as JSON", json), ("memory", memory)];
+    let estimated = summary(of.iter().map(|state| state.approx_bytes()).collect());
+    println!("\n{entity} ({} states)            median     p90     max    mean", of.len());
+    let rows = [
+        ("Redis", redis),
+        ("Redis, as JSON", json),
+        ("memory", memory),
+        ("memory, L1's estimate", estimated),
+    ];
     for (what, [median, p90, max, mean]) in rows {
-        println!("  {what:<16} {median:>8} {p90:>7} {max:>7} {mean:>7} bytes");
+        println!("  {what:<22} {median:>8} {p90:>7} {max:>7} {mean:>7} bytes");
     }
     let decode = |bytes: &[u8]| decode_state(bytes).expect("reads back");
     let (encoding, decoding) = codec_micros(&of, encode_state, decode);

@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
+
 use super::StoreError;
 use crate::features::overlap::Overlap;
 use crate::features::{High, RunStart, Truncation};
@@ -79,7 +81,7 @@ impl TableMarks {
 
 /// Reads the stored marks; an unreadable one is logged and left out (it only ever makes reads
 /// or writes more conservative than they would be: a TRUNCATE or run not applied yet).
-pub(super) fn decode_marks(fields: HashMap<String, String>) -> TableMarks {
+pub(super) fn decode_marks(fields: impl IntoIterator<Item = (String, Bytes)>) -> TableMarks {
     let mut marks = TableMarks::default();
     for (field, json) in fields {
         if let Some(table) = field.strip_suffix(TRUNCATE) {
@@ -100,8 +102,8 @@ pub(super) fn decode_marks(fields: HashMap<String, String>) -> TableMarks {
     marks
 }
 
-fn decode<T: serde::de::DeserializeOwned>(field: &str, json: &str) -> Option<T> {
-    match serde_json::from_str(json) {
+fn decode<T: serde::de::DeserializeOwned>(field: &str, json: &[u8]) -> Option<T> {
+    match serde_json::from_slice(json) {
         Ok(mark) => Some(mark),
         Err(error) => {
             tracing::error!(field, error = %error, "unreadable table mark in redis; ignoring it");

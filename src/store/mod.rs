@@ -388,13 +388,7 @@ impl FeatureStore {
         note_latency(op, started);
         self.note_redis(op, &result);
         let mut hashes = result?.into_iter();
-        // Marks are JSON text; shares are binary (see `codec`).
-        let marks = hashes
-            .next()
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(field, value)| Some((field, String::from_utf8(value.into()).ok()?)));
-        let marks = marks::decode_marks(marks.collect());
+        let marks = marks::decode_marks(hashes.next().unwrap_or_default());
         let mut shares: Vec<Shares> = keys
             .iter()
             .zip(hashes)

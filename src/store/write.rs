@@ -92,11 +92,9 @@ impl FeatureStore {
         self.note_redis("ingest_read", &result);
         let mut values = result?;
         let shares = values.split_off(fields.len());
-        // Marks are JSON text; shares are binary (see `codec`).
-        let stored = fields.into_iter().zip(values).filter_map(|((_, field), value)| {
-            Some((field, String::from_utf8(value?.into()).ok()?))
-        });
-        let mut loaded = Loaded { marks: decode_marks(stored.collect()), ..Loaded::default() };
+        let stored =
+            fields.into_iter().zip(values).filter_map(|((_, field), value)| Some((field, value?)));
+        let mut loaded = Loaded { marks: decode_marks(stored), ..Loaded::default() };
         for (key, value) in keys.iter().zip(shares) {
             let Some(value) = value else { continue };
             match decode_state(&value) {
