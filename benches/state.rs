@@ -58,13 +58,9 @@ fn setting(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// The heap `state` takes: what a copy of it allocates.
+/// The memory `state` takes: its heap, and itself.
 fn heap_bytes(state: &EntityState) -> usize {
-    let before = LIVE.load(Ordering::Relaxed);
-    let copy = state.clone();
-    let bytes = LIVE.load(Ordering::Relaxed) - before;
-    drop(copy);
-    bytes + size_of::<EntityState>()
+    state.heap() + size_of::<EntityState>()
 }
 
 fn json_bytes<T: serde::Serialize>(value: &T) -> usize {
@@ -82,7 +78,7 @@ fn feature_bytes(name: &str, feature: &FeatureState) -> usize {
     stored_bytes(&alone) - stored_bytes(&EntityState::default())
 }
 
-/// Microseconds per state to encode every state of `states` and read it back, `rounds` times.
+/// Microseconds per state to encode every state of `states`, and to read each back.
 fn codec_micros<E: Fn(&EntityState) -> Vec<u8>, D: Fn(&[u8]) -> EntityState>(
     states: &[&EntityState],
     encode: E,
@@ -214,7 +210,7 @@ fn report(set: &FeatureSet, states: &States, entity: Entity) {
     );
 }
 
-/// What a copy of a part of a state allocates.
+/// The heap a value takes: what a copy of it allocates.
 trait HeapSize {
     fn heap(&self) -> usize;
 }

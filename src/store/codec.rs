@@ -97,7 +97,10 @@ fn uuid_bytes(key: &str) -> Option<[u8; 16]> {
             8 | 13 | 18 | 23 => byte == b'-',
             _ => matches!(byte, b'0'..=b'9' | b'a'..=b'f'),
         });
-    canonical.then(|| uuid::Uuid::try_parse(key).ok().map(|uuid| *uuid.as_bytes())).flatten()
+    if !canonical {
+        return None;
+    }
+    uuid::Uuid::try_parse(key).ok().map(|uuid| *uuid.as_bytes())
 }
 
 /// The value written to Redis for `state`.
@@ -117,10 +120,8 @@ pub fn encode_state(state: &EntityState) -> Vec<u8> {
     let features =
         features.iter().map(|(name, feature)| encode_feature(&mut texts, name, feature)).collect();
     let wire = Wire { rev: *rev, texts: texts.table, applied, replayed, runs, cuts, features };
-    let mut bytes = vec![STATE_VERSION];
-    // Serializing into a vector fails only when out of memory, which aborts first.
-    bytes.extend(postcard::to_allocvec(&wire).unwrap_or_default());
-    bytes
+    // postcard fails only on a sequence of unknown length, and every one here is a vector.
+    postcard::to_extend(&wire, vec![STATE_VERSION]).unwrap_or_default()
 }
 
 fn encode_feature<'a>(
