@@ -18,7 +18,7 @@ use cli::{Cli, Command, ConnectorCommand, DlqCommand, SourcesCommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use persona::cdc::{Dimension, Ingest, Replay, dimension_topics};
+use persona::cdc::{Dimension, Ingest, OwnedBudget, Replay, dimension_topics};
 use persona::config::Config;
 use persona::connect::{self, ConnectClient};
 use persona::dlq::DeadLetters;
@@ -61,7 +61,14 @@ async fn run(config: Config, command: Command) -> anyhow::Result<ExitCode> {
             let store = FeatureStore::connect(&config.redis, &config.cache)
                 .await
                 .context("connecting to redis")?;
-            let summary = recovery::rebuild::run(&config.kafka, &store, &features, grace).await?;
+            let summary = recovery::rebuild::run(
+                &config.kafka,
+                &store,
+                &features,
+                config.cache.ingest_max_bytes,
+                grace,
+            )
+            .await?;
             println!("{summary}");
             Ok(())
         }
@@ -196,6 +203,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Arc::clone(&store),
         Arc::clone(&features),
         dead_letters.clone(),
+        OwnedBudget::new(config.cache.ingest_max_bytes),
     )?;
     if fresh_state {
         ingest.replayer().replay(Replay::LostState);

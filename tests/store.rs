@@ -337,7 +337,7 @@ async fn a_streams_snapshot_overlap_round_trips_and_clears() {
         ..Default::default()
     };
     writer
-        .write_batch(vec![(user("u1"), state(1))], &marks, Some((&stream, &writes)), None)
+        .write_batch(&[(user("u1"), state(1))], &marks, Some((&stream, &writes)), None)
         .await
         .expect("write");
     let loaded =
@@ -352,7 +352,7 @@ async fn a_streams_snapshot_overlap_round_trips_and_clears() {
     // Forgetting a row, then a new run: memory and verdicts start over.
     let forget = OverlapWrites { rows: vec![("41".into(), None)], ..Default::default() };
     writer
-        .write_batch(Vec::new(), &TableMarks::default(), Some((&stream, &forget)), None)
+        .write_batch(&[], &TableMarks::default(), Some((&stream, &forget)), None)
         .await
         .expect("write");
     let known = writer.load_overlap(&stream, &wanted).await.expect("load overlap");
@@ -364,7 +364,7 @@ async fn a_streams_snapshot_overlap_round_trips_and_clears() {
         ..Default::default()
     };
     writer
-        .write_batch(Vec::new(), &TableMarks::default(), Some((&stream, &anew)), None)
+        .write_batch(&[], &TableMarks::default(), Some((&stream, &anew)), None)
         .await
         .expect("write");
     let known = writer.load_overlap(&stream, &wanted).await.expect("load overlap");

@@ -2,7 +2,7 @@
 //! it touches, load them, apply in offset order (skipping what a share already has), and write
 //! back what changed. Used by the partition workers and by `persona rebuild`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -10,6 +10,7 @@ use rdkafka::message::{Message, OwnedMessage};
 
 use super::change;
 use super::envelope::{self, CdcMessage};
+use super::owned::OwnedStates;
 use super::truncate;
 use crate::dlq::{self, DeadLetters, Failure};
 use crate::features::overlap::{self, Overlap};
@@ -69,6 +70,8 @@ pub struct Applier<'a> {
     /// The partition owner's claim, checked by every write; `None` for a rebuild, the only
     /// writer of its generation.
     pub fence: Option<&'a Fence>,
+    /// The partition's shares kept between batches; `None` reads every share from Redis.
+    pub owned: Option<&'a std::sync::Mutex<OwnedStates>>,
 }
 
 impl Applier<'_> {
@@ -211,6 +214,19 @@ impl Applier<'_> {
         self.store.write_states(Vec::new(), &marks, self.fence).await
     }
 
+    /// Takes the states of `keys` kept by the partition owner; returns them and the keys to read
+    /// from Redis.
+    fn take_owned(
+        &self,
+        keys: &[StateKey],
+        generation: u64,
+    ) -> (HashMap<StateKey, EntityState>, Vec<StateKey>) {
+        match self.owned {
+            Some(owned) => lock(owned).take(keys, generation),
+            None => (HashMap::new(), keys.to_vec()),
+        }
+    }
+
     /// Labels each change with its table's newest snapshot run at that change (`runs`, as
     /// stored, advanced by the reads of newer runs in the batch), and returns the runs the batch
     /// began. A run covers every table of its connector, also those it finds no row of.
@@ -289,9 +305,12 @@ impl Applier<'_> {
         let mut own_streams = streams.clone();
         own_streams.sort();
         own_streams.dedup();
-        let loaded = self.store.load_for_write(&keys, &tables, &own_streams).await?;
+        // Read before the states: a switch of generation after this is noticed by the next batch.
+        let generation = self.store.generation_epoch();
+        let (mut states, missing) = self.take_owned(&keys, generation);
+        let loaded = self.store.load_for_write(&missing, &tables, &own_streams).await?;
         set_aside(self.store, &loaded).await?;
-        let mut states = loaded.states;
+        states.extend(loaded.states);
         let mut marks = loaded.marks;
         let new_runs = self.follow_runs(changes, connectors, marks.runs);
         let new_truncations = truncate::follow(changes, &mut marks.truncations);
@@ -346,7 +365,9 @@ impl Applier<'_> {
         }
         partners.sort();
         partners.dedup();
-        let loaded = self.store.load_for_write(&partners, &[], &[]).await?;
+        let (held, missing) = self.take_owned(&partners, generation);
+        states.extend(held);
+        let loaded = self.store.load_for_write(&missing, &[], &[]).await?;
         set_aside(self.store, &loaded).await?;
         states.extend(loaded.states);
 
@@ -384,8 +405,8 @@ impl Applier<'_> {
         if late > 0 {
             metrics::counter!(telemetry::LATE_EVENTS, "topic" => topic.to_string()).increment(late);
         }
-        let writes: Vec<(StateKey, EntityState)> =
-            states.into_iter().filter(|(key, _)| changed.contains(key)).collect();
+        let (writes, unchanged): (Vec<(StateKey, EntityState)>, Vec<_>) =
+            states.into_iter().partition(|(key, _)| changed.contains(key));
         #[cfg(debug_assertions)]
         super::hooks::injected_stop(changes);
         let marks = TableMarks {
@@ -399,7 +420,13 @@ impl Applier<'_> {
                 .collect(),
         };
         let overlap = Some((stream.as_str(), &overlap_writes));
-        self.store.write_batch(writes, &marks, overlap, self.fence).await?;
+        self.store.write_batch(&writes, &marks, overlap, self.fence).await?;
+        if let Some(owned) = self.owned {
+            // What was written is what Redis holds now. A share left unchanged (every change a
+            // duplicate) may differ from Redis only by having entered a newer snapshot run or
+            // TRUNCATE (`features::apply`), which the next change to it does anyway, the same way.
+            lock(owned).keep(writes.into_iter().chain(unchanged), generation);
+        }
         for (table, truncation) in &marks.truncations {
             tracing::warn!(
                 topic,
@@ -423,6 +450,12 @@ impl Applier<'_> {
         }
         Ok((duplicates, late))
     }
+}
+
+fn lock(owned: &std::sync::Mutex<OwnedStates>) -> std::sync::MutexGuard<'_, OwnedStates> {
+    // Only the partition's own worker locks it, never across an await: a poisoned lock holds
+    // states as consistent as before the panic that poisoned it.
+    owned.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The declared sources whose topics (of `topics`) are under `connector`'s prefix (Debezium names

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::context::{
     ExitReason, IngestContext, PartitionKey, PartitionSlot, WorkerExit, commit_stored,
 };
+use super::owned::{OwnedBudget, OwnedStates};
 use super::partition::PartitionWorker;
 use super::restart::{Restarts, backoff};
 use crate::config::KafkaConfig;
@@ -121,6 +122,7 @@ impl Ingest {
         store: Arc<FeatureStore>,
         features: Arc<FeatureSet>,
         dead_letters: DeadLetters,
+        owned: OwnedBudget,
     ) -> Result<Self, IngestError> {
         let context = IngestContext {
             partitions: Mutex::new(HashMap::new()),
@@ -145,6 +147,7 @@ impl Ingest {
             store,
             features,
             dead_letters,
+            owned,
             stop: stop.clone(),
             batch_max: config.batch_max_messages,
             topics: Arc::from(config.topics.clone()),
@@ -214,6 +217,7 @@ struct PollLoop {
     store: Arc<FeatureStore>,
     features: Arc<FeatureSet>,
     dead_letters: DeadLetters,
+    owned: OwnedBudget,
     stop: CancellationToken,
     batch_max: usize,
     topics: Arc<[String]>,
@@ -480,6 +484,7 @@ impl PollLoop {
             store: Arc::clone(&self.store),
             features: Arc::clone(&self.features),
             dead_letters: self.dead_letters.clone(),
+            owned: std::sync::Mutex::new(OwnedStates::new(self.owned.clone())),
             batch_max: self.batch_max,
             topics: Arc::clone(&self.topics),
             exit: Arc::clone(&exit),

@@ -33,6 +33,7 @@ mod dimension;
 pub mod envelope;
 #[cfg(debug_assertions)]
 mod hooks;
+mod owned;
 mod partition;
 mod restart;
 pub mod rows;
@@ -43,3 +44,4 @@ mod truncate;
 pub use apply::{Applier, BatchStats};
 pub use consumer::{BrokerProbe, Ingest, IngestError, Replay, Replayer, client_config};
 pub use dimension::{Dimension, dimension_topics};
+pub use owned::{OwnedBudget, OwnedStates};

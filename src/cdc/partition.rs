@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::apply::Applier;
 use super::context::{ExitReason, IngestContext, WorkerExit};
+use super::owned::OwnedStates;
 use crate::dlq::DeadLetters;
 use crate::features::{FeatureSet, Truncation};
 use crate::store::{FeatureStore, Fence, StoreError};
@@ -30,6 +31,8 @@ pub(super) struct PartitionWorker {
     pub store: Arc<FeatureStore>,
     pub features: Arc<FeatureSet>,
     pub dead_letters: DeadLetters,
+    /// The partition's shares kept between batches: its own, dropped with the worker.
+    pub owned: std::sync::Mutex<OwnedStates>,
     pub batch_max: usize,
     pub topics: Arc<[String]>,
     /// Why the worker ended on its own (fenced, or asking for its partition to be read again).
@@ -94,6 +97,11 @@ impl PartitionWorker {
                         tracing::warn!(%partition, "the partition's claim is gone from redis (its data was lost?); claiming it again");
                         let Some(claimed) = self.claim(&stop).await else { return };
                         fence = claimed;
+                        // Redis lost what they were read from: from now on it is the truth.
+                        self.owned
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .clear();
                     }
                     outcome => break outcome,
                 }
@@ -192,6 +200,7 @@ impl PartitionWorker {
             topics: &self.topics,
             dead_letters: Some(&self.dead_letters),
             fence: Some(fence),
+            owned: Some(&self.owned),
         }
     }
 

@@ -4,6 +4,7 @@
 //! grace period.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -12,14 +13,21 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::topic_partition_list::TopicPartitionList;
 
-use crate::cdc::{Applier, BatchStats};
+use crate::cdc::{Applier, BatchStats, OwnedBudget, OwnedStates};
 use crate::config::KafkaConfig;
 use crate::features::FeatureSet;
 use crate::store::{FeatureStore, StoreError, generation};
 use crate::telemetry;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
-const BATCH: usize = 500;
+/// Most messages of one partition applied as one batch. Large, because an entity touched several
+/// times in a batch is written once: 500 gave 15–16k messages/s on the simulator's history,
+/// 5,000 gave 26–35k/s (BENCHMARKS.md). Bounded, because a batch's writes are one Redis script,
+/// which other clients of Redis wait behind.
+const BATCH_MAX: usize = 5_000;
+/// Messages read, across partitions, before their batches are applied: bounds the messages
+/// held (about 1 KB each) however many partitions there are.
+const PENDING_MAX: usize = 20_000;
 /// A rebuild that reads nothing for this long has stalled.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -77,24 +85,50 @@ impl std::fmt::Display for Summary {
     }
 }
 
-/// Applies one partition's batch. A partition that ran past a TRUNCATE delivered on another
-/// partition (see `cdc::truncate`) is sought back to its start and read again.
-async fn apply(
-    applier: &Applier<'_>,
-    consumer: &BaseConsumer,
-    positions: &mut HashMap<(String, i32), i64>,
-    (topic, partition): &(String, i32),
-    batch: &[OwnedMessage],
-) -> Result<BatchStats, RebuildError> {
-    match applier.apply_batch(topic, *partition, batch).await {
-        Err(StoreError::MissedTruncate { stream, truncation }) => {
-            tracing::info!(%stream, ?truncation, "the partition ran past a TRUNCATE; reading it again");
-            applier.acknowledge_truncate(&stream, &truncation).await?;
-            consumer.seek(topic, *partition, Offset::Beginning, METADATA_TIMEOUT)?;
-            positions.insert((topic.clone(), *partition), 0);
-            Ok(BatchStats::default())
+/// One partition's batch, applied on the states the rebuild keeps of it.
+struct Replayed<'a> {
+    features: &'a FeatureSet,
+    store: &'a FeatureStore,
+    topics: &'a [String],
+    consumer: &'a BaseConsumer,
+    budget: OwnedBudget,
+    owned: HashMap<(String, i32), Mutex<OwnedStates>>,
+}
+
+impl Replayed<'_> {
+    /// Applies one partition's batch. A partition that ran past a TRUNCATE delivered on another
+    /// partition (see `cdc::truncate`) is sought back to its start and read again, from the
+    /// states in Redis.
+    async fn apply(
+        &mut self,
+        positions: &mut HashMap<(String, i32), i64>,
+        key: &(String, i32),
+        batch: &[OwnedMessage],
+    ) -> Result<BatchStats, RebuildError> {
+        let (topic, partition) = key;
+        let owned = self
+            .owned
+            .entry(key.clone())
+            .or_insert_with(|| Mutex::new(OwnedStates::new(self.budget.clone())));
+        let applier = Applier {
+            features: self.features,
+            store: self.store,
+            topics: self.topics,
+            dead_letters: None,
+            fence: None,
+            owned: Some(owned),
+        };
+        match applier.apply_batch(topic, *partition, batch).await {
+            Err(StoreError::MissedTruncate { stream, truncation }) => {
+                tracing::info!(%stream, ?truncation, "the partition ran past a TRUNCATE; reading it again");
+                applier.acknowledge_truncate(&stream, &truncation).await?;
+                self.owned.remove(key);
+                self.consumer.seek(topic, *partition, Offset::Beginning, METADATA_TIMEOUT)?;
+                positions.insert(key.clone(), 0);
+                Ok(BatchStats::default())
+            }
+            applied => Ok(applied?),
         }
-        applied => Ok(applied?),
     }
 }
 
@@ -104,6 +138,7 @@ pub async fn run(
     kafka: &KafkaConfig,
     store: &FeatureStore,
     features: &FeatureSet,
+    owned_max_bytes: u64,
     grace: Duration,
 ) -> Result<Summary, RebuildError> {
     let started = Instant::now();
@@ -128,10 +163,17 @@ pub async fn run(
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    let applier =
-        Applier { features, store, topics: &kafka.topics, dead_letters: None, fence: None };
+    let mut replayed = Replayed {
+        features,
+        store,
+        topics: &kafka.topics,
+        consumer: &consumer,
+        budget: OwnedBudget::new(owned_max_bytes),
+        owned: HashMap::new(),
+    };
     let mut positions: HashMap<(String, i32), i64> = HashMap::new();
     let mut pending: HashMap<(String, i32), Vec<OwnedMessage>> = HashMap::new();
+    let mut pending_messages = 0usize;
     let mut stats = BatchStats::default();
     let mut messages = 0u64;
     let mut last_progress = Instant::now();
@@ -150,7 +192,8 @@ pub async fn run(
                     *position = message.offset() + 1;
                     let batch = pending.entry(key).or_default();
                     batch.push(message.detach());
-                    flush = batch.len() >= BATCH;
+                    pending_messages += 1;
+                    flush = batch.len() >= BATCH_MAX || pending_messages >= PENDING_MAX;
                     messages += 1;
                     bar.inc(1);
                     last_progress = Instant::now();
@@ -161,8 +204,9 @@ pub async fn run(
         }
         if flush || done(&positions) {
             for (key, batch) in pending.drain() {
-                stats += apply(&applier, &consumer, &mut positions, &key, &batch).await?;
+                stats += replayed.apply(&mut positions, &key, &batch).await?;
             }
+            pending_messages = 0;
         }
         if last_progress.elapsed() > STALL_TIMEOUT {
             let read: i64 = positions.values().sum();
@@ -171,7 +215,7 @@ pub async fn run(
         }
     }
     for (key, batch) in pending.drain() {
-        stats += apply(&applier, &consumer, &mut positions, &key, &batch).await?;
+        stats += replayed.apply(&mut positions, &key, &batch).await?;
     }
     bar.finish_and_clear();
 

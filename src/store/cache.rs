@@ -173,14 +173,14 @@ impl L1 {
     /// Ingest's write of one share: updates a cached entry unless it already holds this
     /// revision of the share or a newer one. An entity not cached stays uncached (its other
     /// shares are not known here).
-    pub async fn put_share(&self, key: String, stream: &str, state: EntityState) {
+    pub async fn put_share(&self, key: String, stream: &str, state: &EntityState) {
         self.cache
             .entry(key)
             .and_compute_with(|existing| async move {
                 match existing {
                     Some(entry) if entry.value().share_rev(stream) < state.rev => {
                         let mut shares = entry.value().shares.clone();
-                        shares.insert(stream.to_string(), state);
+                        shares.insert(stream.to_string(), state.clone());
                         Op::Put(Arc::new(Cached::new(shares)))
                     }
                     _ => Op::Nop,

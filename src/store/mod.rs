@@ -117,6 +117,8 @@ pub struct FeatureStore {
     l1: L1,
     key_prefix: String,
     namespace: std::sync::RwLock<String>,
+    /// Bumped by every switch of generation (see [`Self::generation_epoch`]).
+    generation_epoch: std::sync::atomic::AtomicU64,
     state_ttl_secs: i64,
     state_encoding: crate::config::StateEncoding,
     command_timeout: Duration,
@@ -157,6 +159,7 @@ impl FeatureStore {
             l1: L1::new(cache),
             key_prefix: redis.key_prefix.clone(),
             namespace: std::sync::RwLock::new(format!("{}:{}", redis.key_prefix, "g0")),
+            generation_epoch: std::sync::atomic::AtomicU64::new(0),
             state_ttl_secs: i64::try_from(redis.state_ttl.as_secs()).unwrap_or(i64::MAX),
             state_encoding: redis.state_encoding,
             command_timeout: redis.command_timeout,
@@ -184,7 +187,14 @@ impl FeatureStore {
     pub fn use_generation(&self, generation: &str) {
         let namespace = format!("{}:{generation}", self.key_prefix);
         *self.namespace.write().unwrap_or_else(std::sync::PoisonError::into_inner) = namespace;
+        self.generation_epoch.fetch_add(1, Ordering::AcqRel);
         self.clear_l1("generation");
+    }
+
+    /// Changes whenever [`Self::use_generation`] switches: states read before belong to another
+    /// generation.
+    pub fn generation_epoch(&self) -> u64 {
+        self.generation_epoch.load(Ordering::Acquire)
     }
 
     fn redis_key(&self, namespace: &str, entity: &EntityRef) -> String {

@@ -184,14 +184,14 @@ impl FeatureStore {
         marks: &TableMarks,
         fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
-        self.write_batch(states, marks, None, fence).await
+        self.write_batch(&states, marks, None, fence).await
     }
 
     /// [`Self::write_states`], with what the batch changed in its stream's overlap with a
     /// snapshot run (`overlap`: the stream and its writes), in the same atomic script.
     pub async fn write_batch(
         &self,
-        states: Vec<(StateKey, EntityState)>,
+        states: &[(StateKey, EntityState)],
         marks: &TableMarks,
         overlap: Option<(&str, &OverlapWrites)>,
         fence: Option<&Fence>,
@@ -237,7 +237,7 @@ impl FeatureStore {
         args.push(overlapped.len().to_string());
         args.extend(overlapped.iter().map(position_field));
         let mut shares: Vec<Value> = Vec::with_capacity(2 * states.len());
-        for (key, state) in &states {
+        for (key, state) in states {
             keys.push(self.redis_key(&namespace, &key.entity));
             let value = encode_state_as(state, self.state_encoding)
                 .map_err(|source| StoreError::Encode { key: format!("{key:?}"), source })?;

@@ -1,0 +1,209 @@
+//! The shares a partition owner keeps in memory between batches, so that a batch reads from
+//! Redis (and decodes) only the shares it has not touched lately.
+//!
+//! Safe because each share has exactly one writer, the owner of its stream's partition (see
+//! [`crate::store`]): what the owner last wrote is what Redis holds, as long as it still owns the
+//! partition (a write under a stale claim is refused, and the worker ends with its states) and
+//! the store still uses the state generation they were read from. A batch takes the shares it
+//! needs out, and puts them back only once their write was acknowledged: a batch that failed
+//! leaves nothing here that Redis does not have, and its retry reads them again.
+//!
+//! Every partition owner of an instance draws on one memory budget (`cache.ingest_max_bytes`,
+//! counted as [`EntityState::approx_bytes`]); a worker over it forgets its least recently used
+//! shares.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use lru::LruCache;
+
+use crate::features::EntityState;
+use crate::store::StateKey;
+
+/// The memory all partition owners of an instance may keep states in.
+#[derive(Debug, Clone)]
+pub struct OwnedBudget(Arc<BudgetInner>);
+
+#[derive(Debug)]
+struct BudgetInner {
+    max_bytes: usize,
+    used: AtomicUsize,
+}
+
+impl OwnedBudget {
+    pub fn new(max_bytes: u64) -> Self {
+        let max_bytes = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+        Self(Arc::new(BudgetInner { max_bytes, used: AtomicUsize::new(0) }))
+    }
+
+    /// Bytes kept across all owners.
+    pub fn used(&self) -> usize {
+        self.0.used.load(Ordering::Relaxed)
+    }
+
+    fn over(&self) -> bool {
+        self.used() > self.0.max_bytes
+    }
+}
+
+/// One partition owner's shares, least recently used first out.
+pub struct OwnedStates {
+    states: LruCache<StateKey, (EntityState, usize)>,
+    /// Of `budget`, what these states take.
+    bytes: usize,
+    budget: OwnedBudget,
+    /// The store's generation the states were read in (see `FeatureStore::generation_epoch`).
+    generation: Option<u64>,
+}
+
+impl OwnedStates {
+    pub fn new(budget: OwnedBudget) -> Self {
+        Self { states: LruCache::unbounded(), bytes: 0, budget, generation: None }
+    }
+
+    /// Takes the states of `keys` out, for a batch under the store's generation `generation`
+    /// (everything kept is forgotten when it changed); returns those held and the keys that
+    /// must be read from Redis.
+    pub fn take(
+        &mut self,
+        keys: &[StateKey],
+        generation: u64,
+    ) -> (HashMap<StateKey, EntityState>, Vec<StateKey>) {
+        self.follow(generation);
+        let mut held = HashMap::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for key in keys {
+            match self.states.pop(key) {
+                Some((state, bytes)) => {
+                    self.release(bytes);
+                    held.insert(key.clone(), state);
+                }
+                None => missing.push(key.clone()),
+            }
+        }
+        (held, missing)
+    }
+
+    /// Keeps states that are now what Redis holds under the store's generation `generation`
+    /// (just written, or read and left unchanged), then forgets the least recently used ones
+    /// while every owner together is over budget.
+    pub fn keep(
+        &mut self,
+        states: impl IntoIterator<Item = (StateKey, EntityState)>,
+        generation: u64,
+    ) {
+        self.follow(generation);
+        for (key, state) in states {
+            let bytes = state.approx_bytes();
+            self.bytes += bytes;
+            self.budget.0.used.fetch_add(bytes, Ordering::Relaxed);
+            if let Some((_, replaced)) = self.states.put(key, (state, bytes)) {
+                self.release(replaced);
+            }
+        }
+        while self.budget.over() {
+            let Some((_, (_, bytes))) = self.states.pop_lru() else { break };
+            self.release(bytes);
+        }
+    }
+
+    /// Forgets every state (the partition's claim was lost, or its shares set aside).
+    pub fn clear(&mut self) {
+        self.states.clear();
+        let bytes = std::mem::take(&mut self.bytes);
+        self.budget.0.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    pub fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
+    fn follow(&mut self, generation: u64) {
+        if self.generation != Some(generation) {
+            self.clear();
+            self.generation = Some(generation);
+        }
+    }
+
+    fn release(&mut self, bytes: usize) {
+        self.bytes -= bytes;
+        self.budget.0.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+impl Drop for OwnedStates {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::Position;
+    use crate::store::EntityRef;
+
+    fn key(id: &str) -> StateKey {
+        EntityRef::user(id).share("user_activity/0")
+    }
+
+    fn state(rev: u64) -> EntityState {
+        let mut state = EntityState { rev, ..EntityState::default() };
+        state.applied.insert("user_activity/0".into(), Position(1, rev as i64, 1));
+        state
+    }
+
+    #[test]
+    fn a_kept_state_is_taken_once_and_the_rest_must_be_read() {
+        let budget = OwnedBudget::new(1 << 20);
+        let mut owned = OwnedStates::new(budget.clone());
+        owned.keep([(key("a"), state(3))], 0);
+        let (held, missing) = owned.take(&[key("a"), key("b")], 0);
+        assert_eq!(held.get(&key("a")).map(|s| s.rev), Some(3));
+        assert_eq!(missing, [key("b")]);
+        // Taken out for the batch: a failed batch must not find it again.
+        let (held, missing) = owned.take(&[key("a")], 0);
+        assert!(held.is_empty());
+        assert_eq!(missing, [key("a")]);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_new_generation_forgets_everything_kept() {
+        let budget = OwnedBudget::new(1 << 20);
+        let mut owned = OwnedStates::new(budget.clone());
+        owned.keep([(key("a"), state(1))], 0);
+        let (held, missing) = owned.take(&[key("a")], 1);
+        assert!(held.is_empty());
+        assert_eq!(missing, [key("a")]);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn owners_over_their_shared_budget_forget_their_least_recently_used_states() {
+        let one = state(1).approx_bytes();
+        let budget = OwnedBudget::new((one * 3) as u64);
+        let mut first = OwnedStates::new(budget.clone());
+        let mut second = OwnedStates::new(budget.clone());
+        first.keep([(key("a"), state(1)), (key("b"), state(1))], 0);
+        // "a" used again: "b" is now the least recently used.
+        let (held, _) = first.take(&[key("a")], 0);
+        first.keep(held, 0);
+        second.keep([(key("c"), state(1)), (key("d"), state(1))], 0);
+        assert!(budget.used() <= one * 3, "{} over {}", budget.used(), one * 3);
+        assert_eq!(second.len(), 1, "the owner over budget forgets its own oldest");
+        first.keep([(key("e"), state(1))], 0);
+        let (held, _) = first.take(&[key("a"), key("b"), key("e")], 0);
+        let mut kept: Vec<&str> = held.keys().map(|k| k.entity.id.as_str()).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["a", "e"]);
+        drop(second);
+        drop(first);
+        assert_eq!(budget.used(), 0, "what an owner kept is returned when it ends");
+    }
+}
