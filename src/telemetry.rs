@@ -100,6 +100,12 @@ metrics! {
     /// Partitions paused because their worker's queue was full (backpressure while catching up);
     /// label `topic`.
     counter PARTITION_PAUSES = "persona_partition_pauses_total";
+    /// Shares that ingest batches needed, by where they came from; label `from`: `memory` (kept
+    /// by the partition's owner since an earlier batch) or `redis` (read, and decoded).
+    counter INGEST_STATE_READS = "persona_ingest_state_reads_total";
+    /// Memory the partition owners keep shares in between batches, in bytes (estimated; at most
+    /// about `cache.ingest_max_bytes`).
+    gauge INGEST_KEPT_BYTES = "persona_ingest_kept_state_bytes";
     /// Changes skipped because the state already had them (redelivery, Debezium re-publishing);
     /// label `topic`.
     counter DUPLICATES_SKIPPED = "persona_duplicate_events_total";

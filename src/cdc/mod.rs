@@ -4,7 +4,8 @@
 //! ```text
 //! poll thread (BaseConsumer::poll, rebalance callbacks)
 //!   └─ per (topic, partition): bounded queue → worker task
-//!        batch → decode → features::apply → store (Redis pipeline, then L1) → store offset
+//!        batch → decode → shares (kept in memory, else Redis) → features::apply
+//!              → store (one Redis script, then L1) → keep the shares → store offset
 //! ```
 //!
 //! Delivery guarantees:

@@ -20,26 +20,54 @@ use lru::LruCache;
 
 use crate::features::EntityState;
 use crate::store::StateKey;
+use crate::telemetry;
 
 /// The memory all partition owners of an instance may keep states in.
 #[derive(Debug, Clone)]
 pub struct OwnedBudget(Arc<BudgetInner>);
 
-#[derive(Debug)]
 struct BudgetInner {
     max_bytes: usize,
     used: AtomicUsize,
+    /// `persona_ingest_state_reads_total` by `from`, and the kept bytes, registered once.
+    from_memory: metrics::Counter,
+    from_redis: metrics::Counter,
+    kept_bytes: metrics::Gauge,
+}
+
+impl std::fmt::Debug for BudgetInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedBudget").field("max_bytes", &self.max_bytes).finish_non_exhaustive()
+    }
 }
 
 impl OwnedBudget {
     pub fn new(max_bytes: u64) -> Self {
         let max_bytes = usize::try_from(max_bytes).unwrap_or(usize::MAX);
-        Self(Arc::new(BudgetInner { max_bytes, used: AtomicUsize::new(0) }))
+        let from =
+            |from: &'static str| metrics::counter!(telemetry::INGEST_STATE_READS, "from" => from);
+        Self(Arc::new(BudgetInner {
+            max_bytes,
+            used: AtomicUsize::new(0),
+            from_memory: from("memory"),
+            from_redis: from("redis"),
+            kept_bytes: metrics::gauge!(telemetry::INGEST_KEPT_BYTES),
+        }))
     }
 
     /// Bytes kept across all owners.
     pub fn used(&self) -> usize {
         self.0.used.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, bytes: usize) {
+        let used = self.0.used.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.0.kept_bytes.set(used as f64);
+    }
+
+    fn sub(&self, bytes: usize) {
+        let used = self.0.used.fetch_sub(bytes, Ordering::Relaxed) - bytes;
+        self.0.kept_bytes.set(used as f64);
     }
 
     fn over(&self) -> bool {
@@ -82,6 +110,8 @@ impl OwnedStates {
                 None => missing.push(key.clone()),
             }
         }
+        self.budget.0.from_memory.increment(held.len() as u64);
+        self.budget.0.from_redis.increment(missing.len() as u64);
         (held, missing)
     }
 
@@ -97,7 +127,7 @@ impl OwnedStates {
         for (key, state) in states {
             let bytes = state.approx_bytes();
             self.bytes += bytes;
-            self.budget.0.used.fetch_add(bytes, Ordering::Relaxed);
+            self.budget.add(bytes);
             if let Some((_, replaced)) = self.states.put(key, (state, bytes)) {
                 self.release(replaced);
             }
@@ -112,7 +142,7 @@ impl OwnedStates {
     pub fn clear(&mut self) {
         self.states.clear();
         let bytes = std::mem::take(&mut self.bytes);
-        self.budget.0.used.fetch_sub(bytes, Ordering::Relaxed);
+        self.budget.sub(bytes);
     }
 
     pub fn len(&self) -> usize {
@@ -132,7 +162,7 @@ impl OwnedStates {
 
     fn release(&mut self, bytes: usize) {
         self.bytes -= bytes;
-        self.budget.0.used.fetch_sub(bytes, Ordering::Relaxed);
+        self.budget.sub(bytes);
     }
 }
 
