@@ -57,10 +57,11 @@ async fn run(config: Config, command: Command) -> anyhow::Result<ExitCode> {
         Command::Sources { command } => return sources_command(&config, command).await,
         Command::Connector { command } => return connector_command(&config, command).await,
         Command::Rebuild { grace } => {
-            let features = FeatureSet::load(config.features.definitions.as_deref())?;
+            let features = Arc::new(FeatureSet::load(config.features.definitions.as_deref())?);
             let store = FeatureStore::connect(&config.redis, &config.cache)
                 .await
                 .context("connecting to redis")?;
+            let store = Arc::new(store);
             let summary = recovery::rebuild::run(
                 &config.kafka,
                 &store,

@@ -4,7 +4,7 @@
 //! grace period.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -37,6 +37,8 @@ pub enum RebuildError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("redis: {0}")]
     Store(#[from] StoreError),
+    #[error("applying a batch failed unexpectedly: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("no message read for {STALL_TIMEOUT:?}; still missing {missing} messages")]
     Stalled { missing: u64 },
 }
@@ -85,49 +87,74 @@ impl std::fmt::Display for Summary {
     }
 }
 
-/// One partition's batch, applied on the states the rebuild keeps of it.
+type PartitionKey = (String, i32);
+
+/// What the rebuild applies batches with: the states it keeps of each partition between them.
 struct Replayed<'a> {
-    features: &'a FeatureSet,
-    store: &'a FeatureStore,
-    topics: &'a [String],
+    features: Arc<FeatureSet>,
+    store: Arc<FeatureStore>,
+    topics: Arc<[String]>,
     consumer: &'a BaseConsumer,
     budget: OwnedBudget,
-    owned: HashMap<(String, i32), Mutex<OwnedStates>>,
+    owned: HashMap<PartitionKey, Arc<Mutex<OwnedStates>>>,
 }
 
 impl Replayed<'_> {
-    /// Applies one partition's batch. A partition that ran past a TRUNCATE delivered on another
-    /// partition (see `cdc::truncate`) is sought back to its start and read again, from the
-    /// states in Redis.
+    /// Applies the partitions' batches side by side, one task each (the partitions' shares are
+    /// apart, as between the partition workers of a live ingest). A partition that ran past a
+    /// TRUNCATE delivered on another partition (see `cdc::truncate`) is sought back to its start
+    /// and read again, from the states in Redis.
     async fn apply(
         &mut self,
-        positions: &mut HashMap<(String, i32), i64>,
-        key: &(String, i32),
-        batch: &[OwnedMessage],
+        positions: &mut HashMap<PartitionKey, i64>,
+        pending: HashMap<PartitionKey, Vec<OwnedMessage>>,
     ) -> Result<BatchStats, RebuildError> {
-        let (topic, partition) = key;
-        let owned = self
-            .owned
-            .entry(key.clone())
-            .or_insert_with(|| Mutex::new(OwnedStates::new(self.budget.clone())));
-        let applier = Applier {
-            features: self.features,
-            store: self.store,
-            topics: self.topics,
+        let mut tasks = tokio::task::JoinSet::new();
+        for (key, batch) in pending {
+            let owned =
+                Arc::clone(self.owned.entry(key.clone()).or_insert_with(|| {
+                    Arc::new(Mutex::new(OwnedStates::new(self.budget.clone())))
+                }));
+            let (features, store) = (Arc::clone(&self.features), Arc::clone(&self.store));
+            let topics = Arc::clone(&self.topics);
+            tasks.spawn(async move {
+                let applier = Applier {
+                    features: &features,
+                    store: &store,
+                    topics: &topics,
+                    dead_letters: None,
+                    fence: None,
+                    owned: Some(&owned),
+                };
+                let applied = applier.apply_batch(&key.0, key.1, &batch).await;
+                (key, applied)
+            });
+        }
+        let mut stats = BatchStats::default();
+        while let Some(joined) = tasks.join_next().await {
+            let (key, applied) = joined?;
+            match applied {
+                Err(StoreError::MissedTruncate { stream, truncation }) => {
+                    tracing::info!(%stream, ?truncation, "the partition ran past a TRUNCATE; reading it again");
+                    self.applier().acknowledge_truncate(&stream, &truncation).await?;
+                    self.owned.remove(&key);
+                    self.consumer.seek(&key.0, key.1, Offset::Beginning, METADATA_TIMEOUT)?;
+                    positions.insert(key, 0);
+                }
+                applied => stats += applied?,
+            }
+        }
+        Ok(stats)
+    }
+
+    fn applier(&self) -> Applier<'_> {
+        Applier {
+            features: &self.features,
+            store: &self.store,
+            topics: &self.topics,
             dead_letters: None,
             fence: None,
-            owned: Some(owned),
-        };
-        match applier.apply_batch(topic, *partition, batch).await {
-            Err(StoreError::MissedTruncate { stream, truncation }) => {
-                tracing::info!(%stream, ?truncation, "the partition ran past a TRUNCATE; reading it again");
-                applier.acknowledge_truncate(&stream, &truncation).await?;
-                self.owned.remove(key);
-                self.consumer.seek(topic, *partition, Offset::Beginning, METADATA_TIMEOUT)?;
-                positions.insert(key.clone(), 0);
-                Ok(BatchStats::default())
-            }
-            applied => Ok(applied?),
+            owned: None,
         }
     }
 }
@@ -136,8 +163,8 @@ impl Replayed<'_> {
 /// generation is deleted.
 pub async fn run(
     kafka: &KafkaConfig,
-    store: &FeatureStore,
-    features: &FeatureSet,
+    store: &Arc<FeatureStore>,
+    features: &Arc<FeatureSet>,
     owned_max_bytes: u64,
     grace: Duration,
 ) -> Result<Summary, RebuildError> {
@@ -164,20 +191,20 @@ pub async fn run(
         .progress_chars("=> "),
     );
     let mut replayed = Replayed {
-        features,
-        store,
-        topics: &kafka.topics,
+        features: Arc::clone(features),
+        store: Arc::clone(store),
+        topics: Arc::from(kafka.topics.clone()),
         consumer: &consumer,
         budget: OwnedBudget::new(owned_max_bytes),
         owned: HashMap::new(),
     };
-    let mut positions: HashMap<(String, i32), i64> = HashMap::new();
-    let mut pending: HashMap<(String, i32), Vec<OwnedMessage>> = HashMap::new();
+    let mut positions: HashMap<PartitionKey, i64> = HashMap::new();
+    let mut pending: HashMap<PartitionKey, Vec<OwnedMessage>> = HashMap::new();
     let mut pending_messages = 0usize;
     let mut stats = BatchStats::default();
     let mut messages = 0u64;
     let mut last_progress = Instant::now();
-    let done = |positions: &HashMap<(String, i32), i64>| {
+    let done = |positions: &HashMap<PartitionKey, i64>| {
         ends.iter().all(|(key, end)| positions.get(key).is_some_and(|p| p >= end))
     };
     while !done(&positions) {
@@ -203,9 +230,7 @@ pub async fn run(
             None => {}
         }
         if flush || done(&positions) {
-            for (key, batch) in pending.drain() {
-                stats += replayed.apply(&mut positions, &key, &batch).await?;
-            }
+            stats += replayed.apply(&mut positions, std::mem::take(&mut pending)).await?;
             pending_messages = 0;
         }
         if last_progress.elapsed() > STALL_TIMEOUT {
@@ -214,9 +239,7 @@ pub async fn run(
             return Err(RebuildError::Stalled { missing: u64::try_from(end - read).unwrap_or(0) });
         }
     }
-    for (key, batch) in pending.drain() {
-        stats += replayed.apply(&mut positions, &key, &batch).await?;
-    }
+    stats += replayed.apply(&mut positions, pending).await?;
     bar.finish_and_clear();
 
     let resume: HashMap<String, i64> = ends
@@ -238,7 +261,7 @@ pub async fn run(
     Ok(Summary { generation: fresh, previous, messages, stats, elapsed, deleted })
 }
 
-type Ends = HashMap<(String, i32), i64>;
+type Ends = HashMap<PartitionKey, i64>;
 
 /// Every partition of `topics` from its beginning, the end offset each must be read up to, and
 /// the number of messages in between.
