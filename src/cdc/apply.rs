@@ -2,7 +2,7 @@
 //! it touches, load them, apply in offset order (skipping what a share already has), and write
 //! back what changed. Used by the partition workers and by `persona rebuild`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -10,7 +10,7 @@ use rdkafka::message::{Message, OwnedMessage};
 
 use super::change;
 use super::envelope::{self, CdcMessage};
-use super::owned::OwnedStates;
+use super::owned::{self, OwnedStates};
 use super::truncate;
 use crate::dlq::{self, DeadLetters, Failure};
 use crate::features::overlap::{self, Overlap};
@@ -214,19 +214,6 @@ impl Applier<'_> {
         self.store.write_states(Vec::new(), &marks, self.fence).await
     }
 
-    /// Takes the states of `keys` kept by the partition owner; returns them and the keys to read
-    /// from Redis.
-    fn take_owned(
-        &self,
-        keys: &[StateKey],
-        generation: u64,
-    ) -> (HashMap<StateKey, EntityState>, Vec<StateKey>) {
-        match self.owned {
-            Some(owned) => lock(owned).take(keys, generation),
-            None => (HashMap::new(), keys.to_vec()),
-        }
-    }
-
     /// Labels each change with its table's newest snapshot run at that change (`runs`, as
     /// stored, advanced by the reads of newer runs in the batch), and returns the runs the batch
     /// began. A run covers every table of its connector, also those it finds no row of.
@@ -307,7 +294,7 @@ impl Applier<'_> {
         own_streams.dedup();
         // Read before the states: a switch of generation after this is noticed by the next batch.
         let generation = self.store.generation_epoch();
-        let (mut states, missing) = self.take_owned(&keys, generation);
+        let (mut states, missing) = owned::take(self.owned, &keys, generation);
         let loaded = self.store.load_for_write(&missing, &tables, &own_streams).await?;
         set_aside(self.store, &loaded).await?;
         states.extend(loaded.states);
@@ -365,7 +352,7 @@ impl Applier<'_> {
         }
         partners.sort();
         partners.dedup();
-        let (held, missing) = self.take_owned(&partners, generation);
+        let (held, missing) = owned::take(self.owned, &partners, generation);
         states.extend(held);
         let loaded = self.store.load_for_write(&missing, &[], &[]).await?;
         set_aside(self.store, &loaded).await?;
@@ -421,12 +408,10 @@ impl Applier<'_> {
         };
         let overlap = Some((stream.as_str(), &overlap_writes));
         self.store.write_batch(&writes, &marks, overlap, self.fence).await?;
-        if let Some(owned) = self.owned {
-            // What was written is what Redis holds now. A share left unchanged (every change a
-            // duplicate) may differ from Redis only by having entered a newer snapshot run or
-            // TRUNCATE (`features::apply`), which the next change to it does anyway, the same way.
-            lock(owned).keep(writes.into_iter().chain(unchanged), generation);
-        }
+        // What was written is what Redis holds now. A share left unchanged (every change a
+        // duplicate) may differ from Redis only by having entered a newer snapshot run or
+        // TRUNCATE (`features::apply`), which the next change to it does anyway, the same way.
+        owned::keep(self.owned, writes.into_iter().chain(unchanged), generation);
         for (table, truncation) in &marks.truncations {
             tracing::warn!(
                 topic,
@@ -450,12 +435,6 @@ impl Applier<'_> {
         }
         Ok((duplicates, late))
     }
-}
-
-fn lock(owned: &std::sync::Mutex<OwnedStates>) -> std::sync::MutexGuard<'_, OwnedStates> {
-    // Only the partition's own worker locks it, never across an await: a poisoned lock holds
-    // states as consistent as before the panic that poisoned it.
-    owned.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The declared sources whose topics (of `topics`) are under `connector`'s prefix (Debezium names

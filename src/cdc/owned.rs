@@ -13,8 +13,8 @@
 //! shares.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
@@ -164,6 +164,36 @@ impl OwnedStates {
         self.bytes -= bytes;
         self.budget.sub(bytes);
     }
+}
+
+/// Takes the states of `keys` kept in `owned` (none kept when `None`); returns them and the keys
+/// to read from Redis. See [`OwnedStates::take`].
+pub(super) fn take(
+    owned: Option<&Mutex<OwnedStates>>,
+    keys: &[StateKey],
+    generation: u64,
+) -> (HashMap<StateKey, EntityState>, Vec<StateKey>) {
+    match owned {
+        Some(owned) => lock(owned).take(keys, generation),
+        None => (HashMap::new(), keys.to_vec()),
+    }
+}
+
+/// Keeps `states` in `owned`, when there is one. See [`OwnedStates::keep`].
+pub(super) fn keep(
+    owned: Option<&Mutex<OwnedStates>>,
+    states: impl IntoIterator<Item = (StateKey, EntityState)>,
+    generation: u64,
+) {
+    if let Some(owned) = owned {
+        lock(owned).keep(states, generation);
+    }
+}
+
+fn lock(owned: &Mutex<OwnedStates>) -> std::sync::MutexGuard<'_, OwnedStates> {
+    // Only the partition's own batches lock it, never across an await: a poisoned lock holds
+    // states as consistent as before the panic that poisoned it.
+    owned.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Drop for OwnedStates {
