@@ -6,7 +6,9 @@
 //!   persona consumes and the application keeps writing, Connect is killed mid-snapshot (it
 //!   snapshots again, over the slot it had created), persona is killed mid-catch-up; then
 //!   streaming, and a snapshot run again after writes no connector saw, with the application
-//!   writing throughout (so that the run reads rows it also streams).
+//!   writing throughout (so that the run reads rows it also streams);
+//! - TRUNCATEs of a source and of the dimension, where partitions ran past them, and then
+//!   `persona rebuild` of the whole history.
 //!
 //! Runs on its own (scripts/test runs this binary after the others, one test at a time:
 //! .config/nextest.toml), because it kills the shared Connect worker.
@@ -415,4 +417,18 @@ async fn truncates_empty_what_their_table_fed_even_where_partitions_ran_ahead() 
         if held == products as f64 { Ok(()) } else { Err(format!("{held} held, {products} rows")) }
     })
     .await;
+
+    // The whole history again, TRUNCATEs included, into a fresh generation (kept shares, large
+    // batches, partitions applied side by side), which the serving instance then switches to.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_persona"))
+        .args(["rebuild", "--grace", "2s"])
+        .env("PERSONA_KAFKA__GROUP_ID", &persona.group)
+        .env("PERSONA_REDIS__KEY_PREFIX", &persona.group)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run persona rebuild");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    workload(&prefix, 1, 500).await;
+    assert_no_mismatch(&persona, &db, &prefix, true, "after persona rebuild").await;
 }

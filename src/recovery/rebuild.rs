@@ -15,7 +15,7 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 
 use crate::cdc::{Applier, BatchStats, OwnedBudget, OwnedStates};
 use crate::config::KafkaConfig;
-use crate::features::FeatureSet;
+use crate::features::{FeatureSet, Truncation};
 use crate::store::{FeatureStore, StoreError, generation};
 use crate::telemetry;
 
@@ -135,16 +135,55 @@ impl Replayed<'_> {
             let (key, applied) = joined?;
             match applied {
                 Err(StoreError::MissedTruncate { stream, truncation }) => {
-                    tracing::info!(%stream, ?truncation, "the partition ran past a TRUNCATE; reading it again");
-                    self.applier().acknowledge_truncate(&stream, &truncation).await?;
-                    self.owned.remove(&key);
-                    self.consumer.seek(&key.0, key.1, Offset::Beginning, METADATA_TIMEOUT)?;
-                    positions.insert(key, 0);
+                    self.read_again(positions, key, &stream, &truncation).await?;
                 }
                 applied => stats += applied?,
             }
         }
         Ok(stats)
+    }
+
+    /// Reads again, from its start, every partition that ran past a TRUNCATE of its table it did
+    /// not know of; `false` when there is none.
+    async fn read_again_past_truncates(
+        &mut self,
+        positions: &mut HashMap<PartitionKey, i64>,
+        ends: &Ends,
+    ) -> Result<bool, RebuildError> {
+        let mut any = false;
+        for key in ends.keys() {
+            // Debezium's topics are `<prefix>.<schema>.<table>`; streams are named by source.
+            let mut parts = key.0.rsplit('.');
+            let (table, schema) = (parts.next().unwrap_or_default(), parts.next());
+            let Some(source) = self.features.source_of_table(schema, table) else { continue };
+            let source = source.name.name();
+            let stream = format!("{source}/{}", key.1);
+            match self.applier().missed_truncate(source, &stream).await {
+                Err(StoreError::MissedTruncate { stream, truncation }) => {
+                    self.read_again(positions, key.clone(), &stream, &truncation).await?;
+                    any = true;
+                }
+                checked => checked?,
+            }
+        }
+        Ok(any)
+    }
+
+    /// Records `truncation` as known to `stream` and reads its partition again from the start,
+    /// from the states in Redis.
+    async fn read_again(
+        &mut self,
+        positions: &mut HashMap<PartitionKey, i64>,
+        key: PartitionKey,
+        stream: &str,
+        truncation: &Truncation,
+    ) -> Result<(), RebuildError> {
+        tracing::info!(%stream, ?truncation, "the partition ran past a TRUNCATE; reading it again");
+        self.applier().acknowledge_truncate(stream, truncation).await?;
+        self.owned.remove(&key);
+        self.consumer.seek(&key.0, key.1, Offset::Beginning, METADATA_TIMEOUT)?;
+        positions.insert(key, 0);
+        Ok(())
     }
 
     fn applier(&self) -> Applier<'_> {
@@ -207,39 +246,48 @@ pub async fn run(
     let done = |positions: &HashMap<PartitionKey, i64>| {
         ends.iter().all(|(key, end)| positions.get(key).is_some_and(|p| p >= end))
     };
-    while !done(&positions) {
-        let polled = tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(100)));
-        let mut flush = polled.is_none();
-        match polled {
-            Some(Ok(message)) => {
-                let key = (message.topic().to_string(), message.partition());
-                let end = ends.get(&key).copied().unwrap_or(0);
-                let position = positions.entry(key.clone()).or_insert(0);
-                if message.offset() >= *position && message.offset() < end {
-                    *position = message.offset() + 1;
-                    let batch = pending.entry(key).or_default();
-                    batch.push(message.detach());
-                    pending_messages += 1;
-                    flush = batch.len() >= BATCH_MAX || pending_messages >= PENDING_MAX;
-                    messages += 1;
-                    bar.inc(1);
-                    last_progress = Instant::now();
+    // Until no partition has run past a TRUNCATE it did not know of: one that read all it had
+    // before another partition delivered the TRUNCATE finds out only at the end.
+    loop {
+        while !done(&positions) {
+            let polled = tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(100)));
+            let mut flush = polled.is_none();
+            match polled {
+                Some(Ok(message)) => {
+                    let key = (message.topic().to_string(), message.partition());
+                    let end = ends.get(&key).copied().unwrap_or(0);
+                    let position = positions.entry(key.clone()).or_insert(0);
+                    if message.offset() >= *position && message.offset() < end {
+                        *position = message.offset() + 1;
+                        let batch = pending.entry(key).or_default();
+                        batch.push(message.detach());
+                        pending_messages += 1;
+                        flush = batch.len() >= BATCH_MAX || pending_messages >= PENDING_MAX;
+                        messages += 1;
+                        bar.inc(1);
+                        last_progress = Instant::now();
+                    }
                 }
+                Some(Err(error)) => tracing::warn!(error = %error, "kafka error while rebuilding"),
+                None => {}
             }
-            Some(Err(error)) => tracing::warn!(error = %error, "kafka error while rebuilding"),
-            None => {}
+            if flush || done(&positions) {
+                stats += replayed.apply(&mut positions, std::mem::take(&mut pending)).await?;
+                pending_messages = 0;
+            }
+            if last_progress.elapsed() > STALL_TIMEOUT {
+                let read: i64 = positions.values().sum();
+                let end: i64 = ends.values().sum();
+                return Err(RebuildError::Stalled {
+                    missing: u64::try_from(end - read).unwrap_or(0),
+                });
+            }
         }
-        if flush || done(&positions) {
-            stats += replayed.apply(&mut positions, std::mem::take(&mut pending)).await?;
-            pending_messages = 0;
-        }
-        if last_progress.elapsed() > STALL_TIMEOUT {
-            let read: i64 = positions.values().sum();
-            let end: i64 = ends.values().sum();
-            return Err(RebuildError::Stalled { missing: u64::try_from(end - read).unwrap_or(0) });
+        stats += replayed.apply(&mut positions, std::mem::take(&mut pending)).await?;
+        if !replayed.read_again_past_truncates(&mut positions, &ends).await? {
+            break;
         }
     }
-    stats += replayed.apply(&mut positions, pending).await?;
     bar.finish_and_clear();
 
     let resume: HashMap<String, i64> = ends
