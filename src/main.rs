@@ -66,7 +66,7 @@ async fn run(config: Config, command: Command) -> anyhow::Result<ExitCode> {
                 &config.kafka,
                 &store,
                 &features,
-                config.cache.ingest_max_bytes,
+                config.cache.rebuild_max_bytes,
                 grace,
             )
             .await?;

@@ -124,6 +124,9 @@ impl OwnedStates {
         generation: u64,
     ) {
         self.follow(generation);
+        if self.budget.0.max_bytes == 0 {
+            return;
+        }
         for (key, state) in states {
             let bytes = state.approx_bytes();
             self.bytes += bytes;
