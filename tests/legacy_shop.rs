@@ -377,6 +377,7 @@ async fn a_legacy_schema_declared_in_configuration_is_served_exactly() {
     env.push(("PERSONA_KAFKA__PRODUCTS_TOPIC".into(), topic("t_item")));
     env.push(("PERSONA_KAFKA__DIMENSION_TOPICS__SHOP".into(), topic("t_store")));
     env.push(("PERSONA_KAFKA__DLQ_TOPIC".into(), format!("{schema}.dlq")));
+    env.push(("PERSONA_TEST_HOLD_TRUNCATE".into(), "4000".into()));
     let mut persona_process = Persona::start_with(&schema, &schema, env).await;
     assert_exact(&persona_process, &db, &shop, "after the snapshot").await;
 
@@ -470,7 +471,22 @@ async fn a_legacy_schema_declared_in_configuration_is_served_exactly() {
     let (status, error) = persona_process.get("/api/v1/users/u-1/features").await;
     assert_eq!(status, 400, "customers are the shopper, with integer ids: {error}");
 
+    // A TRUNCATE of a fact table read by a source named apart from it (`behavior` reads
+    // `t_user_behavior`), delivered late by its partition (held back), then one row per user and
+    // item: the other partitions apply theirs before the TRUNCATE is known and then hear nothing
+    // more, so only watching for it tells them to read again.
+    let rereads = |metrics: &str| common::counter(metrics, "persona_truncate_rereads_total", &[]);
+    let before = rereads(&persona_process.metrics().await);
+    run(&db, &shop, "TRUNCATE shop.t_user_behavior").await;
+    seed_every_entity(&db, &shop).await;
+    assert_exact(&persona_process, &db, &shop, "after TRUNCATE t_user_behavior").await;
     let metrics = persona_process.metrics().await;
+    assert!(
+        rereads(&metrics) > before,
+        "no partition ran past the held TRUNCATE; the test did not test what it should: {}",
+        persona_process.log.display()
+    );
+
     let dead = common::counter(&metrics, "persona_dead_letters_total", &[]);
     assert_eq!(dead, 0.0, "nothing is dead-lettered: {}", persona_process.log.display());
 

@@ -443,8 +443,12 @@ fn sources_of(set: &FeatureSet, topics: &[String], connector: &str) -> Vec<Strin
     let prefix = format!("{connector}.");
     topics
         .iter()
-        .filter_map(|topic| topic.strip_prefix(&prefix)?.split_once('.'))
-        .filter_map(|(schema, table)| set.source_of_table(Some(schema), table))
+        // `<schema>.<table>` after the prefix: not a topic of another connector whose prefix
+        // starts with this one's.
+        .filter(|topic| {
+            topic.strip_prefix(&prefix).is_some_and(|rest| rest.matches('.').count() == 1)
+        })
+        .filter_map(|topic| set.source_of_topic(topic))
         .map(|source| source.name.name().to_string())
         .collect()
 }

@@ -167,9 +167,10 @@ impl PartitionWorker {
 
     /// The TRUNCATE of this partition's table that it ran past, if any (see `cdc::truncate`).
     async fn missed_truncate(&self, fence: &Fence) -> Option<(String, Truncation)> {
-        let table = self.topic.rsplit('.').next().unwrap_or_default();
-        let stream = format!("{table}/{}", self.partition);
-        match self.applier(fence).missed_truncate(table, &stream).await {
+        // Marks and streams are named by the declared source, which need not be the table's name.
+        let source = self.features.source_of_topic(&self.topic)?.name.name();
+        let stream = format!("{source}/{}", self.partition);
+        match self.applier(fence).missed_truncate(source, &stream).await {
             Ok(()) => None,
             Err(StoreError::MissedTruncate { stream, truncation }) => Some((stream, truncation)),
             Err(error) => {

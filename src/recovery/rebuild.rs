@@ -152,10 +152,8 @@ impl Replayed<'_> {
     ) -> Result<bool, RebuildError> {
         let mut any = false;
         for key in ends.keys() {
-            // Debezium's topics are `<prefix>.<schema>.<table>`; streams are named by source.
-            let mut parts = key.0.rsplit('.');
-            let (table, schema) = (parts.next().unwrap_or_default(), parts.next());
-            let Some(source) = self.features.source_of_table(schema, table) else { continue };
+            // Streams are named by their declared source, not by their table.
+            let Some(source) = self.features.source_of_topic(&key.0) else { continue };
             let source = source.name.name();
             let stream = format!("{source}/{}", key.1);
             match self.applier().missed_truncate(source, &stream).await {

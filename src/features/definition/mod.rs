@@ -373,6 +373,15 @@ impl FeatureSet {
             .find(|s| s.table == table && schema.is_none_or(|schema| s.schema == schema))
     }
 
+    /// The declared source whose changes Debezium publishes to `topic`, named
+    /// `<topic.prefix>.<schema>.<table>` (the prefix may itself hold dots).
+    pub fn source_of_topic(&self, topic: &str) -> Option<&SourceSchema> {
+        let mut parts = topic.rsplit('.');
+        let table = parts.next()?;
+        let schema = parts.next()?;
+        self.source_of_table(Some(schema), table)
+    }
+
     /// The dimension describing the item (recommendations and pages read its roles).
     pub fn item_dimension(&self) -> Option<&DimensionSchema> {
         self.dimensions.iter().find(|dimension| dimension.entity == self.item)

@@ -248,6 +248,19 @@ fn the_legacy_shop_of_the_tests_is_declared_validly() {
 }
 
 #[test]
+fn a_topic_names_its_declared_source_whatever_the_source_is_called() {
+    let text = include_str!("../../../tests/fixtures/legacy-shop/features.toml");
+    let set = FeatureSet::parse(text, "legacy-shop").expect("valid");
+    let source = |topic: &str| set.source_of_topic(topic).map(|source| source.name.name());
+    assert_eq!(source("shop.legacy_shop.t_user_behavior"), Some("behavior"));
+    // Debezium's topic prefix may hold dots of its own.
+    assert_eq!(source("eu.shop.legacy_shop.t_trade"), Some("trade"));
+    assert_eq!(source("shop.other_schema.t_trade"), None);
+    assert_eq!(source("shop.legacy_shop.t_store"), None, "a dimension is not a source");
+    assert_eq!(source("t_trade"), None);
+}
+
+#[test]
 fn recommendation_roles_default_to_the_shipped_features_and_name_their_problems() {
     let shipped = FeatureSet::load(None).expect("valid");
     assert_eq!(shipped.recommendations.trending.as_deref(), Some("trending_score"));
