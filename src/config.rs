@@ -115,9 +115,15 @@ pub struct KafkaConfig {
     /// is ~1/value idle fetch requests per second per broker.
     #[serde(with = "humantime_serde")]
     pub fetch_wait_max: Duration,
-    /// Most messages of one partition applied and written to Redis as one batch.
+    /// Most messages of one partition applied and written to Redis as one batch. A batch is what
+    /// the partition's queue holds, so batches are this large only while catching up, where an
+    /// entity touched several times is then written once (`scripts/bench-catchup`: 5,000 gives
+    /// 2.5× the catch-up rate of 500). Kept at 500 because a batch's writes are one Redis script
+    /// carrying whole states: with today's state sizes a batch of 1,700 messages outlasted
+    /// `redis.command_timeout` (BENCHMARKS.md, "Catch-up").
     pub batch_max_messages: usize,
-    /// Messages buffered per partition before that partition is paused.
+    /// Messages buffered per partition before that partition is paused: at least a batch, and
+    /// times the partitions an instance owns and a message's size, memory held while catching up.
     pub partition_queue_capacity: usize,
     /// How often the consumer re-reads topic metadata; low so a topic created after start is
     /// picked up quickly.
