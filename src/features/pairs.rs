@@ -166,7 +166,7 @@ pub fn apply_to_session(
             if let Some(next) = next {
                 push_pair(&mut deltas, feature, node, next, 1);
             }
-            session.facts.insert(key.to_string(), Fact { at_us, value: product.to_string() });
+            session.insert_fact(key.to_string(), Fact { at_us, value: product.to_string() });
         }
         prune_session(session, horizon);
         if session.facts.is_empty() && session.buckets.is_empty() {
@@ -177,7 +177,7 @@ pub fn apply_to_session(
 }
 
 fn prune_session(session: &mut FeatureState, horizon: i64) {
-    session.facts.retain(|_, fact| fact.at_us >= horizon);
+    session.retain_facts_since(|at_us| at_us >= horizon);
     if session.facts.len() > SESSION_FACTS_MAX {
         let mut times: Vec<(i64, String)> =
             session.facts.iter().map(|(key, fact)| (fact.at_us, key.clone())).collect();

@@ -49,7 +49,7 @@ pub(super) fn prune_buckets(
         }
         first.remove();
     }
-    state.facts.retain(|_, fact| window.bucket_of(fact.at_us) >= oldest);
+    state.retain_facts_since(|at_us| window.bucket_of(at_us) >= oldest);
     true
 }
 

@@ -135,7 +135,7 @@ impl EntityState {
                 }
             }
             for (key, fact) in &theirs.facts {
-                ours.facts.insert(key.clone(), fact.clone());
+                ours.insert_fact(key.clone(), fact.clone());
             }
         }
     }
@@ -374,7 +374,7 @@ fn add(
             state.buckets.entry(bucket).or_default().add(&value, 1);
         }
         Storage::Facts | Storage::Current => {
-            state.facts.insert(row.key.clone(), Fact { at_us, value: value.into_owned() });
+            state.insert_fact(row.key.clone(), Fact { at_us, value: value.into_owned() });
         }
         Storage::Derived | Storage::Pairs => {}
     }

@@ -252,7 +252,7 @@ mod tests {
         let facts = prop::collection::btree_map(row_key(), fact, 0..8);
         (buckets, facts).prop_map(|(buckets, facts)| {
             let buckets = buckets.into_iter().map(|(at, cell)| (at, cell.into_iter().collect()));
-            FeatureState { buckets: buckets.collect(), facts }
+            FeatureState::new(buckets.collect(), facts)
         })
     }
 
