@@ -11,13 +11,12 @@ use rdkafka::message::{Message, OwnedMessage};
 use super::change;
 use super::envelope::{self, CdcMessage};
 use super::owned::{self, OwnedStates};
+use super::runs;
 use super::truncate;
 use crate::dlq::{self, DeadLetters, Failure};
 use crate::features::overlap::{self, Overlap};
 use crate::features::{self, Entity, EntityState, FeatureSet, SourceChange, Truncation};
-use crate::store::{
-    EntityRef, FeatureStore, Fence, Loaded, Runs, StateKey, StoreError, TableMarks,
-};
+use crate::store::{EntityRef, FeatureStore, Fence, Loaded, StateKey, StoreError, TableMarks};
 use crate::telemetry;
 
 const WRITE_BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -214,35 +213,6 @@ impl Applier<'_> {
         self.store.write_states(Vec::new(), &marks, self.fence).await
     }
 
-    /// Labels each change with its table's newest snapshot run at that change (`runs`, as
-    /// stored, advanced by the reads of newer runs in the batch), and returns the runs the batch
-    /// began. A run covers every table of its connector, also those it finds no row of.
-    fn follow_runs(
-        &self,
-        changes: &mut [SourceChange],
-        connectors: &[Option<String>],
-        mut runs: Runs,
-    ) -> Runs {
-        let mut began = Runs::new();
-        for (change, connector) in changes.iter_mut().zip(connectors) {
-            let table = change.table.name();
-            if let Some(read) = change.snapshot
-                && runs.get(table).is_none_or(|current| current.run < read.start.run)
-            {
-                let covered =
-                    connector.as_deref().map(|name| sources_of(self.features, self.topics, name));
-                for covered in covered.unwrap_or_default().into_iter().chain([table.to_string()]) {
-                    if runs.get(&covered).is_none_or(|current| current.run < read.start.run) {
-                        runs.insert(covered.clone(), read.start);
-                        began.insert(covered, read.start);
-                    }
-                }
-            }
-            change.run = runs.get(table).copied();
-        }
-        began
-    }
-
     /// The shares a change touches: this stream's share of the users and products of its row
     /// images.
     fn keys_of(&self, change: &SourceChange, stream: &str) -> Vec<(StateKey, Entity, String)> {
@@ -299,7 +269,7 @@ impl Applier<'_> {
         set_aside(self.store, &loaded).await?;
         states.extend(loaded.states);
         let mut marks = loaded.marks;
-        let new_runs = self.follow_runs(changes, connectors, marks.runs);
+        let new_runs = runs::follow(self.features, self.topics, changes, connectors, marks.runs);
         let new_truncations = truncate::follow(changes, &mut marks.truncations);
         truncate::check(&marks.highs, &marks.truncations)?;
         let new_highs = truncate::highs(changes, &streams, &marks.highs);
@@ -437,22 +407,6 @@ impl Applier<'_> {
     }
 }
 
-/// The declared sources whose topics (of `topics`) are under `connector`'s prefix (Debezium names
-/// topics `<topic.prefix>.<schema>.<table>`).
-fn sources_of(set: &FeatureSet, topics: &[String], connector: &str) -> Vec<String> {
-    let prefix = format!("{connector}.");
-    topics
-        .iter()
-        // `<schema>.<table>` after the prefix: not a topic of another connector whose prefix
-        // starts with this one's.
-        .filter(|topic| {
-            topic.strip_prefix(&prefix).is_some_and(|rest| rest.matches('.').count() == 1)
-        })
-        .filter_map(|topic| set.source_of_topic(topic))
-        .map(|source| source.name.name().to_string())
-        .collect()
-}
-
 /// Moves unreadable shares aside; the batch then fails with [`StoreError::Unreadable`] so that
 /// its partition is read again from the start, rebuilding them.
 async fn set_aside(store: &FeatureStore, loaded: &Loaded) -> Result<(), StoreError> {
@@ -504,26 +458,4 @@ fn record_capture_lag(event: &envelope::ChangeEvent) {
 fn count_consumed(topic: &str, op: &'static str) {
     metrics::counter!(telemetry::EVENTS_CONSUMED, "topic" => topic.to_string(), "op" => op)
         .increment(1);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::sources_of;
-    use crate::features::FeatureSet;
-
-    #[test]
-    fn a_connector_covers_the_source_tables_under_its_prefix() {
-        let topics: Vec<String> = [
-            "shop.public.user_activity",
-            "shop.public.orders",
-            "shopping.public.cart_items",
-            "__debezium-heartbeat.shop",
-            "shop.public.audit_log",
-        ]
-        .map(String::from)
-        .to_vec();
-        let set = FeatureSet::load(None).expect("shipped definitions");
-        assert_eq!(sources_of(&set, &topics, "shop"), ["user_activity", "orders"]);
-        assert!(sources_of(&set, &topics, "other").is_empty());
-    }
 }

@@ -38,6 +38,7 @@ mod owned;
 mod partition;
 mod restart;
 pub mod rows;
+mod runs;
 #[cfg(test)]
 mod tests_decode;
 mod truncate;
