@@ -4,7 +4,8 @@
 //! definitions file, sets up capture with `persona sources plan --apply`, runs a connector of its
 //! own, and checks every feature persona serves against its recomputation by SQL on the shop's
 //! tables — through the snapshot, inserts, updates that leave TOASTed columns alone, deletes,
-//! rows moving between users, event times out of order, and item changes.
+//! rows moving between users, event times out of order, item changes, and a TRUNCATE of the
+//! behaviour table that partitions ran past (its source is named apart from its table).
 
 mod common;
 
