@@ -3,7 +3,8 @@
 //!
 //! Partition lifecycle, per `(topic, partition)`:
 //! ```text
-//! (none) --first message--> Running --queue full: hold the message, pause--> Paused
+//! (none) --first message, or assigned having committed offsets--> Running
+//! Running --queue full: hold the message, pause--> Paused
 //! Paused --held message fits the queue again, resume--> Running
 //! Running|Paused --revoke or shutdown--> Draining --in-flight batch acked or drain_timeout--> (none)
 //! ```
@@ -15,7 +16,7 @@
 //! nothing is skipped or repeated.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle as ThreadHandle;
 use std::time::{Duration, Instant};
@@ -27,20 +28,19 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::topic_partition_list::TopicPartitionList;
 use tokio::runtime::Handle;
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
-use super::context::{
-    ExitReason, IngestContext, PartitionKey, PartitionSlot, WorkerExit, commit_stored,
-};
-use super::owned::{OwnedBudget, OwnedStates};
-use super::partition::PartitionWorker;
-use super::restart::{Restarts, backoff};
+use super::context::{IngestContext, PartitionKey, commit_stored};
+use super::owned::OwnedBudget;
+use super::restart::Restarts;
 use crate::config::KafkaConfig;
 use crate::dlq::DeadLetters;
 use crate::features::FeatureSet;
 use crate::store::FeatureStore;
 use crate::telemetry;
+
+mod workers;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const SEEK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -128,6 +128,7 @@ impl Ingest {
             partitions: Mutex::new(HashMap::new()),
             runtime: Handle::current(),
             drain_timeout: config.drain_timeout,
+            assigned: AtomicBool::new(false),
         };
         let consumer: BaseConsumer<IngestContext> = client_config(config)
             .set("statistics.interval.ms", STATISTICS_INTERVAL.as_millis().to_string())
@@ -232,6 +233,7 @@ impl PollLoop {
         while !self.stop.is_cancelled() {
             if last_resume_check.elapsed() >= POLL_INTERVAL {
                 self.check_workers();
+                self.start_idle_workers();
                 self.restart_due();
                 self.resume_drained();
                 while let Ok(replay) = self.commands.try_recv() {
@@ -296,88 +298,6 @@ impl PollLoop {
         };
         if let Some((offset, exit)) = died_at {
             self.worker_ended(&key, offset, exit);
-        }
-    }
-
-    /// Replaces the workers that ended on their own (a panic, or fenced).
-    fn check_workers(&mut self) {
-        let dead: Vec<(PartitionKey, i64, WorkerExit)> = {
-            let mut partitions = self.consumer.context().lock();
-            let keys: Vec<PartitionKey> = partitions
-                .iter()
-                .filter(|(_, slot)| slot.task.is_finished())
-                .map(|(key, _)| key.clone())
-                .collect();
-            keys.into_iter()
-                .filter_map(|key| {
-                    let dead = partitions.remove(&key)?;
-                    Some((key, dead.resume_from.load(Ordering::Acquire), dead.exit.get()))
-                })
-                .collect()
-        };
-        for (key, offset, exit) in dead {
-            self.worker_ended(&key, offset, exit);
-        }
-    }
-
-    fn worker_ended(&mut self, key: &PartitionKey, offset: i64, exit: WorkerExit) {
-        match exit {
-            WorkerExit::Died => self.worker_died(key, offset),
-            WorkerExit::Fenced => {
-                tracing::warn!(
-                    topic = %key.0, partition = key.1, offset, recheck_in = ?FENCED_RECHECK,
-                    "partition paused: another instance owns it now; expecting the rebalance that revokes it"
-                );
-                self.set_paused(key, true);
-                self.restarts.schedule(key, offset, Instant::now() + FENCED_RECHECK);
-            }
-            WorkerExit::ReadAgain => {
-                tracing::warn!(topic = %key.0, partition = key.1, offset, "reading the partition again from its start, as its worker asked (the reason is logged above)");
-                self.set_paused(key, true);
-                self.restarts.schedule(key, offset, Instant::now());
-            }
-        }
-    }
-
-    /// Pauses the partition of a dead worker until its replacement is due ([`Self::restart_due`]).
-    fn worker_died(&mut self, key: &PartitionKey, offset: i64) {
-        let deaths = self.restarts.died(key, offset, Instant::now());
-        metrics::counter!(telemetry::WORKER_DEATHS, "topic" => key.0.clone()).increment(1);
-        tracing::error!(
-            topic = %key.0, partition = key.1, offset, deaths, retry_in = ?backoff(deaths),
-            "partition worker died; reading the partition again from its first change not yet written"
-        );
-        self.set_paused(key, true);
-    }
-
-    /// Seeks the partitions of dead workers back and resumes them: a fresh worker starts with
-    /// the first message fetched.
-    fn restart_due(&mut self) {
-        let due = self.restarts.due(Instant::now());
-        if due.is_empty() {
-            return;
-        }
-        let assignment = self.consumer.assignment().ok();
-        for (key, offset) in due {
-            let (topic, partition) = (&key.0, key.1);
-            let assigned =
-                assignment.as_ref().is_some_and(|a| a.find_partition(topic, partition).is_some());
-            if !assigned {
-                // Revoked meanwhile: its next owner starts from the committed offset.
-                self.restarts.forget(&key);
-                continue;
-            }
-            match self.consumer.seek(topic, partition, Offset::Offset(offset), SEEK_TIMEOUT) {
-                Ok(()) => {
-                    self.set_paused(&key, false);
-                    self.restarts.started(&key);
-                    tracing::info!(%topic, partition, offset, "partition read again by a new worker");
-                }
-                Err(error) => {
-                    tracing::warn!(%topic, partition, offset, error = %error, "cannot seek for a new worker; retrying");
-                    self.restarts.retry(&key, Instant::now() + Duration::from_secs(1));
-                }
-            }
         }
     }
 
@@ -469,28 +389,5 @@ impl PollLoop {
         if let Err(error) = result {
             tracing::warn!(%topic, partition, paused, error = %error, "cannot change partition flow");
         }
-    }
-
-    fn spawn_worker(&self, (topic, partition): &PartitionKey, first_offset: i64) -> PartitionSlot {
-        let (queue, receiver) = mpsc::channel(self.queue_capacity);
-        let stop = CancellationToken::new();
-        let resume_from = Arc::new(AtomicI64::new(first_offset));
-        let exit = Arc::new(ExitReason::default());
-        let worker = PartitionWorker {
-            topic: topic.clone(),
-            partition: *partition,
-            resume_from: Arc::clone(&resume_from),
-            consumer: Arc::clone(&self.consumer),
-            store: Arc::clone(&self.store),
-            features: Arc::clone(&self.features),
-            dead_letters: self.dead_letters.clone(),
-            owned: std::sync::Mutex::new(OwnedStates::new(self.owned.clone())),
-            batch_max: self.batch_max,
-            topics: Arc::clone(&self.topics),
-            exit: Arc::clone(&exit),
-        };
-        let task = self.consumer.context().runtime.spawn(worker.run(receiver, stop.clone()));
-        tracing::debug!(%topic, partition, "partition worker started");
-        PartitionSlot { held: None, resume_from, queue, stop, task, exit }
     }
 }

@@ -3,7 +3,7 @@
 //! their offsets are committed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -71,6 +71,9 @@ pub struct IngestContext {
     pub(super) partitions: Mutex<HashMap<PartitionKey, PartitionSlot>>,
     pub(super) runtime: Handle,
     pub(super) drain_timeout: Duration,
+    /// Set by a rebalance that assigned partitions; the poll loop then gives each a worker
+    /// (`PollLoop::start_idle_workers`).
+    pub(super) assigned: AtomicBool,
 }
 
 impl ClientContext for IngestContext {
@@ -150,6 +153,7 @@ impl ConsumerContext for IngestContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(assigned) = rebalance {
             tracing::info!(partitions = assigned.count(), "partitions assigned");
+            self.assigned.store(true, Ordering::Release);
             // librdkafka keeps a partition paused through revoke and assign. A pause for a full
             // queue belonged to the worker the revoke drained; a partition assigned back must
             // be fetched again.

@@ -49,7 +49,10 @@ impl PartitionWorker {
     pub async fn run(self, mut queue: mpsc::Receiver<OwnedMessage>, stop: CancellationToken) {
         let Some(mut fence) = self.claim(&stop).await else { return };
         let mut marks = self.store.watch_marks();
-        marks.mark_unchanged();
+        // A TRUNCATE recorded while the partition had no worker (during a rebalance's drain, or
+        // before a restart) woke nobody, and this partition may hear nothing more: check once
+        // before the first message.
+        marks.mark_changed();
         loop {
             let first = tokio::select! {
                 biased;

@@ -88,6 +88,12 @@ impl Restarts {
         }
     }
 
+    /// True while a replacement worker waits for its time (it starts with the partition's
+    /// first message after the seek).
+    pub(super) fn pending(&self, key: &PartitionKey) -> bool {
+        self.partitions.get(key).is_some_and(|restart| restart.due.is_some())
+    }
+
     /// The partition is no longer this instance's, or is being replayed anyway.
     pub(super) fn forget(&mut self, key: &PartitionKey) {
         self.partitions.remove(key);

@@ -105,6 +105,34 @@ pub fn high_watermark(topic: &str, partition: i32) -> i64 {
     consumer().fetch_watermarks(topic, partition, Duration::from_secs(10)).expect("watermarks").1
 }
 
+/// The partitions of `topic` whose committed offset in `group` is behind their end: those
+/// `group` has not yet applied and committed all of.
+pub fn partitions_behind(group: &str, topic: &str) -> Vec<i32> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", env("PERSONA_KAFKA__BROKERS"))
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        partitions.add_partition(topic, partition);
+    }
+    // Fetching committed offsets reads the group's state without joining it.
+    let committed =
+        consumer.committed_offsets(partitions, Duration::from_secs(10)).expect("committed offsets");
+    (0..PARTITIONS)
+        .filter(|&partition| {
+            let end = high_watermark(topic, partition);
+            let at = match committed.find_partition(topic, partition).map(|p| p.offset()) {
+                Some(rdkafka::Offset::Offset(offset)) => offset,
+                _ => 0,
+            };
+            at < end
+        })
+        .collect()
+}
+
 /// A Debezium capture of this test's own: users `<prefix>-…` only, topics `<prefix>.public.*`.
 pub struct Capture {
     pub prefix: String,
