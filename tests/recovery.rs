@@ -236,9 +236,16 @@ async fn a_stale_owner_paused_past_its_session_is_fenced() {
             if refused >= 1.0 || found_applied {
                 Ok(found_applied && refused < 1.0)
             } else {
+                // What tells a stale write that went through from a held batch that never ended.
+                let drains =
+                    |outcome: &str| counter(&metrics, "persona_partition_drains_total", &[outcome]);
+                let owner_duplicates = counter(&owner.metrics().await, duplicates, &[]);
                 Err(format!(
                     "neither refused nor found applied: {refused} refused, {written} written \
-                     ({written_before} before)"
+                     ({written_before} before); drains {} drained, {} timed out; the new owner \
+                     skipped {owner_duplicates} duplicates",
+                    drains("outcome=\"drained\""),
+                    drains("outcome=\"timed_out\""),
                 ))
             }
         })
