@@ -88,7 +88,7 @@ async fn rebuild_swaps_in_fresh_state_while_persona_serves() {
         )
         .await;
     let redis = redis().await;
-    let before: Option<String> = redis.get(format!("{group}:current")).await.expect("get");
+    let before: Option<String> = redis.get(format!("{{{group}}}:current")).await.expect("get");
 
     let output = Command::new(env!("CARGO_BIN_EXE_persona"))
         .args(["rebuild", "--grace", "2s"])
@@ -102,7 +102,7 @@ async fn rebuild_swaps_in_fresh_state_while_persona_serves() {
     assert!(stdout.contains("rebuilt feature state generation"), "{stdout}");
     assert!(stdout.contains("changes applied"), "{stdout}");
 
-    let after: Option<String> = redis.get(format!("{group}:current")).await.expect("get");
+    let after: Option<String> = redis.get(format!("{{{group}}}:current")).await.expect("get");
     assert_ne!(after, before, "a new generation is current");
     let old = before.expect("there was a generation");
     assert!(keys(&redis, &format!("{group}:{old}:*")).await.is_empty(), "old state deleted");

@@ -212,7 +212,7 @@ async fn a_write_under_a_stale_claim_is_refused_and_changes_nothing() {
 
     // Redis lost the claims (flushed): the write says so rather than that it was fenced, and a
     // new claim writes.
-    redis.command(&["DEL", &format!("{prefix}:owners")]);
+    redis.command(&["DEL", &format!("{{{prefix}}}:owners")]);
     let lost = owner.write_states(vec![(user("u1"), state(8))], &no_runs, Some(&new_claim)).await;
     assert!(matches!(lost, Err(StoreError::Unclaimed { .. })), "{lost:?}");
     let again = owner.claim("t/0").await.expect("claim");

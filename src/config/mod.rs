@@ -86,6 +86,8 @@ pub struct FeaturesConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
+    /// `redis://…` (or `rediss://` for TLS) for one server, `redis-cluster://host:port?node=
+    /// host:port&…` for a Redis Cluster (any of its nodes; the others are discovered).
     pub url: Sensitive<String>,
     pub pool_size: usize,
     /// Every key persona writes starts with `<key_prefix>:`, so several deployments (or tests)
@@ -106,7 +108,14 @@ pub struct RedisConfig {
     /// How feature state is written (both are always read): `binary`, or `json` while instances
     /// older than the binary layout still run (a rolling upgrade), since they cannot read it.
     pub state_encoding: StateEncoding,
+    /// Replicas that must hold a feature write before it counts as done (Redis `WAIT`): with 1,
+    /// a primary killed right after acknowledging loses nothing when its replica takes over.
+    /// 0 for a Redis without replicas.
+    pub min_replica_acks: u32,
 }
+
+/// What `redis.url` may name: one server, or a Redis Cluster, each with or without TLS.
+const REDIS_SCHEMES: [&str; 4] = ["redis", "rediss", "redis-cluster", "rediss-cluster"];
 
 /// The layout of the feature state persona writes to Redis (see `store::codec`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +132,7 @@ impl Default for RedisConfig {
             url: Sensitive("redis://127.0.0.1:6379".into()),
             pool_size: 4,
             key_prefix: "persona".into(),
+            min_replica_acks: 0,
             command_timeout: Duration::from_millis(500),
             state_ttl: Duration::from_secs(30 * 24 * 3600),
             required_to_start: true,
@@ -349,8 +359,26 @@ impl Config {
         if self.redis.pool_size == 0 {
             return invalid("redis.pool_size", "must be at least 1");
         }
-        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
-            return invalid("redis.key_prefix", "must be non-empty and without whitespace");
+        if self.redis.key_prefix.is_empty()
+            || self.redis.key_prefix.contains(|c: char| c.is_whitespace() || c == '{' || c == '}')
+        {
+            // Braces would change which Redis Cluster slot persona's keys hash to.
+            return invalid("redis.key_prefix", "must be non-empty, without whitespace or braces");
+        }
+        let url = self.redis.url.expose();
+        let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+        if !REDIS_SCHEMES.contains(&scheme) {
+            return invalid(
+                "redis.url",
+                &format!(
+                    "must start with one of {}",
+                    REDIS_SCHEMES.map(|s| format!("{s}://")).join(", ")
+                ),
+            );
+        }
+        if let Err(error) = fred::types::config::Config::from_url(url) {
+            // The error names the part that is wrong, never the password.
+            return invalid("redis.url", &format!("is not a Redis URL: {}", error.details()));
         }
         if self.redis.command_timeout.is_zero() {
             return invalid("redis.command_timeout", "must be positive");
@@ -417,6 +445,23 @@ mod tests {
             jail.set_env("PERSONA_KAFKA__DRAIN_TIMEOUT", "30s");
             let error = Config::load(None).expect_err("rejects");
             assert!(error.to_string().contains("kafka.drain_timeout"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_redis_url_is_checked_at_start_without_printing_its_password() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("PERSONA_REDIS__URL", "redis-clustr://user:hunter2@host:6379");
+            let error = Config::load(None).expect_err("rejects");
+            assert!(error.to_string().contains("redis.url"), "{error}");
+            assert!(!error.to_string().contains("hunter2"), "{error}");
+            jail.set_env("PERSONA_REDIS__URL", "redis-cluster://a:7000?node=b:7001&node=c:7002");
+            Config::load(None).expect("a cluster URL is accepted");
+            jail.set_env("PERSONA_REDIS__KEY_PREFIX", "{shop}");
+            let error = Config::load(None).expect_err("rejects");
+            assert!(error.to_string().contains("redis.key_prefix"), "{error}");
             Ok(())
         });
     }

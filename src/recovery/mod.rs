@@ -37,6 +37,13 @@ pub async fn start_generation(
     store.use_generation(&current);
     if created {
         generation::set_resume_offsets(store, &current, None).await?;
+        if let Some(older) = generation::older_layout(store).await? {
+            tracing::warn!(
+                generation = %current,
+                older_generation = %older,
+                "redis holds feature state in an older key layout, which this version does not read; reading the topics from the beginning into a new generation (delete the older one's keys `<key_prefix>:{older}:*` once it is done)"
+            );
+        }
         tracing::warn!(generation = %current, "no feature state in redis; reading the topics from the beginning");
         metrics::counter!(telemetry::REBUILDS, "reason" => "no_state").increment(1);
     }

@@ -23,11 +23,24 @@ pub enum StoreError {
     /// reading the partition again from the start separates them.
     #[error("{stream} applied changes past a TRUNCATE it did not know of yet (at {truncation:?})")]
     MissedTruncate { stream: String, truncation: crate::features::Truncation },
+    /// Fewer replicas than `redis.min_replica_acks` confirmed a write in time: a failover now
+    /// could lose it, so it does not count as done (a replica down, or slow).
+    #[error("only {acked} of {wanted} redis replicas confirmed the write in time")]
+    Unreplicated { acked: i64, wanted: i64 },
 }
 
-/// Server replies that pass: a replica promoted, a server still loading its data, a busy script.
-const TRANSIENT_REPLIES: [&str; 7] =
-    ["LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "MOVED"];
+/// Replies that pass: a replica promoted, a server still loading its data, a busy script, and
+/// fred's own while it re-reads a cluster's layout after a node went away.
+const TRANSIENT_REPLIES: [&str; 8] = [
+    "LOADING",
+    "BUSY",
+    "TRYAGAIN",
+    "MASTERDOWN",
+    "READONLY",
+    "CLUSTERDOWN",
+    "MOVED",
+    "Failed to route command",
+];
 
 impl StoreError {
     /// True for failures that pass by themselves (the connection, a timeout, a failover): retry
@@ -37,7 +50,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         use fred::error::ErrorKind;
         match self {
-            Self::Unavailable => true,
+            Self::Unavailable | Self::Unreplicated { .. } => true,
             Self::Redis(error) => match error.kind() {
                 ErrorKind::IO
                 | ErrorKind::Timeout
@@ -75,6 +88,8 @@ mod tests {
             reply(ErrorKind::Unknown, "READONLY You can't write against a replica").is_transient()
         );
         assert!(StoreError::Unavailable.is_transient());
+        assert!(reply(ErrorKind::Unknown, "Failed to route command.").is_transient());
+        assert!(StoreError::Unreplicated { acked: 0, wanted: 1 }.is_transient());
         let oom = "OOM command not allowed when used memory > 'maxmemory'.";
         assert!(!reply(ErrorKind::Unknown, oom).is_transient());
         assert!(

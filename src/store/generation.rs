@@ -1,7 +1,9 @@
-//! State generations. All state lives under `<key_prefix>:<generation>`; the generation in use is
-//! the value of `<key_prefix>:current`. `persona rebuild` computes a new generation from the
-//! topics and then points `current` at it; an instance that finds `current` gone knows Redis was
-//! emptied (flushed, or restarted without persistence).
+//! State generations. All state lives under `<key_prefix>:<generation>` (entity hashes) and
+//! `{<key_prefix>}:<generation>` (marks); the generation in use is the value of
+//! `{<key_prefix>}:current`. `persona rebuild` computes a new generation from the topics and then
+//! points `current` at it; an instance that finds `current` gone knows Redis was emptied
+//! (flushed, or restarted without persistence), or holds state of an older key layout (whose
+//! `current` was `<key_prefix>:current`), and replays its partitions into a new generation.
 
 use fred::prelude::*;
 
@@ -9,7 +11,21 @@ use super::{FeatureStore, StoreError};
 
 /// Redis key naming the generation in use.
 pub fn current_key(prefix: &str) -> String {
+    format!("{{{prefix}}}:current")
+}
+
+/// Where persona kept the generation in use before marks took the hash tag `{<key_prefix>}`.
+fn layout_1_current_key(prefix: &str) -> String {
     format!("{prefix}:current")
+}
+
+/// The generation of an older key layout (marks without a hash tag) that is still in Redis, if
+/// any: persona cannot use it, and replays into a new generation instead.
+pub async fn older_layout(store: &FeatureStore) -> Result<Option<String>, StoreError> {
+    let result: Result<Option<String>, _> =
+        store.pool().get(layout_1_current_key(store.key_prefix())).await;
+    store.note_redis("generation", &result);
+    Ok(result?)
 }
 
 /// A new, unique generation name.
@@ -81,23 +97,35 @@ pub async fn resume_offsets(
     Ok(result?.and_then(|json| serde_json::from_str(&json).ok()).flatten())
 }
 
-/// Deletes every key of `generation` (after a rebuild replaced it), with `SCAN` and `UNLINK` so
-/// Redis never blocks; returns how many were deleted.
+/// Deletes every key of `generation` (after a rebuild replaced it), with `SCAN` (of every
+/// primary of a cluster) and `UNLINK` so Redis never blocks; returns how many were deleted.
 pub async fn delete(store: &FeatureStore, generation: &str) -> Result<u64, StoreError> {
     use fred::types::scan::Scanner;
-    use futures::TryStreamExt;
-    let pattern = format!("{}:{generation}:*", store.key_prefix());
+    use futures::{StreamExt, TryStreamExt};
+    let prefix = store.key_prefix();
     let client = store.pool().next().clone();
-    let mut pages = client.scan(pattern, Some(1000), None);
     let mut deleted = 0u64;
-    while let Some(mut page) = pages.try_next().await? {
-        if let Some(keys) = page.take_results()
-            && !keys.is_empty()
-        {
-            deleted += keys.len() as u64;
-            let _: i64 = client.unlink(keys).await?;
+    for pattern in [format!("{prefix}:{generation}:*"), format!("{{{prefix}}}:{generation}:*")] {
+        let mut pages = if client.is_clustered() {
+            client.scan_cluster(pattern, Some(1000), None).boxed()
+        } else {
+            client.scan(pattern, Some(1000), None).boxed()
+        };
+        while let Some(mut page) = pages.try_next().await? {
+            if let Some(keys) = page.take_results() {
+                // One UNLINK per slot: a cluster refuses keys of several slots in one command.
+                let mut by_slot: std::collections::BTreeMap<u16, Vec<fred::types::Key>> =
+                    std::collections::BTreeMap::new();
+                for key in keys {
+                    by_slot.entry(key.cluster_hash()).or_default().push(key);
+                }
+                for keys in by_slot.into_values() {
+                    deleted += keys.len() as u64;
+                    let _: i64 = client.unlink(keys).await?;
+                }
+            }
+            page.next();
         }
-        page.next();
     }
     Ok(deleted)
 }

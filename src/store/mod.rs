@@ -14,8 +14,13 @@
 //! - Writes (from ingest only, see [`write`]): one atomic script per batch, fenced by the
 //!   partition owner's epoch, then L1. The ingest loop retries a failed write and does not move
 //!   its offsets meanwhile, so nothing is lost.
-//! - `<namespace>:runs` holds the newest snapshot run of each table: shares of an older run are
-//!   superseded (see `features::superseded`).
+//! - `{<key_prefix>}:<generation>:runs` holds the newest snapshot run of each table: shares of an
+//!   older run are superseded (see `features::superseded`).
+//! - Redis Cluster: every key but the entity hashes (partition owners, table and stream marks,
+//!   overlap memory) carries the hash tag `{<key_prefix>}`, so they share one slot and one script
+//!   updates them atomically; entity hashes spread over every slot. On a cluster a batch is
+//!   written as one script per slot it touches (see [`write`] for the order that keeps replays
+//!   exact), and each write waits for `redis.min_replica_acks` replicas before it counts as done.
 //! - Every write also publishes the shares it changed (key, stream, revision) on `<key_prefix>:l1-invalidate`; every
 //!   instance drops older L1 copies. A read that raced with an invalidation does not cache what
 //!   it read, so L1 never keeps a state older than one announced.
@@ -27,6 +32,7 @@ pub mod generation;
 mod marks;
 mod read;
 mod redis;
+mod slots;
 mod write;
 
 use std::sync::Arc;
@@ -110,6 +116,11 @@ const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(200);
 
 pub struct FeatureStore {
     redis: Pool,
+    /// Connected to a Redis Cluster: a batch's keys span slots.
+    clustered: bool,
+    /// Replicas that must have a write before it is acknowledged (`WAIT`), so that a failover
+    /// does not lose it.
+    min_replica_acks: u32,
     subscriber: fred::clients::SubscriberClient,
     invalidation_channel: String,
     l1: L1,
@@ -151,6 +162,8 @@ impl FeatureStore {
             tracing::warn!("redis unreachable at start; serving without it until it comes back");
         }
         Ok(Self {
+            clustered: pool.next().is_clustered(),
+            min_replica_acks: redis.min_replica_acks,
             redis: pool,
             subscriber,
             invalidation_channel: format!("{}:l1-invalidate", redis.key_prefix),
@@ -237,14 +250,21 @@ impl FeatureStore {
         }
     }
 
+    /// `namespace` with the hash tag every key but the entity hashes carries (see the module
+    /// docs): `{<key_prefix>}:<generation>`.
+    fn tagged(&self, namespace: &str) -> String {
+        let generation = namespace.strip_prefix(self.key_prefix.as_str()).unwrap_or(namespace);
+        format!("{{{}}}{generation}", self.key_prefix)
+    }
+
     /// The table marks readers need (runs, TRUNCATEs): see `marks`.
     fn runs_key(&self, namespace: &str) -> String {
-        format!("{namespace}:runs")
+        format!("{}:runs", self.tagged(namespace))
     }
 
     /// How far each stream applied, which only ingest reads: apart, so reads do not fetch it.
     fn highs_key(&self, namespace: &str) -> String {
-        format!("{namespace}:highs")
+        format!("{}:highs", self.tagged(namespace))
     }
 
     /// Notifies of every entity whose state changed, as its [`EntityRef::cache_key`]. A

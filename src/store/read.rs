@@ -16,6 +16,8 @@ use super::{
 use crate::features::{self, EntityState};
 use crate::telemetry;
 
+const EPOCH_SUFFIX: &str = "#epoch";
+
 impl FeatureStore {
     /// A share as read for the API; an unreadable one is left out (and reported): ingest sets it
     /// aside and rebuilds it when a change reaches it.
@@ -40,6 +42,8 @@ impl FeatureStore {
     ) -> Shares {
         fields
             .into_iter()
+            // Beside each share on a Redis Cluster: its writer's epoch (see `slots`).
+            .filter(|(field, _)| !field.ends_with(EPOCH_SUFFIX))
             .filter_map(|(stream, value)| Some((stream, self.decode_state(key, &value)?)))
             .filter(|(stream, share)| {
                 let table = stream.split('/').next().unwrap_or_default();

@@ -22,7 +22,7 @@ use crate::features::overlap::{Known, OverlapWrites, Wanted};
 use crate::features::{EntityState, Position};
 use crate::telemetry;
 
-static WRITE_STATES: LazyLock<Script> =
+pub(super) static WRITE_STATES: LazyLock<Script> =
     LazyLock::new(|| Script::from_lua(include_str!("write_states.lua")));
 
 /// What [`FeatureStore::load_for_write`] found.
@@ -44,8 +44,8 @@ pub struct Fence {
 }
 
 impl FeatureStore {
-    fn owners_key(&self) -> String {
-        format!("{}:owners", self.key_prefix)
+    pub(super) fn owners_key(&self) -> String {
+        format!("{{{}}}:owners", self.key_prefix)
     }
 
     /// Claims `partition` for this writer: writes under any earlier claim are refused from now.
@@ -123,12 +123,13 @@ impl FeatureStore {
         let positions: Vec<String> = wanted.positions.iter().map(position_field).collect();
         let pipeline = self.redis.next().pipeline();
         if !wanted.rows.is_empty() {
-            let _: () =
-                pipeline.hmget(overlap_rows_key(&namespace, stream), wanted.rows.clone()).await?;
+            let _: () = pipeline
+                .hmget(self.overlap_rows_key(&namespace, stream), wanted.rows.clone())
+                .await?;
         }
         if !positions.is_empty() {
             let _: () =
-                pipeline.hmget(overlapped_key(&namespace, stream), positions.clone()).await?;
+                pipeline.hmget(self.overlapped_key(&namespace, stream), positions.clone()).await?;
         }
         let started = Instant::now();
         let result: Result<Vec<Vec<Option<String>>>, _> = pipeline.all().await;
@@ -160,6 +161,22 @@ impl FeatureStore {
     /// builds on it and a replay of its partition rebuilds it from scratch.
     pub async fn quarantine(&self, unreadable: &[(StateKey, Bytes)]) -> Result<(), StoreError> {
         let namespace = self.namespace();
+        if self.clustered {
+            // The quarantine and the entity are in different slots: copied first, then removed,
+            // so a failure in between leaves the share in both (set aside again next time).
+            for (key, raw) in unreadable {
+                let entity = self.redis_key(&namespace, &key.entity);
+                let field = format!("{entity} {}", key.stream);
+                let copied: Result<(), _> =
+                    self.redis.hset(format!("{namespace}:quarantine"), (field, raw.clone())).await;
+                self.note_redis("quarantine", &copied);
+                copied?;
+                let removed: Result<(), _> = self.redis.hdel(&entity, key.stream.as_str()).await;
+                self.note_redis("quarantine", &removed);
+                removed?;
+            }
+            return Ok(());
+        }
         let transaction = self.redis.next().multi();
         for (key, raw) in unreadable {
             let entity = self.redis_key(&namespace, &key.entity);
@@ -188,7 +205,8 @@ impl FeatureStore {
     }
 
     /// [`Self::write_states`], with what the batch changed in its stream's overlap with a
-    /// snapshot run (`overlap`: the stream and its writes), in the same atomic script.
+    /// snapshot run (`overlap`: the stream and its writes), in the same atomic script (on a Redis
+    /// Cluster, in the scripts and order [`super::slots`] describes).
     pub async fn write_batch(
         &self,
         states: &[(StateKey, EntityState)],
@@ -200,16 +218,58 @@ impl FeatureStore {
         if states.is_empty() && marks.is_empty() && overlap.is_none() {
             return Ok(());
         }
+        let client = self.redis.next();
+        let started = Instant::now();
+        let outcome = if self.clustered {
+            self.write_by_slot(client, states, marks, overlap, fence).await
+        } else {
+            let (keys, args) = self.script_call(states, states, marks, overlap, fence)?;
+            let outcome: Result<Value, _> =
+                WRITE_STATES.evalsha_with_reload(client, keys, args).await;
+            self.note_redis("ingest_write", &outcome);
+            script_outcome(outcome?, fence).map(|()| Vec::new())
+        };
+        let outcome = match outcome {
+            Ok(slots) => self.wait_for_replicas(client, &slots).await,
+            Err(error) => Err(error),
+        };
+        note_latency("ingest_write", started);
+        outcome?;
+        metrics::counter!(telemetry::STATE_WRITES).increment(states.len() as u64);
+        if let Some((_, writes)) = overlap
+            && !writes.overlapped.is_empty()
+        {
+            metrics::counter!(telemetry::SNAPSHOT_OVERLAPS)
+                .increment(writes.overlapped.len() as u64);
+        }
+        if marks.change_reads() {
+            self.clear_l1("table_marks");
+        }
+        for (key, state) in states {
+            self.l1.put_share(key.entity.cache_key(), &key.stream, state).await;
+        }
+        Ok(())
+    }
+
+    /// The keys and arguments of one `write_states.lua` call writing `states`, `marks` and
+    /// `overlap`, and announcing `announced` to other instances' L1.
+    pub(super) fn script_call(
+        &self,
+        states: &[(StateKey, EntityState)],
+        announced: &[(StateKey, EntityState)],
+        marks: &TableMarks,
+        overlap: Option<(&str, &OverlapWrites)>,
+        fence: Option<&Fence>,
+    ) -> Result<(Vec<String>, Vec<Value>), StoreError> {
         let namespace = self.namespace();
         let stream = overlap.map_or("", |(stream, _)| stream);
         let mut keys: Vec<String> = vec![
             self.owners_key(),
             self.runs_key(&namespace),
             self.highs_key(&namespace),
-            overlap_rows_key(&namespace, stream),
-            overlapped_key(&namespace, stream),
+            self.overlap_rows_key(&namespace, stream),
+            self.overlapped_key(&namespace, stream),
         ];
-        let mut announced: Vec<(String, &str, u64)> = Vec::with_capacity(states.len());
         let announcement_slot = 4;
         let mut args: Vec<String> = vec![
             fence.map(|f| f.partition.clone()).unwrap_or_default(),
@@ -236,61 +296,102 @@ impl FeatureStore {
         let overlapped = writes.map_or(&[][..], |w| &w.overlapped[..]);
         args.push(overlapped.len().to_string());
         args.extend(overlapped.iter().map(position_field));
+        let (entity_keys, shares) = self.encode_shares(&namespace, states)?;
+        keys.extend(entity_keys);
+        if !announced.is_empty() {
+            args[announcement_slot] = self.announcement(announced)?;
+        }
+        let args = args.into_iter().map(Value::from).chain(shares).collect();
+        Ok((keys, args))
+    }
+
+    /// The entity hashes of `states` and their (stream, encoded share) arguments.
+    pub(super) fn encode_shares(
+        &self,
+        namespace: &str,
+        states: &[(StateKey, EntityState)],
+    ) -> Result<(Vec<String>, Vec<Value>), StoreError> {
+        let mut keys = Vec::with_capacity(states.len());
         let mut shares: Vec<Value> = Vec::with_capacity(2 * states.len());
         for (key, state) in states {
-            keys.push(self.redis_key(&namespace, &key.entity));
+            keys.push(self.redis_key(namespace, &key.entity));
             let value = encode_state_as(state, self.state_encoding)
                 .map_err(|source| StoreError::Encode { key: format!("{key:?}"), source })?;
             shares.extend([key.stream.clone().into(), Bytes::from(value).into()]);
-            announced.push((key.entity.cache_key(), key.stream.as_str(), state.rev));
         }
-        args[announcement_slot] = serde_json::to_string(&announced).map_err(|source| {
-            StoreError::Encode { key: self.invalidation_channel.clone(), source }
-        })?;
-        let args: Vec<Value> = args.into_iter().map(Value::from).chain(shares).collect();
-        let started = Instant::now();
-        let client = self.redis.next();
-        let outcome: Result<Value, _> = WRITE_STATES.evalsha_with_reload(client, keys, args).await;
-        note_latency("ingest_write", started);
-        self.note_redis("ingest_write", &outcome);
-        match (outcome?, fence) {
-            (Value::String(owner), Some(fence)) => {
-                return Err(StoreError::Fenced {
-                    partition: fence.partition.clone(),
-                    epoch: fence.epoch,
-                    owner: owner.to_string(),
-                });
+        Ok((keys, shares))
+    }
+
+    /// The message telling other instances' L1 which shares changed, to which revision.
+    fn announcement(&self, states: &[(StateKey, EntityState)]) -> Result<String, StoreError> {
+        let announced: Vec<(String, &str, u64)> = states
+            .iter()
+            .map(|(key, state)| (key.entity.cache_key(), key.stream.as_str(), state.rev))
+            .collect();
+        serde_json::to_string(&announced)
+            .map_err(|source| StoreError::Encode { key: self.invalidation_channel.clone(), source })
+    }
+
+    /// With `redis.min_replica_acks`, waits until that many replicas hold every write `client`
+    /// sent to the servers of `slots` (every write, on a single server): only then may offsets
+    /// move past them.
+    async fn wait_for_replicas(&self, client: &Client, slots: &[u16]) -> Result<(), StoreError> {
+        if self.min_replica_acks == 0 {
+            return Ok(());
+        }
+        let wanted = i64::from(self.min_replica_acks);
+        // Half the command timeout: Redis answers with the count it got before the client gives
+        // up on the command, so a replica down reads as such rather than as a timeout.
+        let timeout = i64::try_from(self.command_timeout.as_millis() / 2).unwrap_or(i64::MAX);
+        let mut servers: Vec<fred::types::config::Server> = client
+            .cached_cluster_state()
+            .map(|state| slots.iter().filter_map(|slot| state.get_server(*slot).cloned()).collect())
+            .unwrap_or_default();
+        servers.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
+        servers.dedup();
+        let acks: Vec<Result<i64, fred::error::Error>> = if servers.is_empty() {
+            vec![client.wait(wanted, timeout).await]
+        } else {
+            let nodes: Vec<_> =
+                servers.into_iter().map(|server| client.with_cluster_node(server)).collect();
+            futures::future::join_all(nodes.iter().map(|node| node.wait(wanted, timeout))).await
+        };
+        for acked in acks {
+            self.note_redis("replica_wait", &acked);
+            let acked = acked?;
+            if acked < wanted {
+                return Err(StoreError::Unreplicated { acked, wanted });
             }
-            (Value::Integer(-1), Some(fence)) => {
-                return Err(StoreError::Unclaimed { partition: fence.partition.clone() });
-            }
-            _ => {}
-        }
-        metrics::counter!(telemetry::STATE_WRITES).increment(states.len() as u64);
-        if let Some((_, writes)) = overlap
-            && !writes.overlapped.is_empty()
-        {
-            metrics::counter!(telemetry::SNAPSHOT_OVERLAPS)
-                .increment(writes.overlapped.len() as u64);
-        }
-        if marks.change_reads() {
-            self.clear_l1("table_marks");
-        }
-        for (key, state) in states {
-            self.l1.put_share(key.entity.cache_key(), &key.stream, state).await;
         }
         Ok(())
     }
 }
 
-/// The row memory of `stream`'s overlap: row key → image hash.
-fn overlap_rows_key(namespace: &str, stream: &str) -> String {
-    format!("{namespace}:overlap-rows:{stream}")
+/// What a `write_states.lua` or `write_shares.lua` reply says of `fence`.
+pub(super) fn script_outcome(reply: Value, fence: Option<&Fence>) -> Result<(), StoreError> {
+    match (reply, fence) {
+        (Value::String(owner), Some(fence)) => Err(StoreError::Fenced {
+            partition: fence.partition.clone(),
+            epoch: fence.epoch,
+            owner: owner.to_string(),
+        }),
+        (Value::Integer(-1), Some(fence)) => {
+            Err(StoreError::Unclaimed { partition: fence.partition.clone() })
+        }
+        _ => Ok(()),
+    }
 }
 
-/// The streamed changes of `stream` found overlapped, by position, until its next run.
-fn overlapped_key(namespace: &str, stream: &str) -> String {
-    format!("{namespace}:overlapped:{stream}")
+impl FeatureStore {
+    /// The row memory of `stream`'s overlap: row key → image hash.
+    fn overlap_rows_key(&self, namespace: &str, stream: &str) -> String {
+        format!("{}:overlap-rows:{stream}", self.tagged(namespace))
+    }
+
+    /// The streamed changes of `stream` found overlapped, by position, until its next run.
+    fn overlapped_key(&self, namespace: &str, stream: &str) -> String {
+        format!("{}:overlapped:{stream}", self.tagged(namespace))
+    }
 }
 
 fn position_field(position: &Position) -> String {

@@ -10,7 +10,7 @@
 -- ARGV[1]  the partition (`<topic>/<partition>`), or '' for a writer without an owner (rebuild)
 -- ARGV[2]  the writer's epoch
 -- ARGV[3]  TTL of the entity hashes, in seconds
--- ARGV[4]  the L1 invalidation channel, ARGV[5] the announcement, ARGV[6] '*' or ''
+-- ARGV[4]  the L1 invalidation channel, ARGV[5] the announcement or '', ARGV[6] '*' or ''
 -- ARGV[7]  how many marks follow as (field, mark) pairs — `<table>` → its run,
 --          `<table>#truncate` → its newest TRUNCATE, `<stream>#high` → how far the stream
 --          applied (see store/marks.rs) — each set only if later than the stored one
@@ -101,7 +101,9 @@ for i = 6, #KEYS do
   redis.call('EXPIRE', KEYS[i], ARGV[3])
   at = at + 2
 end
-redis.call('PUBLISH', ARGV[4], ARGV[5])
+if ARGV[5] ~= '' then
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+end
 if ARGV[6] ~= '' then
   redis.call('PUBLISH', ARGV[4], ARGV[6])
 end

@@ -6,6 +6,7 @@
 
 pub mod capture;
 pub mod oracle;
+pub mod redis_cluster;
 pub mod shop;
 
 use std::fs::File;
