@@ -100,7 +100,7 @@ async fn a_lost_invalidation_subscription_is_renewed_and_l1_emptied() {
         ],
     )
     .await;
-    let channel = format!("{}:l1-invalidate", persona.group);
+    let channel = format!("{{{}}}:l1-invalidate", persona.group);
     let subscribed = || redis.subscribers(&channel) == 1;
     // Subscribed as Redis sees it, and done with the L1 clear that follows a subscription (else
     // that clear may land between the two reads below).

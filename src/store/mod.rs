@@ -19,9 +19,10 @@
 //! - Redis Cluster: every key but the entity hashes (partition owners, table and stream marks,
 //!   overlap memory) carries the hash tag `{<key_prefix>}`, so they share one slot and one script
 //!   updates them atomically; entity hashes spread over every slot. On a cluster a batch is
-//!   written as one script per slot it touches (see [`write`] for the order that keeps replays
+//!   written as one script per slot it touches (see [`slots`] for the order that keeps replays
 //!   exact), and each write waits for `redis.min_replica_acks` replicas before it counts as done.
-//! - Every write also publishes the shares it changed (key, stream, revision) on `<key_prefix>:l1-invalidate`; every
+//! - Every write also publishes the shares it changed (key, stream, revision) on
+//!   `{<key_prefix>}:l1-invalidate` (a sharded channel on a Redis Cluster); every
 //!   instance drops older L1 copies. A read that raced with an invalidation does not cache what
 //!   it read, so L1 never keeps a state older than one announced.
 
@@ -166,7 +167,8 @@ impl FeatureStore {
             min_replica_acks: redis.min_replica_acks,
             redis: pool,
             subscriber,
-            invalidation_channel: format!("{}:l1-invalidate", redis.key_prefix),
+            // In the slot of the marks, so that the script writing them may publish on it.
+            invalidation_channel: format!("{{{}}}:l1-invalidate", redis.key_prefix),
             l1: L1::new(cache),
             key_prefix: redis.key_prefix.clone(),
             namespace: std::sync::RwLock::new(format!("{}:{}", redis.key_prefix, "g0")),
@@ -351,7 +353,7 @@ impl FeatureStore {
         loop {
             let subscribed = tokio::select! {
                 () = shutdown.cancelled() => return false,
-                result = self.subscriber.subscribe(self.invalidation_channel.as_str()) => result,
+                result = self.subscribe_channel() => result,
             };
             match subscribed {
                 Ok(()) => return true,
@@ -363,6 +365,16 @@ impl FeatureStore {
                     }
                 }
             }
+        }
+    }
+
+    /// On a Redis Cluster, the invalidation channel is a sharded one (`SSUBSCRIBE`): its
+    /// messages stay within the shard serving its slot instead of crossing every node.
+    async fn subscribe_channel(&self) -> Result<(), fred::error::Error> {
+        if self.clustered {
+            self.subscriber.ssubscribe(self.invalidation_channel.as_str()).await
+        } else {
+            self.subscriber.subscribe(self.invalidation_channel.as_str()).await
         }
     }
 

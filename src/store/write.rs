@@ -278,6 +278,7 @@ impl FeatureStore {
             self.invalidation_channel.clone(),
             String::new(),
             if marks.change_reads() { CLEAR_ALL.to_string() } else { String::new() },
+            if self.clustered { "SPUBLISH" } else { "PUBLISH" }.to_string(),
         ];
         let encoded = marks.encode()?;
         args.push(encoded.len().to_string());

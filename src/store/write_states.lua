@@ -11,7 +11,9 @@
 -- ARGV[2]  the writer's epoch
 -- ARGV[3]  TTL of the entity hashes, in seconds
 -- ARGV[4]  the L1 invalidation channel, ARGV[5] the announcement or '', ARGV[6] '*' or ''
--- ARGV[7]  how many marks follow as (field, mark) pairs — `<table>` → its run,
+-- ARGV[7]  how to publish on it: PUBLISH, or SPUBLISH on a Redis Cluster (the channel is in
+--          KEYS[1]'s slot)
+-- ARGV[8]  how many marks follow as (field, mark) pairs — `<table>` → its run,
 --          `<table>#truncate` → its newest TRUNCATE, `<stream>#high` → how far the stream
 --          applied (see store/marks.rs) — each set only if later than the stored one
 --          (`<stream>#overlap` always); then '1' to clear the row memory first, '1' to clear the
@@ -57,8 +59,8 @@ local function order(field, value)
   end
   return mark.run
 end
-local at = 8
-for _ = 1, tonumber(ARGV[7]) do
+local at = 9
+for _ = 1, tonumber(ARGV[8]) do
   local hash = KEYS[2]
   if string.sub(ARGV[at], -8) == '#overlap' then
     redis.call('HSET', KEYS[3], ARGV[at], ARGV[at + 1])
@@ -102,9 +104,9 @@ for i = 6, #KEYS do
   at = at + 2
 end
 if ARGV[5] ~= '' then
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  redis.call(ARGV[7], ARGV[4], ARGV[5])
 end
 if ARGV[6] ~= '' then
-  redis.call('PUBLISH', ARGV[4], ARGV[6])
+  redis.call(ARGV[7], ARGV[4], ARGV[6])
 end
 return 1
