@@ -261,3 +261,38 @@ async fn another_instances_write_reaches_l1_through_the_cluster() {
     shutdown.cancel();
     listener.await.expect("listener ends");
 }
+
+#[tokio::test]
+async fn the_marks_primary_failing_over_stops_neither_writes_nor_invalidations() {
+    let mut cluster = OwnRedisCluster::start();
+    let prefix = unique("rc");
+    let writer = store(&cluster, &prefix).await;
+    let long_ttl = CacheConfig { ttl: Duration::from_secs(600), ..CacheConfig::default() };
+    let reader = Arc::new(store_with(&cluster, &prefix, 0, long_ttl).await);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let listener = reader.spawn_invalidation_listener(shutdown.clone());
+    let fence = writer.claim("persona.public.user_activity/0").await.expect("claim");
+    writer.write_states(batch(20, 1), &TableMarks::default(), Some(&fence)).await.expect("write");
+    assert_eq!(revisions(&reader, 20).await, expected(20, 1), "cached by the reader");
+
+    // The primary holding the owners, the marks and the invalidation channel.
+    let victim = cluster.primary_of(&format!("{{{prefix}}}:owners"));
+    cluster.kill(victim);
+    cluster.wait_until_healthy();
+    common::eventually(
+        "the reader sees writes made after the failover",
+        common::DEADLINE,
+        || async {
+            writer
+                .write_states(batch(20, 700), &TableMarks::default(), Some(&fence))
+                .await
+                .map_err(|error| error.to_string())?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let seen = revisions(&reader, 20).await;
+            if seen == expected(20, 700) { Ok(()) } else { Err(format!("{seen:?}")) }
+        },
+    )
+    .await;
+    shutdown.cancel();
+    listener.await.expect("listener ends");
+}
