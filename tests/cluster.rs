@@ -1,0 +1,124 @@
+//! persona past one machine: three instances in one consumer group, on three Kafka brokers and a
+//! Redis Cluster of three primaries with one replica each (`scripts/stack up --cluster`). The
+//! SQL oracle (tests/common/oracle.rs) holds on every instance while, in turn and with the
+//! application writing, a broker, the Redis primary holding the marks and a persona instance are
+//! killed with -9 and started again.
+//!
+//! Runs in scripts/test's cluster stage, against a stack of its own (`.stack-cluster`).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::oracle::{CATALOG, assert_no_mismatch, seed_products, workload};
+use common::{DEADLINE, Persona, env, eventually, legacy_db, unique};
+
+/// `scripts/stack` with arguments, against the stack the environment names.
+fn stack(args: &[&str]) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack");
+    let status = Command::new("bash").arg(script).args(args).status().expect("run scripts/stack");
+    assert!(status.success(), "scripts/stack {args:?} failed");
+}
+
+/// The stack's Redis Cluster nodes, in the order `scripts/stack redis-kill` numbers them.
+fn redis_ports() -> Vec<u16> {
+    let url = env("PERSONA_REDIS_CLUSTER_URL");
+    url.split(['/', '?', '&', '='])
+        .filter_map(|part| part.strip_prefix("127.0.0.1:"))
+        .map(|port| port.parse().expect("port"))
+        .collect()
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// The stack number (1-based) of the primary serving `key`: the live primary that answers for
+/// it rather than redirecting (`MOVED`).
+fn primary_of(key: &str) -> usize {
+    let ports = redis_ports();
+    (0..ports.len())
+        .find(|i| {
+            redis_cli(ports[*i], &["role"]).starts_with("master")
+                && !redis_cli(ports[*i], &["type", key]).starts_with("MOVED")
+        })
+        .map(|i| i + 1)
+        .expect("a primary serves every slot")
+}
+
+fn cluster_healthy() -> Result<(), String> {
+    let ports = redis_ports();
+    let info = redis_cli(ports[0], &["cluster", "info"]);
+    if info.contains("cluster_state:ok") { Ok(()) } else { Err(info) }
+}
+
+#[tokio::test]
+async fn three_instances_stay_exact_through_a_broker_a_redis_primary_and_an_instance_killed() {
+    let group = unique("cluster");
+    let prefix = unique("c");
+    let settings = vec![
+        ("PERSONA_REDIS__URL".to_string(), env("PERSONA_REDIS_CLUSTER_URL")),
+        ("PERSONA_REDIS__MIN_REPLICA_ACKS".to_string(), "1".to_string()),
+    ];
+    let mut instances = Vec::new();
+    for name in ["cluster-a", "cluster-b", "cluster-c"] {
+        instances.push(Persona::start_with(name, &group, settings.clone()).await);
+    }
+    let db = legacy_db().await;
+    seed_products(&db, &prefix, 0, CATALOG - 1).await;
+    workload(&prefix, 2, 1_000).await;
+    for persona in &instances {
+        assert_no_mismatch(persona, &db, &prefix, true, "three instances, nothing failed").await;
+    }
+
+    // A broker, killed with -9 mid-workload: its partitions' leadership moves to the others.
+    let writer = tokio::spawn({
+        let prefix = prefix.clone();
+        async move { workload(&prefix, 2, 1_000).await }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::spawn_blocking(|| stack(&["broker-kill", "2"])).await.expect("join");
+    writer.await.expect("workload");
+    for persona in &instances {
+        assert_no_mismatch(persona, &db, &prefix, true, "after kill -9 of a broker").await;
+    }
+    tokio::task::spawn_blocking(|| stack(&["broker-start", "2"])).await.expect("join");
+
+    // The Redis primary holding the owners, the marks and the invalidation channel, killed with
+    // -9 mid-workload: its replica takes over; writes wait for a replica until it is back.
+    let victim = primary_of(&format!("{{{group}}}:owners"));
+    let writer = tokio::spawn({
+        let prefix = prefix.clone();
+        async move { workload(&prefix, 2, 1_000).await }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let id = victim.to_string();
+    tokio::task::spawn_blocking(move || stack(&["redis-kill", &id])).await.expect("join");
+    eventually("a replica promoted", DEADLINE, || async { cluster_healthy() }).await;
+    let id = victim.to_string();
+    tokio::task::spawn_blocking(move || stack(&["redis-start", &id])).await.expect("join");
+    writer.await.expect("workload");
+    for persona in &instances {
+        assert_no_mismatch(persona, &db, &prefix, true, "after kill -9 of a Redis primary").await;
+    }
+
+    // A persona instance, killed with -9 mid-workload: the others take its partitions at once
+    // (a rebalance), and it takes some back when restarted.
+    let writer = tokio::spawn({
+        let prefix = prefix.clone();
+        async move { workload(&prefix, 2, 1_000).await }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    instances[1].kill();
+    instances[1].restart().await;
+    writer.await.expect("workload");
+    for persona in &instances {
+        assert_no_mismatch(persona, &db, &prefix, true, "after kill -9 of an instance").await;
+    }
+}
