@@ -39,9 +39,9 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
-/// The stack number (1-based) of the primary serving `key`: the live primary that answers for
-/// it rather than redirecting (`MOVED`).
-fn primary_of(key: &str) -> usize {
+/// The stack number (1-based) of the live primary serving `key`: the one that answers for it
+/// rather than redirecting (`MOVED`); `None` while no live primary does (a failover under way).
+fn primary_of(key: &str) -> Option<usize> {
     let ports = redis_ports();
     (0..ports.len())
         .find(|i| {
@@ -49,13 +49,24 @@ fn primary_of(key: &str) -> usize {
                 && !redis_cli(ports[*i], &["type", key]).starts_with("MOVED")
         })
         .map(|i| i + 1)
-        .expect("a primary serves every slot")
 }
 
+/// Every slot served, as the live nodes see it.
 fn cluster_healthy() -> Result<(), String> {
-    let ports = redis_ports();
-    let info = redis_cli(ports[0], &["cluster", "info"]);
-    if info.contains("cluster_state:ok") { Ok(()) } else { Err(info) }
+    let live: Vec<u16> =
+        redis_ports().into_iter().filter(|port| redis_cli(*port, &["ping"]) == "PONG").collect();
+    let states: Vec<String> = live
+        .iter()
+        .map(|port| redis_cli(*port, &["cluster", "info"]))
+        .map(|info| {
+            info.lines().find(|line| line.starts_with("cluster_state")).unwrap_or("").to_string()
+        })
+        .collect();
+    if !live.is_empty() && states.iter().all(|state| state.trim() == "cluster_state:ok") {
+        Ok(())
+    } else {
+        Err(format!("{states:?} on {live:?}"))
+    }
 }
 
 #[tokio::test]
@@ -92,7 +103,8 @@ async fn three_instances_stay_exact_through_a_broker_a_redis_primary_and_an_inst
 
     // The Redis primary holding the owners, the marks and the invalidation channel, killed with
     // -9 mid-workload: its replica takes over; writes wait for a replica until it is back.
-    let victim = primary_of(&format!("{{{group}}}:owners"));
+    let marks = format!("{{{group}}}:owners");
+    let victim = primary_of(&marks).expect("a primary serves the marks");
     let writer = tokio::spawn({
         let prefix = prefix.clone();
         async move { workload(&prefix, 2, 1_000).await }
@@ -100,10 +112,18 @@ async fn three_instances_stay_exact_through_a_broker_a_redis_primary_and_an_inst
     tokio::time::sleep(Duration::from_secs(2)).await;
     let id = victim.to_string();
     tokio::task::spawn_blocking(move || stack(&["redis-kill", &id])).await.expect("join");
-    eventually("a replica promoted", DEADLINE, || async { cluster_healthy() }).await;
+    eventually("a replica promoted", DEADLINE, || async {
+        match primary_of(&marks) {
+            Some(primary) if primary != victim => cluster_healthy(),
+            other => Err(format!("the marks' primary is {other:?}")),
+        }
+    })
+    .await;
     let id = victim.to_string();
     tokio::task::spawn_blocking(move || stack(&["redis-start", &id])).await.expect("join");
     writer.await.expect("workload");
+    let role = redis_cli(redis_ports()[victim - 1], &["role"]);
+    assert!(role.starts_with("slave"), "the old primary rejoined as a replica: {role}");
     for persona in &instances {
         assert_no_mismatch(persona, &db, &prefix, true, "after kill -9 of a Redis primary").await;
     }
