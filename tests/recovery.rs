@@ -52,10 +52,12 @@ async fn state_lost_in_redis_is_noticed_and_rebuilt_from_the_topics() {
     }
     persona.wait_for_features(&user, &[("clicks_5m", json!(3))]).await;
 
-    // What FLUSHALL (or a restart without persistence) does to this deployment's keys.
+    // What FLUSHALL (or a restart without persistence) does to this deployment's keys: the
+    // entity hashes and the keys under the hash tag `{<key_prefix>}`.
     let redis = redis().await;
-    let ours = keys(&redis, &format!("{group}:*")).await;
-    assert!(!ours.is_empty());
+    let mut ours = keys(&redis, &format!("{group}:*")).await;
+    ours.extend(keys(&redis, &format!("{{{group}}}:*")).await);
+    assert!(ours.iter().any(|key| key.ends_with(":current")), "{ours:?}");
     let _: i64 = redis.del(ours).await.expect("delete");
 
     eventually("persona notices and rebuilds", DEADLINE, || async {
@@ -106,6 +108,7 @@ async fn rebuild_swaps_in_fresh_state_while_persona_serves() {
     assert_ne!(after, before, "a new generation is current");
     let old = before.expect("there was a generation");
     assert!(keys(&redis, &format!("{group}:{old}:*")).await.is_empty(), "old state deleted");
+    assert!(keys(&redis, &format!("{{{group}}}:{old}:*")).await.is_empty(), "old marks deleted");
 
     // Serving continues from the new state, and what happens next lands in it once.
     insert_activity(&db, &user, "CLICK", None, 5).await;
