@@ -50,10 +50,14 @@ impl FeatureStore {
 
     /// Claims `partition` for this writer: writes under any earlier claim are refused from now.
     pub async fn claim(&self, partition: &str) -> Result<Fence, StoreError> {
-        let result: Result<i64, _> =
-            self.redis.next().hincrby(self.owners_key(), partition, 1).await;
+        let client = self.redis.next();
+        let owners = self.owners_key();
+        let result: Result<i64, _> = client.hincrby(&owners, partition, 1).await;
         self.note_redis("claim", &result);
-        Ok(Fence { partition: partition.to_string(), epoch: result? })
+        let epoch = result?;
+        // A claim a failover lost would let the fenced owner write again.
+        self.wait_for_replicas(client, &[fred::util::redis_keyslot(owners.as_bytes())]).await?;
+        Ok(Fence { partition: partition.to_string(), epoch })
     }
 
     /// Loads the shares `keys` from Redis, with the marks of `tables` (newest snapshot run and
