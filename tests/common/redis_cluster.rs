@@ -20,16 +20,8 @@ struct Node {
 impl OwnRedisCluster {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut nodes: Vec<Node> = (0..6)
-            .map(|_| Node { port: free_port(), bus_port: free_port(), child: None })
-            .collect();
-        for (index, node) in nodes.iter_mut().enumerate() {
-            node.child = Some(spawn(&dir, index, node.port, node.bus_port));
-        }
+        let nodes: Vec<Node> = (0..6).map(|index| start_node(&dir, index)).collect();
         let cluster = Self { nodes, dir };
-        for index in 0..cluster.nodes.len() {
-            cluster.wait_for_ping(index);
-        }
         let addresses: Vec<String> =
             cluster.nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)).collect();
         let created = Command::new("redis-cli")
@@ -155,6 +147,36 @@ impl OwnRedisCluster {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Starts node `index` on free ports, on others when those were taken meanwhile (by a test
+/// starting a cluster at the same time): redis-server then exits at once.
+fn start_node(dir: &tempfile::TempDir, index: usize) -> Node {
+    for _ in 0..5 {
+        let (port, bus_port) = (free_port(), free_port());
+        let mut child = spawn(dir, index, port, bus_port);
+        let started = Instant::now();
+        loop {
+            if child.try_wait().expect("redis-server status").is_some() {
+                break;
+            }
+            // Ours, not another test's that took the port first.
+            let ours = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "info", "server"])
+                .output()
+                .is_ok_and(|out| {
+                    String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .any(|line| line.trim() == format!("process_id:{}", child.id()))
+                });
+            if ours {
+                return Node { port, bus_port, child: Some(child) };
+            }
+            assert!(started.elapsed() < DEADLINE, "redis cluster node {index} did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!("redis cluster node {index} exited at start five times (ports taken?)");
 }
 
 fn spawn(dir: &tempfile::TempDir, index: usize, port: u16, bus_port: u16) -> Child {
