@@ -49,12 +49,12 @@ impl FeatureStore {
         if fence.is_some() || !before_shares.is_empty() {
             self.write_marks(client, &before_shares, None, &[], fence).await?;
         }
-        let mut slots: BTreeMap<u16, Vec<(StateKey, EntityState)>> = BTreeMap::new();
+        // References: a batch's states are encoded once, never copied to be grouped.
+        let mut slots: BTreeMap<u16, Vec<&(StateKey, EntityState)>> = BTreeMap::new();
         let namespace = self.namespace();
-        for (key, state) in states {
-            let slot =
-                fred::util::redis_keyslot(self.redis_key(&namespace, &key.entity).as_bytes());
-            slots.entry(slot).or_default().push((key.clone(), state.clone()));
+        for share in states {
+            let key = self.redis_key(&namespace, &share.0.entity);
+            slots.entry(fred::util::redis_keyslot(key.as_bytes())).or_default().push(share);
         }
         let writes =
             slots.values().map(|shares| self.write_shares(client, &namespace, shares, fence));
@@ -91,10 +91,10 @@ impl FeatureStore {
         &self,
         client: &Client,
         namespace: &str,
-        shares: &[(StateKey, EntityState)],
+        shares: &[&(StateKey, EntityState)],
         fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
-        let (keys, values) = self.encode_shares(namespace, shares)?;
+        let (keys, values) = self.encode_shares(namespace, shares.iter().copied())?;
         let args: Vec<Value> = [
             fence.map(|f| f.epoch.to_string()).unwrap_or_default(),
             self.state_ttl_secs.to_string(),

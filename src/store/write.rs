@@ -301,7 +301,7 @@ impl FeatureStore {
         let overlapped = writes.map_or(&[][..], |w| &w.overlapped[..]);
         args.push(overlapped.len().to_string());
         args.extend(overlapped.iter().map(position_field));
-        let (entity_keys, shares) = self.encode_shares(&namespace, states)?;
+        let (entity_keys, shares) = self.encode_shares(&namespace, states.iter())?;
         keys.extend(entity_keys);
         if !announced.is_empty() {
             args[announcement_slot] = self.announcement(announced)?;
@@ -311,10 +311,10 @@ impl FeatureStore {
     }
 
     /// The entity hashes of `states` and their (stream, encoded share) arguments.
-    pub(super) fn encode_shares(
+    pub(super) fn encode_shares<'a>(
         &self,
         namespace: &str,
-        states: &[(StateKey, EntityState)],
+        states: impl ExactSizeIterator<Item = &'a (StateKey, EntityState)>,
     ) -> Result<(Vec<String>, Vec<Value>), StoreError> {
         let mut keys = Vec::with_capacity(states.len());
         let mut shares: Vec<Value> = Vec::with_capacity(2 * states.len());
