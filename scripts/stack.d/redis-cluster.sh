@@ -7,7 +7,7 @@
 # (a primary that was failed over comes back as a replica of its replacement).
 
 REDIS_CLUSTER=$STATE/redis-cluster
-REDIS_CLUSTER_PORT=${PERSONA_STACK_REDIS_CLUSTER_PORT:-56380}
+REDIS_CLUSTER_PORT=${PERSONA_STACK_REDIS_CLUSTER_PORT:-26380}
 REDIS_CLUSTER_NODES=6
 
 redis_cluster_wanted() { [[ -f $REDIS_CLUSTER/enabled ]]; }
@@ -45,10 +45,12 @@ start_redis_node() {
 }
 
 # Every slot served, every node agreeing on it, and every primary with a replica in sync.
+# (Field 3 of CLUSTER NODES holds the flags, "myself,slave" on node 1 once it was failed over.)
 redis_cluster_ok() {
   redis-cli -p "$(redis_node_port 1)" cluster info 2>/dev/null | grep -q '^cluster_state:ok' \
     && redis-cli --cluster check "127.0.0.1:$(redis_node_port 1)" >/dev/null 2>&1 \
-    && [[ $(redis-cli -p "$(redis_node_port 1)" cluster nodes | grep -v fail | grep -c ' slave ') == 3 ]]
+    && [[ $(redis-cli -p "$(redis_node_port 1)" cluster nodes \
+      | awk '$3 ~ /slave/ && $3 !~ /fail/' | wc -l) == 3 ]]
 }
 
 start_redis_cluster() {
