@@ -59,6 +59,29 @@ fn expected(count: usize, rev: u64) -> Vec<Option<u64>> {
     (0..count).map(|i| Some(rev + i as u64)).collect()
 }
 
+/// Another instance, listening for invalidations, whose L1 keeps what it read for minutes: only
+/// an invalidation can show it a newer state.
+struct ListeningReader {
+    store: Arc<FeatureStore>,
+    shutdown: tokio_util::sync::CancellationToken,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl ListeningReader {
+    async fn start(cluster: &OwnRedisCluster, prefix: &str) -> Self {
+        let long_ttl = CacheConfig { ttl: Duration::from_secs(600), ..CacheConfig::default() };
+        let store = Arc::new(store_with(cluster, prefix, 0, long_ttl).await);
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let listener = store.spawn_invalidation_listener(shutdown.clone());
+        Self { store, shutdown, listener }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.listener.await.expect("listener ends");
+    }
+}
+
 #[tokio::test]
 async fn a_batch_spanning_every_primary_is_written_with_its_marks_and_read_back() {
     let cluster = OwnRedisCluster::start();
@@ -196,6 +219,24 @@ async fn a_write_no_replica_confirmed_does_not_count_as_done() {
     assert!(unconfirmed.is_err_and(|error| error.is_transient()), "retried, offsets held");
 }
 
+/// A claim lost in a failover would let the owner it fenced write again: a claim no replica
+/// holds is refused like a write (and retried by the ingest loop before it reads on).
+#[tokio::test]
+async fn a_claim_no_replica_confirmed_does_not_count_as_done() {
+    let mut cluster = OwnRedisCluster::start();
+    let prefix = unique("rc");
+    let owner = store_with(&cluster, &prefix, 1, CacheConfig::default()).await;
+    let primary = cluster.primary_of(&format!("{{{prefix}}}:owners"));
+    let replica = cluster.replica_of(primary);
+    cluster.kill(replica);
+    let unconfirmed = owner.claim("persona.public.user_activity/0").await;
+    assert!(
+        matches!(unconfirmed, Err(StoreError::Unreplicated { acked: 0, wanted: 1 })),
+        "{unconfirmed:?}"
+    );
+    assert!(unconfirmed.is_err_and(|error| error.is_transient()), "retried, offsets held");
+}
+
 #[tokio::test]
 async fn an_older_generation_is_deleted_from_every_primary() {
     let cluster = OwnRedisCluster::start();
@@ -245,12 +286,9 @@ async fn another_instances_write_reaches_l1_through_the_cluster() {
     let cluster = OwnRedisCluster::start();
     let prefix = unique("rc");
     let writer = store(&cluster, &prefix).await;
-    let long_ttl = CacheConfig { ttl: Duration::from_secs(600), ..CacheConfig::default() };
-    let reader = Arc::new(store_with(&cluster, &prefix, 0, long_ttl).await);
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let listener = reader.spawn_invalidation_listener(shutdown.clone());
+    let reader = ListeningReader::start(&cluster, &prefix).await;
     writer.write_states(batch(20, 1), &TableMarks::default(), None).await.expect("write");
-    assert_eq!(revisions(&reader, 20).await, expected(20, 1), "cached by the reader");
+    assert_eq!(revisions(&reader.store, 20).await, expected(20, 1), "cached by the reader");
 
     common::eventually("the reader sees every newer state", common::DEADLINE, || async {
         writer
@@ -258,12 +296,11 @@ async fn another_instances_write_reaches_l1_through_the_cluster() {
             .await
             .map_err(|error| error.to_string())?;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let seen = revisions(&reader, 20).await;
+        let seen = revisions(&reader.store, 20).await;
         if seen == expected(20, 500) { Ok(()) } else { Err(format!("{seen:?}")) }
     })
     .await;
-    shutdown.cancel();
-    listener.await.expect("listener ends");
+    reader.stop().await;
 }
 
 #[tokio::test]
@@ -271,14 +308,11 @@ async fn the_marks_primary_failing_over_stops_neither_writes_nor_invalidations()
     let mut cluster = OwnRedisCluster::start();
     let prefix = unique("rc");
     let writer = store(&cluster, &prefix).await;
-    let long_ttl = CacheConfig { ttl: Duration::from_secs(600), ..CacheConfig::default() };
-    let reader = Arc::new(store_with(&cluster, &prefix, 0, long_ttl).await);
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let listener = reader.spawn_invalidation_listener(shutdown.clone());
+    let reader = ListeningReader::start(&cluster, &prefix).await;
     let partition = "persona.public.user_activity/0";
     let fence = writer.claim(partition).await.expect("claim");
     writer.write_states(batch(20, 1), &TableMarks::default(), Some(&fence)).await.expect("write");
-    assert_eq!(revisions(&reader, 20).await, expected(20, 1), "cached by the reader");
+    assert_eq!(revisions(&reader.store, 20).await, expected(20, 1), "cached by the reader");
 
     // The primary holding the owners, the marks and the invalidation channel.
     let victim = cluster.primary_of(&format!("{{{prefix}}}:owners"));
@@ -304,11 +338,10 @@ async fn the_marks_primary_failing_over_stops_neither_writes_nor_invalidations()
                 Err(error) => return Err(error.to_string()),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let seen = revisions(&reader, 20).await;
+            let seen = revisions(&reader.store, 20).await;
             if seen == expected(20, 700) { Ok(()) } else { Err(format!("{seen:?}")) }
         },
     )
     .await;
-    shutdown.cancel();
-    listener.await.expect("listener ends");
+    reader.stop().await;
 }
