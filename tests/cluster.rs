@@ -12,7 +12,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::oracle::{CATALOG, assert_no_mismatch, seed_products, workload};
-use common::{DEADLINE, Persona, env, eventually, legacy_db, unique};
+use common::{
+    DEADLINE, Persona, env, eventually, insert_activity, legacy_db, next_live_event, unique,
+};
 
 /// `scripts/stack` with arguments, against the stack the environment names.
 fn stack(args: &[&str]) {
@@ -49,6 +51,14 @@ fn primary_of(key: &str) -> Option<usize> {
                 && !redis_cli(ports[*i], &["type", key]).starts_with("MOVED")
         })
         .map(|i| i + 1)
+}
+
+/// What a storefront page or live block lists under "Viewed recently".
+fn viewed_recently(html: &str) -> &str {
+    html.split("Viewed recently</dt><dd>")
+        .nth(1)
+        .and_then(|rest| rest.split("</dd>").next())
+        .unwrap_or("")
 }
 
 /// Every slot served, as the live nodes see it.
@@ -144,5 +154,39 @@ async fn three_instances_stay_exact_through_a_broker_a_redis_primary_and_an_inst
     writer.await.expect("workload");
     for persona in &instances {
         assert_no_mismatch(persona, &db, &prefix, true, "after kill -9 of an instance").await;
+    }
+
+    // A live storefront open on every instance follows its user, whichever instance ingested
+    // the change: the announcement reaches the others over the cluster's sharded channel.
+    let user = format!("{prefix}-live");
+    insert_activity(&db, &user, "VIEW_PRODUCT", Some(&format!("{prefix}-p17")), 0).await;
+    let mut streams = Vec::new();
+    for persona in &instances {
+        let version = eventually("the storefront lists the first view", DEADLINE, || async {
+            let (_, _, html) = persona.get_text(&format!("/u/{user}")).await;
+            let version = html.split("data-version=\"").nth(1).and_then(|r| r.split('"').next());
+            match version {
+                Some(version) if viewed_recently(&html).contains("Product 17") => {
+                    Ok(version.to_string())
+                }
+                _ => Err(viewed_recently(&html).to_string()),
+            }
+        })
+        .await;
+        let stream = reqwest::Client::new()
+            .get(format!("{}/u/{user}/live?since={version}", persona.base_url))
+            .send()
+            .await
+            .expect("open the live stream");
+        assert_eq!(stream.status(), 200);
+        streams.push((stream, String::new()));
+    }
+    insert_activity(&db, &user, "VIEW_PRODUCT", Some(&format!("{prefix}-p29")), 0).await;
+    for (instance, (stream, buffer)) in streams.iter_mut().enumerate() {
+        tokio::time::timeout(DEADLINE, async {
+            while !viewed_recently(&next_live_event(stream, buffer).await).contains("Product 29") {}
+        })
+        .await
+        .unwrap_or_else(|_| panic!("instance {instance}'s live stream never showed the new view"));
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     DEADLINE, OwnRedis, Persona, counter, eventually, free_port, insert_activity, legacy_db,
-    unique, upsert_product,
+    next_live_event, unique, upsert_product,
 };
 use serde_json::Value;
 
@@ -188,25 +188,6 @@ async fn recommendations_and_pages_follow_what_users_do() {
     let after_hit = round_trips(&persona).await;
     assert_eq!(after_miss - before, 1.0, "Redis round trips for an L1 miss");
     assert_eq!(after_hit - after_miss, 0.0, "Redis round trips for an L1 hit");
-}
-
-/// Reads the SSE stream until an event named `live` arrives; its data.
-async fn next_live_event(stream: &mut reqwest::Response, buffer: &mut String) -> String {
-    loop {
-        if let Some(end) = buffer.find("\n\n") {
-            let event: String = buffer.drain(..end + 2).collect();
-            if event.lines().any(|line| line == "event: live") {
-                return event
-                    .lines()
-                    .filter_map(|line| line.strip_prefix("data: ").or(line.strip_prefix("data:")))
-                    .collect::<Vec<_>>()
-                    .join("\n");
-            }
-            continue;
-        }
-        let chunk = stream.chunk().await.expect("chunk").expect("stream open");
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-    }
 }
 
 #[tokio::test]

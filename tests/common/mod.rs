@@ -447,3 +447,22 @@ impl OwnRedis {
             .unwrap_or(0)
     }
 }
+
+/// Reads the SSE stream until an event named `live` arrives; its data.
+pub async fn next_live_event(stream: &mut reqwest::Response, buffer: &mut String) -> String {
+    loop {
+        if let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            if event.lines().any(|line| line == "event: live") {
+                return event
+                    .lines()
+                    .filter_map(|line| line.strip_prefix("data: ").or(line.strip_prefix("data:")))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+            }
+            continue;
+        }
+        let chunk = stream.chunk().await.expect("chunk").expect("stream open");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
