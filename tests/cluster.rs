@@ -86,6 +86,9 @@ async fn three_instances_stay_exact_through_a_broker_a_redis_primary_and_an_inst
     let settings = vec![
         ("PERSONA_REDIS__URL".to_string(), env("PERSONA_REDIS_CLUSTER_URL")),
         ("PERSONA_REDIS__MIN_REPLICA_ACKS".to_string(), "1".to_string()),
+        // L1 keeps what it read for longer than any wait below: an instance that did not ingest
+        // a change sees it through the invalidation it was sent, or not at all.
+        ("PERSONA_CACHE__TTL".to_string(), "10m".to_string()),
     ];
     let mut instances = Vec::new();
     for name in ["cluster-a", "cluster-b", "cluster-c"] {
