@@ -12,6 +12,14 @@
 //! persona simulate --users 1000 --rate 2000 --duration 10m &
 //! cargo run --release --example freshness -- http://127.0.0.1:8080 200 2000
 //! ```
+//! Several instances (API replicas in one group) are given as one comma-separated argument: a
+//! write then counts as visible when every one of them serves it, whichever ingested it, and
+//! each replica's own figures are printed too:
+//!
+//! ```sh
+//! scripts/stack up --cluster --instances 3 && source .stack/stack.env
+//! cargo run --release --example freshness -- "$(echo $PERSONA_STACK_INSTANCES | tr ' ' ,)" 200
+//! ```
 //! Waits until persona reports no consumer lag (or at most that), then writes `SAMPLES` activity
 //! rows, one at a time, each for a fresh user, and polls
 //! `GET /api/v1/users/{id}/features?names=clicks_1m` every millisecond until it counts 1.
@@ -41,7 +49,12 @@ struct Seen {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let api = args.next().unwrap_or_else(|| "http://127.0.0.1:8080".into());
+    let apis: Vec<String> = args
+        .next()
+        .unwrap_or_else(|| "http://127.0.0.1:8080".into())
+        .split(',')
+        .map(str::to_string)
+        .collect();
     let samples: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(100);
     let lag_allowed: f64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(0.0);
     let database = std::env::var("PERSONA_POSTGRES__URL").context("source .stack/stack.env")?;
@@ -56,28 +69,25 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let http = reqwest::Client::new();
     let run = uuid::Uuid::new_v4().simple().to_string();
-    wait_caught_up(&http, &api, lag_allowed).await?;
+    wait_caught_up(&http, &apis, lag_allowed).await?;
     let seen = tail(&brokers, &run)?;
 
     let mut visible = Vec::with_capacity(samples);
+    let mut by_replica = vec![Vec::with_capacity(samples); apis.len()];
     let mut commits = Vec::with_capacity(samples);
     for i in 0..samples {
         let user = format!("fresh-{run}-{i}");
-        let url = format!("{api}/api/v1/users/{user}/features?names=clicks_1m");
         db.execute(&insert, &[&user]).await?;
         // The statement returns once the commit is durable: the clock starts here.
         let committed = Instant::now();
-        loop {
-            let body: serde_json::Value = http.get(&url).send().await?.json().await?;
-            if body["features"]["clicks_1m"]["value"] == 1 {
-                break;
-            }
-            if committed.elapsed() > Duration::from_secs(30) {
-                bail!("{user} not visible after 30 s: {body}");
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        let seen = futures::future::try_join_all(
+            apis.iter().map(|api| visible_on(&http, api, &user, committed)),
+        )
+        .await?;
+        for (replica, millis) in seen.iter().enumerate() {
+            by_replica[replica].push(*millis);
         }
-        visible.push(committed.elapsed().as_secs_f64() * 1e3);
+        visible.push(seen.iter().copied().fold(0.0, f64::max));
         commits.push((user, committed));
     }
 
@@ -104,22 +114,58 @@ async fn main() -> anyhow::Result<()> {
     }
     report("capture (commit → record in Kafka)", capture);
     report("commit → consumer", consumed);
-    report("commit → visible", visible);
+    if apis.len() == 1 {
+        report("commit → visible", visible);
+    } else {
+        for (api, millis) in apis.iter().zip(by_replica) {
+            report(&format!("commit → visible on {api}"), millis);
+        }
+        report("commit → visible on every replica", visible);
+    }
     Ok(())
 }
 
+/// Milliseconds from `committed` until `api` serves `user`'s click.
+async fn visible_on(
+    http: &reqwest::Client,
+    api: &str,
+    user: &str,
+    committed: Instant,
+) -> anyhow::Result<f64> {
+    let url = format!("{api}/api/v1/users/{user}/features?names=clicks_1m");
+    loop {
+        let body: serde_json::Value = http.get(&url).send().await?.json().await?;
+        if body["features"]["clicks_1m"]["value"] == 1 {
+            return Ok(committed.elapsed().as_secs_f64() * 1e3);
+        }
+        if committed.elapsed() > Duration::from_secs(30) {
+            bail!("{user} not visible on {api} after 30 s: {body}");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// A new consumer group reads the topics' history first: measure only once persona reports no
-/// lag (at most `lag_allowed` messages) twice in a row, a statistics interval (5 s) apart.
-async fn wait_caught_up(http: &reqwest::Client, api: &str, lag_allowed: f64) -> anyhow::Result<()> {
+/// lag (at most `lag_allowed` messages) twice in a row, a statistics interval (5 s) apart. Each
+/// instance reports the partitions it owns: their lags are summed.
+async fn wait_caught_up(
+    http: &reqwest::Client,
+    apis: &[String],
+    lag_allowed: f64,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut streak = 0;
     while streak < 2 {
-        let metrics = http.get(format!("{api}/metrics")).send().await?.text().await?;
-        let lags: Vec<f64> = metrics
-            .lines()
-            .filter(|line| line.starts_with("persona_consumer_lag_messages{"))
-            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
-            .collect();
+        let mut lags: Vec<f64> = Vec::new();
+        for api in apis {
+            let metrics = http.get(format!("{api}/metrics")).send().await?.text().await?;
+            lags.extend(
+                metrics
+                    .lines()
+                    .filter(|line| line.starts_with("persona_consumer_lag_messages{"))
+                    .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok()),
+            );
+        }
         let behind = lags.iter().sum::<f64>();
         streak = if !lags.is_empty() && behind <= lag_allowed { streak + 1 } else { 0 };
         if started.elapsed() > Duration::from_secs(600) {
