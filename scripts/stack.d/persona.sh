@@ -4,7 +4,8 @@
 # run behind a load balancer. Each splits the CDC partitions with the others and serves every
 # user's features from the shared Redis (the Redis Cluster when the stack has one).
 # `scripts/stack up --instances N` starts them (and remembers N); `persona-kill I` and
-# `persona-start I` crash and restart one, for failure drills.
+# `persona-start I` crash and restart one, for failure drills. They run the debug build unless
+# PERSONA_STACK_PERSONA_BIN names another.
 
 PERSONA_DIR=$STATE/persona
 PERSONA_PORT=${PERSONA_STACK_PERSONA_PORT:-28080}
@@ -28,7 +29,8 @@ start_persona_instance() {
   port=$(persona_port "$id")
   if pid_alive "$STATE/run/persona-$id.pid"; then return 0; fi
   port_open "$port" && die "port $port is taken by another process (set PERSONA_STACK_PERSONA_PORT)"
-  bin=$(persona_bin)
+  # PERSONA_STACK_PERSONA_BIN: another build (a release one, for benchmarks).
+  bin=${PERSONA_STACK_PERSONA_BIN:-$(persona_bin)}
   mkdir -p "$STATE/logs" "$STATE/run"
   # Each instance reads the stack's environment; on a Redis Cluster it waits for one replica to
   # hold each write (redis.min_replica_acks), so a primary's crash loses nothing acknowledged.
