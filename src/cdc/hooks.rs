@@ -23,8 +23,13 @@ pub(super) fn injected_stop(changes: &[SourceChange]) {
     });
     if hit && !FIRED.swap(true, Ordering::AcqRel) {
         tracing::warn!("stopping the process before a write (PERSONA_TEST_STOP_BEFORE_WRITE)");
-        let pid = std::process::id().to_string();
-        let _ = std::process::Command::new("kill").args(["-STOP", &pid]).status();
+        // Raised on this thread, the one about to write: a SIGSTOP sent to the process (`kill`)
+        // stops it only once some thread takes the signal, which on a loaded machine can be
+        // after this thread has sent its write.
+        // SAFETY: raise(3) has no preconditions; SIGSTOP cannot be caught, so no handler runs.
+        unsafe {
+            libc::raise(libc::SIGSTOP);
+        }
     }
 }
 
