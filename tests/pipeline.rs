@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::capture::{self, Capture};
 use common::{
     CATCH_UP, DEADLINE, DEFAULT_PARTITIONS, Persona, counter, env, eventually, insert_activity,
     legacy_db, unique,
@@ -197,17 +198,16 @@ async fn rebalances_lose_nothing_and_count_nothing_twice() {
 async fn paused_partitions_resume_without_skipping_or_repeating() {
     const PER_USER: i64 = 25;
     let db = legacy_db().await;
-    // Written before persona starts: read back at the end of the history, under backpressure.
-    let users = users_with_clicks(&db, PER_USER).await;
-    let persona = Persona::start_with(
-        "backpressure",
-        &unique("backpressure"),
-        vec![
-            ("PERSONA_KAFKA__PARTITION_QUEUE_CAPACITY".into(), "50".into()),
-            ("PERSONA_KAFKA__BATCH_MAX_MESSAGES".into(), "10".into()),
-        ],
-    )
-    .await;
+    let capture = Capture::create(&db).await;
+    capture.apply();
+    // Written before persona starts: read back as the history, under backpressure.
+    let users = users_with_clicks(&db, &capture, PER_USER).await;
+    let mut settings = capture.persona_env();
+    settings.extend([
+        ("PERSONA_KAFKA__PARTITION_QUEUE_CAPACITY".into(), "8".into()),
+        ("PERSONA_KAFKA__BATCH_MAX_MESSAGES".into(), "4".into()),
+    ]);
+    let persona = Persona::start_with("backpressure", &unique("backpressure"), settings).await;
     for user in &users {
         for _ in 0..PER_USER {
             insert_activity(&db, user, "SEARCH", None, 2).await;
@@ -218,7 +218,7 @@ async fn paused_partitions_resume_without_skipping_or_repeating() {
         persona.wait_for_features_within(user, &expected, CATCH_UP).await;
     }
     // Everything is read: a message applied twice would show now.
-    persona.wait_caught_up(DEFAULT_PARTITIONS, CATCH_UP).await;
+    persona.wait_caught_up(CAPTURE_PARTITIONS, CATCH_UP).await;
     for user in &users {
         let body = persona.features(user).await;
         for (name, value) in &expected {
@@ -238,13 +238,16 @@ async fn paused_partitions_resume_without_skipping_or_repeating() {
 async fn a_partition_paused_when_revoked_is_fetched_when_assigned_again() {
     const PER_USER: i64 = 100;
     let db = legacy_db().await;
-    let users = users_with_clicks(&db, PER_USER).await;
+    let capture = Capture::create(&db).await;
+    capture.apply();
+    let users = users_with_clicks(&db, &capture, PER_USER).await;
     let group = unique("paused-rebalance");
     // Queues of four: the first member keeps pausing its partitions while it reads the history.
-    let tiny_queues = vec![
+    let mut tiny_queues = capture.persona_env();
+    tiny_queues.extend([
         ("PERSONA_KAFKA__PARTITION_QUEUE_CAPACITY".to_string(), "4".to_string()),
         ("PERSONA_KAFKA__BATCH_MAX_MESSAGES".to_string(), "2".to_string()),
-    ];
+    ]);
     let first = Persona::start_with("paused-rebalance-a", &group, tiny_queues.clone()).await;
     eventually("the first member pauses a partition", CATCH_UP, || async {
         let pauses = counter(&first.metrics().await, "persona_partition_pauses_total", &[]);
@@ -264,9 +267,18 @@ async fn a_partition_paused_when_revoked_is_fetched_when_assigned_again() {
     }
 }
 
-/// Four new users with `per_user` clicks each, written one by one.
-async fn users_with_clicks(db: &tokio_postgres::Client, per_user: i64) -> Vec<String> {
-    let users: Vec<String> = (0..4).map(|_| unique("u")).collect();
+/// Partitions of a capture's topics, which persona reads (`Capture::persona_env`).
+const CAPTURE_PARTITIONS: usize = capture::TABLES.len() * capture::PARTITIONS as usize;
+
+/// Four new users of `capture` with `per_user` clicks each, written one by one. The tests that
+/// read them back as a new group's history read the capture's topics, which hold nothing else:
+/// the shared topics' history grows with every run of the suite on a stack.
+async fn users_with_clicks(
+    db: &tokio_postgres::Client,
+    capture: &Capture,
+    per_user: i64,
+) -> Vec<String> {
+    let users: Vec<String> = (0..4).map(|_| capture.user(&unique("u"))).collect();
     for user in &users {
         for _ in 0..per_user {
             insert_activity(db, user, "CLICK", None, 2).await;
