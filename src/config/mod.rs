@@ -148,8 +148,8 @@ pub struct CacheConfig {
     /// Upper bound of the in-process L1 cache, in bytes of serialized state.
     pub max_bytes: u64,
     /// Memory, across all partitions an instance owns, for the states ingest keeps between
-    /// batches (`cdc::owned`): a share kept is not read from Redis again. `0` keeps none, the
-    /// default until a mismatch seen under load with it on is understood (BENCHMARKS.md).
+    /// batches (`cdc::owned`): a share kept is not read from Redis again. `0` keeps none, and
+    /// every batch reads and decodes its shares from Redis.
     pub ingest_max_bytes: u64,
     /// The same for `persona rebuild`, the only writer of the generation it builds.
     pub rebuild_max_bytes: u64,
@@ -163,7 +163,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             max_bytes: 64 * 1024 * 1024,
-            ingest_max_bytes: 0,
+            ingest_max_bytes: 256 * 1024 * 1024,
             rebuild_max_bytes: 256 * 1024 * 1024,
             ttl: Duration::from_secs(30),
         }
