@@ -10,6 +10,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use compact_str::CompactString;
+
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -22,11 +24,11 @@ use super::intern::intern;
 /// a sorted vector takes one small allocation where a map took a whole node each (buckets were
 /// 80% of a user's memory; BENCHMARKS.md, "State per entity").
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Cell(Vec<(Box<str>, i64)>);
+pub struct Cell(Vec<(CompactString, i64)>);
 
 impl Cell {
     fn place(&self, value: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(known, _)| known.as_ref().cmp(value))
+        self.0.binary_search_by(|(known, _)| text_order(known.as_bytes(), value.as_bytes()))
     }
 
     pub fn get(&self, value: &str) -> Option<i64> {
@@ -75,6 +77,36 @@ impl Cell {
     }
 }
 
+/// The order of `str`, compared eight bytes at a time. Values are short ids (`sim-u0042`, a
+/// product id, a UUID) searched for a dozen times per change; `str::cmp` called `memcmp` for
+/// each, and those calls were a sixth of decode + apply (BENCHMARKS.md, "Decode + apply").
+#[inline]
+fn text_order(left: &[u8], right: &[u8]) -> std::cmp::Ordering {
+    let mut left_words = left.chunks_exact(8);
+    let mut right_words = right.chunks_exact(8);
+    for (l, r) in (&mut left_words).zip(&mut right_words) {
+        // Big-endian, so that comparing the words compares their bytes in order.
+        let (l, r) = (word(l), word(r));
+        if l != r {
+            return l.cmp(&r);
+        }
+    }
+    let at = left.len().min(right.len()) / 8 * 8;
+    for (l, r) in left[at..].iter().zip(&right[at..]) {
+        if l != r {
+            return l.cmp(r);
+        }
+    }
+    left.len().cmp(&right.len())
+}
+
+#[inline]
+fn word(bytes: &[u8]) -> u64 {
+    let mut word = [0; 8];
+    word.copy_from_slice(bytes);
+    u64::from_be_bytes(word)
+}
+
 impl<S: AsRef<str>> FromIterator<(S, i64)> for Cell {
     /// Adds up the rows of a value given more than once.
     fn from_iter<I: IntoIterator<Item = (S, i64)>>(iter: I) -> Self {
@@ -84,7 +116,7 @@ impl<S: AsRef<str>> FromIterator<(S, i64)> for Cell {
             // Stored cells come in order: appending them skips a search per value, which was
             // most of reading back a product's viewers.
             match cell.0.last() {
-                Some((last, _)) if last.as_ref() >= value => {
+                Some((last, _)) if last.as_str() >= value => {
                     cell.add(value, count);
                 }
                 _ => cell.0.push((value.into(), count)),
@@ -316,6 +348,18 @@ mod tests {
     use super::*;
 
     proptest! {
+        /// Comparing by words orders texts as `str` does, across word boundaries and prefixes.
+        #[test]
+        fn texts_compare_as_str_does(
+            stem in "[a-z0-9-]{0,20}",
+            left in "\\PC{0,20}",
+            right in "\\PC{0,20}",
+        ) {
+            let (left, right) = (format!("{stem}{left}"), format!("{stem}{right}"));
+            prop_assert_eq!(text_order(left.as_bytes(), right.as_bytes()), left.cmp(&right));
+            prop_assert_eq!(text_order(stem.as_bytes(), right.as_bytes()), stem.as_str().cmp(&right));
+        }
+
         /// A cell counts as the map it replaced: any adds and removes leave the same counts,
         /// in the same order, and write the same JSON (so shares written before read back).
         #[test]
