@@ -145,8 +145,9 @@ impl<'de> Deserialize<'de> for Cell {
 pub struct Fact {
     #[serde(rename = "t")]
     pub at_us: i64,
+    /// Inline when short (a product id, a category): no allocation per fact.
     #[serde(rename = "v")]
-    pub value: String,
+    pub value: CompactString,
 }
 
 /// What one feature keeps of one entity: counts per time bucket, or rows (see

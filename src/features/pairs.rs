@@ -166,7 +166,7 @@ pub fn apply_to_session(
             if let Some(next) = next {
                 push_pair(&mut deltas, feature, node, next, 1);
             }
-            session.insert_fact(key.to_string(), Fact { at_us, value: product.to_string() });
+            session.insert_fact(key.to_string(), Fact { at_us, value: product.into() });
         }
         prune_session(session, horizon);
         if session.facts.is_empty() && session.buckets.is_empty() {

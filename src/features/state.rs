@@ -95,14 +95,16 @@ impl EntityState {
     pub fn approx_bytes(&self) -> usize {
         const FACT: usize = 96;
         const BUCKET: usize = 56;
-        // A cell's value and count; values of up to 24 bytes are kept inline (`CompactString`).
+        // A cell's value and count. Values of cells and facts are kept inline (`CompactString`)
+        // up to 24 bytes.
         const CELL_VALUE: usize = 32;
         let heap_text = |text: &str| if text.len() > 24 { text.len() } else { 0 };
         let features: usize = self
             .features
             .values()
             .map(|f| {
-                let facts = f.facts.iter().map(|(key, fact)| FACT + key.len() + fact.value.len());
+                let facts =
+                    f.facts.iter().map(|(key, fact)| FACT + key.len() + heap_text(&fact.value));
                 let cells = f.buckets.values().map(|cell| {
                     BUCKET
                         + cell.iter().map(|(value, _)| CELL_VALUE + heap_text(value)).sum::<usize>()
@@ -385,7 +387,7 @@ fn add(
             state.buckets.entry(bucket).or_default().add(&value, 1);
         }
         Storage::Facts | Storage::Current => {
-            state.insert_fact(row.key.clone(), Fact { at_us, value: value.into_owned() });
+            state.insert_fact(row.key.clone(), Fact { at_us, value: value.into() });
         }
         Storage::Derived | Storage::Pairs => {}
     }

@@ -42,10 +42,8 @@ fn state_of(
         state.buckets.entry(bucket).or_default().add(VALUES[*value], *count);
     }
     for (key, secs, value) in facts {
-        let fact = Fact {
-            at_us: micros(t0() + TimeDelta::seconds(*secs)),
-            value: VALUES[*value].to_string(),
-        };
+        let fact =
+            Fact { at_us: micros(t0() + TimeDelta::seconds(*secs)), value: VALUES[*value].into() };
         state.facts.insert(format!("r{key}"), fact);
     }
     state

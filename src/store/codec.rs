@@ -213,7 +213,7 @@ fn decode_v1(bytes: &[u8]) -> Result<EntityState, CodecError> {
                 WireKey::Text(place) => text(*place)?.to_string(),
             };
             let at_us = feature.facts_since_us.saturating_add_unsigned(*since);
-            decoded.facts.insert(key, Fact { at_us, value: text(*value)?.to_string() });
+            decoded.facts.insert(key, Fact { at_us, value: text(*value)?.into() });
         }
         features.insert_named(text(feature.name)?, decoded);
     }
@@ -248,7 +248,8 @@ mod tests {
         let value = prop_oneof!["", "p[0-9]{1,3}", ".{0,12}"];
         let cell = prop::collection::btree_map(value.clone(), any::<i64>(), 0..4);
         let buckets = prop::collection::btree_map(any::<i64>(), cell, 0..6);
-        let fact = (any::<i64>(), value).prop_map(|(at_us, value)| Fact { at_us, value });
+        let fact =
+            (any::<i64>(), value).prop_map(|(at_us, value)| Fact { at_us, value: value.into() });
         let facts = prop::collection::btree_map(row_key(), fact, 0..8);
         (buckets, facts).prop_map(|(buckets, facts)| {
             let buckets = buckets.into_iter().map(|(at, cell)| (at, cell.into_iter().collect()));
