@@ -218,7 +218,7 @@ async fn paused_partitions_resume_without_skipping_or_repeating() {
         persona.wait_for_features_within(user, &expected, CATCH_UP).await;
     }
     // Everything is read: a message applied twice would show now.
-    persona.wait_caught_up(CAPTURE_PARTITIONS, CATCH_UP).await;
+    persona.wait_caught_up(capture::TOPIC_PARTITIONS, CATCH_UP).await;
     for user in &users {
         let body = persona.features(user).await;
         for (name, value) in &expected {
@@ -266,9 +266,6 @@ async fn a_partition_paused_when_revoked_is_fetched_when_assigned_again() {
         first.wait_for_features_within(user, &expected, CATCH_UP).await;
     }
 }
-
-/// Partitions of a capture's topics, which persona reads (`Capture::persona_env`).
-const CAPTURE_PARTITIONS: usize = capture::TABLES.len() * capture::PARTITIONS as usize;
 
 /// Four new users of `capture` with `per_user` clicks each, written one by one. The tests that
 /// read them back as a new group's history read the capture's topics, which hold nothing else:

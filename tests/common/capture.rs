@@ -16,6 +16,8 @@ use super::{DEADLINE, env};
 
 pub const PARTITIONS: i32 = 4;
 pub const TABLES: [&str; 3] = ["user_activity", "cart_items", "orders"];
+/// Partitions of a capture's topics, all of which persona reads (`Capture::persona_env`).
+pub const TOPIC_PARTITIONS: usize = TABLES.len() * PARTITIONS as usize;
 
 pub fn hex() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
