@@ -4,9 +4,9 @@
 //! The messages are Debezium envelopes as the connector writes them, for the writes the
 //! simulator's model makes (`persona simulate`): activity rows of 1,000 users over 200 products,
 //! and the cart rows of their add-to-carts, 0.5 ms apart (2,000 changes/s). Each is decoded
-//! (`cdc::envelope::decode`, `cdc::change::source_change`) and applied to every feature of the
+//! (`decode::envelope::decode`, `decode::change::source_change`) and applied to every feature of the
 //! shipped definitions, users first and then products with the co-occurrence pairs the users'
-//! changes imply, as `cdc::Applier` does between its Redis round trips.
+//! changes imply, as `engine::Applier` does between its Redis round trips.
 //!
 //! ```sh
 //! cargo bench --bench ingest

@@ -18,10 +18,11 @@ use cli::{Cli, Command, ConnectorCommand, DlqCommand, SourcesCommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use persona::cdc::{Dimension, Ingest, OwnedBudget, Replay, dimension_topics};
+use persona::cdc::{Dimension, Ingest, Replay, dimension_topics};
 use persona::config::Config;
 use persona::connect::{self, ConnectClient};
 use persona::dlq::DeadLetters;
+use persona::engine::OwnedBudget;
 use persona::features::{FeatureSet, ProductCatalog};
 use persona::ops::OpsView;
 use persona::recommend::Recommender;

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use common::{env, legacy_db, unique};
-use persona::cdc::envelope::{self, CdcMessage, Op};
-use persona::cdc::{change, rows};
+use persona::decode::envelope::{self, CdcMessage, Op};
+use persona::decode::{change, rows};
 use persona::features::{FeatureSet, Product, Scalar};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};

@@ -1,4 +1,4 @@
-//! The shares a partition owner keeps between batches (`cdc::owned`), against a real Redis of the
+//! The shares a partition owner keeps between batches (`engine::owned`), against a real Redis of the
 //! test's own: batches applied with them write exactly what batches reading every share from
 //! Redis write, and nothing kept outlives a switch of state generation.
 
@@ -6,8 +6,8 @@ mod common;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use common::{OwnRedis, free_port, unique};
-use persona::cdc::{Applier, OwnedBudget, OwnedStates};
 use persona::config::{CacheConfig, RedisConfig, Sensitive};
+use persona::engine::{Applier, OwnedBudget, OwnedStates};
 use persona::features::{EntityState, FeatureSet};
 use persona::store::{EntityRef, FeatureStore};
 use rdkafka::Timestamp;

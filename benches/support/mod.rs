@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use persona::cdc::change::source_change;
-use persona::cdc::envelope::{CdcMessage, decode};
+use persona::decode::change::source_change;
+use persona::decode::envelope::{CdcMessage, decode};
 use persona::features::{Entity, EntityState, FeatureSet, apply_with_pairs, entity_of};
 use persona::simulate::model::{Action, Shoppers, catalog};
 

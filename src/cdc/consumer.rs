@@ -32,10 +32,10 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use super::context::{IngestContext, PartitionKey, commit_stored};
-use super::owned::OwnedBudget;
 use super::restart::Restarts;
 use crate::config::KafkaConfig;
 use crate::dlq::DeadLetters;
+use crate::engine::OwnedBudget;
 use crate::features::FeatureSet;
 use crate::store::FeatureStore;
 use crate::telemetry;

@@ -24,9 +24,9 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 
 use super::consumer::{IngestError, client_config};
-use super::envelope::{self, CdcMessage, Op};
-use super::rows;
 use crate::config::KafkaConfig;
+use crate::decode::envelope::{self, CdcMessage, Op};
+use crate::decode::rows;
 use crate::features::{DimensionSchema, FeatureSet, ProductCatalog};
 use crate::telemetry;
 

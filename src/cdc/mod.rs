@@ -1,11 +1,15 @@
-//! Change data capture ingest: consumes Debezium's topics, decodes change events, applies them to
-//! feature state and writes that state to the store — at least once, idempotently.
+//! The Kafka source of ingest: consumes Debezium's topics in a consumer group, hands each
+//! partition's messages in offset order to a worker, and stores an offset only once the batch
+//! holding it is durable — at least once, idempotently. What a batch does is the engine's
+//! ([`crate::engine`]); decoding a message is [`crate::decode`]'s; writing is [`crate::store`]'s.
 //!
 //! ```text
-//! poll thread (BaseConsumer::poll, rebalance callbacks)
-//!   └─ per (topic, partition): bounded queue → worker task
-//!        batch → decode → shares (kept in memory, else Redis) → features::apply
-//!              → store (one Redis script, then L1) → keep the shares → store offset
+//! poll thread (BaseConsumer::poll, rebalance callbacks)                      cdc
+//!   └─ per (topic, partition): bounded queue → worker task                   cdc
+//!        batch → decode                                                      decode
+//!              → shares (kept in memory, else Redis) → features::apply       engine
+//!              → store (one Redis script, then L1) → keep the shares         engine → store
+//!              → store offset                                                cdc
 //! ```
 //!
 //! Delivery guarantees:
@@ -26,24 +30,11 @@
 //! - The products topic is not part of the group: [`Dimension`] reads all of it on every
 //!   instance into the in-memory catalog features join through.
 
-mod apply;
-pub mod change;
 mod consumer;
 mod context;
 mod dimension;
-pub mod envelope;
-#[cfg(debug_assertions)]
-mod hooks;
-mod owned;
 mod partition;
 mod restart;
-pub mod rows;
-mod runs;
-#[cfg(test)]
-mod tests_decode;
-mod truncate;
 
-pub use apply::{Applier, BatchStats};
 pub use consumer::{BrokerProbe, Ingest, IngestError, Replay, Replayer, client_config};
 pub use dimension::{Dimension, dimension_topics};
-pub use owned::{OwnedBudget, OwnedStates};

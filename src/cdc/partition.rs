@@ -14,10 +14,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::apply::Applier;
 use super::context::{ExitReason, IngestContext, WorkerExit};
-use super::owned::OwnedStates;
 use crate::dlq::DeadLetters;
+use crate::engine::Applier;
+use crate::engine::OwnedStates;
 use crate::features::{FeatureSet, Truncation};
 use crate::store::{FeatureStore, Fence, StoreError};
 use crate::telemetry;
@@ -89,7 +89,7 @@ impl PartitionWorker {
                 last_offset
             );
             #[cfg(debug_assertions)]
-            super::hooks::injected_panic(&batch);
+            crate::engine::hooks::injected_panic(&batch);
             let outcome = loop {
                 let applier = self.applier(&fence);
                 let applied = applier
@@ -168,7 +168,7 @@ impl PartitionWorker {
         }
     }
 
-    /// The TRUNCATE of this partition's table that it ran past, if any (see `cdc::truncate`).
+    /// The TRUNCATE of this partition's table that it ran past, if any (see `engine::truncate`).
     async fn missed_truncate(&self, fence: &Fence) -> Option<(String, Truncation)> {
         // Marks and streams are named by the declared source, which need not be the table's name.
         let source = self.features.source_of_topic(&self.topic)?.name.name();

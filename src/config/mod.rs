@@ -148,7 +148,7 @@ pub struct CacheConfig {
     /// Upper bound of the in-process L1 cache, in bytes of serialized state.
     pub max_bytes: u64,
     /// Memory, across all partitions an instance owns, for the states ingest keeps between
-    /// batches (`cdc::owned`): a share kept is not read from Redis again. `0` keeps none, and
+    /// batches (`engine::owned`): a share kept is not read from Redis again. `0` keeps none, and
     /// every batch reads and decodes its shares from Redis.
     pub ingest_max_bytes: u64,
     /// The same for `persona rebuild`, the only writer of the generation it builds.

@@ -13,8 +13,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::topic_partition_list::TopicPartitionList;
 
-use crate::cdc::{Applier, BatchStats, OwnedBudget, OwnedStates};
 use crate::config::KafkaConfig;
+use crate::engine::{Applier, BatchStats, OwnedBudget, OwnedStates};
 use crate::features::{FeatureSet, Truncation};
 use crate::store::{FeatureStore, StoreError, generation};
 use crate::telemetry;
@@ -102,7 +102,7 @@ struct Replayed<'a> {
 impl Replayed<'_> {
     /// Applies the partitions' batches side by side, one task each (the partitions' shares are
     /// apart, as between the partition workers of a live ingest). A partition that ran past a
-    /// TRUNCATE delivered on another partition (see `cdc::truncate`) is sought back to its start
+    /// TRUNCATE delivered on another partition (see `engine::truncate`) is sought back to its start
     /// and read again, from the states in Redis.
     async fn apply(
         &mut self,

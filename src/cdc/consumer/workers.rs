@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{FENCED_RECHECK, PollLoop, SEEK_TIMEOUT};
 use crate::cdc::context::{ExitReason, PartitionKey, PartitionSlot, WorkerExit};
-use crate::cdc::owned::OwnedStates;
 use crate::cdc::partition::PartitionWorker;
 use crate::cdc::restart::backoff;
+use crate::engine::OwnedStates;
 use crate::telemetry;
 
 impl PollLoop {

@@ -52,7 +52,7 @@ pub(super) async fn injected_truncate_hold(changes: &[SourceChange]) {
 
 /// Test-only hook, compiled into debug builds alone: the first batch (in this process) holding
 /// a message that contains `PERSONA_TEST_PANIC_ON` panics, as a bug in decode or apply would.
-pub(super) fn injected_panic(batch: &[OwnedMessage]) {
+pub(crate) fn injected_panic(batch: &[OwnedMessage]) {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicBool, Ordering};
     static MARKER: OnceLock<Option<String>> = OnceLock::new();

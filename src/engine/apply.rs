@@ -8,11 +8,11 @@ use std::time::Duration;
 use chrono::Utc;
 use rdkafka::message::{Message, OwnedMessage};
 
-use super::change;
-use super::envelope::{self, CdcMessage};
 use super::owned::{self, OwnedStates};
 use super::runs;
 use super::truncate;
+use crate::decode::change;
+use crate::decode::envelope::{self, CdcMessage};
 use crate::dlq::{self, DeadLetters, Failure};
 use crate::features::overlap::{self, Overlap};
 use crate::features::{self, Entity, EntityState, FeatureSet, SourceChange, Truncation};
