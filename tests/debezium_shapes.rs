@@ -111,7 +111,7 @@ async fn activity_deletes_keep_their_user_and_are_followed_by_a_tombstone() {
         change::source_change(&REFERENCE, &change(&messages[0])).expect("decodes").expect("row");
     let row = created.after.expect("after image");
     assert_eq!(row.text("user_id"), Some(user.as_str()));
-    assert_eq!(row.key, id.to_string());
+    assert_eq!(row.key.to_string(), id.to_string());
 
     // REPLICA IDENTITY FULL: the delete's before image still names the user.
     let deleted = change(&messages[1]);

@@ -95,7 +95,7 @@ async fn a_batch_spanning_every_primary_is_written_with_its_marks_and_read_back(
         ..TableMarks::default()
     };
     let overlap = OverlapWrites {
-        rows: vec![("row-1".to_string(), Some(7))],
+        rows: vec![("row-1".into(), Some(7))],
         overlapped: vec![Position(45, 45, 1)],
         ..OverlapWrites::default()
     };
@@ -119,9 +119,9 @@ async fn a_batch_spanning_every_primary_is_written_with_its_marks_and_read_back(
         .expect("load");
     assert_eq!(loaded.states.len(), 2);
     assert_eq!(loaded.marks.highs.get(STREAM), Some(&high));
-    let wanted = Wanted { rows: vec!["row-1".to_string()], positions: vec![Position(45, 45, 1)] };
+    let wanted = Wanted { rows: vec!["row-1".into()], positions: vec![Position(45, 45, 1)] };
     let known = reader.load_overlap(STREAM, &wanted).await.expect("load overlap");
-    assert_eq!(known.rows.get("row-1"), Some(&7));
+    assert_eq!(known.rows.get(&"row-1".into()), Some(&7));
     assert!(known.overlapped.contains(&Position(45, 45, 1)));
 }
 

@@ -346,7 +346,7 @@ async fn a_streams_snapshot_overlap_round_trips_and_clears() {
     let wanted =
         Wanted { rows: vec!["41".into(), "42".into(), "43".into()], positions: vec![p1, p2] };
     let known = writer.load_overlap(&stream, &wanted).await.expect("load overlap");
-    assert_eq!(known.rows, [("41".to_string(), u64::MAX), ("42".to_string(), 7)].into());
+    assert_eq!(known.rows, [("41".into(), u64::MAX), ("42".into(), 7)].into());
     assert_eq!(known.overlapped, [p1].into());
 
     // Forgetting a row, then a new run: memory and verdicts start over.
@@ -356,7 +356,7 @@ async fn a_streams_snapshot_overlap_round_trips_and_clears() {
         .await
         .expect("write");
     let known = writer.load_overlap(&stream, &wanted).await.expect("load overlap");
-    assert_eq!(known.rows, [("42".to_string(), 7)].into());
+    assert_eq!(known.rows, [("42".into(), 7)].into());
     let anew = OverlapWrites {
         clear_rows: true,
         clear_overlapped: true,
@@ -368,7 +368,7 @@ async fn a_streams_snapshot_overlap_round_trips_and_clears() {
         .await
         .expect("write");
     let known = writer.load_overlap(&stream, &wanted).await.expect("load overlap");
-    assert_eq!(known.rows, [("43".to_string(), 1)].into());
+    assert_eq!(known.rows, [("43".into(), 1)].into());
     assert!(known.overlapped.is_empty());
     // Other streams' memory is their own.
     let other = writer.load_overlap("orders/2", &wanted).await.expect("load overlap");

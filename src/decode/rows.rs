@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 
 use super::envelope::{DecodeError, Row};
 use crate::features::source::{ColumnType, ElementType};
-use crate::features::{DimensionSchema, Product, Scalar, SourceRow, SourceSchema};
+use crate::features::{DimensionSchema, Product, RowKey, Scalar, SourceRow, SourceSchema};
 
 /// What Debezium sends for an unchanged TOASTed column (its `unavailable.value.placeholder`).
 pub const UNAVAILABLE: &str = "__debezium_unavailable_value";
@@ -246,7 +246,11 @@ pub fn source_row(
         _ => committed_at,
     }
     .ok_or(DecodeError::MissingField("source.ts_ms"))?;
-    Ok(SourceRow { key: key_parts.join("/"), columns, ids, time })
+    let key = match key_parts.as_slice() {
+        [single] => RowKey::new(single),
+        parts => RowKey::new(&parts.join("/")),
+    };
+    Ok(SourceRow { key, columns, ids, time })
 }
 
 /// A row image of the dimension. `previous` is the same row as persona holds it, for unchanged

@@ -17,6 +17,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::intern::intern;
+use super::row_key::RowKey;
 
 /// One time bucket: stored value → number of rows, in the order of the values.
 ///
@@ -157,7 +158,7 @@ pub struct FeatureState {
     #[serde(rename = "b", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub buckets: BTreeMap<i64, Cell>,
     #[serde(rename = "f", default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub facts: BTreeMap<String, Fact>,
+    pub facts: BTreeMap<RowKey, Fact>,
     #[serde(skip)]
     oldest_fact: OldestFact,
 }
@@ -177,7 +178,7 @@ impl PartialEq for OldestFact {
 impl Eq for OldestFact {}
 
 impl FeatureState {
-    pub fn new(buckets: BTreeMap<i64, Cell>, facts: BTreeMap<String, Fact>) -> Self {
+    pub fn new(buckets: BTreeMap<i64, Cell>, facts: BTreeMap<RowKey, Fact>) -> Self {
         Self { buckets, facts, oldest_fact: OldestFact::default() }
     }
 
@@ -186,7 +187,7 @@ impl FeatureState {
     }
 
     /// Keeps `fact` as the row `key`'s (replacing what the row had).
-    pub(super) fn insert_fact(&mut self, key: String, fact: Fact) {
+    pub(super) fn insert_fact(&mut self, key: RowKey, fact: Fact) {
         if let Some(oldest) = &mut self.oldest_fact.0 {
             *oldest = (*oldest).min(fact.at_us);
         }
@@ -426,12 +427,12 @@ mod tests {
                 match step {
                     FactStep::Insert(key, at) => {
                         let fact = Fact { at_us: *at, value: "v".into() };
-                        tracked.insert_fact(format!("r{key}"), fact.clone());
-                        walked.facts.insert(format!("r{key}"), fact);
+                        tracked.insert_fact(format!("r{key}").into(), fact.clone());
+                        walked.facts.insert(format!("r{key}").into(), fact);
                     }
                     FactStep::Remove(key) => {
-                        tracked.facts.remove(&format!("r{key}"));
-                        walked.facts.remove(&format!("r{key}"));
+                        tracked.facts.remove(&format!("r{key}").into());
+                        walked.facts.remove(&format!("r{key}").into());
                     }
                     FactStep::Prune(horizon) => {
                         tracked.retain_facts_since(|at| at >= *horizon);

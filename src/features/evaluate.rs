@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use super::catalog::Catalog;
 use super::definition::{Aggregation, Entity, Feature, FeatureSet, ValueExpr};
 use super::expiry::DecayParts;
+use super::row_key::RowKey;
 use super::source::Scalar;
 use super::state::{EntityState, Fact, FeatureState, stored_number};
 
@@ -243,15 +244,14 @@ fn window_facts<'a>(
     feature: &Feature,
     state: &'a FeatureState,
     at_us: i64,
-) -> Vec<(&'a str, &'a Fact)> {
-    let mut facts: Vec<(&str, &Fact)> = state
+) -> Vec<(&'a RowKey, &'a Fact)> {
+    let mut facts: Vec<(&RowKey, &Fact)> = state
         .facts
         .iter()
         .filter(|(_, fact)| match feature.window {
             Some(window) => window.contains(at_us, fact.at_us),
             None => fact.at_us <= at_us,
         })
-        .map(|(key, fact)| (key.as_str(), fact))
         .collect();
     facts.sort_by(|a, b| (b.1.at_us, b.0).cmp(&(a.1.at_us, a.0)));
     facts

@@ -21,6 +21,7 @@ mod intern;
 pub mod overlap;
 mod pairs;
 mod retention;
+mod row_key;
 pub mod source;
 mod state;
 
@@ -35,6 +36,7 @@ pub use evaluate::{
 };
 pub use expiry::{DecayParts, next_change};
 pub use pairs::{PairDelta, SESSION_FACTS_MAX};
+pub use row_key::{KeyForm, RowKey};
 pub use source::{
     ColumnType, High, Position, RunStart, Scalar, SnapshotRead, SnapshotRun, SourceChange,
     SourceRow, SourceSchema, SourceTable, Truncation,

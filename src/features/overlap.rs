@@ -27,6 +27,7 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
+use super::row_key::RowKey;
 use super::source::{Position, Scalar, SnapshotRun, SourceChange, SourceRow};
 
 /// How far Postgres's clock (commit times) may run ahead of Kafka Connect's (when Debezium
@@ -100,7 +101,7 @@ pub fn image_hash(row: &SourceRow) -> u64 {
 /// positions were overlapped when first decided.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Wanted {
-    pub rows: Vec<String>,
+    pub rows: Vec<RowKey>,
     pub positions: Vec<Position>,
 }
 
@@ -108,7 +109,7 @@ pub struct Wanted {
 #[derive(Debug, Default)]
 pub struct Known {
     /// Remembered images, by row key (rows not remembered are absent).
-    pub rows: HashMap<String, u64>,
+    pub rows: HashMap<RowKey, u64>,
     /// The positions among those asked for that were overlapped.
     pub overlapped: HashSet<Position>,
 }
@@ -124,7 +125,7 @@ pub struct OverlapWrites {
     /// Forget the overlapped positions before `overlapped` (a new run).
     pub clear_overlapped: bool,
     /// Row memory to set (`Some`) or forget (`None`), by row key.
-    pub rows: Vec<(String, Option<u64>)>,
+    pub rows: Vec<(RowKey, Option<u64>)>,
     pub overlapped: Vec<Position>,
 }
 
@@ -189,7 +190,7 @@ pub fn decide(overlap: &mut Overlap, known: &Known, changes: &mut [SourceChange]
     let mut writes = OverlapWrites::default();
     let before = overlap.clone();
     // Memory as of this batch: what it set over what was loaded (unless cleared since).
-    let mut memory: HashMap<String, Option<u64>> = HashMap::new();
+    let mut memory: HashMap<RowKey, Option<u64>> = HashMap::new();
     let mut loaded_valid = true;
     for change in changes.iter_mut() {
         let Some(start) = change.run else { continue };
@@ -267,7 +268,7 @@ pub fn decide(overlap: &mut Overlap, known: &Known, changes: &mut [SourceChange]
             memory.clear();
             continue;
         }
-        let remembered = |key: &str, memory: &HashMap<String, Option<u64>>| match memory.get(key) {
+        let remembered = |key: &RowKey, memory: &HashMap<RowKey, Option<u64>>| match memory.get(key) {
             Some(image) => *image,
             None if loaded_valid => known.rows.get(key).copied(),
             None => None,

@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 
 use super::definition::{Feature, FeatureSet};
+use super::row_key::RowKey;
 use super::source::{SourceChange, SourceRow};
 use super::state::{EntityState, Fact, FeatureState, entity_of, passes};
 
@@ -37,7 +38,7 @@ pub struct PairDelta {
 }
 
 /// A row of a user's session: (event time, row key) orders them.
-type Node<'a> = ((i64, &'a str), &'a str);
+type Node<'a> = ((i64, &'a RowKey), &'a str);
 
 fn session_us(feature: &Feature) -> i64 {
     feature.session.map_or(0, |s| i64::try_from(s.as_micros()).unwrap_or(i64::MAX))
@@ -75,8 +76,8 @@ fn push_pair(
 
 /// The neighbours `(t, key)` would have among `facts` (excluding its own key).
 fn neighbours<'a>(
-    facts: &'a BTreeMap<String, Fact>,
-    at: (i64, &str),
+    facts: &'a BTreeMap<RowKey, Fact>,
+    at: (i64, &RowKey),
 ) -> (Option<Node<'a>>, Option<Node<'a>>) {
     let mut before: Option<Node<'a>> = None;
     let mut after: Option<Node<'a>> = None;
@@ -86,7 +87,7 @@ fn neighbours<'a>(
         if own.is_some_and(|own| std::ptr::eq(own, key)) {
             continue;
         }
-        let node: Node<'a> = ((fact.at_us, key.as_str()), fact.value.as_str());
+        let node: Node<'a> = ((fact.at_us, key), fact.value.as_str());
         if node.0 < at {
             if before.is_none_or(|b| node.0 > b.0) {
                 before = Some(node);
@@ -105,7 +106,7 @@ fn member<'a>(
     row: Option<&'a SourceRow>,
     user_id: &str,
     horizon: i64,
-) -> Option<(&'a str, i64, &'a str)> {
+) -> Option<(&'a RowKey, i64, &'a str)> {
     let row = row?;
     if entity_of(row, set.shopper) != Some(user_id) || !passes(feature, row) {
         return None;
@@ -113,7 +114,7 @@ fn member<'a>(
     let product = entity_of(row, set.item)?;
     let at_us = row.time.timestamp_micros();
     (at_us >= horizon.saturating_add(session_us(feature))).then_some((
-        row.key.as_str(),
+        &row.key,
         at_us,
         product,
     ))
@@ -166,7 +167,7 @@ pub fn apply_to_session(
             if let Some(next) = next {
                 push_pair(&mut deltas, feature, node, next, 1);
             }
-            session.insert_fact(key.to_string(), Fact { at_us, value: product.into() });
+            session.insert_fact(key.clone(), Fact { at_us, value: product.into() });
         }
         prune_session(session, horizon);
         if session.facts.is_empty() && session.buckets.is_empty() {
@@ -179,7 +180,7 @@ pub fn apply_to_session(
 fn prune_session(session: &mut FeatureState, horizon: i64) {
     session.retain_facts_since(|at_us| at_us >= horizon);
     if session.facts.len() > SESSION_FACTS_MAX {
-        let mut times: Vec<(i64, String)> =
+        let mut times: Vec<(i64, RowKey)> =
             session.facts.iter().map(|(key, fact)| (fact.at_us, key.clone())).collect();
         times.sort_unstable();
         let excess = times.len() - SESSION_FACTS_MAX;

@@ -8,6 +8,7 @@ use foldhash::fast::FixedState;
 
 use super::by_feature::FeatureState;
 use super::definition::{BUCKETS_PER_WINDOW, Feature, Storage};
+use super::row_key::RowKey;
 
 /// Facts kept beyond what an unwindowed `last`/`last_n`/`intervals` reports, so that deleting
 /// the newest rows falls back to older ones. Deleting more than this many of a user's newest
@@ -84,12 +85,12 @@ fn prune_last_n(state: &mut FeatureState, keep_values: usize) {
     if state.facts.len() <= keep_values.min(FACTS_PER_VALUE) {
         return;
     }
-    type At<'a> = (i64, &'a str);
+    type At<'a> = (i64, &'a RowKey);
     loop {
         // Per value: how many facts, the newest and the oldest.
         let mut values: HashMap<&str, (usize, At<'_>, At<'_>), FixedState> = HashMap::default();
         for (key, fact) in &state.facts {
-            let at = (fact.at_us, key.as_str());
+            let at = (fact.at_us, key);
             values
                 .entry(fact.value.as_str())
                 .and_modify(|(count, newest, oldest)| {
@@ -100,8 +101,8 @@ fn prune_last_n(state: &mut FeatureState, keep_values: usize) {
                 .or_insert((1, at, at));
         }
         let crowded = values.values().find(|(count, ..)| *count > FACTS_PER_VALUE);
-        let gone: Vec<String> = match crowded {
-            Some((_, _, oldest)) => vec![oldest.1.to_string()],
+        let gone: Vec<RowKey> = match crowded {
+            Some((_, _, oldest)) => vec![oldest.1.clone()],
             None if values.len() > keep_values => {
                 let stalest = values.iter().min_by_key(|(_, (_, newest, _))| *newest);
                 let Some((stalest, _)) = stalest else { return };

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use ustr::Ustr;
 
 use super::entity::Entity;
+use super::row_key::RowKey;
 pub use super::intern::intern;
 
 /// A declared source: a table whose changes feed features, by the name the definitions give it
@@ -236,7 +237,7 @@ impl Scalar {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceRow {
     /// Primary key, joined with `/`: identifies the row across its updates.
-    pub key: String,
+    pub key: RowKey,
     pub columns: BTreeMap<&'static str, Scalar>,
     /// The ids of the entities the row belongs to (see [`SourceSchema::entities`]), as text.
     pub ids: Vec<(Entity, String)>,
@@ -269,7 +270,7 @@ impl SourceRow {
                 Some((entity, columns.get(column)?.as_key()?.into_owned()))
             })
             .collect();
-        Self { key, columns, ids, time }
+        Self { key: RowKey::new(&key), columns, ids, time }
     }
 
     /// The id of the `entity` the row belongs to; `None` where the row names none.

@@ -104,7 +104,7 @@ impl EntityState {
             .values()
             .map(|f| {
                 let facts =
-                    f.facts.iter().map(|(key, fact)| FACT + key.len() + heap_text(&fact.value));
+                    f.facts.iter().map(|(key, fact)| FACT + key.heap_bytes() + heap_text(&fact.value));
                 let cells = f.buckets.values().map(|cell| {
                     BUCKET
                         + cell.iter().map(|(value, _)| CELL_VALUE + heap_text(value)).sum::<usize>()

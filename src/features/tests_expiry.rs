@@ -44,7 +44,7 @@ fn state_of(
     for (key, secs, value) in facts {
         let fact =
             Fact { at_us: micros(t0() + TimeDelta::seconds(*secs)), value: VALUES[*value].into() };
-        state.facts.insert(format!("r{key}"), fact);
+        state.facts.insert(format!("r{key}").into(), fact);
     }
     state
 }

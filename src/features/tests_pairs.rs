@@ -125,13 +125,13 @@ fn recompute(rows: &[SourceRow]) -> BTreeMap<String, Value> {
     let session_us = 120 * 1_000_000;
     let mut counts: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
     for user in USERS {
-        let mut views: Vec<(i64, &str, &str)> = rows
+        let mut views: Vec<(i64, &RowKey, &str)> = rows
             .iter()
             .filter(|r| {
                 r.text("user_id") == Some(user) && r.text("activity_type") == Some("VIEW_PRODUCT")
             })
             .map(|r| {
-                (r.time.timestamp_micros(), r.key.as_str(), r.text("product_id").unwrap_or(""))
+                (r.time.timestamp_micros(), &r.key, r.text("product_id").unwrap_or(""))
             })
             .collect();
         views.sort();

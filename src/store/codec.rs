@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::StateEncoding;
 use crate::features::{
-    Cell, EntityState, Fact, FeatureState, FeatureStates, Position, RunMark, SnapshotRun,
+    Cell, EntityState, Fact, FeatureState, FeatureStates, KeyForm, Position, RowKey, RunMark, SnapshotRun,
 };
 
 /// The layout written; bump it (and keep reading the older ones) whenever the wire form changes.
@@ -89,20 +89,6 @@ impl<'a> Texts<'a> {
     }
 }
 
-/// A UUID's bytes when `key` is one in the canonical text Postgres prints (lower-case hex,
-/// hyphenated), so that decoding gives back the same text; else `None`.
-fn uuid_bytes(key: &str) -> Option<[u8; 16]> {
-    let canonical = key.len() == 36
-        && key.bytes().enumerate().all(|(at, byte)| match at {
-            8 | 13 | 18 | 23 => byte == b'-',
-            _ => matches!(byte, b'0'..=b'9' | b'a'..=b'f'),
-        });
-    if !canonical {
-        return None;
-    }
-    uuid::Uuid::try_parse(key).ok().map(|uuid| *uuid.as_bytes())
-}
-
 /// The value written to Redis for `state`.
 pub fn encode_state(state: &EntityState) -> Vec<u8> {
     // Named field by field: a field added to the state does not compile here until the wire
@@ -145,9 +131,9 @@ fn encode_feature<'a>(
         .facts
         .iter()
         .map(|(key, fact)| {
-            let key = match uuid_bytes(key) {
-                Some(bytes) => WireKey::Uuid(bytes),
-                None => WireKey::Text(texts.place(key)),
+            let key = match key.form() {
+                KeyForm::Uuid(bytes) => WireKey::Uuid(*bytes),
+                KeyForm::Text(text) => WireKey::Text(texts.place(text)),
             };
             (key, fact.at_us.abs_diff(facts_since_us), texts.place(&fact.value))
         })
@@ -206,11 +192,8 @@ fn decode_v1(bytes: &[u8]) -> Result<EntityState, CodecError> {
         }
         for (key, since, value) in &feature.facts {
             let key = match key {
-                WireKey::Uuid(bytes) => {
-                    let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
-                    uuid::Uuid::from_bytes(*bytes).hyphenated().encode_lower(&mut text).to_string()
-                }
-                WireKey::Text(place) => text(*place)?.to_string(),
+                WireKey::Uuid(bytes) => RowKey::from_uuid(*bytes),
+                WireKey::Text(place) => RowKey::new(text(*place)?),
             };
             let at_us = feature.facts_since_us.saturating_add_unsigned(*since);
             decoded.facts.insert(key, Fact { at_us, value: text(*value)?.into() });
@@ -250,7 +233,7 @@ mod tests {
         let buckets = prop::collection::btree_map(any::<i64>(), cell, 0..6);
         let fact =
             (any::<i64>(), value).prop_map(|(at_us, value)| Fact { at_us, value: value.into() });
-        let facts = prop::collection::btree_map(row_key(), fact, 0..8);
+        let facts = prop::collection::btree_map(row_key().prop_map(RowKey::from), fact, 0..8);
         (buckets, facts).prop_map(|(buckets, facts)| {
             let buckets = buckets.into_iter().map(|(at, cell)| (at, cell.into_iter().collect()));
             FeatureState::new(buckets.collect(), facts)
@@ -314,7 +297,7 @@ mod tests {
         let mut views = FeatureState::default();
         for (at, key) in keys.iter().enumerate() {
             let fact = Fact { at_us: 1_700_000_000_000_000 + at as i64, value: "p1".into() };
-            views.facts.insert(key.to_string(), fact);
+            views.facts.insert(RowKey::new(key), fact);
         }
         let mut state = EntityState::default();
         state.features.insert_named("last_viewed_product", views);

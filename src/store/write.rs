@@ -19,7 +19,7 @@ use super::codec::{decode_state, encode_state_as};
 use super::marks::{TableMarks, decode_marks, high_field, overlap_field, truncate_field};
 use super::{CLEAR_ALL, FeatureStore, StateKey, StoreError, note_latency};
 use crate::features::overlap::{Known, OverlapWrites, Wanted};
-use crate::features::{EntityState, Position};
+use crate::features::{EntityState, Position, RowKey};
 use crate::telemetry;
 
 pub(super) static WRITE_STATES: LazyLock<Script> =
@@ -128,7 +128,7 @@ impl FeatureStore {
         let pipeline = self.redis.next().pipeline();
         if !wanted.rows.is_empty() {
             let _: () = pipeline
-                .hmget(self.overlap_rows_key(&namespace, stream), wanted.rows.clone())
+                .hmget(self.overlap_rows_key(&namespace, stream), row_fields(&wanted.rows))
                 .await?;
         }
         if !positions.is_empty() {
@@ -296,7 +296,7 @@ impl FeatureStore {
         let rows = writes.map_or(&[][..], |w| &w.rows[..]);
         args.push(rows.len().to_string());
         for (key, image) in rows {
-            args.extend([key.clone(), image.map(|image| image.to_string()).unwrap_or_default()]);
+            args.extend([key.to_string(), image.map(|image| image.to_string()).unwrap_or_default()]);
         }
         let overlapped = writes.map_or(&[][..], |w| &w.overlapped[..]);
         args.push(overlapped.len().to_string());
@@ -397,6 +397,11 @@ impl FeatureStore {
     fn overlapped_key(&self, namespace: &str, stream: &str) -> String {
         format!("{}:overlapped:{stream}", self.tagged(namespace))
     }
+}
+
+/// Row keys as the fields of a stream's row memory: their texts.
+fn row_fields(rows: &[RowKey]) -> Vec<String> {
+    rows.iter().map(RowKey::to_string).collect()
 }
 
 fn position_field(position: &Position) -> String {

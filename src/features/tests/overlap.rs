@@ -52,7 +52,7 @@ fn streamed_at(
 #[derive(Default)]
 struct Stored {
     overlap: Overlap,
-    rows: HashMap<String, u64>,
+    rows: HashMap<RowKey, u64>,
     overlapped: HashSet<Position>,
 }
 
@@ -178,7 +178,7 @@ fn history(steps: &[(usize, u8)]) -> Vec<Event> {
     events
 }
 
-fn table_after(events: &[Event]) -> BTreeMap<String, u64> {
+fn table_after(events: &[Event]) -> BTreeMap<RowKey, u64> {
     let mut table = BTreeMap::new();
     for (before, after) in events {
         if let Some(row) = before {
@@ -237,7 +237,7 @@ proptest! {
 
         let mut stored = Stored::default();
         let mut verdicts: BTreeMap<Position, bool> = BTreeMap::new();
-        let mut counted: BTreeMap<String, u64> = BTreeMap::new();
+        let mut counted: BTreeMap<RowKey, u64> = BTreeMap::new();
         let (mut from, mut cut) = (0, 0);
         while from < delivered.len() {
             let to = (from + cuts.get(cut).copied().unwrap_or(3)).min(delivered.len());
