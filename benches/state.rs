@@ -116,6 +116,7 @@ fn main() {
     let messages = minutes * 60 * per_second;
     let set = FeatureSet::load(None).expect("the shipped definitions");
     let spacing = TimeDelta::microseconds(1_000_000 / per_second as i64);
+    let heap_before = LIVE.load(Ordering::Relaxed);
     let mut states = States::new();
     let mut workload = Workload::new(users, 200, spacing);
     // Applied in chunks, each generated first, so the time is decode and apply only; the last
@@ -139,6 +140,15 @@ fn main() {
          {last:.0}/s over the last tenth",
         per_second as f64 / users as f64,
         messages as f64 / busy,
+    );
+    // What the states hold as ingest left them, spare capacity and the generator's own few
+    // bytes included; the figures per state below count a copy, which allocates exactly.
+    let live = LIVE.load(Ordering::Relaxed).saturating_sub(heap_before);
+    println!(
+        "live heap after applying: {:.1} MB, {:.0} bytes per entity ({} entities)",
+        live as f64 / 1e6,
+        live as f64 / states.len() as f64,
+        states.len(),
     );
     for entity in [set.shopper, set.item] {
         report(&set, &states, entity);

@@ -16,130 +16,9 @@ use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::buckets::Buckets;
 use super::intern::intern;
 use super::row_key::RowKey;
-
-/// One time bucket: stored value → number of rows, in the order of the values.
-///
-/// Most buckets hold one value (`""` for plain counts), and a user holds hundreds of buckets:
-/// a sorted vector takes one small allocation where a map took a whole node each (buckets were
-/// 80% of a user's memory; BENCHMARKS.md, "State per entity").
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Cell(Vec<(CompactString, i64)>);
-
-impl Cell {
-    fn place(&self, value: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(known, _)| text_order(known.as_bytes(), value.as_bytes()))
-    }
-
-    pub fn get(&self, value: &str) -> Option<i64> {
-        self.place(value).ok().map(|at| self.0[at].1)
-    }
-
-    pub fn get_mut(&mut self, value: &str) -> Option<&mut i64> {
-        self.place(value).ok().map(|at| &mut self.0[at].1)
-    }
-
-    /// Adds `delta` to the rows of `value` (from none when absent); the new count.
-    pub fn add(&mut self, value: &str, delta: i64) -> i64 {
-        match self.place(value) {
-            Ok(at) => {
-                self.0[at].1 += delta;
-                self.0[at].1
-            }
-            Err(at) => {
-                self.0.insert(at, (value.into(), delta));
-                delta
-            }
-        }
-    }
-
-    pub fn remove(&mut self, value: &str) {
-        if let Ok(at) = self.place(value) {
-            self.0.remove(at);
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Values and their rows, in the order of the values.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, i64)> {
-        self.0.iter().map(|(value, count)| (value.as_ref(), *count))
-    }
-
-    pub fn values(&self) -> impl Iterator<Item = i64> + '_ {
-        self.0.iter().map(|(_, count)| *count)
-    }
-}
-
-/// The order of `str`, compared eight bytes at a time. Values are short ids (`sim-u0042`, a
-/// product id, a UUID) searched for a dozen times per change; `str::cmp` called `memcmp` for
-/// each, and those calls were a sixth of decode + apply (BENCHMARKS.md, "Decode + apply").
-#[inline]
-fn text_order(left: &[u8], right: &[u8]) -> std::cmp::Ordering {
-    let mut left_words = left.chunks_exact(8);
-    let mut right_words = right.chunks_exact(8);
-    for (l, r) in (&mut left_words).zip(&mut right_words) {
-        // Big-endian, so that comparing the words compares their bytes in order.
-        let (l, r) = (word(l), word(r));
-        if l != r {
-            return l.cmp(&r);
-        }
-    }
-    let at = left.len().min(right.len()) / 8 * 8;
-    for (l, r) in left[at..].iter().zip(&right[at..]) {
-        if l != r {
-            return l.cmp(r);
-        }
-    }
-    left.len().cmp(&right.len())
-}
-
-#[inline]
-fn word(bytes: &[u8]) -> u64 {
-    let mut word = [0; 8];
-    word.copy_from_slice(bytes);
-    u64::from_be_bytes(word)
-}
-
-impl<S: AsRef<str>> FromIterator<(S, i64)> for Cell {
-    /// Adds up the rows of a value given more than once.
-    fn from_iter<I: IntoIterator<Item = (S, i64)>>(iter: I) -> Self {
-        let mut cell = Cell::default();
-        for (value, count) in iter {
-            let value = value.as_ref();
-            // Stored cells come in order: appending them skips a search per value, which was
-            // most of reading back a product's viewers.
-            match cell.0.last() {
-                Some((last, _)) if last.as_str() >= value => {
-                    cell.add(value, count);
-                }
-                _ => cell.0.push((value.into(), count)),
-            }
-        }
-        cell
-    }
-}
-
-/// As a map from value to rows, as the state's JSON form always wrote it.
-impl Serialize for Cell {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.iter())
-    }
-}
-
-impl<'de> Deserialize<'de> for Cell {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let map = BTreeMap::<std::borrow::Cow<'de, str>, i64>::deserialize(deserializer)?;
-        Ok(map.into_iter().collect())
-    }
-}
 
 /// A row kept by its key: its event time and stored value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,8 +34,8 @@ pub struct Fact {
 /// docs/FEATURES.md, "State layout").
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeatureState {
-    #[serde(rename = "b", default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub buckets: BTreeMap<i64, Cell>,
+    #[serde(rename = "b", default, skip_serializing_if = "Buckets::is_empty")]
+    pub buckets: Buckets,
     #[serde(rename = "f", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub facts: BTreeMap<RowKey, Fact>,
     #[serde(skip)]
@@ -178,7 +57,7 @@ impl PartialEq for OldestFact {
 impl Eq for OldestFact {}
 
 impl FeatureState {
-    pub fn new(buckets: BTreeMap<i64, Cell>, facts: BTreeMap<RowKey, Fact>) -> Self {
+    pub fn new(buckets: Buckets, facts: BTreeMap<RowKey, Fact>) -> Self {
         Self { buckets, facts, oldest_fact: OldestFact::default() }
     }
 
@@ -349,53 +228,6 @@ mod tests {
 
     use super::*;
 
-    proptest! {
-        /// Comparing by words orders texts as `str` does, across word boundaries and prefixes.
-        #[test]
-        fn texts_compare_as_str_does(
-            stem in "[a-z0-9-]{0,20}",
-            left in "\\PC{0,20}",
-            right in "\\PC{0,20}",
-        ) {
-            let (left, right) = (format!("{stem}{left}"), format!("{stem}{right}"));
-            prop_assert_eq!(text_order(left.as_bytes(), right.as_bytes()), left.cmp(&right));
-            prop_assert_eq!(text_order(stem.as_bytes(), right.as_bytes()), stem.as_str().cmp(&right));
-        }
-
-        /// A cell counts as the map it replaced: any adds and removes leave the same counts,
-        /// in the same order, and write the same JSON (so shares written before read back).
-        #[test]
-        fn a_cell_counts_as_a_map_of_values_does(
-            steps in prop::collection::vec((prop_oneof!["", "p[0-9]", ".{0,4}"], -3i64..4, any::<bool>()), 0..60),
-        ) {
-            let mut cell = Cell::default();
-            let mut map: BTreeMap<String, i64> = BTreeMap::new();
-            for (value, delta, remove) in &steps {
-                if *remove {
-                    cell.remove(value);
-                    map.remove(value);
-                } else {
-                    let count = map.entry(value.clone()).or_default();
-                    *count += delta;
-                    prop_assert_eq!(cell.add(value, *delta), *count);
-                }
-                prop_assert_eq!(cell.get(value), map.get(value).copied());
-            }
-            let counted: Vec<(String, i64)> = cell.iter().map(|(v, c)| (v.to_string(), c)).collect();
-            prop_assert_eq!(&counted, &map.clone().into_iter().collect::<Vec<_>>());
-            // Collected in any order, with values repeated: the same as added one by one.
-            let mut summed: BTreeMap<&str, i64> = BTreeMap::new();
-            for (value, delta, _) in &steps {
-                *summed.entry(value).or_default() += delta;
-            }
-            let collected: Cell = steps.iter().map(|(value, delta, _)| (value, *delta)).collect();
-            prop_assert_eq!(collected, summed.into_iter().collect::<Cell>());
-            let json = serde_json::to_string(&cell).expect("serializes");
-            prop_assert_eq!(&json, &serde_json::to_string(&map).expect("serializes"));
-            prop_assert_eq!(serde_json::from_str::<Cell>(&json).expect("reads"), cell);
-        }
-    }
-
     /// One step on a state's facts: insert row `key` at a time, remove it, or prune before a
     /// horizon.
     #[derive(Debug, Clone)]
@@ -447,7 +279,7 @@ mod tests {
 
     fn state(bucket: i64) -> FeatureState {
         let mut state = FeatureState::default();
-        state.buckets.entry(bucket).or_default().add("", 1);
+        state.buckets.cell_mut(bucket).add("", 1);
         state
     }
 

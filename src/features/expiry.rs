@@ -25,7 +25,7 @@ pub fn next_change(feature: &Feature, state: &FeatureState, at_us: i64) -> Optio
         | A::TopK
         | A::Conversion => {
             let window = window?;
-            state.buckets.keys().filter_map(|bucket| bucket_change(window, *bucket, at_us)).min()
+            state.buckets.keys().filter_map(|bucket| bucket_change(window, bucket, at_us)).min()
         }
         A::DecayedCount => {
             let window = window?;
@@ -34,9 +34,9 @@ pub fn next_change(feature: &Feature, state: &FeatureState, at_us: i64) -> Optio
                 .buckets
                 .keys()
                 .filter_map(|bucket| {
-                    let moves = bucket_change(window, *bucket, at_us);
+                    let moves = bucket_change(window, bucket, at_us);
                     // The newest bucket weighs 1 until it ends, then starts to decay.
-                    let starts_decaying = (*bucket == end).then(|| (end + 1) * window.bucket_us);
+                    let starts_decaying = (bucket == end).then(|| (end + 1) * window.bucket_us);
                     moves.into_iter().chain(starts_decaying).min()
                 })
                 .min()

@@ -11,6 +11,7 @@
 //! - [`evaluate()`]: values at a reference time, joined through the product [`catalog`].
 //! - [`next_change`]: when a value read earlier changes with no new event (windows sliding).
 
+mod buckets;
 mod by_feature;
 pub mod catalog;
 pub mod definition;
@@ -25,7 +26,8 @@ mod row_key;
 pub mod source;
 mod state;
 
-pub use by_feature::{Cell, Fact, FeatureState, FeatureStates};
+pub use buckets::{Buckets, Cell};
+pub use by_feature::{Fact, FeatureState, FeatureStates};
 pub use catalog::{Catalog, CatalogView, DimensionSchema, ItemRoles, Product, ProductCatalog};
 pub use definition::{
     Aggregation, BUCKETS_PER_WINDOW, DefinitionError, Entity, EntitySchema, Feature, FeatureSet,

@@ -268,7 +268,8 @@ pub fn decide(overlap: &mut Overlap, known: &Known, changes: &mut [SourceChange]
             memory.clear();
             continue;
         }
-        let remembered = |key: &RowKey, memory: &HashMap<RowKey, Option<u64>>| match memory.get(key) {
+        let remembered = |key: &RowKey, memory: &HashMap<RowKey, Option<u64>>| match memory.get(key)
+        {
             Some(image) => *image,
             None if loaded_valid => known.rows.get(key).copied(),
             None => None,

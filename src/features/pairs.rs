@@ -113,11 +113,7 @@ fn member<'a>(
     }
     let product = entity_of(row, set.item)?;
     let at_us = row.time.timestamp_micros();
-    (at_us >= horizon.saturating_add(session_us(feature))).then_some((
-        &row.key,
-        at_us,
-        product,
-    ))
+    (at_us >= horizon.saturating_add(session_us(feature))).then_some((&row.key, at_us, product))
 }
 
 /// Applies `change` to the session facts the user `user_id` keeps for every co-occurrence
@@ -203,12 +199,12 @@ pub fn apply_pairs(
         let Some(window) = feature.window else { continue };
         let counts = state.features.entry(feature.name);
         let bucket = window.bucket_of(delta.at_us);
-        let cell = counts.buckets.entry(bucket).or_default();
+        let cell = counts.buckets.cell_mut(bucket);
         if cell.add(&delta.partner, delta.delta) == 0 {
             cell.remove(&delta.partner);
         }
         if cell.is_empty() {
-            counts.buckets.remove(&bucket);
+            counts.buckets.remove(bucket);
         }
         super::retention::prune_buckets(feature, counts, set.history_us(), now_us);
         if counts.buckets.is_empty() && counts.facts.is_empty() {

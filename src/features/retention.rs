@@ -42,14 +42,7 @@ pub(super) fn prune_buckets(
     else {
         return false;
     };
-    // Time moves a bucket or two past the window per change: popping them is cheaper than
-    // splitting the map.
-    while let Some(first) = state.buckets.first_entry() {
-        if *first.key() >= oldest {
-            break;
-        }
-        first.remove();
-    }
+    state.buckets.drop_before(oldest);
     state.retain_facts_since(|at_us| window.bucket_of(at_us) >= oldest);
     true
 }

@@ -199,9 +199,13 @@ mod tests {
             // Texts a UUID's bytes compare with: its text lengthened, shortened, altered.
             any::<u128>().prop_map(|n| format!("{}/7", uuid::Uuid::from_u128(n).hyphenated())),
             (any::<u128>(), 0..36usize)
-                .prop_map(|(n, len)| uuid::Uuid::from_u128(n).hyphenated().to_string()[..len].to_string()),
-            (0..4u128, "[0-9a-f-]{1,3}")
-                .prop_map(|(n, tail)| format!("{}{tail}", &uuid::Uuid::from_u128(n).hyphenated().to_string()[..33])),
+                .prop_map(
+                    |(n, len)| uuid::Uuid::from_u128(n).hyphenated().to_string()[..len].to_string()
+                ),
+            (0..4u128, "[0-9a-f-]{1,3}").prop_map(|(n, tail)| format!(
+                "{}{tail}",
+                &uuid::Uuid::from_u128(n).hyphenated().to_string()[..33]
+            )),
             "[0-9a-f-]{30,40}",
             "[a-z0-9/]{0,40}",
             ".{0,40}",

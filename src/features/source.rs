@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use ustr::Ustr;
 
 use super::entity::Entity;
-use super::row_key::RowKey;
 pub use super::intern::intern;
+use super::row_key::RowKey;
 
 /// A declared source: a table whose changes feed features, by the name the definitions give it
 /// (see [`SourceSchema`]). Dimensions are not sources: features join through them (see

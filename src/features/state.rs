@@ -94,20 +94,23 @@ impl EntityState {
     /// prints this estimate against what the allocator counts.
     pub fn approx_bytes(&self) -> usize {
         const FACT: usize = 96;
-        const BUCKET: usize = 56;
-        // A cell's value and count. Values of cells and facts are kept inline (`CompactString`)
-        // up to 24 bytes.
+        // A bucket with its cell's first value inline.
+        const BUCKET: usize = 64;
+        // A cell's value and count on the heap, once it holds more than one. Values of cells
+        // and facts are kept inline (`CompactString`) up to 24 bytes.
         const CELL_VALUE: usize = 32;
         let heap_text = |text: &str| if text.len() > 24 { text.len() } else { 0 };
         let features: usize = self
             .features
             .values()
             .map(|f| {
-                let facts =
-                    f.facts.iter().map(|(key, fact)| FACT + key.heap_bytes() + heap_text(&fact.value));
+                let facts = f
+                    .facts
+                    .iter()
+                    .map(|(key, fact)| FACT + key.heap_bytes() + heap_text(&fact.value));
                 let cells = f.buckets.values().map(|cell| {
-                    BUCKET
-                        + cell.iter().map(|(value, _)| CELL_VALUE + heap_text(value)).sum::<usize>()
+                    let spilled = if cell.len() > 1 { cell.len() * CELL_VALUE } else { 0 };
+                    BUCKET + spilled + cell.iter().map(|(value, _)| heap_text(value)).sum::<usize>()
                 });
                 facts.sum::<usize>() + cells.sum::<usize>()
             })
@@ -134,7 +137,7 @@ impl EntityState {
         for (name, theirs) in other.features.iter() {
             let ours = self.features.entry(name);
             for (bucket, cell) in &theirs.buckets {
-                let target = ours.buckets.entry(*bucket).or_default();
+                let target = ours.buckets.cell_mut(bucket);
                 for (value, count) in cell.iter() {
                     target.add(value, count);
                 }
@@ -384,7 +387,7 @@ fn add(
     match feature.storage() {
         Storage::Buckets => {
             let bucket = feature.window.map_or(0, |window| window.bucket_of(at_us));
-            state.buckets.entry(bucket).or_default().add(&value, 1);
+            state.buckets.cell_mut(bucket).add(&value, 1);
         }
         Storage::Facts | Storage::Current => {
             state.insert_fact(row.key.clone(), Fact { at_us, value: value.into() });
@@ -410,7 +413,7 @@ fn retract(
     match feature.storage() {
         Storage::Buckets => {
             let bucket = feature.window.map_or(0, |window| window.bucket_of(at_us));
-            if let Some(cell) = state.buckets.get_mut(&bucket) {
+            if let Some(cell) = state.buckets.get_mut(bucket) {
                 if let Some(count) = cell.get_mut(value.as_ref()) {
                     *count -= 1;
                     if *count <= 0 {
@@ -418,7 +421,7 @@ fn retract(
                     }
                 }
                 if cell.is_empty() {
-                    state.buckets.remove(&bucket);
+                    state.buckets.remove(bucket);
                 }
             }
         }

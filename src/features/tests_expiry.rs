@@ -39,7 +39,7 @@ fn state_of(
     for (secs, value, count) in rows {
         let at_us = micros(t0() + TimeDelta::seconds(*secs));
         let bucket = feature.window.map_or(0, |window| window.bucket_of(at_us));
-        state.buckets.entry(bucket).or_default().add(VALUES[*value], *count);
+        state.buckets.cell_mut(bucket).add(VALUES[*value], *count);
     }
     for (key, secs, value) in facts {
         let fact =
@@ -132,11 +132,11 @@ proptest! {
                 let state = state_of(feature, &rows, &[]);
                 let Some(change) = next_change(feature, &state, at_us) else { continue };
                 let inside = |t_us: i64| -> BTreeMap<i64, bool> {
-                    state.buckets.keys().map(|b| (*b, window.contains(t_us, b * window.bucket_us))).collect()
+                    state.buckets.keys().map(|b| (b, window.contains(t_us, b * window.bucket_us))).collect()
                 };
                 let newest_ended = feature.aggregation == Aggregation::DecayedCount
                     && window.bucket_of(change) != window.bucket_of(at_us)
-                    && state.buckets.contains_key(&window.bucket_of(at_us));
+                    && state.buckets.get(window.bucket_of(at_us)).is_some();
                 prop_assert!(inside(change) != inside(at_us) || newest_ended, "{}", feature.name);
                 prop_assert!(inside(change - 1) == inside(at_us), "{} changed before {change}", feature.name);
             }

@@ -130,9 +130,7 @@ fn recompute(rows: &[SourceRow]) -> BTreeMap<String, Value> {
             .filter(|r| {
                 r.text("user_id") == Some(user) && r.text("activity_type") == Some("VIEW_PRODUCT")
             })
-            .map(|r| {
-                (r.time.timestamp_micros(), &r.key, r.text("product_id").unwrap_or(""))
-            })
+            .map(|r| (r.time.timestamp_micros(), &r.key, r.text("product_id").unwrap_or("")))
             .collect();
         views.sort();
         for pair in views.windows(2) {

@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::StateEncoding;
 use crate::features::{
-    Cell, EntityState, Fact, FeatureState, FeatureStates, KeyForm, Position, RowKey, RunMark, SnapshotRun,
+    Cell, EntityState, Fact, FeatureState, FeatureStates, KeyForm, Position, RowKey, RunMark,
+    SnapshotRun,
 };
 
 /// The layout written; bump it (and keep reading the older ones) whenever the wire form changes.
@@ -122,7 +123,7 @@ fn encode_feature<'a>(
         .map(|(bucket, cell)| {
             // Wrapping, as decoding adds it back wrapping: exact for any bucket.
             let delta = bucket.wrapping_sub(previous);
-            previous = *bucket;
+            previous = bucket;
             (delta, cell.iter().map(|(value, count)| (texts.place(value), count)).collect())
         })
         .collect();

@@ -296,7 +296,10 @@ impl FeatureStore {
         let rows = writes.map_or(&[][..], |w| &w.rows[..]);
         args.push(rows.len().to_string());
         for (key, image) in rows {
-            args.extend([key.to_string(), image.map(|image| image.to_string()).unwrap_or_default()]);
+            args.extend([
+                key.to_string(),
+                image.map(|image| image.to_string()).unwrap_or_default(),
+            ]);
         }
         let overlapped = writes.map_or(&[][..], |w| &w.overlapped[..]);
         args.push(overlapped.len().to_string());
