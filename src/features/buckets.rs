@@ -74,6 +74,11 @@ impl Buckets {
         self.0.len()
     }
 
+    /// Gives back the room of buckets not there (a state read back is not growing).
+    pub fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
+
     /// Buckets and their cells, oldest first.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (i64, &Cell)> + ExactSizeIterator {
         self.into_iter()
@@ -112,6 +117,7 @@ impl FromIterator<(i64, Cell)> for Buckets {
                 }
             }
         }
+        buckets.shrink_to_fit();
         buckets
     }
 }
@@ -141,8 +147,18 @@ impl<'de> Deserialize<'de> for Buckets {
 /// Most buckets hold one value (`""` for plain counts): a sorted vector, its first value
 /// inline, takes no allocation for them where a map took a whole node each (buckets were 80% of
 /// a user's memory; BENCHMARKS.md, "State per entity").
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Cell(SmallVec<[(CompactString, i64); 1]>);
+
+/// A copy takes the room its values need: `SmallVec`'s own clone grows to a power of two, and a
+/// product's cells hold hundreds of viewer ids.
+impl Clone for Cell {
+    fn clone(&self) -> Self {
+        let mut values = SmallVec::with_capacity(self.0.len());
+        values.extend(self.0.iter().cloned());
+        Cell(values)
+    }
+}
 
 impl Cell {
     fn place(&self, value: &str) -> Result<usize, usize> {
@@ -228,7 +244,8 @@ fn word(bytes: &[u8]) -> u64 {
 impl<S: AsRef<str>> FromIterator<(S, i64)> for Cell {
     /// Adds up the rows of a value given more than once.
     fn from_iter<I: IntoIterator<Item = (S, i64)>>(iter: I) -> Self {
-        let mut cell = Cell::default();
+        let iter = iter.into_iter();
+        let mut cell = Cell(SmallVec::with_capacity(iter.size_hint().0));
         for (value, count) in iter {
             let value = value.as_ref();
             // Stored cells come in order: appending them skips a search per value, which was
@@ -240,6 +257,8 @@ impl<S: AsRef<str>> FromIterator<(S, i64)> for Cell {
                 _ => cell.0.push((value.into(), count)),
             }
         }
+        // Read back from a stored state: no room for values that are not there.
+        cell.0.shrink_to_fit();
         cell
     }
 }

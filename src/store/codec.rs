@@ -191,6 +191,7 @@ fn decode_v1(bytes: &[u8]) -> Result<EntityState, CodecError> {
                 cell.iter().map(|(value, count)| Ok((text(*value)?, *count))).collect();
             decoded.buckets.insert(bucket, cell?);
         }
+        decoded.buckets.shrink_to_fit();
         for (key, since, value) in &feature.facts {
             let key = match key {
                 WireKey::Uuid(bytes) => RowKey::from_uuid(*bytes),
