@@ -38,6 +38,8 @@ pub use evaluate::{
 };
 pub use expiry::{DecayParts, next_change};
 pub use pairs::{PairDelta, SESSION_FACTS_MAX};
+#[cfg(test)]
+pub(crate) use row_key::key_text as row_key_text;
 pub use row_key::{KeyForm, RowKey};
 pub use source::{
     ColumnType, High, Position, RunStart, Scalar, SnapshotRead, SnapshotRun, SourceChange,

@@ -184,33 +184,37 @@ impl<'de> Deserialize<'de> for RowKey {
     }
 }
 
+/// Texts of row keys as persona makes them (UUIDs canonical or not as Postgres prints them,
+/// composite keys, anything), and texts close to a UUID's, for tests here and of the codec.
+#[cfg(test)]
+pub fn key_text() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        any::<u128>().prop_map(|n| uuid::Uuid::from_u128(n).hyphenated().to_string()),
+        any::<u128>()
+            .prop_map(|n| uuid::Uuid::from_u128(n).hyphenated().to_string().to_uppercase()),
+        any::<u128>().prop_map(|n| uuid::Uuid::from_u128(n).simple().to_string()),
+        // Texts a UUID's bytes compare with: its text lengthened, shortened, altered.
+        any::<u128>().prop_map(|n| format!("{}/7", uuid::Uuid::from_u128(n).hyphenated())),
+        (any::<u128>(), 0..36usize)
+            .prop_map(
+                |(n, len)| uuid::Uuid::from_u128(n).hyphenated().to_string()[..len].to_string()
+            ),
+        (0..4u128, "[0-9a-f-]{1,3}").prop_map(|(n, tail)| format!(
+            "{}{tail}",
+            &uuid::Uuid::from_u128(n).hyphenated().to_string()[..33]
+        )),
+        "[0-9a-f-]{30,40}",
+        "[a-z0-9/]{0,40}",
+        ".{0,40}",
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
     use super::*;
-
-    fn key_text() -> impl Strategy<Value = String> {
-        prop_oneof![
-            any::<u128>().prop_map(|n| uuid::Uuid::from_u128(n).hyphenated().to_string()),
-            any::<u128>()
-                .prop_map(|n| uuid::Uuid::from_u128(n).hyphenated().to_string().to_uppercase()),
-            any::<u128>().prop_map(|n| uuid::Uuid::from_u128(n).simple().to_string()),
-            // Texts a UUID's bytes compare with: its text lengthened, shortened, altered.
-            any::<u128>().prop_map(|n| format!("{}/7", uuid::Uuid::from_u128(n).hyphenated())),
-            (any::<u128>(), 0..36usize)
-                .prop_map(
-                    |(n, len)| uuid::Uuid::from_u128(n).hyphenated().to_string()[..len].to_string()
-                ),
-            (0..4u128, "[0-9a-f-]{1,3}").prop_map(|(n, tail)| format!(
-                "{}{tail}",
-                &uuid::Uuid::from_u128(n).hyphenated().to_string()[..33]
-            )),
-            "[0-9a-f-]{30,40}",
-            "[a-z0-9/]{0,40}",
-            ".{0,40}",
-        ]
-    }
 
     #[test]
     fn a_canonical_uuid_is_kept_as_its_bytes_and_others_as_text() {

@@ -216,26 +216,17 @@ mod tests {
         (any::<i64>(), any::<i64>(), 0u8..3).prop_map(|(a, b, c)| Position(a, b, c))
     }
 
-    /// Row keys as persona makes them: UUIDs (canonical, or not as Postgres prints them), joined
-    /// composite keys, anything.
-    fn row_key() -> impl Strategy<Value = String> {
-        prop_oneof![
-            any::<u128>().prop_map(|n| uuid::Uuid::from_u128(n).hyphenated().to_string()),
-            any::<u128>()
-                .prop_map(|n| uuid::Uuid::from_u128(n).hyphenated().to_string().to_uppercase()),
-            any::<u128>().prop_map(|n| uuid::Uuid::from_u128(n).simple().to_string()),
-            "[a-z0-9]{1,6}/[a-z0-9]{1,6}",
-            ".{0,40}",
-        ]
-    }
-
     fn feature_state() -> impl Strategy<Value = FeatureState> {
         let value = prop_oneof!["", "p[0-9]{1,3}", ".{0,12}"];
         let cell = prop::collection::btree_map(value.clone(), any::<i64>(), 0..4);
         let buckets = prop::collection::btree_map(any::<i64>(), cell, 0..6);
         let fact =
             (any::<i64>(), value).prop_map(|(at_us, value)| Fact { at_us, value: value.into() });
-        let facts = prop::collection::btree_map(row_key().prop_map(RowKey::from), fact, 0..8);
+        let facts = prop::collection::btree_map(
+            crate::features::row_key_text().prop_map(RowKey::from),
+            fact,
+            0..8,
+        );
         (buckets, facts).prop_map(|(buckets, facts)| {
             let buckets = buckets.into_iter().map(|(at, cell)| (at, cell.into_iter().collect()));
             FeatureState::new(buckets.collect(), facts)
