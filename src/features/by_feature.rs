@@ -7,28 +7,15 @@
 //! map. (A map keyed by `String` spent a fifth of decode + apply comparing and cloning names;
 //! see BENCHMARKS.md, "Decode + apply per event".)
 
-use std::collections::BTreeMap;
 use std::fmt;
-
-use compact_str::CompactString;
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::buckets::Buckets;
+use super::facts::Facts;
 use super::intern::intern;
-use super::row_key::RowKey;
-
-/// A row kept by its key: its event time and stored value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Fact {
-    #[serde(rename = "t")]
-    pub at_us: i64,
-    /// Inline when short (a product id, a category): no allocation per fact.
-    #[serde(rename = "v")]
-    pub value: CompactString,
-}
 
 /// What one feature keeps of one entity: counts per time bucket, or rows (see
 /// docs/FEATURES.md, "State layout").
@@ -36,59 +23,17 @@ pub struct Fact {
 pub struct FeatureState {
     #[serde(rename = "b", default, skip_serializing_if = "Buckets::is_empty")]
     pub buckets: Buckets,
-    #[serde(rename = "f", default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub facts: BTreeMap<RowKey, Fact>,
-    #[serde(skip)]
-    oldest_fact: OldestFact,
+    #[serde(rename = "f", default, skip_serializing_if = "Facts::is_empty")]
+    pub facts: Facts,
 }
-
-/// A bound at or below every fact's event time, once known: pruning by time skips its walk over
-/// the facts while the bound is inside what it keeps. Neither stored nor compared (two states
-/// with the same facts are equal however much each knows of them).
-#[derive(Debug, Clone, Copy, Default)]
-struct OldestFact(Option<i64>);
-
-impl PartialEq for OldestFact {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for OldestFact {}
 
 impl FeatureState {
-    pub fn new(buckets: Buckets, facts: BTreeMap<RowKey, Fact>) -> Self {
-        Self { buckets, facts, oldest_fact: OldestFact::default() }
+    pub fn new(buckets: Buckets, facts: Facts) -> Self {
+        Self { buckets, facts }
     }
 
     pub(super) fn is_empty(&self) -> bool {
         self.buckets.is_empty() && self.facts.is_empty()
-    }
-
-    /// Keeps `fact` as the row `key`'s (replacing what the row had).
-    pub(super) fn insert_fact(&mut self, key: RowKey, fact: Fact) {
-        if let Some(oldest) = &mut self.oldest_fact.0 {
-            *oldest = (*oldest).min(fact.at_us);
-        }
-        self.facts.insert(key, fact);
-    }
-
-    /// Drops the facts whose event time `keep` refuses; `keep` must accept every time after one
-    /// it accepts (a horizon). Walks the facts only when the oldest may be refused: most changes
-    /// move no fact past the horizon, and a walk per change was a tenth of the ingest's time.
-    pub(super) fn retain_facts_since(&mut self, keep: impl Fn(i64) -> bool) {
-        if self.oldest_fact.0.is_some_and(&keep) {
-            return;
-        }
-        let mut oldest = i64::MAX;
-        self.facts.retain(|_, fact| {
-            let kept = keep(fact.at_us);
-            if kept {
-                oldest = oldest.min(fact.at_us);
-            }
-            kept
-        });
-        self.oldest_fact = OldestFact(Some(oldest));
     }
 }
 
@@ -224,58 +169,7 @@ impl<'de> Deserialize<'de> for FeatureStates {
 
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
-
     use super::*;
-
-    /// One step on a state's facts: insert row `key` at a time, remove it, or prune before a
-    /// horizon.
-    #[derive(Debug, Clone)]
-    enum FactStep {
-        Insert(u8, i64),
-        Remove(u8),
-        Prune(i64),
-    }
-
-    fn fact_step() -> impl Strategy<Value = FactStep> {
-        prop_oneof![
-            (0u8..12, 0i64..100).prop_map(|(key, at)| FactStep::Insert(key, at)),
-            (0u8..12).prop_map(FactStep::Remove),
-            (0i64..100).prop_map(FactStep::Prune),
-        ]
-    }
-
-    proptest! {
-        /// Pruning that skips its walk while the oldest fact is known to be kept drops exactly
-        /// what a walk over every fact drops, whatever the order of inserts (older rows
-        /// included), removals and horizons, and however the state was merged or read back.
-        #[test]
-        fn pruning_by_the_oldest_fact_drops_what_a_full_walk_drops(
-            steps in prop::collection::vec(fact_step(), 0..80),
-        ) {
-            let mut tracked = FeatureState::default();
-            let mut walked = FeatureState::default();
-            for step in &steps {
-                match step {
-                    FactStep::Insert(key, at) => {
-                        let fact = Fact { at_us: *at, value: "v".into() };
-                        tracked.insert_fact(format!("r{key}").into(), fact.clone());
-                        walked.facts.insert(format!("r{key}").into(), fact);
-                    }
-                    FactStep::Remove(key) => {
-                        tracked.facts.remove(&format!("r{key}").into());
-                        walked.facts.remove(&format!("r{key}").into());
-                    }
-                    FactStep::Prune(horizon) => {
-                        tracked.retain_facts_since(|at| at >= *horizon);
-                        walked.oldest_fact = OldestFact(None);
-                        walked.retain_facts_since(|at| at >= *horizon);
-                    }
-                }
-                prop_assert_eq!(&tracked.facts, &walked.facts);
-            }
-        }
-    }
 
     fn state(bucket: i64) -> FeatureState {
         let mut state = FeatureState::default();

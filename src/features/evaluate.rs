@@ -244,17 +244,12 @@ fn window_facts<'a>(
     feature: &Feature,
     state: &'a FeatureState,
     at_us: i64,
-) -> Vec<(&'a RowKey, &'a Fact)> {
-    let mut facts: Vec<(&RowKey, &Fact)> = state
-        .facts
-        .iter()
-        .filter(|(_, fact)| match feature.window {
-            Some(window) => window.contains(at_us, fact.at_us),
-            None => fact.at_us <= at_us,
-        })
-        .collect();
-    facts.sort_by(|a, b| (b.1.at_us, b.0).cmp(&(a.1.at_us, a.0)));
-    facts
+) -> impl Iterator<Item = (&'a RowKey, &'a Fact)> {
+    let window = feature.window;
+    state.facts.iter().rev().filter(move |(_, fact)| match window {
+        Some(window) => window.contains(at_us, fact.at_us),
+        None => fact.at_us <= at_us,
+    })
 }
 
 fn evaluate_one(
@@ -338,16 +333,12 @@ fn evaluate_one(
             };
             FeatureValue::present(value, newest)
         }
-        Aggregation::Last => {
-            let facts = window_facts(feature, state, at_us);
-            facts
-                .iter()
-                .find_map(|(_, fact)| {
-                    resolve(feature, &fact.value, catalog)
-                        .map(|value| FeatureValue::present(json!(value), Some(fact.at_us)))
-                })
-                .unwrap_or_else(FeatureValue::missing)
-        }
+        Aggregation::Last => window_facts(feature, state, at_us)
+            .find_map(|(_, fact)| {
+                resolve(feature, &fact.value, catalog)
+                    .map(|value| FeatureValue::present(json!(value), Some(fact.at_us)))
+            })
+            .unwrap_or_else(FeatureValue::missing),
         Aggregation::LastN => {
             let facts = window_facts(feature, state, at_us);
             let mut seen = BTreeSet::new();
@@ -368,7 +359,7 @@ fn evaluate_one(
         }
         Aggregation::Intervals => {
             let facts = window_facts(feature, state, at_us);
-            let times: Vec<i64> = facts.iter().take(feature.n).map(|(_, f)| f.at_us).collect();
+            let times: Vec<i64> = facts.take(feature.n).map(|(_, f)| f.at_us).collect();
             if times.len() < 2 {
                 return FeatureValue::missing();
             }
@@ -377,7 +368,7 @@ fn evaluate_one(
             FeatureValue::present(Value::Array(intervals), times.first().copied())
         }
         Aggregation::CurrentSum | Aggregation::CurrentCount => {
-            let newest = state.facts.values().map(|fact| fact.at_us).max();
+            let newest = state.facts.newest().map(|fact| fact.at_us);
             if feature.aggregation == Aggregation::CurrentCount {
                 return FeatureValue::present(json!(state.facts.len()), newest);
             }

@@ -18,6 +18,7 @@ pub mod definition;
 mod entity;
 mod evaluate;
 mod expiry;
+mod facts;
 mod intern;
 pub mod overlap;
 mod pairs;
@@ -27,7 +28,7 @@ pub mod source;
 mod state;
 
 pub use buckets::{Buckets, Cell};
-pub use by_feature::{Fact, FeatureState, FeatureStates};
+pub use by_feature::{FeatureState, FeatureStates};
 pub use catalog::{Catalog, CatalogView, DimensionSchema, ItemRoles, Product, ProductCatalog};
 pub use definition::{
     Aggregation, BUCKETS_PER_WINDOW, DefinitionError, Entity, EntitySchema, Feature, FeatureSet,
@@ -37,6 +38,7 @@ pub use evaluate::{
     FeatureStatus, FeatureValue, Features, HLL_PRECISION, Ranking, ReadContext, evaluate,
 };
 pub use expiry::{DecayParts, next_change};
+pub use facts::{Fact, Facts};
 pub use pairs::{PairDelta, SESSION_FACTS_MAX};
 #[cfg(test)]
 pub(crate) use row_key::key_text as row_key_text;

@@ -15,9 +15,8 @@
 //! Facts are kept for `history + session`: a row older than `now - history` is late for pairing
 //! (it neither pairs nor unpairs), which is what keeps a user's session state small.
 
-use std::collections::BTreeMap;
-
 use super::definition::{Feature, FeatureSet};
+use super::facts::Facts;
 use super::row_key::RowKey;
 use super::source::{SourceChange, SourceRow};
 use super::state::{EntityState, Fact, FeatureState, entity_of, passes};
@@ -74,29 +73,11 @@ fn push_pair(
     }
 }
 
-/// The neighbours `(t, key)` would have among `facts` (excluding its own key).
-fn neighbours<'a>(
-    facts: &'a BTreeMap<RowKey, Fact>,
-    at: (i64, &RowKey),
-) -> (Option<Node<'a>>, Option<Node<'a>>) {
-    let mut before: Option<Node<'a>> = None;
-    let mut after: Option<Node<'a>> = None;
-    // Found once: comparing every key of the session with it cost more than the walk.
-    let own = facts.get_key_value(at.1).map(|(key, _)| key);
-    for (key, fact) in facts {
-        if own.is_some_and(|own| std::ptr::eq(own, key)) {
-            continue;
-        }
-        let node: Node<'a> = ((fact.at_us, key), fact.value.as_str());
-        if node.0 < at {
-            if before.is_none_or(|b| node.0 > b.0) {
-                before = Some(node);
-            }
-        } else if after.is_none_or(|a| node.0 < a.0) {
-            after = Some(node);
-        }
-    }
-    (before, after)
+/// The neighbours `(t, key)` has, or would have, among `facts` (itself excluded).
+fn neighbours<'a>(facts: &'a Facts, at: (i64, &RowKey)) -> (Option<Node<'a>>, Option<Node<'a>>) {
+    let node = |(key, fact): (&'a RowKey, &'a Fact)| ((fact.at_us, key), fact.value.as_str());
+    let (before, after) = facts.neighbours(at.0, at.1);
+    (before.map(node), after.map(node))
 }
 
 /// The row's (key, time, product) when it takes part in `feature`'s pairs for `user_id`.
@@ -136,7 +117,7 @@ pub fn apply_to_session(
         }
         let session = state.features.entry(feature.name);
         if let Some((key, at_us, product)) = before
-            && session.facts.contains_key(key)
+            && session.facts.get(key, at_us).is_some()
         {
             let (prev, next) = neighbours(&session.facts, (at_us, key));
             let node: Node<'_> = ((at_us, key), product);
@@ -149,7 +130,7 @@ pub fn apply_to_session(
             if let (Some(prev), Some(next)) = (prev, next) {
                 push_pair(&mut deltas, feature, prev, next, 1);
             }
-            session.facts.remove(key);
+            session.facts.remove(key, at_us);
         }
         if let Some((key, at_us, product)) = after {
             let (prev, next) = neighbours(&session.facts, (at_us, key));
@@ -163,7 +144,7 @@ pub fn apply_to_session(
             if let Some(next) = next {
                 push_pair(&mut deltas, feature, node, next, 1);
             }
-            session.insert_fact(key.clone(), Fact { at_us, value: product.into() });
+            session.facts.insert(key.clone(), Fact { at_us, value: product.into() });
         }
         prune_session(session, horizon);
         if session.facts.is_empty() && session.buckets.is_empty() {
@@ -174,16 +155,8 @@ pub fn apply_to_session(
 }
 
 fn prune_session(session: &mut FeatureState, horizon: i64) {
-    session.retain_facts_since(|at_us| at_us >= horizon);
-    if session.facts.len() > SESSION_FACTS_MAX {
-        let mut times: Vec<(i64, RowKey)> =
-            session.facts.iter().map(|(key, fact)| (fact.at_us, key.clone())).collect();
-        times.sort_unstable();
-        let excess = times.len() - SESSION_FACTS_MAX;
-        for (_, key) in times.into_iter().take(excess) {
-            session.facts.remove(&key);
-        }
-    }
+    session.facts.drop_older(|at_us| at_us >= horizon);
+    session.facts.keep_newest(SESSION_FACTS_MAX);
 }
 
 /// Adds the deltas for `product_id` to its co-occurrence counts.

@@ -8,7 +8,6 @@ use foldhash::fast::FixedState;
 
 use super::by_feature::FeatureState;
 use super::definition::{BUCKETS_PER_WINDOW, Feature, Storage};
-use super::row_key::RowKey;
 
 /// Facts kept beyond what an unwindowed `last`/`last_n`/`intervals` reports, so that deleting
 /// the newest rows falls back to older ones. Deleting more than this many of a user's newest
@@ -43,7 +42,7 @@ pub(super) fn prune_buckets(
         return false;
     };
     state.buckets.drop_before(oldest);
-    state.retain_facts_since(|at_us| window.bucket_of(at_us) >= oldest);
+    state.facts.drop_older(|at_us| window.bucket_of(at_us) >= oldest);
     true
 }
 
@@ -58,54 +57,37 @@ pub(super) fn prune(feature: &Feature, state: &mut FeatureState, history_us: i64
     if feature.aggregation != super::Aggregation::LastN {
         // `last` and `intervals` read the newest facts whatever their values: the newest
         // `n + FACT_SLACK` are all a read can need, however many of them are deleted.
-        while state.facts.len() > keep_values {
-            // A change adds at most one fact, so this drops the one oldest, found without
-            // sorting (a state kept under an older, looser rule drops its excess once).
-            let oldest = state.facts.iter().min_by_key(|(key, fact)| (fact.at_us, *key));
-            let Some(oldest) = oldest.map(|(key, _)| key.clone()) else { break };
-            state.facts.remove(&oldest);
-        }
+        state.facts.keep_newest(keep_values);
         return;
     }
     prune_last_n(state, keep_values);
 }
 
 /// `last_n` without a window keeps the facts of the `keep_values` values seen last (by their
-/// newest fact), at most [`FACTS_PER_VALUE`] of each, the newest. A change adds at most one fact,
-/// so a pruned state needs at most one removal: each pass counts the facts once, without
-/// sorting them (sorting every change's facts was most of the apply once states were full).
+/// newest fact), at most [`FACTS_PER_VALUE`] of each, the newest: one pass from the newest fact,
+/// counting each value's facts (sorting every change's facts was most of the apply once states
+/// were full).
 fn prune_last_n(state: &mut FeatureState, keep_values: usize) {
     if state.facts.len() <= keep_values.min(FACTS_PER_VALUE) {
         return;
     }
-    type At<'a> = (i64, &'a RowKey);
-    loop {
-        // Per value: how many facts, the newest and the oldest.
-        let mut values: HashMap<&str, (usize, At<'_>, At<'_>), FixedState> = HashMap::default();
-        for (key, fact) in &state.facts {
-            let at = (fact.at_us, key);
-            values
-                .entry(fact.value.as_str())
-                .and_modify(|(count, newest, oldest)| {
-                    *count += 1;
-                    *newest = (*newest).max(at);
-                    *oldest = (*oldest).min(at);
-                })
-                .or_insert((1, at, at));
-        }
-        let crowded = values.values().find(|(count, ..)| *count > FACTS_PER_VALUE);
-        let gone: Vec<RowKey> = match crowded {
-            Some((_, _, oldest)) => vec![oldest.1.clone()],
-            None if values.len() > keep_values => {
-                let stalest = values.iter().min_by_key(|(_, (_, newest, _))| *newest);
-                let Some((stalest, _)) = stalest else { return };
-                let facts = state.facts.iter().filter(|(_, fact)| fact.value == *stalest);
-                facts.map(|(key, _)| key.clone()).collect()
-            }
-            None => return,
-        };
-        for key in gone {
-            state.facts.remove(&key);
+    // Per value, its facts kept so far; a value first met once `keep_values` are (staler than
+    // all of them) is full from the start.
+    let mut seen: HashMap<&str, usize, FixedState> = HashMap::default();
+    let mut admitted = 0;
+    let mut kept = vec![false; state.facts.len()];
+    for (place, fact) in state.facts.values().rev().enumerate() {
+        let count = seen.entry(fact.value.as_str()).or_insert_with(|| {
+            admitted += 1;
+            if admitted <= keep_values { 0 } else { FACTS_PER_VALUE }
+        });
+        if *count < FACTS_PER_VALUE {
+            *count += 1;
+            kept[place] = true;
         }
     }
+    if kept.iter().all(|kept| *kept) {
+        return;
+    }
+    state.facts.retain_from_newest(|place, _| kept[place]);
 }

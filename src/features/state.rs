@@ -29,9 +29,10 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+pub use super::by_feature::FeatureState;
 use super::by_feature::FeatureStates;
-pub use super::by_feature::{Fact, FeatureState};
 use super::definition::{Entity, Feature, FeatureSet, Storage, ValueExpr};
+pub use super::facts::Fact;
 use super::pairs::{self, PairDelta};
 pub use super::retention::FACT_SLACK;
 use super::retention::{prune, too_old};
@@ -93,7 +94,8 @@ impl EntityState {
     /// entry, a bucket and a cell's value take beside their texts; `cargo bench --bench state`
     /// prints this estimate against what the allocator counts.
     pub fn approx_bytes(&self) -> usize {
-        const FACT: usize = 96;
+        // A fact and its row key, in the facts' vector.
+        const FACT: usize = 56;
         // A bucket with its cell's first value inline.
         const BUCKET: usize = 64;
         // A cell's value and count on the heap, once it holds more than one. Values of cells
@@ -143,7 +145,7 @@ impl EntityState {
                 }
             }
             for (key, fact) in &theirs.facts {
-                ours.insert_fact(key.clone(), fact.clone());
+                ours.facts.insert(key.clone(), fact.clone());
             }
         }
     }
@@ -390,7 +392,7 @@ fn add(
             state.buckets.cell_mut(bucket).add(&value, 1);
         }
         Storage::Facts | Storage::Current => {
-            state.insert_fact(row.key.clone(), Fact { at_us, value: value.into() });
+            state.facts.insert(row.key.clone(), Fact { at_us, value: value.into() });
         }
         Storage::Derived | Storage::Pairs => {}
     }
@@ -426,7 +428,7 @@ fn retract(
             }
         }
         Storage::Facts | Storage::Current => {
-            state.facts.remove(&row.key);
+            state.facts.remove(&row.key, at_us);
         }
         Storage::Derived | Storage::Pairs => {}
     }

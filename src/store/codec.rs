@@ -127,7 +127,7 @@ fn encode_feature<'a>(
             (delta, cell.iter().map(|(value, count)| (texts.place(value), count)).collect())
         })
         .collect();
-    let facts_since_us = state.facts.values().map(|fact| fact.at_us).min().unwrap_or(0);
+    let facts_since_us = state.facts.oldest().map_or(0, |fact| fact.at_us);
     let facts = state
         .facts
         .iter()
@@ -192,14 +192,20 @@ fn decode_v1(bytes: &[u8]) -> Result<EntityState, CodecError> {
             decoded.buckets.insert(bucket, cell?);
         }
         decoded.buckets.shrink_to_fit();
-        for (key, since, value) in &feature.facts {
-            let key = match key {
-                WireKey::Uuid(bytes) => RowKey::from_uuid(*bytes),
-                WireKey::Text(place) => RowKey::new(text(*place)?),
-            };
-            let at_us = feature.facts_since_us.saturating_add_unsigned(*since);
-            decoded.facts.insert(key, Fact { at_us, value: text(*value)?.into() });
-        }
+        // Written in time order since the facts are kept in it; earlier persona wrote them in
+        // row key order, which collecting sorts.
+        decoded.facts = feature
+            .facts
+            .iter()
+            .map(|(key, since, value)| {
+                let key = match key {
+                    WireKey::Uuid(bytes) => RowKey::from_uuid(*bytes),
+                    WireKey::Text(place) => RowKey::new(text(*place)?),
+                };
+                let at_us = feature.facts_since_us.saturating_add_unsigned(*since);
+                Ok((key, Fact { at_us, value: text(*value)?.into() }))
+            })
+            .collect::<Result<_, CodecError>>()?;
         features.insert_named(text(feature.name)?, decoded);
     }
     state.features = features;
@@ -229,7 +235,7 @@ mod tests {
         );
         (buckets, facts).prop_map(|(buckets, facts)| {
             let buckets = buckets.into_iter().map(|(at, cell)| (at, cell.into_iter().collect()));
-            FeatureState::new(buckets.collect(), facts)
+            FeatureState::new(buckets.collect(), facts.into_iter().collect())
         })
     }
 
