@@ -25,11 +25,28 @@ pub struct FeatureState {
     pub buckets: Buckets,
     #[serde(rename = "f", default, skip_serializing_if = "Facts::is_empty")]
     pub facts: Facts,
+    /// How many values an unwindowed `last_n`'s facts held when last pruned by a full walk, kept
+    /// since by every change that added a fact: `None` when not known (see
+    /// `retention::prune_last_n`). Neither stored nor compared.
+    #[serde(skip)]
+    pub(super) last_n_values: KnownValues,
 }
+
+/// Distinct values of a `last_n`'s facts, when known; equal to any other.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct KnownValues(pub(super) Option<usize>);
+
+impl PartialEq for KnownValues {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for KnownValues {}
 
 impl FeatureState {
     pub fn new(buckets: Buckets, facts: Facts) -> Self {
-        Self { buckets, facts }
+        Self { buckets, facts, last_n_values: KnownValues::default() }
     }
 
     pub(super) fn is_empty(&self) -> bool {

@@ -97,6 +97,13 @@ impl Facts {
         Some(self.0.remove(index).1)
     }
 
+    /// Forgets the oldest fact whose value is `value`.
+    pub fn remove_oldest_of(&mut self, value: &str) {
+        if let Some(index) = self.0.iter().position(|(_, fact)| fact.value == value) {
+            self.0.remove(index);
+        }
+    }
+
     /// The facts just before and just after where row `key` at `at_us` is or would go, itself
     /// excluded.
     pub fn neighbours(&self, at_us: i64, key: &RowKey) -> (Option<Entry<'_>>, Option<Entry<'_>>) {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use foldhash::fast::FixedState;
 
-use super::by_feature::FeatureState;
+use super::by_feature::{FeatureState, KnownValues};
 use super::definition::{BUCKETS_PER_WINDOW, Feature, Storage};
 
 /// Facts kept beyond what an unwindowed `last`/`last_n`/`intervals` reports, so that deleting
@@ -46,7 +46,15 @@ pub(super) fn prune_buckets(
     true
 }
 
-pub(super) fn prune(feature: &Feature, state: &mut FeatureState, history_us: i64, now_us: i64) {
+/// Drops what `feature` no longer needs of `state`, after a change that stored `added` (if it
+/// stored anything).
+pub(super) fn prune(
+    feature: &Feature,
+    state: &mut FeatureState,
+    history_us: i64,
+    now_us: i64,
+    added: Option<&str>,
+) {
     if prune_buckets(feature, state, history_us, now_us) {
         return;
     }
@@ -60,16 +68,36 @@ pub(super) fn prune(feature: &Feature, state: &mut FeatureState, history_us: i64
         state.facts.keep_newest(keep_values);
         return;
     }
-    prune_last_n(state, keep_values);
+    prune_last_n(state, keep_values, added);
 }
 
 /// `last_n` without a window keeps the facts of the `keep_values` values seen last (by their
-/// newest fact), at most [`FACTS_PER_VALUE`] of each, the newest: one pass from the newest fact,
-/// counting each value's facts (sorting every change's facts was most of the apply once states
-/// were full).
-fn prune_last_n(state: &mut FeatureState, keep_values: usize) {
+/// newest fact), at most [`FACTS_PER_VALUE`] of each, the newest.
+///
+/// A change adds at most one fact, so a state pruned before needs at most one fact dropped:
+/// when the value added had facts already, its oldest if it now has one too many; when it is
+/// new, nothing while the values are fewer than `keep_values`. Only a new value beyond that, or
+/// a state whose values are not known (read back, or a fact retracted since), takes a pass over
+/// the facts, counting each value's from the newest. (A pass on every change, hashing every
+/// value, was a fifth of the apply once states were full; BENCHMARKS.md, "Facts in time order".)
+pub(super) fn prune_last_n(state: &mut FeatureState, keep_values: usize, added: Option<&str>) {
     if state.facts.len() <= keep_values.min(FACTS_PER_VALUE) {
+        state.last_n_values = KnownValues(None);
         return;
+    }
+    if let Some(values) = state.last_n_values.0 {
+        let Some(added) = added else { return };
+        let count = state.facts.values().filter(|fact| fact.value == added).count();
+        if count > 1 {
+            if count > FACTS_PER_VALUE {
+                state.facts.remove_oldest_of(added);
+            }
+            return;
+        }
+        if values < keep_values {
+            state.last_n_values = KnownValues(Some(values + 1));
+            return;
+        }
     }
     // Per value, its facts kept so far; a value first met once `keep_values` are (staler than
     // all of them) is full from the start.
@@ -86,6 +114,7 @@ fn prune_last_n(state: &mut FeatureState, keep_values: usize) {
             kept[place] = true;
         }
     }
+    state.last_n_values = KnownValues(Some(admitted.min(keep_values)));
     if kept.iter().all(|kept| *kept) {
         return;
     }

@@ -30,7 +30,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 pub use super::by_feature::FeatureState;
-use super::by_feature::FeatureStates;
+use super::by_feature::{FeatureStates, KnownValues};
 use super::definition::{Entity, Feature, FeatureSet, Storage, ValueExpr};
 pub use super::facts::Fact;
 use super::pairs::{self, PairDelta};
@@ -146,6 +146,7 @@ impl EntityState {
             }
             for (key, fact) in &theirs.facts {
                 ours.facts.insert(key.clone(), fact.clone());
+                ours.last_n_values = KnownValues(None);
             }
         }
     }
@@ -256,12 +257,14 @@ pub fn apply_with_pairs(
         if let Some(before) = before {
             retract(feature, feature_state, before, set.history_us(), now_us);
         }
-        if let Some(after) = after
-            && !add(feature, feature_state, after, set.history_us(), now_us)
-        {
-            outcome.late += 1;
+        let mut added = None;
+        if let Some(after) = after {
+            match add(feature, feature_state, after, set.history_us(), now_us) {
+                Added::Late => outcome.late += 1,
+                Added::Value(value) => added = value,
+            }
         }
-        prune(feature, feature_state, set.history_us(), now_us);
+        prune(feature, feature_state, set.history_us(), now_us, added.as_deref());
         if feature_state.is_empty() {
             state.features.remove(feature.name);
         }
@@ -372,19 +375,26 @@ fn stored_value<'a>(feature: &Feature, row: &'a SourceRow) -> Option<Cow<'a, str
     Some(value)
 }
 
-/// Adds the contribution of a row that [`passes`] the filter; `false` when it was dropped as
-/// too old.
-fn add(
+/// What adding a row did.
+enum Added<'a> {
+    /// Dropped as too old.
+    Late,
+    /// Kept: the value stored, if any (`None` for a NULL or a value that is not a step).
+    Value(Option<Cow<'a, str>>),
+}
+
+/// Adds the contribution of a row that [`passes`] the filter.
+fn add<'a>(
     feature: &Feature,
     state: &mut FeatureState,
-    row: &SourceRow,
+    row: &'a SourceRow,
     history_us: i64,
     now_us: i64,
-) -> bool {
-    let Some(value) = stored_value(feature, row) else { return true };
+) -> Added<'a> {
+    let Some(value) = stored_value(feature, row) else { return Added::Value(None) };
     let at_us = row.time.timestamp_micros();
     if too_old(feature, at_us, history_us, now_us) {
-        return false;
+        return Added::Late;
     }
     match feature.storage() {
         Storage::Buckets => {
@@ -392,11 +402,11 @@ fn add(
             state.buckets.cell_mut(bucket).add(&value, 1);
         }
         Storage::Facts | Storage::Current => {
-            state.facts.insert(row.key.clone(), Fact { at_us, value: value.into() });
+            state.facts.insert(row.key.clone(), Fact { at_us, value: value.as_ref().into() });
         }
         Storage::Derived | Storage::Pairs => {}
     }
-    true
+    Added::Value(Some(value))
 }
 
 /// Takes back the contribution of a row that [`passes`] the filter.
@@ -428,7 +438,10 @@ fn retract(
             }
         }
         Storage::Facts | Storage::Current => {
-            state.facts.remove(&row.key, at_us);
+            if state.facts.remove(&row.key, at_us).is_some() {
+                // A value may have lost its last fact: what pruning knew of them is stale.
+                state.last_n_values = KnownValues(None);
+            }
         }
         Storage::Derived | Storage::Pairs => {}
     }

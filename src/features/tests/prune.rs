@@ -3,6 +3,7 @@
 //! after many rows, nor when a few of the newest are deleted and older ones take their place.
 
 use super::*;
+use crate::features::by_feature::KnownValues;
 
 /// Views of `user` by `(row, product, seconds ago)`, the rows kept unpruned: the exact state.
 fn unpruned(set: &FeatureSet, rows: &[SourceRow]) -> EntityState {
@@ -65,5 +66,49 @@ proptest! {
             evaluate(&set, Entity::USER, "u1", Some(state), Some(&names), &context(t0(), &catalog(), &|_| None))
         };
         prop_assert_eq!(read(&pruned), read(&unpruned(&set, &survivors)));
+    }
+}
+
+proptest! {
+    /// `last_n` prunes incrementally while it knows its values, and walks its facts otherwise:
+    /// after every change (views in any time order, deletes of any of them), what it keeps is
+    /// what a walk on every change keeps.
+    #[test]
+    fn pruning_incrementally_keeps_what_a_walk_on_every_change_keeps(
+        rows in prop::collection::vec(
+            (0u16..200, prop_oneof![0u8..3, 0u8..70], 0i64..100_000),
+            0..250,
+        ),
+        deletes in prop::collection::vec(any::<prop::sample::Index>(), 0..30),
+    ) {
+        let set = set();
+        let feature = set.get("recent_products_viewed").expect("shipped");
+        let rows: Vec<SourceRow> = views(&rows).into_values().collect();
+        let mut changes: Vec<SourceChange> = Vec::new();
+        let mut deletes = deletes.iter();
+        for (inserted, row) in rows.iter().enumerate() {
+            let lsn = changes.len() as i64 + 1;
+            changes.push(insert(row.clone(), lsn));
+            // Every eighth view, a delete of one of the rows so far (perhaps deleted already).
+            if inserted % 8 == 7
+                && let Some(index) = deletes.next()
+            {
+                let gone = rows[index.index(inserted + 1)].clone();
+                let table = SourceTable::new("user_activity");
+                changes.push(change(table, Some(gone), None, lsn + 1));
+            }
+        }
+        let mut incremental = EntityState::default();
+        let mut walked = EntityState::default();
+        for change in &changes {
+            apply(&set, Entity::USER, "u1", &mut incremental, change, "user_activity/0", t0());
+            // Forgetting the values before each change makes every prune a walk.
+            if walked.features.contains_key(feature.name) {
+                walked.features.entry(feature.name).last_n_values = KnownValues(None);
+            }
+            apply(&set, Entity::USER, "u1", &mut walked, change, "user_activity/0", t0());
+            let facts = |state: &EntityState| state.features.get(feature.name).map(|s| s.facts.clone());
+            prop_assert_eq!(facts(&incremental), facts(&walked));
+        }
     }
 }
