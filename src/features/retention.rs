@@ -85,7 +85,7 @@ pub(super) fn prune_last_n(state: &mut FeatureState, keep_values: usize, added: 
         state.last_n_values = KnownValues(None);
         return;
     }
-    if let Some(values) = state.last_n_values.0 {
+    if let Some(values) = state.last_n_values.0.map(|values| values as usize) {
         let Some(added) = added else { return };
         let count = state.facts.values().filter(|fact| fact.value == added).count();
         if count > 1 {
@@ -95,7 +95,7 @@ pub(super) fn prune_last_n(state: &mut FeatureState, keep_values: usize, added: 
             return;
         }
         if values < keep_values {
-            state.last_n_values = KnownValues(Some(values + 1));
+            state.last_n_values = KnownValues(u32::try_from(values + 1).ok());
             return;
         }
     }
@@ -114,7 +114,7 @@ pub(super) fn prune_last_n(state: &mut FeatureState, keep_values: usize, added: 
             kept[place] = true;
         }
     }
-    state.last_n_values = KnownValues(Some(admitted.min(keep_values)));
+    state.last_n_values = KnownValues(u32::try_from(admitted.min(keep_values)).ok());
     if kept.iter().all(|kept| *kept) {
         return;
     }
