@@ -32,8 +32,8 @@ pub struct FeatureState {
     pub(super) last_n_values: KnownValues,
 }
 
-/// Distinct values of a `last_n`'s facts, when known (a `u32`, so that the state stays 56
-/// bytes); equal to any other.
+/// Distinct values of a `last_n`'s facts, when known (a `u32`: one word with its tag); equal to
+/// any other.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct KnownValues(pub(super) Option<u32>);
 
@@ -213,7 +213,7 @@ mod tests {
 
     #[test]
     fn a_feature_state_is_its_two_vectors_and_a_word() {
-        // An entity holds a couple of dozen: what pruning knows of `last_n` costs no more.
+        // An entity holds a couple of dozen: what pruning knows of `last_n` costs a word each.
         assert_eq!(std::mem::size_of::<FeatureState>(), 56);
     }
 
