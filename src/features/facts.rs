@@ -129,18 +129,13 @@ impl Facts {
         self.0.drain(..excess);
     }
 
-    /// Keeps the facts `keep` accepts, given each fact's place counted from the newest (0).
-    pub fn retain_from_newest(&mut self, mut keep: impl FnMut(usize, &Fact) -> bool) {
-        let len = self.0.len();
-        let mut place = len;
-        self.0.retain(|(_, fact)| {
+    /// Keeps the facts whose place, counted from the newest (0), `keep` accepts.
+    pub fn retain_from_newest(&mut self, mut keep: impl FnMut(usize) -> bool) {
+        let mut place = self.0.len();
+        self.0.retain(|_| {
             place -= 1;
-            keep(place, fact)
+            keep(place)
         });
-    }
-
-    pub fn shrink_to_fit(&mut self) {
-        self.0.shrink_to_fit();
     }
 }
 

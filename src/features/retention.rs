@@ -118,5 +118,5 @@ pub(super) fn prune_last_n(state: &mut FeatureState, keep_values: usize, added: 
     if kept.iter().all(|kept| *kept) {
         return;
     }
-    state.facts.retain_from_newest(|place, _| kept[place]);
+    state.facts.retain_from_newest(|place| kept[place]);
 }
