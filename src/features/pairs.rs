@@ -1,8 +1,9 @@
 //! Item-to-item co-occurrence ("viewed together in a session"), maintained exactly under
 //! inserts, updates, deletes and out-of-order event times.
 //!
-//! A user's rows that pass a `co_occurrence` feature's filter, ordered by (event time, row key),
-//! form a sequence; two *neighbours* in it are paired when they are at most `session` apart and
+//! A user's rows that pass a `co_occurrence` feature's filter, ordered as their facts are (event
+//! time, then product for a source with a time column, else row key; see [`super::Facts`]), form a
+//! sequence; two *neighbours* in it are paired when they are at most `session` apart and
 //! name different products. Each pair counts once for each of the two products (the other one is
 //! its partner), in the time bucket of the later row.
 //!
@@ -16,7 +17,7 @@
 //! (it neither pairs nor unpairs), which is what keeps a user's session state small.
 
 use super::definition::{Feature, FeatureSet};
-use super::facts::Facts;
+use super::facts::Entry;
 use super::row_key::RowKey;
 use super::source::{SourceChange, SourceRow};
 use super::state::{EntityState, Fact, FeatureState, entity_of, passes};
@@ -36,8 +37,8 @@ pub struct PairDelta {
     pub delta: i64,
 }
 
-/// A row of a user's session: (event time, row key) orders them.
-type Node<'a> = ((i64, &'a RowKey), &'a str);
+/// A row of a user's session: its event time and product.
+type Node<'a> = (i64, &'a str);
 
 fn session_us(feature: &Feature) -> i64 {
     feature.session.map_or(0, |s| i64::try_from(s.as_micros()).unwrap_or(i64::MAX))
@@ -49,7 +50,7 @@ fn horizon_us(feature: &Feature, history_us: i64, now_us: i64) -> i64 {
 }
 
 fn linked(feature: &Feature, earlier: Node<'_>, later: Node<'_>) -> bool {
-    later.0.0 - earlier.0.0 <= session_us(feature) && earlier.1 != later.1
+    later.0 - earlier.0 <= session_us(feature) && earlier.1 != later.1
 }
 
 fn push_pair(
@@ -67,20 +68,17 @@ fn push_pair(
             feature: feature.name,
             product: product.to_string(),
             partner: partner.to_string(),
-            at_us: later.0.0,
+            at_us: later.0,
             delta,
         });
     }
 }
 
-/// The neighbours `(t, key)` has, or would have, among `facts` (itself excluded).
-fn neighbours<'a>(facts: &'a Facts, at: (i64, &RowKey)) -> (Option<Node<'a>>, Option<Node<'a>>) {
-    let node = |(key, fact): (&'a RowKey, &'a Fact)| ((fact.at_us, key), fact.value.as_str());
-    let (before, after) = facts.neighbours(at.0, at.1);
-    (before.map(node), after.map(node))
+fn node<'a>((_, fact): Entry<'a>) -> Node<'a> {
+    (fact.at_us, fact.value.as_str())
 }
 
-/// The row's (key, time, product) when it takes part in `feature`'s pairs for `user_id`.
+/// The row's (fact key, time, product) when it takes part in `feature`'s pairs for `user_id`.
 fn member<'a>(
     set: &FeatureSet,
     feature: &Feature,
@@ -94,7 +92,11 @@ fn member<'a>(
     }
     let product = entity_of(row, set.item)?;
     let at_us = row.time.timestamp_micros();
-    (at_us >= horizon.saturating_add(session_us(feature))).then_some((&row.key, at_us, product))
+    (at_us >= horizon.saturating_add(session_us(feature))).then_some((
+        feature.fact_key(row),
+        at_us,
+        product,
+    ))
 }
 
 /// Applies `change` to the session facts the user `user_id` keeps for every co-occurrence
@@ -117,10 +119,11 @@ pub fn apply_to_session(
         }
         let session = state.features.entry(feature.name);
         if let Some((key, at_us, product)) = before
-            && session.facts.get(key, at_us).is_some()
+            && let Some(index) = session.facts.find(at_us, key, product)
         {
-            let (prev, next) = neighbours(&session.facts, (at_us, key));
-            let node: Node<'_> = ((at_us, key), product);
+            let (prev, next) = session.facts.neighbours_of(index);
+            let (prev, next) = (prev.map(node), next.map(node));
+            let node: Node<'_> = (at_us, product);
             if let Some(prev) = prev {
                 push_pair(&mut deltas, feature, prev, node, -1);
             }
@@ -130,11 +133,12 @@ pub fn apply_to_session(
             if let (Some(prev), Some(next)) = (prev, next) {
                 push_pair(&mut deltas, feature, prev, next, 1);
             }
-            session.facts.remove(key, at_us);
+            session.facts.remove_at(index);
         }
         if let Some((key, at_us, product)) = after {
-            let (prev, next) = neighbours(&session.facts, (at_us, key));
-            let node: Node<'_> = ((at_us, key), product);
+            let (prev, next) = session.facts.neighbours_at(at_us, key, product);
+            let (prev, next) = (prev.map(node), next.map(node));
+            let node: Node<'_> = (at_us, product);
             if let (Some(prev), Some(next)) = (prev, next) {
                 push_pair(&mut deltas, feature, prev, next, -1);
             }

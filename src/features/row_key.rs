@@ -38,6 +38,9 @@ enum Repr {
     Text(CompactString),
 }
 
+/// The key of a fact kept without its row's (see [`RowKey::none`]).
+static NONE: RowKey = RowKey(Repr::Text(CompactString::const_new("")));
+
 impl RowKey {
     pub fn new(text: &str) -> Self {
         match canonical_uuid(text) {
@@ -49,6 +52,17 @@ impl RowKey {
     /// The key whose text is the canonical text of the UUID `bytes`.
     pub fn from_uuid(bytes: [u8; 16]) -> Self {
         Self(Repr::Uuid(bytes))
+    }
+
+    /// No key: a fact of a source whose rows carry their event time, which a retraction finds by
+    /// its time and value (see [`crate::features::Facts`]). It is the empty text, which no row
+    /// key is (decode refuses a row with an empty key column), and sorts before every key.
+    pub fn none() -> &'static Self {
+        &NONE
+    }
+
+    pub fn is_none(&self) -> bool {
+        matches!(&self.0, Repr::Text(text) if text.is_empty())
     }
 
     /// How the key is kept: a UUID's bytes, or its text.

@@ -94,8 +94,9 @@ impl EntityState {
     /// entry, a bucket and a cell's value take beside their texts; `cargo bench --bench state`
     /// prints this estimate against what the allocator counts.
     pub fn approx_bytes(&self) -> usize {
-        // A fact and its row key, in the facts' vector.
-        const FACT: usize = 56;
+        // A fact in the facts' vector, and its row key in theirs when they are keyed.
+        const FACT: usize = 32;
+        const KEY: usize = 24;
         // A bucket with its cell's first value inline.
         const BUCKET: usize = 64;
         // A cell's value and count on the heap, once it holds more than one. Values of cells
@@ -106,10 +107,11 @@ impl EntityState {
             .features
             .values()
             .map(|f| {
+                let key = if f.facts.keyed() { KEY } else { 0 };
                 let facts = f
                     .facts
                     .iter()
-                    .map(|(key, fact)| FACT + key.heap_bytes() + heap_text(&fact.value));
+                    .map(|(k, fact)| FACT + key + k.heap_bytes() + heap_text(&fact.value));
                 let cells = f.buckets.values().map(|cell| {
                     let spilled = if cell.len() > 1 { cell.len() * CELL_VALUE } else { 0 };
                     BUCKET + spilled + cell.iter().map(|(value, _)| heap_text(value)).sum::<usize>()
@@ -144,7 +146,7 @@ impl EntityState {
                     target.add(value, count);
                 }
             }
-            for (key, fact) in &theirs.facts {
+            for (key, fact) in theirs.facts.iter() {
                 ours.facts.insert(key.clone(), fact.clone());
                 ours.last_n_values = KnownValues(None);
             }
@@ -402,7 +404,8 @@ fn add<'a>(
             state.buckets.cell_mut(bucket).add(&value, 1);
         }
         Storage::Facts | Storage::Current => {
-            state.facts.insert(row.key.clone(), Fact { at_us, value: value.as_ref().into() });
+            let fact = Fact { at_us, value: value.as_ref().into() };
+            state.facts.insert(feature.fact_key(row).clone(), fact);
         }
         Storage::Derived | Storage::Pairs => {}
     }
@@ -438,7 +441,7 @@ fn retract(
             }
         }
         Storage::Facts | Storage::Current => {
-            if state.facts.remove(&row.key, at_us).is_some() {
+            if state.facts.remove(at_us, feature.fact_key(row), &value).is_some() {
                 // A value may have lost its last fact: what pruning knew of them is stale.
                 state.last_n_values = KnownValues(None);
             }

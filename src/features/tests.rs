@@ -185,6 +185,54 @@ fn last_viewed_is_by_event_time_and_a_delete_falls_back() {
 }
 
 #[test]
+fn rows_of_one_time_order_by_value_and_retract_by_time_and_value() {
+    let table = || SourceTable::new("user_activity");
+    // Row keys in the opposite order to the values: the value decides.
+    let b = activity("b", "u1", "VIEW_PRODUCT", Some("p1"), 10);
+    let a = activity("a", "u1", "VIEW_PRODUCT", Some("p2"), 10);
+    let again = activity("c", "u1", "VIEW_PRODUCT", Some("p1"), 10);
+    let f = user(&[insert(b.clone(), 1), insert(a.clone(), 2), insert(again.clone(), 3)]);
+    assert_eq!(f["last_viewed_product"].value, json!("p2"));
+    assert_eq!(f["recent_products_viewed"].value, json!(["p2", "p1"]));
+    // Deleting one of two rows of the same time and value leaves the other.
+    let f = user(&[
+        insert(b.clone(), 1),
+        insert(a.clone(), 2),
+        insert(again, 3),
+        change(table(), Some(a), None, 4),
+        change(table(), Some(b), None, 5),
+    ]);
+    assert_eq!(f["last_viewed_product"].value, json!("p1"));
+    assert_eq!(f["recent_products_viewed"].value, json!(["p1"]));
+}
+
+#[test]
+fn facts_stored_with_their_keys_are_retracted_by_time_and_value() {
+    let set = set();
+    let v1 = activity("v1", "u1", "VIEW_PRODUCT", Some("p1"), 20);
+    let v2 = activity("v2", "u1", "VIEW_PRODUCT", Some("p2"), 10);
+    let mut state = fold(&set, Entity::USER, "u1", &[insert(v1, 1), insert(v2.clone(), 2)]);
+    // As a persona before keyless facts kept them (layout version 1): by row key.
+    for name in ["last_viewed_product", "recent_products_viewed"] {
+        let feature = state.features.entry(intern::intern(name));
+        assert!(!feature.facts.keyed());
+        feature.facts = [("v1", 0), ("v2", 1)]
+            .into_iter()
+            .map(|(key, place)| {
+                let fact = feature.facts.entry(place).expect("two facts").1.clone();
+                (RowKey::new(key), fact)
+            })
+            .collect();
+        assert!(feature.facts.keyed());
+    }
+    let delete = change(SourceTable::new("user_activity"), Some(v2), None, 3);
+    apply(&set, Entity::USER, "u1", &mut state, &delete, "user_activity/0", t0());
+    let f = read(&set, Entity::USER, "u1", &state);
+    assert_eq!(f["last_viewed_product"].value, json!("p1"));
+    assert_eq!(f["recent_products_viewed"].value, json!(["p1"]));
+}
+
+#[test]
 fn joins_read_the_product_as_it_is_now() {
     let f = user(&[
         insert(activity("v1", "u1", "VIEW_PRODUCT", Some("p1"), 30), 1),

@@ -119,22 +119,27 @@ fn together(set: &FeatureSet, products: &BTreeMap<String, EntityState>) -> BTree
         .collect()
 }
 
-/// The recomputation: each user's views in (time, key) order; neighbours at most the session
-/// apart with different products pair, once for each product.
-fn recompute(rows: &[SourceRow]) -> BTreeMap<String, Value> {
+/// The recomputation: each user's views in (time, key, product) order, the key being none for
+/// a source with a time column (its facts are keyless); neighbours at most the session apart
+/// with different products pair, once for each product.
+fn recompute(set: &FeatureSet, rows: &[SourceRow]) -> BTreeMap<String, Value> {
+    let keyed = set.get("together").expect("declared").facts_keyed;
     let session_us = 120 * 1_000_000;
     let mut counts: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
     for user in USERS {
-        let mut views: Vec<(i64, &RowKey, &str)> = rows
+        let mut views: Vec<(i64, String, &str)> = rows
             .iter()
             .filter(|r| {
                 r.text("user_id") == Some(user) && r.text("activity_type") == Some("VIEW_PRODUCT")
             })
-            .map(|r| (r.time.timestamp_micros(), &r.key, r.text("product_id").unwrap_or("")))
+            .map(|r| {
+                let key = if keyed { r.key.to_string() } else { String::new() };
+                (r.time.timestamp_micros(), key, r.text("product_id").unwrap_or(""))
+            })
             .collect();
         views.sort();
         for pair in views.windows(2) {
-            let (a, b) = (pair[0], pair[1]);
+            let (a, b) = (&pair[0], &pair[1]);
             if b.0 - a.0 <= session_us && a.2 != b.2 {
                 *counts.entry(a.2.into()).or_default().entry(b.2.into()).or_default() += 1;
                 *counts.entry(b.2.into()).or_default().entry(a.2.into()).or_default() += 1;
@@ -246,7 +251,7 @@ proptest! {
     ) {
         let set = set();
         let (changes, survivors) = run(&steps);
-        prop_assert_eq!(together(&set, &ingest(&set, &changes)), recompute(&survivors));
+        prop_assert_eq!(together(&set, &ingest(&set, &changes)), recompute(&set, &survivors));
     }
 
     /// Redelivered changes (skipped by position in users and products alike) change nothing.

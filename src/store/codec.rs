@@ -5,7 +5,8 @@
 //! once, in a table, and referred to by its place in it: a user's state names the same products
 //! and categories in many buckets and facts. Row keys that are UUIDs in their canonical text (as
 //! Postgres prints `uuid` columns) take their 16 bytes instead, and time buckets and fact times
-//! are written as differences, which are small. JSON spent most of a state's bytes on
+//! are written as differences, which are small. A fact kept without its row key (see
+//! [`crate::features::Facts`]) takes one byte for it (layout version 2). JSON spent most of a state's bytes on
 //! repeating those (see BENCHMARKS.md, "State per entity").
 //!
 //! Shares written as JSON (the layout before version 1, recognised by its leading `{`) are still
@@ -27,7 +28,8 @@ use crate::features::{
 };
 
 /// The layout written; bump it (and keep reading the older ones) whenever the wire form changes.
-pub const STATE_VERSION: u8 = 1;
+/// Version 2 added keyless facts ([`WireKey::None`]); version 1 is read the same way.
+pub const STATE_VERSION: u8 = 2;
 
 /// A stored value persona cannot read.
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +46,12 @@ pub enum CodecError {
     Json(#[from] serde_json::Error),
 }
 
-/// A fact's row key: a UUID's bytes, or a text of the table.
+/// A fact's row key: a UUID's bytes, a text of the table, or none (a keyless fact, one byte).
 #[derive(Serialize, Deserialize)]
 enum WireKey {
     Uuid([u8; 16]),
     Text(u32),
+    None,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -133,6 +136,7 @@ fn encode_feature<'a>(
         .iter()
         .map(|(key, fact)| {
             let key = match key.form() {
+                _ if key.is_none() => WireKey::None,
                 KeyForm::Uuid(bytes) => WireKey::Uuid(*bytes),
                 KeyForm::Text(text) => WireKey::Text(texts.place(text)),
             };
@@ -158,12 +162,12 @@ pub fn decode_state(bytes: &[u8]) -> Result<EntityState, CodecError> {
     match bytes.first() {
         None => Err(CodecError::Empty),
         Some(b'{') => Ok(serde_json::from_slice(bytes)?),
-        Some(&STATE_VERSION) => decode_v1(&bytes[1..]),
+        Some(1 | 2) => decode_wire(&bytes[1..]),
         Some(&other) => Err(CodecError::UnknownVersion(other)),
     }
 }
 
-fn decode_v1(bytes: &[u8]) -> Result<EntityState, CodecError> {
+fn decode_wire(bytes: &[u8]) -> Result<EntityState, CodecError> {
     let wire: Wire<'_> = postcard::from_bytes(bytes)?;
     let text =
         |place: u32| wire.texts.get(place as usize).copied().ok_or(CodecError::MissingText(place));
@@ -201,6 +205,7 @@ fn decode_v1(bytes: &[u8]) -> Result<EntityState, CodecError> {
                 let key = match key {
                     WireKey::Uuid(bytes) => RowKey::from_uuid(*bytes),
                     WireKey::Text(place) => RowKey::new(text(*place)?),
+                    WireKey::None => RowKey::none().clone(),
                 };
                 let at_us = feature.facts_since_us.saturating_add_unsigned(*since);
                 Ok((key, Fact { at_us, value: text(*value)?.into() }))
@@ -313,6 +318,27 @@ mod tests {
         let upper = encode_state(&viewed(&[&canonical.to_uppercase()]));
         assert_eq!(decode_state(&upper).expect("decodes"), viewed(&[&canonical.to_uppercase()]));
         assert!(upper.len() > one + 20, "kept as text, so it reads back as it was");
+    }
+
+    #[test]
+    fn a_keyless_fact_takes_one_byte_for_its_key_and_reads_back_keyless() {
+        let one = encode_state(&viewed(&[""])).len();
+        let two = encode_state(&viewed(&["", ""])).len();
+        // The key's tag, a time (1 byte) and a value's place.
+        assert_eq!(two - one, 1 + 1 + 1);
+        let read = decode_state(&encode_state(&viewed(&["", ""]))).expect("decodes");
+        let facts = &read.features.get("last_viewed_product").expect("kept").facts;
+        assert_eq!(facts.len(), 2);
+        assert!(!facts.keyed());
+    }
+
+    #[test]
+    fn a_version_1_value_reads_as_it_did() {
+        // `viewed(&[canonical])` as persona wrote it in layout version 1.
+        let canonical = "0b6a3d1e-8f44-4c3a-9d7e-2f1c5a6b7c8d";
+        let mut bytes = encode_state(&viewed(&[canonical]));
+        bytes[0] = 1;
+        assert_eq!(decode_state(&bytes).expect("decodes"), viewed(&[canonical]));
     }
 
     #[test]

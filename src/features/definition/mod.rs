@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::catalog::DimensionSchema;
 pub use super::entity::{Entity, EntitySchema, IdKind};
-use super::source::{SourceSchema, SourceTable};
+use super::row_key::RowKey;
+use super::source::{SourceRow, SourceSchema, SourceTable};
 
 /// Every window is this many buckets: the bucket width is `window / 60`.
 pub const BUCKETS_PER_WINDOW: i64 = 60;
@@ -172,6 +173,9 @@ pub struct Feature {
     /// `co_occurrence`: the longest gap between two neighbouring rows of a user that still
     /// pairs them.
     pub session: Option<Duration>,
+    /// Whether its facts keep their rows' keys: only where a row's time may be its commit time,
+    /// which its before image does not carry (see [`crate::features::Facts`]).
+    pub facts_keyed: bool,
 }
 
 /// Which of the bands bounded by `bounds` (ascending upper bounds) `value` falls in: 0 below
@@ -183,6 +187,11 @@ pub fn band_of(bounds: &[Decimal], value: Decimal) -> usize {
 impl Feature {
     pub fn storage(&self) -> Storage {
         self.aggregation.storage()
+    }
+
+    /// The key `row`'s fact is kept by (see [`Self::facts_keyed`]).
+    pub fn fact_key<'a>(&self, row: &'a SourceRow) -> &'a RowKey {
+        if self.facts_keyed { &row.key } else { RowKey::none() }
     }
 
     /// The band label of a numeric value: `<25`, `25-50`, …, `250+`.

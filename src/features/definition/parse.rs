@@ -358,6 +358,7 @@ pub(super) fn compile(
         step,
         half_life,
         session,
+        facts_keyed: source.time_column.is_none() || source.time_from_commit_if_null,
     })
 }
 

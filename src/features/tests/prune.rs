@@ -14,9 +14,8 @@ fn unpruned(set: &FeatureSet, rows: &[SourceRow]) -> EntityState {
         for row in rows {
             let value = row.text("product_id").expect("a product").to_string();
             let at_us = row.time.timestamp_micros();
-            facts
-                .facts
-                .insert(row.key.clone(), super::super::state::Fact { at_us, value: value.into() });
+            let fact = super::super::state::Fact { at_us, value: value.into() };
+            facts.facts.insert(feature.fact_key(row).clone(), fact);
         }
     }
     state
