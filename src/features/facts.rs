@@ -213,19 +213,23 @@ impl Facts {
         }
     }
 
-    /// Keeps the facts whose place, counted from the newest (0), `keep` accepts.
+    /// Keeps the facts whose place, counted from the newest (0), `keep` accepts; `keep` is
+    /// asked oldest first.
     pub fn retain_from_newest(&mut self, mut keep: impl FnMut(usize) -> bool) {
-        let kept: Vec<bool> = (0..self.facts.len()).rev().map(&mut keep).collect();
-        let mut index = 0;
-        self.facts.retain(|_| {
-            index += 1;
-            kept[index - 1]
-        });
-        let mut index = 0;
-        self.keys.retain(|_| {
-            index += 1;
-            kept[index - 1]
-        });
+        let len = self.facts.len();
+        let keyed = self.keyed();
+        let mut kept = 0;
+        for index in 0..len {
+            if keep(len - 1 - index) {
+                self.facts.swap(kept, index);
+                if keyed {
+                    self.keys.swap(kept, index);
+                }
+                kept += 1;
+            }
+        }
+        self.facts.truncate(kept);
+        self.keys.truncate(if keyed { kept } else { 0 });
     }
 }
 
@@ -307,6 +311,8 @@ mod tests {
         RemoveAbsent(i64),
         DropOlder(i64),
         KeepNewest(usize),
+        /// Keeps the facts whose place from the newest is not a multiple of this.
+        RetainFromNewest(usize),
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -317,6 +323,7 @@ mod tests {
             1 => (0i64..30).prop_map(Step::RemoveAbsent),
             1 => (0i64..30).prop_map(Step::DropOlder),
             1 => (0usize..12).prop_map(Step::KeepNewest),
+            1 => (2usize..5).prop_map(Step::RetainFromNewest),
         ]
     }
 
@@ -386,6 +393,16 @@ mod tests {
                     Step::KeepNewest(kept) => {
                         facts.keep_newest(kept);
                         model.drain(..model.len().saturating_sub(kept));
+                    }
+                    Step::RetainFromNewest(every) => {
+                        facts.retain_from_newest(|place| place % every != 0);
+                        let len = model.len();
+                        model = model
+                            .into_iter()
+                            .enumerate()
+                            .filter(|(index, _)| (len - 1 - index) % every != 0)
+                            .map(|(_, entry)| entry)
+                            .collect();
                     }
                 }
                 let held: Vec<(RowKey, Fact)> = facts.iter().map(|(k, f)| (k.clone(), f.clone())).collect();
