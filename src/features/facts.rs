@@ -395,12 +395,12 @@ mod tests {
                         model.drain(..model.len().saturating_sub(kept));
                     }
                     Step::RetainFromNewest(every) => {
-                        facts.retain_from_newest(|place| place % every != 0);
+                        facts.retain_from_newest(|place| !place.is_multiple_of(every));
                         let len = model.len();
                         model = model
                             .into_iter()
                             .enumerate()
-                            .filter(|(index, _)| (len - 1 - index) % every != 0)
+                            .filter(|(index, _)| !(len - 1 - index).is_multiple_of(every))
                             .map(|(_, entry)| entry)
                             .collect();
                     }
