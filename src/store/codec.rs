@@ -28,7 +28,8 @@ use crate::features::{
 };
 
 /// The layout written; bump it (and keep reading the older ones) whenever the wire form changes.
-/// Version 2 added keyless facts ([`WireKey::None`]); version 1 is read the same way.
+/// Version 2 added keyless facts ([`WireKey::None`]) and dates each fact from the one before it;
+/// version 1 is still read.
 pub const STATE_VERSION: u8 = 2;
 
 /// A stored value persona cannot read.
@@ -59,7 +60,9 @@ struct WireFeature {
     name: u32,
     /// `(bucket - previous bucket, [(value, count)])`, buckets in ascending order.
     buckets: Vec<(i64, Vec<(u32, i64)>)>,
-    /// The oldest fact's time; facts carry theirs as the difference from it.
+    /// The oldest fact's time. Facts carry theirs as the difference from the fact before them
+    /// (the first from this), being in time order; in layout version 1, from this for every
+    /// fact, as an older persona wrote them in row key order.
     facts_since_us: i64,
     facts: Vec<(WireKey, u64, u32)>,
 }
@@ -131,6 +134,7 @@ fn encode_feature<'a>(
         })
         .collect();
     let facts_since_us = state.facts.oldest().map_or(0, |fact| fact.at_us);
+    let mut previous = facts_since_us;
     let facts = state
         .facts
         .iter()
@@ -140,7 +144,10 @@ fn encode_feature<'a>(
                 KeyForm::Uuid(bytes) => WireKey::Uuid(*bytes),
                 KeyForm::Text(text) => WireKey::Text(texts.place(text)),
             };
-            (key, fact.at_us.abs_diff(facts_since_us), texts.place(&fact.value))
+            // Facts are in time order: never negative.
+            let since = fact.at_us.abs_diff(previous);
+            previous = fact.at_us;
+            (key, since, texts.place(&fact.value))
         })
         .collect();
     WireFeature { name: texts.place(name), buckets, facts_since_us, facts }
@@ -162,12 +169,12 @@ pub fn decode_state(bytes: &[u8]) -> Result<EntityState, CodecError> {
     match bytes.first() {
         None => Err(CodecError::Empty),
         Some(b'{') => Ok(serde_json::from_slice(bytes)?),
-        Some(1 | 2) => decode_wire(&bytes[1..]),
+        Some(&version @ (1 | 2)) => decode_wire(&bytes[1..], version),
         Some(&other) => Err(CodecError::UnknownVersion(other)),
     }
 }
 
-fn decode_wire(bytes: &[u8]) -> Result<EntityState, CodecError> {
+fn decode_wire(bytes: &[u8], version: u8) -> Result<EntityState, CodecError> {
     let wire: Wire<'_> = postcard::from_bytes(bytes)?;
     let text =
         |place: u32| wire.texts.get(place as usize).copied().ok_or(CodecError::MissingText(place));
@@ -198,6 +205,7 @@ fn decode_wire(bytes: &[u8]) -> Result<EntityState, CodecError> {
         decoded.buckets.shrink_to_fit();
         // Written in time order since the facts are kept in it; earlier persona wrote them in
         // row key order, which collecting sorts.
+        let mut previous = feature.facts_since_us;
         decoded.facts = feature
             .facts
             .iter()
@@ -207,7 +215,10 @@ fn decode_wire(bytes: &[u8]) -> Result<EntityState, CodecError> {
                     WireKey::Text(place) => RowKey::new(text(*place)?),
                     WireKey::None => RowKey::none().clone(),
                 };
-                let at_us = feature.facts_since_us.saturating_add_unsigned(*since);
+                let at_us = previous.saturating_add_unsigned(*since);
+                if version >= 2 {
+                    previous = at_us;
+                }
                 Ok((key, Fact { at_us, value: text(*value)?.into() }))
             })
             .collect::<Result<_, CodecError>>()?;
@@ -334,11 +345,48 @@ mod tests {
 
     #[test]
     fn a_version_1_value_reads_as_it_did() {
-        // `viewed(&[canonical])` as persona wrote it in layout version 1.
-        let canonical = "0b6a3d1e-8f44-4c3a-9d7e-2f1c5a6b7c8d";
-        let mut bytes = encode_state(&viewed(&[canonical]));
-        bytes[0] = 1;
-        assert_eq!(decode_state(&bytes).expect("decodes"), viewed(&[canonical]));
+        // As a persona of layout version 1 wrote it: facts in row key order, each dated from the
+        // oldest.
+        let wire = Wire {
+            rev: 3,
+            texts: vec!["last_viewed_product", "p1", "p2"],
+            applied: Vec::new(),
+            replayed: Vec::new(),
+            runs: Vec::new(),
+            cuts: Vec::new(),
+            features: vec![WireFeature {
+                name: 0,
+                buckets: Vec::new(),
+                facts_since_us: 1_000,
+                facts: vec![(WireKey::Uuid([1; 16]), 500, 1), (WireKey::Uuid([2; 16]), 0, 2)],
+            }],
+        };
+        let bytes = postcard::to_extend(&wire, vec![1]).expect("encodes");
+        let mut views = FeatureState::default();
+        views.facts.insert(RowKey::from_uuid([2; 16]), Fact { at_us: 1_000, value: "p2".into() });
+        views.facts.insert(RowKey::from_uuid([1; 16]), Fact { at_us: 1_500, value: "p1".into() });
+        let mut expected = EntityState { rev: 3, ..EntityState::default() };
+        expected.features.insert_named("last_viewed_product", views);
+        assert_eq!(decode_state(&bytes).expect("decodes"), expected);
+    }
+
+    #[test]
+    fn a_fact_is_dated_from_the_one_before_it() {
+        // Ten facts a day apart: from the oldest, the newest's difference would take 6 bytes.
+        let mut views = FeatureState::default();
+        for day in 0..10i64 {
+            let fact =
+                Fact { at_us: 1_700_000_000_000_000 + day * 86_400_000_000, value: "p1".into() };
+            views.facts.insert(RowKey::none().clone(), fact);
+        }
+        let mut state = EntityState::default();
+        state.features.insert_named("last_viewed_product", views);
+        let bytes = encode_state(&state);
+        assert_eq!(decode_state(&bytes).expect("decodes"), state);
+        let wire: Wire<'_> = postcard::from_bytes(&bytes[1..]).expect("reads");
+        let since: Vec<u64> = wire.features[0].facts.iter().map(|(_, since, _)| *since).collect();
+        let day = 86_400_000_000;
+        assert_eq!(since, [0, day, day, day, day, day, day, day, day, day]);
     }
 
     #[test]
