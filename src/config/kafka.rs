@@ -44,10 +44,10 @@ pub struct KafkaConfig {
     pub fetch_wait_max: Duration,
     /// Most messages of one partition applied and written to Redis as one batch. A batch is what
     /// the partition's queue holds, so batches are this large only while catching up, where an
-    /// entity touched several times is then written once (`scripts/bench-catchup`: 5,000 gives
-    /// 2.5× the catch-up rate of 500). Kept at 500 because a batch's writes are one Redis script
-    /// carrying whole states: with today's state sizes a batch of 1,700 messages outlasted
-    /// `redis.command_timeout` (BENCHMARKS.md, "Catch-up").
+    /// entity touched several times is then written once (`scripts/bench-catchup`: 2,000 gives
+    /// 1.3× the catch-up rate of 500). Kept at 1,000 because a batch's writes are one Redis
+    /// script carrying whole states: at 1,000 its slowest write took under 250 ms of the
+    /// 500 ms `redis.command_timeout` while catching up (BENCHMARKS.md, "Larger batches").
     pub batch_max_messages: usize,
     /// Messages buffered per partition before that partition is paused: at least a batch, and
     /// times the partitions an instance owns and a message's size, memory held while catching up.
@@ -116,7 +116,7 @@ impl Default for KafkaConfig {
             session_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
             fetch_wait_max: Duration::from_millis(10),
-            batch_max_messages: 500,
+            batch_max_messages: 1_000,
             partition_queue_capacity: 2_000,
             metadata_refresh: Duration::from_secs(10),
             dlq_topic: "persona.dlq".into(),
