@@ -417,7 +417,7 @@ async fn shares_are_written_in_the_configured_encoding_and_either_is_read() {
         .await
         .expect("write");
     let raw = redis.command(&["HGET", &hash, "user_activity/0"]);
-    assert!(raw.starts_with('\u{1}'), "written in the binary layout, version 1: {raw:?}");
+    assert!(raw.starts_with('\u{2}'), "written in the binary layout, version 2: {raw:?}");
     assert!(raw.len() < serde_json::to_string(&share).expect("json").len());
     let loaded = json.load_for_write(&[user("u1")], &[], &[]).await.expect("load");
     assert_eq!(loaded.states.get(&user("u1")), Some(&share));

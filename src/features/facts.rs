@@ -100,7 +100,7 @@ impl Facts {
     }
 
     /// Where the fact (`at_us`, `key`, `value`) is (the first of equal ones), or would go.
-    pub fn place(&self, at_us: i64, key: &RowKey, value: &str) -> Result<usize, usize> {
+    fn place(&self, at_us: i64, key: &RowKey, value: &str) -> Result<usize, usize> {
         let probe = (at_us, key, value);
         // From the end: rows mostly arrive in time order, and a binary search over the newest
         // few would touch the same cache lines as this check of the last one.
@@ -129,8 +129,9 @@ impl Facts {
             Ok(index) => Some(index),
             Err(_) if key.is_none() => {
                 let from = self.facts.partition_point(|fact| fact.at_us < at_us);
-                let same_time = self.facts[from..].iter().take_while(|fact| fact.at_us == at_us);
-                Some(from + same_time.into_iter().position(|fact| fact.value == value)?)
+                let mut same_time =
+                    self.facts[from..].iter().take_while(|fact| fact.at_us == at_us);
+                Some(from + same_time.position(|fact| fact.value == value)?)
             }
             Err(_) => (0..self.facts.len()).find(|&index| self.key(index) == key),
         }
