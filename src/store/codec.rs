@@ -5,9 +5,10 @@
 //! once, in a table, and referred to by its place in it: a user's state names the same products
 //! and categories in many buckets and facts. Row keys that are UUIDs in their canonical text (as
 //! Postgres prints `uuid` columns) take their 16 bytes instead, and time buckets and fact times
-//! are written as differences, which are small. A fact kept without its row key (see
-//! [`crate::features::Facts`]) takes one byte for it (layout version 2). JSON spent most of a state's bytes on
-//! repeating those (see BENCHMARKS.md, "State per entity").
+//! are written as differences, which are small: a fact's from the fact before it (layout version
+//! 2; from the state's oldest in version 1). A fact kept without its row key (see
+//! [`crate::features::Facts`]) takes one byte for it (version 2). JSON spent most of a state's
+//! bytes on repeating those (see BENCHMARKS.md, "State per entity").
 //!
 //! Shares written as JSON (the layout before version 1, recognised by its leading `{`) are still
 //! read, and written back in the current layout the next time a change reaches them. JSON can
