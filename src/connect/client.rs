@@ -9,6 +9,32 @@ use serde::Deserialize;
 use super::ConnectError;
 
 const STATUS_POLL: Duration = Duration::from_millis(500);
+/// How long a request is retried while Connect answers that it is rebalancing. A worker
+/// rebalances whenever any connector is created, updated or deleted (by anyone), and refuses
+/// requests until the group settles, usually within seconds.
+const REBALANCE_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Whether Connect's answer means "not now, ask again": a rebalance in progress or expected
+/// (409, or 500 `RebalanceNeededException`, depending on which path the worker took), or a
+/// worker not yet serving (503). Every other answer is final.
+fn is_transient(status: StatusCode, message: &str) -> bool {
+    status == StatusCode::CONFLICT
+        || status == StatusCode::SERVICE_UNAVAILABLE
+        || (status.is_server_error() && message.to_ascii_lowercase().contains("rebalanc"))
+}
+
+/// Waits between attempts at a request Connect refused for a rebalance: exponential with
+/// jitter, up to [`REBALANCE_PATIENCE`] in all.
+fn rebalance_delays() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(3))
+        .with_jitter()
+        .without_max_times()
+        .with_total_delay(Some(REBALANCE_PATIENCE))
+        .build()
+}
 
 /// A connector's state and its tasks', as Connect reports them.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -114,14 +140,37 @@ impl ConnectClient {
     /// Connect's error, with its `message` (which lists the config errors one per line) shown
     /// as text rather than as a JSON string.
     async fn rejected(name: &str, response: reqwest::Response) -> ConnectError {
-        let status = response.status().as_u16();
-        let body = response.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|value| value["message"].as_str().map(str::to_string))
-            .unwrap_or(body);
-        let body = message.lines().map(|line| format!("  {line}")).collect::<Vec<_>>().join("\n");
-        ConnectError::Rejected { name: name.to_string(), status, body }
+        let status = response.status();
+        rejection(name, status, &error_message(response).await)
+    }
+
+    /// Sends `request`, again while Connect answers that it is rebalancing (see
+    /// [`is_transient`]); any other answer, success or not, is returned as it came.
+    async fn execute(
+        &self,
+        name: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ConnectError> {
+        let mut delays = rebalance_delays();
+        loop {
+            // Bodies here are JSON bytes, which clone; only a streamed body would not.
+            let attempt = request.try_clone().ok_or_else(|| ConnectError::Unexpected {
+                what: name.to_string(),
+                detail: "a request that cannot be retried".into(),
+            })?;
+            let response = attempt.send().await.map_err(|e| self.unreachable(e))?;
+            let status = response.status();
+            if status.is_success() || !(status.is_server_error() || status == StatusCode::CONFLICT)
+            {
+                return Ok(response);
+            }
+            let message = error_message(response).await;
+            let Some(delay) = delays.next().filter(|_| is_transient(status, &message)) else {
+                return Err(rejection(name, status, &message));
+            };
+            tracing::debug!(connector = name, %status, %message, ?delay, "kafka connect is rebalancing; retrying");
+            tokio::time::sleep(delay).await;
+        }
     }
 
     /// The deployed config, or `None` when no such connector exists.
@@ -130,11 +179,8 @@ impl ConnectClient {
         name: &str,
     ) -> Result<Option<BTreeMap<String, String>>, ConnectError> {
         let response = self
-            .http
-            .get(format!("{}/connectors/{name}/config", self.base))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            .execute(name, self.http.get(format!("{}/connectors/{name}/config", self.base)))
+            .await?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -232,11 +278,8 @@ impl ConnectClient {
     /// Every deployed connector's status, by name.
     pub async fn statuses(&self) -> Result<Vec<ConnectorStatus>, ConnectError> {
         let response = self
-            .http
-            .get(format!("{}/connectors?expand=status", self.base))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            .execute("(all)", self.http.get(format!("{}/connectors?expand=status", self.base)))
+            .await?;
         if !response.status().is_success() {
             return Err(Self::rejected("(all)", response).await);
         }
@@ -254,12 +297,13 @@ impl ConnectClient {
         let class = config.get("connector.class").cloned().unwrap_or_default();
         let plugin = class.rsplit('.').next().unwrap_or_default().to_string();
         let response = self
-            .http
-            .put(format!("{}/connector-plugins/{plugin}/config/validate", self.base))
-            .json(config)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            .execute(
+                &plugin,
+                self.http
+                    .put(format!("{}/connector-plugins/{plugin}/config/validate", self.base))
+                    .json(config),
+            )
+            .await?;
         if !response.status().is_success() {
             return Err(Self::rejected(&plugin, response).await);
         }
@@ -309,7 +353,7 @@ impl ConnectClient {
     }
 
     async fn send(&self, name: &str, request: reqwest::RequestBuilder) -> Result<(), ConnectError> {
-        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        let response = self.execute(name, request).await?;
         if !response.status().is_success() {
             return Err(Self::rejected(name, response).await);
         }
@@ -338,6 +382,22 @@ impl ConnectClient {
     }
 }
 
+/// Connect's refusal of a request about `name`, its message indented under the status.
+fn rejection(name: &str, status: StatusCode, message: &str) -> ConnectError {
+    let body = message.lines().map(|line| format!("  {line}")).collect::<Vec<_>>().join("\n");
+    ConnectError::Rejected { name: name.to_string(), status: status.as_u16(), body }
+}
+
+/// Connect's error `message` (which lists config errors one per line), or the whole body when
+/// it is not Connect's JSON error.
+async fn error_message(response: reqwest::Response) -> String {
+    let body = response.text().await.unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|value| value["message"].as_str().map(str::to_string))
+        .unwrap_or(body)
+}
+
 /// A Java stack trace cut to what a person reads: the exception lines and their causes, not
 /// the frames.
 pub fn readable_trace(trace: Option<&str>) -> String {
@@ -358,6 +418,29 @@ pub fn readable_trace(trace: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rebalances_are_retried_and_refusals_are_not() {
+        let expected = "Request cannot be completed because a rebalance is expected";
+        assert!(is_transient(StatusCode::INTERNAL_SERVER_ERROR, expected));
+        assert!(is_transient(
+            StatusCode::CONFLICT,
+            "Cannot complete request momentarily due to stale configuration"
+        ));
+        assert!(is_transient(StatusCode::SERVICE_UNAVAILABLE, ""));
+        assert!(!is_transient(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Failed to find any class that implements Connector"
+        ));
+        assert!(!is_transient(StatusCode::BAD_REQUEST, expected));
+        assert!(!is_transient(StatusCode::NOT_FOUND, "Connector c not found"));
+    }
+
+    #[test]
+    fn rebalance_retries_end() {
+        let waited: Duration = rebalance_delays().take(10_000).sum();
+        assert!(waited <= REBALANCE_PATIENCE, "{waited:?}");
+    }
 
     #[test]
     fn traces_keep_the_exceptions_and_drop_frames() {
