@@ -1,63 +1,163 @@
-//! A feature's time buckets ([`Buckets`]) and what each holds ([`Cell`]): the state of every
-//! bucketed aggregation (counts, sums, histograms, distinct values, co-occurrences).
+//! A feature's time buckets ([`Buckets`]), and a view of what one holds ([`Cell`]): the state
+//! of every bucketed aggregation (counts, sums, histograms, distinct values, co-occurrences).
 //!
-//! A user holds hundreds of buckets, nearly all with one value, and rows arrive in time order:
-//! buckets are a vector in bucket order, a row adds to the newest (found first) or appends one,
-//! and time drops the oldest from the front. A `BTreeMap` spent a node slot and a pointer per
-//! bucket, its nodes half full as appends leave them, and a cache miss per bucket walked when a
-//! state is encoded or read (BENCHMARKS.md, "State per entity").
+//! A user holds hundreds of buckets, nearly all with one value, and rows arrive in time order.
+//! Buckets are one vector of entries — bucket, value, rows; 16 bytes — in bucket order and then
+//! value order: a row adds to the newest bucket (found from the end) or appends, and time drops
+//! the oldest from the front. Values are texts (a category, a price band, a partner, `""` for
+//! plain counts) that a feature's buckets repeat bucket after bucket: each is kept once, in a
+//! dictionary the entries name by index. A vector of buckets each holding a vector of values
+//! took 48 bytes a bucket and 32 more for each further value on the heap (BENCHMARKS.md, "State
+//! per entity"). The dictionary is in the values' order, so an entry's index orders as its text
+//! does and a bucket's values stay in text order, as the stored forms write them.
+//!
+//! A bucket counts up to 2³¹ − 1 rows of one value (of one entity, in one bucket); beyond that
+//! it saturates.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Range;
 
 use compact_str::CompactString;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use smallvec::SmallVec;
+use thin_vec::ThinVec;
 
-/// A feature's buckets, oldest first: bucket number (event time over the bucket's length) →
-/// cell. No cell is kept empty.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Buckets(Vec<(i64, Cell)>);
+/// One value's rows in one bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    bucket: i64,
+    /// Index in the dictionary.
+    value: u32,
+    rows: i32,
+}
+
+/// Dictionary sizes from which a dictionary that is full (a power of two) first drops the
+/// values no entry names any more: values come and go (a product's viewers, an hour's
+/// categories), and this keeps the dictionary under twice the values named, amortized.
+const DROP_UNNAMED_FROM: usize = 16;
+
+/// A feature's buckets: bucket number (event time over the bucket's length) → value → rows.
+/// No bucket is kept empty, no value with zero rows.
+#[derive(Clone, Default)]
+pub struct Buckets {
+    entries: Vec<Entry>,
+    /// Every value an entry names (and, until dropped, some no entry names any more), in text
+    /// order.
+    values: ThinVec<CompactString>,
+}
+
+fn narrow(rows: i64) -> i32 {
+    i32::try_from(rows).unwrap_or(if rows < 0 { i32::MIN } else { i32::MAX })
+}
 
 impl Buckets {
-    fn place(&self, bucket: i64) -> Result<usize, usize> {
-        match self.0.last() {
-            // The newest bucket, or one after it: most rows.
-            Some((newest, _)) if *newest == bucket => Ok(self.0.len() - 1),
-            Some((newest, _)) if *newest < bucket => Err(self.0.len()),
-            None => Err(0),
-            Some(_) => self.0.binary_search_by_key(&bucket, |(known, _)| *known),
-        }
-    }
-
-    pub fn get(&self, bucket: i64) -> Option<&Cell> {
-        self.place(bucket).ok().map(|at| &self.0[at].1)
-    }
-
-    pub fn get_mut(&mut self, bucket: i64) -> Option<&mut Cell> {
-        self.place(bucket).ok().map(|at| &mut self.0[at].1)
-    }
-
-    /// The cell of `bucket`, added empty when absent (the caller fills or removes it).
-    pub fn cell_mut(&mut self, bucket: i64) -> &mut Cell {
-        let at = match self.place(bucket) {
-            Ok(at) => at,
-            Err(at) => {
-                self.0.insert(at, (bucket, Cell::default()));
-                at
+    /// Where `bucket`'s entries are (an empty range where they would go).
+    fn range(&self, bucket: i64) -> Range<usize> {
+        let len = self.entries.len();
+        match self.entries.last() {
+            None => 0..0,
+            Some(newest) if newest.bucket < bucket => len..len,
+            // The newest bucket: most rows.
+            Some(newest) if newest.bucket == bucket => {
+                let rows = self.entries.iter().rev().take_while(|e| e.bucket == bucket).count();
+                len - rows..len
             }
-        };
-        &mut self.0[at].1
-    }
-
-    pub fn insert(&mut self, bucket: i64, cell: Cell) {
-        *self.cell_mut(bucket) = cell;
-    }
-
-    pub fn remove(&mut self, bucket: i64) {
-        if let Ok(at) = self.place(bucket) {
-            self.0.remove(at);
+            Some(_) => {
+                let start = self.entries.partition_point(|e| e.bucket < bucket);
+                let rows = self.entries[start..].iter().take_while(|e| e.bucket == bucket).count();
+                start..start + rows
+            }
         }
+    }
+
+    fn place_value(&self, value: &str) -> Result<usize, usize> {
+        self.values.binary_search_by(|known| text_order(known.as_bytes(), value.as_bytes()))
+    }
+
+    /// The dictionary index of `value`, added when absent (entries naming later values move up
+    /// one).
+    fn index_of(&mut self, value: &str) -> u32 {
+        let at = match self.place_value(value) {
+            Ok(at) => return at as u32,
+            Err(at) => at,
+        };
+        let at = if self.values.len() >= DROP_UNNAMED_FROM && self.values.len().is_power_of_two() {
+            self.drop_unnamed_values();
+            self.place_value(value).unwrap_or_else(|at| at)
+        } else {
+            at
+        };
+        let index = at as u32;
+        self.values.insert(at, value.into());
+        for entry in &mut self.entries {
+            if entry.value >= index {
+                entry.value += 1;
+            }
+        }
+        index
+    }
+
+    /// Drops the values no entry names, renumbering the entries (their order is kept).
+    fn drop_unnamed_values(&mut self) {
+        let mut named = vec![false; self.values.len()];
+        for entry in &self.entries {
+            named[entry.value as usize] = true;
+        }
+        let mut renumbered = Vec::with_capacity(named.len());
+        let mut next = 0;
+        for is_named in &named {
+            renumbered.push(next);
+            next += u32::from(*is_named);
+        }
+        for entry in &mut self.entries {
+            entry.value = renumbered[entry.value as usize];
+        }
+        let mut named = named.into_iter();
+        self.values.retain(|_| named.next().unwrap_or(false));
+    }
+
+    /// Adds `delta` rows of `value` to `bucket` (from none when absent); the rows now there.
+    /// A value left with no rows is removed, and a bucket left with no values.
+    pub fn add(&mut self, bucket: i64, value: &str, delta: i64) -> i64 {
+        let value = self.index_of(value);
+        let range = self.range(bucket);
+        match self.entries[range.clone()].binary_search_by_key(&value, |e| e.value) {
+            Ok(offset) => {
+                let at = range.start + offset;
+                let rows = i64::from(narrow(i64::from(self.entries[at].rows) + delta));
+                if rows == 0 {
+                    self.entries.remove(at);
+                } else {
+                    self.entries[at].rows = rows as i32;
+                }
+                rows
+            }
+            Err(_) if delta == 0 => 0,
+            Err(offset) => {
+                let rows = narrow(delta);
+                self.entries.insert(range.start + offset, Entry { bucket, value, rows });
+                i64::from(rows)
+            }
+        }
+    }
+
+    /// The rows of `value` in `bucket`, if any.
+    pub fn rows(&self, bucket: i64, value: &str) -> Option<i64> {
+        let value = self.place_value(value).ok()? as u32;
+        let entries = &self.entries[self.range(bucket)];
+        let at = entries.binary_search_by_key(&value, |e| e.value).ok()?;
+        Some(i64::from(entries[at].rows))
+    }
+
+    pub fn get(&self, bucket: i64) -> Option<Cell<'_>> {
+        let range = self.range(bucket);
+        (!range.is_empty()).then(|| Cell { entries: &self.entries[range], values: &self.values })
+    }
+
+    /// Drops `bucket` and its values.
+    pub fn remove(&mut self, bucket: i64) {
+        let range = self.range(bucket);
+        self.entries.drain(range);
     }
 
     /// Drops the buckets before `oldest`.
@@ -65,63 +165,155 @@ impl Buckets {
         // From the front rather than by binary search: a change drops at most a bucket or two,
         // and the search's probes across the vector were cache misses, a tenth of the apply
         // once states were full.
-        let stale = self.0.iter().take_while(|(bucket, _)| *bucket < oldest).count();
-        self.0.drain(..stale);
+        let stale = self.entries.iter().take_while(|e| e.bucket < oldest).count();
+        self.entries.drain(..stale);
+        if self.entries.is_empty() {
+            self.values = ThinVec::new();
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.entries.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Gives back the room of buckets not there (a state read back is not growing).
+    /// Gives back the room of entries and values not there (a state read back is not growing).
     pub fn shrink_to_fit(&mut self) {
-        self.0.shrink_to_fit();
+        self.drop_unnamed_values();
+        self.entries.shrink_to_fit();
+        self.values.shrink_to_fit();
+    }
+
+    /// What the buckets hold on the heap, beside texts longer than [`CompactString`] keeps
+    /// inline: the entries and the dictionary.
+    pub fn heap_bytes(&self) -> usize {
+        let texts: usize =
+            self.values.iter().filter(|v| v.is_heap_allocated()).map(|v| v.len()).sum();
+        let dictionary = if self.values.is_empty() {
+            0
+        } else {
+            16 + self.values.len() * std::mem::size_of::<CompactString>()
+        };
+        self.entries.len() * std::mem::size_of::<Entry>() + dictionary + texts
     }
 
     /// Buckets and their cells, oldest first.
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (i64, &Cell)> + ExactSizeIterator {
+    pub fn iter(&self) -> Iter<'_> {
         self.into_iter()
     }
 
     pub fn keys(&self) -> impl DoubleEndedIterator<Item = i64> + '_ {
-        self.0.iter().map(|(bucket, _)| *bucket)
+        self.iter().map(|(bucket, _)| bucket)
     }
 
-    pub fn values(&self) -> impl DoubleEndedIterator<Item = &Cell> {
-        self.0.iter().map(|(_, cell)| cell)
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = Cell<'_>> {
+        self.iter().map(|(_, cell)| cell)
+    }
+
+    /// Every bucket's values and rows: (bucket, value, rows), in order.
+    fn triples(&self) -> impl Iterator<Item = (i64, &str, i64)> {
+        self.entries
+            .iter()
+            .map(|e| (e.bucket, self.values[e.value as usize].as_str(), i64::from(e.rows)))
+    }
+}
+
+/// Buckets and their cells, oldest first.
+pub struct Iter<'a> {
+    buckets: std::slice::ChunkBy<'a, Entry, fn(&Entry, &Entry) -> bool>,
+    values: &'a [CompactString],
+}
+
+fn same_bucket(left: &Entry, right: &Entry) -> bool {
+    left.bucket == right.bucket
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (i64, Cell<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let entries = self.buckets.next()?;
+        Some((entries[0].bucket, Cell { entries, values: self.values }))
+    }
+}
+
+impl DoubleEndedIterator for Iter<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        let entries = self.buckets.next_back()?;
+        Some((entries[0].bucket, Cell { entries, values: self.values }))
     }
 }
 
 impl<'a> IntoIterator for &'a Buckets {
-    type Item = (i64, &'a Cell);
-    type IntoIter =
-        std::iter::Map<std::slice::Iter<'a, (i64, Cell)>, fn(&'a (i64, Cell)) -> Self::Item>;
+    type Item = (i64, Cell<'a>);
+    type IntoIter = Iter<'a>;
 
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(|(bucket, cell)| (*bucket, cell))
+    fn into_iter(self) -> Iter<'a> {
+        let same: fn(&Entry, &Entry) -> bool = same_bucket;
+        Iter { buckets: self.entries.chunk_by(same), values: &self.values }
     }
 }
 
-impl FromIterator<(i64, Cell)> for Buckets {
-    /// Adds up the cells of a bucket given more than once; in any order.
-    fn from_iter<I: IntoIterator<Item = (i64, Cell)>>(iter: I) -> Self {
-        let mut buckets = Buckets::default();
-        for (bucket, cell) in iter {
-            let target = buckets.cell_mut(bucket);
-            if target.is_empty() {
-                *target = cell;
-            } else {
-                for (value, count) in cell.iter() {
-                    target.add(value, count);
+/// The same buckets, values and rows: the dictionary's unnamed values do not count.
+impl PartialEq for Buckets {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries.len() == other.entries.len() && self.triples().eq(other.triples())
+    }
+}
+
+impl Eq for Buckets {}
+
+impl Buckets {
+    /// Buckets from their dictionary, `values` (distinct, in text order), and their rows as
+    /// (bucket, index in `values`, rows). Rows in bucket and value order, as stored states
+    /// hold them, are taken as they come; others are sorted, and the rows of a value given more
+    /// than once in a bucket are added up.
+    pub fn from_dictionary(
+        values: impl IntoIterator<Item = impl Into<CompactString>>,
+        rows: impl IntoIterator<Item = (i64, u32, i64)>,
+    ) -> Self {
+        let values: ThinVec<CompactString> = values.into_iter().map(Into::into).collect();
+        let mut entries: Vec<Entry> = rows
+            .into_iter()
+            .map(|(bucket, value, rows)| Entry { bucket, value, rows: narrow(rows) })
+            .collect();
+        let ordered = entries
+            .windows(2)
+            .all(|pair| (pair[0].bucket, pair[0].value) < (pair[1].bucket, pair[1].value));
+        if !ordered {
+            entries.sort_by_key(|e| (e.bucket, e.value));
+            entries.dedup_by(|later, kept| {
+                let same = (later.bucket, later.value) == (kept.bucket, kept.value);
+                if same {
+                    kept.rows = narrow(i64::from(kept.rows) + i64::from(later.rows));
                 }
-            }
+                same
+            });
         }
+        entries.retain(|e| e.rows != 0 && (e.value as usize) < values.len());
+        let mut buckets = Buckets { entries, values };
         buckets.shrink_to_fit();
         buckets
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<(i64, S, i64)> for Buckets {
+    /// (bucket, value, rows) in any order; the rows of a value given more than once in a bucket
+    /// are added up.
+    fn from_iter<I: IntoIterator<Item = (i64, S, i64)>>(iter: I) -> Self {
+        let triples: Vec<(i64, S, i64)> = iter.into_iter().collect();
+        let mut values: Vec<&str> = triples.iter().map(|(_, value, _)| value.as_ref()).collect();
+        values.sort_unstable_by(|l, r| text_order(l.as_bytes(), r.as_bytes()));
+        values.dedup();
+        let index = |value: &str| {
+            values
+                .binary_search_by(|known| text_order(known.as_bytes(), value.as_bytes()))
+                .unwrap_or_default() as u32
+        };
+        let rows: Vec<(i64, u32, i64)> = triples
+            .iter()
+            .map(|(bucket, value, rows)| (*bucket, index(value.as_ref()), *rows))
+            .collect();
+        Buckets::from_dictionary(values.iter().copied(), rows)
     }
 }
 
@@ -140,77 +332,65 @@ impl Serialize for Buckets {
 
 impl<'de> Deserialize<'de> for Buckets {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let map = BTreeMap::<i64, Cell>::deserialize(deserializer)?;
-        Ok(Buckets(map.into_iter().collect()))
+        let map =
+            BTreeMap::<i64, BTreeMap<std::borrow::Cow<'de, str>, i64>>::deserialize(deserializer)?;
+        Ok(map
+            .iter()
+            .flat_map(|(bucket, cell)| {
+                cell.iter().map(|(value, rows)| (*bucket, value.as_ref(), *rows))
+            })
+            .collect())
     }
 }
 
-/// One time bucket: stored value → number of rows, in the order of the values.
-///
-/// Most buckets hold one value (`""` for plain counts): a sorted vector, its first value
-/// inline, takes no allocation for them where a map took a whole node each (buckets were 80% of
-/// a user's memory; BENCHMARKS.md, "State per entity").
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Cell(SmallVec<[(CompactString, i64); 1]>);
-
-/// A copy takes the room its values need: `SmallVec`'s own clone grows to a power of two, and a
-/// product's cells hold hundreds of viewer ids.
-impl Clone for Cell {
-    fn clone(&self) -> Self {
-        let mut values = SmallVec::with_capacity(self.0.len());
-        values.extend(self.0.iter().cloned());
-        Cell(values)
-    }
+/// One bucket: its values and their rows, in the order of the values.
+#[derive(Clone, Copy)]
+pub struct Cell<'a> {
+    entries: &'a [Entry],
+    values: &'a [CompactString],
 }
 
-impl Cell {
-    fn place(&self, value: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(known, _)| text_order(known.as_bytes(), value.as_bytes()))
+impl<'a> Cell<'a> {
+    /// Values and their rows, in the order of the values.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, i64)> + use<'a> {
+        let values = self.values;
+        self.entries.iter().map(move |e| (values[e.value as usize].as_str(), i64::from(e.rows)))
+    }
+
+    /// The rows of each value.
+    pub fn values(&self) -> impl Iterator<Item = i64> + use<'a> {
+        self.entries.iter().map(|e| i64::from(e.rows))
     }
 
     pub fn get(&self, value: &str) -> Option<i64> {
-        self.place(value).ok().map(|at| self.0[at].1)
-    }
-
-    pub fn get_mut(&mut self, value: &str) -> Option<&mut i64> {
-        self.place(value).ok().map(|at| &mut self.0[at].1)
-    }
-
-    /// Adds `delta` to the rows of `value` (from none when absent); the new count.
-    pub fn add(&mut self, value: &str, delta: i64) -> i64 {
-        match self.place(value) {
-            Ok(at) => {
-                self.0[at].1 += delta;
-                self.0[at].1
-            }
-            Err(at) => {
-                self.0.insert(at, (value.into(), delta));
-                delta
-            }
-        }
-    }
-
-    pub fn remove(&mut self, value: &str) {
-        if let Ok(at) = self.place(value) {
-            self.0.remove(at);
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.iter().find(|(known, _)| *known == value).map(|(_, rows)| rows)
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.entries.len()
     }
 
-    /// Values and their rows, in the order of the values.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, i64)> {
-        self.0.iter().map(|(value, count)| (value.as_ref(), *count))
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
+}
 
-    pub fn values(&self) -> impl Iterator<Item = i64> + '_ {
-        self.0.iter().map(|(_, count)| *count)
+impl PartialEq for Cell<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl fmt::Debug for Cell<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// As a map from value to rows, as the state's JSON form always wrote it.
+impl Serialize for Cell<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
     }
 }
 
@@ -244,54 +424,51 @@ fn word(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(word)
 }
 
-impl<S: AsRef<str>> FromIterator<(S, i64)> for Cell {
-    /// Adds up the rows of a value given more than once.
-    fn from_iter<I: IntoIterator<Item = (S, i64)>>(iter: I) -> Self {
-        let iter = iter.into_iter();
-        let mut cell = Cell(SmallVec::with_capacity(iter.size_hint().0));
-        for (value, count) in iter {
-            let value = value.as_ref();
-            // Stored cells come in order: appending them skips a search per value, which was
-            // most of reading back a product's viewers.
-            match cell.0.last() {
-                Some((last, _)) if last.as_str() >= value => {
-                    cell.add(value, count);
-                }
-                _ => cell.0.push((value.into(), count)),
-            }
-        }
-        // Read back from a stored state: no room for values that are not there.
-        cell.0.shrink_to_fit();
-        cell
-    }
-}
-
-/// As a map from value to rows, as the state's JSON form always wrote it.
-impl Serialize for Cell {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.iter())
-    }
-}
-
-impl<'de> Deserialize<'de> for Cell {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let map = BTreeMap::<std::borrow::Cow<'de, str>, i64>::deserialize(deserializer)?;
-        Ok(map.into_iter().collect())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
     use super::*;
 
+    type Model = BTreeMap<i64, BTreeMap<String, i64>>;
+
+    fn model_json(model: &Model) -> String {
+        serde_json::to_string(model).expect("serializes")
+    }
+
     #[test]
-    fn a_one_value_cell_is_inline_and_no_larger_than_a_value_and_a_length() {
-        assert_eq!(std::mem::size_of::<Cell>(), 40);
-        let mut cell = Cell::default();
-        cell.add("p-0042", 1);
-        assert!(!cell.0.spilled());
+    fn an_entry_is_sixteen_bytes_and_buckets_two_words_more_than_a_vector() {
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
+        assert_eq!(std::mem::size_of::<Buckets>(), 32);
+    }
+
+    #[test]
+    fn values_that_come_and_go_do_not_grow_the_dictionary() {
+        let mut buckets = Buckets::default();
+        for i in 0..10_000i64 {
+            buckets.add(i / 10, &format!("viewer-{i}"), 1);
+            buckets.drop_before(i / 10 - 5);
+        }
+        let named = buckets.entries.len();
+        assert!(named <= 60, "{named}");
+        assert!(
+            buckets.values.len() <= 2 * 64,
+            "{} values for {named} entries",
+            buckets.values.len()
+        );
+        // What is named reads back as it was added.
+        assert_eq!(buckets.rows(999, "viewer-9999"), Some(1));
+        assert_eq!(buckets.rows(999, "viewer-9990"), Some(1));
+        assert_eq!(buckets.rows(993, "viewer-9939"), None);
+    }
+
+    #[test]
+    fn rows_saturate_rather_than_wrap() {
+        let mut buckets = Buckets::default();
+        assert_eq!(buckets.add(1, "", i64::MAX), i64::from(i32::MAX));
+        assert_eq!(buckets.add(1, "", 1), i64::from(i32::MAX));
+        assert_eq!(buckets.add(1, "", -i64::from(i32::MAX)), 0);
+        assert!(buckets.is_empty());
     }
 
     proptest! {
@@ -307,73 +484,73 @@ mod tests {
             prop_assert_eq!(text_order(stem.as_bytes(), right.as_bytes()), stem.as_str().cmp(&right));
         }
 
-        /// A cell counts as the map it replaced: any adds and removes leave the same counts,
-        /// in the same order, and write the same JSON (so shares written before read back).
+        /// Buckets hold what a map of buckets to maps of values would, whatever the order rows
+        /// come in and however many values come and go; they write the same JSON, read it
+        /// back, and collect from their rows in any order to the same buckets.
         #[test]
-        fn a_cell_counts_as_a_map_of_values_does(
-            steps in prop::collection::vec((prop_oneof!["", "p[0-9]", ".{0,4}"], -3i64..4, any::<bool>()), 0..60),
-        ) {
-            let mut cell = Cell::default();
-            let mut map: BTreeMap<String, i64> = BTreeMap::new();
-            for (value, delta, remove) in &steps {
-                if *remove {
-                    cell.remove(value);
-                    map.remove(value);
-                } else {
-                    let count = map.entry(value.clone()).or_default();
-                    *count += delta;
-                    prop_assert_eq!(cell.add(value, *delta), *count);
-                }
-                prop_assert_eq!(cell.get(value), map.get(value).copied());
-            }
-            let counted: Vec<(String, i64)> = cell.iter().map(|(v, c)| (v.to_string(), c)).collect();
-            prop_assert_eq!(&counted, &map.clone().into_iter().collect::<Vec<_>>());
-            // Collected in any order, with values repeated: the same as added one by one.
-            let mut summed: BTreeMap<&str, i64> = BTreeMap::new();
-            for (value, delta, _) in &steps {
-                *summed.entry(value).or_default() += delta;
-            }
-            let collected: Cell = steps.iter().map(|(value, delta, _)| (value, *delta)).collect();
-            prop_assert_eq!(collected, summed.into_iter().collect::<Cell>());
-            let json = serde_json::to_string(&cell).expect("serializes");
-            prop_assert_eq!(&json, &serde_json::to_string(&map).expect("serializes"));
-            prop_assert_eq!(serde_json::from_str::<Cell>(&json).expect("reads"), cell);
-        }
-    }
-
-    proptest! {
-        /// Buckets hold what a map of them would, whatever the order buckets are touched in,
-        /// and write the same JSON.
-        #[test]
-        fn buckets_hold_what_a_map_of_them_does(
-            steps in prop::collection::vec((-5i64..20, 0u8..4), 0..80),
+        fn buckets_hold_what_a_map_of_maps_does(
+            steps in prop::collection::vec(
+                (-5i64..20, prop_oneof!["", "p[0-9]{1,2}", ".{0,4}"], -3i64..4, 0u8..8),
+                0..120,
+            ),
         ) {
             let mut buckets = Buckets::default();
-            let mut map: BTreeMap<i64, Cell> = BTreeMap::new();
-            for (bucket, action) in steps {
+            let mut model = Model::new();
+            for (bucket, value, delta, action) in &steps {
                 match action {
                     0 => {
-                        buckets.remove(bucket);
-                        map.remove(&bucket);
+                        buckets.remove(*bucket);
+                        model.remove(bucket);
                     }
                     1 => {
-                        buckets.drop_before(bucket);
-                        map = map.split_off(&bucket);
+                        buckets.drop_before(*bucket);
+                        model = model.split_off(bucket);
                     }
                     _ => {
-                        buckets.cell_mut(bucket).add("v", 1);
-                        map.entry(bucket).or_default().add("v", 1);
+                        let cell = model.entry(*bucket).or_default();
+                        let rows = cell.get(value).copied().unwrap_or_default() + delta;
+                        if rows == 0 {
+                            cell.remove(value);
+                        } else {
+                            cell.insert(value.clone(), rows);
+                        }
+                        if cell.is_empty() {
+                            model.remove(bucket);
+                        }
+                        prop_assert_eq!(buckets.add(*bucket, value, *delta), rows);
                     }
                 }
-                prop_assert_eq!(buckets.get(bucket), map.get(&bucket));
-                prop_assert!(buckets.keys().eq(map.keys().copied()));
+                let expected = model.get(bucket).and_then(|cell| cell.get(value)).copied();
+                prop_assert_eq!(buckets.rows(*bucket, value), expected);
+                prop_assert_eq!(buckets.get(*bucket).map(|cell| cell.get(value)), model.get(bucket).map(|cell| cell.get(value).copied()));
+                prop_assert!(buckets.keys().eq(model.keys().copied()));
             }
-            prop_assert_eq!(buckets.len(), map.len());
             let json = serde_json::to_string(&buckets).expect("serializes");
-            prop_assert_eq!(&json, &serde_json::to_string(&map).expect("serializes"));
-            prop_assert_eq!(serde_json::from_str::<Buckets>(&json).expect("reads"), buckets.clone());
-            let collected: Buckets = map.into_iter().rev().collect();
-            prop_assert_eq!(collected, buckets);
+            prop_assert_eq!(&json, &model_json(&model));
+            prop_assert_eq!(&serde_json::from_str::<Buckets>(&json).expect("reads"), &buckets);
+            let collected: Buckets = model
+                .iter()
+                .rev()
+                .flat_map(|(bucket, cell)| cell.iter().map(|(value, rows)| (*bucket, value, *rows)))
+                .collect();
+            prop_assert_eq!(&collected, &buckets);
+            let mut copy = buckets.clone();
+            copy.shrink_to_fit();
+            prop_assert_eq!(&copy, &buckets);
+            prop_assert_eq!(copy.values.len(), copy.triples().map(|(_, v, _)| v).collect::<std::collections::BTreeSet<_>>().len());
+        }
+
+        /// Rows given more than once for a value of a bucket, in any order, add up.
+        #[test]
+        fn collecting_adds_up_repeated_rows(
+            rows in prop::collection::vec((0i64..4, prop_oneof!["", "a", "b"], -2i64..3), 0..40),
+        ) {
+            let mut added = Buckets::default();
+            for (bucket, value, delta) in &rows {
+                added.add(*bucket, value, *delta);
+            }
+            let collected: Buckets = rows.iter().map(|(b, v, d)| (*b, v, *d)).collect();
+            prop_assert_eq!(collected, added);
         }
     }
 }

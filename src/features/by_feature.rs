@@ -191,7 +191,7 @@ mod tests {
 
     fn state(bucket: i64) -> FeatureState {
         let mut state = FeatureState::default();
-        state.buckets.cell_mut(bucket).add("", 1);
+        state.buckets.add(bucket, "", 1);
         state
     }
 
@@ -214,8 +214,8 @@ mod tests {
     #[test]
     fn a_feature_state_is_its_vectors_and_a_word() {
         // An entity holds a couple of dozen: what pruning knows of `last_n` costs a word each, the
-        // facts' keys (none for most) another.
-        assert_eq!(std::mem::size_of::<FeatureState>(), 64);
+        // facts' keys (none for most) another, the buckets' dictionary another.
+        assert_eq!(std::mem::size_of::<FeatureState>(), 72);
     }
 
     #[test]

@@ -176,13 +176,7 @@ pub fn apply_pairs(
         let Some(window) = feature.window else { continue };
         let counts = state.features.entry(feature.name);
         let bucket = window.bucket_of(delta.at_us);
-        let cell = counts.buckets.cell_mut(bucket);
-        if cell.add(&delta.partner, delta.delta) == 0 {
-            cell.remove(&delta.partner);
-        }
-        if cell.is_empty() {
-            counts.buckets.remove(bucket);
-        }
+        counts.buckets.add(bucket, &delta.partner, delta.delta);
         super::retention::prune_buckets(feature, counts, set.history_us(), now_us);
         if counts.buckets.is_empty() && counts.facts.is_empty() {
             state.features.remove(feature.name);

@@ -97,11 +97,7 @@ impl EntityState {
         // A fact in the facts' vector, and its row key in theirs when they are keyed.
         const FACT: usize = 32;
         const KEY: usize = 24;
-        // A bucket with its cell's first value inline.
-        const BUCKET: usize = 64;
-        // A cell's value and count on the heap, once it holds more than one. Values of cells
-        // and facts are kept inline (`CompactString`) up to 24 bytes.
-        const CELL_VALUE: usize = 32;
+        // Values of facts are kept inline (`CompactString`) up to 24 bytes.
         let heap_text = |text: &str| if text.len() > 24 { text.len() } else { 0 };
         let features: usize = self
             .features
@@ -112,11 +108,7 @@ impl EntityState {
                     .facts
                     .iter()
                     .map(|(k, fact)| FACT + key + k.heap_bytes() + heap_text(&fact.value));
-                let cells = f.buckets.values().map(|cell| {
-                    let spilled = if cell.len() > 1 { cell.len() * CELL_VALUE } else { 0 };
-                    BUCKET + spilled + cell.iter().map(|(value, _)| heap_text(value)).sum::<usize>()
-                });
-                facts.sum::<usize>() + cells.sum::<usize>()
+                facts.sum::<usize>() + f.buckets.heap_bytes()
             })
             .sum();
         let replayed: usize = self.replayed.values().map(|set| 48 + set.len() * 24).sum();
@@ -141,9 +133,8 @@ impl EntityState {
         for (name, theirs) in other.features.iter() {
             let ours = self.features.entry(name);
             for (bucket, cell) in &theirs.buckets {
-                let target = ours.buckets.cell_mut(bucket);
-                for (value, count) in cell.iter() {
-                    target.add(value, count);
+                for (value, rows) in cell.iter() {
+                    ours.buckets.add(bucket, value, rows);
                 }
             }
             for (key, fact) in theirs.facts.iter() {
@@ -401,7 +392,7 @@ fn add<'a>(
     match feature.storage() {
         Storage::Buckets => {
             let bucket = feature.window.map_or(0, |window| window.bucket_of(at_us));
-            state.buckets.cell_mut(bucket).add(&value, 1);
+            state.buckets.add(bucket, &value, 1);
         }
         Storage::Facts | Storage::Current => {
             let fact = Fact { at_us, value: value.as_ref().into() };
@@ -428,16 +419,8 @@ fn retract(
     match feature.storage() {
         Storage::Buckets => {
             let bucket = feature.window.map_or(0, |window| window.bucket_of(at_us));
-            if let Some(cell) = state.buckets.get_mut(bucket) {
-                if let Some(count) = cell.get_mut(value.as_ref()) {
-                    *count -= 1;
-                    if *count <= 0 {
-                        cell.remove(&value);
-                    }
-                }
-                if cell.is_empty() {
-                    state.buckets.remove(bucket);
-                }
+            if state.buckets.rows(bucket, &value).is_some() {
+                state.buckets.add(bucket, &value, -1);
             }
         }
         Storage::Facts | Storage::Current => {

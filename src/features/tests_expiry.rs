@@ -39,7 +39,7 @@ fn state_of(
     for (secs, value, count) in rows {
         let at_us = micros(t0() + TimeDelta::seconds(*secs));
         let bucket = feature.window.map_or(0, |window| window.bucket_of(at_us));
-        state.buckets.cell_mut(bucket).add(VALUES[*value], *count);
+        state.buckets.add(bucket, VALUES[*value], *count);
     }
     for (key, secs, value) in facts {
         let fact =

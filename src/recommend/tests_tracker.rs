@@ -49,7 +49,7 @@ fn state_of(set: &FeatureSet, views: &[View]) -> EntityState {
         for (secs, count, partner) in views {
             let bucket = window.bucket_of((t0() + TimeDelta::seconds(*secs)).timestamp_micros());
             let value = if name == VIEWED_TOGETHER { id(*partner) } else { "v".into() };
-            feature_state.buckets.cell_mut(bucket).add(&value, *count);
+            feature_state.buckets.add(bucket, &value, *count);
         }
     }
     state
