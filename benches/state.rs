@@ -186,10 +186,13 @@ fn report(set: &FeatureSet, states: &States, entity: Entity) {
         "  per state: encode {encoding:.1} µs, decode {decoding:.1} µs (as JSON: {:.1} µs, {:.1} µs)",
         json_codec.0, json_codec.1
     );
-    // The same state over and over, in the caches: the cost of the work itself.
-    let one = vec![of[0]; setting("PERSONA_BENCH_CODEC_ROUNDS", 200)];
+    // The same state over and over, in the caches: the cost of the work itself. The state of
+    // median size, so that runs compare (the states' order is a hash map's).
+    let mut by_size = of.clone();
+    by_size.sort_by_cached_key(|state| stored_bytes(state));
+    let one = vec![by_size[by_size.len() / 2]; setting("PERSONA_BENCH_CODEC_ROUNDS", 200)];
     let (encoding, decoding) = codec_micros(&one, encode_state, decode);
-    println!("  one state, warm: encode {encoding:.1} µs, decode {decoding:.1} µs");
+    println!("  one state of median size, warm: encode {encoding:.1} µs, decode {decoding:.1} µs");
     if entity == set.shopper {
         let million = 1_000_000.0;
         println!(

@@ -41,9 +41,19 @@ const DROP_UNNAMED_FROM: usize = 16;
 #[derive(Clone, Default)]
 pub struct Buckets {
     entries: Vec<Entry>,
-    /// Every value an entry names (and, until dropped, some no entry names any more), in text
-    /// order.
+    /// Every value an entry names but `""` (and, until dropped, some no entry names any more),
+    /// in text order; entries name them from 1. `""`, first in text order, is 0 and takes no
+    /// room: plain counts, the most common buckets, find it without a look at the dictionary
+    /// and keep none.
     values: ThinVec<CompactString>,
+}
+
+/// The text of the value entries name `index`.
+fn text_of(values: &[CompactString], index: u32) -> &str {
+    match index {
+        0 => "",
+        _ => values[index as usize - 1].as_str(),
+    }
 }
 
 fn narrow(rows: i64) -> i32 {
@@ -74,11 +84,22 @@ impl Buckets {
         self.values.binary_search_by(|known| text_order(known.as_bytes(), value.as_bytes()))
     }
 
-    /// The dictionary index of `value`, added when absent (entries naming later values move up
-    /// one).
+    /// The index entries name `value` by, if it is in the dictionary.
+    fn find_index(&self, value: &str) -> Option<u32> {
+        match value {
+            "" => Some(0),
+            _ => self.place_value(value).ok().map(|at| at as u32 + 1),
+        }
+    }
+
+    /// The index entries name `value` by, added to the dictionary when absent (entries naming
+    /// later values move up one).
     fn index_of(&mut self, value: &str) -> u32 {
+        if value.is_empty() {
+            return 0;
+        }
         let at = match self.place_value(value) {
-            Ok(at) => return at as u32,
+            Ok(at) => return at as u32 + 1,
             Err(at) => at,
         };
         let at = if self.values.len() >= DROP_UNNAMED_FROM && self.values.len().is_power_of_two() {
@@ -87,7 +108,7 @@ impl Buckets {
         } else {
             at
         };
-        let index = at as u32;
+        let index = at as u32 + 1;
         self.values.insert(at, value.into());
         for entry in &mut self.entries {
             if entry.value >= index {
@@ -99,7 +120,9 @@ impl Buckets {
 
     /// Drops the values no entry names, renumbering the entries (their order is kept).
     fn drop_unnamed_values(&mut self) {
-        let mut named = vec![false; self.values.len()];
+        let mut named = vec![false; self.values.len() + 1];
+        // `""`, which takes no room, keeps its 0.
+        named[0] = true;
         for entry in &self.entries {
             named[entry.value as usize] = true;
         }
@@ -112,7 +135,7 @@ impl Buckets {
         for entry in &mut self.entries {
             entry.value = renumbered[entry.value as usize];
         }
-        let mut named = named.into_iter();
+        let mut named = named.into_iter().skip(1);
         self.values.retain(|_| named.next().unwrap_or(false));
     }
 
@@ -143,7 +166,7 @@ impl Buckets {
 
     /// The rows of `value` in `bucket`, if any.
     pub fn rows(&self, bucket: i64, value: &str) -> Option<i64> {
-        let value = self.place_value(value).ok()? as u32;
+        let value = self.find_index(value)?;
         let entries = &self.entries[self.range(bucket)];
         let at = entries.binary_search_by_key(&value, |e| e.value).ok()?;
         Some(i64::from(entries[at].rows))
@@ -211,9 +234,7 @@ impl Buckets {
 
     /// Every bucket's values and rows: (bucket, value, rows), in order.
     fn triples(&self) -> impl Iterator<Item = (i64, &str, i64)> {
-        self.entries
-            .iter()
-            .map(|e| (e.bucket, self.values[e.value as usize].as_str(), i64::from(e.rows)))
+        self.entries.iter().map(|e| (e.bucket, text_of(&self.values, e.value), i64::from(e.rows)))
     }
 }
 
@@ -271,10 +292,22 @@ impl Buckets {
         values: impl IntoIterator<Item = impl Into<CompactString>>,
         rows: impl IntoIterator<Item = (i64, u32, i64)>,
     ) -> Self {
-        let values: ThinVec<CompactString> = values.into_iter().map(Into::into).collect();
+        let mut values: ThinVec<CompactString> = values.into_iter().map(Into::into).collect();
+        // Indices from 1 for the values but `""`, which is 0.
+        let shift = match values.first() {
+            Some(first) if first.is_empty() => {
+                values.remove(0);
+                0
+            }
+            _ => 1,
+        };
         let mut entries: Vec<Entry> = rows
             .into_iter()
-            .map(|(bucket, value, rows)| Entry { bucket, value, rows: narrow(rows) })
+            .map(|(bucket, value, rows)| Entry {
+                bucket,
+                value: value.saturating_add(shift),
+                rows: narrow(rows),
+            })
             .collect();
         let ordered = entries
             .windows(2)
@@ -289,7 +322,7 @@ impl Buckets {
                 same
             });
         }
-        entries.retain(|e| e.rows != 0 && (e.value as usize) < values.len());
+        entries.retain(|e| e.rows != 0 && (e.value as usize) <= values.len());
         let mut buckets = Buckets { entries, values };
         buckets.shrink_to_fit();
         buckets
@@ -354,7 +387,7 @@ impl<'a> Cell<'a> {
     /// Values and their rows, in the order of the values.
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, i64)> + use<'a> {
         let values = self.values;
-        self.entries.iter().map(move |e| (values[e.value as usize].as_str(), i64::from(e.rows)))
+        self.entries.iter().map(move |e| (text_of(values, e.value), i64::from(e.rows)))
     }
 
     /// The rows of each value.
@@ -463,6 +496,20 @@ mod tests {
     }
 
     #[test]
+    fn plain_counts_keep_no_dictionary() {
+        let mut buckets = Buckets::default();
+        for bucket in 0..100 {
+            buckets.add(bucket, "", 2);
+        }
+        assert_eq!(buckets.heap_bytes(), 100 * 16);
+        buckets.add(7, "a", 1);
+        assert_eq!(
+            buckets.get(7).map(|cell| cell.iter().collect::<Vec<_>>()),
+            Some(vec![("", 2), ("a", 1)])
+        );
+    }
+
+    #[test]
     fn rows_saturate_rather_than_wrap() {
         let mut buckets = Buckets::default();
         assert_eq!(buckets.add(1, "", i64::MAX), i64::from(i32::MAX));
@@ -537,7 +584,8 @@ mod tests {
             let mut copy = buckets.clone();
             copy.shrink_to_fit();
             prop_assert_eq!(&copy, &buckets);
-            prop_assert_eq!(copy.values.len(), copy.triples().map(|(_, v, _)| v).collect::<std::collections::BTreeSet<_>>().len());
+            let named: std::collections::BTreeSet<&str> = copy.triples().map(|(_, v, _)| v).filter(|v| !v.is_empty()).collect();
+            prop_assert_eq!(copy.values.len(), named.len());
         }
 
         /// Rows given more than once for a value of a bucket, in any order, add up.
