@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use chrono::TimeDelta;
 use persona::features::{Entity, EntityState, FeatureSet, FeatureState};
-use persona::store::codec::{decode_state, encode_state};
+use persona::store::codec::{decode_state, encode_state, encode_uncompressed};
 use support::{States, Workload, decode_and_apply};
 
 /// mimalloc, as `persona` runs, counting the bytes allocated and not yet freed.
@@ -162,12 +162,14 @@ fn report(set: &FeatureSet, states: &States, entity: Entity) {
         return;
     }
     let redis = summary(of.iter().map(|state| stored_bytes(state)).collect());
+    let uncompressed = summary(of.iter().map(|state| encode_uncompressed(state).len()).collect());
     let json = summary(of.iter().map(json_bytes).collect());
     let memory = summary(of.iter().map(|state| heap_bytes(state)).collect());
     let estimated = summary(of.iter().map(|state| state.approx_bytes()).collect());
     println!("\n{entity} ({} states)            median     p90     max    mean", of.len());
     let rows = [
         ("Redis", redis),
+        ("Redis, uncompressed", uncompressed),
         ("Redis, as JSON", json),
         ("memory", memory),
         ("memory, L1's estimate", estimated),

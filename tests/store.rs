@@ -377,7 +377,8 @@ async fn a_streams_snapshot_overlap_round_trips_and_clears() {
 
 /// A rolling upgrade from a persona older than the binary layout: instances write JSON
 /// (`state_encoding = "json"`), which the older ones read, until every instance is new; the new
-/// ones read both, whichever wrote last.
+/// ones read both, whichever wrote last. The same for the compressed layout (`binary` until
+/// every instance reads it).
 #[tokio::test]
 async fn shares_are_written_in_the_configured_encoding_and_either_is_read() {
     use persona::config::StateEncoding;
@@ -421,4 +422,25 @@ async fn shares_are_written_in_the_configured_encoding_and_either_is_read() {
     assert!(raw.len() < serde_json::to_string(&share).expect("json").len());
     let loaded = json.load_for_write(&[user("u1")], &[], &[]).await.expect("load");
     assert_eq!(loaded.states.get(&user("u1")), Some(&share));
+
+    // The default compresses a share of some size (layout version 3), and every setting reads
+    // it back.
+    let zstd = FeatureStore::connect(&with(StateEncoding::Zstd), &cache).await.expect("connect");
+    let mut viewed = FeatureState::default();
+    for i in 0..200 {
+        let fact =
+            Fact { at_us: 1_700_000_000_000_000 + i * 1_000_000, value: format!("p{i}").into() };
+        viewed.facts.insert(format!("row-{i}").into(), fact);
+    }
+    share.rev = 7;
+    share.features.insert_named("recent_products_viewed", viewed);
+    zstd.write_states(vec![(user("u1"), share.clone())], &Default::default(), None)
+        .await
+        .expect("write");
+    let raw = redis.command(&["HGET", &hash, "user_activity/0"]);
+    assert!(raw.starts_with('\u{3}'), "written compressed, layout version 3: {raw:?}");
+    for store in [&json, &binary, &zstd] {
+        let loaded = store.load_for_write(&[user("u1")], &[], &[]).await.expect("load");
+        assert_eq!(loaded.states.get(&user("u1")), Some(&share));
+    }
 }

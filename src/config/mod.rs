@@ -105,8 +105,9 @@ pub struct RedisConfig {
     /// may come up after persona, or be slow to accept connections under load.
     #[serde(with = "humantime_serde")]
     pub startup_timeout: Duration,
-    /// How feature state is written (both are always read): `binary`, or `json` while instances
-    /// older than the binary layout still run (a rolling upgrade), since they cannot read it.
+    /// How feature state is written (every layout is always read): `zstd`; `binary` while
+    /// instances that do not read compressed states still run (a rolling upgrade), or `json`
+    /// while instances older than the binary layout do.
     pub state_encoding: StateEncoding,
     /// Replicas that must hold a feature write before it counts as done (Redis `WAIT`): with 1,
     /// a primary killed right after acknowledging loses nothing when its replica takes over.
@@ -121,8 +122,13 @@ const REDIS_SCHEMES: [&str; 4] = ["redis", "rediss", "redis-cluster", "rediss-cl
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StateEncoding {
+    /// The binary layout, compressed with zstd from a few hundred bytes (version 3).
     #[default]
+    Zstd,
+    /// The binary layout uncompressed (version 2): while instances that read only up to
+    /// version 2 run (a rolling upgrade).
     Binary,
+    /// JSON: while instances older than the binary layout run.
     Json,
 }
 
@@ -137,7 +143,7 @@ impl Default for RedisConfig {
             state_ttl: Duration::from_secs(30 * 24 * 3600),
             required_to_start: true,
             startup_timeout: Duration::from_secs(30),
-            state_encoding: StateEncoding::Binary,
+            state_encoding: StateEncoding::Zstd,
         }
     }
 }

@@ -10,6 +10,11 @@
 //! [`crate::features::Facts`]) takes one byte for it (version 2). JSON spent most of a state's
 //! bytes on repeating those (see BENCHMARKS.md, "State per entity").
 //!
+//! Values of [`COMPRESS_FROM`] bytes and more are then compressed (layout version 3: the version
+//! byte, then one zstd frame of the version-2 value): what is left repeats itself (varints of
+//! similar times and counts, the same few feature names in every state), and zstd's fastest
+//! level halves a user's state for some 20 µs of CPU (BENCHMARKS.md, "State per entity").
+//!
 //! Shares written as JSON (the layout before version 1, recognised by its leading `{`) are still
 //! read, and written back in the current layout the next time a change reaches them. JSON can
 //! still be written (`redis.state_encoding = "json"`) while instances of a persona older than
@@ -17,6 +22,7 @@
 //! any other version is refused, never guessed at: it was written by a newer persona, and ingest
 //! sets it aside (see `write::quarantine`) rather than build on it.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use foldhash::fast::FixedState;
@@ -33,12 +39,35 @@ use crate::features::{
 /// version 1 is still read.
 pub const STATE_VERSION: u8 = 2;
 
+/// The layout of a compressed value: [`STATE_VERSION`]'s, in one zstd frame.
+pub const STATE_VERSION_COMPRESSED: u8 = 3;
+
+/// The smallest value compressed: below it zstd's frame and tables take about what they save.
+pub const COMPRESS_FROM: usize = 512;
+
+/// zstd's level: its fastest regular one; higher levels save a few percent more of a state for
+/// twice the time.
+const ZSTD_LEVEL: i32 = 1;
+
+/// The largest value a compressed one may expand to. A state is kilobytes, a large product's
+/// hundreds: a frame declaring more is refused rather than allocated.
+const MAX_STATE_BYTES: u64 = 256 << 20;
+
+thread_local! {
+    // A context each, kept: making one allocates its tables, which cost as much as compressing
+    // a state.
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
 /// A stored value persona cannot read.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     #[error("empty state value")]
     Empty,
-    #[error("state written in layout version {0}, newer than this persona reads ({STATE_VERSION})")]
+    #[error(
+        "state written in layout version {0}, newer than this persona reads ({STATE_VERSION_COMPRESSED})"
+    )]
     UnknownVersion(u8),
     #[error("malformed state (layout version {STATE_VERSION}): {0}")]
     Malformed(#[from] postcard::Error),
@@ -46,6 +75,8 @@ pub enum CodecError {
     MissingText(u32),
     #[error("malformed JSON state: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("malformed compressed state: {0}")]
+    Compressed(String),
 }
 
 /// A fact's row key: a UUID's bytes, a text of the table, or none (a keyless fact, one byte).
@@ -97,8 +128,52 @@ impl<'a> Texts<'a> {
     }
 }
 
-/// The value written to Redis for `state`.
+/// The value written to Redis for `state`: compressed from [`COMPRESS_FROM`] bytes.
 pub fn encode_state(state: &EntityState) -> Vec<u8> {
+    let plain = encode_uncompressed(state);
+    if plain.len() < COMPRESS_FROM {
+        return plain;
+    }
+    compress(&plain[1..]).unwrap_or(plain)
+}
+
+/// `wire` (a value without its version byte) in one zstd frame behind the version byte of
+/// compressed values; `None` if zstd could not make a context (out of memory), and the value is
+/// then written uncompressed.
+fn compress(wire: &[u8]) -> Option<Vec<u8>> {
+    COMPRESSOR.with_borrow_mut(|compressor| {
+        if compressor.is_none() {
+            *compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        let frame = compressor.as_mut()?.compress(wire).ok()?;
+        let mut value = Vec::with_capacity(1 + frame.len());
+        value.push(STATE_VERSION_COMPRESSED);
+        value.extend_from_slice(&frame);
+        Some(value)
+    })
+}
+
+/// The version-2 value a compressed value holds (without its version byte).
+fn decompress(frame: &[u8]) -> Result<Vec<u8>, CodecError> {
+    let malformed = |detail: String| CodecError::Compressed(detail);
+    let size = zstd::zstd_safe::get_frame_content_size(frame)
+        .map_err(|_| malformed("not a zstd frame".into()))?
+        .ok_or_else(|| malformed("the frame does not say its size".into()))?;
+    if size > MAX_STATE_BYTES {
+        return Err(malformed(format!("the frame expands to {size} bytes")));
+    }
+    DECOMPRESSOR.with_borrow_mut(|decompressor| {
+        if decompressor.is_none() {
+            *decompressor =
+                Some(zstd::bulk::Decompressor::new().map_err(|e| malformed(e.to_string()))?);
+        }
+        let decompressor = decompressor.as_mut().ok_or_else(|| malformed("no context".into()))?;
+        decompressor.decompress(frame, size as usize).map_err(|e| malformed(e.to_string()))
+    })
+}
+
+/// The value of `state` in layout version 2, uncompressed.
+pub fn encode_uncompressed(state: &EntityState) -> Vec<u8> {
     // Named field by field: a field added to the state does not compile here until the wire
     // form (and its version) carries it.
     let EntityState { rev, applied, replayed, runs, cuts, features } = state;
@@ -160,7 +235,8 @@ pub fn encode_state_as(
     encoding: StateEncoding,
 ) -> Result<Vec<u8>, serde_json::Error> {
     match encoding {
-        StateEncoding::Binary => Ok(encode_state(state)),
+        StateEncoding::Zstd => Ok(encode_state(state)),
+        StateEncoding::Binary => Ok(encode_uncompressed(state)),
         StateEncoding::Json => serde_json::to_vec(state),
     }
 }
@@ -171,6 +247,7 @@ pub fn decode_state(bytes: &[u8]) -> Result<EntityState, CodecError> {
         None => Err(CodecError::Empty),
         Some(b'{') => Ok(serde_json::from_slice(bytes)?),
         Some(&version @ (1 | 2)) => decode_wire(&bytes[1..], version),
+        Some(&STATE_VERSION_COMPRESSED) => decode_wire(&decompress(&bytes[1..])?, STATE_VERSION),
         Some(&other) => Err(CodecError::UnknownVersion(other)),
     }
 }
@@ -325,8 +402,12 @@ mod tests {
         /// not printed as Postgres prints them, texts of any kind), it reads back the same.
         #[test]
         fn every_state_reads_back_as_it_was_written(state in entity_state()) {
+            let plain = encode_uncompressed(&state);
+            prop_assert_eq!(plain[0], STATE_VERSION);
+            prop_assert_eq!(&decode_state(&plain).expect("decodes"), &state);
             let bytes = encode_state(&state);
-            prop_assert_eq!(bytes[0], STATE_VERSION);
+            let compressed = plain.len() >= COMPRESS_FROM;
+            prop_assert_eq!(bytes[0], if compressed { STATE_VERSION_COMPRESSED } else { STATE_VERSION });
             prop_assert_eq!(decode_state(&bytes).expect("decodes"), state);
         }
 
@@ -442,12 +523,54 @@ mod tests {
         assert_eq!(decode_state(&bytes).expect("decodes"), state);
     }
 
+    /// A state of a few dozen facts: kilobytes, as a user's.
+    fn large_state() -> EntityState {
+        let keys: Vec<String> = (0..200).map(|i| format!("row-{i:04}")).collect();
+        viewed(&keys.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn large_values_are_compressed_and_small_ones_are_not() {
+        let small = viewed(&["k"]);
+        let bytes = encode_state(&small);
+        assert_eq!(bytes[0], STATE_VERSION);
+        assert_eq!(bytes, encode_uncompressed(&small));
+
+        let large = large_state();
+        let plain = encode_uncompressed(&large);
+        assert!(plain.len() >= COMPRESS_FROM, "{}", plain.len());
+        let bytes = encode_state(&large);
+        assert_eq!(bytes[0], STATE_VERSION_COMPRESSED);
+        assert!(bytes.len() * 2 < plain.len(), "{} of {}", bytes.len(), plain.len());
+        assert_eq!(decode_state(&bytes).expect("decodes"), large);
+        // What the frame holds is the uncompressed value, byte for byte.
+        assert_eq!(decompress(&bytes[1..]).expect("decompresses"), plain[1..]);
+    }
+
+    #[test]
+    fn a_damaged_or_overlarge_compressed_value_is_refused() {
+        let mut bytes = encode_state(&large_state());
+        let cut = bytes.len() / 2;
+        assert!(matches!(decode_state(&bytes[..cut]), Err(CodecError::Compressed(_))));
+        bytes[1] ^= 0xff;
+        assert!(matches!(decode_state(&bytes), Err(CodecError::Compressed(_))));
+        // A frame that declares a content size over the limit, allocating nothing.
+        let huge = zstd::bulk::compress(&vec![0u8; (MAX_STATE_BYTES + 1) as usize], 1)
+            .expect("compresses");
+        let mut value = vec![STATE_VERSION_COMPRESSED];
+        value.extend_from_slice(&huge);
+        let error = decode_state(&value).expect_err("refused");
+        assert!(error.to_string().contains("expands to"), "{error}");
+    }
+
     #[test]
     fn a_value_of_an_unknown_layout_is_refused_and_says_why() {
         let mut bytes = encode_state(&viewed(&["k"]));
-        bytes[0] = STATE_VERSION + 1;
+        bytes[0] = STATE_VERSION_COMPRESSED + 1;
         let error = decode_state(&bytes).expect_err("refused");
-        assert!(matches!(error, CodecError::UnknownVersion(v) if v == STATE_VERSION + 1));
+        assert!(
+            matches!(error, CodecError::UnknownVersion(v) if v == STATE_VERSION_COMPRESSED + 1)
+        );
         assert!(error.to_string().contains("newer than this persona reads"), "{error}");
         assert!(matches!(decode_state(b""), Err(CodecError::Empty)));
         assert!(matches!(decode_state(b"{not json"), Err(CodecError::Json(_))));
