@@ -13,7 +13,8 @@
 //! Values of [`COMPRESS_FROM`] bytes and more are then compressed (layout version 3: the version
 //! byte, then one zstd frame of the version-2 value): what is left repeats itself (varints of
 //! similar times and counts, the same few feature names in every state), and zstd's fastest
-//! level halves a user's state for some 20 µs of CPU (BENCHMARKS.md, "State per entity").
+//! level halves a user's state for some 20 µs of CPU (BENCHMARKS.md, "Compressed states"). The
+//! frame carries a checksum of what it holds.
 //!
 //! Shares written as JSON (the layout before version 1, recognised by its leading `{`) are still
 //! read, and written back in the current layout the next time a change reaches them. JSON can
@@ -143,7 +144,10 @@ pub fn encode_state(state: &EntityState) -> Vec<u8> {
 fn compress(wire: &[u8]) -> Option<Vec<u8>> {
     COMPRESSOR.with_borrow_mut(|compressor| {
         if compressor.is_none() {
-            *compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+            let mut made = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok()?;
+            // A damaged frame is then refused rather than read as some other state.
+            made.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true)).ok()?;
+            *compressor = Some(made);
         }
         let frame = compressor.as_mut()?.compress(wire).ok()?;
         let mut value = Vec::with_capacity(1 + frame.len());
@@ -552,6 +556,12 @@ mod tests {
         let mut bytes = encode_state(&large_state());
         let cut = bytes.len() / 2;
         assert!(matches!(decode_state(&bytes[..cut]), Err(CodecError::Compressed(_))));
+        // A bit flipped inside the frame: its checksum no longer matches what it expands to.
+        for at in [cut, bytes.len() - 5] {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0x10;
+            assert!(decode_state(&flipped).is_err(), "a flipped bit at {at} went unnoticed");
+        }
         bytes[1] ^= 0xff;
         assert!(matches!(decode_state(&bytes), Err(CodecError::Compressed(_))));
         // A frame that declares a content size over the limit, allocating nothing.
