@@ -390,6 +390,13 @@ impl<'a> Cell<'a> {
         self.entries.iter().map(move |e| (text_of(values, e.value), i64::from(e.rows)))
     }
 
+    /// Values with their index in the buckets' dictionary (the same value has the same index
+    /// in every bucket, until the buckets change), and their rows, in the order of the values.
+    pub fn indexed(&self) -> impl Iterator<Item = (u32, &'a str, i64)> + use<'a> {
+        let values = self.values;
+        self.entries.iter().map(move |e| (e.value, text_of(values, e.value), i64::from(e.rows)))
+    }
+
     /// The rows of each value.
     pub fn values(&self) -> impl Iterator<Item = i64> + use<'a> {
         self.entries.iter().map(|e| i64::from(e.rows))

@@ -203,6 +203,10 @@ fn encode_feature<'a>(
     state: &'a FeatureState,
 ) -> WireFeature {
     let mut previous = 0;
+    // The table's place of each value of the buckets' dictionary, looked up the first time an
+    // entry names it: a value repeats bucket after bucket, and hashing it for each entry took
+    // a sixth to a fifth of encoding a user (BENCHMARKS.md, "Compressed states").
+    let mut places: Vec<Option<u32>> = Vec::new();
     let buckets = state
         .buckets
         .iter()
@@ -210,7 +214,14 @@ fn encode_feature<'a>(
             // Wrapping, as decoding adds it back wrapping: exact for any bucket.
             let delta = bucket.wrapping_sub(previous);
             previous = bucket;
-            (delta, cell.iter().map(|(value, count)| (texts.place(value), count)).collect())
+            let cell = cell.indexed().map(|(index, value, rows)| {
+                let slot = index as usize;
+                if slot >= places.len() {
+                    places.resize(slot + 1, None);
+                }
+                (*places[slot].get_or_insert_with(|| texts.place(value)), rows)
+            });
+            (delta, cell.collect())
         })
         .collect();
     let facts_since_us = state.facts.oldest().map_or(0, |fact| fact.at_us);
