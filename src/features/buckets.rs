@@ -228,10 +228,6 @@ impl Buckets {
         self.iter().map(|(bucket, _)| bucket)
     }
 
-    pub fn values(&self) -> impl DoubleEndedIterator<Item = Cell<'_>> {
-        self.iter().map(|(_, cell)| cell)
-    }
-
     /// Every bucket's values and rows: (bucket, value, rows), in order.
     fn triples(&self) -> impl Iterator<Item = (i64, &str, i64)> {
         self.entries.iter().map(|e| (e.bucket, text_of(&self.values, e.value), i64::from(e.rows)))
@@ -386,8 +382,7 @@ pub struct Cell<'a> {
 impl<'a> Cell<'a> {
     /// Values and their rows, in the order of the values.
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, i64)> + use<'a> {
-        let values = self.values;
-        self.entries.iter().map(move |e| (text_of(values, e.value), i64::from(e.rows)))
+        self.indexed().map(|(_, value, rows)| (value, rows))
     }
 
     /// Values with their index in the buckets' dictionary (the same value has the same index
