@@ -88,9 +88,28 @@ async fn apply_all(
     batch: usize,
     owned: Option<&Mutex<OwnedStates>>,
 ) {
+    apply_in_writes_of(store, set, messages, batch, 1_000, owned).await;
+}
+
+/// [`apply_all`], each batch written in writes of at most `write_max_entities` entities.
+async fn apply_in_writes_of(
+    store: &FeatureStore,
+    set: &FeatureSet,
+    messages: &[OwnedMessage],
+    batch: usize,
+    write_max_entities: usize,
+    owned: Option<&Mutex<OwnedStates>>,
+) {
     let topics = [TOPIC.to_string()];
-    let applier =
-        Applier { features: set, store, topics: &topics, dead_letters: None, fence: None, owned };
+    let applier = Applier {
+        features: set,
+        store,
+        topics: &topics,
+        dead_letters: None,
+        fence: None,
+        owned,
+        write_max_entities,
+    };
     for batch in messages.chunks(batch) {
         applier.apply_batch(TOPIC, PARTITION, batch).await.expect("applied");
     }
@@ -133,6 +152,38 @@ async fn kept_shares_write_what_shares_read_from_redis_write() {
             assert!(owned.lock().expect("lock").is_empty());
         } else {
             assert!(!owned.lock().expect("lock").is_empty(), "nothing was kept");
+        }
+    }
+}
+
+/// One batch of the whole session cut into writes of two entities (a view names its user and
+/// its product: about one change a write) writes what batches of four write, in one write each.
+#[tokio::test]
+async fn a_batch_cut_into_small_writes_writes_what_small_batches_write() {
+    let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
+    let set = FeatureSet::load(None).expect("shipped definitions");
+    let messages = session(Utc::now());
+
+    let reference = store(&redis, &unique("batches")).await;
+    apply_all(&reference, &set, &messages, 4, None).await;
+    let expected = shares(&reference, &set).await;
+
+    for write_max_entities in [1_000, 2] {
+        let cut = store(&redis, &unique("cut")).await;
+        let owned = Mutex::new(OwnedStates::new(OwnedBudget::new(256 << 20)));
+        let scripts_before = redis.command_calls("evalsha");
+        apply_in_writes_of(&cut, &set, &messages, messages.len(), write_max_entities, Some(&owned))
+            .await;
+        let writes = redis.command_calls("evalsha") - scripts_before;
+        if write_max_entities == 2 {
+            assert!(writes >= 30, "{} changes written in {writes} writes", messages.len());
+        } else {
+            assert_eq!(writes, 1, "a batch within the bound is one write");
+        }
+        let written = shares(&cut, &set).await;
+        assert_eq!(written.len(), expected.len());
+        for ((key, share), (_, reference)) in written.iter().zip(&expected) {
+            assert_eq!(share, reference, "{key}, writes of {write_max_entities} entities");
         }
     }
 }

@@ -8,7 +8,8 @@
 //!   └─ per (topic, partition): bounded queue → worker task                   cdc
 //!        batch → decode                                                      decode
 //!              → shares (kept in memory, else Redis) → features::apply       engine
-//!              → store (one Redis script, then L1) → keep the shares         engine → store
+//!              → store (Redis scripts of ≤ write_max_entities, then L1)      engine → store
+//!              → keep the shares                                             engine
 //!              → store offset                                                cdc
 //! ```
 //!

@@ -34,6 +34,8 @@ pub(super) struct PartitionWorker {
     /// The partition's shares kept between batches: its own, dropped with the worker.
     pub owned: std::sync::Mutex<OwnedStates>,
     pub batch_max: usize,
+    /// `kafka.write_max_entities`.
+    pub write_max_entities: usize,
     pub topics: Arc<[String]>,
     /// Why the worker ended on its own (fenced, or asking for its partition to be read again).
     pub exit: Arc<ExitReason>,
@@ -205,6 +207,7 @@ impl PartitionWorker {
             dead_letters: Some(&self.dead_letters),
             fence: Some(fence),
             owned: Some(&self.owned),
+            write_max_entities: self.write_max_entities,
         }
     }
 

@@ -42,15 +42,19 @@ pub struct KafkaConfig {
     /// is ~1/value idle fetch requests per second per broker.
     #[serde(with = "humantime_serde")]
     pub fetch_wait_max: Duration,
-    /// Most messages of one partition applied and written to Redis as one batch. A batch is what
-    /// the partition's queue holds, so batches are this large only while catching up, where an
-    /// entity touched several times is then written once (`scripts/bench-catchup`: 2,000 gives
-    /// 1.3× the catch-up rate of 500). Kept at 1,000 because a batch's writes are one Redis
-    /// script carrying whole states: at 1,000 its slowest write took under 250 ms of the
-    /// 500 ms `redis.command_timeout` while catching up (BENCHMARKS.md, "Larger batches").
+    /// Most messages of one partition applied as one batch, its offsets stored once its writes
+    /// are done. A batch is what the partition's queue holds, so batches are this large only
+    /// while catching up, where an entity touched several times in a batch is written once:
+    /// 4,000 catches up 1.4–1.5× as fast as 1,000 (BENCHMARKS.md, "Batches cut into writes").
     pub batch_max_messages: usize,
-    /// Messages buffered per partition before that partition is paused: at least a batch, and
-    /// times the partitions an instance owns and a message's size, memory held while catching up.
+    /// Most entities one Redis write carries: a batch whose changes touch more is written in
+    /// several writes, in offset order, never splitting a change. Each write is one script,
+    /// which other clients of that Redis wait behind; its size follows the entities it carries
+    /// (a few KB each), not the batch's messages.
+    pub write_max_entities: usize,
+    /// Messages buffered per partition before that partition is paused: at least a batch (twice
+    /// one, so that the next is ready when a batch is written), and times the partitions an
+    /// instance owns and a message's size (about 1 KB), memory held while catching up.
     pub partition_queue_capacity: usize,
     /// How often the consumer re-reads topic metadata; low so a topic created after start is
     /// picked up quickly.
@@ -116,8 +120,9 @@ impl Default for KafkaConfig {
             session_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
             fetch_wait_max: Duration::from_millis(10),
-            batch_max_messages: 1_000,
-            partition_queue_capacity: 2_000,
+            batch_max_messages: 4_000,
+            write_max_entities: 1_000,
+            partition_queue_capacity: 8_000,
             metadata_refresh: Duration::from_secs(10),
             dlq_topic: "persona.dlq".into(),
             extra_librdkafka: LibrdkafkaSettings::default(),

@@ -359,6 +359,9 @@ impl Config {
         if self.kafka.batch_max_messages == 0 {
             return invalid("kafka.batch_max_messages", "must be at least 1");
         }
+        if self.kafka.write_max_entities == 0 {
+            return invalid("kafka.write_max_entities", "must be at least 1");
+        }
         if self.kafka.partition_queue_capacity == 0 {
             return invalid("kafka.partition_queue_capacity", "must be at least 1");
         }

@@ -11,6 +11,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use super::owned::{self, OwnedStates};
 use super::runs;
 use super::truncate;
+use super::writes;
 use crate::decode::change;
 use crate::decode::envelope::{self, CdcMessage};
 use crate::dlq::{self, DeadLetters, Failure};
@@ -71,6 +72,8 @@ pub struct Applier<'a> {
     pub fence: Option<&'a Fence>,
     /// The partition's shares kept between batches; `None` reads every share from Redis.
     pub owned: Option<&'a std::sync::Mutex<OwnedStates>>,
+    /// Most entities one write carries (`kafka.write_max_entities`; see [`super::writes`]).
+    pub write_max_entities: usize,
 }
 
 impl Applier<'_> {
@@ -134,10 +137,16 @@ impl Applier<'_> {
         }
         // A topic is one table, so a batch is one stream; should a topic carry several, each run
         // of one stream's changes is written on its own (a stream's overlap is written with it).
+        // A run is cut again where its entities would make too large a write.
         let mut from = 0;
         while from < changes.len() {
-            let table = changes[from].table;
-            let to = from + changes[from..].iter().take_while(|c| c.table == table).count();
+            let to = from
+                + writes::leading_run(
+                    &changes[from..],
+                    self.write_max_entities,
+                    |change| change.table,
+                    |change| self.entities_of(change),
+                );
             let (duplicates, late) = self
                 .write_retrying(topic, partition, &mut changes[from..to], &connectors[from..to])
                 .await?;
@@ -215,6 +224,17 @@ impl Applier<'_> {
         let overlaps = [(stream.to_string(), Overlap::default())].into();
         let marks = TableMarks { highs, overlaps, ..TableMarks::default() };
         self.store.write_states(Vec::new(), &marks, self.fence).await
+    }
+
+    /// The entities a change's row images name (the ones it feeds directly; products it reaches
+    /// through a session's pairs come on top).
+    fn entities_of<'c>(&self, change: &'c SourceChange) -> impl Iterator<Item = (Entity, &'c str)> {
+        self.features.entities_fed_by(change.table).iter().flat_map(move |&entity| {
+            [&change.before, &change.after]
+                .into_iter()
+                .flatten()
+                .filter_map(move |row| Some((entity, features::entity_of(row, entity)?)))
+        })
     }
 
     /// The shares a change touches: this stream's share of the users and products of its row

@@ -22,8 +22,7 @@ use crate::telemetry;
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most messages of one partition applied as one batch. Large, because an entity touched several
 /// times in a batch is written once: 500 gave 15–16k messages/s on the simulator's history,
-/// 5,000 gave 26–35k/s (BENCHMARKS.md). Bounded, because a batch's writes are one Redis script,
-/// which other clients of Redis wait behind.
+/// 5,000 gave 26–35k/s (BENCHMARKS.md). Its writes are bounded by `kafka.write_max_entities`.
 const BATCH_MAX: usize = 5_000;
 /// Messages read, across partitions, before their batches are applied: bounds the messages
 /// held (about 1 KB each) however many partitions there are.
@@ -97,6 +96,7 @@ struct Replayed<'a> {
     consumer: &'a BaseConsumer,
     budget: OwnedBudget,
     owned: HashMap<PartitionKey, Arc<Mutex<OwnedStates>>>,
+    write_max_entities: usize,
 }
 
 impl Replayed<'_> {
@@ -117,6 +117,7 @@ impl Replayed<'_> {
                 }));
             let (features, store) = (Arc::clone(&self.features), Arc::clone(&self.store));
             let topics = Arc::clone(&self.topics);
+            let write_max_entities = self.write_max_entities;
             tasks.spawn(async move {
                 let applier = Applier {
                     features: &features,
@@ -125,6 +126,7 @@ impl Replayed<'_> {
                     dead_letters: None,
                     fence: None,
                     owned: Some(&owned),
+                    write_max_entities,
                 };
                 let applied = applier.apply_batch(&key.0, key.1, &batch).await;
                 (key, applied)
@@ -192,6 +194,7 @@ impl Replayed<'_> {
             dead_letters: None,
             fence: None,
             owned: None,
+            write_max_entities: self.write_max_entities,
         }
     }
 }
@@ -234,6 +237,7 @@ pub async fn run(
         consumer: &consumer,
         budget: OwnedBudget::new(owned_max_bytes),
         owned: HashMap::new(),
+        write_max_entities: kafka.write_max_entities,
     };
     let mut positions: HashMap<PartitionKey, i64> = HashMap::new();
     let mut pending: HashMap<PartitionKey, Vec<OwnedMessage>> = HashMap::new();

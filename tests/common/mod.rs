@@ -422,7 +422,6 @@ impl OwnRedis {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
-    /// How many times Redis executed `command` (from `INFO commandstats`).
     /// Runs one command through redis-cli; its reply as text.
     pub fn command(&self, args: &[&str]) -> String {
         let output = Command::new("redis-cli")
@@ -433,6 +432,7 @@ impl OwnRedis {
         String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 
+    /// How many times Redis executed `command` (from `INFO commandstats`).
     pub fn command_calls(&self, command: &str) -> u64 {
         let output = Command::new("redis-cli")
             .args(["-p", &self.port.to_string(), "info", "commandstats"])

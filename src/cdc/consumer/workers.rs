@@ -166,6 +166,7 @@ impl PollLoop {
             dead_letters: self.dead_letters.clone(),
             owned: std::sync::Mutex::new(OwnedStates::new(self.owned.clone())),
             batch_max: self.batch_max,
+            write_max_entities: self.write_max_entities,
             topics: Arc::clone(&self.topics),
             exit: Arc::clone(&exit),
         };
