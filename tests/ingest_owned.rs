@@ -127,6 +127,17 @@ async fn shares(store: &FeatureStore, set: &FeatureSet) -> Vec<(String, Option<E
     entities.iter().map(|entity| format!("{} {stream}", entity.cache_key())).zip(read).collect()
 }
 
+fn assert_same_shares(
+    written: &[(String, Option<EntityState>)],
+    expected: &[(String, Option<EntityState>)],
+    context: &str,
+) {
+    assert_eq!(written.len(), expected.len());
+    for ((key, share), (_, reference)) in written.iter().zip(expected) {
+        assert_eq!(share, reference, "{key}, {context}");
+    }
+}
+
 #[tokio::test]
 async fn kept_shares_write_what_shares_read_from_redis_write() {
     let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
@@ -143,11 +154,7 @@ async fn kept_shares_write_what_shares_read_from_redis_write() {
         let kept = store(&redis, &unique("kept")).await;
         let owned = Mutex::new(OwnedStates::new(OwnedBudget::new(budget)));
         apply_all(&kept, &set, &messages, 4, Some(&owned)).await;
-        let written = shares(&kept, &set).await;
-        assert_eq!(written.len(), expected.len());
-        for ((key, share), (_, reference)) in written.iter().zip(&expected) {
-            assert_eq!(share, reference, "{key}, budget {budget}");
-        }
+        assert_same_shares(&shares(&kept, &set).await, &expected, &format!("budget {budget}"));
         if budget == 1 {
             assert!(owned.lock().expect("lock").is_empty());
         } else {
@@ -180,11 +187,8 @@ async fn a_batch_cut_into_small_writes_writes_what_small_batches_write() {
         } else {
             assert_eq!(writes, 1, "a batch within the bound is one write");
         }
-        let written = shares(&cut, &set).await;
-        assert_eq!(written.len(), expected.len());
-        for ((key, share), (_, reference)) in written.iter().zip(&expected) {
-            assert_eq!(share, reference, "{key}, writes of {write_max_entities} entities");
-        }
+        let context = format!("writes of {write_max_entities} entities");
+        assert_same_shares(&shares(&cut, &set).await, &expected, &context);
     }
 }
 

@@ -459,6 +459,19 @@ mod tests {
     }
 
     #[test]
+    fn batch_write_and_queue_sizes_of_zero_are_rejected_by_name() {
+        for field in ["batch_max_messages", "write_max_entities", "partition_queue_capacity"] {
+            Jail::expect_with(|jail| {
+                jail.clear_env();
+                jail.set_env(format!("PERSONA_KAFKA__{}", field.to_uppercase()), "0");
+                let error = Config::load(None).expect_err("rejects");
+                assert!(error.to_string().contains(&format!("`kafka.{field}`")), "{error}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
     fn a_redis_url_is_checked_at_start_without_printing_its_password() {
         Jail::expect_with(|jail| {
             jail.clear_env();
