@@ -2,7 +2,7 @@
 //! it touches, load them, apply in offset order (skipping what a share already has), and write
 //! back what changed. Used by the partition workers and by `persona rebuild`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -239,15 +239,11 @@ impl Applier<'_> {
 
     /// The shares a change touches: this stream's share of the users and products of its row
     /// images.
-    fn keys_of(&self, change: &SourceChange, stream: &str) -> Vec<(StateKey, Entity, String)> {
-        let mut keys = Vec::new();
-        for &entity in self.features.entities_fed_by(change.table) {
-            for row in [&change.before, &change.after].into_iter().flatten() {
-                let Some(id) = features::entity_of(row, entity) else { continue };
-                let key = EntityRef { entity, id: id.to_string() }.share(stream);
-                if !keys.iter().any(|(known, _, _)| *known == key) {
-                    keys.push((key, entity, id.to_string()));
-                }
+    fn keys_of(&self, change: &SourceChange, stream: &str) -> Vec<StateKey> {
+        let mut keys: Vec<StateKey> = Vec::new();
+        for (entity, id) in self.entities_of(change) {
+            if !keys.iter().any(|known| known.entity.entity == entity && known.entity.id == id) {
+                keys.push(EntityRef::new(entity, id).share(stream));
             }
         }
         keys
@@ -266,39 +262,31 @@ impl Applier<'_> {
         changes: &mut [SourceChange],
         connectors: &[Option<String>],
     ) -> Result<(u64, u64), StoreError> {
-        let streams: Vec<String> =
-            changes.iter().map(|change| format!("{}/{partition}", change.table)).collect();
-        let mut tables: Vec<String> =
-            changes.iter().map(|change| change.table.name().to_string()).collect();
-        tables.sort();
-        tables.dedup();
-        let routed: Vec<Vec<(StateKey, Entity, String)>> = changes
-            .iter()
-            .zip(&streams)
-            .map(|(change, stream)| self.keys_of(change, stream))
-            .collect();
-        let mut keys: Vec<StateKey> =
-            routed.iter().flatten().map(|(key, _, _)| key.clone()).collect();
+        // One stream per call (see `apply_batch`).
+        let table = changes[0].table;
+        debug_assert!(changes.iter().all(|change| change.table == table));
+        let stream = format!("{table}/{partition}");
+        let tables = [table.name().to_string()];
+        let routed: Vec<Vec<StateKey>> =
+            changes.iter().map(|change| self.keys_of(change, &stream)).collect();
+        // Deduplicated before they are copied and sorted: a batch names each entity many times.
+        let unique: HashSet<&StateKey> = routed.iter().flatten().collect();
+        let mut keys: Vec<StateKey> = unique.into_iter().cloned().collect();
         keys.sort();
-        keys.dedup();
         #[cfg(debug_assertions)]
         super::hooks::injected_truncate_hold(changes).await;
-        let mut own_streams = streams.clone();
-        own_streams.sort();
-        own_streams.dedup();
         // Read before the states: a switch of generation after this is noticed by the next batch.
         let generation = self.store.generation_epoch();
         let (mut states, missing) = owned::take(self.owned, &keys, generation);
-        let loaded = self.store.load_for_write(&missing, &tables, &own_streams).await?;
+        let loaded =
+            self.store.load_for_write(&missing, &tables, std::slice::from_ref(&stream)).await?;
         set_aside(self.store, &loaded).await?;
         states.extend(loaded.states);
         let mut marks = loaded.marks;
         let new_runs = runs::follow(self.features, self.topics, changes, connectors, marks.runs);
         let new_truncations = truncate::follow(changes, &mut marks.truncations);
         truncate::check(&marks.highs, &marks.truncations)?;
-        let new_highs = truncate::highs(changes, &streams, &marks.highs);
-        // One stream per call (see `apply_batch`).
-        let stream = streams[0].clone();
+        let new_highs = truncate::highs(changes, &stream, &marks.highs);
         let mut overlap = marks.overlaps.remove(&stream).unwrap_or_default();
         let known = self.store.load_overlap(&stream, &overlap::wanted(&overlap, changes)).await?;
         let overlap_writes = overlap::decide(&mut overlap, &known, changes);
@@ -309,7 +297,7 @@ impl Applier<'_> {
         let mut tally = |key: &StateKey, outcome: &features::Outcome| {
             if outcome.duplicate {
                 duplicates += 1;
-            } else {
+            } else if !changed.contains(key) {
                 changed.insert(key.clone());
             }
             late += u64::from(outcome.late);
@@ -319,15 +307,14 @@ impl Applier<'_> {
         for (index, (change, targets)) in changes.iter().zip(&routed).enumerate() {
             // Every entity but the item first: the shopper's session gives the items' pairs.
             let item = self.features.item;
-            for (key, entity, id) in targets.iter().filter(|(_, e, _)| *e != item) {
-                let state = states.entry(key.clone()).or_default();
+            for key in targets.iter().filter(|key| key.entity.entity != item) {
                 let outcome = features::apply(
                     self.features,
-                    *entity,
-                    id,
-                    state,
+                    key.entity.entity,
+                    &key.entity.id,
+                    state_of(&mut states, key),
                     change,
-                    &streams[index],
+                    &stream,
                     now,
                 );
                 tally(key, &outcome);
@@ -336,9 +323,9 @@ impl Applier<'_> {
         }
 
         let mut partners: Vec<StateKey> = Vec::new();
-        for (index, deltas) in pairs.iter().enumerate() {
+        for deltas in &pairs {
             for delta in deltas {
-                let key = EntityRef::new(self.features.item, &delta.product).share(&streams[index]);
+                let key = EntityRef::new(self.features.item, &delta.product).share(&stream);
                 if !states.contains_key(&key) && keys.binary_search(&key).is_err() {
                     partners.push(key);
                 }
@@ -353,26 +340,26 @@ impl Applier<'_> {
         states.extend(loaded.states);
 
         for (index, (change, targets)) in changes.iter().zip(&routed).enumerate() {
-            let mut products: Vec<(StateKey, String)> = targets
+            let item = self.features.item;
+            let mut products: Vec<&str> = targets
                 .iter()
-                .filter(|(_, entity, _)| *entity == self.features.item)
-                .map(|(key, _, id)| (key.clone(), id.clone()))
+                .filter(|key| key.entity.entity == item)
+                .map(|key| key.entity.id.as_str())
                 .collect();
             for delta in &pairs[index] {
-                let key = EntityRef::new(self.features.item, &delta.product).share(&streams[index]);
-                if !products.iter().any(|(known, _)| *known == key) {
-                    products.push((key, delta.product.clone()));
+                if !products.contains(&delta.product.as_str()) {
+                    products.push(&delta.product);
                 }
             }
-            for (key, id) in products {
-                let state = states.entry(key.clone()).or_default();
+            for id in products {
+                let key = EntityRef::new(item, id).share(&stream);
                 let outcome = features::apply_with_pairs(
                     self.features,
-                    self.features.item,
-                    &id,
-                    state,
+                    item,
+                    id,
+                    state_of(&mut states, &key),
                     change,
-                    &streams[index],
+                    &stream,
                     now,
                     &pairs[index],
                 );
@@ -429,6 +416,18 @@ impl Applier<'_> {
         }
         Ok((duplicates, late))
     }
+}
+
+/// The state of `key` among a write's states, new when it has none yet (without copying the
+/// key when it has).
+fn state_of<'s>(
+    states: &'s mut HashMap<StateKey, EntityState>,
+    key: &StateKey,
+) -> &'s mut EntityState {
+    if !states.contains_key(key) {
+        states.insert(key.clone(), EntityState::default());
+    }
+    states.get_mut(key).expect("inserted above")
 }
 
 /// Moves unreadable shares aside; the batch then fails with [`StoreError::Unreadable`] so that

@@ -58,23 +58,23 @@ pub(super) fn check(
     Ok(())
 }
 
-/// How far each stream of the batch got (`streams[i]` is the stream of `changes[i]`): its last
-/// streamed change, with the TRUNCATE it was applied after. Only those that moved past `stored`.
+/// How far `stream` got with `changes`, all of it: its last streamed change, with the TRUNCATE
+/// it was applied after, if that moved past `stored`.
 pub(super) fn highs(
     changes: &[SourceChange],
-    streams: &[String],
+    stream: &str,
     stored: &HashMap<String, High>,
 ) -> HashMap<String, High> {
-    let mut highs: HashMap<String, High> = HashMap::new();
-    for (change, stream) in changes.iter().zip(streams) {
+    let mut newest: Option<High> = None;
+    for change in changes {
         let (None, Some(position)) = (change.snapshot, change.position) else { continue };
         let high = High { run: change.run.map(|start| start.run), cut: change.truncated, position };
-        let newest = highs.get(stream).or(stored.get(stream));
-        if newest.is_none_or(|newest| order(newest) < order(&high)) {
-            highs.insert(stream.clone(), high);
+        let before = newest.as_ref().or(stored.get(stream));
+        if before.is_none_or(|before| order(before) < order(&high)) {
+            newest = Some(high);
         }
     }
-    highs
+    newest.map(|high| (stream.to_string(), high)).into_iter().collect()
 }
 
 /// The order `write_states.lua` keeps highs in: run, then TRUNCATE, then position.
@@ -131,23 +131,23 @@ mod tests {
 
     #[test]
     fn a_stream_that_ran_past_an_unknown_truncate_must_be_read_again() {
-        let streams = vec!["cart_items/1".to_string(); 2];
+        let stream = "cart_items/1";
         // Applied 4 and 8 before anyone knew of a TRUNCATE at 6.
-        let ahead = highs(&[change(4, false), change(8, false)], &streams, &HashMap::new());
+        let ahead = highs(&[change(4, false), change(8, false)], stream, &HashMap::new());
         assert_eq!(ahead["cart_items/1"].position, Position(8, 8, 1));
         let truncation = Truncation { position: Position(6, 6, 1), run: None };
         let truncations = [("cart_items".to_string(), truncation)].into();
         assert!(check(&ahead, &truncations).is_err());
 
         // Behind it, or once read again, nothing is missed.
-        let behind = highs(&[change(4, false)], &streams[..1], &HashMap::new());
+        let behind = highs(&[change(4, false)], stream, &HashMap::new());
         assert!(check(&behind, &truncations).is_ok());
         let again: HashMap<String, High> =
             [("cart_items/1".to_string(), acknowledged(&truncation))].into();
         assert!(check(&again, &truncations).is_ok());
         let mut labelled = vec![change(8, false)];
         follow(&mut labelled, &mut truncations.clone());
-        let after = highs(&labelled, &streams[..1], &again);
+        let after = highs(&labelled, stream, &again);
         assert_eq!(after["cart_items/1"].cut, Some(Position(6, 6, 1)));
         assert!(check(&after, &truncations).is_ok());
     }
