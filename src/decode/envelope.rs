@@ -115,21 +115,21 @@ pub struct Source<'a> {
     /// Commit time in Postgres.
     #[serde(default)]
     pub ts_ms: Option<i64>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_text")]
     pub schema: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_text")]
     pub table: Option<Cow<'a, str>>,
     #[serde(default)]
     pub lsn: Option<i64>,
     /// `["<commit LSN of the previous transaction>","<LSN of this change>"]`.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_text")]
     pub sequence: Option<Cow<'a, str>>,
     /// `"true"`, `"first"`, `"last"`, … for snapshot reads, `"incremental"` for reads of an
     /// incremental snapshot, `"false"` when streaming.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_text")]
     pub snapshot: Option<Cow<'a, str>>,
     /// The connector's `topic.prefix`.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_text")]
     pub name: Option<Cow<'a, str>>,
     /// The transaction: for snapshot reads, the snapshot's own.
     #[serde(default, rename = "txId")]
@@ -167,7 +167,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Row<'a> {
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Row<'a>, A::Error> {
                 let mut columns = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(ColumnName(name)) = map.next_key()? {
+                while let Some(Text(name)) = map.next_key()? {
                     columns.push((name, map.next_value::<&'de RawValue>()?));
                 }
                 Ok(Row(columns))
@@ -178,9 +178,17 @@ impl<'de: 'a, 'a> Deserialize<'de> for Row<'a> {
     }
 }
 
-/// A column's name, borrowed from the message unless it has escapes.
+/// A text borrowed from the message unless it has escapes (a column's name, a `source` field).
 #[derive(Deserialize)]
-struct ColumnName<'a>(#[serde(borrow)] Cow<'a, str>);
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// An optional text, borrowed: serde borrows a `Cow<str>` field, but one inside an `Option` it
+/// always copies, which was an allocation per `source` field of every message.
+fn borrowed_text<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Cow<'de, str>>, D::Error> {
+    Ok(Option::<Text<'de>>::deserialize(deserializer)?.map(|Text(text)| text))
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChangeEvent<'a> {
@@ -211,7 +219,7 @@ pub enum CdcMessage<'a> {
 
 #[derive(Deserialize)]
 struct RawEnvelope<'a> {
-    #[serde(borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_text")]
     op: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     before: Option<Row<'a>>,

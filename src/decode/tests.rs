@@ -56,6 +56,18 @@ fn create_has_the_row_its_time_and_position() {
 }
 
 #[test]
+fn source_texts_are_borrowed_from_the_message_unless_escaped() {
+    use std::borrow::Cow;
+    let event = change(CREATE);
+    let source = &event.source;
+    for text in [&source.schema, &source.table, &source.snapshot, &source.name] {
+        assert!(matches!(text, Some(Cow::Borrowed(_))), "{text:?} copied");
+    }
+    // `sequence` is a JSON array in a string: its quotes are escaped, so it is unescaped.
+    assert_eq!(source.sequence.as_deref(), Some(r#"["24023928","24024216"]"#));
+}
+
+#[test]
 fn update_carries_both_images() {
     let decoded = decoded(UPDATE);
     assert_eq!(decoded.before.expect("before").text("activity_type"), Some("VIEW_PRODUCT"));
