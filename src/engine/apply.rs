@@ -2,7 +2,7 @@
 //! it touches, load them, apply in offset order (skipping what a share already has), and write
 //! back what changed. Used by the partition workers and by `persona rebuild`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -312,7 +312,7 @@ impl Applier<'_> {
                     self.features,
                     key.entity.entity,
                     &key.entity.id,
-                    state_of(&mut states, key),
+                    states.entry(key.clone()).or_default(),
                     change,
                     &stream,
                     now,
@@ -357,7 +357,7 @@ impl Applier<'_> {
                     self.features,
                     item,
                     id,
-                    state_of(&mut states, &key),
+                    states.entry(key.clone()).or_default(),
                     change,
                     &stream,
                     now,
@@ -416,18 +416,6 @@ impl Applier<'_> {
         }
         Ok((duplicates, late))
     }
-}
-
-/// The state of `key` among a write's states, new when it has none yet (without copying the
-/// key when it has).
-fn state_of<'s>(
-    states: &'s mut HashMap<StateKey, EntityState>,
-    key: &StateKey,
-) -> &'s mut EntityState {
-    if !states.contains_key(key) {
-        states.insert(key.clone(), EntityState::default());
-    }
-    states.get_mut(key).expect("inserted above")
 }
 
 /// Moves unreadable shares aside; the batch then fails with [`StoreError::Unreadable`] so that
