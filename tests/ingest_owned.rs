@@ -138,15 +138,30 @@ fn assert_same_shares(
     }
 }
 
+/// What the tests below compare with: a Redis of the test's own, the shipped definitions, a
+/// session, and the shares batches of four write of it, reading every share from Redis.
+struct Reference {
+    redis: OwnRedis,
+    set: FeatureSet,
+    messages: Vec<OwnedMessage>,
+    expected: Vec<(String, Option<EntityState>)>,
+}
+
+impl Reference {
+    async fn written() -> Self {
+        let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
+        let set = FeatureSet::load(None).expect("shipped definitions");
+        let messages = session(Utc::now());
+        let reference = store(&redis, &unique("read")).await;
+        apply_all(&reference, &set, &messages, 4, None).await;
+        let expected = shares(&reference, &set).await;
+        Self { redis, set, messages, expected }
+    }
+}
+
 #[tokio::test]
 async fn kept_shares_write_what_shares_read_from_redis_write() {
-    let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
-    let set = FeatureSet::load(None).expect("shipped definitions");
-    let messages = session(Utc::now());
-
-    let reference = store(&redis, &unique("read")).await;
-    apply_all(&reference, &set, &messages, 4, None).await;
-    let expected = shares(&reference, &set).await;
+    let Reference { redis, set, messages, expected } = Reference::written().await;
     assert!(expected.iter().all(|(_, share)| share.is_some()), "{expected:?}");
 
     // Kept whole, and kept under a budget so small every share is forgotten after each batch.
@@ -167,14 +182,7 @@ async fn kept_shares_write_what_shares_read_from_redis_write() {
 /// its product: about one change a write) writes what batches of four write, in one write each.
 #[tokio::test]
 async fn a_batch_cut_into_small_writes_writes_what_small_batches_write() {
-    let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
-    let set = FeatureSet::load(None).expect("shipped definitions");
-    let messages = session(Utc::now());
-
-    let reference = store(&redis, &unique("batches")).await;
-    apply_all(&reference, &set, &messages, 4, None).await;
-    let expected = shares(&reference, &set).await;
-
+    let Reference { redis, set, messages, expected } = Reference::written().await;
     for write_max_entities in [1_000, 2] {
         let cut = store(&redis, &unique("cut")).await;
         let owned = Mutex::new(OwnedStates::new(OwnedBudget::new(256 << 20)));
