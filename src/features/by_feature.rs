@@ -65,6 +65,15 @@ impl FeatureStates {
         self.0.iter().find(|(known, _)| *known == name).map(|(_, state)| state)
     }
 
+    /// The state of the feature named `name`, an interned name.
+    pub fn get_interned(&self, name: &'static str) -> Option<&FeatureState> {
+        self.position(name).map(|index| &self.0[index].1)
+    }
+
+    pub fn get_interned_mut(&mut self, name: &'static str) -> Option<&mut FeatureState> {
+        self.position(name).map(|index| &mut self.0[index].1)
+    }
+
     pub fn contains_key(&self, name: &str) -> bool {
         self.get(name).is_some()
     }

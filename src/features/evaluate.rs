@@ -18,7 +18,8 @@ use super::definition::{Aggregation, Entity, Feature, FeatureSet, ValueExpr};
 use super::expiry::DecayParts;
 use super::row_key::RowKey;
 use super::source::Scalar;
-use super::state::{EntityState, Fact, FeatureState, stored_number};
+use super::state::{EntityState, Fact, stored_number};
+use super::view::FeatureView;
 
 /// HyperLogLog++ precision: 2^14 registers, a standard error of 1.04/√16384 ≈ 0.81%. Below
 /// about 12,000 distinct values the sparse representation is used, which is close to exact.
@@ -131,17 +132,13 @@ pub fn evaluate(
         names.is_none_or(|names| names.iter().any(|name| name == feature.name))
     };
     let mut features = Features::new();
-    let empty = FeatureState::default();
     for feature in set.of_entity(entity).filter(wanted) {
         let value = match state {
             None => FeatureValue::missing(),
             Some(state) if feature.aggregation == Aggregation::Percentile => {
                 percentile(set, feature, entity_id, state, at, catalog, ranking)
             }
-            Some(state) => {
-                let feature_state = state.features.get(feature.name).unwrap_or(&empty);
-                evaluate_one(feature, feature_state, at, catalog)
-            }
+            Some(state) => evaluate_one(feature, FeatureView::of(feature, state), at, catalog),
         };
         features.insert(feature.name.to_string(), value);
     }
@@ -163,8 +160,7 @@ fn percentile(
     if !catalog.contains(entity_id) {
         return FeatureValue::missing();
     }
-    let empty = FeatureState::default();
-    let own = evaluate_one(of, state.features.get(of.name).unwrap_or(&empty), at, catalog);
+    let own = evaluate_one(of, FeatureView::of(of, state), at, catalog);
     let (Some(value), Some(ranking)) = (own.value.as_f64(), ranking(of)) else {
         return FeatureValue::missing();
     };
@@ -213,15 +209,16 @@ fn number(value: Decimal) -> Value {
 /// bucket with rows: event times of bucketed values have the window's bucket resolution.
 fn window_counts(
     feature: &Feature,
-    state: &FeatureState,
+    state: FeatureView<'_>,
     at_us: i64,
 ) -> (BTreeMap<String, i64>, Option<i64>) {
     let mut counts: BTreeMap<String, i64> = BTreeMap::new();
     let mut newest: Option<i64> = None;
-    for (bucket, cell) in &state.buckets {
+    for (start_us, cell) in state.buckets() {
         let start = match feature.window {
-            Some(window) if window.contains(at_us, bucket * window.bucket_us) => {
-                Some(bucket * window.bucket_us)
+            // A shared state's bucket lies within one of the window's.
+            Some(window) if window.contains(at_us, start_us) => {
+                Some(window.bucket_of(start_us) * window.bucket_us)
             }
             Some(_) => continue,
             None => None,
@@ -242,11 +239,11 @@ fn window_counts(
 /// Facts in the window read at `at` (not after `at` when unwindowed), newest first.
 fn window_facts<'a>(
     feature: &Feature,
-    state: &'a FeatureState,
+    state: FeatureView<'a>,
     at_us: i64,
 ) -> impl Iterator<Item = (&'a RowKey, &'a Fact)> {
     let window = feature.window;
-    state.facts.iter().rev().filter(move |(_, fact)| match window {
+    state.facts().iter().rev().filter(move |(_, fact)| match window {
         Some(window) => window.contains(at_us, fact.at_us),
         None => fact.at_us <= at_us,
     })
@@ -254,7 +251,7 @@ fn window_facts<'a>(
 
 fn evaluate_one(
     feature: &Feature,
-    state: &FeatureState,
+    state: FeatureView<'_>,
     at: DateTime<Utc>,
     catalog: &dyn Catalog,
 ) -> FeatureValue {
@@ -368,12 +365,12 @@ fn evaluate_one(
             FeatureValue::present(Value::Array(intervals), times.first().copied())
         }
         Aggregation::CurrentSum | Aggregation::CurrentCount => {
-            let newest = state.facts.newest().map(|fact| fact.at_us);
+            let facts = state.facts();
+            let newest = facts.newest().map(|fact| fact.at_us);
             if feature.aggregation == Aggregation::CurrentCount {
-                return FeatureValue::present(json!(state.facts.len()), newest);
+                return FeatureValue::present(json!(facts.len()), newest);
             }
-            let sum: Decimal = state
-                .facts
+            let sum: Decimal = facts
                 .values()
                 .filter_map(|fact| resolve_number(feature, &fact.value, catalog))
                 .sum();

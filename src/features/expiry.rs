@@ -5,14 +5,14 @@
 //! [`next_change`] says, instead of re-reading every entity on every tick.
 
 use super::definition::{Aggregation, BUCKETS_PER_WINDOW, Feature, Window};
-use super::state::FeatureState;
+use super::view::FeatureView;
 
 /// The earliest read time after `at_us` (µs) at which `feature`, read from `state` with no new
 /// event, may give another value than at `at_us`; `None` when it never does. For a decayed count
 /// the value changes continuously: this is when it stops following [`DecayParts::at`].
 ///
 /// A percentile depends on every product, not on one state: track the feature it ranks.
-pub fn next_change(feature: &Feature, state: &FeatureState, at_us: i64) -> Option<i64> {
+pub fn next_change(feature: &Feature, state: FeatureView<'_>, at_us: i64) -> Option<i64> {
     use Aggregation as A;
     let window = feature.window;
     match feature.aggregation {
@@ -25,14 +25,14 @@ pub fn next_change(feature: &Feature, state: &FeatureState, at_us: i64) -> Optio
         | A::TopK
         | A::Conversion => {
             let window = window?;
-            state.buckets.keys().filter_map(|bucket| bucket_change(window, bucket, at_us)).min()
+            buckets_of(window, state)
+                .filter_map(|bucket| bucket_change(window, bucket, at_us))
+                .min()
         }
         A::DecayedCount => {
             let window = window?;
             let end = window.bucket_of(at_us);
-            state
-                .buckets
-                .keys()
+            buckets_of(window, state)
                 .filter_map(|bucket| {
                     let moves = bucket_change(window, bucket, at_us);
                     // The newest bucket weighs 1 until it ends, then starts to decay.
@@ -42,7 +42,7 @@ pub fn next_change(feature: &Feature, state: &FeatureState, at_us: i64) -> Optio
                 .min()
         }
         A::Last | A::LastN | A::Intervals => state
-            .facts
+            .facts()
             .values()
             .filter_map(|fact| match window {
                 Some(window) => bucket_change(window, window.bucket_of(fact.at_us), at_us),
@@ -52,6 +52,11 @@ pub fn next_change(feature: &Feature, state: &FeatureState, at_us: i64) -> Optio
             .min(),
         A::CurrentSum | A::CurrentCount | A::Percentile => None,
     }
+}
+
+/// The window's buckets that hold rows (a shared state's bucket lies within one of them).
+fn buckets_of<'a>(window: Window, state: FeatureView<'a>) -> impl Iterator<Item = i64> + 'a {
+    state.buckets().map(move |(start_us, _)| window.bucket_of(start_us))
 }
 
 /// When `bucket` enters the window read at `at_us` (a bucket ahead of the read time) or leaves
@@ -83,12 +88,12 @@ pub struct DecayParts {
 
 impl DecayParts {
     /// Splits the decayed count `feature` (which must have a window) read at `at_us`.
-    pub fn of(feature: &Feature, state: &FeatureState, at_us: i64) -> Option<Self> {
+    pub fn of(feature: &Feature, state: FeatureView<'_>, at_us: i64) -> Option<Self> {
         let window = feature.window?;
         let half_life_us = feature.half_life.map_or(1.0, |h| h.as_micros() as f64);
         let mut parts = Self { at_us, half_life_us, ..Self::default() };
-        for (bucket, cell) in &state.buckets {
-            let start = bucket * window.bucket_us;
+        for (start_us, cell) in state.buckets() {
+            let start = window.bucket_of(start_us) * window.bucket_us;
             if !window.contains(at_us, start) {
                 continue;
             }

@@ -24,15 +24,17 @@ pub mod overlap;
 mod pairs;
 mod retention;
 mod row_key;
+mod sharing;
 pub mod source;
 mod state;
+mod view;
 
 pub use buckets::{Buckets, Cell};
 pub use by_feature::{FeatureState, FeatureStates};
 pub use catalog::{Catalog, CatalogView, DimensionSchema, ItemRoles, Product, ProductCatalog};
 pub use definition::{
     Aggregation, BUCKETS_PER_WINDOW, DefinitionError, Entity, EntitySchema, Feature, FeatureSet,
-    IdKind, RecommendationFeatures, Storage, band_of,
+    IdKind, RecommendationFeatures, SharedBuckets, Storage, band_of,
 };
 pub use evaluate::{
     FeatureStatus, FeatureValue, Features, HLL_PRECISION, Ranking, ReadContext, evaluate,
@@ -51,6 +53,7 @@ pub use state::{
     EntityState, FACT_SLACK, Outcome, RunMark, apply, apply_with_pairs, entity_of, superseded,
     truncated_away,
 };
+pub use view::FeatureView;
 
 #[cfg(test)]
 mod tests;

@@ -177,7 +177,8 @@ pub fn apply_pairs(
         let counts = state.features.entry(feature.name);
         let bucket = window.bucket_of(delta.at_us);
         counts.buckets.add(bucket, &delta.partner, delta.delta);
-        super::retention::prune_buckets(feature, counts, set.history_us(), now_us);
+        let kept = super::retention::Kept::own(feature);
+        super::retention::prune_buckets(kept, counts, set.history_us(), now_us);
         if counts.buckets.is_empty() && counts.facts.is_empty() {
             state.features.remove(feature.name);
         }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use foldhash::fast::FixedState;
 
 use super::by_feature::{FeatureState, KnownValues};
-use super::definition::{BUCKETS_PER_WINDOW, Feature, Storage};
+use super::definition::{BUCKETS_PER_WINDOW, Feature, SharedBuckets, Storage};
 
 /// Facts kept beyond what an unwindowed `last`/`last_n`/`intervals` reports, so that deleting
 /// the newest rows falls back to older ones. Deleting more than this many of a user's newest
@@ -16,46 +16,92 @@ pub const FACT_SLACK: usize = 32;
 /// `last_n` without a window keeps at most this many facts per value.
 const FACTS_PER_VALUE: usize = 8;
 
-/// The oldest bucket kept: a read at `now - history` still sees its whole window.
-fn oldest_kept_bucket(feature: &Feature, history_us: i64, now_us: i64) -> Option<i64> {
-    let window = feature.window?;
-    Some(window.bucket_of(now_us.saturating_sub(history_us)) - BUCKETS_PER_WINDOW + 1)
+/// Where a change to one feature lands: the state it keeps its rows in (its own, or the one it
+/// shares with features over the same rows), and what that state must keep.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Kept<'f> {
+    /// The state's name: the feature's, or the shared state's.
+    pub name: &'static str,
+    /// The width of the state's buckets (µs); unused when unwindowed.
+    pub bucket_us: i64,
+    /// The bucket widths of the windows read from it, each kept for its window plus `history`;
+    /// none when unwindowed.
+    widths: &'f [i64],
 }
 
-pub(super) fn too_old(feature: &Feature, at_us: i64, history_us: i64, now_us: i64) -> bool {
-    match (feature.window, oldest_kept_bucket(feature, history_us, now_us)) {
-        (Some(window), Some(oldest)) => window.bucket_of(at_us) < oldest,
-        _ => false,
+impl<'f> Kept<'f> {
+    pub fn own(feature: &'f Feature) -> Self {
+        let widths =
+            feature.window.as_ref().map_or(&[][..], |w| std::slice::from_ref(&w.bucket_us));
+        Self { name: feature.name, bucket_us: widths.first().copied().unwrap_or(0), widths }
+    }
+
+    /// A state of buckets `width` wide read by one window (a feature's own).
+    pub fn single(name: &'static str, width: &'f i64) -> Self {
+        Self { name, bucket_us: *width, widths: std::slice::from_ref(width) }
+    }
+
+    pub fn shared(shared: &'f SharedBuckets) -> Self {
+        Self { name: shared.name, bucket_us: shared.bucket_us, widths: &shared.widths }
+    }
+
+    /// The bucket a row at `at_us` counts in (0 when unwindowed).
+    pub fn bucket_of(&self, at_us: i64) -> i64 {
+        if self.widths.is_empty() { 0 } else { at_us.div_euclid(self.bucket_us) }
+    }
+
+    /// The start of the oldest bucket kept; `None` when unwindowed.
+    fn oldest_us(&self, history_us: i64, now_us: i64) -> Option<i64> {
+        self.widths.iter().map(|width| oldest_kept_us(*width, history_us, now_us)).min()
+    }
+
+    /// For how many of the windows read from the state a row at `at_us` is too old: they can no
+    /// longer be read at a time it counts at. (The state keeps it while one window can.)
+    pub fn late(&self, at_us: i64, history_us: i64, now_us: i64) -> u32 {
+        let late = self.widths.iter().filter(|w| at_us < oldest_kept_us(**w, history_us, now_us));
+        late.count() as u32
+    }
+
+    /// Whether a row at `at_us` is too old for every window read from the state.
+    pub fn too_old(&self, at_us: i64, history_us: i64, now_us: i64) -> bool {
+        self.oldest_us(history_us, now_us).is_some_and(|oldest| at_us < oldest)
     }
 }
 
-/// Drops buckets (and facts) older than the window's retention; `false` when unwindowed.
+/// The start of the oldest bucket a window of buckets `width` wide keeps: a read at
+/// `now - history` still sees its whole window.
+fn oldest_kept_us(width: i64, history_us: i64, now_us: i64) -> i64 {
+    let bucket = now_us.saturating_sub(history_us).div_euclid(width) - BUCKETS_PER_WINDOW + 1;
+    bucket.saturating_mul(width)
+}
+
+/// Drops buckets (and facts) older than the windows' retention; `false` when unwindowed.
 pub(super) fn prune_buckets(
-    feature: &Feature,
+    kept: Kept<'_>,
     state: &mut FeatureState,
     history_us: i64,
     now_us: i64,
 ) -> bool {
-    let (Some(window), Some(oldest)) =
-        (feature.window, oldest_kept_bucket(feature, history_us, now_us))
-    else {
+    let Some(oldest_us) = kept.oldest_us(history_us, now_us) else {
         return false;
     };
-    state.buckets.drop_before(oldest);
-    state.facts.drop_older(|at_us| window.bucket_of(at_us) >= oldest);
+    // Each window's oldest start is a whole number of its buckets, so of the state's.
+    state.buckets.drop_before(oldest_us.div_euclid(kept.bucket_us));
+    state.facts.drop_older(|at_us| at_us >= oldest_us);
     true
 }
 
-/// Drops what `feature` no longer needs of `state`, after a change that stored `added` (if it
-/// stored anything).
+/// Drops what `feature` no longer needs of `state` (kept as `kept` says), after a change that
+/// stored `added` (if it stored anything).
 pub(super) fn prune(
     feature: &Feature,
+    kept: Kept<'_>,
     state: &mut FeatureState,
     history_us: i64,
     now_us: i64,
     added: Option<&str>,
 ) {
-    if prune_buckets(feature, state, history_us, now_us) {
+    if prune_buckets(kept, state, history_us, now_us) {
         return;
     }
     if feature.storage() != Storage::Facts {

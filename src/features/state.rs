@@ -35,7 +35,9 @@ use super::definition::{Entity, Feature, FeatureSet, Storage, ValueExpr};
 pub use super::facts::Fact;
 use super::pairs::{self, PairDelta};
 pub use super::retention::FACT_SLACK;
-use super::retention::{prune, too_old};
+pub(super) use super::retention::Kept;
+use super::retention::prune;
+use super::sharing;
 use super::source::{Position, SnapshotRead, SnapshotRun, SourceChange, SourceRow, Truncation};
 
 /// Re-driven positions remembered per stream; beyond this the oldest are forgotten.
@@ -61,6 +63,10 @@ pub struct EntityState {
     pub cuts: BTreeMap<String, Position>,
     #[serde(rename = "f", default, skip_serializing_if = "FeatureStates::is_empty")]
     pub features: FeatureStates,
+    /// Whether `features` still holds own states of features that now share buckets (see
+    /// `features::sharing`), once an apply looked; neither stored nor compared.
+    #[serde(skip)]
+    pub own_states: sharing::OwnStates,
 }
 
 /// The snapshot run a share belongs to, and how far into the run's reads it got.
@@ -236,7 +242,14 @@ pub fn apply_with_pairs(
     } else if entity == set.item {
         pairs::apply_pairs(set, entity_id, state, pair_deltas, now_us);
     }
+    let holds_own = sharing::holds_own_states(set, state);
     for feature in set.fed_by(entity, change.table).filter(|f| f.storage() != Storage::Pairs) {
+        let kept = match &feature.shared {
+            // The first of the features sharing buckets applies the change for all of them.
+            Some(shared) if !shared.applied_by(feature) => continue,
+            Some(shared) => Kept::shared(shared),
+            None => Kept::own(feature),
+        };
         let before = change.before.as_ref().filter(belongs).filter(|row| passes(feature, row));
         let after = change.after.as_ref().filter(belongs).filter(|row| passes(feature, row));
         if before.is_none() && after.is_none() {
@@ -246,21 +259,35 @@ pub fn apply_with_pairs(
             // of it cache misses on states it left as they were.
             continue;
         }
-        let feature_state = state.features.entry(feature.name);
-        if let Some(before) = before {
-            retract(feature, feature_state, before, set.history_us(), now_us);
+        let mut retracted = false;
+        if let Some(shared) = feature.shared.as_ref().filter(|_| holds_own) {
+            let history_us = set.history_us();
+            retracted =
+                sharing::tend_own_states(feature, shared, state, before, history_us, now_us);
         }
+        if let Some(before) = before.filter(|_| !retracted) {
+            let feature_state = state.features.entry(kept.name);
+            retract(feature, kept, feature_state, before, set.history_us(), now_us);
+        }
+        let feature_state = state.features.entry(kept.name);
         let mut added = None;
         if let Some(after) = after {
-            match add(feature, feature_state, after, set.history_us(), now_us) {
-                Added::Late => outcome.late += 1,
-                Added::Value(value) => added = value,
+            match add(feature, kept, feature_state, after, set.history_us(), now_us) {
+                Added::Late(late) => outcome.late += late,
+                Added::Value(value, late) => {
+                    outcome.late += late;
+                    added = value;
+                }
             }
         }
-        prune(feature, feature_state, set.history_us(), now_us, added.as_deref());
+        prune(feature, kept, feature_state, set.history_us(), now_us, added.as_deref());
         if feature_state.is_empty() {
-            state.features.remove(feature.name);
+            state.features.remove(kept.name);
         }
+    }
+    if holds_own {
+        // Looked at again on the next change: the features' own states leave as they empty.
+        state.own_states = sharing::OwnStates::default();
     }
     state.rev += 1;
     outcome
@@ -275,6 +302,7 @@ fn enter_run(state: &mut EntityState, stream: &str, run: Option<SnapshotRun>) {
         return;
     }
     state.features.clear();
+    state.own_states = sharing::OwnStates::default();
     state.applied.remove(stream);
     state.replayed.remove(stream);
     state.cuts.remove(stream);
@@ -289,6 +317,7 @@ fn enter_cut(state: &mut EntityState, stream: &str, cut: Position) {
         return;
     }
     state.features.clear();
+    state.own_states = sharing::OwnStates::default();
     state.applied.remove(stream);
     state.replayed.remove(stream);
     state.cuts.insert(stream.to_string(), cut);
@@ -349,7 +378,7 @@ pub(super) fn passes(feature: &Feature, row: &SourceRow) -> bool {
 
 /// What a row that [`passes`] the feature's filter stores for it; `None` when it contributes
 /// nothing (NULL, or not one of the steps).
-fn stored_value<'a>(feature: &Feature, row: &'a SourceRow) -> Option<Cow<'a, str>> {
+pub(super) fn stored_value<'a>(feature: &Feature, row: &'a SourceRow) -> Option<Cow<'a, str>> {
     let value = match &feature.value {
         ValueExpr::Nothing => Some(Cow::Borrowed("")),
         ValueExpr::Column(column) => row.get(column).as_key(),
@@ -370,29 +399,31 @@ fn stored_value<'a>(feature: &Feature, row: &'a SourceRow) -> Option<Cow<'a, str
 
 /// What adding a row did.
 enum Added<'a> {
-    /// Dropped as too old.
-    Late,
-    /// Kept: the value stored, if any (`None` for a NULL or a value that is not a step).
-    Value(Option<Cow<'a, str>>),
+    /// Dropped as too old for every window reading the state: for how many windows.
+    Late(u32),
+    /// Kept: the value stored, if any (`None` for a NULL or a value that is not a step), and for
+    /// how many windows reading the state it is too old all the same.
+    Value(Option<Cow<'a, str>>, u32),
 }
 
-/// Adds the contribution of a row that [`passes`] the filter.
+/// Adds the contribution of a row that [`passes`] the filter to the state `kept` names.
 fn add<'a>(
     feature: &Feature,
+    kept: Kept<'_>,
     state: &mut FeatureState,
     row: &'a SourceRow,
     history_us: i64,
     now_us: i64,
 ) -> Added<'a> {
-    let Some(value) = stored_value(feature, row) else { return Added::Value(None) };
+    let Some(value) = stored_value(feature, row) else { return Added::Value(None, 0) };
     let at_us = row.time.timestamp_micros();
-    if too_old(feature, at_us, history_us, now_us) {
-        return Added::Late;
+    let late = kept.late(at_us, history_us, now_us);
+    if kept.too_old(at_us, history_us, now_us) {
+        return Added::Late(late);
     }
     match feature.storage() {
         Storage::Buckets => {
-            let bucket = feature.window.map_or(0, |window| window.bucket_of(at_us));
-            state.buckets.add(bucket, &value, 1);
+            state.buckets.add(kept.bucket_of(at_us), &value, 1);
         }
         Storage::Facts | Storage::Current => {
             let fact = Fact { at_us, value: value.as_ref().into() };
@@ -400,12 +431,13 @@ fn add<'a>(
         }
         Storage::Derived | Storage::Pairs => {}
     }
-    Added::Value(Some(value))
+    Added::Value(Some(value), late)
 }
 
-/// Takes back the contribution of a row that [`passes`] the filter.
-fn retract(
+/// Takes back the contribution of a row that [`passes`] the filter from the state `kept` names.
+pub(super) fn retract(
     feature: &Feature,
+    kept: Kept<'_>,
     state: &mut FeatureState,
     row: &SourceRow,
     history_us: i64,
@@ -413,12 +445,12 @@ fn retract(
 ) {
     let Some(value) = stored_value(feature, row) else { return };
     let at_us = row.time.timestamp_micros();
-    if too_old(feature, at_us, history_us, now_us) {
+    if kept.too_old(at_us, history_us, now_us) {
         return;
     }
     match feature.storage() {
         Storage::Buckets => {
-            let bucket = feature.window.map_or(0, |window| window.bucket_of(at_us));
+            let bucket = kept.bucket_of(at_us);
             if state.buckets.rows(bucket, &value).is_some() {
                 state.buckets.add(bucket, &value, -1);
             }

@@ -12,6 +12,7 @@ use super::*;
 mod overlap;
 mod properties;
 mod prune;
+mod sharing;
 mod snapshot;
 mod truncate;
 

@@ -56,12 +56,32 @@ fn a_bucket_leaves_the_window_at_its_boundary() {
     // 5m windows have 5 s buckets: a row 2 minutes ago leaves 3 minutes from now, and a row
     // 10 s ahead of the read time (a skewed clock) enters at its bucket's start.
     let state = state_of(feature, &[(-120, 3, 1)], &[]);
-    assert_eq!(next_change(feature, &state, micros(t0())), Some(micros(t0()) + 180_000_000));
+    assert_eq!(
+        next_change(feature, FeatureView::own(feature, &state), micros(t0())),
+        Some(micros(t0()) + 180_000_000)
+    );
     let ahead = state_of(feature, &[(-120, 3, 1), (12, 3, 1)], &[]);
-    assert_eq!(next_change(feature, &ahead, micros(t0())), Some(micros(t0()) + 10_000_000));
-    assert_eq!(next_change(feature, &state_of(feature, &[(-400, 3, 1)], &[]), micros(t0())), None);
+    assert_eq!(
+        next_change(feature, FeatureView::own(feature, &ahead), micros(t0())),
+        Some(micros(t0()) + 10_000_000)
+    );
+    assert_eq!(
+        next_change(
+            feature,
+            FeatureView::own(feature, &state_of(feature, &[(-400, 3, 1)], &[])),
+            micros(t0())
+        ),
+        None
+    );
     let unwindowed = set.get("count_all").expect("defined");
-    assert_eq!(next_change(unwindowed, &state_of(unwindowed, &[(-5, 3, 1)], &[]), 0), None);
+    assert_eq!(
+        next_change(
+            unwindowed,
+            FeatureView::own(unwindowed, &state_of(unwindowed, &[(-5, 3, 1)], &[])),
+            0
+        ),
+        None
+    );
 }
 
 #[test]
@@ -71,8 +91,11 @@ fn the_newest_bucket_of_a_decayed_count_starts_decaying_when_it_ends() {
     // 1h windows have 1 min buckets; t0 + 30 s is in the bucket starting at t0.
     let state = state_of(feature, &[(0, 4, 2), (-1800, 4, 1)], &[]);
     let at = micros(t0()) + 30_000_000;
-    assert_eq!(next_change(feature, &state, at), Some(micros(t0()) + 60_000_000));
-    let parts = DecayParts::of(feature, &state, at).expect("windowed");
+    assert_eq!(
+        next_change(feature, FeatureView::own(feature, &state), at),
+        Some(micros(t0()) + 60_000_000)
+    );
+    let parts = DecayParts::of(feature, FeatureView::own(feature, &state), at).expect("windowed");
     assert_eq!(parts.flat, 2.0);
     assert!(parts.decaying > 0.0 && parts.decaying < 1.0, "{parts:?}");
 }
@@ -91,7 +114,7 @@ proptest! {
         for set in sets() {
             for feature in set.features.iter().filter(|f| f.aggregation != Aggregation::Percentile) {
                 let state = state_of(feature, &rows, &facts);
-                let change = next_change(feature, &state, at_us);
+                let change = next_change(feature, FeatureView::own(feature, &state), at_us);
                 let until = match change {
                     Some(change) => {
                         prop_assert!(change > at_us, "{}: {change} is not after {at_us}", feature.name);
@@ -100,7 +123,7 @@ proptest! {
                     None => at_us + 3 * 86_400_000_000,
                 };
                 let first = read(feature, &set, &state, at_us);
-                let parts = DecayParts::of(feature, &state, at_us);
+                let parts = DecayParts::of(feature, FeatureView::own(feature, &state), at_us);
                 for probe in &probes {
                     let t_us = at_us + ((until - at_us) as f64 * probe) as i64;
                     let later = read(feature, &set, &state, t_us);
@@ -130,7 +153,7 @@ proptest! {
             for feature in set.features.iter() {
                 let Some(window) = feature.window else { continue };
                 let state = state_of(feature, &rows, &[]);
-                let Some(change) = next_change(feature, &state, at_us) else { continue };
+                let Some(change) = next_change(feature, FeatureView::own(feature, &state), at_us) else { continue };
                 let inside = |t_us: i64| -> BTreeMap<i64, bool> {
                     state.buckets.keys().map(|b| (b, window.contains(t_us, b * window.bucket_us))).collect()
                 };

@@ -13,8 +13,8 @@ use rust_decimal::Decimal;
 use super::index::{ProductIndex, together_of};
 use crate::features::definition::ValueExpr;
 use crate::features::{
-    Aggregation, Catalog, DecayParts, EntityState, Feature, FeatureSet, Product, Ranking,
-    ReadContext, evaluate, next_change,
+    Aggregation, Catalog, DecayParts, EntityState, Feature, FeatureSet, FeatureView, Product,
+    Ranking, ReadContext, evaluate, next_change,
 };
 
 /// One product's signals as evaluated last.
@@ -120,15 +120,13 @@ impl Tracker {
         let at_us = at.timestamp_micros();
         let context = ReadContext { at, catalog, ranking: &|_| None };
         let values = evaluate(set, set.item, id, Some(state), Some(&self.names), &context);
-        let default_state = Default::default();
-        let feature_state = |name: &str| state.features.get(name).unwrap_or(&default_state);
         let trending_feature = self
             .trending
             .as_ref()
             .and_then(|name| self.features.iter().find(|feature| feature.name == name));
         let trending = match trending_feature {
             Some(feature) if feature.aggregation == Aggregation::DecayedCount => {
-                DecayParts::of(feature, feature_state(feature.name), at_us).unwrap_or_default()
+                DecayParts::of(feature, FeatureView::of(feature, state), at_us).unwrap_or_default()
             }
             // Any other definition of it is a plain number until its next change.
             other => DecayParts {
@@ -149,7 +147,7 @@ impl Tracker {
         let next = self
             .features
             .iter()
-            .filter_map(|feature| next_change(feature, feature_state(feature.name), at_us))
+            .filter_map(|feature| next_change(feature, FeatureView::of(feature, state), at_us))
             .min();
         let previous = self.products.get(id);
         let previous_next = previous.and_then(|p| p.next_change);

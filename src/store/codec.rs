@@ -180,7 +180,7 @@ fn decompress(frame: &[u8]) -> Result<Vec<u8>, CodecError> {
 pub fn encode_uncompressed(state: &EntityState) -> Vec<u8> {
     // Named field by field: a field added to the state does not compile here until the wire
     // form (and its version) carries it.
-    let EntityState { rev, applied, replayed, runs, cuts, features } = state;
+    let EntityState { rev, applied, replayed, runs, cuts, features, .. } = state;
     let mut texts = Texts::default();
     let applied = applied.iter().map(|(stream, at)| (texts.place(stream), *at)).collect();
     let replayed = replayed

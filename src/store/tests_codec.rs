@@ -48,7 +48,15 @@ fn entity_state() -> impl Strategy<Value = EntityState> {
             for (name, state) in features {
                 states.insert_named(&name, state);
             }
-            EntityState { rev, applied, replayed, runs, cuts, features: states }
+            EntityState {
+                rev,
+                applied,
+                replayed,
+                runs,
+                cuts,
+                features: states,
+                ..Default::default()
+            }
         })
 }
 

@@ -176,6 +176,9 @@ pub struct Feature {
     /// Whether its facts keep their rows' keys: only where a row's time may be its commit time,
     /// which its before image does not carry (see [`crate::features::Facts`]).
     pub facts_keyed: bool,
+    /// The buckets it keeps with other features over the same rows, if any (see
+    /// [`SharedBuckets`]).
+    pub shared: Option<SharedBuckets>,
 }
 
 /// Which of the bands bounded by `bounds` (ascending upper bounds) `value` falls in: 0 below
@@ -341,6 +344,7 @@ impl FeatureSet {
         for feature in &features {
             check_reference(feature, &features, entities.item)?;
         }
+        shared::share_buckets(&mut features);
         let recommendations =
             roles::compile(&raw.recommendations, &features, entities.shopper, entities.item)?;
         let canonical = serde_json::to_string(&raw).unwrap_or_default();
@@ -441,7 +445,10 @@ impl FeatureSet {
 
 mod parse;
 mod roles;
+mod shared;
 mod sources;
+
+pub use shared::SharedBuckets;
 
 use parse::{check_reference, compile, fingerprint, invalid};
 pub use roles::RecommendationFeatures;

@@ -359,6 +359,7 @@ pub(super) fn compile(
         half_life,
         session,
         facts_keyed: source.time_column.is_none() || source.time_from_commit_if_null,
+        shared: None,
     })
 }
 

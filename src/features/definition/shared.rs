@@ -1,0 +1,158 @@
+//! Buckets kept once for several features. `views_1m`, `views_5m` and `views_15m` count the
+//! same rows (a user's views) over three windows; `category_clicks_1h` and
+//! `clicks_by_price_band_1h` both keep the product id of each click and join it when read. Each
+//! kept its own buckets of the same rows; features of one entity over the same source, filter and
+//! stored value now keep one state, in buckets as wide as the greatest common divisor of their
+//! widths (each feature's bucket is a whole number of them, so every window is read exactly),
+//! for as long as the longest-kept of them needs.
+
+use super::{Entity, Feature, Storage, ValueExpr};
+use crate::features::intern::intern;
+use crate::features::source::SourceTable;
+
+/// The state several windowed bucket features keep together (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedBuckets {
+    /// The state's name: its features' names joined by `+`, in definition order. (No feature
+    /// name holds a `+`, so it never names a feature's own state.)
+    pub name: &'static str,
+    /// The width of its buckets (µs): the greatest common divisor of its features' widths.
+    pub bucket_us: i64,
+    /// Its features, in definition order; the first one applies changes for all of them.
+    pub members: Vec<&'static str>,
+    /// Their bucket widths, in the same order; each keeps its window plus `history`.
+    pub widths: Vec<i64>,
+}
+
+impl SharedBuckets {
+    /// Whether `feature` applies changes to the shared state for every member.
+    pub fn applied_by(&self, feature: &Feature) -> bool {
+        self.members.first().is_some_and(|first| std::ptr::eq(*first, feature.name))
+    }
+}
+
+/// What a row stores for a bucket feature, as far as sharing goes: features that store the same
+/// text for every row can share buckets. (An attribute of a dimension stores the item's id and
+/// is joined when read.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stored {
+    Nothing,
+    Column(&'static str),
+    ItemId(Entity),
+    Product2(&'static str, &'static str),
+}
+
+/// Which rows a bucket feature keeps, and what of them: equal for features that can share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rows {
+    entity: Entity,
+    table: SourceTable,
+    filter: Vec<(&'static str, Vec<String>)>,
+    stored: Stored,
+    steps: Vec<String>,
+}
+
+impl Rows {
+    fn of(feature: &Feature) -> Option<Self> {
+        if feature.storage() != Storage::Buckets || feature.window.is_none() {
+            return None;
+        }
+        let stored = match &feature.value {
+            ValueExpr::Nothing => Stored::Nothing,
+            ValueExpr::Column(column) => Stored::Column(column),
+            ValueExpr::Attribute(entity, _) => Stored::ItemId(*entity),
+            ValueExpr::Product2(left, right) => Stored::Product2(left, right),
+        };
+        let mut filter = feature.filter.clone();
+        for (_, accepted) in &mut filter {
+            accepted.sort();
+            accepted.dedup();
+        }
+        filter.sort();
+        Some(Self {
+            entity: feature.entity,
+            table: feature.table,
+            filter,
+            stored,
+            steps: feature.steps.clone(),
+        })
+    }
+}
+
+/// Groups the windowed bucket features that keep the same rows, and points each feature of a
+/// group of two or more at the group's [`SharedBuckets`].
+pub(super) fn share_buckets(features: &mut [Feature]) {
+    let mut groups: Vec<(Rows, Vec<usize>)> = Vec::new();
+    for (index, feature) in features.iter().enumerate() {
+        let Some(rows) = Rows::of(feature) else { continue };
+        match groups.iter_mut().find(|(known, _)| *known == rows) {
+            Some((_, members)) => members.push(index),
+            None => groups.push((rows, vec![index])),
+        }
+    }
+    for (_, indices) in groups.into_iter().filter(|(_, indices)| indices.len() > 1) {
+        let members: Vec<&'static str> = indices.iter().map(|i| features[*i].name).collect();
+        let widths: Vec<i64> = indices
+            .iter()
+            .filter_map(|i| features[*i].window.map(|window| window.bucket_us))
+            .collect();
+        let shared = SharedBuckets {
+            name: intern(&members.join("+")),
+            bucket_us: widths.iter().copied().fold(0, gcd),
+            members,
+            widths,
+        };
+        for index in indices {
+            features[index].shared = Some(shared.clone());
+        }
+    }
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::FeatureSet;
+
+    #[test]
+    fn features_over_the_same_rows_share_buckets_as_wide_as_their_widths_allow() {
+        let set = FeatureSet::parse(super::super::DEFAULT_DEFINITIONS, "test").expect("valid");
+        let shared = |name: &str| set.get(name).and_then(|f| f.shared.clone());
+        let views = shared("views_1m").expect("views_1m shares");
+        assert_eq!(views.members, ["views_1m", "views_5m", "views_15m"]);
+        assert_eq!(views.name, "views_1m+views_5m+views_15m");
+        // 1 s, 5 s and 15 s buckets: one second divides them all.
+        assert_eq!(views.bucket_us, 1_000_000);
+        assert_eq!(shared("views_15m"), Some(views.clone()));
+        // Categories and price bands both keep the clicked product's id.
+        let clicks = shared("category_clicks_1h").expect("shares");
+        assert_eq!(clicks.members, ["category_clicks_1h", "clicks_by_price_band_1h"]);
+        assert_eq!(clicks.bucket_us, 60_000_000);
+        let categories = shared("category_views_1h").expect("shares");
+        assert_eq!(categories.members, ["category_views_1h", "category_views_10m"]);
+        assert_eq!(categories.bucket_us, 10_000_000);
+        // A product's views and their decayed count.
+        let product = shared("views_1h").expect("shares");
+        assert_eq!(product.members, ["views_1h", "trending_score"]);
+        // Other filters, other stored values, or alone: their own state.
+        for alone in ["searches_15m", "unique_viewers_1h", "search_click_cart_conversion_1h"] {
+            assert_eq!(shared(alone), None, "{alone}");
+        }
+        // Facts and pairs are never shared.
+        for facts in ["recent_products_viewed", "last_viewed_product", "viewed_together_24h"] {
+            assert_eq!(shared(facts), None, "{facts}");
+        }
+        assert!(views.applied_by(set.get("views_1m").expect("declared")));
+        assert!(!views.applied_by(set.get("views_5m").expect("declared")));
+    }
+
+    #[test]
+    fn the_greatest_common_divisor_of_widths() {
+        assert_eq!([60, 10].into_iter().fold(0, gcd), 10);
+        assert_eq!([15, 10].into_iter().fold(0, gcd), 5);
+        assert_eq!([7].into_iter().fold(0, gcd), 7);
+    }
+}
