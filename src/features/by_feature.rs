@@ -100,6 +100,11 @@ impl FeatureStates {
         self.insert(intern(name), state);
     }
 
+    /// Takes the state of `name`, an interned name, out.
+    pub fn take(&mut self, name: &'static str) -> Option<FeatureState> {
+        self.position(name).map(|index| self.0.swap_remove(index).1)
+    }
+
     /// Forgets the state of `name`, an interned name.
     pub fn remove(&mut self, name: &'static str) {
         if let Some(index) = self.position(name) {

@@ -33,8 +33,8 @@ pub use buckets::{Buckets, Cell};
 pub use by_feature::{FeatureState, FeatureStates};
 pub use catalog::{Catalog, CatalogView, DimensionSchema, ItemRoles, Product, ProductCatalog};
 pub use definition::{
-    Aggregation, BUCKETS_PER_WINDOW, DefinitionError, Entity, EntitySchema, Feature, FeatureSet,
-    IdKind, RecommendationFeatures, SharedBuckets, Storage, band_of,
+    Aggregation, BUCKETS_PER_WINDOW, DefinitionError, Entity, EntitySchema, FactBound, Feature,
+    FeatureSet, IdKind, RecommendationFeatures, SharedBuckets, SharedFacts, Storage, band_of,
 };
 pub use evaluate::{
     FeatureStatus, FeatureValue, Features, HLL_PRECISION, Ranking, ReadContext, evaluate,

@@ -7,7 +7,10 @@ use std::collections::HashMap;
 use foldhash::fast::FixedState;
 
 use super::by_feature::{FeatureState, KnownValues};
-use super::definition::{BUCKETS_PER_WINDOW, Feature, SharedBuckets, Storage};
+use super::definition::{
+    BUCKETS_PER_WINDOW, FactBound, Feature, SharedBuckets, SharedFacts, Storage,
+};
+use super::facts::Facts;
 
 /// Facts kept beyond what an unwindowed `last`/`last_n`/`intervals` reports, so that deleting
 /// the newest rows falls back to older ones. Deleting more than this many of a user's newest
@@ -27,22 +30,37 @@ pub(super) struct Kept<'f> {
     /// The bucket widths of the windows read from it, each kept for its window plus `history`;
     /// none when unwindowed.
     widths: &'f [i64],
+    /// Whether a feature without a window reads it too: then no row is too old for it.
+    unwindowed_reader: bool,
 }
 
 impl<'f> Kept<'f> {
     pub fn own(feature: &'f Feature) -> Self {
         let widths =
             feature.window.as_ref().map_or(&[][..], |w| std::slice::from_ref(&w.bucket_us));
-        Self { name: feature.name, bucket_us: widths.first().copied().unwrap_or(0), widths }
+        let bucket_us = widths.first().copied().unwrap_or(0);
+        Self { name: feature.name, bucket_us, widths, unwindowed_reader: false }
+    }
+
+    /// Facts shared by features (`widths` are those of the windowed ones among them).
+    pub fn shared_facts(shared: &'f SharedFacts) -> Self {
+        let unwindowed_reader = shared.bounds.iter().any(|b| !matches!(b, FactBound::Window(_)));
+        Self { name: shared.name, bucket_us: 0, widths: &shared.widths, unwindowed_reader }
     }
 
     /// A state of buckets `width` wide read by one window (a feature's own).
     pub fn single(name: &'static str, width: &'f i64) -> Self {
-        Self { name, bucket_us: *width, widths: std::slice::from_ref(width) }
+        Self {
+            name,
+            bucket_us: *width,
+            widths: std::slice::from_ref(width),
+            unwindowed_reader: false,
+        }
     }
 
     pub fn shared(shared: &'f SharedBuckets) -> Self {
-        Self { name: shared.name, bucket_us: shared.bucket_us, widths: &shared.widths }
+        let widths = &shared.widths;
+        Self { name: shared.name, bucket_us: shared.bucket_us, widths, unwindowed_reader: false }
     }
 
     /// The bucket a row at `at_us` counts in (0 when unwindowed).
@@ -64,7 +82,8 @@ impl<'f> Kept<'f> {
 
     /// Whether a row at `at_us` is too old for every window read from the state.
     pub fn too_old(&self, at_us: i64, history_us: i64, now_us: i64) -> bool {
-        self.oldest_us(history_us, now_us).is_some_and(|oldest| at_us < oldest)
+        !self.unwindowed_reader
+            && self.oldest_us(history_us, now_us).is_some_and(|oldest| at_us < oldest)
     }
 }
 
@@ -145,12 +164,23 @@ pub(super) fn prune_last_n(state: &mut FeatureState, keep_values: usize, added: 
             return;
         }
     }
+    let (kept, admitted) = last_n_kept(&state.facts, keep_values);
+    state.last_n_values = KnownValues(u32::try_from(admitted.min(keep_values)).ok());
+    if kept.iter().all(|kept| *kept) {
+        return;
+    }
+    state.facts.retain_from_newest(|place| kept[place]);
+}
+
+/// Which facts an unwindowed `last_n` keeps (see [`prune_last_n`]), by place from the newest,
+/// and how many values it met.
+fn last_n_kept(facts: &Facts, keep_values: usize) -> (Vec<bool>, usize) {
     // Per value, its facts kept so far; a value first met once `keep_values` are (staler than
     // all of them) is full from the start.
     let mut seen: HashMap<&str, usize, FixedState> = HashMap::default();
     let mut admitted = 0;
-    let mut kept = vec![false; state.facts.len()];
-    for (place, fact) in state.facts.values().rev().enumerate() {
+    let mut kept = vec![false; facts.len()];
+    for (place, fact) in facts.values().rev().enumerate() {
         let count = seen.entry(fact.value.as_str()).or_insert_with(|| {
             admitted += 1;
             if admitted <= keep_values { 0 } else { FACTS_PER_VALUE }
@@ -160,9 +190,61 @@ pub(super) fn prune_last_n(state: &mut FeatureState, keep_values: usize, added: 
             kept[place] = true;
         }
     }
-    state.last_n_values = KnownValues(u32::try_from(admitted.min(keep_values)).ok());
-    if kept.iter().all(|kept| *kept) {
+    (kept, admitted)
+}
+
+/// Facts shared by several features grow by this many between walks over them (see
+/// [`prune_shared_facts`]).
+const SHARED_FACTS_WALK_EVERY: usize = 16;
+
+/// Drops the facts that no feature sharing them keeps: each keeps what its own state would
+/// (see [`FactBound`]), so each reads from them what it read from its own.
+///
+/// Facts a window needs, or among the newest that a `last` reads, stay without a look. Older
+/// ones a `last_n` may keep (a few of each of its newest values) are found by a walk over the
+/// facts, as [`prune_last_n`]'s; it runs once they grew by [`SHARED_FACTS_WALK_EVERY`] since the
+/// last one, so a state holds up to that many facts more than it needs (which reads never
+/// reach: each reads its window, or its newest facts first), and a change costs a sixteenth of
+/// a walk.
+pub(super) fn prune_shared_facts(
+    shared: &SharedFacts,
+    state: &mut FeatureState,
+    history_us: i64,
+    now_us: i64,
+) {
+    let mut horizon: Option<i64> = None;
+    let mut newest = 0;
+    let mut values = None;
+    for bound in &shared.bounds {
+        match *bound {
+            FactBound::Window(width) => {
+                let oldest = oldest_kept_us(width, history_us, now_us);
+                horizon = Some(horizon.map_or(oldest, |known: i64| known.min(oldest)));
+            }
+            FactBound::Newest(count) => newest = newest.max(count),
+            FactBound::NewestValues(count) => values = values.max(Some(count)),
+        }
+    }
+    let len = state.facts.len();
+    let older = match horizon {
+        Some(horizon) => state.facts.values().take_while(|fact| fact.at_us < horizon).count(),
+        None => len,
+    };
+    // The oldest facts that neither a window nor the newest facts hold.
+    let loose = older.min(len.saturating_sub(newest));
+    if loose == 0 {
         return;
     }
-    state.facts.retain_from_newest(|place| kept[place]);
+    let Some(keep_values) = values else {
+        state.facts.keep_newest(len - loose);
+        return;
+    };
+    if let Some(after_walk) = state.last_n_values.0
+        && len < after_walk as usize + SHARED_FACTS_WALK_EVERY
+    {
+        return;
+    }
+    let (kept, _) = last_n_kept(&state.facts, keep_values);
+    state.facts.retain_from_newest(|place| place < len - loose || kept[place]);
+    state.last_n_values = KnownValues(u32::try_from(state.facts.len()).ok());
 }

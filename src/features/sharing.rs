@@ -4,12 +4,24 @@
 //! own states to it (each at its width; a row is in one or the other, never both), a retracted
 //! row is taken from where a row like it is, and the own states are pruned as their rows leave
 //! their windows, until none is left. Every value read stays exact throughout.
+//!
+//! Facts shared by features (`definition::SharedFacts`) are simpler: every feature keeps the
+//! facts of the same rows, a subset each, so the first change to reach such a share merges its
+//! features' own facts into the shared ones (a row kept by any of them is kept once) and drops
+//! the own states. Until then, reads take each feature's own facts.
 
 use super::Feature;
-use super::definition::{FeatureSet, SharedBuckets};
+use std::collections::HashMap;
+
+use compact_str::CompactString;
+
+use super::by_feature::{FeatureState, KnownValues};
+use super::definition::{FeatureSet, SharedBuckets, SharedFacts};
+use super::facts::Facts;
 use super::retention::{Kept, prune_buckets};
+use super::row_key::RowKey;
 use super::source::SourceRow;
-use super::state::{EntityState, retract, stored_value};
+use super::state::{EntityState, Fact, retract, stored_value};
 
 /// Whether a share holds own states of features that now share buckets, once looked at: `None`
 /// until then. Equal to any other.
@@ -33,7 +45,7 @@ pub(super) fn holds_own_states(set: &FeatureSet, state: &mut EntityState) -> boo
     let holds = set
         .features
         .iter()
-        .filter(|feature| feature.shared.is_some())
+        .filter(|feature| feature.shared.is_some() || feature.shared_facts.is_some())
         .any(|feature| state.features.get_interned(feature.name).is_some());
     state.own_states = OwnStates(Some(holds));
     holds
@@ -73,4 +85,36 @@ pub(super) fn tend_own_states(
         }
     }
     take_back.is_some()
+}
+
+/// Merges the own facts of `shared`'s features into the shared facts, and drops the own states
+/// (see the module docs). Facts of rows that are one fact twice (same time, key and value) are
+/// kept as often as the feature that kept most of them did.
+pub(super) fn adopt_own_facts(shared: &SharedFacts, state: &mut EntityState) {
+    let owns: Vec<FeatureState> =
+        shared.members.iter().filter_map(|member| state.features.take(member)).collect();
+    if owns.is_empty() {
+        return;
+    }
+    let target = state.features.entry(shared.name);
+    type Row = (i64, RowKey, CompactString);
+    let count = |facts: &Facts| {
+        let mut counts: HashMap<Row, usize> = HashMap::new();
+        for (key, fact) in facts.iter() {
+            *counts.entry((fact.at_us, key.clone(), fact.value.clone())).or_default() += 1;
+        }
+        counts
+    };
+    for own in owns {
+        let held = count(&target.facts);
+        for ((at_us, key, value), times) in count(&own.facts) {
+            let missing = times.saturating_sub(
+                held.get(&(at_us, key.clone(), value.clone())).copied().unwrap_or(0),
+            );
+            for _ in 0..missing {
+                target.facts.insert(key.clone(), Fact { at_us, value: value.clone() });
+            }
+        }
+    }
+    target.last_n_values = KnownValues(None);
 }

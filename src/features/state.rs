@@ -36,7 +36,7 @@ pub use super::facts::Fact;
 use super::pairs::{self, PairDelta};
 pub use super::retention::FACT_SLACK;
 pub(super) use super::retention::Kept;
-use super::retention::prune;
+use super::retention::{prune, prune_shared_facts};
 use super::sharing;
 use super::source::{Position, SnapshotRead, SnapshotRun, SourceChange, SourceRow, Truncation};
 
@@ -244,11 +244,13 @@ pub fn apply_with_pairs(
     }
     let holds_own = sharing::holds_own_states(set, state);
     for feature in set.fed_by(entity, change.table).filter(|f| f.storage() != Storage::Pairs) {
-        let kept = match &feature.shared {
-            // The first of the features sharing buckets applies the change for all of them.
-            Some(shared) if !shared.applied_by(feature) => continue,
-            Some(shared) => Kept::shared(shared),
-            None => Kept::own(feature),
+        // One of the features sharing a state applies the change for all of them.
+        let kept = match (&feature.shared, &feature.shared_facts) {
+            (Some(shared), _) if !shared.applied_by(feature) => continue,
+            (Some(shared), _) => Kept::shared(shared),
+            (_, Some(shared)) if !shared.applied_by(feature) => continue,
+            (_, Some(shared)) => Kept::shared_facts(shared),
+            (None, None) => Kept::own(feature),
         };
         let before = change.before.as_ref().filter(belongs).filter(|row| passes(feature, row));
         let after = change.after.as_ref().filter(belongs).filter(|row| passes(feature, row));
@@ -258,6 +260,9 @@ pub fn apply_with_pairs(
             // pruning every state a table feeds on each change was a tenth of the apply, most
             // of it cache misses on states it left as they were.
             continue;
+        }
+        if let Some(shared) = feature.shared_facts.as_ref().filter(|_| holds_own) {
+            sharing::adopt_own_facts(shared, state);
         }
         let mut retracted = false;
         if let Some(shared) = feature.shared.as_ref().filter(|_| holds_own) {
@@ -280,7 +285,10 @@ pub fn apply_with_pairs(
                 }
             }
         }
-        prune(feature, kept, feature_state, set.history_us(), now_us, added.as_deref());
+        match &feature.shared_facts {
+            Some(shared) => prune_shared_facts(shared, feature_state, set.history_us(), now_us),
+            None => prune(feature, kept, feature_state, set.history_us(), now_us, added.as_deref()),
+        }
         if feature_state.is_empty() {
             state.features.remove(kept.name);
         }

@@ -214,18 +214,18 @@ fn facts_stored_with_their_keys_are_retracted_by_time_and_value() {
     let v2 = activity("v2", "u1", "VIEW_PRODUCT", Some("p2"), 10);
     let mut state = fold(&set, Entity::USER, "u1", &[insert(v1, 1), insert(v2.clone(), 2)]);
     // As a persona before keyless facts kept them (layout version 1): by row key.
-    for name in ["last_viewed_product", "recent_products_viewed"] {
-        let feature = state.features.entry(intern::intern(name));
-        assert!(!feature.facts.keyed());
-        feature.facts = [("v1", 0), ("v2", 1)]
-            .into_iter()
-            .map(|(key, place)| {
-                let fact = feature.facts.entry(place).expect("two facts").1.clone();
-                (RowKey::new(key), fact)
-            })
-            .collect();
-        assert!(feature.facts.keyed());
-    }
+    let shared = set.get("last_viewed_product").and_then(|f| f.shared_facts.as_ref());
+    let name = shared.expect("views share facts").name;
+    let feature = state.features.entry(name);
+    assert!(!feature.facts.keyed());
+    feature.facts = [("v1", 0), ("v2", 1)]
+        .into_iter()
+        .map(|(key, place)| {
+            let fact = feature.facts.entry(place).expect("two facts").1.clone();
+            (RowKey::new(key), fact)
+        })
+        .collect();
+    assert!(feature.facts.keyed());
     let delete = change(SourceTable::new("user_activity"), Some(v2), None, 3);
     apply(&set, Entity::USER, "u1", &mut state, &delete, "user_activity/0", t0());
     let f = read(&set, Entity::USER, "u1", &state);

@@ -20,6 +20,7 @@ pub struct FeatureView<'a> {
     /// The own state's bucket width (0 when unwindowed: every row is in bucket 0).
     own_bucket_us: i64,
     shared: Option<(&'a FeatureState, i64)>,
+    facts: &'a Facts,
 }
 
 impl<'a> FeatureView<'a> {
@@ -30,12 +31,18 @@ impl<'a> FeatureView<'a> {
             Some((kept, shared.bucket_us))
         });
         let own = state.features.get_interned(feature.name).unwrap_or(&EMPTY);
-        Self { own, own_bucket_us: Self::own_width(feature), shared }
+        // Shared facts once a change merged the feature's own into them (`features::sharing`).
+        let facts = feature
+            .shared_facts
+            .as_ref()
+            .and_then(|shared| state.features.get_interned(shared.name))
+            .map_or(&own.facts, |kept| &kept.facts);
+        Self { own, own_bucket_us: Self::own_width(feature), shared, facts }
     }
 
     /// `feature`'s own state alone.
     pub fn own(feature: &Feature, own: &'a FeatureState) -> Self {
-        Self { own, own_bucket_us: Self::own_width(feature), shared: None }
+        Self { own, own_bucket_us: Self::own_width(feature), shared: None, facts: &own.facts }
     }
 
     fn own_width(feature: &Feature) -> i64 {
@@ -53,8 +60,8 @@ impl<'a> FeatureView<'a> {
         own.chain(shared)
     }
 
-    /// The feature's facts (facts are never shared).
+    /// The feature's facts: its own, or those it shares with features over the same rows.
     pub fn facts(&self) -> &'a Facts {
-        &self.own.facts
+        self.facts
     }
 }

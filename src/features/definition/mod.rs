@@ -179,6 +179,9 @@ pub struct Feature {
     /// The buckets it keeps with other features over the same rows, if any (see
     /// [`SharedBuckets`]).
     pub shared: Option<SharedBuckets>,
+    /// The facts it keeps with other features over the same rows, if any (see
+    /// [`SharedFacts`]).
+    pub shared_facts: Option<SharedFacts>,
 }
 
 /// Which of the bands bounded by `bounds` (ascending upper bounds) `value` falls in: 0 below
@@ -344,7 +347,7 @@ impl FeatureSet {
         for feature in &features {
             check_reference(feature, &features, entities.item)?;
         }
-        shared::share_buckets(&mut features);
+        shared::share_buckets(&mut features, &sources);
         let recommendations =
             roles::compile(&raw.recommendations, &features, entities.shopper, entities.item)?;
         let canonical = serde_json::to_string(&raw).unwrap_or_default();
@@ -448,7 +451,7 @@ mod roles;
 mod shared;
 mod sources;
 
-pub use shared::SharedBuckets;
+pub use shared::{FactBound, SharedBuckets, SharedFacts};
 
 use parse::{check_reference, compile, fingerprint, invalid};
 pub use roles::RecommendationFeatures;

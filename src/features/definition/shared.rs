@@ -5,10 +5,15 @@
 //! stored value now keep one state, in buckets as wide as the greatest common divisor of their
 //! widths (each feature's bucket is a whole number of them, so every window is read exactly),
 //! for as long as the longest-kept of them needs.
+//!
+//! Facts too: `last_viewed_product`, `recent_products_viewed` and `recent_categories_10m` each
+//! kept a user's views (the viewed product's id, by time). Fact features over the same rows keep
+//! one list ([`SharedFacts`]), holding every fact any of them would keep: a superset of each
+//! one's, from which each reads what it read before (see `retention::prune_shared_facts`).
 
-use super::{Entity, Feature, Storage, ValueExpr};
+use super::{Aggregation, Entity, Feature, Storage, ValueExpr};
 use crate::features::intern::intern;
-use crate::features::source::SourceTable;
+use crate::features::source::{SourceSchema, SourceTable};
 
 /// The state several windowed bucket features keep together (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +36,53 @@ impl SharedBuckets {
     }
 }
 
+/// The facts several fact features keep together (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedFacts {
+    /// The state's name: its features' names joined by `+`, in definition order.
+    pub name: &'static str,
+    /// Its features, in definition order.
+    pub members: Vec<&'static str>,
+    /// The member that applies changes for all of them: one storing a column as it is, if any.
+    /// (A member joining an attribute of the item stores the item's id too, but stores no fact
+    /// for an empty id, which no item has: it reads such a fact as one it cannot join, as it
+    /// reads any fact of an item not in the catalog, so it reads the same.)
+    pub leader: &'static str,
+    /// What each of them reads, in the same order: the facts it keeps.
+    pub bounds: Vec<FactBound>,
+    /// The bucket widths of the windowed ones among them (for rows too old for them).
+    pub widths: Vec<i64>,
+}
+
+impl SharedFacts {
+    /// Whether `feature` applies changes to the shared facts for every member.
+    pub fn applied_by(&self, feature: &Feature) -> bool {
+        std::ptr::eq(self.leader, feature.name)
+    }
+}
+
+/// The facts one fact feature keeps (its reads need no others).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FactBound {
+    /// A window of buckets this wide (µs): facts for the window plus `history`.
+    Window(i64),
+    /// Unwindowed `last` and `intervals`: the newest this many facts.
+    Newest(usize),
+    /// Unwindowed `last_n`: the facts of the newest this many values (a few of each).
+    NewestValues(usize),
+}
+
+impl FactBound {
+    fn of(feature: &Feature) -> Self {
+        let kept = feature.n.max(1) + crate::features::FACT_SLACK;
+        match (feature.window, feature.aggregation) {
+            (Some(window), _) => Self::Window(window.bucket_us),
+            (None, Aggregation::LastN) => Self::NewestValues(kept),
+            (None, _) => Self::Newest(kept),
+        }
+    }
+}
+
 /// What a row stores for a bucket feature, as far as sharing goes: features that store the same
 /// text for every row can share buckets. (An attribute of a dimension stores the item's id and
 /// is joined when read.)
@@ -45,6 +97,8 @@ enum Stored {
 /// Which rows a bucket feature keeps, and what of them: equal for features that can share.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Rows {
+    storage: Storage,
+    keyed: bool,
     entity: Entity,
     table: SourceTable,
     filter: Vec<(&'static str, Vec<String>)>,
@@ -53,13 +107,23 @@ struct Rows {
 }
 
 impl Rows {
-    fn of(feature: &Feature) -> Option<Self> {
-        if feature.storage() != Storage::Buckets || feature.window.is_none() {
-            return None;
+    fn of(feature: &Feature, sources: &[SourceSchema]) -> Option<Self> {
+        match feature.storage() {
+            Storage::Buckets if feature.window.is_some() => {}
+            Storage::Facts => {}
+            _ => return None,
         }
         let stored = match &feature.value {
             ValueExpr::Nothing => Stored::Nothing,
-            ValueExpr::Column(column) => Stored::Column(column),
+            // A fact of a column holding an entity's id is that id (see `SharedFacts::leader`).
+            ValueExpr::Column(column) => match sources
+                .iter()
+                .find(|source| source.name == feature.table)
+                .and_then(|source| source.entities.iter().find(|(_, c)| c == column))
+            {
+                Some((entity, _)) if feature.storage() == Storage::Facts => Stored::ItemId(*entity),
+                _ => Stored::Column(column),
+            },
             ValueExpr::Attribute(entity, _) => Stored::ItemId(*entity),
             ValueExpr::Product2(left, right) => Stored::Product2(left, right),
         };
@@ -70,6 +134,8 @@ impl Rows {
         }
         filter.sort();
         Some(Self {
+            storage: feature.storage(),
+            keyed: feature.facts_keyed,
             entity: feature.entity,
             table: feature.table,
             filter,
@@ -79,19 +145,41 @@ impl Rows {
     }
 }
 
-/// Groups the windowed bucket features that keep the same rows, and points each feature of a
-/// group of two or more at the group's [`SharedBuckets`].
-pub(super) fn share_buckets(features: &mut [Feature]) {
+/// Groups the windowed bucket features, and the fact features, that keep the same rows, and
+/// points each feature of a group of two or more at the group's [`SharedBuckets`] or
+/// [`SharedFacts`].
+pub(super) fn share_buckets(features: &mut [Feature], sources: &[SourceSchema]) {
     let mut groups: Vec<(Rows, Vec<usize>)> = Vec::new();
     for (index, feature) in features.iter().enumerate() {
-        let Some(rows) = Rows::of(feature) else { continue };
+        let Some(rows) = Rows::of(feature, sources) else { continue };
         match groups.iter_mut().find(|(known, _)| *known == rows) {
             Some((_, members)) => members.push(index),
             None => groups.push((rows, vec![index])),
         }
     }
-    for (_, indices) in groups.into_iter().filter(|(_, indices)| indices.len() > 1) {
+    for (rows, indices) in groups.into_iter().filter(|(_, indices)| indices.len() > 1) {
         let members: Vec<&'static str> = indices.iter().map(|i| features[*i].name).collect();
+        if rows.storage == Storage::Facts {
+            let leader = indices
+                .iter()
+                .map(|i| &features[*i])
+                .find(|feature| matches!(feature.value, ValueExpr::Column(_)))
+                .map_or(members[0], |feature| feature.name);
+            let shared = SharedFacts {
+                name: intern(&members.join("+")),
+                leader,
+                bounds: indices.iter().map(|i| FactBound::of(&features[*i])).collect(),
+                widths: indices
+                    .iter()
+                    .filter_map(|i| features[*i].window.map(|w| w.bucket_us))
+                    .collect(),
+                members,
+            };
+            for index in indices {
+                features[index].shared_facts = Some(shared.clone());
+            }
+            continue;
+        }
         let widths: Vec<i64> = indices
             .iter()
             .filter_map(|i| features[*i].window.map(|window| window.bucket_us))
@@ -141,9 +229,30 @@ mod tests {
         for alone in ["searches_15m", "unique_viewers_1h", "search_click_cart_conversion_1h"] {
             assert_eq!(shared(alone), None, "{alone}");
         }
-        // Facts and pairs are never shared.
+        // Facts share facts, not buckets.
         for facts in ["recent_products_viewed", "last_viewed_product", "viewed_together_24h"] {
             assert_eq!(shared(facts), None, "{facts}");
+        }
+        let facts = set.get("recent_products_viewed").and_then(|f| f.shared_facts.clone());
+        let facts = facts.expect("shares facts");
+        assert_eq!(
+            facts.members,
+            ["last_viewed_product", "recent_categories_10m", "recent_products_viewed"]
+        );
+        let window_10m = set.get("recent_categories_10m").and_then(|f| f.window).expect("10m");
+        // `last_viewed_product` stores the column as it is: it applies changes for all three.
+        assert_eq!(facts.leader, "last_viewed_product");
+        assert_eq!(
+            facts.bounds,
+            [
+                FactBound::Newest(1 + crate::features::FACT_SLACK),
+                FactBound::Window(window_10m.bucket_us),
+                FactBound::NewestValues(20 + crate::features::FACT_SLACK),
+            ]
+        );
+        // Other stored values (the cart's products, an order's), or alone.
+        for alone in ["cart_products", "purchased_products_30d", "purchase_intervals"] {
+            assert_eq!(set.get(alone).and_then(|f| f.shared_facts.clone()), None, "{alone}");
         }
         assert!(views.applied_by(set.get("views_1m").expect("declared")));
         assert!(!views.applied_by(set.get("views_5m").expect("declared")));

@@ -8,7 +8,7 @@ use crate::features::by_feature::KnownValues;
 /// Views of `user` by `(row, product, seconds ago)`, the rows kept unpruned: the exact state.
 fn unpruned(set: &FeatureSet, rows: &[SourceRow]) -> EntityState {
     let mut state = EntityState::default();
-    for name in ["last_viewed_product", "recent_products_viewed"] {
+    for name in ["last_viewed_product", "recent_products_viewed", "recent_categories_10m"] {
         let feature = set.get(name).expect("shipped");
         let facts = state.features.entry(feature.name);
         for row in rows {
@@ -55,12 +55,18 @@ proptest! {
         }
         let survivors: Vec<SourceRow> = newest.iter().skip(deleted).map(|row| (*row).clone()).collect();
         let pruned = fold(&set, Entity::USER, "u1", &changes);
-        let kept = pruned.features.get("recent_products_viewed").map_or(0, |state| state.facts.len());
-        prop_assert!(kept <= (20 + FACT_SLACK) * 8, "{kept} facts kept");
-        // `last` needs only the newest facts, whatever their values.
-        let last = pruned.features.get("last_viewed_product").map_or(0, |state| state.facts.len());
-        prop_assert!(last <= 1 + FACT_SLACK, "{last} facts kept for `last`");
-        let names = ["last_viewed_product".to_string(), "recent_products_viewed".to_string()];
+        // The three features keep one list of views (`SharedFacts`): what `last_n` keeps (a few
+        // facts of each of its newest values), what `last` does (the newest), and the views of
+        // the 10-minute window and `history`, and at most a walk's worth more.
+        let shared = set.get("recent_products_viewed").and_then(|f| f.shared_facts.as_ref());
+        let shared = shared.expect("shared");
+        let kept = pruned.features.get(shared.name).map_or(0, |state| state.facts.len());
+        let recent = survivors.iter().filter(|row| t0() - row.time <= TimeDelta::minutes(26)).count();
+        let bound = (20 + FACT_SLACK) * 8 + (1 + FACT_SLACK) + recent + 16;
+        prop_assert!(kept <= bound, "{kept} facts kept, more than {bound}");
+        prop_assert!(!pruned.features.contains_key("recent_products_viewed"));
+        let names = ["last_viewed_product", "recent_products_viewed", "recent_categories_10m"]
+            .map(String::from);
         let read = |state: &EntityState| {
             evaluate(&set, Entity::USER, "u1", Some(state), Some(&names), &context(t0(), &catalog(), &|_| None))
         };
@@ -80,7 +86,11 @@ proptest! {
         ),
         deletes in prop::collection::vec(any::<prop::sample::Index>(), 0..30),
     ) {
-        let set = set();
+        // `recent_products_viewed` with facts of its own, as a `last_n` sharing none keeps them.
+        let mut set = set();
+        for feature in &mut set.features {
+            feature.shared_facts = None;
+        }
         let feature = set.get("recent_products_viewed").expect("shipped");
         let rows: Vec<SourceRow> = views(&rows).into_values().collect();
         let mut changes: Vec<SourceChange> = Vec::new();

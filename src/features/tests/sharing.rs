@@ -1,5 +1,5 @@
-//! Features over the same rows share their buckets (`definition::SharedBuckets`). Reads must
-//! not tell: for any history, at any read time, every value is the one each feature's own
+//! Features over the same rows share their buckets (`definition::SharedBuckets`) and their
+//! facts (`definition::SharedFacts`). Reads must not tell: for any history, at any read time, every value is the one each feature's own
 //! buckets gave, rows too old are counted late as often, and a share written before buckets
 //! were shared goes on reading exactly while its own states age out.
 
@@ -10,6 +10,7 @@ fn unshared() -> FeatureSet {
     let mut set = set();
     for feature in &mut set.features {
         feature.shared = None;
+        feature.shared_facts = None;
     }
     set
 }
