@@ -200,7 +200,7 @@ fn act(
     lsn: i64,
 ) {
     let now = chrono::Utc::now();
-    let text = |value: &str| Scalar::Text(value.to_string());
+    let text = |value: &str| Scalar::Text(value.into());
     let columns = [
         ("id", text(&format!("click-{lsn}"))),
         ("user_id", text(user)),

@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use compact_str::CompactString;
 use rust_decimal::Decimal;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -120,14 +121,14 @@ pub fn scalar(
     let expected = |what: &str| invalid(name, format!("expected {what}, got {value}"));
     Ok(match kind {
         ColumnType::Text | ColumnType::Uuid => match string(value) {
-            Some(text) => Scalar::Text(text.into_owned()),
+            Some(text) => Scalar::Text(text.into()),
             None => return Err(expected("a string")),
         },
         ColumnType::Json => match string(value) {
-            Some(text) => Scalar::Text(text.into_owned()),
+            Some(text) => Scalar::Text(text.into()),
             // A converter that parses documents: keep their JSON text.
             None => {
-                Scalar::Text(parsed(value).map_or_else(|| value.to_string(), |v| v.to_string()))
+                Scalar::Text(parsed(value).map_or_else(|| value.to_string(), |v| v.to_string()).into())
             }
         },
         ColumnType::Integer => Scalar::Number(Decimal::from(integer(value, name)?)),
@@ -140,7 +141,7 @@ pub fn scalar(
             }
         }
         ColumnType::Boolean => match value.get() {
-            flag @ ("true" | "false") => Scalar::Text(flag.to_string()),
+            flag @ ("true" | "false") => Scalar::Text(flag.into()),
             _ => return Err(expected("true or false")),
         },
         ColumnType::Timestamp | ColumnType::Timestamptz => {
@@ -155,7 +156,7 @@ pub fn scalar(
         ColumnType::Date => Scalar::Time(integer(value, name)?.saturating_mul(MICROS_PER_DAY)),
         ColumnType::Array(element) => match parsed(value) {
             Some(Value::Array(items)) if items.iter().all(|item| element_fits(element, item)) => {
-                Scalar::Text(Value::Array(items).to_string())
+                Scalar::Text(Value::Array(items).to_string().into())
             }
             _ => return Err(expected(&format!("an array of {element:?}"))),
         },
@@ -168,7 +169,7 @@ fn decode_columns(
     columns: &[(&'static str, ColumnType)],
     row: &Row,
     previous: Option<&Columns>,
-    table: &str,
+    table: impl Fn() -> String,
 ) -> Result<Columns, DecodeError> {
     let mut decoded = Columns::new();
     for (name, kind) in columns {
@@ -182,7 +183,8 @@ fn decode_columns(
                             name,
                             format!(
                                 "is an unchanged TOASTed value and its previous value is unknown \
-                                 (is {table} REPLICA IDENTITY FULL?)"
+                                 (is {} REPLICA IDENTITY FULL?)",
+                                table()
                             ),
                         ));
                     }
@@ -212,15 +214,16 @@ pub fn source_row(
     committed_at: Option<DateTime<Utc>>,
     previous: Option<&SourceRow>,
 ) -> Result<SourceRow, DecodeError> {
-    let table = source.qualified_table();
+    // Named only in errors: formatting it for every row was an allocation per change.
+    let table = || source.qualified_table();
     let mut columns =
-        decode_columns(&source.columns, row, previous.map(|previous| &previous.columns), &table)?;
+        decode_columns(&source.columns, row, previous.map(|previous| &previous.columns), table)?;
     for (column, _) in &source.mappings {
         if let Some(slot) = columns.get_mut(column)
             && let Some(coded) = slot.as_key()
         {
             let name =
-                source.mapped(column, &coded).map_or_else(|| coded.into_owned(), str::to_string);
+                source.mapped(column, &coded).map_or_else(|| coded.into(), CompactString::from);
             *slot = Scalar::Text(name);
         }
     }
@@ -233,7 +236,7 @@ pub fn source_row(
     let mut ids = Vec::with_capacity(source.entities.len());
     for (entity, column) in &source.entities {
         match present(column) {
-            Some(id) => ids.push((*entity, id.into_owned())),
+            Some(id) => ids.push((*entity, id.into())),
             None if *entity == source.keyed_by => return Err(missing_key(source, column)),
             None => {}
         }
@@ -274,12 +277,12 @@ pub fn dimension_row(
     let unavailable =
         dimension.attributes.iter().any(|(name, _)| present(row, name).is_some_and(is_unavailable));
     let kept = if unavailable { previous(&id) } else { None };
-    let table = dimension.qualified_table();
+    let table = || dimension.qualified_table();
     let attributes = decode_columns(
         &dimension.attributes,
         row,
         kept.as_ref().map(|product| &product.attributes),
-        &table,
+        table,
     )?;
     Ok(Product { id, attributes, ..Product::default() }.with_roles(&dimension.roles))
 }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use compact_str::CompactString;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -207,7 +208,9 @@ impl SourceSchema {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scalar {
     Null,
-    Text(String),
+    /// Inline up to 24 bytes (ids, codes, categories): a row's texts were most of a decode's
+    /// allocations.
+    Text(CompactString),
     Number(Decimal),
     /// Microseconds since the epoch.
     Time(i64),
@@ -240,7 +243,7 @@ pub struct SourceRow {
     pub key: RowKey,
     pub columns: BTreeMap<&'static str, Scalar>,
     /// The ids of the entities the row belongs to (see [`SourceSchema::entities`]), as text.
-    pub ids: Vec<(Entity, String)>,
+    pub ids: Vec<(Entity, CompactString)>,
     /// Event time: the table's time column, or the commit time where that is NULL.
     pub time: DateTime<Utc>,
 }
@@ -267,7 +270,7 @@ impl SourceRow {
         let ids = [(Entity::USER, "user_id"), (Entity::PRODUCT, "product_id")]
             .into_iter()
             .filter_map(|(entity, column)| {
-                Some((entity, columns.get(column)?.as_key()?.into_owned()))
+                Some((entity, columns.get(column)?.as_key()?.into()))
             })
             .collect();
         Self { key: RowKey::new(&key), columns, ids, time }

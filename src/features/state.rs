@@ -358,10 +358,19 @@ const SNAPSHOT_RANK: u8 = 2;
 
 /// Records `position` as applied on `stream`; false when it was already.
 fn mark_applied(state: &mut EntityState, stream: &str, position: Position, replay: bool) -> bool {
-    let behind = state.applied.get(stream).is_some_and(|newest| *newest >= position);
-    if !behind {
-        state.applied.insert(stream.to_string(), position);
-    }
+    // In place when the stream is known (nearly always): inserting anew allocated its name on
+    // every change only to drop it again.
+    let behind = match state.applied.get_mut(stream) {
+        Some(newest) if *newest >= position => true,
+        Some(newest) => {
+            *newest = position;
+            false
+        }
+        None => {
+            state.applied.insert(stream.to_string(), position);
+            false
+        }
+    };
     if !replay {
         return !behind;
     }
