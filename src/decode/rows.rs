@@ -127,9 +127,9 @@ pub fn scalar(
         ColumnType::Json => match string(value) {
             Some(text) => Scalar::Text(text.into()),
             // A converter that parses documents: keep their JSON text.
-            None => {
-                Scalar::Text(parsed(value).map_or_else(|| value.to_string(), |v| v.to_string()).into())
-            }
+            None => Scalar::Text(
+                parsed(value).map_or_else(|| value.to_string(), |v| v.to_string()).into(),
+            ),
         },
         ColumnType::Integer => Scalar::Number(Decimal::from(integer(value, name)?)),
         ColumnType::Number => Scalar::Number(parse_decimal(value, name)?),

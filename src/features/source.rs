@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use compact_str::CompactString;
 use chrono::{DateTime, Utc};
+use compact_str::CompactString;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use ustr::Ustr;
@@ -269,9 +269,7 @@ impl SourceRow {
     ) -> Self {
         let ids = [(Entity::USER, "user_id"), (Entity::PRODUCT, "product_id")]
             .into_iter()
-            .filter_map(|(entity, column)| {
-                Some((entity, columns.get(column)?.as_key()?.into()))
-            })
+            .filter_map(|(entity, column)| Some((entity, columns.get(column)?.as_key()?.into())))
             .collect();
         Self { key: RowKey::new(&key), columns, ids, time }
     }
