@@ -208,7 +208,7 @@ fn act(
         ("product_id", text(product)),
         ("activity_timestamp", Scalar::Time(now.timestamp_micros())),
     ];
-    let row = SourceRow::reference(format!("click-{lsn}"), columns.into(), now);
+    let row = SourceRow::reference(format!("click-{lsn}"), columns, now);
     let change = SourceChange {
         table: SourceTable::new("user_activity"),
         before: None,

@@ -8,7 +8,6 @@
 //! image is refused, never stored with the placeholder.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use compact_str::CompactString;
@@ -18,14 +17,12 @@ use serde_json::value::RawValue;
 
 use super::envelope::{DecodeError, Row};
 use crate::features::source::{ColumnType, ElementType};
-use crate::features::{DimensionSchema, Product, RowKey, Scalar, SourceRow, SourceSchema};
+use crate::features::{Columns, DimensionSchema, Product, RowKey, Scalar, SourceRow, SourceSchema};
 
 /// What Debezium sends for an unchanged TOASTed column (its `unavailable.value.placeholder`).
 pub const UNAVAILABLE: &str = "__debezium_unavailable_value";
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
-
-type Columns = BTreeMap<&'static str, Scalar>;
 
 fn invalid(field: &'static str, reason: String) -> DecodeError {
     DecodeError::InvalidField { field, reason }
@@ -171,7 +168,7 @@ fn decode_columns(
     previous: Option<&Columns>,
     table: impl Fn() -> String,
 ) -> Result<Columns, DecodeError> {
-    let mut decoded = Columns::new();
+    let mut decoded = Columns::with_capacity(columns.len());
     for (name, kind) in columns {
         let value = match present(row, name) {
             None => Scalar::Null,
@@ -192,7 +189,7 @@ fn decode_columns(
             }
             Some(value) => scalar(value, name, *kind)?,
         };
-        decoded.insert(*name, value);
+        decoded.push(name, value);
     }
     Ok(decoded)
 }

@@ -10,12 +10,13 @@
 //! the product arrives; until then it contributes to no joined value.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rust_decimal::Decimal;
 
+use super::columns::Columns;
 use super::entity::Entity;
 use super::source::{ColumnType, Scalar};
 
@@ -66,7 +67,7 @@ pub struct Product {
     pub category: Option<String>,
     pub brand: Option<String>,
     pub price: Option<Decimal>,
-    pub attributes: BTreeMap<&'static str, Scalar>,
+    pub attributes: Columns,
 }
 
 impl Product {
@@ -79,7 +80,7 @@ impl Product {
         price: Option<Decimal>,
     ) -> Self {
         let text = |value: Option<&str>| value.map_or(Scalar::Null, |v| Scalar::Text(v.into()));
-        let attributes = BTreeMap::from([
+        let attributes = Columns::from([
             ("name", text(name)),
             ("category", text(category)),
             ("brand", text(brand)),

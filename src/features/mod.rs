@@ -14,6 +14,7 @@
 mod buckets;
 mod by_feature;
 pub mod catalog;
+mod columns;
 pub mod definition;
 mod entity;
 mod evaluate;
@@ -32,6 +33,7 @@ mod view;
 pub use buckets::{Buckets, Cell};
 pub use by_feature::{FeatureState, FeatureStates};
 pub use catalog::{Catalog, CatalogView, DimensionSchema, ItemRoles, Product, ProductCatalog};
+pub use columns::Columns;
 pub use definition::{
     Aggregation, BUCKETS_PER_WINDOW, DefinitionError, Entity, EntitySchema, FactBound, Feature,
     FeatureSet, IdKind, RecommendationFeatures, SharedBuckets, SharedFacts, Storage, band_of,

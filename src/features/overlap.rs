@@ -74,7 +74,10 @@ impl Overlap {
 /// from them, which for a NULL time column is the commit time of whichever event carried it).
 pub fn image_hash(row: &SourceRow) -> u64 {
     let mut hasher = Xxh3::new();
-    for (column, value) in &row.columns {
+    // By name, whatever order the row holds them in: remembered hashes outlive a process.
+    let mut columns: Vec<_> = row.columns.iter().collect();
+    columns.sort_unstable_by_key(|(column, _)| *column);
+    for (column, value) in columns {
         hasher.update(column.as_bytes());
         match value {
             Scalar::Null => hasher.update(&[0]),

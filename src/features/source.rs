@@ -9,6 +9,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use ustr::Ustr;
 
+use super::columns::Columns;
 use super::entity::Entity;
 pub use super::intern::intern;
 use super::row_key::RowKey;
@@ -241,7 +242,7 @@ impl Scalar {
 pub struct SourceRow {
     /// Primary key, joined with `/`: identifies the row across its updates.
     pub key: RowKey,
-    pub columns: BTreeMap<&'static str, Scalar>,
+    pub columns: Columns,
     /// The ids of the entities the row belongs to (see [`SourceSchema::entities`]), as text.
     pub ids: Vec<(Entity, CompactString)>,
     /// Event time: the table's time column, or the commit time where that is NULL.
@@ -262,11 +263,8 @@ impl SourceRow {
 
     /// A row of the reference schema (as the shipped definitions declare it), whose users and
     /// products are its `user_id` and `product_id` columns.
-    pub fn reference(
-        key: String,
-        columns: BTreeMap<&'static str, Scalar>,
-        time: DateTime<Utc>,
-    ) -> Self {
+    pub fn reference(key: String, columns: impl Into<Columns>, time: DateTime<Utc>) -> Self {
+        let columns = columns.into();
         let ids = [(Entity::USER, "user_id"), (Entity::PRODUCT, "product_id")]
             .into_iter()
             .filter_map(|(entity, column)| Some((entity, columns.get(column)?.as_key()?.into())))
