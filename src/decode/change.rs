@@ -4,6 +4,8 @@
 
 use chrono::DateTime;
 
+use std::borrow::Cow;
+
 use super::envelope::{ChangeEvent, DecodeError, Op};
 use super::rows;
 use crate::features::{FeatureSet, Position, RunStart, SnapshotRead, SnapshotRun, SourceChange};
@@ -15,25 +17,22 @@ fn position(event: &ChangeEvent) -> Result<Option<Position>, DecodeError> {
     }
     let rank = u8::from(event.op != Op::Delete);
     let invalid = |reason: String| DecodeError::InvalidField { field: "source.sequence", reason };
-    let Some(sequence) = event.source.sequence.as_deref() else {
+    let Some([last_commit, change]) = event.source.sequence().map_err(invalid)? else {
         return Ok(event.source.lsn.map(|lsn| Position(0, lsn, rank)));
     };
-    // LSNs are digits, never escaped: borrowed, a list of them costs one allocation, not three.
-    let parts: Vec<Option<&str>> = serde_json::from_str(sequence)
-        .map_err(|e| invalid(format!("{sequence:?} is not a list of LSNs: {e}")))?;
-    let number = |part: Option<&Option<&str>>| -> Result<i64, DecodeError> {
+    let number = |part: Option<Cow<str>>| -> Result<i64, DecodeError> {
         match part {
-            None | Some(None) => Ok(0),
-            Some(Some(text)) => {
-                text.parse().map_err(|_| invalid(format!("{text:?} is not an LSN")))
-            }
+            None => Ok(0),
+            Some(text) => text.parse().map_err(|_| invalid(format!("{text:?} is not an LSN"))),
         }
     };
-    let lsn = match parts.get(1) {
-        Some(Some(_)) => number(parts.get(1))?,
-        _ => event.source.lsn.ok_or_else(|| invalid(format!("{sequence:?} has no LSN")))?,
+    let lsn = match change {
+        Some(change) => number(Some(change))?,
+        None => {
+            event.source.lsn.ok_or_else(|| invalid("names no LSN, nor does source.lsn".into()))?
+        }
     };
-    Ok(Some(Position(number(parts.first())?, lsn, rank)))
+    Ok(Some(Position(number(last_commit)?, lsn, rank)))
 }
 
 /// A change event of a declared source as a [`SourceChange`]; `None` for other tables and for

@@ -121,9 +121,10 @@ pub struct Source<'a> {
     pub table: Option<Cow<'a, str>>,
     #[serde(default)]
     pub lsn: Option<i64>,
-    /// `["<commit LSN of the previous transaction>","<LSN of this change>"]`.
-    #[serde(default, borrow, deserialize_with = "borrowed_text")]
-    pub sequence: Option<Cow<'a, str>>,
+    /// `["<commit LSN of the previous transaction>","<LSN of this change>"]`, in a JSON string
+    /// as sent (its quotes escaped): [`Source::sequence`] reads it without copying it.
+    #[serde(default, borrow)]
+    pub sequence: Option<RawJson<'a>>,
     /// `"true"`, `"first"`, `"last"`, … for snapshot reads, `"incremental"` for reads of an
     /// incremental snapshot, `"false"` when streaming.
     #[serde(default, borrow, deserialize_with = "borrowed_text")]
@@ -135,6 +136,57 @@ pub struct Source<'a> {
     #[serde(default, rename = "txId")]
     pub tx_id: Option<i64>,
 }
+
+impl Source<'_> {
+    /// The first two parts of `sequence` (the last commit's LSN and the change's) as text,
+    /// `None` where a part is JSON `null` or missing; `None` without a sequence. An error names
+    /// what is wrong with one that is not a JSON string holding a list of LSN strings.
+    pub fn sequence(&self) -> Result<Option<[Option<Cow<'_, str>>; 2]>, String> {
+        let Some(RawJson(raw)) = self.sequence.filter(|RawJson(raw)| raw.get() != "null") else {
+            return Ok(None);
+        };
+        if let Some(parts) = plain_sequence(raw.get()) {
+            return Ok(Some(parts.map(|part| part.map(Cow::Borrowed))));
+        }
+        let text: String = serde_json::from_str(raw.get())
+            .map_err(|e| format!("{raw} is not a JSON string: {e}"))?;
+        let parts: Vec<Option<String>> = serde_json::from_str(&text)
+            .map_err(|e| format!("{text:?} is not a list of LSNs: {e}"))?;
+        let mut parts = parts.into_iter().map(|part| part.map(Cow::Owned));
+        Ok(Some([parts.next().flatten(), parts.next().flatten()]))
+    }
+}
+
+/// The parts of a sequence as Debezium writes it, `"[\"1\",\"2\"]"` or `"[null,\"2\"]"`,
+/// read in place; `None` for any other form, which the general (copying) path reads.
+fn plain_sequence(raw: &str) -> Option<[Option<&str>; 2]> {
+    let inner = raw.strip_prefix("\"[")?.strip_suffix("]\"")?;
+    fn part(part: &str) -> Option<Option<&str>> {
+        match part {
+            "null" => Some(None),
+            quoted => {
+                let digits = quoted.strip_prefix("\\\"")?.strip_suffix("\\\"")?;
+                (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+                    .then_some(Some(digits))
+            }
+        }
+    }
+    let (first, second) = inner.split_once(',')?;
+    Some([part(first)?, part(second)?])
+}
+
+/// A JSON value as sent, compared by its text.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson<'a>(#[serde(borrow)] pub &'a RawValue);
+
+impl PartialEq for RawJson<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl Eq for RawJson<'_> {}
 
 /// A row image as sent: each column's name and its JSON value, not yet read.
 #[derive(Debug, Clone, Default)]
@@ -236,8 +288,11 @@ pub fn decode(value: Option<&[u8]>) -> Result<CdcMessage<'_>, DecodeError> {
     let Some(bytes) = value else {
         return Ok(CdcMessage::Tombstone);
     };
+    // Validated whole, once: reading from a `str`, serde_json need not check each string it
+    // borrows, which cost more than this pass over the message.
+    let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
     let raw: RawEnvelope =
-        serde_json::from_slice(bytes).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+        serde_json::from_str(text).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
     let Some(op) = raw.op else {
         return match (raw.ts_ms, raw.before, raw.after, raw.source) {
             (Some(ts_ms), None, None, None) => Ok(CdcMessage::Heartbeat { ts_ms }),

@@ -63,8 +63,42 @@ fn source_texts_are_borrowed_from_the_message_unless_escaped() {
     for text in [&source.schema, &source.table, &source.snapshot, &source.name] {
         assert!(matches!(text, Some(Cow::Borrowed(_))), "{text:?} copied");
     }
-    // `sequence` is a JSON array in a string: its quotes are escaped, so it is unescaped.
-    assert_eq!(source.sequence.as_deref(), Some(r#"["24023928","24024216"]"#));
+    // `sequence` is a JSON array in a string, its quotes escaped: read in place all the same.
+    let parts = source.sequence().expect("a sequence").expect("present");
+    assert!(parts.iter().all(|part| matches!(part, Some(Cow::Borrowed(_)))), "{parts:?} copied");
+    assert_eq!(parts, [Some("24023928".into()), Some("24024216".into())]);
+}
+
+#[test]
+fn every_form_of_sequence_reads_as_the_general_json_reading_does() {
+    let position = |sequence: &str| {
+        let json = CREATE.replace(r#""sequence":"[\"24023928\",\"24024216\"]""#, sequence);
+        assert_ne!(json, CREATE, "the sequence was replaced");
+        source_change(&REFERENCE, &change(&json)).map(|change| change.expect("a source").position)
+    };
+    let at = |last_commit, lsn| Ok(Some(Position(last_commit, lsn, 1)));
+    // Debezium's forms, and forms only a general reader takes: spaces, escapes, a longer list.
+    assert_eq!(position(r#""sequence":"[\"1\",\"2\"]""#), at(1, 2));
+    assert_eq!(position(r#""sequence":"[null,\"2\"]""#), at(0, 2));
+    assert_eq!(position(r#""sequence":"[ \"1\" , \"2\" ]""#), at(1, 2));
+    assert_eq!(position(r#""sequence":"[\"\u0031\",\"2\"]""#), at(1, 2));
+    assert_eq!(position(r#""sequence":"[\"1\",\"2\",\"3\"]""#), at(1, 2));
+    // Without the change's LSN, `source.lsn` (24024216) stands in; without a sequence, too.
+    assert_eq!(position(r#""sequence":"[\"1\",null]""#), at(1, 24024216));
+    assert_eq!(position(r#""sequence":"[\"1\"]""#), at(1, 24024216));
+    assert_eq!(position(r#""sequence":null"#), at(0, 24024216));
+    for bad in [
+        r#""sequence":"[\"x\",\"2\"]""#,
+        r#""sequence":"not a list""#,
+        r#""sequence":[1,2]"#,
+        r#""sequence":12"#,
+    ] {
+        let error = position(bad).expect_err(bad);
+        assert!(
+            matches!(&error, DecodeError::InvalidField { field: "source.sequence", .. }),
+            "{bad}: {error}"
+        );
+    }
 }
 
 #[test]
@@ -191,6 +225,9 @@ fn malformed_values_are_errors_not_panics() {
         (&b"{\"op\":\"d\",\"before\":null}"[..], "missing_image"),
         (&b"{\"hello\":1}"[..], "unknown_shape"),
         (&b"[1,2]"[..], "invalid_json"),
+        // Not UTF-8, inside a string and outside any.
+        (&b"{\"op\":\"c\",\"after\":{\"id\":\"\xff\"}}"[..], "invalid_json"),
+        (&b"{\"op\":\"c\"}\xff"[..], "invalid_json"),
     ] {
         let error = decode(Some(bytes)).expect_err("must fail");
         assert_eq!(error.kind(), kind, "{error}");
