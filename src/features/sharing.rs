@@ -13,7 +13,7 @@
 use super::Feature;
 use std::collections::HashMap;
 
-use compact_str::CompactString;
+use ecow::EcoString;
 
 use super::by_feature::{FeatureState, KnownValues};
 use super::definition::{FeatureSet, SharedBuckets, SharedFacts};
@@ -97,7 +97,7 @@ pub(super) fn adopt_own_facts(shared: &SharedFacts, state: &mut EntityState) {
         return;
     }
     let target = state.features.entry(shared.name);
-    type Row = (i64, RowKey, CompactString);
+    type Row = (i64, RowKey, EcoString);
     let count = |facts: &Facts| {
         let mut counts: HashMap<Row, usize> = HashMap::new();
         for (key, fact) in facts.iter() {

@@ -101,10 +101,11 @@ impl EntityState {
     /// prints this estimate against what the allocator counts.
     pub fn approx_bytes(&self) -> usize {
         // A fact in the facts' vector, and its row key in theirs when they are keyed.
-        const FACT: usize = 32;
+        const FACT: usize = std::mem::size_of::<Fact>();
         const KEY: usize = 24;
-        // Values of facts are kept inline (`CompactString`) up to 24 bytes.
-        let heap_text = |text: &str| if text.len() > 24 { text.len() } else { 0 };
+        // Values of facts are kept inline (`EcoString`) up to 15 bytes; longer ones on the heap
+        // behind a 16-byte header (reference count and capacity).
+        let heap_text = |text: &str| if text.len() > 15 { 16 + text.len() } else { 0 };
         let features: usize = self
             .features
             .values()
