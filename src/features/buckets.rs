@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 
-use compact_str::CompactString;
+use ecow::EcoString;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thin_vec::ThinVec;
 
@@ -45,11 +45,11 @@ pub struct Buckets {
     /// in text order; entries name them from 1. `""`, first in text order, is 0 and takes no
     /// room: plain counts, the most common buckets, find it without a look at the dictionary
     /// and keep none.
-    values: ThinVec<CompactString>,
+    values: ThinVec<EcoString>,
 }
 
 /// The text of the value entries name `index`.
-fn text_of(values: &[CompactString], index: u32) -> &str {
+fn text_of(values: &[EcoString], index: u32) -> &str {
     match index {
         0 => "",
         _ => values[index as usize - 1].as_str(),
@@ -206,15 +206,16 @@ impl Buckets {
         self.values.shrink_to_fit();
     }
 
-    /// What the buckets hold on the heap, beside texts longer than [`CompactString`] keeps
-    /// inline: the entries and the dictionary.
+    /// What the buckets hold on the heap: the entries, the dictionary, and its texts too long
+    /// to keep inline (over 15 bytes).
     pub fn heap_bytes(&self) -> usize {
         let texts: usize =
-            self.values.iter().filter(|v| v.is_heap_allocated()).map(|v| v.len()).sum();
+            // A longer text is on the heap behind a 16-byte header.
+            self.values.iter().filter(|v| v.len() > EcoString::INLINE_LIMIT).map(|v| 16 + v.len()).sum();
         let dictionary = if self.values.is_empty() {
             0
         } else {
-            16 + self.values.len() * std::mem::size_of::<CompactString>()
+            16 + self.values.len() * std::mem::size_of::<EcoString>()
         };
         self.entries.len() * std::mem::size_of::<Entry>() + dictionary + texts
     }
@@ -237,7 +238,7 @@ impl Buckets {
 /// Buckets and their cells, oldest first.
 pub struct Iter<'a> {
     buckets: std::slice::ChunkBy<'a, Entry, fn(&Entry, &Entry) -> bool>,
-    values: &'a [CompactString],
+    values: &'a [EcoString],
 }
 
 fn same_bucket(left: &Entry, right: &Entry) -> bool {
@@ -285,10 +286,10 @@ impl Buckets {
     /// hold them, are taken as they come; others are sorted, and the rows of a value given more
     /// than once in a bucket are added up.
     pub fn from_dictionary(
-        values: impl IntoIterator<Item = impl Into<CompactString>>,
+        values: impl IntoIterator<Item = impl Into<EcoString>>,
         rows: impl IntoIterator<Item = (i64, u32, i64)>,
     ) -> Self {
-        let mut values: ThinVec<CompactString> = values.into_iter().map(Into::into).collect();
+        let mut values: ThinVec<EcoString> = values.into_iter().map(Into::into).collect();
         // Indices from 1 for the values but `""`, which is 0.
         let shift = match values.first() {
             Some(first) if first.is_empty() => {
@@ -376,7 +377,7 @@ impl<'de> Deserialize<'de> for Buckets {
 #[derive(Clone, Copy)]
 pub struct Cell<'a> {
     entries: &'a [Entry],
-    values: &'a [CompactString],
+    values: &'a [EcoString],
 }
 
 impl<'a> Cell<'a> {
