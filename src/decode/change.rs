@@ -2,9 +2,9 @@
 //! row images decoded by the source's declared columns ([`super::rows`]), and where it sits in
 //! the database's history (its position, or the snapshot run that read it).
 
-use chrono::DateTime;
-
 use std::borrow::Cow;
+
+use chrono::DateTime;
 
 use super::envelope::{ChangeEvent, DecodeError, Op};
 use super::rows;
