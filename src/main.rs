@@ -36,6 +36,8 @@ use persona::{db, dlq, simulate, telemetry};
 const REDIS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often instances check which state generation is current (rebuilds, emptied Redis).
 const GENERATION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Beyond `kafka.drain_timeout`, how long shutting down waits for the Kafka consumers to close.
+const CONSUMER_CLOSE_ALLOWANCE: Duration = Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
@@ -285,13 +287,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     tracing::info!("shutting down: draining ingest, then the api");
     readiness.start_draining();
-    tokio::task::spawn_blocking(move || {
+    // Closing the consumers (leaving their groups) runs in librdkafka, which waits on the group
+    // coordinator. Offsets are committed before that, so a close that does not return in time
+    // is left behind rather than keep the process from exiting: a thread of its own, which a
+    // runtime shutting down does not wait for as it would for `spawn_blocking`.
+    let (closed, closing) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("ingest-shutdown".into()).spawn(move || {
         ingest.shutdown();
         for dimension in dimensions {
             dimension.shutdown();
         }
-    })
-    .await?;
+        let _ = closed.send(());
+    })?;
+    let allowance = config.kafka.drain_timeout + CONSUMER_CLOSE_ALLOWANCE;
+    if tokio::time::timeout(allowance, closing).await.is_err() {
+        tracing::warn!(
+            ?allowance,
+            "the Kafka consumers did not close in time; exiting without them (offsets are \
+             committed; the group moves their partitions once kafka.session_timeout passes)"
+        );
+    }
     shutdown.cancel();
     let _ = probe.await;
     let _ = watcher.await;

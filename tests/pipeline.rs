@@ -11,6 +11,7 @@ use common::{
     legacy_db, unique,
 };
 use rdkafka::ClientConfig;
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
@@ -188,6 +189,44 @@ async fn rebalances_lose_nothing_and_count_nothing_twice() {
     }
     let metrics = first.metrics().await;
     assert!(counter(&metrics, "persona_partition_drains_total", &[]) >= 1.0, "{metrics}");
+}
+
+/// A member stopped while its group is still letting it in: the join completes during the
+/// consumer's close, after ingest stopped, and the group assigns it partitions and takes them
+/// back at once. That revoke has nothing to drain and nothing new to commit, and the process
+/// exits; it once waited forever on a synchronous offset commit inside the close.
+#[tokio::test]
+async fn a_member_stopped_while_joining_its_group_exits() {
+    let group = unique("join-stop");
+    let first = Persona::start_with("join-stop-a", &group, Vec::new()).await;
+    first.wait_caught_up(DEFAULT_PARTITIONS, CATCH_UP).await;
+    // Suspended, the first member cannot rejoin: the group waits for it, and the second's join
+    // stays open through the second's shutdown.
+    first.signal("STOP");
+    let mut joining = Persona::start_with("join-stop-b", &group, Vec::new()).await;
+    // Stopped once the group counts it among its members: its join is under way.
+    let admin = capture::consumer();
+    eventually("the second member's join reached the group", DEADLINE, || async {
+        let groups = admin.fetch_group_list(Some(&group), Duration::from_secs(5));
+        let groups = groups.map_err(|e| e.to_string())?;
+        let members = groups.groups().first().map_or(0, |g| g.members().len());
+        (members >= 2).then_some(()).ok_or_else(|| format!("{members} member(s)"))
+    })
+    .await;
+    joining.signal("TERM");
+    let log = joining.log.clone();
+    eventually("the joining member's ingest stopped", DEADLINE, || async {
+        let text = std::fs::read_to_string(&log).map_err(|e| e.to_string())?;
+        text.contains("ingest stopped").then_some(()).ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+    first.signal("CONT");
+    joining.wait_for_exit().await;
+    // The first member owns every partition again and goes on.
+    let db = legacy_db().await;
+    let user = unique("u");
+    insert_activity(&db, &user, "CLICK", None, 2).await;
+    first.wait_for_features(&user, &[("clicks_5m", json!(1))]).await;
 }
 
 /// Backpressure: with queues this small every partition keeps pausing while a new group reads

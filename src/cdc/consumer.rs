@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle as ThreadHandle;
 use std::time::{Duration, Instant};
 
@@ -68,13 +68,16 @@ pub enum IngestError {
 /// Checks that a broker answers; used by the readiness probe.
 #[derive(Clone)]
 pub struct BrokerProbe {
-    consumer: Arc<BaseConsumer<IngestContext>>,
+    /// Weak: the consumer closes (and leaves its group) when ingest shuts down, not whenever the
+    /// API's last probe lets go of it.
+    consumer: Weak<BaseConsumer<IngestContext>>,
 }
 
 impl BrokerProbe {
     /// Blocking: call from `spawn_blocking`.
     pub fn check(&self, timeout: Duration) -> Result<(), String> {
-        self.consumer.fetch_metadata(None, timeout).map(|_| ()).map_err(|e| e.to_string())
+        let consumer = self.consumer.upgrade().ok_or_else(|| "ingest has stopped".to_string())?;
+        consumer.fetch_metadata(None, timeout).map(|_| ()).map_err(|e| e.to_string())
     }
 }
 
@@ -129,6 +132,7 @@ impl Ingest {
             runtime: Handle::current(),
             drain_timeout: config.drain_timeout,
             assigned: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
         };
         let consumer: BaseConsumer<IngestContext> = client_config(config)
             .set("statistics.interval.ms", STATISTICS_INTERVAL.as_millis().to_string())
@@ -169,7 +173,7 @@ impl Ingest {
     }
 
     pub fn broker_probe(&self) -> BrokerProbe {
-        BrokerProbe { consumer: Arc::clone(&self.consumer) }
+        BrokerProbe { consumer: Arc::downgrade(&self.consumer) }
     }
 
     /// True once the poll thread has ended (after shutdown, or if it died).
@@ -260,6 +264,7 @@ impl PollLoop {
         tracing::info!("ingest stopping; draining partitions");
         self.consumer.context().drain(None);
         commit_stored(&self.consumer);
+        self.consumer.context().stopped.store(true, Ordering::Release);
         self.consumer.unsubscribe();
         tracing::info!("ingest stopped");
     }

@@ -74,6 +74,11 @@ pub struct IngestContext {
     /// Set by a rebalance that assigned partitions; the poll loop then gives each a worker
     /// (`PollLoop::start_idle_workers`).
     pub(super) assigned: AtomicBool,
+    /// Set when ingest stops: its workers are drained and their offsets committed. The close of
+    /// the consumer may still deliver a rebalance (a join that completed meanwhile assigns
+    /// partitions and takes them back); those have nothing to drain or commit, and a
+    /// synchronous commit inside the close once never returned.
+    pub(super) stopped: AtomicBool,
 }
 
 impl ClientContext for IngestContext {
@@ -130,6 +135,13 @@ pub(super) fn partition_lag(hi: i64, stored: i64, committed: i64, lo: i64) -> Op
 impl ConsumerContext for IngestContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(revoked) = rebalance {
+            if self.stopped.load(Ordering::Acquire) {
+                tracing::info!(
+                    partitions = revoked.count(),
+                    "partitions revoked after ingest stopped; nothing to drain"
+                );
+                return;
+            }
             let keys: Vec<PartitionKey> = revoked
                 .elements()
                 .iter()
@@ -152,6 +164,13 @@ impl ConsumerContext for IngestContext {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(assigned) = rebalance {
+            if self.stopped.load(Ordering::Acquire) {
+                tracing::info!(
+                    partitions = assigned.count(),
+                    "partitions assigned after ingest stopped; left to the next owner"
+                );
+                return;
+            }
             tracing::info!(partitions = assigned.count(), "partitions assigned");
             self.assigned.store(true, Ordering::Release);
             // librdkafka keeps a partition paused through revoke and assign. A pause for a full

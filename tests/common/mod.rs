@@ -128,16 +128,32 @@ impl Persona {
         .await;
     }
 
-    /// SIGTERM, then waits for a clean exit.
+    /// SIGTERM, then waits for a clean exit (see [`Self::wait_for_exit`]).
     pub async fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success());
-        let exit = tokio::task::spawn_blocking(move || child.wait()).await.expect("join");
-        let exit = exit.expect("wait");
+        if self.child.is_none() {
+            return;
+        }
+        self.signal("TERM");
+        self.wait_for_exit().await;
+    }
+
+    /// Waits for the process to exit, cleanly: a failure (the Drop prints the log's end) when it
+    /// has not within [`DEADLINE`], rather than a test that hangs until it is killed.
+    pub async fn wait_for_exit(&mut self) {
+        let Some(child) = self.child.as_mut() else { return };
+        let started = Instant::now();
+        let exit = loop {
+            if let Some(exit) = child.try_wait().expect("wait") {
+                break exit;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "persona did not exit within {DEADLINE:?} (log: {})",
+                self.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        self.child = None;
         assert!(exit.success(), "persona exited with {exit} (log: {})", self.log.display());
     }
 
