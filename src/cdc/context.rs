@@ -76,8 +76,9 @@ pub struct IngestContext {
     pub(super) assigned: AtomicBool,
     /// Set when ingest stops: its workers are drained and their offsets committed. The close of
     /// the consumer may still deliver a rebalance (a join that completed meanwhile assigns
-    /// partitions and takes them back); those have nothing to drain or commit, and a
-    /// synchronous commit inside the close once never returned.
+    /// partitions and takes them back), which has nothing to drain or commit: no synchronous
+    /// commit from inside the close. (A close that delivered one once never returned; shutdown
+    /// now waits for the close a bounded time, see `main`.)
     pub(super) stopped: AtomicBool,
 }
 
