@@ -56,6 +56,12 @@ fn text_of(values: &[EcoString], index: u32) -> &str {
     }
 }
 
+/// What a stored text (an `EcoString`) holds on the heap: nothing up to its inline limit (15
+/// bytes), else the text behind a 16-byte header (reference count and capacity).
+pub(super) fn text_heap_bytes(text: &str) -> usize {
+    if text.len() > EcoString::INLINE_LIMIT { 16 + text.len() } else { 0 }
+}
+
 fn narrow(rows: i64) -> i32 {
     i32::try_from(rows).unwrap_or(if rows < 0 { i32::MIN } else { i32::MAX })
 }
@@ -209,9 +215,7 @@ impl Buckets {
     /// What the buckets hold on the heap: the entries, the dictionary, and its texts too long
     /// to keep inline (over 15 bytes).
     pub fn heap_bytes(&self) -> usize {
-        let texts: usize =
-            // A longer text is on the heap behind a 16-byte header.
-            self.values.iter().filter(|v| v.len() > EcoString::INLINE_LIMIT).map(|v| 16 + v.len()).sum();
+        let texts: usize = self.values.iter().map(|v| text_heap_bytes(v)).sum();
         let dictionary = if self.values.is_empty() {
             0
         } else {

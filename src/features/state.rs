@@ -29,6 +29,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::buckets::text_heap_bytes;
 pub use super::by_feature::FeatureState;
 use super::by_feature::{FeatureStates, KnownValues};
 use super::definition::{Entity, Feature, FeatureSet, Storage, ValueExpr};
@@ -103,21 +104,17 @@ impl EntityState {
         // A fact in the facts' vector, and its row key in theirs when they are keyed.
         const FACT: usize = std::mem::size_of::<Fact>();
         const KEY: usize = 24;
-        // Values of facts are kept inline (`EcoString`) up to 15 bytes; longer ones on the heap
-        // behind a 16-byte header (reference count and capacity).
-        let heap_text = |text: &str| if text.len() > 15 { 16 + text.len() } else { 0 };
-        let features: usize = self
-            .features
-            .values()
-            .map(|f| {
-                let key = if f.facts.keyed() { KEY } else { 0 };
-                let facts = f
-                    .facts
-                    .iter()
-                    .map(|(k, fact)| FACT + key + k.heap_bytes() + heap_text(&fact.value));
-                facts.sum::<usize>() + f.buckets.heap_bytes()
-            })
-            .sum();
+        let features: usize =
+            self.features
+                .values()
+                .map(|f| {
+                    let key = if f.facts.keyed() { KEY } else { 0 };
+                    let facts = f.facts.iter().map(|(k, fact)| {
+                        FACT + key + k.heap_bytes() + text_heap_bytes(&fact.value)
+                    });
+                    facts.sum::<usize>() + f.buckets.heap_bytes()
+                })
+                .sum();
         let replayed: usize = self.replayed.values().map(|set| 48 + set.len() * 24).sum();
         64 + self.applied.len() * 48 + replayed + features
     }
