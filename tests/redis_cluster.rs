@@ -125,6 +125,62 @@ async fn a_batch_spanning_every_primary_is_written_with_its_marks_and_read_back(
     assert!(known.overlapped.contains(&Position(45, 45, 1)));
 }
 
+/// Script calls the primaries ran, all told.
+fn script_calls(cluster: &OwnRedisCluster) -> u64 {
+    cluster.primaries().into_iter().map(|primary| cluster.calls(primary, "evalsha")).sum()
+}
+
+#[tokio::test]
+async fn a_batch_costs_one_script_per_primary_and_two_for_its_marks() {
+    let cluster = OwnRedisCluster::start();
+    let prefix = unique("rc");
+    let writer = store(&cluster, &prefix).await;
+    let fence = writer.claim("persona.public.user_activity/0").await.expect("claim");
+    // The first batch loads the scripts on every primary.
+    let marks = TableMarks::default();
+    writer.write_states(batch(300, 1), &marks, Some(&fence)).await.expect("write");
+
+    let before = script_calls(&cluster);
+    writer.write_states(batch(300, 2), &marks, Some(&fence)).await.expect("write");
+    let calls = script_calls(&cluster) - before;
+
+    let primaries = cluster.primaries().len() as u64;
+    assert_eq!(calls, primaries + 2, "script calls for 300 shares on {primaries} primaries");
+    let reader = store(&cluster, &prefix).await;
+    assert_eq!(revisions(&reader, 300).await, expected(300, 2));
+}
+
+#[tokio::test]
+async fn a_batch_lands_whole_after_a_slot_moved_to_another_primary() {
+    let cluster = OwnRedisCluster::start();
+    let prefix = unique("rc");
+    let writer = store(&cluster, &prefix).await;
+    let fence = writer.claim("persona.public.user_activity/0").await.expect("claim");
+    let marks = TableMarks::default();
+    writer.write_states(batch(300, 1), &marks, Some(&fence)).await.expect("write");
+
+    // The lowest slot holding shares on a primary (whose first share routes the primary's
+    // script, so the script itself is redirected), moved to another primary behind the
+    // writer's back: its slot map still names the old one.
+    let primaries = cluster.primaries();
+    let from = primaries[0];
+    let shares = cluster.keys_matching(from, &format!("{prefix}:*"));
+    let (slot, share) = shares
+        .into_iter()
+        .filter(|key| !key.contains('{'))
+        .map(|key| (cluster.slot_of(&key), key))
+        .min()
+        .expect("shares on every primary");
+    let to = *primaries.iter().find(|primary| **primary != from).expect("another primary");
+    cluster.move_slot(slot, from, to);
+
+    writer.write_states(batch(300, 2), &marks, Some(&fence)).await.expect("write after the move");
+    assert!(cluster.keys_matching(from, &share).is_empty(), "{share} moved off node {from}");
+    assert_eq!(cluster.keys_matching(to, &share), vec![share.clone()], "{share} on node {to}");
+    let reader = store(&cluster, &prefix).await;
+    assert_eq!(revisions(&reader, 300).await, expected(300, 2));
+}
+
 #[tokio::test]
 async fn a_fenced_owner_writes_nothing_on_a_cluster() {
     let cluster = OwnRedisCluster::start();

@@ -6,7 +6,7 @@
 //!    owner check. A high recorded before its shares only ever claims more than was applied,
 //!    which at worst makes the stream read again from the start (see `engine::truncate`); recorded
 //!    after them, a crash in between would hide shares that ran past a TRUNCATE.
-//! 2. the shares, one script per slot, all at once. Each share carries its writer's epoch
+//! 2. the shares, one script per primary, all at once. Each share carries its writer's epoch
 //!    (`<stream>#epoch`): an owner fenced between step 1 and its shares cannot overwrite a share
 //!    its successor already wrote.
 //! 3. the stream's overlap with its snapshot run, its owner's alone, and one announcement of
@@ -15,21 +15,30 @@
 //!    attempt did, and the shares' source positions skip what did land. (A crash before this
 //!    step leaves other instances' L1 copies of the shares written to their TTL.)
 //!
+//! A batch's entities almost never share a slot (16,384 of them), so one script per slot made a
+//! batch cost about one script call per entity. Shares are grouped by the primary the client's
+//! slot map names instead, and each group is one script flagged `allow-cross-slot-keys`, which
+//! may touch keys of any slot its node serves. The map can be stale (a slot moved): the script
+//! then fails ("non local key", or a redirection) before it writes anything, and that group is
+//! written one script per slot, after the client refreshed its map.
+//!
 //! A failure at any step fails the batch; the ingest loop retries it from a fresh load and its
 //! offsets do not move meanwhile, so what one attempt wrote the next finds and deduplicates.
 //! Readers may see a batch half written for the time between the steps; single-server Redis
 //! writes it in one script.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
 use fred::prelude::*;
+use fred::types::config::{Options, Server};
 use fred::types::scripts::Script;
 
 use super::write::script_outcome;
 use super::{FeatureStore, Fence, StateKey, StoreError, TableMarks};
 use crate::features::EntityState;
 use crate::features::overlap::OverlapWrites;
+use crate::telemetry;
 
 static WRITE_SHARES: LazyLock<Script> =
     LazyLock::new(|| Script::from_lua(include_str!("write_shares.lua")));
@@ -56,8 +65,9 @@ impl FeatureStore {
             let key = self.redis_key(&namespace, &share.0.entity);
             slots.entry(fred::util::redis_keyslot(key.as_bytes())).or_default().push(share);
         }
-        let writes =
-            slots.values().map(|shares| self.write_shares(client, &namespace, shares, fence));
+        let writes = by_primary(client, &slots)
+            .into_iter()
+            .map(|(primary, slots)| self.write_primary(client, &namespace, primary, slots, fence));
         for written in futures::future::join_all(writes).await {
             written?;
         }
@@ -86,25 +96,123 @@ impl FeatureStore {
         script_outcome(outcome?, fence)
     }
 
-    /// The shares of one slot, in one `write_shares.lua` call.
-    async fn write_shares(
+    /// The shares of `slots`, which the slot map places on `primary` (`None`: no map), in one
+    /// `write_shares.lua` call there; one call per slot when the map was wrong.
+    async fn write_primary(
         &self,
         client: &Client,
         namespace: &str,
-        shares: &[&(StateKey, EntityState)],
+        primary: Option<Server>,
+        slots: Vec<SlotShares<'_>>,
         fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
-        let (keys, values) = self.encode_shares(namespace, shares.iter().copied())?;
-        let args: Vec<Value> = [
-            fence.map(|f| f.epoch.to_string()).unwrap_or_default(),
-            self.state_ttl_secs.to_string(),
-        ]
-        .into_iter()
-        .map(Value::from)
-        .chain(values)
-        .collect();
-        let outcome: Result<Value, _> = WRITE_SHARES.evalsha_with_reload(client, keys, args).await;
+        if let (Some(primary), [_, _, ..]) = (primary, slots.as_slice()) {
+            let shares = slots.iter().flat_map(|shares| shares.iter().copied());
+            let (keys, args) = self.shares_call(namespace, shares, fence)?;
+            // Declared keys must share a slot: the first routes the call, the rest are reached
+            // through the script's flag.
+            let route = keys.into_iter().take(1).collect::<Vec<_>>();
+            let node = Options { cluster_node: Some(primary), ..Options::default() };
+            match run_write_shares(client, &node, route, args).await {
+                // Any error: the map may be out of date, which the client cannot always tell
+                // (a script reaching a key that moved fails with "non local key"; a redirection
+                // it followed fails the call, which has one attempt). A primary down fails the
+                // calls by slot as well.
+                Err(error) => {
+                    metrics::counter!(telemetry::REDIS_ROUND_TRIPS, "op" => "ingest_write")
+                        .increment(1);
+                    tracing::info!(error = %error, "writing a primary's shares failed; writing them slot by slot");
+                    if let Err(error) = client.sync_cluster().await {
+                        tracing::warn!(error = %error, "refreshing the redis cluster's slot map");
+                    }
+                }
+                outcome => {
+                    self.note_redis("ingest_write", &outcome);
+                    return script_outcome(outcome?, fence);
+                }
+            }
+        }
+        let writes =
+            slots.into_iter().map(|shares| self.write_slot(client, namespace, shares, fence));
+        for written in futures::future::join_all(writes).await {
+            written?;
+        }
+        Ok(())
+    }
+
+    /// The shares of one slot, in one `write_shares.lua` call declaring all their keys.
+    async fn write_slot(
+        &self,
+        client: &Client,
+        namespace: &str,
+        shares: SlotShares<'_>,
+        fence: Option<&Fence>,
+    ) -> Result<(), StoreError> {
+        let (keys, args) = self.shares_call(namespace, shares.iter().copied(), fence)?;
+        let outcome = run_write_shares(client, &Options::default(), keys, args).await;
         self.note_redis("ingest_write", &outcome);
         script_outcome(outcome?, fence)
     }
+
+    /// The entity hashes of `shares`, and the arguments of the `write_shares.lua` call writing
+    /// them.
+    fn shares_call<'a>(
+        &self,
+        namespace: &str,
+        shares: impl Iterator<Item = &'a (StateKey, EntityState)>,
+        fence: Option<&Fence>,
+    ) -> Result<(Vec<String>, Vec<Value>), StoreError> {
+        let shares: Vec<_> = shares.collect();
+        let (keys, values) = self.encode_shares(namespace, shares.iter().copied())?;
+        let mut args: Vec<Value> = Vec::with_capacity(2 + 3 * keys.len());
+        args.push(fence.map(|f| f.epoch.to_string()).unwrap_or_default().into());
+        args.push(self.state_ttl_secs.to_string().into());
+        let mut values = values.into_iter();
+        for key in &keys {
+            args.push(key.as_str().into());
+            args.extend(values.by_ref().take(2));
+        }
+        Ok((keys, args))
+    }
+}
+
+/// A batch's shares in one slot.
+type SlotShares<'s> = &'s [&'s (StateKey, EntityState)];
+
+/// `write_shares.lua` with `options`, loaded on every primary first if one does not know it.
+async fn run_write_shares(
+    client: &Client,
+    options: &Options,
+    keys: Vec<String>,
+    args: Vec<Value>,
+) -> Result<Value, fred::error::Error> {
+    let call = client.with_options(options);
+    let sha = WRITE_SHARES.sha1();
+    match call.evalsha(sha.clone(), keys.clone(), args.clone()).await {
+        Err(error) if error.details().starts_with("NOSCRIPT") => {
+            WRITE_SHARES.load(client).await?;
+            call.evalsha(sha.clone(), keys, args).await
+        }
+        outcome => outcome,
+    }
+}
+
+/// The batch's slots grouped by the primary the client's slot map names for them; one group
+/// without a primary when the client has no map.
+fn by_primary<'s>(
+    client: &Client,
+    slots: &'s BTreeMap<u16, Vec<&(StateKey, EntityState)>>,
+) -> Vec<(Option<Server>, Vec<SlotShares<'s>>)> {
+    let map = client.cached_cluster_state();
+    let mut groups: Vec<(Option<Server>, Vec<SlotShares<'s>>)> = Vec::new();
+    let mut places: HashMap<Option<Server>, usize> = HashMap::new();
+    for (slot, shares) in slots {
+        let primary = map.as_ref().and_then(|map| map.get_server(*slot)).cloned();
+        let place = *places.entry(primary.clone()).or_insert_with(|| {
+            groups.push((primary, Vec::new()));
+            groups.len() - 1
+        });
+        groups[place].1.push(shares);
+    }
+    groups
 }

@@ -103,6 +103,58 @@ impl OwnRedisCluster {
         self.command(index, &["dbsize"]).parse().unwrap_or(0)
     }
 
+    /// How many times node `index` ran `command` (lower case), from `INFO commandstats`.
+    pub fn calls(&self, index: usize, command: &str) -> u64 {
+        let stats = self.command(index, &["info", "commandstats"]);
+        let prefix = format!("cmdstat_{command}:calls=");
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse().expect("a count of calls"))
+    }
+
+    /// The keys node `index` holds that match `pattern`.
+    pub fn keys_matching(&self, index: usize, pattern: &str) -> Vec<String> {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.nodes[index].port.to_string(), "--scan", "--pattern", pattern])
+            .output()
+            .expect("redis-cli --scan");
+        String::from_utf8_lossy(&output.stdout).lines().map(str::to_string).collect()
+    }
+
+    pub fn slot_of(&self, key: &str) -> u16 {
+        self.command(self.primaries()[0], &["cluster", "keyslot", key]).parse().expect("slot")
+    }
+
+    fn id(&self, index: usize) -> String {
+        self.command(index, &["cluster", "myid"])
+    }
+
+    /// Moves `slot` and every key it holds from primary `from` to primary `to`, as
+    /// `redis-cli --cluster reshard` does.
+    pub fn move_slot(&self, slot: u16, from: usize, to: usize) {
+        let slot = slot.to_string();
+        let (from_id, to_id) = (self.id(from), self.id(to));
+        assert_eq!(self.command(to, &["cluster", "setslot", &slot, "importing", &from_id]), "OK");
+        assert_eq!(self.command(from, &["cluster", "setslot", &slot, "migrating", &to_id]), "OK");
+        let to_port = self.nodes[to].port.to_string();
+        loop {
+            let keys = self.command(from, &["cluster", "getkeysinslot", &slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|key| !key.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let mut migrate = vec!["migrate", "127.0.0.1", &to_port, "", "0", "5000", "keys"];
+            migrate.extend(keys);
+            assert_eq!(self.command(from, &migrate), "OK", "MIGRATE to node {to}");
+        }
+        for primary in self.primaries() {
+            let answer = self.command(primary, &["cluster", "setslot", &slot, "node", &to_id]);
+            assert_eq!(answer, "OK", "SETSLOT NODE on node {primary}");
+        }
+    }
+
     /// Kills node `index` as a crash would (SIGKILL).
     pub fn kill(&mut self, index: usize) {
         if let Some(mut child) = self.nodes[index].child.take() {
