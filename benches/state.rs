@@ -24,8 +24,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use chrono::TimeDelta;
+use persona::config::StateEncoding;
 use persona::features::{Entity, EntityState, FeatureSet, FeatureState};
-use persona::store::codec::{decode_state, encode_state, encode_uncompressed};
+use persona::store::codec::{decode_state, encode_state, encode_state_as, encode_uncompressed};
 use support::{States, Workload, decode_and_apply};
 
 /// mimalloc, as `persona` runs, counting the bytes allocated and not yet freed.
@@ -163,6 +164,9 @@ fn report(set: &FeatureSet, states: &States, entity: Entity) {
     }
     let redis = summary(of.iter().map(|state| stored_bytes(state)).collect());
     let uncompressed = summary(of.iter().map(|state| encode_uncompressed(state).len()).collect());
+    // The layout before features were written in columns, compressed: the reference.
+    let rows = |state: &&EntityState| encode_state_as(state, StateEncoding::Zstd3).map(|b| b.len());
+    let in_rows = summary(of.iter().map(|state| rows(state).expect("encodes")).collect());
     let json = summary(of.iter().map(json_bytes).collect());
     let memory = summary(of.iter().map(|state| heap_bytes(state)).collect());
     let estimated = summary(of.iter().map(|state| state.approx_bytes()).collect());
@@ -170,6 +174,7 @@ fn report(set: &FeatureSet, states: &States, entity: Entity) {
     let rows = [
         ("Redis", redis),
         ("Redis, uncompressed", uncompressed),
+        ("Redis, in rows (v3)", in_rows),
         ("Redis, as JSON", json),
         ("memory", memory),
         ("memory, L1's estimate", estimated),

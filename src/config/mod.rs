@@ -122,11 +122,15 @@ const REDIS_SCHEMES: [&str; 4] = ["redis", "rediss", "redis-cluster", "rediss-cl
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StateEncoding {
-    /// The binary layout, compressed with zstd from a few hundred bytes (version 3).
+    /// The binary layout, features in columns, compressed with zstd from a few hundred bytes
+    /// (version 5).
     #[default]
     Zstd,
-    /// The binary layout uncompressed (version 2): while instances that read only up to
-    /// version 2 run (a rolling upgrade).
+    /// The binary layout, features in rows, compressed (version 3): while instances that read
+    /// only up to version 3 run (a rolling upgrade).
+    Zstd3,
+    /// The binary layout, features in rows, uncompressed (version 2): while instances that read
+    /// only up to version 2 run.
     Binary,
     /// JSON: while instances older than the binary layout run.
     Json,

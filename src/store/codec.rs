@@ -7,21 +7,28 @@
 //! Postgres prints `uuid` columns) take their 16 bytes instead, and time buckets and fact times
 //! are written as differences, which are small: a fact's from the fact before it (layout version
 //! 2; from the state's oldest in version 1). A fact kept without its row key (see
-//! [`crate::features::Facts`]) takes one byte for it (version 2). JSON spent most of a state's
-//! bytes on repeating those (see BENCHMARKS.md, "State per entity").
+//! [`crate::features::Facts`]) takes one byte for it (version 2), and none when no fact of its
+//! feature has one (version 4). JSON spent most of a state's bytes on repeating those (see
+//! BENCHMARKS.md, "State per entity").
 //!
-//! Values of [`COMPRESS_FROM`] bytes and more are then compressed (layout version 3: the version
-//! byte, then one zstd frame of the version-2 value): what is left repeats itself (varints of
-//! similar times and counts, the same few feature names in every state), and zstd's fastest
-//! level halves a user's state for some 20 µs of CPU (BENCHMARKS.md, "Compressed states"). The
-//! frame carries a checksum of what it holds.
+//! Each feature's buckets and facts are written field by field (layout version 4): the bucket
+//! differences, then how many values each bucket holds, the values, their rows; the facts'
+//! times, their values, their keys. Versions 1 and 2 wrote them bucket by bucket and fact by
+//! fact, which interleaved numbers of every kind.
 //!
-//! Shares written as JSON (the layout before version 1, recognised by its leading `{`) are still
-//! read, and written back in the current layout the next time a change reaches them. JSON can
-//! still be written (`redis.state_encoding = "json"`) while instances of a persona older than
-//! the binary layout run next to newer ones during a rolling upgrade. A value of
-//! any other version is refused, never guessed at: it was written by a newer persona, and ingest
-//! sets it aside (see `write::quarantine`) rather than build on it.
+//! Values of [`COMPRESS_FROM`] bytes and more are then compressed (the version byte, then one
+//! zstd frame of the uncompressed value: layout version 5 holds a version-4 value, version 3 a
+//! version-2 one): what is left repeats itself (a column of the same few numbers, varints of
+//! similar times, the same few feature names in every state), and zstd's fastest level halves a
+//! user's state for some 20 µs of CPU (BENCHMARKS.md, "Compressed states"). The frame carries a
+//! checksum of what it holds.
+//!
+//! Every earlier layout is still read, and a share is written back in the current one the next
+//! time a change reaches it. During a rolling upgrade the earlier layouts can still be written
+//! (`redis.state_encoding`: `zstd3` for version 3, `binary` for version 2, `json` for instances
+//! older than the binary layout), so that instances not upgraded yet read what the upgraded ones
+//! write. A value of any other version is refused, never guessed at: it was written by a newer
+//! persona, and ingest sets it aside (see `write::quarantine`) rather than build on it.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -36,12 +43,18 @@ use crate::features::{
 };
 
 /// The layout written; bump it (and keep reading the older ones) whenever the wire form changes.
-/// Version 2 added keyless facts ([`WireKey::None`]) and dates each fact from the one before it;
-/// version 1 is still read.
-pub const STATE_VERSION: u8 = 2;
+/// Version 4 writes each field of a feature's buckets and facts as a column of its own
+/// ([`ColumnFeature`]); version 2 added keyless facts ([`WireKey::None`]) and dates each fact
+/// from the one before it; versions 1 to 3 are still read.
+pub const STATE_VERSION: u8 = 4;
 
 /// The layout of a compressed value: [`STATE_VERSION`]'s, in one zstd frame.
-pub const STATE_VERSION_COMPRESSED: u8 = 3;
+pub const STATE_VERSION_COMPRESSED: u8 = 5;
+
+/// The layout of a feature as a row of buckets and facts (versions 1 and 2), and its
+/// compressed form: still written while instances that read no later layout run.
+const ROWS_VERSION: u8 = 2;
+const ROWS_VERSION_COMPRESSED: u8 = 3;
 
 /// The smallest value compressed: below it zstd's frame and tables take about what they save.
 pub const COMPRESS_FROM: usize = 512;
@@ -78,10 +91,12 @@ pub enum CodecError {
     Json(#[from] serde_json::Error),
     #[error("malformed compressed state: {0}")]
     Compressed(String),
+    #[error("malformed state: the columns of a feature's {0} differ in length")]
+    Columns(&'static str),
 }
 
 /// A fact's row key: a UUID's bytes, a text of the table, or none (a keyless fact, one byte).
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 enum WireKey {
     Uuid([u8; 16]),
     Text(u32),
@@ -100,8 +115,31 @@ struct WireFeature {
     facts: Vec<(WireKey, u64, u32)>,
 }
 
+/// A feature in layout version 4: the fields of [`WireFeature`], each in a column of its own.
+/// A column repeats one kind of number (a plain count's buckets hold one value, `""`, with one
+/// or two rows; a view's facts are all keyless), which zstd then takes almost for free, where
+/// interleaved with bucket times it could not (BENCHMARKS.md, "Features in columns").
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct ColumnFeature {
+    name: u32,
+    /// Each bucket's difference from the one before it (the first's from 0), ascending.
+    bucket_deltas: Vec<i64>,
+    /// How many values each bucket holds.
+    bucket_widths: Vec<u32>,
+    /// The values of every bucket, bucket after bucket, as places in the table.
+    values: Vec<u32>,
+    /// The rows of each of `values`.
+    rows: Vec<i64>,
+    /// The oldest fact's time; each fact's is its difference from the fact before it.
+    facts_since_us: i64,
+    fact_since: Vec<u64>,
+    fact_values: Vec<u32>,
+    /// Each fact's row key; empty when no fact has one.
+    fact_keys: Vec<WireKey>,
+}
+
 #[derive(Serialize, Deserialize)]
-struct Wire<'a> {
+struct Wire<'a, F> {
     rev: u64,
     #[serde(borrow)]
     texts: Vec<&'a str>,
@@ -109,7 +147,7 @@ struct Wire<'a> {
     replayed: Vec<(u32, Vec<Position>)>,
     runs: Vec<(u32, SnapshotRun, Option<i64>)>,
     cuts: Vec<(u32, Position)>,
-    features: Vec<WireFeature>,
+    features: Vec<F>,
 }
 
 /// Texts of one state, each given its place in the table once.
@@ -131,17 +169,21 @@ impl<'a> Texts<'a> {
 
 /// The value written to Redis for `state`: compressed from [`COMPRESS_FROM`] bytes.
 pub fn encode_state(state: &EntityState) -> Vec<u8> {
-    let plain = encode_uncompressed(state);
+    compressed(encode_uncompressed(state), STATE_VERSION_COMPRESSED)
+}
+
+/// `plain` (a value with its version byte) in one zstd frame behind `version` when it is
+/// [`COMPRESS_FROM`] bytes or more and zstd could make a context; else `plain`.
+fn compressed(plain: Vec<u8>, version: u8) -> Vec<u8> {
     if plain.len() < COMPRESS_FROM {
         return plain;
     }
-    compress(&plain[1..]).unwrap_or(plain)
+    compress(&plain[1..], version).unwrap_or(plain)
 }
 
-/// `wire` (a value without its version byte) in one zstd frame behind the version byte of
-/// compressed values; `None` if zstd could not make a context (out of memory), and the value is
-/// then written uncompressed.
-fn compress(wire: &[u8]) -> Option<Vec<u8>> {
+/// `wire` (a value without its version byte) in one zstd frame behind `version`; `None` if
+/// zstd could not make a context (out of memory), and the value is then written uncompressed.
+fn compress(wire: &[u8], version: u8) -> Option<Vec<u8>> {
     COMPRESSOR.with_borrow_mut(|compressor| {
         if compressor.is_none() {
             let mut made = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok()?;
@@ -151,13 +193,13 @@ fn compress(wire: &[u8]) -> Option<Vec<u8>> {
         }
         let frame = compressor.as_mut()?.compress(wire).ok()?;
         let mut value = Vec::with_capacity(1 + frame.len());
-        value.push(STATE_VERSION_COMPRESSED);
+        value.push(version);
         value.extend_from_slice(&frame);
         Some(value)
     })
 }
 
-/// The version-2 value a compressed value holds (without its version byte).
+/// The uncompressed value a compressed value holds (without its version byte).
 fn decompress(frame: &[u8]) -> Result<Vec<u8>, CodecError> {
     let malformed = |detail: String| CodecError::Compressed(detail);
     let size = zstd::zstd_safe::get_frame_content_size(frame)
@@ -176,8 +218,21 @@ fn decompress(frame: &[u8]) -> Result<Vec<u8>, CodecError> {
     })
 }
 
-/// The value of `state` in layout version 2, uncompressed.
+/// The value of `state` in layout version [`STATE_VERSION`], uncompressed.
 pub fn encode_uncompressed(state: &EntityState) -> Vec<u8> {
+    encode_wire(state, STATE_VERSION, encode_columns)
+}
+
+/// The value of `state` in layout version 2 (features as rows), uncompressed.
+fn encode_rows(state: &EntityState) -> Vec<u8> {
+    encode_wire(state, ROWS_VERSION, encode_feature)
+}
+
+fn encode_wire<'a, F: Serialize>(
+    state: &'a EntityState,
+    version: u8,
+    encode_feature: impl Fn(&mut Texts<'a>, &'a str, &'a FeatureState) -> F,
+) -> Vec<u8> {
     // Named field by field: a field added to the state does not compile here until the wire
     // form (and its version) carries it.
     let EntityState { rev, applied, replayed, runs, cuts, features, .. } = state;
@@ -194,7 +249,56 @@ pub fn encode_uncompressed(state: &EntityState) -> Vec<u8> {
         features.iter().map(|(name, feature)| encode_feature(&mut texts, name, feature)).collect();
     let wire = Wire { rev: *rev, texts: texts.table, applied, replayed, runs, cuts, features };
     // postcard fails only on a sequence of unknown length, and every one here is a vector.
-    postcard::to_extend(&wire, vec![STATE_VERSION]).unwrap_or_default()
+    postcard::to_extend(&wire, vec![version]).unwrap_or_default()
+}
+
+/// A feature's buckets and facts as both layouts write them, in the order written.
+enum Item {
+    /// A bucket: its difference from the bucket before it (the first's from 0).
+    Bucket(i64),
+    /// A value of the last bucket: its place in the table, and its rows.
+    Value(u32, i64),
+    /// A fact: its row key, its time's difference from the fact before it, its value's place.
+    Fact(WireKey, u64, u32),
+}
+
+/// Calls `each` with every [`Item`] of `state`; returns the oldest fact's time.
+fn walk_feature<'a>(
+    texts: &mut Texts<'a>,
+    state: &'a FeatureState,
+    mut each: impl FnMut(Item),
+) -> i64 {
+    let mut previous = 0;
+    // The table's place of each value of the buckets' dictionary, looked up the first time an
+    // entry names it: a value repeats bucket after bucket, and hashing it for each entry took
+    // a sixth to a fifth of encoding a user (BENCHMARKS.md, "Compressed states").
+    let mut places: Vec<Option<u32>> = Vec::new();
+    for (bucket, cell) in state.buckets.iter() {
+        // Wrapping, as decoding adds it back wrapping: exact for any bucket.
+        each(Item::Bucket(bucket.wrapping_sub(previous)));
+        previous = bucket;
+        for (index, text, rows) in cell.indexed() {
+            let slot = index as usize;
+            if slot >= places.len() {
+                places.resize(slot + 1, None);
+            }
+            each(Item::Value(*places[slot].get_or_insert_with(|| texts.place(text)), rows));
+        }
+    }
+    let facts_since_us = state.facts.oldest().map_or(0, |fact| fact.at_us);
+    let mut previous = facts_since_us;
+    for (key, fact) in state.facts.iter() {
+        let key = match key.form() {
+            _ if key.is_none() => WireKey::None,
+            KeyForm::Uuid(bytes) => WireKey::Uuid(*bytes),
+            KeyForm::Text(text) => WireKey::Text(texts.place(text)),
+        };
+        // Facts are in time order: never negative.
+        let since = fact.at_us.abs_diff(previous);
+        previous = fact.at_us;
+        each(Item::Fact(key, since, texts.place(&fact.value)));
+    }
+    facts_since_us
 }
 
 fn encode_feature<'a>(
@@ -202,46 +306,54 @@ fn encode_feature<'a>(
     name: &'a str,
     state: &'a FeatureState,
 ) -> WireFeature {
-    let mut previous = 0;
-    // The table's place of each value of the buckets' dictionary, looked up the first time an
-    // entry names it: a value repeats bucket after bucket, and hashing it for each entry took
-    // a sixth to a fifth of encoding a user (BENCHMARKS.md, "Compressed states").
-    let mut places: Vec<Option<u32>> = Vec::new();
-    let buckets = state
-        .buckets
-        .iter()
-        .map(|(bucket, cell)| {
-            // Wrapping, as decoding adds it back wrapping: exact for any bucket.
-            let delta = bucket.wrapping_sub(previous);
-            previous = bucket;
-            let cell = cell.indexed().map(|(index, value, rows)| {
-                let slot = index as usize;
-                if slot >= places.len() {
-                    places.resize(slot + 1, None);
-                }
-                (*places[slot].get_or_insert_with(|| texts.place(value)), rows)
-            });
-            (delta, cell.collect())
-        })
-        .collect();
-    let facts_since_us = state.facts.oldest().map_or(0, |fact| fact.at_us);
-    let mut previous = facts_since_us;
-    let facts = state
-        .facts
-        .iter()
-        .map(|(key, fact)| {
-            let key = match key.form() {
-                _ if key.is_none() => WireKey::None,
-                KeyForm::Uuid(bytes) => WireKey::Uuid(*bytes),
-                KeyForm::Text(text) => WireKey::Text(texts.place(text)),
-            };
-            // Facts are in time order: never negative.
-            let since = fact.at_us.abs_diff(previous);
-            previous = fact.at_us;
-            (key, since, texts.place(&fact.value))
-        })
-        .collect();
-    WireFeature { name: texts.place(name), buckets, facts_since_us, facts }
+    let name = texts.place(name);
+    let mut buckets: Vec<(i64, Vec<(u32, i64)>)> = Vec::new();
+    let mut facts = Vec::with_capacity(state.facts.len());
+    let facts_since_us = walk_feature(texts, state, |item| match item {
+        Item::Bucket(delta) => buckets.push((delta, Vec::new())),
+        Item::Value(place, rows) => {
+            if let Some((_, cell)) = buckets.last_mut() {
+                cell.push((place, rows));
+            }
+        }
+        Item::Fact(key, since, value) => facts.push((key, since, value)),
+    });
+    WireFeature { name, buckets, facts_since_us, facts }
+}
+
+fn encode_columns<'a>(
+    texts: &mut Texts<'a>,
+    name: &'a str,
+    state: &'a FeatureState,
+) -> ColumnFeature {
+    let keyed = state.facts.keyed();
+    let mut feature = ColumnFeature {
+        name: texts.place(name),
+        fact_since: Vec::with_capacity(state.facts.len()),
+        fact_values: Vec::with_capacity(state.facts.len()),
+        ..ColumnFeature::default()
+    };
+    feature.facts_since_us = walk_feature(texts, state, |item| match item {
+        Item::Bucket(delta) => {
+            feature.bucket_deltas.push(delta);
+            feature.bucket_widths.push(0);
+        }
+        Item::Value(place, rows) => {
+            feature.values.push(place);
+            feature.rows.push(rows);
+            if let Some(width) = feature.bucket_widths.last_mut() {
+                *width += 1;
+            }
+        }
+        Item::Fact(key, since, value) => {
+            feature.fact_since.push(since);
+            feature.fact_values.push(value);
+            if keyed {
+                feature.fact_keys.push(key);
+            }
+        }
+    });
+    feature
 }
 
 /// The value written to Redis for `state` in `encoding`.
@@ -251,24 +363,106 @@ pub fn encode_state_as(
 ) -> Result<Vec<u8>, serde_json::Error> {
     match encoding {
         StateEncoding::Zstd => Ok(encode_state(state)),
-        StateEncoding::Binary => Ok(encode_uncompressed(state)),
+        StateEncoding::Zstd3 => Ok(compressed(encode_rows(state), ROWS_VERSION_COMPRESSED)),
+        StateEncoding::Binary => Ok(encode_rows(state)),
         StateEncoding::Json => serde_json::to_vec(state),
     }
 }
 
-/// Reads a value [`encode_state`] wrote, or a share stored as JSON before it.
+/// Reads a value [`encode_state`] wrote, or a share stored in an earlier layout.
 pub fn decode_state(bytes: &[u8]) -> Result<EntityState, CodecError> {
     match bytes.first() {
         None => Err(CodecError::Empty),
         Some(b'{') => Ok(serde_json::from_slice(bytes)?),
-        Some(&version @ (1 | 2)) => decode_wire(&bytes[1..], version),
-        Some(&STATE_VERSION_COMPRESSED) => decode_wire(&decompress(&bytes[1..])?, STATE_VERSION),
+        Some(&version @ (1 | ROWS_VERSION)) => decode_wire::<WireFeature>(&bytes[1..], version),
+        Some(&ROWS_VERSION_COMPRESSED) => {
+            decode_wire::<WireFeature>(&decompress(&bytes[1..])?, ROWS_VERSION)
+        }
+        Some(&STATE_VERSION) => decode_wire::<ColumnFeature>(&bytes[1..], STATE_VERSION),
+        Some(&STATE_VERSION_COMPRESSED) => {
+            decode_wire::<ColumnFeature>(&decompress(&bytes[1..])?, STATE_VERSION)
+        }
         Some(&other) => Err(CodecError::UnknownVersion(other)),
     }
 }
 
-fn decode_wire(bytes: &[u8], version: u8) -> Result<EntityState, CodecError> {
-    let wire: Wire<'_> = postcard::from_bytes(bytes)?;
+/// What a feature of either layout reads as: its buckets as (bucket, place, rows) and its
+/// facts as (key, time since the fact before, place), each in the order written.
+trait FeatureForm {
+    fn name(&self) -> u32;
+    fn buckets(&self) -> Result<Vec<(i64, u32, i64)>, CodecError>;
+    fn facts(&self) -> Result<Vec<(&WireKey, u64, u32)>, CodecError>;
+    fn facts_since_us(&self) -> i64;
+}
+
+impl FeatureForm for WireFeature {
+    fn name(&self) -> u32 {
+        self.name
+    }
+
+    fn buckets(&self) -> Result<Vec<(i64, u32, i64)>, CodecError> {
+        let mut bucket = 0;
+        let mut flat = Vec::new();
+        for (delta, cell) in &self.buckets {
+            bucket = i64::wrapping_add(bucket, *delta);
+            flat.extend(cell.iter().map(|(place, rows)| (bucket, *place, *rows)));
+        }
+        Ok(flat)
+    }
+
+    fn facts(&self) -> Result<Vec<(&WireKey, u64, u32)>, CodecError> {
+        Ok(self.facts.iter().map(|(key, since, value)| (key, *since, *value)).collect())
+    }
+
+    fn facts_since_us(&self) -> i64 {
+        self.facts_since_us
+    }
+}
+
+impl FeatureForm for ColumnFeature {
+    fn name(&self) -> u32 {
+        self.name
+    }
+
+    fn buckets(&self) -> Result<Vec<(i64, u32, i64)>, CodecError> {
+        let uneven = self.bucket_deltas.len() != self.bucket_widths.len()
+            || self.values.len() != self.rows.len()
+            || self.bucket_widths.iter().map(|w| *w as usize).sum::<usize>() != self.values.len();
+        if uneven {
+            return Err(CodecError::Columns("buckets"));
+        }
+        let mut cells = self.values.iter().zip(&self.rows);
+        let mut bucket = 0;
+        let mut flat = Vec::with_capacity(self.values.len());
+        for (delta, width) in self.bucket_deltas.iter().zip(&self.bucket_widths) {
+            bucket = i64::wrapping_add(bucket, *delta);
+            let cell = cells.by_ref().take(*width as usize);
+            flat.extend(cell.map(|(place, rows)| (bucket, *place, *rows)));
+        }
+        Ok(flat)
+    }
+
+    fn facts(&self) -> Result<Vec<(&WireKey, u64, u32)>, CodecError> {
+        let facts = self.fact_since.len();
+        let keys = self.fact_keys.len();
+        if self.fact_values.len() != facts || (keys != 0 && keys != facts) {
+            return Err(CodecError::Columns("facts"));
+        }
+        let key = |index: usize| self.fact_keys.get(index).unwrap_or(&WireKey::None);
+        let each = self.fact_since.iter().zip(&self.fact_values).enumerate();
+        Ok(each.map(|(index, (since, value))| (key(index), *since, *value)).collect())
+    }
+
+    fn facts_since_us(&self) -> i64 {
+        self.facts_since_us
+    }
+}
+
+fn decode_wire<'a, F: FeatureForm + Deserialize<'a>>(
+    bytes: &'a [u8],
+    version: u8,
+) -> Result<EntityState, CodecError> {
+    let wire: Wire<'_, F> = postcard::from_bytes(bytes)?;
     let text =
         |place: u32| wire.texts.get(place as usize).copied().ok_or(CodecError::MissingText(place));
     let by_stream = |place: u32| text(place).map(str::to_string);
@@ -290,46 +484,46 @@ fn decode_wire(bytes: &[u8], version: u8) -> Result<EntityState, CodecError> {
     let mut dictionary = vec![0; wire.texts.len()];
     for feature in &wire.features {
         let mut decoded = FeatureState::default();
-        if !feature.buckets.is_empty() {
-            decoded.buckets = decode_buckets(&feature.buckets, &wire.texts, &mut dictionary)?;
+        let buckets = feature.buckets()?;
+        if !buckets.is_empty() {
+            decoded.buckets = decode_buckets(&buckets, &wire.texts, &mut dictionary)?;
         }
         // Written in time order since the facts are kept in it; earlier persona wrote them in
         // row key order, which collecting sorts.
-        let mut previous = feature.facts_since_us;
+        let mut previous = feature.facts_since_us();
         decoded.facts = feature
-            .facts
-            .iter()
+            .facts()?
+            .into_iter()
             .map(|(key, since, value)| {
                 let key = match key {
                     WireKey::Uuid(bytes) => RowKey::from_uuid(*bytes),
                     WireKey::Text(place) => RowKey::new(text(*place)?),
                     WireKey::None => RowKey::none().clone(),
                 };
-                let at_us = previous.saturating_add_unsigned(*since);
+                let at_us = previous.saturating_add_unsigned(since);
                 if version >= 2 {
                     previous = at_us;
                 }
-                Ok((key, Fact { at_us, value: text(*value)?.into() }))
+                Ok((key, Fact { at_us, value: text(value)?.into() }))
             })
             .collect::<Result<_, CodecError>>()?;
-        features.insert_named(text(feature.name)?, decoded);
+        features.insert_named(text(feature.name())?, decoded);
     }
     state.features = features;
     Ok(state)
 }
 
-/// A feature's buckets, dated from the previous one, with their values as places in `texts`.
+/// A feature's buckets as (bucket, place in `texts`, rows), in bucket order.
 ///
 /// The dictionary is built from the places the buckets name, each looked up once: a product's
 /// viewers are thousands of rows over a few hundred texts, and sorting the rows' texts
 /// rather than the distinct places took four times as long as the whole decode before.
 fn decode_buckets(
-    buckets: &[(i64, Vec<(u32, i64)>)],
+    buckets: &[(i64, u32, i64)],
     texts: &[&str],
     dictionary: &mut [u32],
 ) -> Result<Buckets, CodecError> {
-    let mut places: Vec<u32> =
-        buckets.iter().flat_map(|(_, cell)| cell.iter().map(|(place, _)| *place)).collect();
+    let mut places: Vec<u32> = buckets.iter().map(|(_, place, _)| *place).collect();
     places.sort_unstable();
     places.dedup();
     let mut values = Vec::with_capacity(places.len());
@@ -347,12 +541,7 @@ fn decode_buckets(
         dictionary[*place as usize] = (distinct.len() - 1) as u32;
     }
     let dictionary: &[u32] = dictionary;
-    let mut bucket = 0;
-    let rows = buckets.iter().flat_map(|(delta, cell)| {
-        bucket = i64::wrapping_add(bucket, *delta);
-        let at = bucket;
-        cell.iter().map(move |(place, rows)| (at, dictionary[*place as usize], *rows))
-    });
+    let rows = buckets.iter().map(|(at, place, rows)| (*at, dictionary[*place as usize], *rows));
     Ok(Buckets::from_dictionary(distinct, rows))
 }
 

@@ -71,6 +71,19 @@ proptest! {
         let bytes = encode_state(&state);
         let compressed = plain.len() >= COMPRESS_FROM;
         prop_assert_eq!(bytes[0], if compressed { STATE_VERSION_COMPRESSED } else { STATE_VERSION });
+        prop_assert_eq!(&decode_state(&bytes).expect("decodes"), &state);
+    }
+
+    /// What a rolling upgrade writes for instances not upgraded yet (features in rows,
+    /// compressed or not) reads back the same too.
+    #[test]
+    fn every_state_written_in_rows_reads_back_as_it_was(state in entity_state()) {
+        let plain = encode_state_as(&state, StateEncoding::Binary).expect("encodes");
+        prop_assert_eq!(plain[0], ROWS_VERSION);
+        prop_assert_eq!(&decode_state(&plain).expect("decodes"), &state);
+        let bytes = encode_state_as(&state, StateEncoding::Zstd3).expect("encodes");
+        let compressed = plain.len() >= COMPRESS_FROM;
+        prop_assert_eq!(bytes[0], if compressed { ROWS_VERSION_COMPRESSED } else { ROWS_VERSION });
         prop_assert_eq!(decode_state(&bytes).expect("decodes"), state);
     }
 
@@ -114,10 +127,14 @@ fn a_uuid_key_takes_its_sixteen_bytes_and_other_keys_their_text() {
 }
 
 #[test]
-fn a_keyless_fact_takes_one_byte_for_its_key_and_reads_back_keyless() {
+fn keyless_facts_take_no_byte_for_their_keys_and_read_back_keyless() {
     let one = encode_state(&viewed(&[""])).len();
     let two = encode_state(&viewed(&["", ""])).len();
-    // The key's tag, a time (1 byte) and a value's place.
+    // A time (1 byte) and a value's place.
+    assert_eq!(two - one, 1 + 1);
+    let rows = |keys: &[&str]| encode_state_as(&viewed(keys), StateEncoding::Binary);
+    let [one, two] = [rows(&[""]), rows(&["", ""])].map(|bytes| bytes.expect("encodes").len());
+    // In rows, the key's tag as well.
     assert_eq!(two - one, 1 + 1 + 1);
     let read = decode_state(&encode_state(&viewed(&["", ""]))).expect("decodes");
     let facts = &read.features.get("last_viewed_product").expect("kept").facts;
@@ -129,7 +146,7 @@ fn a_keyless_fact_takes_one_byte_for_its_key_and_reads_back_keyless() {
 fn a_version_1_value_reads_as_it_did() {
     // As a persona of layout version 1 wrote it: facts in row key order, each dated from the
     // oldest.
-    let wire = Wire {
+    let wire = Wire::<WireFeature> {
         rev: 3,
         texts: vec!["last_viewed_product", "p1", "p2"],
         applied: Vec::new(),
@@ -164,10 +181,9 @@ fn a_fact_is_dated_from_the_one_before_it() {
     state.features.insert_named("last_viewed_product", views);
     let bytes = encode_state(&state);
     assert_eq!(decode_state(&bytes).expect("decodes"), state);
-    let wire: Wire<'_> = postcard::from_bytes(&bytes[1..]).expect("reads");
-    let since: Vec<u64> = wire.features[0].facts.iter().map(|(_, since, _)| *since).collect();
+    let wire: Wire<'_, ColumnFeature> = postcard::from_bytes(&bytes[1..]).expect("reads");
     let day = 86_400_000_000;
-    assert_eq!(since, [0, day, day, day, day, day, day, day, day, day]);
+    assert_eq!(wire.features[0].fact_since, [0, day, day, day, day, day, day, day, day, day]);
 }
 
 #[test]
@@ -244,7 +260,7 @@ fn a_value_of_an_unknown_layout_is_refused_and_says_why() {
 
 #[test]
 fn a_place_outside_the_text_table_is_refused() {
-    let wire = Wire {
+    let wire = Wire::<ColumnFeature> {
         rev: 1,
         texts: vec!["user_activity/0"],
         applied: vec![(3, Position(1, 2, 1))],
@@ -256,4 +272,63 @@ fn a_place_outside_the_text_table_is_refused() {
     let mut bytes = vec![STATE_VERSION];
     bytes.extend(postcard::to_allocvec(&wire).expect("serializes"));
     assert!(matches!(decode_state(&bytes), Err(CodecError::MissingText(3))));
+}
+
+#[test]
+fn columns_of_unequal_length_are_refused() {
+    let wire = |feature: ColumnFeature| {
+        let wire = Wire {
+            rev: 1,
+            texts: vec!["clicks_1m", ""],
+            applied: vec![],
+            replayed: vec![],
+            runs: vec![],
+            cuts: vec![],
+            features: vec![feature],
+        };
+        decode_state(&postcard::to_extend(&wire, vec![STATE_VERSION]).expect("serializes"))
+    };
+    let buckets = ColumnFeature {
+        bucket_deltas: vec![10, 1],
+        bucket_widths: vec![1, 1],
+        values: vec![1, 1],
+        rows: vec![1, 2],
+        ..ColumnFeature::default()
+    };
+    let read = wire(buckets.clone()).expect("reads");
+    let counts = &read.features.get("clicks_1m").expect("kept").buckets;
+    assert_eq!([counts.rows(10, ""), counts.rows(11, "")], [Some(1), Some(2)]);
+    let uneven = [
+        ColumnFeature { bucket_widths: vec![1, 2], ..buckets.clone() },
+        ColumnFeature { rows: vec![1], ..buckets.clone() },
+        ColumnFeature { bucket_deltas: vec![10], ..buckets.clone() },
+        ColumnFeature { fact_since: vec![0, 1], fact_values: vec![1], ..ColumnFeature::default() },
+        ColumnFeature {
+            fact_since: vec![0, 1],
+            fact_values: vec![1, 1],
+            fact_keys: vec![WireKey::None],
+            ..ColumnFeature::default()
+        },
+    ];
+    for feature in uneven {
+        assert!(matches!(wire(feature), Err(CodecError::Columns(_))));
+    }
+}
+
+#[test]
+fn a_count_over_many_buckets_takes_less_room_in_columns_than_in_rows() {
+    // A view every few seconds for an hour, one or two a bucket, as a user's counts hold them.
+    let mut views = FeatureState::default();
+    let mut bucket = 1_795_319_478;
+    for i in 0..400i64 {
+        bucket += 1 + (i * 7919) % 23;
+        views.buckets.add(bucket, "", 1 + i % 2);
+    }
+    let mut state = EntityState::default();
+    state.features.insert_named("views_1m+views_5m+views_15m", views);
+    let columns = encode_state(&state);
+    let rows = encode_state_as(&state, StateEncoding::Zstd3).expect("encodes");
+    assert_eq!((columns[0], rows[0]), (STATE_VERSION_COMPRESSED, ROWS_VERSION_COMPRESSED));
+    assert!(columns.len() < rows.len(), "{} in columns, {} in rows", columns.len(), rows.len());
+    assert_eq!(decode_state(&columns).expect("decodes"), decode_state(&rows).expect("decodes"));
 }
