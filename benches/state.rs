@@ -209,6 +209,14 @@ fn report(set: &FeatureSet, states: &States, entity: Entity) {
             gib(memory[0] as f64 * million),
             gib(memory[3] as f64 * million),
         );
+        for (what, median, goal) in [("Redis", redis[0], 2_000), ("memory", memory[0], 1_000)] {
+            let verdict = if median <= goal {
+                "met".to_string()
+            } else {
+                format!("missed, {:.2}× the goal", median as f64 / goal as f64)
+            };
+            println!("  issue 14's goal, {what} ≤ {goal} bytes per {entity} (median): {verdict}");
+        }
     }
     let stored = largest(&of, feature_bytes);
     println!("  largest features (share of the stored value): {stored}");
