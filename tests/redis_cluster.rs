@@ -12,7 +12,9 @@ use common::unique;
 use persona::config::{CacheConfig, RedisConfig, Sensitive};
 use persona::features::overlap::{Overlap, OverlapWrites, Wanted};
 use persona::features::{EntityState, High, Position};
-use persona::store::{EntityRef, FeatureStore, StateKey, StoreError, TableMarks, generation};
+use persona::store::{
+    EntityRef, FeatureStore, Fence, StateKey, StoreError, TableMarks, generation,
+};
 
 const STREAM: &str = "user_activity/0";
 
@@ -130,16 +132,22 @@ fn script_calls(cluster: &OwnRedisCluster) -> u64 {
     cluster.primaries().into_iter().map(|primary| cluster.calls(primary, "evalsha")).sum()
 }
 
-#[tokio::test]
-async fn a_batch_costs_one_script_per_primary_and_two_for_its_marks() {
+/// A cluster of its own, its key prefix, a writer that claimed the partition, and its fence,
+/// after a batch of 300 users at revision 1 (which loaded the scripts on every primary).
+async fn after_one_batch() -> (OwnRedisCluster, String, FeatureStore, Fence) {
     let cluster = OwnRedisCluster::start();
     let prefix = unique("rc");
     let writer = store(&cluster, &prefix).await;
     let fence = writer.claim("persona.public.user_activity/0").await.expect("claim");
-    // The first batch loads the scripts on every primary.
     let marks = TableMarks::default();
     writer.write_states(batch(300, 1), &marks, Some(&fence)).await.expect("write");
+    (cluster, prefix, writer, fence)
+}
 
+#[tokio::test]
+async fn a_batch_costs_one_script_per_primary_and_two_for_its_marks() {
+    let (cluster, prefix, writer, fence) = after_one_batch().await;
+    let marks = TableMarks::default();
     let before = script_calls(&cluster);
     writer.write_states(batch(300, 2), &marks, Some(&fence)).await.expect("write");
     let calls = script_calls(&cluster) - before;
@@ -152,12 +160,8 @@ async fn a_batch_costs_one_script_per_primary_and_two_for_its_marks() {
 
 #[tokio::test]
 async fn a_batch_lands_whole_after_a_slot_moved_to_another_primary() {
-    let cluster = OwnRedisCluster::start();
-    let prefix = unique("rc");
-    let writer = store(&cluster, &prefix).await;
-    let fence = writer.claim("persona.public.user_activity/0").await.expect("claim");
+    let (cluster, prefix, writer, fence) = after_one_batch().await;
     let marks = TableMarks::default();
-    writer.write_states(batch(300, 1), &marks, Some(&fence)).await.expect("write");
 
     // The lowest slot holding shares on a primary (whose first share routes the primary's
     // script, so the script itself is redirected), moved to another primary behind the

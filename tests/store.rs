@@ -423,9 +423,11 @@ async fn shares_are_written_in_the_configured_encoding_and_either_is_read() {
     let loaded = json.load_for_write(&[user("u1")], &[], &[]).await.expect("load");
     assert_eq!(loaded.states.get(&user("u1")), Some(&share));
 
-    // The default compresses a share of some size (layout version 3), and every setting reads
-    // it back.
+    // The default compresses a share of some size (layout version 5, features in columns);
+    // `zstd3` writes layout version 3 (in rows) for instances that read no later one; every
+    // setting reads both back.
     let zstd = FeatureStore::connect(&with(StateEncoding::Zstd), &cache).await.expect("connect");
+    let zstd3 = FeatureStore::connect(&with(StateEncoding::Zstd3), &cache).await.expect("connect");
     let mut viewed = FeatureState::default();
     for i in 0..200 {
         let fact =
@@ -438,8 +440,20 @@ async fn shares_are_written_in_the_configured_encoding_and_either_is_read() {
         .await
         .expect("write");
     let raw = redis.command(&["HGET", &hash, "user_activity/0"]);
+    assert!(raw.starts_with('\u{5}'), "written compressed, layout version 5: {raw:?}");
+    for store in [&json, &binary, &zstd, &zstd3] {
+        let loaded = store.load_for_write(&[user("u1")], &[], &[]).await.expect("load");
+        assert_eq!(loaded.states.get(&user("u1")), Some(&share));
+    }
+
+    share.rev = 8;
+    zstd3
+        .write_states(vec![(user("u1"), share.clone())], &Default::default(), None)
+        .await
+        .expect("write");
+    let raw = redis.command(&["HGET", &hash, "user_activity/0"]);
     assert!(raw.starts_with('\u{3}'), "written compressed, layout version 3: {raw:?}");
-    for store in [&json, &binary, &zstd] {
+    for store in [&json, &binary, &zstd, &zstd3] {
         let loaded = store.load_for_write(&[user("u1")], &[], &[]).await.expect("load");
         assert_eq!(loaded.states.get(&user("u1")), Some(&share));
     }
