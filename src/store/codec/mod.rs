@@ -36,6 +36,8 @@ use std::collections::HashMap;
 use foldhash::fast::FixedState;
 use serde::{Deserialize, Serialize};
 
+use self::columns::{ColumnFeature, encode_columns};
+use self::rows::{WireFeature, encode_feature};
 use crate::config::StateEncoding;
 use crate::features::{
     Buckets, EntityState, Fact, FeatureState, FeatureStates, KeyForm, Position, RowKey, RunMark,
@@ -101,41 +103,6 @@ enum WireKey {
     Uuid([u8; 16]),
     Text(u32),
     None,
-}
-
-#[derive(Serialize, Deserialize)]
-struct WireFeature {
-    name: u32,
-    /// `(bucket - previous bucket, [(value, count)])`, buckets in ascending order.
-    buckets: Vec<(i64, Vec<(u32, i64)>)>,
-    /// The oldest fact's time. Facts carry theirs as the difference from the fact before them
-    /// (the first from this), being in time order; in layout version 1, from this for every
-    /// fact, as an older persona wrote them in row key order.
-    facts_since_us: i64,
-    facts: Vec<(WireKey, u64, u32)>,
-}
-
-/// A feature in layout version 4: the fields of [`WireFeature`], each in a column of its own.
-/// A column repeats one kind of number (a plain count's buckets hold one value, `""`, with one
-/// or two rows; a view's facts are all keyless), which zstd then takes almost for free, where
-/// interleaved with bucket times it could not (BENCHMARKS.md, "Features in columns").
-#[derive(Clone, Default, Serialize, Deserialize)]
-struct ColumnFeature {
-    name: u32,
-    /// Each bucket's difference from the one before it (the first's from 0), ascending.
-    bucket_deltas: Vec<i64>,
-    /// How many values each bucket holds.
-    bucket_widths: Vec<u32>,
-    /// The values of every bucket, bucket after bucket, as places in the table.
-    values: Vec<u32>,
-    /// The rows of each of `values`.
-    rows: Vec<i64>,
-    /// The oldest fact's time; each fact's is its difference from the fact before it.
-    facts_since_us: i64,
-    fact_since: Vec<u64>,
-    fact_values: Vec<u32>,
-    /// Each fact's row key; empty when no fact has one.
-    fact_keys: Vec<WireKey>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -301,61 +268,6 @@ fn walk_feature<'a>(
     facts_since_us
 }
 
-fn encode_feature<'a>(
-    texts: &mut Texts<'a>,
-    name: &'a str,
-    state: &'a FeatureState,
-) -> WireFeature {
-    let name = texts.place(name);
-    let mut buckets: Vec<(i64, Vec<(u32, i64)>)> = Vec::new();
-    let mut facts = Vec::with_capacity(state.facts.len());
-    let facts_since_us = walk_feature(texts, state, |item| match item {
-        Item::Bucket(delta) => buckets.push((delta, Vec::new())),
-        Item::Value(place, rows) => {
-            if let Some((_, cell)) = buckets.last_mut() {
-                cell.push((place, rows));
-            }
-        }
-        Item::Fact(key, since, value) => facts.push((key, since, value)),
-    });
-    WireFeature { name, buckets, facts_since_us, facts }
-}
-
-fn encode_columns<'a>(
-    texts: &mut Texts<'a>,
-    name: &'a str,
-    state: &'a FeatureState,
-) -> ColumnFeature {
-    let keyed = state.facts.keyed();
-    let mut feature = ColumnFeature {
-        name: texts.place(name),
-        fact_since: Vec::with_capacity(state.facts.len()),
-        fact_values: Vec::with_capacity(state.facts.len()),
-        ..ColumnFeature::default()
-    };
-    feature.facts_since_us = walk_feature(texts, state, |item| match item {
-        Item::Bucket(delta) => {
-            feature.bucket_deltas.push(delta);
-            feature.bucket_widths.push(0);
-        }
-        Item::Value(place, rows) => {
-            feature.values.push(place);
-            feature.rows.push(rows);
-            if let Some(width) = feature.bucket_widths.last_mut() {
-                *width += 1;
-            }
-        }
-        Item::Fact(key, since, value) => {
-            feature.fact_since.push(since);
-            feature.fact_values.push(value);
-            if keyed {
-                feature.fact_keys.push(key);
-            }
-        }
-    });
-    feature
-}
-
 /// The value written to Redis for `state` in `encoding`.
 pub fn encode_state_as(
     state: &EntityState,
@@ -393,69 +305,6 @@ trait FeatureForm {
     fn buckets(&self) -> Result<Vec<(i64, u32, i64)>, CodecError>;
     fn facts(&self) -> Result<Vec<(&WireKey, u64, u32)>, CodecError>;
     fn facts_since_us(&self) -> i64;
-}
-
-impl FeatureForm for WireFeature {
-    fn name(&self) -> u32 {
-        self.name
-    }
-
-    fn buckets(&self) -> Result<Vec<(i64, u32, i64)>, CodecError> {
-        let mut bucket = 0;
-        let mut flat = Vec::new();
-        for (delta, cell) in &self.buckets {
-            bucket = i64::wrapping_add(bucket, *delta);
-            flat.extend(cell.iter().map(|(place, rows)| (bucket, *place, *rows)));
-        }
-        Ok(flat)
-    }
-
-    fn facts(&self) -> Result<Vec<(&WireKey, u64, u32)>, CodecError> {
-        Ok(self.facts.iter().map(|(key, since, value)| (key, *since, *value)).collect())
-    }
-
-    fn facts_since_us(&self) -> i64 {
-        self.facts_since_us
-    }
-}
-
-impl FeatureForm for ColumnFeature {
-    fn name(&self) -> u32 {
-        self.name
-    }
-
-    fn buckets(&self) -> Result<Vec<(i64, u32, i64)>, CodecError> {
-        let uneven = self.bucket_deltas.len() != self.bucket_widths.len()
-            || self.values.len() != self.rows.len()
-            || self.bucket_widths.iter().map(|w| *w as usize).sum::<usize>() != self.values.len();
-        if uneven {
-            return Err(CodecError::Columns("buckets"));
-        }
-        let mut cells = self.values.iter().zip(&self.rows);
-        let mut bucket = 0;
-        let mut flat = Vec::with_capacity(self.values.len());
-        for (delta, width) in self.bucket_deltas.iter().zip(&self.bucket_widths) {
-            bucket = i64::wrapping_add(bucket, *delta);
-            let cell = cells.by_ref().take(*width as usize);
-            flat.extend(cell.map(|(place, rows)| (bucket, *place, *rows)));
-        }
-        Ok(flat)
-    }
-
-    fn facts(&self) -> Result<Vec<(&WireKey, u64, u32)>, CodecError> {
-        let facts = self.fact_since.len();
-        let keys = self.fact_keys.len();
-        if self.fact_values.len() != facts || (keys != 0 && keys != facts) {
-            return Err(CodecError::Columns("facts"));
-        }
-        let key = |index: usize| self.fact_keys.get(index).unwrap_or(&WireKey::None);
-        let each = self.fact_since.iter().zip(&self.fact_values).enumerate();
-        Ok(each.map(|(index, (since, value))| (key(index), *since, *value)).collect())
-    }
-
-    fn facts_since_us(&self) -> i64 {
-        self.facts_since_us
-    }
 }
 
 fn decode_wire<'a, F: FeatureForm + Deserialize<'a>>(
@@ -545,6 +394,9 @@ fn decode_buckets(
     Ok(Buckets::from_dictionary(distinct, rows))
 }
 
+mod columns;
+mod rows;
+
 #[cfg(test)]
-#[path = "tests_codec.rs"]
+#[path = "../tests_codec.rs"]
 mod tests;
