@@ -398,5 +398,4 @@ mod columns;
 mod rows;
 
 #[cfg(test)]
-#[path = "../tests_codec.rs"]
 mod tests;
