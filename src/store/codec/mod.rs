@@ -85,7 +85,7 @@ pub enum CodecError {
         "state written in layout version {0}, newer than this persona reads ({STATE_VERSION_COMPRESSED})"
     )]
     UnknownVersion(u8),
-    #[error("malformed state (layout version {STATE_VERSION}): {0}")]
+    #[error("malformed state: {0}")]
     Malformed(#[from] postcard::Error),
     #[error("malformed state: text {0} is not in the state's table")]
     MissingText(u32),
