@@ -84,6 +84,10 @@ metrics! {
     /// Batch writes refused because another instance claimed the partition since (a stale owner:
     /// paused past its session timeout); its worker stops. Label `topic`.
     counter STALE_WRITES_REFUSED = "persona_stale_writes_refused_total";
+    /// Batch writes refused because a mark the batch was applied under (its table's snapshot run
+    /// or TRUNCATE, its stream's high) moved before the write; the batch is applied again at
+    /// once from a fresh read. Label `topic`.
+    counter MARKS_MOVED = "persona_ingest_marks_moved_total";
     /// TRUNCATEs of source tables recorded (each empties every feature its table fed); label
     /// `table`.
     counter TRUNCATES = "persona_source_truncates_total";

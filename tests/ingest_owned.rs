@@ -229,3 +229,90 @@ async fn shares_kept_are_forgotten_when_the_store_switches_generation() {
     assert_eq!(applied(first), Some(3));
     assert_eq!(applied(second), Some(3), "the new generation holds only what was applied to it");
 }
+
+/// Debezium's TRUNCATE of the activity table as delivered on `partition`, at `lsn`.
+fn truncate_on(partition: i32, offset: i64, lsn: i64, at: DateTime<Utc>) -> OwnedMessage {
+    let ts_ms = at.timestamp_millis();
+    let payload = serde_json::json!({
+        "before": null, "after": null,
+        "source": {
+            "version": "3.6.1.Final", "connector": "postgresql", "name": "persona",
+            "ts_ms": ts_ms, "snapshot": "false", "db": "persona",
+            "sequence": format!("[\"{}\",\"{lsn}\"]", lsn - 64),
+            "schema": "public", "table": "user_activity", "txId": 7_000, "lsn": lsn
+        },
+        "op": "t", "ts_ms": ts_ms + 5
+    });
+    let value = serde_json::to_vec(&payload).expect("serializes");
+    OwnedMessage::new(
+        Some(value),
+        None,
+        TOPIC.into(),
+        Timestamp::NotAvailable,
+        partition,
+        offset,
+        None,
+    )
+}
+
+/// A batch whose shares the owner keeps, with the marks its stream's last batch left, reads
+/// nothing: its write is the one round trip.
+#[tokio::test]
+async fn a_batch_of_kept_shares_is_one_round_trip() {
+    let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
+    let set = FeatureSet::load(None).expect("shipped definitions");
+    let store = store(&redis, &unique("one-trip")).await;
+    let owned = Mutex::new(OwnedStates::new(OwnedBudget::new(256 << 20)));
+    let now = Utc::now();
+    let clicks: Vec<OwnedMessage> = (0..6)
+        .map(|n| activity(n, "u-k", "CLICK", None, now - TimeDelta::seconds(10 - n)))
+        .collect();
+    let monitor = redis.monitor();
+    apply_all(&store, &set, &clicks[..2], 2, Some(&owned)).await;
+    let first = monitor.sent();
+    assert!(first.iter().any(|command| command == "HGET"), "the first batch reads: {first:?}");
+    let monitor = redis.monitor();
+    apply_all(&store, &set, &clicks[2..], 2, Some(&owned)).await;
+    assert_eq!(monitor.sent(), ["EVALSHA", "EVALSHA"], "two batches of kept shares");
+    let read = store.read_uncached(&[EntityRef::user("u-k")]).await;
+    let rev = read.and_then(|states| states.into_iter().next().flatten()).map(|state| state.rev);
+    assert_eq!(rev, Some(6), "every click applied once");
+}
+
+/// Partition 1 records a TRUNCATE of the table between two batches of partition 0, whose owner
+/// keeps its shares and the marks its last batch saw: its next batch, applied under marks
+/// without that TRUNCATE, must not land; applied again under the new ones, it writes what an
+/// owner reading every mark and share from Redis writes.
+#[tokio::test]
+async fn a_batch_applied_before_a_truncate_it_did_not_know_of_is_applied_again() {
+    let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
+    let set = FeatureSet::load(None).expect("shipped definitions");
+    let now = Utc::now();
+    let click = |n: i64| activity(n, "u-t", "CLICK", None, now - TimeDelta::seconds(10 - n));
+    // Between the second click and the third in the log.
+    let truncate = truncate_on(1, 0, 40_000_000 + 3 * 64, now - TimeDelta::seconds(7));
+    let topics = [TOPIC.to_string()];
+    let mut written = Vec::new();
+    for keep in [false, true] {
+        let store = store(&redis, &unique("moved")).await;
+        let owned = Mutex::new(OwnedStates::new(OwnedBudget::new(256 << 20)));
+        let owned = keep.then_some(&owned);
+        apply_all(&store, &set, &[click(0), click(1)], 2, owned).await;
+        let other = Applier {
+            features: &set,
+            store: &store,
+            topics: &topics,
+            dead_letters: None,
+            fence: None,
+            owned: None,
+            write_max_entities: 1_000,
+        };
+        other.apply_batch(TOPIC, 1, std::slice::from_ref(&truncate)).await.expect("applied");
+        apply_all(&store, &set, &[click(5)], 1, owned).await;
+        let read = store.read_uncached(&[EntityRef::user("u-t")]).await.expect("redis answers");
+        written.push(read.into_iter().next().flatten());
+    }
+    let [read_every_time, kept] = &written[..] else { unreachable!() };
+    assert!(read_every_time.is_some(), "the click after the TRUNCATE counts");
+    assert_eq!(kept, read_every_time);
+}

@@ -13,7 +13,7 @@ use persona::config::{CacheConfig, RedisConfig, Sensitive};
 use persona::features::overlap::{Overlap, OverlapWrites, Wanted};
 use persona::features::{EntityState, High, Position};
 use persona::store::{
-    EntityRef, FeatureStore, Fence, StateKey, StoreError, TableMarks, generation,
+    EntityRef, FeatureStore, Fence, MarksSeen, StateKey, StoreError, TableMarks, generation,
 };
 
 const STREAM: &str = "user_activity/0";
@@ -102,7 +102,13 @@ async fn a_batch_spanning_every_primary_is_written_with_its_marks_and_read_back(
         ..OverlapWrites::default()
     };
     writer
-        .write_batch(&batch(300, 1), &marks, Some((STREAM, &overlap)), Some(&fence))
+        .write_batch(
+            &batch(300, 1),
+            &marks,
+            Some((STREAM, &overlap)),
+            &MarksSeen::default(),
+            Some(&fence),
+        )
         .await
         .expect("a batch across slots is written");
 
@@ -404,4 +410,13 @@ async fn the_marks_primary_failing_over_stops_neither_writes_nor_invalidations()
     )
     .await;
     reader.stop().await;
+}
+
+/// On a cluster the marks are checked by the first of a batch's scripts, before any share.
+#[tokio::test]
+async fn a_write_conditioned_on_marks_that_moved_writes_nothing_on_a_cluster() {
+    let cluster = OwnRedisCluster::start();
+    let writer = store(&cluster, &unique("moved")).await;
+    let fence = writer.claim("persona.public.user_activity/0").await.expect("claim");
+    common::check_writes_conditioned_on_marks(&writer, Some(&fence)).await;
 }

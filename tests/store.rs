@@ -8,7 +8,9 @@ use common::{OwnRedis, free_port, unique};
 use persona::config::{CacheConfig, RedisConfig, Sensitive};
 use persona::features::overlap::{Overlap, OverlapWrites, Wanted};
 use persona::features::{EntityState, High, Position, RunMark, RunStart, SnapshotRun, Truncation};
-use persona::store::{EntityRef, FeatureStore, Freshness, StateKey, StoreError, TableMarks};
+use persona::store::{
+    EntityRef, FeatureStore, Freshness, MarksSeen, StateKey, StoreError, TableMarks,
+};
 
 async fn store(redis: &OwnRedis, prefix: &str) -> FeatureStore {
     store_with_cache(redis, prefix, CacheConfig::default()).await
@@ -337,7 +339,13 @@ async fn a_streams_snapshot_overlap_round_trips_and_clears() {
         ..Default::default()
     };
     writer
-        .write_batch(&[(user("u1"), state(1))], &marks, Some((&stream, &writes)), None)
+        .write_batch(
+            &[(user("u1"), state(1))],
+            &marks,
+            Some((&stream, &writes)),
+            &MarksSeen::default(),
+            None,
+        )
         .await
         .expect("write");
     let loaded =
@@ -352,7 +360,13 @@ async fn a_streams_snapshot_overlap_round_trips_and_clears() {
     // Forgetting a row, then a new run: memory and verdicts start over.
     let forget = OverlapWrites { rows: vec![("41".into(), None)], ..Default::default() };
     writer
-        .write_batch(&[], &TableMarks::default(), Some((&stream, &forget)), None)
+        .write_batch(
+            &[],
+            &TableMarks::default(),
+            Some((&stream, &forget)),
+            &MarksSeen::default(),
+            None,
+        )
         .await
         .expect("write");
     let known = writer.load_overlap(&stream, &wanted).await.expect("load overlap");
@@ -364,7 +378,13 @@ async fn a_streams_snapshot_overlap_round_trips_and_clears() {
         ..Default::default()
     };
     writer
-        .write_batch(&[], &TableMarks::default(), Some((&stream, &anew)), None)
+        .write_batch(
+            &[],
+            &TableMarks::default(),
+            Some((&stream, &anew)),
+            &MarksSeen::default(),
+            None,
+        )
         .await
         .expect("write");
     let known = writer.load_overlap(&stream, &wanted).await.expect("load overlap");
@@ -453,4 +473,11 @@ async fn shares_are_written_in_the_configured_encoding_and_either_is_read() {
             assert_eq!(loaded.states.get(&user("u1")), Some(&share));
         }
     }
+}
+
+#[tokio::test]
+async fn a_write_conditioned_on_marks_that_moved_writes_nothing() {
+    let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
+    let writer = store(&redis, &unique("moved")).await;
+    common::check_writes_conditioned_on_marks(&writer, None).await;
 }

@@ -177,6 +177,17 @@ impl Applier<'_> {
                     self.store.note_write_failure(format!("{topic}/{partition}"), None);
                     return Ok(counts);
                 }
+                Err(StoreError::MarksMoved) => {
+                    // Another writer recorded a mark: nothing was written, and reading the marks
+                    // again is all it takes.
+                    tracing::debug!(
+                        topic,
+                        partition,
+                        "a mark moved under the batch; applying it again"
+                    );
+                    metrics::counter!(telemetry::MARKS_MOVED, "topic" => topic.to_string())
+                        .increment(1);
+                }
                 Err(
                     error @ (StoreError::Fenced { .. }
                     | StoreError::Unclaimed { .. }
@@ -278,11 +289,19 @@ impl Applier<'_> {
         // Read before the states: a switch of generation after this is noticed by the next batch.
         let generation = self.store.generation_epoch();
         let (mut states, missing) = owned::take(self.owned, &keys, generation);
-        let loaded =
-            self.store.load_for_write(&missing, &tables, std::slice::from_ref(&stream)).await?;
+        // Every share kept, and the marks the last batch left: nothing to read. The write is
+        // conditioned on those marks either way (`MarksSeen`).
+        let loaded = match owned::take_marks(self.owned, &stream, generation) {
+            Some(seen) if missing.is_empty() => {
+                Loaded { marks: seen.marks(), seen, ..Loaded::default() }
+            }
+            _ => {
+                self.store.load_for_write(&missing, &tables, std::slice::from_ref(&stream)).await?
+            }
+        };
         set_aside(self.store, &loaded).await?;
-        states.extend(loaded.states);
-        let mut marks = loaded.marks;
+        let Loaded { states: read, mut marks, seen, .. } = loaded;
+        states.extend(read);
         let new_runs = runs::follow(self.features, self.topics, changes, connectors, marks.runs);
         let new_truncations = truncate::follow(changes, &mut marks.truncations);
         truncate::check(&marks.highs, &marks.truncations)?;
@@ -388,11 +407,18 @@ impl Applier<'_> {
                 .collect(),
         };
         let overlap = Some((stream.as_str(), &overlap_writes));
-        self.store.write_batch(&writes, &marks, overlap, self.fence).await?;
+        self.store.write_batch(&writes, &marks, overlap, &seen, self.fence).await?;
         // What was written is what Redis holds now. A share left unchanged (every change a
         // duplicate) may differ from Redis only by having entered a newer snapshot run or
         // TRUNCATE (`features::apply`), which the next change to it does anyway, the same way.
         owned::keep(self.owned, writes.into_iter().chain(unchanged), generation);
+        // A run or TRUNCATE recorded may not have been the newest (the script keeps the later):
+        // the next batch reads them.
+        if !marks.change_reads()
+            && let Ok(after) = seen.after(&marks)
+        {
+            owned::keep_marks(self.owned, &stream, after, generation);
+        }
         for (table, truncation) in &marks.truncations {
             tracing::warn!(
                 topic,

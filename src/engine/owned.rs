@@ -8,6 +8,11 @@
 //! needs out, and puts them back only once their write was acknowledged: a batch that failed
 //! leaves nothing here that Redis does not have, and its retry reads them again.
 //!
+//! The owner keeps the marks its stream's last batch was applied under too ([`MarksSeen`]): a
+//! batch whose shares are all kept then reads nothing, and its write is refused if another writer
+//! moved one of those marks meanwhile (another partition recording a TRUNCATE of the table), in
+//! which case it is applied again from a fresh read. One round trip per batch, not two.
+//!
 //! Every partition owner of an instance draws on one memory budget (`cache.ingest_max_bytes`,
 //! counted as [`EntityState::approx_bytes`]); a worker over it forgets its least recently used
 //! shares.
@@ -19,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use lru::LruCache;
 
 use crate::features::EntityState;
-use crate::store::StateKey;
+use crate::store::{MarksSeen, StateKey};
 use crate::telemetry;
 
 /// The memory all partition owners of an instance may keep states in.
@@ -83,11 +88,19 @@ pub struct OwnedStates {
     budget: OwnedBudget,
     /// The store's generation the states were read in (see `FeatureStore::generation_epoch`).
     generation: Option<u64>,
+    /// By stream, the marks its last batch was written under, as Redis holds them since.
+    marks: HashMap<String, MarksSeen>,
 }
 
 impl OwnedStates {
     pub fn new(budget: OwnedBudget) -> Self {
-        Self { states: LruCache::unbounded(), bytes: 0, budget, generation: None }
+        Self {
+            states: LruCache::unbounded(),
+            bytes: 0,
+            budget,
+            generation: None,
+            marks: HashMap::new(),
+        }
     }
 
     /// Takes the states of `keys` out, for a batch under the store's generation `generation`
@@ -141,8 +154,22 @@ impl OwnedStates {
         }
     }
 
-    /// Forgets every state (the partition's claim was lost, or its shares set aside).
+    /// Takes out the marks `stream`'s last batch was written under, if kept under `generation`.
+    pub fn take_marks(&mut self, stream: &str, generation: u64) -> Option<MarksSeen> {
+        self.follow(generation);
+        self.marks.remove(stream)
+    }
+
+    /// Keeps the marks `stream` now has in Redis under `generation`, as a write conditioned on
+    /// them left them.
+    pub fn keep_marks(&mut self, stream: &str, marks: MarksSeen, generation: u64) {
+        self.follow(generation);
+        self.marks.insert(stream.to_string(), marks);
+    }
+
+    /// Forgets every state and mark (the partition's claim was lost, or its shares set aside).
     pub fn clear(&mut self) {
+        self.marks.clear();
         self.states.clear();
         let bytes = std::mem::take(&mut self.bytes);
         self.budget.sub(bytes);
@@ -179,6 +206,27 @@ pub(super) fn take(
     match owned {
         Some(owned) => lock(owned).take(keys, generation),
         None => (HashMap::new(), keys.to_vec()),
+    }
+}
+
+/// Takes `stream`'s marks out of `owned`, when there is one and it keeps them.
+pub(super) fn take_marks(
+    owned: Option<&Mutex<OwnedStates>>,
+    stream: &str,
+    generation: u64,
+) -> Option<MarksSeen> {
+    owned.and_then(|owned| lock(owned).take_marks(stream, generation))
+}
+
+/// Keeps `stream`'s marks in `owned`, when there is one.
+pub(super) fn keep_marks(
+    owned: Option<&Mutex<OwnedStates>>,
+    stream: &str,
+    marks: MarksSeen,
+    generation: u64,
+) {
+    if let Some(owned) = owned {
+        lock(owned).keep_marks(stream, marks, generation);
     }
 }
 

@@ -23,6 +23,13 @@ pub enum StoreError {
     /// reading the partition again from the start separates them.
     #[error("{stream} applied changes past a TRUNCATE it did not know of yet (at {truncation:?})")]
     MissedTruncate { stream: String, truncation: crate::features::Truncation },
+    /// A write conditioned on the marks its batch was applied under (a snapshot run, a TRUNCATE,
+    /// the stream's high and overlap; see [`super::MarksSeen`]) found one of them moved since:
+    /// nothing was written, and the batch is applied again from a fresh read.
+    #[error(
+        "a mark the batch was applied under moved before its write (another partition recorded a snapshot run or TRUNCATE)"
+    )]
+    MarksMoved,
     /// Fewer replicas than `redis.min_replica_acks` confirmed a write in time: a failover now
     /// could lose it, so it does not count as done (a replica down, or slow).
     #[error("only {acked} of {wanted} redis replicas confirmed the write in time")]
@@ -50,7 +57,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         use fred::error::ErrorKind;
         match self {
-            Self::Unavailable | Self::Unreplicated { .. } => true,
+            Self::Unavailable | Self::Unreplicated { .. } | Self::MarksMoved => true,
             Self::Redis(error) => match error.kind() {
                 ErrorKind::IO
                 | ErrorKind::Timeout

@@ -55,7 +55,7 @@ impl TableMarks {
 
     /// True when recording these marks changes what readers serve (a run or a TRUNCATE empties
     /// shares without touching them), so every L1 must be cleared.
-    pub(super) fn change_reads(&self) -> bool {
+    pub fn change_reads(&self) -> bool {
         !self.runs.is_empty() || !self.truncations.is_empty()
     }
 
@@ -100,6 +100,79 @@ pub(super) fn decode_marks(fields: impl IntoIterator<Item = (String, Bytes)>) ->
         }
     }
     marks
+}
+
+/// The hash a mark is kept in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum MarksHash {
+    /// `<namespace>:runs`: tables' runs and TRUNCATEs.
+    Runs,
+    /// `<namespace>:highs`: streams' highs and overlaps.
+    Highs,
+}
+
+impl MarksHash {
+    fn of(field: &str) -> Self {
+        match field.ends_with(HIGH) || field.ends_with(OVERLAP) {
+            true => Self::Highs,
+            false => Self::Runs,
+        }
+    }
+
+    /// Its index among `write_states.lua`'s KEYS.
+    pub(super) fn script_key(self) -> &'static str {
+        match self {
+            Self::Runs => "2",
+            Self::Highs => "3",
+        }
+    }
+}
+
+/// The stored marks a batch is applied under, as read (a field not stored as `None`). A partition
+/// owner keeps them between batches, so that a batch whose shares it keeps too needs no read: its
+/// write is conditioned on them (`write_states.lua` compares every field first) and refused with
+/// [`StoreError::MarksMoved`] when another writer moved one meanwhile, such as another partition
+/// recording a TRUNCATE of the table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MarksSeen {
+    pub(super) fields: Vec<(MarksHash, String, Option<Bytes>)>,
+}
+
+impl MarksSeen {
+    pub(super) fn read(fields: impl IntoIterator<Item = (String, Option<Bytes>)>) -> Self {
+        let fields = fields
+            .into_iter()
+            .map(|(field, value)| (MarksHash::of(&field), field, value))
+            .collect();
+        Self { fields }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// The marks these fields hold.
+    pub fn marks(&self) -> TableMarks {
+        decode_marks(
+            self.fields
+                .iter()
+                .filter_map(|(_, field, value)| Some((field.clone(), value.clone()?))),
+        )
+    }
+
+    /// What the fields hold once a write conditioned on them recorded `written` (each mark it
+    /// records is later than the one seen, or an overlap, which is always set). A field this gets
+    /// wrong costs the next batch a refused write and a fresh read, never a wrong answer.
+    pub fn after(mut self, written: &TableMarks) -> Result<Self, StoreError> {
+        for (field, json) in written.encode()? {
+            let value = Some(Bytes::from(json));
+            match self.fields.iter_mut().find(|(_, seen, _)| *seen == field) {
+                Some((_, _, seen)) => *seen = value,
+                None => self.fields.push((MarksHash::of(&field), field, value)),
+            }
+        }
+        Ok(self)
+    }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(field: &str, json: &[u8]) -> Option<T> {

@@ -51,7 +51,7 @@ use crate::telemetry;
 pub use cache::{Cached, Freshness};
 use cache::{L1, Lookups};
 pub use error::StoreError;
-pub use marks::{Runs, TableMarks};
+pub use marks::{MarksSeen, Runs, TableMarks};
 pub use write::{Fence, Loaded};
 
 /// An entity features are served for.

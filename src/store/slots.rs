@@ -35,7 +35,7 @@ use fred::types::config::{Options, Server};
 use fred::types::scripts::Script;
 
 use super::write::script_outcome;
-use super::{FeatureStore, Fence, StateKey, StoreError, TableMarks};
+use super::{FeatureStore, Fence, MarksSeen, StateKey, StoreError, TableMarks};
 use crate::features::EntityState;
 use crate::features::overlap::OverlapWrites;
 use crate::telemetry;
@@ -51,12 +51,15 @@ impl FeatureStore {
         states: &[(StateKey, EntityState)],
         marks: &TableMarks,
         overlap: Option<(&str, &OverlapWrites)>,
+        expected: &MarksSeen,
         fence: Option<&Fence>,
     ) -> Result<Vec<u16>, StoreError> {
         let marks_slot = fred::util::redis_keyslot(self.owners_key().as_bytes());
         let before_shares = TableMarks { overlaps: Default::default(), ..marks.clone() };
-        if fence.is_some() || !before_shares.is_empty() {
-            self.write_marks(client, &before_shares, None, &[], fence).await?;
+        if fence.is_some() || !before_shares.is_empty() || !expected.is_empty() {
+            // The marks the batch was applied under are checked here, before any share is
+            // written; the stream's own (its high, its overlap) only its owner moves.
+            self.write_marks(client, &before_shares, None, &[], expected, fence).await?;
         }
         // References: a batch's states are encoded once, never copied to be grouped.
         let mut slots: BTreeMap<u16, Vec<&(StateKey, EntityState)>> = BTreeMap::new();
@@ -74,7 +77,8 @@ impl FeatureStore {
         let overlap_marks =
             TableMarks { overlaps: marks.overlaps.clone(), ..TableMarks::default() };
         if !overlap_marks.is_empty() || overlap.is_some() || !states.is_empty() {
-            self.write_marks(client, &overlap_marks, overlap, states, fence).await?;
+            let none = MarksSeen::default();
+            self.write_marks(client, &overlap_marks, overlap, states, &none, fence).await?;
         }
         Ok(std::iter::once(marks_slot).chain(slots.into_keys()).collect())
     }
@@ -87,9 +91,10 @@ impl FeatureStore {
         marks: &TableMarks,
         overlap: Option<(&str, &OverlapWrites)>,
         announced: &[(StateKey, EntityState)],
+        expected: &MarksSeen,
         fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
-        let (keys, args) = self.script_call(&[], announced, marks, overlap, fence)?;
+        let (keys, args) = self.script_call(&[], announced, marks, overlap, expected, fence)?;
         let outcome: Result<Value, _> =
             super::write::WRITE_STATES.evalsha_with_reload(client, keys, args).await;
         self.note_redis("ingest_write", &outcome);

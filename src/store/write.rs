@@ -16,7 +16,7 @@ use fred::prelude::*;
 use fred::types::scripts::Script;
 
 use super::codec::{decode_state, encode_state_as};
-use super::marks::{TableMarks, decode_marks, high_field, overlap_field, truncate_field};
+use super::marks::{MarksSeen, TableMarks, high_field, overlap_field, truncate_field};
 use super::{CLEAR_ALL, FeatureStore, StateKey, StoreError, note_latency};
 use crate::features::overlap::{Known, OverlapWrites, Wanted};
 use crate::features::{EntityState, Position, RowKey};
@@ -31,6 +31,8 @@ pub struct Loaded {
     pub states: HashMap<StateKey, EntityState>,
     /// The marks of the tables and streams asked for.
     pub marks: TableMarks,
+    /// The same marks as stored, for a write conditioned on them.
+    pub seen: MarksSeen,
     /// Shares stored in a form persona cannot read, as stored.
     pub unreadable: Vec<(StateKey, Bytes)>,
 }
@@ -96,9 +98,9 @@ impl FeatureStore {
         self.note_redis("ingest_read", &result);
         let mut values = result?;
         let shares = values.split_off(fields.len());
-        let stored =
-            fields.into_iter().zip(values).filter_map(|((_, field), value)| Some((field, value?)));
-        let mut loaded = Loaded { marks: decode_marks(stored), ..Loaded::default() };
+        let seen =
+            MarksSeen::read(fields.into_iter().zip(values).map(|((_, f), value)| (f, value)));
+        let mut loaded = Loaded { marks: seen.marks(), seen, ..Loaded::default() };
         for (key, value) in keys.iter().zip(shares) {
             let Some(value) = value else { continue };
             match decode_state(&value) {
@@ -205,17 +207,19 @@ impl FeatureStore {
         marks: &TableMarks,
         fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
-        self.write_batch(&states, marks, None, fence).await
+        self.write_batch(&states, marks, None, &MarksSeen::default(), fence).await
     }
 
     /// [`Self::write_states`], with what the batch changed in its stream's overlap with a
     /// snapshot run (`overlap`: the stream and its writes), in the same atomic script (on a Redis
-    /// Cluster, in the scripts and order [`super::slots`] describes).
+    /// Cluster, in the scripts and order [`super::slots`] describes); refused whole with
+    /// [`StoreError::MarksMoved`] unless every mark in `expected` is still stored as it was.
     pub async fn write_batch(
         &self,
         states: &[(StateKey, EntityState)],
         marks: &TableMarks,
         overlap: Option<(&str, &OverlapWrites)>,
+        expected: &MarksSeen,
         fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
         let overlap = overlap.filter(|(_, writes)| !writes.is_empty());
@@ -225,9 +229,10 @@ impl FeatureStore {
         let client = self.redis.next();
         let started = Instant::now();
         let outcome = if self.clustered {
-            self.write_by_slot(client, states, marks, overlap, fence).await
+            self.write_by_slot(client, states, marks, overlap, expected, fence).await
         } else {
-            let (keys, args) = self.script_call(states, states, marks, overlap, fence)?;
+            let call = self.script_call(states, states, marks, overlap, expected, fence);
+            let (keys, args) = call?;
             let outcome: Result<Value, _> =
                 WRITE_STATES.evalsha_with_reload(client, keys, args).await;
             self.note_redis("ingest_write", &outcome);
@@ -256,13 +261,15 @@ impl FeatureStore {
     }
 
     /// The keys and arguments of one `write_states.lua` call writing `states`, `marks` and
-    /// `overlap`, and announcing `announced` to other instances' L1.
+    /// `overlap` if the marks `expected` are still stored, and announcing `announced` to other
+    /// instances' L1.
     pub(super) fn script_call(
         &self,
         states: &[(StateKey, EntityState)],
         announced: &[(StateKey, EntityState)],
         marks: &TableMarks,
         overlap: Option<(&str, &OverlapWrites)>,
+        expected: &MarksSeen,
         fence: Option<&Fence>,
     ) -> Result<(Vec<String>, Vec<Value>), StoreError> {
         let namespace = self.namespace();
@@ -274,42 +281,52 @@ impl FeatureStore {
             self.overlap_rows_key(&namespace, stream),
             self.overlapped_key(&namespace, stream),
         ];
-        let announcement_slot = 4;
-        let mut args: Vec<String> = vec![
+        let announcement = match announced.is_empty() {
+            true => String::new(),
+            false => self.announcement(announced)?,
+        };
+        let mut args: Vec<Value> = [
             fence.map(|f| f.partition.clone()).unwrap_or_default(),
             fence.map(|f| f.epoch.to_string()).unwrap_or_default(),
             self.state_ttl_secs.to_string(),
             self.invalidation_channel.clone(),
-            String::new(),
+            announcement,
             if marks.change_reads() { CLEAR_ALL.to_string() } else { String::new() },
             if self.clustered { "SPUBLISH" } else { "PUBLISH" }.to_string(),
-        ];
+            expected.fields.len().to_string(),
+        ]
+        .into_iter()
+        .map(Value::from)
+        .collect();
+        // As read, byte for byte: the script compares them with what is stored.
+        for (hash, field, seen) in &expected.fields {
+            let seen = seen.clone().map_or_else(|| Value::from(""), Value::from);
+            args.extend([hash.script_key().into(), field.as_str().into(), seen]);
+        }
+        let mut rest: Vec<String> = Vec::new();
         let encoded = marks.encode()?;
-        args.push(encoded.len().to_string());
+        rest.push(encoded.len().to_string());
         for (field, json) in encoded {
-            args.extend([field, json]);
+            rest.extend([field, json]);
         }
         let writes = overlap.map(|(_, writes)| writes);
         let flag = |set: bool| if set { "1" } else { "" }.to_string();
-        args.push(flag(writes.is_some_and(|w| w.clear_rows)));
-        args.push(flag(writes.is_some_and(|w| w.clear_overlapped)));
+        rest.push(flag(writes.is_some_and(|w| w.clear_rows)));
+        rest.push(flag(writes.is_some_and(|w| w.clear_overlapped)));
         let rows = writes.map_or(&[][..], |w| &w.rows[..]);
-        args.push(rows.len().to_string());
+        rest.push(rows.len().to_string());
         for (key, image) in rows {
-            args.extend([
+            rest.extend([
                 key.to_string(),
                 image.map(|image| image.to_string()).unwrap_or_default(),
             ]);
         }
         let overlapped = writes.map_or(&[][..], |w| &w.overlapped[..]);
-        args.push(overlapped.len().to_string());
-        args.extend(overlapped.iter().map(position_field));
+        rest.push(overlapped.len().to_string());
+        rest.extend(overlapped.iter().map(position_field));
         let (entity_keys, shares) = self.encode_shares(&namespace, states.iter())?;
         keys.extend(entity_keys);
-        if !announced.is_empty() {
-            args[announcement_slot] = self.announcement(announced)?;
-        }
-        let args = args.into_iter().map(Value::from).chain(shares).collect();
+        args.extend(rest.into_iter().map(Value::from).chain(shares));
         Ok((keys, args))
     }
 
@@ -386,6 +403,7 @@ pub(super) fn script_outcome(reply: Value, fence: Option<&Fence>) -> Result<(), 
         (Value::Integer(-1), Some(fence)) => {
             Err(StoreError::Unclaimed { partition: fence.partition.clone() })
         }
+        (Value::Integer(-2), _) => Err(StoreError::MarksMoved),
         _ => Ok(()),
     }
 }

@@ -13,7 +13,9 @@
 -- ARGV[4]  the L1 invalidation channel, ARGV[5] the announcement or '', ARGV[6] '*' or ''
 -- ARGV[7]  how to publish on it: PUBLISH, or SPUBLISH on a Redis Cluster (the channel is in
 --          KEYS[1]'s slot)
--- ARGV[8]  how many marks follow as (field, mark) pairs — `<table>` → its run,
+-- ARGV[8]  how many expected marks follow as (KEYS index, field, mark or '' for none) triples: the
+--          marks the batch was applied under, each of which must still be stored as it was
+--          (see store/marks.rs, `MarksSeen`); then how many marks follow as (field, mark) pairs — `<table>` → its run,
 --          `<table>#truncate` → its newest TRUNCATE, `<stream>#high` → how far the stream
 --          applied (see store/marks.rs) — each set only if later than the stored one
 --          (`<stream>#overlap` always); then '1' to clear the row memory first, '1' to clear the
@@ -21,8 +23,9 @@
 --          image forgets the row), the count of overlapped positions that follow; then one
 --          (stream, state) pair per entity
 --
--- Returns 1 when written; -1 when the partition has no claim at all (Redis lost its data); when
--- fenced, the epoch of the current writer (a string).
+-- Returns 1 when written; -1 when the partition has no claim at all (Redis lost its data); -2,
+-- writing nothing, when an expected mark moved; when fenced, the epoch of the current writer (a
+-- string).
 if ARGV[1] ~= '' then
   local owner = redis.call('HGET', KEYS[1], ARGV[1])
   if owner == false then
@@ -61,6 +64,14 @@ local function order(field, value)
 end
 local at = 9
 for _ = 1, tonumber(ARGV[8]) do
+  if (redis.call('HGET', KEYS[tonumber(ARGV[at])], ARGV[at + 1]) or '') ~= ARGV[at + 2] then
+    return -2
+  end
+  at = at + 3
+end
+local marks = tonumber(ARGV[at])
+at = at + 1
+for _ = 1, marks do
   local hash = KEYS[2]
   if string.sub(ARGV[at], -8) == '#overlap' then
     redis.call('HSET', KEYS[3], ARGV[at], ARGV[at + 1])

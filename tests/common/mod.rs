@@ -449,6 +449,20 @@ impl OwnRedis {
     }
 
     /// How many times Redis executed `command` (from `INFO commandstats`).
+    /// Starts recording every command clients send (`MONITOR`), until [`Monitor::sent`].
+    pub fn monitor(&self) -> Monitor {
+        let path = self.dir.path().join(format!("monitor-{}.log", unique("m")));
+        let file = File::create(&path).expect("monitor log");
+        let child = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "monitor"])
+            .stdout(file)
+            .spawn()
+            .expect("redis-cli monitor");
+        let monitor = Monitor { port: self.port, path, child };
+        monitor.wait_for("OK");
+        monitor
+    }
+
     pub fn command_calls(&self, command: &str) -> u64 {
         let output = Command::new("redis-cli")
             .args(["-p", &self.port.to_string(), "info", "commandstats"])
@@ -481,4 +495,76 @@ pub async fn next_live_event(stream: &mut reqwest::Response, buffer: &mut String
         let chunk = stream.chunk().await.expect("chunk").expect("stream open");
         buffer.push_str(&String::from_utf8_lossy(&chunk));
     }
+}
+
+/// Commands a Redis received while [`OwnRedis::monitor`] watched.
+pub struct Monitor {
+    port: u16,
+    path: PathBuf,
+    child: Child,
+}
+
+impl Monitor {
+    fn wait_for(&self, text: &str) {
+        let started = Instant::now();
+        while !std::fs::read_to_string(&self.path).is_ok_and(|log| log.contains(text)) {
+            assert!(started.elapsed() < DEADLINE, "MONITOR never showed {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The commands clients sent so far, upper-cased name first (`HGET`, `EVALSHA`…); commands
+    /// scripts ran are not among them.
+    pub fn sent(mut self) -> Vec<String> {
+        let marker = unique("monitor-end");
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "echo", &marker])
+            .output()
+            .expect("redis-cli echo");
+        self.wait_for(&marker);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = std::fs::read_to_string(&self.path).expect("monitor log");
+        // `1700000000.123456 [0 127.0.0.1:5555] "HGET" "key" …`; a script's are `[0 lua]`.
+        log.lines()
+            .filter(|line| !line.contains(" lua] ") && !line.contains(&marker))
+            .filter_map(|line| line.split("] \"").nth(1))
+            .filter_map(|rest| rest.split('"').next())
+            .map(str::to_uppercase)
+            .collect()
+    }
+}
+
+/// A write conditioned on marks (`MarksSeen`) lands while they hold, is refused whole once
+/// another writer recorded a TRUNCATE of the table, and lands again under the marks re-read.
+pub async fn check_writes_conditioned_on_marks(
+    store: &persona::store::FeatureStore,
+    fence: Option<&persona::store::Fence>,
+) {
+    use persona::features::{EntityState, Position, Truncation};
+    use persona::store::{EntityRef, StoreError, TableMarks};
+    let (table, stream) = ("user_activity".to_string(), "user_activity/0".to_string());
+    let share = |id: &str| {
+        (EntityRef::user(id).share(&stream), EntityState { rev: 1, ..EntityState::default() })
+    };
+    let marks_now =
+        || store.load_for_write(&[], std::slice::from_ref(&table), std::slice::from_ref(&stream));
+    let seen = marks_now().await.expect("load").seen;
+    let none = TableMarks::default();
+    store.write_batch(&[share("u-1")], &none, None, &seen, fence).await.expect("marks as seen");
+
+    let truncation = Truncation { position: Position(20, 20, 1), run: None };
+    let truncated =
+        TableMarks { truncations: [(table.clone(), truncation)].into(), ..TableMarks::default() };
+    store.write_states(Vec::new(), &truncated, fence).await.expect("another partition's TRUNCATE");
+    let refused = store.write_batch(&[share("u-2")], &none, None, &seen, fence).await;
+    assert!(matches!(refused, Err(StoreError::MarksMoved)), "{refused:?}");
+    let u2 = [share("u-2").0];
+    let nothing = store.load_for_write(&u2, &[], &[]).await.expect("load");
+    assert!(nothing.states.is_empty(), "a refused write wrote {:?}", nothing.states);
+
+    let seen = marks_now().await.expect("load").seen;
+    assert_eq!(seen.marks().truncations.get(&table), Some(&truncation));
+    store.write_batch(&[share("u-2")], &none, None, &seen, fence).await.expect("marks re-read");
+    assert_eq!(store.load_for_write(&u2, &[], &[]).await.expect("load").states.len(), 1);
 }
