@@ -3,7 +3,7 @@
 //! every slot. A batch is written in three steps, each refused whole for a fenced writer:
 //!
 //! 1. the marks but the stream's overlap (table runs and TRUNCATEs, the stream's high), after the
-//!    owner check. A high recorded before its shares only ever claims more than was applied,
+//!    owner check and the check of the marks the batch was applied under (`MarksSeen`). A high recorded before its shares only ever claims more than was applied,
 //!    which at worst makes the stream read again from the start (see `engine::truncate`); recorded
 //!    after them, a crash in between would hide shares that ran past a TRUNCATE.
 //! 2. the shares, one script per primary, all at once. Each share carries its writer's epoch
@@ -57,8 +57,8 @@ impl FeatureStore {
         let marks_slot = fred::util::redis_keyslot(self.owners_key().as_bytes());
         let before_shares = TableMarks { overlaps: Default::default(), ..marks.clone() };
         if fence.is_some() || !before_shares.is_empty() || !expected.is_empty() {
-            // The marks the batch was applied under are checked here, before any share is
-            // written; the stream's own (its high, its overlap) only its owner moves.
+            // The marks the batch was applied under are checked here: refused, the batch has
+            // written nothing.
             self.write_marks(client, &before_shares, None, &[], expected, fence).await?;
         }
         // References: a batch's states are encoded once, never copied to be grouped.

@@ -1,5 +1,6 @@
 //! Ingest's side of the store: loading the shares a batch touches, and writing them back in one
-//! atomic script that refuses the writes of a fenced partition owner.
+//! atomic script that refuses the writes of a fenced partition owner, and those of a batch
+//! applied under marks that have moved since (see [`MarksSeen`]).
 //!
 //! Fencing: each partition worker claims its partition before its first write, which bumps the
 //! partition's epoch in `<key_prefix>:owners` (outside the state generations, so a rebuild's
