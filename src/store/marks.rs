@@ -184,3 +184,71 @@ fn decode<T: serde::de::DeserializeOwned>(field: &str, json: &[u8]) -> Option<T>
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::{MarksHash, MarksSeen, TableMarks};
+    use crate::features::overlap::Overlap;
+    use crate::features::{High, Position, Truncation};
+
+    fn high(at: i64) -> High {
+        High { run: None, cut: None, position: Position(at, at, 1) }
+    }
+
+    /// As `FeatureStore::load_for_write` reads them: a stored high, no run, no TRUNCATE, no
+    /// overlap.
+    fn read() -> MarksSeen {
+        let stored = serde_json::to_vec(&high(10)).expect("json");
+        MarksSeen::read([
+            ("orders".to_string(), None),
+            ("orders#truncate".to_string(), None),
+            ("orders/1#high".to_string(), Some(Bytes::from(stored))),
+            ("orders/1#overlap".to_string(), None),
+        ])
+    }
+
+    #[test]
+    fn marks_are_checked_in_the_hash_that_keeps_them() {
+        let hashes: Vec<MarksHash> = read().fields.iter().map(|(hash, _, _)| *hash).collect();
+        use MarksHash::{Highs, Runs};
+        assert_eq!(hashes, [Runs, Runs, Highs, Highs]);
+        assert_eq!(read().marks().highs.get("orders/1"), Some(&high(10)));
+        assert!(read().marks().truncations.is_empty());
+    }
+
+    /// After a write, the marks seen are what the write left: the high and overlap it recorded,
+    /// the rest as read; what the next batch decodes from them is what it would read.
+    #[test]
+    fn marks_after_a_write_hold_what_it_recorded() {
+        let written = TableMarks {
+            highs: [("orders/1".to_string(), high(20))].into(),
+            overlaps: [("orders/1".to_string(), Overlap::default())].into(),
+            ..TableMarks::default()
+        };
+        let after = read().after(&written).expect("encodes");
+        assert_eq!(after.fields.len(), 4, "no field added or lost: {after:?}");
+        let marks = after.marks();
+        assert_eq!(marks.highs.get("orders/1"), Some(&high(20)));
+        assert_eq!(marks.overlaps.get("orders/1"), Some(&Overlap::default()));
+        assert!(marks.runs.is_empty() && marks.truncations.is_empty());
+        let stored = |field: &str| {
+            after.fields.iter().find(|(_, f, _)| f == field).and_then(|(_, _, v)| v.clone())
+        };
+        let encoded: std::collections::HashMap<String, String> =
+            written.encode().expect("encodes").into_iter().collect();
+        assert_eq!(stored("orders/1#high"), Some(Bytes::from(encoded["orders/1#high"].clone())));
+        assert_eq!(stored("orders#truncate"), None);
+
+        let truncated = TableMarks {
+            truncations: [(
+                "orders".to_string(),
+                Truncation { position: Position(5, 5, 1), run: None },
+            )]
+            .into(),
+            ..TableMarks::default()
+        };
+        assert!(truncated.change_reads(), "a TRUNCATE written is re-read, not kept");
+    }
+}
