@@ -131,6 +131,16 @@ metrics! {
     histogram CAPTURE_LAG_SECONDS = "persona_capture_lag_seconds";
     /// Time from the Postgres commit to the feature write being acknowledged, in seconds.
     histogram FRESHNESS_SECONDS = "persona_freshness_seconds";
+    /// Time from the consumer receiving a batch's first message to the batch's effects being
+    /// durable, in seconds: persona's own part of freshness (`persona_freshness_seconds` adds
+    /// Debezium's and Kafka's), the sum of the next two.
+    histogram INGEST_LATENCY_SECONDS = "persona_ingest_latency_seconds";
+    /// Time a batch's first message waited in its partition's queue, from the consumer receiving
+    /// it to its worker taking the batch (behind the batch before it), in seconds.
+    histogram INGEST_QUEUE_WAIT_SECONDS = "persona_ingest_queue_wait_seconds";
+    /// Time from a worker taking a batch to its effects being durable: the shares read, the
+    /// changes applied, the state written, retries included, in seconds.
+    histogram INGEST_BATCH_SECONDS = "persona_ingest_batch_duration_seconds";
 }
 
 /// A doc comment as one HELP line: its lines joined, without Markdown code marks or links.
@@ -175,6 +185,10 @@ pub fn install_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus
         )?
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full(HTTP_REQUEST_SECONDS.to_string()),
+            FAST_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Prefix("persona_ingest_".to_string()),
             FAST_BUCKETS,
         )?
         .install_recorder()?;

@@ -20,9 +20,15 @@ async fn the_exposition_passes_promtool() {
     persona.get_text(&format!("/u/{user}")).await;
     let exposition = eventually("ingest, read and page metrics recorded", CATCH_UP, || async {
         let text = persona.metrics().await;
-        let recorded = ["persona_events_consumed_total", "persona_http_request_duration_seconds"]
-            .iter()
-            .all(|name| text.contains(&format!("# TYPE {name} ")));
+        let recorded = [
+            "persona_events_consumed_total",
+            "persona_http_request_duration_seconds",
+            "persona_ingest_latency_seconds",
+            "persona_ingest_queue_wait_seconds",
+            "persona_ingest_batch_duration_seconds",
+        ]
+        .iter()
+        .all(|name| text.contains(&format!("# TYPE {name} ")));
         if recorded { Ok(text) } else { Err(text.lines().take(5).collect::<Vec<_>>().join("\n")) }
     })
     .await;

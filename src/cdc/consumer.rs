@@ -25,13 +25,13 @@ use rdkafka::Offset;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::Message;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
-use super::context::{IngestContext, PartitionKey, commit_stored};
+use super::context::{IngestContext, PartitionKey, Received, commit_stored};
 use super::restart::Restarts;
 use crate::config::KafkaConfig;
 use crate::dlq::DeadLetters;
@@ -254,7 +254,9 @@ impl PollLoop {
             }
             match self.consumer.poll(POLL_INTERVAL) {
                 None => {}
-                Some(Ok(message)) => self.dispatch(message.detach()),
+                Some(Ok(message)) => {
+                    self.dispatch(Received { message: message.detach(), at: Instant::now() });
+                }
                 Some(Err(error)) => {
                     metrics::counter!(telemetry::CONSUMER_ERRORS).increment(1);
                     tracing::warn!(error = %error, "kafka consumer error");
@@ -269,9 +271,9 @@ impl PollLoop {
         tracing::info!("ingest stopped");
     }
 
-    fn dispatch(&mut self, message: OwnedMessage) {
-        let key = (message.topic().to_string(), message.partition());
-        let offset = message.offset();
+    fn dispatch(&mut self, received: Received) {
+        let key = (received.message.topic().to_string(), received.message.partition());
+        let offset = received.message.offset();
         let died_at = {
             let mut partitions = self.consumer.context().lock();
             let slot =
@@ -280,19 +282,19 @@ impl PollLoop {
                 // Pausing discards what was prefetched, so this does not happen; should it,
                 // fetch from just after the held message again rather than skip this one.
                 tracing::warn!(topic = %key.0, partition = key.1, offset, "message of a paused partition; fetching it again on resume");
-                let after_held = Offset::Offset(held.offset() + 1);
+                let after_held = Offset::Offset(held.message.offset() + 1);
                 if let Err(error) = self.consumer.seek(&key.0, key.1, after_held, SEEK_TIMEOUT) {
                     tracing::error!(topic = %key.0, partition = key.1, error = %error, "cannot seek a paused partition");
                 }
                 return;
             }
-            match slot.queue.try_send(message) {
+            match slot.queue.try_send(received) {
                 Ok(()) => None,
-                Err(TrySendError::Full(message)) => {
+                Err(TrySendError::Full(received)) => {
                     tracing::debug!(topic = %key.0, partition = key.1, offset, "queue full; partition paused");
                     metrics::counter!(telemetry::PARTITION_PAUSES, "topic" => key.0.clone())
                         .increment(1);
-                    slot.held = Some(message);
+                    slot.held = Some(received);
                     self.set_paused(&key, true);
                     None
                 }

@@ -22,14 +22,22 @@ use crate::telemetry;
 
 pub(super) type PartitionKey = (String, i32);
 
+/// A message as the poll loop hands it to its partition's worker, with when it was polled: the
+/// worker times how long it waited (`persona_ingest_queue_wait_seconds`) and persona's own part
+/// of its freshness (`persona_ingest_latency_seconds`).
+pub(super) struct Received {
+    pub(super) message: OwnedMessage,
+    pub(super) at: std::time::Instant,
+}
+
 pub(super) struct PartitionSlot {
     /// The message that found the queue full. The partition stays paused until it fits; the
     /// consumer's position is already past it, so librdkafka resumes with the message after it.
-    pub(super) held: Option<OwnedMessage>,
+    pub(super) held: Option<Received>,
     /// The first offset whose effects are not durable yet: where a replacement for a worker
     /// that died starts. The worker moves it once it has stored a batch's offsets.
     pub(super) resume_from: Arc<AtomicI64>,
-    pub(super) queue: mpsc::Sender<OwnedMessage>,
+    pub(super) queue: mpsc::Sender<Received>,
     pub(super) stop: CancellationToken,
     pub(super) task: JoinHandle<()>,
     /// Why the worker ended, when it ended on its own.

@@ -3,18 +3,18 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::Message;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::context::{ExitReason, IngestContext, WorkerExit};
+use super::context::{ExitReason, IngestContext, Received, WorkerExit};
 use crate::dlq::DeadLetters;
 use crate::engine::Applier;
 use crate::engine::OwnedStates;
@@ -48,7 +48,7 @@ const REWIND_TIMEOUT: Duration = Duration::from_secs(10);
 impl PartitionWorker {
     /// Runs until `stop` is cancelled (between batches), the queue is closed, a newer owner of
     /// the partition fenced this worker, or it found a state it cannot read (`exit` says which).
-    pub async fn run(self, mut queue: mpsc::Receiver<OwnedMessage>, stop: CancellationToken) {
+    pub async fn run(self, mut queue: mpsc::Receiver<Received>, stop: CancellationToken) {
         let Some(mut fence) = self.claim(&stop).await else { return };
         let mut marks = self.store.watch_marks();
         // A TRUNCATE recorded while the partition had no worker (during a rebalance's drain, or
@@ -73,10 +73,13 @@ impl PartitionWorker {
                     None => return,
                 },
             };
-            let mut batch = vec![first];
+            // The first message waited longest: the batch's latency is its.
+            let oldest = first.at;
+            let taken = Instant::now();
+            let mut batch = vec![first.message];
             while batch.len() < self.batch_max {
                 match queue.try_recv() {
-                    Ok(message) => batch.push(message),
+                    Ok(received) => batch.push(received.message),
                     Err(_) => break,
                 }
             }
@@ -112,7 +115,16 @@ impl PartitionWorker {
                 }
             };
             match outcome {
-                Ok(_) => self.store_offset(last_offset),
+                Ok(_) => {
+                    self.store_offset(last_offset);
+                    let written = Instant::now();
+                    metrics::histogram!(telemetry::INGEST_QUEUE_WAIT_SECONDS)
+                        .record(taken.duration_since(oldest));
+                    metrics::histogram!(telemetry::INGEST_BATCH_SECONDS)
+                        .record(written.duration_since(taken));
+                    metrics::histogram!(telemetry::INGEST_LATENCY_SECONDS)
+                        .record(written.duration_since(oldest));
+                }
                 Err(error @ StoreError::Unreadable { .. }) => {
                     // Its contributions are all in this partition: reading it again from the start
                     // rebuilds it, and every other state skips what it has by position.
