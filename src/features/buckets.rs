@@ -205,6 +205,11 @@ impl Buckets {
         self.entries.is_empty()
     }
 
+    /// How many values the buckets hold, counted once per bucket that holds them.
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Gives back the room of entries and values not there (a state read back is not growing).
     pub fn shrink_to_fit(&mut self) {
         self.drop_unnamed_values();

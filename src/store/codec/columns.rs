@@ -35,8 +35,14 @@ pub(super) fn encode_columns<'a>(
     state: &'a FeatureState,
 ) -> ColumnFeature {
     let keyed = state.facts.keyed();
+    // Sized once: at most a bucket per entry.
+    let entries = state.buckets.entry_count();
     let mut feature = ColumnFeature {
         name: texts.place(name),
+        bucket_deltas: Vec::with_capacity(entries),
+        bucket_widths: Vec::with_capacity(entries),
+        values: Vec::with_capacity(entries),
+        rows: Vec::with_capacity(entries),
         fact_since: Vec::with_capacity(state.facts.len()),
         fact_values: Vec::with_capacity(state.facts.len()),
         ..ColumnFeature::default()

@@ -70,11 +70,16 @@ const ZSTD_LEVEL: i32 = 1;
 const MAX_STATE_BYTES: u64 = 256 << 20;
 
 thread_local! {
-    // A context each, kept: making one allocates its tables, which cost as much as compressing
-    // a state.
-    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
-    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
-}
+// A context each, kept: making one allocates its tables, which cost as much as compressing
+// a state.
+static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+// The uncompressed value and the frame, built here and kept between states: a state is
+// kilobytes, and a fresh vector reallocated its way up to that for every state written
+// (under live load encoding is most of ingest's CPU: BENCHMARKS.md, "Where persona's CPU
+// goes under load").
+static PLAIN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+static FRAME: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };}
 
 /// A stored value persona cannot read.
 #[derive(Debug, thiserror::Error)]
@@ -136,16 +141,18 @@ impl<'a> Texts<'a> {
 
 /// The value written to Redis for `state`: compressed from [`COMPRESS_FROM`] bytes.
 pub fn encode_state(state: &EntityState) -> Vec<u8> {
-    compressed(encode_uncompressed(state), STATE_VERSION_COMPRESSED)
+    with_encoded(state, STATE_VERSION, encode_columns, |plain| {
+        compressed(plain, STATE_VERSION_COMPRESSED)
+    })
 }
 
 /// `plain` (a value with its version byte) in one zstd frame behind `version` when it is
 /// [`COMPRESS_FROM`] bytes or more and zstd could make a context; else `plain`.
-fn compressed(plain: Vec<u8>, version: u8) -> Vec<u8> {
+fn compressed(plain: &[u8], version: u8) -> Vec<u8> {
     if plain.len() < COMPRESS_FROM {
-        return plain;
+        return plain.to_vec();
     }
-    compress(&plain[1..], version).unwrap_or(plain)
+    compress(&plain[1..], version).unwrap_or_else(|| plain.to_vec())
 }
 
 /// `wire` (a value without its version byte) in one zstd frame behind `version`; `None` if
@@ -158,11 +165,16 @@ fn compress(wire: &[u8], version: u8) -> Option<Vec<u8>> {
             made.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true)).ok()?;
             *compressor = Some(made);
         }
-        let frame = compressor.as_mut()?.compress(wire).ok()?;
-        let mut value = Vec::with_capacity(1 + frame.len());
-        value.push(version);
-        value.extend_from_slice(&frame);
-        Some(value)
+        let compressor = compressor.as_mut()?;
+        FRAME.with_borrow_mut(|frame| {
+            frame.clear();
+            frame.reserve(zstd::zstd_safe::compress_bound(wire.len()));
+            compressor.compress_to_buffer(wire, frame).ok()?;
+            let mut value = Vec::with_capacity(1 + frame.len());
+            value.push(version);
+            value.extend_from_slice(frame);
+            Some(value)
+        })
     })
 }
 
@@ -187,18 +199,36 @@ fn decompress(frame: &[u8]) -> Result<Vec<u8>, CodecError> {
 
 /// The value of `state` in layout version [`STATE_VERSION`], uncompressed.
 pub fn encode_uncompressed(state: &EntityState) -> Vec<u8> {
-    encode_wire(state, STATE_VERSION, encode_columns)
+    with_encoded(state, STATE_VERSION, encode_columns, <[u8]>::to_vec)
 }
 
 /// The value of `state` in layout version 2 (features as rows), uncompressed.
 fn encode_rows(state: &EntityState) -> Vec<u8> {
-    encode_wire(state, ROWS_VERSION, encode_feature)
+    with_encoded(state, ROWS_VERSION, encode_feature, <[u8]>::to_vec)
+}
+
+/// `then` of the uncompressed value of `state` in layout `version`, built in a buffer kept
+/// between calls.
+fn with_encoded<'a, F: Serialize, T>(
+    state: &'a EntityState,
+    version: u8,
+    encode_feature: impl Fn(&mut Texts<'a>, &'a str, &'a FeatureState) -> F,
+    then: impl FnOnce(&[u8]) -> T,
+) -> T {
+    // Taken rather than borrowed: postcard extends a vector it owns.
+    let mut buffer = PLAIN.take();
+    buffer.clear();
+    buffer.push(version);
+    let buffer = encode_wire(state, encode_feature, buffer);
+    let result = then(&buffer);
+    PLAIN.set(buffer);
+    result
 }
 
 fn encode_wire<'a, F: Serialize>(
     state: &'a EntityState,
-    version: u8,
     encode_feature: impl Fn(&mut Texts<'a>, &'a str, &'a FeatureState) -> F,
+    buffer: Vec<u8>,
 ) -> Vec<u8> {
     // Named field by field: a field added to the state does not compile here until the wire
     // form (and its version) carries it.
@@ -216,7 +246,7 @@ fn encode_wire<'a, F: Serialize>(
         features.iter().map(|(name, feature)| encode_feature(&mut texts, name, feature)).collect();
     let wire = Wire { rev: *rev, texts: texts.table, applied, replayed, runs, cuts, features };
     // postcard fails only on a sequence of unknown length, and every one here is a vector.
-    postcard::to_extend(&wire, vec![version]).unwrap_or_default()
+    postcard::to_extend(&wire, buffer).unwrap_or_default()
 }
 
 /// A feature's buckets and facts as both layouts write them, in the order written.
@@ -275,7 +305,9 @@ pub fn encode_state_as(
 ) -> Result<Vec<u8>, serde_json::Error> {
     match encoding {
         StateEncoding::Zstd => Ok(encode_state(state)),
-        StateEncoding::Zstd3 => Ok(compressed(encode_rows(state), ROWS_VERSION_COMPRESSED)),
+        StateEncoding::Zstd3 => Ok(with_encoded(state, ROWS_VERSION, encode_feature, |plain| {
+            compressed(plain, ROWS_VERSION_COMPRESSED)
+        })),
         StateEncoding::Binary => Ok(encode_rows(state)),
         StateEncoding::Json => serde_json::to_vec(state),
     }
