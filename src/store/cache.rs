@@ -24,7 +24,7 @@ use crate::features::EntityState;
 const EPOCH_SHARDS: usize = 256;
 
 /// An entity's shares by stream, as stored.
-pub type Shares = BTreeMap<String, EntityState>;
+pub type Shares = BTreeMap<String, Arc<EntityState>>;
 
 /// What L1 holds for an entity: its shares and their merge, or the fact that Redis had none.
 #[derive(Debug)]
@@ -35,16 +35,28 @@ pub struct Cached {
 
 impl Cached {
     pub fn new(shares: Shares) -> Self {
-        let state = if shares.is_empty() {
-            None
-        } else {
-            let mut merged = EntityState::default();
-            for share in shares.values() {
-                merged.merge(share);
+        let state = match shares.len() {
+            0 => None,
+            // An entity of one share (every user) is that share: served as it is, not copied
+            // into a merge of one, which cost a copy of the whole state per write and read.
+            1 => shares.values().next().cloned(),
+            _ => {
+                let mut merged = EntityState::default();
+                for share in shares.values() {
+                    merged.merge(share);
+                }
+                Some(Arc::new(merged))
             }
-            Some(Arc::new(merged))
         };
         Self { shares, state }
+    }
+
+    /// The entity's state, owned: taken from the one share without a copy when nothing else
+    /// holds it.
+    pub fn into_state(self) -> Option<EntityState> {
+        let Self { shares, state } = self;
+        drop(shares);
+        state.map(Arc::unwrap_or_clone)
     }
 
     fn share_rev(&self, stream: &str) -> u64 {
@@ -180,7 +192,7 @@ impl L1 {
                 match existing {
                     Some(entry) if entry.value().share_rev(stream) < state.rev => {
                         let mut shares = entry.value().shares.clone();
-                        shares.insert(stream.to_string(), state.clone());
+                        shares.insert(stream.to_string(), Arc::new(state.clone()));
                         Op::Put(Arc::new(Cached::new(shares)))
                     }
                     _ => Op::Nop,
@@ -225,5 +237,40 @@ impl Lookups {
         let tier =
             |tier: &'static str| metrics::counter!(crate::telemetry::CACHE_LOOKUPS, "tier" => tier);
         Self { l1: tier("l1"), redis: tier("redis"), none: tier("none") }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn share(rev: u64, value: &str) -> Arc<EntityState> {
+        let mut state = EntityState { rev, ..EntityState::default() };
+        state.features.entry("views_1h").buckets.add(1, value, 1);
+        Arc::new(state)
+    }
+
+    #[test]
+    fn an_entity_of_one_share_is_that_share_uncopied() {
+        let only = share(3, "p1");
+        let cached = Cached::new(Shares::from([("a/0".to_string(), Arc::clone(&only))]));
+        let state = cached.state.as_ref().expect("a state");
+        assert!(Arc::ptr_eq(state, &only), "one share was copied into a merge");
+        drop(only);
+        let owned = cached.into_state().expect("a state");
+        assert_eq!(owned.rev, 3);
+        assert_eq!(owned.features.get("views_1h").and_then(|f| f.buckets.rows(1, "p1")), Some(1));
+    }
+
+    #[test]
+    fn an_entity_of_several_shares_is_their_merge() {
+        let shares = Shares::from([
+            ("a/0".to_string(), share(3, "p1")),
+            ("a/1".to_string(), share(4, "p2")),
+        ]);
+        let state = Cached::new(shares).into_state().expect("a state");
+        let views = &state.features.get("views_1h").expect("merged feature").buckets;
+        assert_eq!((views.rows(1, "p1"), views.rows(1, "p2")), (Some(1), Some(1)));
+        assert_eq!(state.rev, 7);
     }
 }

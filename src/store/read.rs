@@ -44,7 +44,7 @@ impl FeatureStore {
             .into_iter()
             // Beside each share on a Redis Cluster: its writer's epoch (see `slots`).
             .filter(|(field, _)| !field.ends_with(EPOCH_SUFFIX))
-            .filter_map(|(stream, value)| Some((stream, self.decode_state(key, &value)?)))
+            .filter_map(|(stream, value)| Some((stream, Arc::new(self.decode_state(key, &value)?))))
             .filter(|(stream, share)| {
                 let table = stream.split('/').next().unwrap_or_default();
                 let run = marks.runs.get(table).map(|start| start.run);
@@ -127,10 +127,7 @@ impl FeatureStore {
                     });
                 }
                 extra_states = Some(
-                    extras
-                        .into_iter()
-                        .map(|shares| Cached::new(shares).state.map(|s| (*s).clone()))
-                        .collect(),
+                    extras.into_iter().map(|shares| Cached::new(shares).into_state()).collect(),
                 );
             }
         }
@@ -185,11 +182,6 @@ impl FeatureStore {
             return None;
         }
         let (_, shares) = self.fetch(&[], entities, "index_read").await.ok()?;
-        Some(
-            shares
-                .into_iter()
-                .map(|shares| Cached::new(shares).state.map(|s| (*s).clone()))
-                .collect(),
-        )
+        Some(shares.into_iter().map(|shares| Cached::new(shares).into_state()).collect())
     }
 }
