@@ -70,16 +70,17 @@ const ZSTD_LEVEL: i32 = 1;
 const MAX_STATE_BYTES: u64 = 256 << 20;
 
 thread_local! {
-// A context each, kept: making one allocates its tables, which cost as much as compressing
-// a state.
-static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
-static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
-// The uncompressed value and the frame, built here and kept between states: a state is
-// kilobytes, and a fresh vector reallocated its way up to that for every state written
-// (under live load encoding is most of ingest's CPU: BENCHMARKS.md, "Where persona's CPU
-// goes under load").
-static PLAIN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-static FRAME: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };}
+    // A context each, kept: making one allocates its tables, which cost as much as compressing
+    // a state.
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    // The uncompressed value and the frame, built here and kept between states: a state is
+    // kilobytes, and a fresh vector reallocated its way up to that for every state written
+    // (under live load encoding is most of persona's CPU: BENCHMARKS.md, "Where persona's time
+    // and CPU go under load").
+    static PLAIN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static FRAME: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// A stored value persona cannot read.
 #[derive(Debug, thiserror::Error)]
