@@ -51,6 +51,10 @@ impl PartitionWorker {
     pub async fn run(self, mut queue: mpsc::Receiver<Received>, stop: CancellationToken) {
         let Some(mut fence) = self.claim(&stop).await else { return };
         let mut marks = self.store.watch_marks();
+        // Registered once: a live batch is a few events, recorded every few milliseconds.
+        let queue_wait = metrics::histogram!(telemetry::INGEST_QUEUE_WAIT_SECONDS);
+        let batch_duration = metrics::histogram!(telemetry::INGEST_BATCH_SECONDS);
+        let latency = metrics::histogram!(telemetry::INGEST_LATENCY_SECONDS);
         // A TRUNCATE recorded while the partition had no worker (during a rebalance's drain, or
         // before a restart) woke nobody, and this partition may hear nothing more: check once
         // before the first message.
@@ -118,12 +122,9 @@ impl PartitionWorker {
                 Ok(_) => {
                     self.store_offset(last_offset);
                     let written = Instant::now();
-                    metrics::histogram!(telemetry::INGEST_QUEUE_WAIT_SECONDS)
-                        .record(taken.duration_since(oldest));
-                    metrics::histogram!(telemetry::INGEST_BATCH_SECONDS)
-                        .record(written.duration_since(taken));
-                    metrics::histogram!(telemetry::INGEST_LATENCY_SECONDS)
-                        .record(written.duration_since(oldest));
+                    queue_wait.record(taken.duration_since(oldest));
+                    batch_duration.record(written.duration_since(taken));
+                    latency.record(written.duration_since(oldest));
                 }
                 Err(error @ StoreError::Unreadable { .. }) => {
                     // Its contributions are all in this partition: reading it again from the start

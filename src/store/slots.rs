@@ -3,9 +3,10 @@
 //! every slot. A batch is written in three steps, each refused whole for a fenced writer:
 //!
 //! 1. the marks but the stream's overlap (table runs and TRUNCATEs, the stream's high), after the
-//!    owner check and the check of the marks the batch was applied under (`MarksSeen`). A high recorded before its shares only ever claims more than was applied,
-//!    which at worst makes the stream read again from the start (see `engine::truncate`); recorded
-//!    after them, a crash in between would hide shares that ran past a TRUNCATE.
+//!    owner check and the check of the marks the batch was applied under (`MarksSeen`). A high
+//!    recorded before its shares only ever claims more than was applied, which at worst makes
+//!    the stream read again from the start (see `engine::truncate`); recorded after them, a
+//!    crash in between would hide shares that ran past a TRUNCATE.
 //! 2. the shares, one script per primary, all at once. Each share carries its writer's epoch
 //!    (`<stream>#epoch`): an owner fenced between step 1 and its shares cannot overwrite a share
 //!    its successor already wrote.
