@@ -122,9 +122,13 @@ const REDIS_SCHEMES: [&str; 4] = ["redis", "rediss", "redis-cluster", "rediss-cl
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StateEncoding {
-    /// The binary layout, features in columns, compressed with zstd from a few hundred bytes
-    /// (version 5).
+    /// The binary layout, features in columns, each share a head and a part for each large
+    /// feature, so that a change rewrites only the parts it fed; each value compressed with zstd
+    /// from a few hundred bytes (versions 6 to 9).
     #[default]
+    Parts,
+    /// The binary layout, features in columns, one value per share, compressed with zstd from a
+    /// few hundred bytes (version 5): while instances that read only up to version 5 run.
     Zstd,
     /// The binary layout, features in rows, compressed (version 3): while instances that read
     /// only up to version 3 run (a rolling upgrade).
@@ -147,7 +151,7 @@ impl Default for RedisConfig {
             state_ttl: Duration::from_secs(30 * 24 * 3600),
             required_to_start: true,
             startup_timeout: Duration::from_secs(30),
-            state_encoding: StateEncoding::Zstd,
+            state_encoding: StateEncoding::Parts,
         }
     }
 }

@@ -56,13 +56,22 @@ impl FeatureState {
 }
 
 /// Feature states by feature name; serialized as a map from name to state.
+///
+/// Each state also carries whether Redis holds it, unchanged since, in a value of its own (a
+/// *part* of the share: see `store::codec`), so that writing the share again leaves it alone.
+/// Only reading it from such a value, or its writer after the write was acknowledged, says so;
+/// any mutable access says otherwise. Neither stored nor compared.
 #[derive(Clone, Default)]
-pub struct FeatureStates(Vec<(&'static str, FeatureState)>);
+pub struct FeatureStates(Vec<(&'static str, FeatureState, Stored)>);
+
+/// Whether Redis holds a feature state, as it is, in a part of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stored(pub bool);
 
 impl FeatureStates {
     /// The state of the feature named `name`, by its text (a name from a request, say).
     pub fn get(&self, name: &str) -> Option<&FeatureState> {
-        self.0.iter().find(|(known, _)| *known == name).map(|(_, state)| state)
+        self.0.iter().find(|(known, ..)| *known == name).map(|(_, state, _)| state)
     }
 
     /// The state of the feature named `name`, an interned name.
@@ -71,7 +80,9 @@ impl FeatureStates {
     }
 
     pub fn get_interned_mut(&mut self, name: &'static str) -> Option<&mut FeatureState> {
-        self.position(name).map(|index| &mut self.0[index].1)
+        let index = self.position(name)?;
+        self.0[index].2 = Stored(false);
+        Some(&mut self.0[index].1)
     }
 
     pub fn contains_key(&self, name: &str) -> bool {
@@ -84,10 +95,11 @@ impl FeatureStates {
         let index = match self.position(name) {
             Some(index) => index,
             None => {
-                self.0.push((name, FeatureState::default()));
+                self.0.push((name, FeatureState::default(), Stored(false)));
                 self.0.len() - 1
             }
         };
+        self.0[index].2 = Stored(false);
         &mut self.0[index].1
     }
 
@@ -125,16 +137,36 @@ impl FeatureStates {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, &FeatureState)> {
-        self.0.iter().map(|(name, state)| (*name, state))
+        self.0.iter().map(|(name, state, _)| (*name, state))
+    }
+
+    /// [`Self::iter`], with whether Redis holds each state as it is, in a part of its own.
+    pub fn iter_stored(&self) -> impl Iterator<Item = (&'static str, &FeatureState, Stored)> {
+        self.0.iter().map(|(name, state, stored)| (*name, state, *stored))
+    }
+
+    /// Records that Redis holds the state of `name` (an interned name), as it is now, in a part
+    /// of its own: read from there, or written there and acknowledged.
+    pub fn mark_stored(&mut self, name: &'static str) {
+        if let Some(index) = self.position(name) {
+            self.0[index].2 = Stored(true);
+        }
+    }
+
+    /// [`Self::mark_stored`] of the state named `name`, by its text; the name as held.
+    pub fn mark_stored_named(&mut self, name: &str) -> Option<&'static str> {
+        let entry = self.0.iter_mut().find(|(known, ..)| *known == name)?;
+        entry.2 = Stored(true);
+        Some(entry.0)
     }
 
     pub fn values(&self) -> impl Iterator<Item = &FeatureState> {
-        self.0.iter().map(|(_, state)| state)
+        self.0.iter().map(|(_, state, _)| state)
     }
 
     /// Every name held is interned, so equal names are the same pointer.
     fn position(&self, name: &'static str) -> Option<usize> {
-        self.0.iter().position(|(known, _)| std::ptr::eq(*known, name))
+        self.0.iter().position(|(known, ..)| std::ptr::eq(*known, name))
     }
 }
 

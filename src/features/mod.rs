@@ -31,7 +31,7 @@ mod state;
 mod view;
 
 pub use buckets::{Buckets, Cell};
-pub use by_feature::{FeatureState, FeatureStates};
+pub use by_feature::{FeatureState, FeatureStates, Stored};
 pub use catalog::{Catalog, CatalogView, DimensionSchema, ItemRoles, Product, ProductCatalog};
 pub use columns::Columns;
 pub use definition::{
@@ -43,6 +43,7 @@ pub use evaluate::{
 };
 pub use expiry::{DecayParts, next_change};
 pub use facts::{Fact, Facts};
+pub use intern::intern;
 pub use pairs::{PairDelta, SESSION_FACTS_MAX};
 #[cfg(test)]
 pub(crate) use row_key::key_text as row_key_text;
@@ -52,7 +53,7 @@ pub use source::{
     SourceRow, SourceSchema, SourceTable, Truncation,
 };
 pub use state::{
-    EntityState, FACT_SLACK, Outcome, RunMark, apply, apply_with_pairs, entity_of, superseded,
+    EntityState, FACT_SLACK, Outcome, RunMark, StoredParts, apply, apply_with_pairs, entity_of, superseded,
     truncated_away,
 };
 pub use view::FeatureView;

@@ -68,7 +68,24 @@ pub struct EntityState {
     /// `features::sharing`), once an apply looked; neither stored nor compared.
     #[serde(skip)]
     pub own_states: sharing::OwnStates,
+    /// The features Redis holds in parts of their own for this share, as its stored value lists
+    /// them (as read, or as last written and acknowledged): a part the share no longer lists is
+    /// removed with the next write. Neither stored nor compared.
+    #[serde(skip)]
+    pub stored_parts: StoredParts,
 }
+
+/// Names of features, interned; equal to any other (see [`EntityState::stored_parts`]).
+#[derive(Debug, Clone, Default)]
+pub struct StoredParts(pub Vec<&'static str>);
+
+impl PartialEq for StoredParts {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for StoredParts {}
 
 /// The snapshot run a share belongs to, and how far into the run's reads it got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -37,6 +37,10 @@ use foldhash::fast::FixedState;
 use serde::{Deserialize, Serialize};
 
 use self::columns::{ColumnFeature, encode_columns};
+pub use self::parts::{
+    EncodedShare, HEAD_VERSION, HEAD_VERSION_COMPRESSED, PART_INFIX, PART_VERSION,
+    PART_VERSION_COMPRESSED, encode_share, is_head, note_written, part_field,
+};
 use self::rows::{WireFeature, encode_feature};
 use crate::config::StateEncoding;
 use crate::features::{
@@ -88,9 +92,15 @@ pub enum CodecError {
     #[error("empty state value")]
     Empty,
     #[error(
-        "state written in layout version {0}, newer than this persona reads ({STATE_VERSION_COMPRESSED})"
+        "state written in layout version {0}, newer than this persona reads ({PART_VERSION_COMPRESSED})"
     )]
     UnknownVersion(u8),
+    #[error("malformed state: its head lists the part {0}, which is not stored")]
+    MissingPart(String),
+    #[error("malformed state: a part holds a feature other than the one its head names")]
+    PartName,
+    #[error("malformed state: a feature's part where a share's head belongs")]
+    Part,
     #[error("malformed state: {0}")]
     Malformed(#[from] postcard::Error),
     #[error("malformed state: text {0} is not in the state's table")]
@@ -231,23 +241,48 @@ fn encode_wire<'a, F: Serialize>(
     encode_feature: impl Fn(&mut Texts<'a>, &'a str, &'a FeatureState) -> F,
     buffer: Vec<u8>,
 ) -> Vec<u8> {
-    // Named field by field: a field added to the state does not compile here until the wire
-    // form (and its version) carries it.
-    let EntityState { rev, applied, replayed, runs, cuts, features, .. } = state;
     let mut texts = Texts::default();
-    let applied = applied.iter().map(|(stream, at)| (texts.place(stream), *at)).collect();
-    let replayed = replayed
-        .iter()
-        .map(|(stream, positions)| (texts.place(stream), positions.iter().copied().collect()))
-        .collect();
-    let runs =
-        runs.iter().map(|(stream, mark)| (texts.place(stream), mark.run, mark.through)).collect();
-    let cuts = cuts.iter().map(|(stream, cut)| (texts.place(stream), *cut)).collect();
+    let envelope = Envelope::of(state, &mut texts);
     let features =
-        features.iter().map(|(name, feature)| encode_feature(&mut texts, name, feature)).collect();
-    let wire = Wire { rev: *rev, texts: texts.table, applied, replayed, runs, cuts, features };
+        state.features.iter().map(|(name, feature)| encode_feature(&mut texts, name, feature));
+    let features = features.collect();
+    let wire = envelope.wire(texts, features);
     // postcard fails only on a sequence of unknown length, and every one here is a vector.
     postcard::to_extend(&wire, buffer).unwrap_or_default()
+}
+
+/// What a stored value says of its share besides its features: its revision, and where each
+/// stream's changes got to.
+struct Envelope {
+    rev: u64,
+    applied: Vec<(u32, Position)>,
+    replayed: Vec<(u32, Vec<Position>)>,
+    runs: Vec<(u32, SnapshotRun, Option<i64>)>,
+    cuts: Vec<(u32, Position)>,
+}
+
+impl Envelope {
+    fn of<'a>(state: &'a EntityState, texts: &mut Texts<'a>) -> Self {
+        // Named field by field: a field added to the state does not compile here until the wire
+        // form (and its version) carries it.
+        let EntityState { rev, applied, replayed, runs, cuts, features: _, .. } = state;
+        let applied = applied.iter().map(|(stream, at)| (texts.place(stream), *at)).collect();
+        let replayed = replayed
+            .iter()
+            .map(|(stream, positions)| (texts.place(stream), positions.iter().copied().collect()))
+            .collect();
+        let runs = runs
+            .iter()
+            .map(|(stream, mark)| (texts.place(stream), mark.run, mark.through))
+            .collect();
+        let cuts = cuts.iter().map(|(stream, cut)| (texts.place(stream), *cut)).collect();
+        Self { rev: *rev, applied, replayed, runs, cuts }
+    }
+
+    fn wire<'a, F>(self, texts: Texts<'a>, features: Vec<F>) -> Wire<'a, F> {
+        let Self { rev, applied, replayed, runs, cuts } = self;
+        Wire { rev, texts: texts.table, applied, replayed, runs, cuts, features }
+    }
 }
 
 /// A feature's buckets and facts as both layouts write them, in the order written.
@@ -305,7 +340,7 @@ pub fn encode_state_as(
     encoding: StateEncoding,
 ) -> Result<Vec<u8>, serde_json::Error> {
     match encoding {
-        StateEncoding::Zstd => Ok(encode_state(state)),
+        StateEncoding::Zstd | StateEncoding::Parts => Ok(encode_state(state)),
         StateEncoding::Zstd3 => Ok(with_encoded(state, ROWS_VERSION, encode_feature, |plain| {
             compressed(plain, ROWS_VERSION_COMPRESSED)
         })),
@@ -314,9 +349,37 @@ pub fn encode_state_as(
     }
 }
 
-/// Reads a value [`encode_state`] wrote, or a share stored in an earlier layout.
+/// A share as written in `encoding`: a head and its changed parts, or one value (its head, with
+/// no parts).
+pub fn encode_for_write(
+    state: &EntityState,
+    encoding: StateEncoding,
+) -> Result<EncodedShare, serde_json::Error> {
+    match encoding {
+        StateEncoding::Parts => Ok(encode_share(state)),
+        whole => Ok(EncodedShare { head: encode_state_as(state, whole)?, ..Default::default() }),
+    }
+}
+
+/// Reads a share stored as `value` in any layout; when it is a head, its parts are found by
+/// `part` from their feature's name.
+pub fn decode_share<'p>(
+    value: &[u8],
+    part: impl Fn(&str) -> Option<&'p [u8]>,
+) -> Result<EntityState, CodecError> {
+    match value.first() {
+        Some(&HEAD_VERSION) => parts::decode_head(&value[1..], part),
+        Some(&HEAD_VERSION_COMPRESSED) => parts::decode_head(&decompress(&value[1..])?, part),
+        _ => decode_state(value),
+    }
+}
+
+/// Reads a value [`encode_state`] wrote, or a share stored in an earlier layout; a head (layout
+/// 6 or 7) only when it lists no parts.
 pub fn decode_state(bytes: &[u8]) -> Result<EntityState, CodecError> {
     match bytes.first() {
+        Some(&(HEAD_VERSION | HEAD_VERSION_COMPRESSED)) => decode_share(bytes, |_| None),
+        Some(&(PART_VERSION | PART_VERSION_COMPRESSED)) => Err(CodecError::Part),
         None => Err(CodecError::Empty),
         Some(b'{') => Ok(serde_json::from_slice(bytes)?),
         Some(&version @ (1 | ROWS_VERSION)) => decode_wire::<WireFeature>(&bytes[1..], version),
@@ -345,9 +408,14 @@ fn decode_wire<'a, F: FeatureForm + Deserialize<'a>>(
     version: u8,
 ) -> Result<EntityState, CodecError> {
     let wire: Wire<'_, F> = postcard::from_bytes(bytes)?;
-    let text =
-        |place: u32| wire.texts.get(place as usize).copied().ok_or(CodecError::MissingText(place));
-    let by_stream = |place: u32| text(place).map(str::to_string);
+    let mut state = decode_envelope(&wire)?;
+    decode_features(&wire.texts, &wire.features, version, &mut state.features)?;
+    Ok(state)
+}
+
+/// The share `wire` holds, but its features.
+fn decode_envelope<F>(wire: &Wire<'_, F>) -> Result<EntityState, CodecError> {
+    let by_stream = |place: u32| text_at(&wire.texts, place).map(str::to_string);
     let mut state = EntityState { rev: wire.rev, ..EntityState::default() };
     for (stream, at) in &wire.applied {
         state.applied.insert(by_stream(*stream)?, *at);
@@ -361,14 +429,28 @@ fn decode_wire<'a, F: FeatureForm + Deserialize<'a>>(
     for (stream, cut) in &wire.cuts {
         state.cuts.insert(by_stream(*stream)?, *cut);
     }
-    let mut features = FeatureStates::default();
+    Ok(state)
+}
+
+fn text_at<'a>(texts: &[&'a str], place: u32) -> Result<&'a str, CodecError> {
+    texts.get(place as usize).copied().ok_or(CodecError::MissingText(place))
+}
+
+/// Adds `features`, written in layout `version` with the table `texts`, to `into`.
+fn decode_features<F: FeatureForm>(
+    texts: &[&str],
+    features: &[F],
+    version: u8,
+    into: &mut FeatureStates,
+) -> Result<(), CodecError> {
+    let text = |place: u32| text_at(texts, place);
     // A text's index in the dictionary of the feature being read, by its place in the table.
-    let mut dictionary = vec![0; wire.texts.len()];
-    for feature in &wire.features {
+    let mut dictionary = vec![0; texts.len()];
+    for feature in features {
         let mut decoded = FeatureState::default();
         let buckets = feature.buckets()?;
         if !buckets.is_empty() {
-            decoded.buckets = decode_buckets(&buckets, &wire.texts, &mut dictionary)?;
+            decoded.buckets = decode_buckets(&buckets, texts, &mut dictionary)?;
         }
         // Written in time order since the facts are kept in it; earlier persona wrote them in
         // row key order, which collecting sorts.
@@ -389,10 +471,9 @@ fn decode_wire<'a, F: FeatureForm + Deserialize<'a>>(
                 Ok((key, Fact { at_us, value: text(value)?.into() }))
             })
             .collect::<Result<_, CodecError>>()?;
-        features.insert_named(text(feature.name())?, decoded);
+        into.insert_named(text(feature.name())?, decoded);
     }
-    state.features = features;
-    Ok(state)
+    Ok(())
 }
 
 /// A feature's buckets as (bucket, place in `texts`, rows), in bucket order.
@@ -428,6 +509,7 @@ fn decode_buckets(
 }
 
 mod columns;
+mod parts;
 mod rows;
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ fn position() -> impl Strategy<Value = Position> {
     (any::<i64>(), any::<i64>(), 0u8..3).prop_map(|(a, b, c)| Position(a, b, c))
 }
 
-fn feature_state() -> impl Strategy<Value = FeatureState> {
+pub(super) fn feature_state() -> impl Strategy<Value = FeatureState> {
     let value = prop_oneof!["", "p[0-9]{1,3}", ".{0,12}"];
     let cell = prop::collection::btree_map(value.clone(), any::<i32>(), 0..4);
     let buckets = prop::collection::btree_map(any::<i64>(), cell, 0..6);
@@ -26,7 +26,7 @@ fn feature_state() -> impl Strategy<Value = FeatureState> {
     })
 }
 
-fn entity_state() -> impl Strategy<Value = EntityState> {
+pub(super) fn entity_state() -> impl Strategy<Value = EntityState> {
     let stream = prop_oneof!["user_activity/[0-3]", "orders/[0-3]", ".{0,10}"];
     let name = prop_oneof!["clicks_1m", "recent_products_viewed", "unique_viewers_1h", ".{1,10}"];
     let mark = (any::<(i64, i64)>(), any::<Option<i64>>())
@@ -250,11 +250,13 @@ fn a_damaged_or_overlarge_compressed_value_is_refused() {
 #[test]
 fn a_value_of_an_unknown_layout_is_refused_and_says_why() {
     let mut bytes = encode_state(&viewed(&["k"]));
-    bytes[0] = STATE_VERSION_COMPRESSED + 1;
+    bytes[0] = PART_VERSION_COMPRESSED + 1;
     let error = decode_state(&bytes).expect_err("refused");
-    assert!(matches!(error, CodecError::UnknownVersion(v) if v == STATE_VERSION_COMPRESSED + 1));
+    assert!(matches!(error, CodecError::UnknownVersion(v) if v == PART_VERSION_COMPRESSED + 1));
     assert!(error.to_string().contains("newer than this persona reads"), "{error}");
     assert!(matches!(decode_state(b""), Err(CodecError::Empty)));
+    bytes[0] = PART_VERSION;
+    assert!(matches!(decode_state(&bytes), Err(CodecError::Part)));
     assert!(matches!(decode_state(b"{not json"), Err(CodecError::Json(_))));
 }
 

@@ -1,0 +1,198 @@
+//! Layout versions 6 to 9: a share as a *head* and *parts*, so that writing it again costs what
+//! the change fed, not what the share holds.
+//!
+//! A share was one value, re-encoded whole whenever a change reached it: a view of a product
+//! re-encoded its co-occurrence partner's thousands of viewers for one pair count, and under live
+//! load encoding was most of persona's CPU (BENCHMARKS.md, "Where persona's time and CPU go under
+//! load"). Now each feature state of [`PART_FROM_ITEMS`] buckets' values and facts or more is a
+//! value of its own, a part, in the field `<stream>#part:<feature>` beside the share's field:
+//! a part's table holds its own texts, and from [`COMPRESS_FROM`](super::COMPRESS_FROM) bytes it is one zstd frame
+//! (version 9; 8 uncompressed). The head, in the share's field, holds what every change moves
+//! (the revision, the streams' positions, runs and cuts), the features too small to stand
+//! alone, and the names of the parts (version 7 compressed, 6 not). A share is written as its
+//! head, the parts whose features changed since they were last written, and the removal of the
+//! parts it no longer lists; one script writes them all, so a reader never sees a head with
+//! parts of another revision.
+//!
+//! Which parts are unchanged the share itself says ([`Stored`]): a feature read from a part, or
+//! written to one and acknowledged, is stored until a change reaches it. A reader takes the
+//! parts its head lists and nothing else, so a part left behind (by a writer of an earlier
+//! layout) is never read. A head listing a part that is missing is unreadable, like any
+//! malformed value.
+
+use serde::{Deserialize, Serialize};
+
+use super::columns::{ColumnFeature, encode_columns};
+use super::{
+    CodecError, Envelope, PLAIN, STATE_VERSION, Texts, Wire, compressed,
+    decode_envelope, decode_features, decompress, text_at,
+};
+use crate::features::{EntityState, FeatureState, Stored};
+
+/// A head, uncompressed and compressed.
+pub const HEAD_VERSION: u8 = 6;
+pub const HEAD_VERSION_COMPRESSED: u8 = 7;
+/// A part, uncompressed and compressed.
+pub const PART_VERSION: u8 = 8;
+pub const PART_VERSION_COMPRESSED: u8 = 9;
+
+/// The buckets' values and facts from which a feature is a part of its own: some 500 bytes
+/// encoded, where a part's own table and frame cost little beside what it saves a change that
+/// does not feed it. Below, a feature is cheaper to encode again with the head.
+pub const PART_FROM_ITEMS: usize = 64;
+
+/// The field of the part of `feature` in the share of `stream`.
+pub fn part_field(stream: &str, feature: &str) -> String {
+    format!("{stream}{PART_INFIX}{feature}")
+}
+
+/// What separates a share's stream from a feature in its parts' fields.
+pub const PART_INFIX: &str = "#part:";
+
+/// A share as written in layout 6 to 9.
+#[derive(Debug, Default)]
+pub struct EncodedShare {
+    pub head: Vec<u8>,
+    /// The parts to write: features changed since last written, by name.
+    pub parts: Vec<(&'static str, Vec<u8>)>,
+    /// Parts the share listed when read or last written and lists no more: to be removed.
+    pub dropped: Vec<&'static str>,
+    /// Whether the head lists parts it does not write (unchanged): they must still be stored.
+    pub keeps_parts: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Head<'a, F> {
+    #[serde(borrow)]
+    wire: Wire<'a, F>,
+    /// The features in parts of their own, as places in the table.
+    parts: Vec<u32>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Part<'a, F> {
+    #[serde(borrow)]
+    texts: Vec<&'a str>,
+    feature: F,
+}
+
+/// Whether `feature` is written in a part of its own: it is stored in one, unchanged, or large
+/// enough to stand alone.
+fn in_part(feature: &FeatureState, stored: Stored) -> bool {
+    stored.0 || feature.buckets.entry_count() + feature.facts.len() >= PART_FROM_ITEMS
+}
+
+/// `state` as its head and the parts that changed.
+pub fn encode_share(state: &EntityState) -> EncodedShare {
+    let mut share = EncodedShare::default();
+    let mut texts = Texts::default();
+    let envelope = Envelope::of(state, &mut texts);
+    let mut inline = Vec::new();
+    let mut parts = Vec::new();
+    for (name, feature, stored) in state.features.iter_stored() {
+        if !in_part(feature, stored) {
+            inline.push(encode_columns(&mut texts, name, feature));
+            continue;
+        }
+        parts.push(texts.place(name));
+        if stored.0 {
+            share.keeps_parts = true;
+        } else {
+            share.parts.push((name, encode_part(name, feature)));
+        }
+    }
+    share.dropped = state
+        .stored_parts
+        .0
+        .iter()
+        .copied()
+        .filter(|name| {
+            !state.features.iter_stored().any(|(listed, feature, stored)| {
+                std::ptr::eq(listed, *name) && in_part(feature, stored)
+            })
+        })
+        .collect();
+    let head = Head { wire: envelope.wire(texts, inline), parts };
+    share.head = encoded(HEAD_VERSION, HEAD_VERSION_COMPRESSED, &head);
+    share
+}
+
+fn encode_part(name: &str, feature: &FeatureState) -> Vec<u8> {
+    let mut texts = Texts::default();
+    let feature = encode_columns(&mut texts, name, feature);
+    encoded(PART_VERSION, PART_VERSION_COMPRESSED, &Part { texts: texts.table, feature })
+}
+
+/// `value` behind `version`, or behind `compressed_version` in one zstd frame from
+/// [`COMPRESS_FROM`](super::COMPRESS_FROM) bytes, built in the buffer kept between values.
+fn encoded(version: u8, compressed_version: u8, value: &impl Serialize) -> Vec<u8> {
+    let mut buffer = PLAIN.take();
+    buffer.clear();
+    buffer.push(version);
+    // postcard fails only on a sequence of unknown length, and every one here is a vector.
+    let buffer = postcard::to_extend(value, buffer).unwrap_or_default();
+    let value = compressed(&buffer, compressed_version);
+    PLAIN.set(buffer);
+    value
+}
+
+/// Records that Redis now holds what [`encode_share`] wrote of `state`: its parts are stored
+/// until a change reaches them. Call it only once the write is acknowledged, and with `state`
+/// as it was encoded.
+pub fn note_written(state: &mut EntityState) {
+    let parts: Vec<&'static str> = state
+        .features
+        .iter_stored()
+        .filter(|(_, feature, stored)| in_part(feature, *stored))
+        .map(|(name, ..)| name)
+        .collect();
+    for name in &parts {
+        state.features.mark_stored(name);
+    }
+    state.stored_parts.0 = parts;
+}
+
+/// Whether `value` is a head (a share in layout 6 or 7), which needs its parts to be read.
+pub fn is_head(value: &[u8]) -> bool {
+    matches!(value.first(), Some(&(HEAD_VERSION | HEAD_VERSION_COMPRESSED)))
+}
+
+/// Reads the share whose head is `head` (without its version byte, decompressed), its parts
+/// found by `part` from their feature's name.
+pub(super) fn decode_head<'p>(
+    head: &[u8],
+    part: impl Fn(&str) -> Option<&'p [u8]>,
+) -> Result<EntityState, CodecError> {
+    let head: Head<'_, ColumnFeature> = postcard::from_bytes(head)?;
+    let mut state = decode_envelope(&head.wire)?;
+    decode_features(&head.wire.texts, &head.wire.features, STATE_VERSION, &mut state.features)?;
+    for place in &head.parts {
+        let name = text_at(&head.wire.texts, *place)?;
+        let value = part(name).ok_or_else(|| CodecError::MissingPart(name.to_string()))?;
+        let plain;
+        let wire = match value.first() {
+            Some(&PART_VERSION) => &value[1..],
+            Some(&PART_VERSION_COMPRESSED) => {
+                plain = decompress(&value[1..])?;
+                &plain[..]
+            }
+            Some(&other) => return Err(CodecError::UnknownVersion(other)),
+            None => return Err(CodecError::Empty),
+        };
+        let part: Part<'_, ColumnFeature> = postcard::from_bytes(wire)?;
+        decode_features(
+            &part.texts,
+            std::slice::from_ref(&part.feature),
+            STATE_VERSION,
+            &mut state.features,
+        )?;
+        // The feature the part holds must be the one the head names.
+        let name = state.features.mark_stored_named(name).ok_or(CodecError::PartName)?;
+        state.stored_parts.0.push(name);
+    }
+    Ok(state)
+}
+
+#[cfg(test)]
+#[path = "tests_parts.rs"]
+mod tests;
