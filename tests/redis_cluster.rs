@@ -45,9 +45,17 @@ fn user(id: usize) -> StateKey {
     EntityRef::user(format!("u{id}")).share(STREAM)
 }
 
-/// `count` users, user `i` at revision `rev + i`.
+/// `count` users, user `i` at revision `rev + i`, each with a feature large enough to be a part
+/// of its own beside its share's head (see `store::codec::parts`).
 fn batch(count: usize, rev: u64) -> Vec<(StateKey, EntityState)> {
-    (0..count).map(|i| (user(i), state(rev + i as u64))).collect()
+    let views: persona::features::Buckets = (0..100).map(|bucket| (bucket, "", 1)).collect();
+    let views = persona::features::FeatureState::new(views, Default::default());
+    let share = |rev| {
+        let mut share = state(rev);
+        share.features.insert_named("views_1m", views.clone());
+        share
+    };
+    (0..count).map(|i| (user(i), share(rev + i as u64))).collect()
 }
 
 /// Each user's revision as a fresh instance (cold L1) reads it.
@@ -103,7 +111,7 @@ async fn a_batch_spanning_every_primary_is_written_with_its_marks_and_read_back(
     };
     writer
         .write_batch(
-            &batch(300, 1),
+            &mut batch(300, 1),
             &marks,
             Some((STREAM, &overlap)),
             &MarksSeen::default(),
@@ -126,6 +134,7 @@ async fn a_batch_spanning_every_primary_is_written_with_its_marks_and_read_back(
         .await
         .expect("load");
     assert_eq!(loaded.states.len(), 2);
+    assert_eq!(loaded.states.get(&user(0)), Some(&batch(1, 1)[0].1), "head and part read back");
     assert_eq!(loaded.marks.highs.get(STREAM), Some(&high));
     let wanted = Wanted { rows: vec!["row-1".into()], positions: vec![Position(45, 45, 1)] };
     let known = reader.load_overlap(STREAM, &wanted).await.expect("load overlap");

@@ -340,7 +340,7 @@ async fn a_streams_snapshot_overlap_round_trips_and_clears() {
     };
     writer
         .write_batch(
-            &[(user("u1"), state(1))],
+            &mut [(user("u1"), state(1))],
             &marks,
             Some((&stream, &writes)),
             &MarksSeen::default(),
@@ -361,7 +361,7 @@ async fn a_streams_snapshot_overlap_round_trips_and_clears() {
     let forget = OverlapWrites { rows: vec![("41".into(), None)], ..Default::default() };
     writer
         .write_batch(
-            &[],
+            &mut [],
             &TableMarks::default(),
             Some((&stream, &forget)),
             &MarksSeen::default(),
@@ -379,7 +379,7 @@ async fn a_streams_snapshot_overlap_round_trips_and_clears() {
     };
     writer
         .write_batch(
-            &[],
+            &mut [],
             &TableMarks::default(),
             Some((&stream, &anew)),
             &MarksSeen::default(),
@@ -473,6 +473,68 @@ async fn shares_are_written_in_the_configured_encoding_and_either_is_read() {
             assert_eq!(loaded.states.get(&user("u1")), Some(&share));
         }
     }
+}
+
+/// The default layout writes a share's large features as parts beside its head, and a write
+/// after a change rewrites the head and the parts the change fed only; a head whose parts
+/// expired while its writer kept the share is refused rather than written listing them.
+#[tokio::test]
+async fn a_share_is_written_as_its_head_and_the_parts_a_change_fed() {
+    use persona::features::{Fact, FeatureState};
+
+    let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
+    let prefix = unique("parts");
+    let config = RedisConfig {
+        url: Sensitive(redis.url()),
+        key_prefix: prefix.clone(),
+        ..RedisConfig::default()
+    };
+    let store = FeatureStore::connect(&config, &CacheConfig::default()).await.expect("connect");
+    let hash = format!("{prefix}:g0:user:u1");
+    let mut share = state(1);
+    let mut viewed = FeatureState::default();
+    for i in 0..200 {
+        let fact =
+            Fact { at_us: 1_700_000_000_000_000 + i * 1_000_000, value: format!("p{i}").into() };
+        viewed.facts.insert(format!("row-{i}").into(), fact);
+    }
+    share.features.insert_named("recent_products_viewed", viewed);
+    share.features.insert_named("last_viewed_product", FeatureState::default());
+    store
+        .write_states(vec![(user("u1"), share.clone())], &Default::default(), None)
+        .await
+        .expect("write");
+    let fields = redis.command(&["HKEYS", &hash]);
+    let mut fields: Vec<&str> = fields.lines().collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["user_activity/0", "user_activity/0#part:recent_products_viewed"]);
+
+    // Read back by ingest, as an owner does: its parts are known to be stored.
+    let mut loaded = store.load_for_write(&[user("u1")], &[], &[]).await.expect("load");
+    let mut read = loaded.states.remove(&user("u1")).expect("stored");
+    assert_eq!(read, share);
+    assert_eq!(read_user(&store, "u1").await, Some(share.clone()));
+    read.rev = 2;
+    let fact = Fact { at_us: 1_700_000_000_000_000, value: "p9".into() };
+    let mut small = FeatureState::default();
+    small.facts.insert("row-x".into(), fact);
+    read.features.insert_named("last_viewed_product", small);
+    let hsets = redis.command_calls("hset");
+    store
+        .write_states(vec![(user("u1"), read.clone())], &Default::default(), None)
+        .await
+        .expect("write");
+    assert_eq!(redis.command_calls("hset") - hsets, 1, "the head alone: its part was not fed");
+    let mut again = store.load_for_write(&[user("u1")], &[], &[]).await.expect("load");
+    assert_eq!(again.states.get(&user("u1")), Some(&read));
+
+    // The parts gone (the hash's TTL passed) under a writer that kept the share: refused.
+    let mut kept = again.states.remove(&user("u1")).expect("stored");
+    kept.rev = 3;
+    redis.command(&["DEL", &hash]);
+    let refused = store.write_states(vec![(user("u1"), kept)], &Default::default(), None).await;
+    assert!(matches!(refused, Err(StoreError::PartsGone)), "{refused:?}");
+    assert_eq!(redis.command(&["EXISTS", &hash]), "0", "nothing written");
 }
 
 #[tokio::test]

@@ -177,6 +177,14 @@ impl Applier<'_> {
                     self.store.note_write_failure(format!("{topic}/{partition}"), None);
                     return Ok(counts);
                 }
+                Err(StoreError::PartsGone) => {
+                    // Nothing was written, and the shares kept are forgotten: read again.
+                    tracing::info!(
+                        topic,
+                        partition,
+                        "a kept share expired in redis; applying the batch again"
+                    );
+                }
                 Err(StoreError::MarksMoved) => {
                     // Another writer recorded a mark: nothing was written, and reading the marks
                     // again is all it takes.
@@ -392,7 +400,7 @@ impl Applier<'_> {
         if late > 0 {
             metrics::counter!(telemetry::LATE_EVENTS, "topic" => topic.to_string()).increment(late);
         }
-        let (writes, unchanged): (Vec<(StateKey, EntityState)>, Vec<_>) =
+        let (mut writes, unchanged): (Vec<(StateKey, EntityState)>, Vec<_>) =
             states.into_iter().partition(|(key, _)| changed.contains(key));
         #[cfg(debug_assertions)]
         super::hooks::injected_stop(changes);
@@ -407,7 +415,7 @@ impl Applier<'_> {
                 .collect(),
         };
         let overlap = Some((stream.as_str(), &overlap_writes));
-        self.store.write_batch(&writes, &marks, overlap, &seen, self.fence).await?;
+        self.store.write_batch(&mut writes, &marks, overlap, &seen, self.fence).await?;
         // What was written is what Redis holds now. A share left unchanged (every change a
         // duplicate) may differ from Redis only by having entered a newer snapshot run or
         // TRUNCATE (`features::apply`), which the next change to it does anyway, the same way.

@@ -30,6 +30,11 @@ pub enum StoreError {
         "a mark the batch was applied under moved before its write (another partition recorded a snapshot run or TRUNCATE)"
     )]
     MarksMoved,
+    /// A share's head would list parts its write leaves alone, but its hash is gone (its TTL
+    /// passed while its writer kept the share in memory): nothing was written, and the batch is
+    /// applied again from a fresh read, which finds the entity as the TTL left it.
+    #[error("a share's stored parts expired before its write")]
+    PartsGone,
     /// Fewer replicas than `redis.min_replica_acks` confirmed a write in time: a failover now
     /// could lose it, so it does not count as done (a replica down, or slow).
     #[error("only {acked} of {wanted} redis replicas confirmed the write in time")]
@@ -57,7 +62,9 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         use fred::error::ErrorKind;
         match self {
-            Self::Unavailable | Self::Unreplicated { .. } | Self::MarksMoved => true,
+            Self::Unavailable | Self::Unreplicated { .. } | Self::MarksMoved | Self::PartsGone => {
+                true
+            }
             Self::Redis(error) => match error.kind() {
                 ErrorKind::IO
                 | ErrorKind::Timeout

@@ -19,13 +19,20 @@ use crate::telemetry;
 const EPOCH_SUFFIX: &str = "#epoch";
 
 impl FeatureStore {
-    /// A share as read for the API; an unreadable one is left out (and reported): ingest sets it
-    /// aside and rebuilds it when a change reaches it.
-    fn decode_state(&self, key: &str, value: &[u8]) -> Option<EntityState> {
-        match codec::decode_state(value) {
+    /// A share as read for the API, its parts found in `fields`; an unreadable one is left out
+    /// (and reported): ingest sets it aside and rebuilds it when a change reaches it.
+    fn decode_share(
+        &self,
+        key: &str,
+        stream: &str,
+        fields: &HashMap<String, Bytes>,
+    ) -> Option<EntityState> {
+        let value = fields.get(stream)?;
+        let part = |feature: &str| fields.get(&codec::part_field(stream, feature)).map(|v| &v[..]);
+        match codec::decode_share(value, part) {
             Ok(state) => Some(state),
             Err(error) => {
-                tracing::error!(key, error = %error, "unreadable feature state in redis; served without it");
+                tracing::error!(key, stream, error = %error, "unreadable feature state in redis; served without it");
                 metrics::counter!(telemetry::UNREADABLE_STATES, "path" => "read").increment(1);
                 None
             }
@@ -41,10 +48,13 @@ impl FeatureStore {
         marks: &TableMarks,
     ) -> Shares {
         fields
-            .into_iter()
-            // Beside each share on a Redis Cluster: its writer's epoch (see `slots`).
-            .filter(|(field, _)| !field.ends_with(EPOCH_SUFFIX))
-            .filter_map(|(stream, value)| Some((stream, Arc::new(self.decode_state(key, &value)?))))
+            .keys()
+            // Beside each share on a Redis Cluster: its writer's epoch (see `slots`); and beside
+            // a share's head, its parts (see `codec::parts`).
+            .filter(|field| !field.ends_with(EPOCH_SUFFIX) && !field.contains(codec::PART_INFIX))
+            .filter_map(|stream| {
+                Some((stream.clone(), Arc::new(self.decode_share(key, stream, &fields)?)))
+            })
             .filter(|(stream, share)| {
                 let table = stream.split('/').next().unwrap_or_default();
                 let run = marks.runs.get(table).map(|start| start.run);

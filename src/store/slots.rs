@@ -169,14 +169,13 @@ impl FeatureStore {
         fence: Option<&Fence>,
     ) -> Result<(Vec<String>, Vec<Value>), StoreError> {
         let shares: Vec<_> = shares.collect();
-        let (keys, values) = self.encode_shares(namespace, shares.iter().copied())?;
-        let mut args: Vec<Value> = Vec::with_capacity(2 + 3 * keys.len());
+        let (keys, shares) = self.encode_shares(namespace, shares.iter().copied())?;
+        let mut args: Vec<Value> = Vec::with_capacity(2 + 6 * keys.len());
         args.push(fence.map(|f| f.epoch.to_string()).unwrap_or_default().into());
         args.push(self.state_ttl_secs.to_string().into());
-        let mut values = values.into_iter();
-        for key in &keys {
+        for (key, share) in keys.iter().zip(shares) {
             args.push(key.as_str().into());
-            args.extend(values.by_ref().take(2));
+            args.extend(share);
         }
         Ok((keys, args))
     }

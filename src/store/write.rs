@@ -16,9 +16,10 @@ use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 
-use super::codec::{decode_state, encode_state_as};
+use super::codec::{decode_share, encode_for_write, note_written, part_field};
 use super::marks::{MarksSeen, TableMarks, high_field, overlap_field, truncate_field};
 use super::{CLEAR_ALL, FeatureStore, StateKey, StoreError, note_latency};
+use crate::config::StateEncoding;
 use crate::features::overlap::{Known, OverlapWrites, Wanted};
 use crate::features::{EntityState, Position, RowKey};
 use crate::telemetry;
@@ -91,20 +92,24 @@ impl FeatureStore {
             let _: () = pipeline.hget(hash, field).await?;
         }
         for key in keys {
-            let _: () = pipeline.hget(self.redis_key(&namespace, &key.entity), &key.stream).await?;
+            // The whole hash: a share's head names its parts only once read.
+            let _: () = pipeline.hgetall(self.redis_key(&namespace, &key.entity)).await?;
         }
         let started = Instant::now();
-        let result: Result<Vec<Option<Bytes>>, _> = pipeline.all().await;
+        let result: Result<Vec<Value>, _> = pipeline.all().await;
         note_latency("ingest_read", started);
         self.note_redis("ingest_read", &result);
         let mut values = result?;
-        let shares = values.split_off(fields.len());
-        let seen =
-            MarksSeen::read(fields.into_iter().zip(values).map(|((_, f), value)| (f, value)));
+        let hashes = values.split_off(fields.len());
+        let marks = values.into_iter().map(|value| value.convert::<Option<Bytes>>());
+        let marks = marks.collect::<Result<Vec<_>, _>>()?;
+        let seen = MarksSeen::read(fields.into_iter().zip(marks).map(|((_, f), value)| (f, value)));
         let mut loaded = Loaded { marks: seen.marks(), seen, ..Loaded::default() };
-        for (key, value) in keys.iter().zip(shares) {
-            let Some(value) = value else { continue };
-            match decode_state(&value) {
+        for (key, hash) in keys.iter().zip(hashes) {
+            let hash: HashMap<String, Bytes> = hash.convert()?;
+            let Some(value) = hash.get(&key.stream) else { continue };
+            let part = |feature: &str| hash.get(&part_field(&key.stream, feature)).map(|v| &v[..]);
+            match decode_share(value, part) {
                 Ok(state) => {
                     loaded.states.insert(key.clone(), state);
                 }
@@ -113,7 +118,7 @@ impl FeatureStore {
                     tracing::error!(key = %name, stream = %key.stream, error = %error, "unreadable feature state in redis");
                     metrics::counter!(telemetry::UNREADABLE_STATES, "path" => "ingest")
                         .increment(1);
-                    loaded.unreadable.push((key.clone(), value));
+                    loaded.unreadable.push((key.clone(), value.clone()));
                 }
             }
         }
@@ -204,20 +209,21 @@ impl FeatureStore {
     /// stale; once acknowledged, updates L1.
     pub async fn write_states(
         &self,
-        states: Vec<(StateKey, EntityState)>,
+        mut states: Vec<(StateKey, EntityState)>,
         marks: &TableMarks,
         fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
-        self.write_batch(&states, marks, None, &MarksSeen::default(), fence).await
+        self.write_batch(&mut states, marks, None, &MarksSeen::default(), fence).await
     }
 
     /// [`Self::write_states`], with what the batch changed in its stream's overlap with a
     /// snapshot run (`overlap`: the stream and its writes), in the same atomic script (on a Redis
     /// Cluster, in the scripts and order [`super::slots`] describes); refused whole with
     /// [`StoreError::MarksMoved`] unless every mark in `expected` is still stored as it was.
+    /// Once written, each state knows which of its parts Redis holds as they are.
     pub async fn write_batch(
         &self,
-        states: &[(StateKey, EntityState)],
+        states: &mut [(StateKey, EntityState)],
         marks: &TableMarks,
         overlap: Option<(&str, &OverlapWrites)>,
         expected: &MarksSeen,
@@ -256,6 +262,9 @@ impl FeatureStore {
             self.clear_l1("table_marks");
         }
         for (key, state) in states {
+            if self.state_encoding == StateEncoding::Parts {
+                note_written(state);
+            }
             self.l1.put_share(key.entity.cache_key(), &key.stream, state).await;
         }
         Ok(())
@@ -327,23 +336,40 @@ impl FeatureStore {
         rest.extend(overlapped.iter().map(position_field));
         let (entity_keys, shares) = self.encode_shares(&namespace, states.iter())?;
         keys.extend(entity_keys);
-        args.extend(rest.into_iter().map(Value::from).chain(shares));
+        args.extend(rest.into_iter().map(Value::from).chain(shares.into_iter().flatten()));
         Ok((keys, args))
     }
 
-    /// The entity hashes of `states` and their (stream, encoded share) arguments.
+    /// The entity hashes of `states`, and for each the arguments that write its share: its
+    /// stream, its head, whether the head lists parts left alone, its parts written and removed
+    /// (see `write_states.lua` and `codec::parts`).
     pub(super) fn encode_shares<'a>(
         &self,
         namespace: &str,
         states: impl ExactSizeIterator<Item = &'a (StateKey, EntityState)>,
-    ) -> Result<(Vec<String>, Vec<Value>), StoreError> {
+    ) -> Result<(Vec<String>, Vec<Vec<Value>>), StoreError> {
         let mut keys = Vec::with_capacity(states.len());
-        let mut shares: Vec<Value> = Vec::with_capacity(2 * states.len());
+        let mut shares = Vec::with_capacity(states.len());
         for (key, state) in states {
             keys.push(self.redis_key(namespace, &key.entity));
-            let value = encode_state_as(state, self.state_encoding)
+            let share = encode_for_write(state, self.state_encoding)
                 .map_err(|source| StoreError::Encode { key: format!("{key:?}"), source })?;
-            shares.extend([key.stream.clone().into(), Bytes::from(value).into()]);
+            let mut args: Vec<Value> =
+                Vec::with_capacity(5 + 2 * share.parts.len() + share.dropped.len());
+            args.extend([
+                key.stream.clone().into(),
+                Bytes::from(share.head).into(),
+                if share.keeps_parts { "1" } else { "" }.into(),
+                share.parts.len().to_string().into(),
+            ]);
+            for (feature, part) in share.parts {
+                args.extend([part_field(&key.stream, feature).into(), Bytes::from(part).into()]);
+            }
+            args.push(share.dropped.len().to_string().into());
+            args.extend(
+                share.dropped.iter().map(|feature| part_field(&key.stream, feature).into()),
+            );
+            shares.push(args);
         }
         Ok((keys, shares))
     }
@@ -405,6 +431,7 @@ pub(super) fn script_outcome(reply: Value, fence: Option<&Fence>) -> Result<(), 
             Err(StoreError::Unclaimed { partition: fence.partition.clone() })
         }
         (Value::Integer(-2), _) => Err(StoreError::MarksMoved),
+        (Value::Integer(-3), _) => Err(StoreError::PartsGone),
         _ => Ok(()),
     }
 }

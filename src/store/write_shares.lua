@@ -7,25 +7,49 @@
 --          slot only; `allow-cross-slot-keys` lets it reach the others, if they are local)
 -- ARGV[1]  the writer's epoch, or '' for a writer without an owner (rebuild)
 -- ARGV[2]  TTL of the entity hashes, in seconds
--- ARGV[3…] one (entity hash, stream, state) triple per share
+-- ARGV[3…] one share after another: its entity hash, its stream (the field of its head), its
+--          head, '1' when the head lists parts not written here, the count of (field, part)
+--          pairs that follow, the count of fields of parts to remove that follow (see
+--          store/codec/parts.rs)
 --
 -- Each share's writer epoch sits beside it, in the field `<stream>#epoch`. Returns 1 when
--- written; when a share was written under a newer epoch, that epoch (a string), and nothing
+-- written; -3, writing nothing, when a share's hash is gone though its head lists parts it does
+-- not write; when a share was written under a newer epoch, that epoch (a string), and nothing
 -- is written. Every hash is read before any is written, so a hash not on this node (its slot
 -- moved or moving) fails the call with "non local key" before it wrote anything. The batch's
 -- last script announces the shares (one message for the whole batch).
 local epoch = tonumber(ARGV[1])
-for i = 3, #ARGV, 3 do
-  local stamped = redis.call('HGET', ARGV[i], ARGV[i + 1] .. '#epoch')
+local at = 3
+while at <= #ARGV do
+  local stamped = redis.call('HGET', ARGV[at], ARGV[at + 1] .. '#epoch')
   if epoch and stamped and tonumber(stamped) > epoch then
     return tostring(stamped)
   end
-end
-for i = 3, #ARGV, 3 do
-  redis.call('HSET', ARGV[i], ARGV[i + 1], ARGV[i + 2])
-  if epoch then
-    redis.call('HSET', ARGV[i], ARGV[i + 1] .. '#epoch', ARGV[1])
+  if ARGV[at + 3] ~= '' and redis.call('EXISTS', ARGV[at]) == 0 then
+    return -3
   end
-  redis.call('EXPIRE', ARGV[i], ARGV[2])
+  at = at + 5 + 2 * tonumber(ARGV[at + 4])
+  at = at + 1 + tonumber(ARGV[at])
+end
+at = 3
+while at <= #ARGV do
+  local hash, stream = ARGV[at], ARGV[at + 1]
+  redis.call('HSET', hash, stream, ARGV[at + 2])
+  if epoch then
+    redis.call('HSET', hash, stream .. '#epoch', ARGV[1])
+  end
+  local parts = tonumber(ARGV[at + 4])
+  at = at + 5
+  for _ = 1, parts do
+    redis.call('HSET', hash, ARGV[at], ARGV[at + 1])
+    at = at + 2
+  end
+  local dropped = tonumber(ARGV[at])
+  at = at + 1
+  for _ = 1, dropped do
+    redis.call('HDEL', hash, ARGV[at])
+    at = at + 1
+  end
+  redis.call('EXPIRE', hash, ARGV[2])
 end
 return 1

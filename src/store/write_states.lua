@@ -21,11 +21,14 @@
 --          (`<stream>#overlap` always); then '1' to clear the row memory first, '1' to clear the
 --          overlapped positions first, the count of (row key, image) pairs that follow (an empty
 --          image forgets the row), the count of overlapped positions that follow; then one
---          (stream, state) pair per entity
+--          share per entity: its stream (the field of its head), its head, '1' when the head
+--          lists parts not written here, the count of (field, part) pairs that follow, the
+--          count of fields of parts to remove that follow (see store/codec/parts.rs)
 --
 -- Returns 1 when written; -1 when the partition has no claim at all (Redis lost its data); -2,
--- writing nothing, when an expected mark moved; when fenced, the epoch of the current writer (a
--- string).
+-- writing nothing, when an expected mark moved; -3, writing nothing, when a share's hash is
+-- gone though its head lists parts it does not write; when fenced, the epoch of the current
+-- writer (a string).
 if ARGV[1] ~= '' then
   local owner = redis.call('HGET', KEYS[1], ARGV[1])
   if owner == false then
@@ -69,6 +72,18 @@ for _ = 1, tonumber(ARGV[8]) do
   end
   at = at + 3
 end
+-- A share whose head lists parts it does not write needs them still stored: a hash gone (its
+-- TTL passed while its writer kept the share in memory) refuses the batch before any write.
+local share = at + 1 + 2 * tonumber(ARGV[at]) + 2
+share = share + 1 + 2 * tonumber(ARGV[share])
+share = share + 1 + tonumber(ARGV[share])
+for i = 6, #KEYS do
+  if ARGV[share + 2] ~= '' and redis.call('EXISTS', KEYS[i]) == 0 then
+    return -3
+  end
+  share = share + 4 + 2 * tonumber(ARGV[share + 3])
+  share = share + 1 + tonumber(ARGV[share])
+end
 local marks = tonumber(ARGV[at])
 at = at + 1
 for _ = 1, marks do
@@ -111,8 +126,19 @@ for _ = 1, overlapped do
 end
 for i = 6, #KEYS do
   redis.call('HSET', KEYS[i], ARGV[at], ARGV[at + 1])
+  local parts = tonumber(ARGV[at + 3])
+  at = at + 4
+  for _ = 1, parts do
+    redis.call('HSET', KEYS[i], ARGV[at], ARGV[at + 1])
+    at = at + 2
+  end
+  local dropped = tonumber(ARGV[at])
+  at = at + 1
+  for _ = 1, dropped do
+    redis.call('HDEL', KEYS[i], ARGV[at])
+    at = at + 1
+  end
   redis.call('EXPIRE', KEYS[i], ARGV[3])
-  at = at + 2
 end
 if ARGV[5] ~= '' then
   redis.call(ARGV[7], ARGV[4], ARGV[5])

@@ -551,13 +551,13 @@ pub async fn check_writes_conditioned_on_marks(
         || store.load_for_write(&[], std::slice::from_ref(&table), std::slice::from_ref(&stream));
     let seen = marks_now().await.expect("load").seen;
     let none = TableMarks::default();
-    store.write_batch(&[share("u-1")], &none, None, &seen, fence).await.expect("marks as seen");
+    store.write_batch(&mut [share("u-1")], &none, None, &seen, fence).await.expect("marks as seen");
 
     let truncation = Truncation { position: Position(20, 20, 1), run: None };
     let truncated =
         TableMarks { truncations: [(table.clone(), truncation)].into(), ..TableMarks::default() };
     store.write_states(Vec::new(), &truncated, fence).await.expect("another partition's TRUNCATE");
-    let refused = store.write_batch(&[share("u-2")], &none, None, &seen, fence).await;
+    let refused = store.write_batch(&mut [share("u-2")], &none, None, &seen, fence).await;
     assert!(matches!(refused, Err(StoreError::MarksMoved)), "{refused:?}");
     let u2 = [share("u-2").0];
     let nothing = store.load_for_write(&u2, &[], &[]).await.expect("load");
@@ -565,6 +565,6 @@ pub async fn check_writes_conditioned_on_marks(
 
     let seen = marks_now().await.expect("load").seen;
     assert_eq!(seen.marks().truncations.get(&table), Some(&truncation));
-    store.write_batch(&[share("u-2")], &none, None, &seen, fence).await.expect("marks re-read");
+    store.write_batch(&mut [share("u-2")], &none, None, &seen, fence).await.expect("marks re-read");
     assert_eq!(store.load_for_write(&u2, &[], &[]).await.expect("load").states.len(), 1);
 }

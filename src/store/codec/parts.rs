@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use super::columns::{ColumnFeature, encode_columns};
 use super::{
-    CodecError, Envelope, PLAIN, STATE_VERSION, Texts, Wire, compressed,
-    decode_envelope, decode_features, decompress, text_at,
+    CodecError, Envelope, PLAIN, STATE_VERSION, Texts, Wire, compressed, decode_envelope,
+    decode_features, decompress, text_at,
 };
 use crate::features::{EntityState, FeatureState, Stored};
 

@@ -7,8 +7,8 @@ use proptest::prelude::*;
 
 use super::super::tests::{entity_state, feature_state};
 use super::*;
-use crate::store::codec::{decode_share, encode_state};
 use crate::features::{FeatureStates, intern};
+use crate::store::codec::{decode_share, encode_state};
 
 const STREAM: &str = "user_activity/1";
 
@@ -68,7 +68,8 @@ fn large_features_are_parts_and_small_ones_ride_in_the_head() {
     assert_eq!(hash.0.len(), 3);
     let read = hash.read().expect("reads");
     assert_eq!(read, state);
-    let stored: Vec<_> = read.features.iter_stored().filter(|(.., s)| s.0).map(|(n, ..)| n).collect();
+    let stored: Vec<_> =
+        read.features.iter_stored().filter(|(.., s)| s.0).map(|(n, ..)| n).collect();
     assert_eq!(stored.len(), 2);
     assert!(!stored.contains(&"clicks"));
 }
