@@ -26,8 +26,10 @@ use std::time::Instant;
 use chrono::TimeDelta;
 use persona::config::StateEncoding;
 use persona::features::{Entity, EntityState, FeatureSet, FeatureState};
-use persona::store::codec::{decode_state, encode_state, encode_state_as, encode_uncompressed};
-use support::{States, Workload, decode_and_apply};
+use persona::store::codec::{
+    decode_state, encode_share, encode_state, encode_state_as, encode_uncompressed, note_written,
+};
+use support::{States, Workload, apply_message, decode_and_apply};
 
 /// mimalloc, as `persona` runs, counting the bytes allocated and not yet freed.
 struct Counting;
@@ -68,8 +70,10 @@ fn json_bytes<T: serde::Serialize>(value: &T) -> usize {
     serde_json::to_vec(value).expect("a state serializes").len()
 }
 
+/// The bytes of `state` in Redis as persona writes it: its head and every part.
 fn stored_bytes(state: &EntityState) -> usize {
-    encode_state(state).len()
+    let share = encode_share(state);
+    share.head.len() + share.parts.iter().map(|(_, part)| part.len()).sum::<usize>()
 }
 
 /// The bytes `feature` takes in its entity's stored value: the value with it alone.
@@ -154,6 +158,59 @@ fn main() {
     for entity in [set.shopper, set.item] {
         report(&set, &states, entity);
     }
+    live_writes(&set, &mut states, &mut workload, setting("PERSONA_BENCH_LIVE_CHANGES", 20_000));
+}
+
+/// What writing the states a change reached costs once states are full, as live ingest writes
+/// them after each batch: the whole value (layout 5) against the head and the parts the change
+/// fed (the default), over the next `changes` changes, each state written after each change.
+fn live_writes(set: &FeatureSet, states: &mut States, workload: &mut Workload, changes: usize) {
+    for state in states.values_mut() {
+        note_written(state);
+    }
+    let (mut whole, mut parts) = (0.0, 0.0);
+    let (mut whole_bytes, mut parts_bytes, mut writes) = (0, 0, 0usize);
+    for message in workload.by_ref().take(changes).collect::<Vec<_>>() {
+        let mut touched = Vec::new();
+        apply_message(set, &message, states, |entity, id| touched.push((entity, id.to_string())));
+        for key in touched {
+            let Some(state) = states.get_mut(&key) else { continue };
+            // Each first in turn: the second finds the state in the caches.
+            let time = |encode: &dyn Fn(&EntityState) -> usize, total: &mut f64| {
+                let started = Instant::now();
+                let bytes = encode(state);
+                *total += started.elapsed().as_secs_f64();
+                bytes
+            };
+            let as_parts = |state: &EntityState| {
+                let share = encode_share(state);
+                share.head.len() + share.parts.iter().map(|(_, p)| p.len()).sum::<usize>()
+            };
+            let as_whole = |state: &EntityState| encode_state(state).len();
+            if writes % 2 == 0 {
+                whole_bytes += time(&as_whole, &mut whole);
+                parts_bytes += time(&as_parts, &mut parts);
+            } else {
+                parts_bytes += time(&as_parts, &mut parts);
+                whole_bytes += time(&as_whole, &mut whole);
+            }
+            note_written(state);
+            writes += 1;
+        }
+    }
+    let per_change = |total: f64| total * 1e6 / changes as f64;
+    println!(
+        "\nlive writes, {changes} changes ({:.2} states written per change): encoding per change, \
+         one value (v5) {:.1} µs, head and parts fed {:.1} µs ({:.2}×); bytes written per change \
+         {} and {} ({:.2}×)",
+        writes as f64 / changes as f64,
+        per_change(whole),
+        per_change(parts),
+        parts / whole,
+        whole_bytes / changes,
+        parts_bytes / changes,
+        parts_bytes as f64 / whole_bytes as f64,
+    );
 }
 
 fn report(set: &FeatureSet, states: &States, entity: Entity) {
@@ -163,6 +220,7 @@ fn report(set: &FeatureSet, states: &States, entity: Entity) {
         return;
     }
     let redis = summary(of.iter().map(|state| stored_bytes(state)).collect());
+    let one_value = summary(of.iter().map(|state| encode_state(state).len()).collect());
     let uncompressed = summary(of.iter().map(|state| encode_uncompressed(state).len()).collect());
     // The layout before features were written in columns, compressed: the reference.
     let rows = |state: &&EntityState| encode_state_as(state, StateEncoding::Zstd3).map(|b| b.len());
@@ -173,7 +231,8 @@ fn report(set: &FeatureSet, states: &States, entity: Entity) {
     println!("\n{entity} ({} states)            median     p90     max    mean", of.len());
     let rows = [
         ("Redis", redis),
-        ("Redis, uncompressed", uncompressed),
+        ("Redis, one value (v5)", one_value),
+        ("Redis, v5 uncompressed", uncompressed),
         ("Redis, in rows (v3)", in_rows),
         ("Redis, as JSON", json),
         ("memory", memory),
@@ -190,7 +249,7 @@ fn report(set: &FeatureSet, states: &States, entity: Entity) {
         |bytes| serde_json::from_slice(bytes).expect("reads back"),
     );
     println!(
-        "  per state: encode {encoding:.1} µs, decode {decoding:.1} µs (as JSON: {:.1} µs, {:.1} µs)",
+        "  per state, one value (v5): encode {encoding:.1} µs, decode {decoding:.1} µs (as JSON: {:.1} µs, {:.1} µs)",
         json_codec.0, json_codec.1
     );
     // The same state over and over, in the caches: the cost of the work itself. The state of
@@ -199,7 +258,9 @@ fn report(set: &FeatureSet, states: &States, entity: Entity) {
     by_size.sort_by_cached_key(|state| stored_bytes(state));
     let one = vec![by_size[by_size.len() / 2]; setting("PERSONA_BENCH_CODEC_ROUNDS", 200)];
     let (encoding, decoding) = codec_micros(&one, encode_state, decode);
-    println!("  one state of median size, warm: encode {encoding:.1} µs, decode {decoding:.1} µs");
+    println!(
+        "  one state of median size, warm, one value (v5): encode {encoding:.1} µs, decode {decoding:.1} µs"
+    );
     if entity == set.shopper {
         let million = 1_000_000.0;
         println!(

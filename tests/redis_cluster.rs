@@ -48,7 +48,7 @@ fn user(id: usize) -> StateKey {
 /// `count` users, user `i` at revision `rev + i`, each with a feature large enough to be a part
 /// of its own beside its share's head (see `store::codec::parts`).
 fn batch(count: usize, rev: u64) -> Vec<(StateKey, EntityState)> {
-    let views: persona::features::Buckets = (0..100).map(|bucket| (bucket, "", 1)).collect();
+    let views: persona::features::Buckets = (0..300).map(|bucket| (bucket, "", 1)).collect();
     let views = persona::features::FeatureState::new(views, Default::default());
     let share = |rev| {
         let mut share = state(rev);

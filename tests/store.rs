@@ -449,7 +449,7 @@ async fn shares_are_written_in_the_configured_encoding_and_either_is_read() {
     let zstd = FeatureStore::connect(&with(StateEncoding::Zstd), &cache).await.expect("connect");
     let zstd3 = FeatureStore::connect(&with(StateEncoding::Zstd3), &cache).await.expect("connect");
     let mut viewed = FeatureState::default();
-    for i in 0..200 {
+    for i in 0..300 {
         let fact =
             Fact { at_us: 1_700_000_000_000_000 + i * 1_000_000, value: format!("p{i}").into() };
         viewed.facts.insert(format!("row-{i}").into(), fact);
@@ -493,7 +493,7 @@ async fn a_share_is_written_as_its_head_and_the_parts_a_change_fed() {
     let hash = format!("{prefix}:g0:user:u1");
     let mut share = state(1);
     let mut viewed = FeatureState::default();
-    for i in 0..200 {
+    for i in 0..300 {
         let fact =
             Fact { at_us: 1_700_000_000_000_000 + i * 1_000_000, value: format!("p{i}").into() };
         viewed.facts.insert(format!("row-{i}").into(), fact);

@@ -168,6 +168,17 @@ pub fn decodes(set: &FeatureSet, message: &[u8]) -> bool {
 /// Decodes and applies `message` to `states`, as the applier routes it: users first, then the
 /// products with the co-occurrence pairs the users' changes imply.
 pub fn decode_and_apply(set: &FeatureSet, message: &[u8], states: &mut States) {
+    apply_message(set, message, states, |_, _| {});
+}
+
+/// [`decode_and_apply`], calling `touched` with each entity it applied the change to.
+#[allow(dead_code, reason = "each benchmark uses its own part of this module")]
+pub fn apply_message(
+    set: &FeatureSet,
+    message: &[u8],
+    states: &mut States,
+    mut touched: impl FnMut(Entity, &str),
+) {
     let Ok(CdcMessage::Change(event)) = decode(Some(message)) else { return };
     let Ok(Some(change)) = source_change(set, &event) else { return };
     // A delete's entities are its before image's.
@@ -181,6 +192,7 @@ pub fn decode_and_apply(set: &FeatureSet, message: &[u8], states: &mut States) {
         };
         let state = states.entry((entity, id.to_string())).or_default();
         let outcome = apply_with_pairs(set, entity, id, state, &change, STREAM, now, &[]);
+        touched(entity, id);
         pairs.extend(outcome.pairs);
     }
     if !fed.contains(&set.item) {
@@ -196,5 +208,6 @@ pub fn decode_and_apply(set: &FeatureSet, message: &[u8], states: &mut States) {
     for id in products {
         let state = states.entry((set.item, id.clone())).or_default();
         apply_with_pairs(set, set.item, &id, state, &change, STREAM, now, &pairs);
+        touched(set.item, &id);
     }
 }

@@ -23,11 +23,14 @@
 //! user's state for some 20 µs of CPU (BENCHMARKS.md, "Compressed states"). The frame carries a
 //! checksum of what it holds.
 //!
+//! By default a share is not one value but a head and parts (layouts 6 to 9, see `parts.rs`): its
+//! large features each in a value of their own, written only when a change fed them.
+//!
 //! Every earlier layout is still read, and a share is written back in the current one the next
 //! time a change reaches it. During a rolling upgrade the earlier layouts can still be written
-//! (`redis.state_encoding`: `zstd3` for version 3, `binary` for version 2, `json` for instances
-//! older than the binary layout), so that instances not upgraded yet read what the upgraded ones
-//! write. A value of any other version is refused, never guessed at: it was written by a newer
+//! (`redis.state_encoding`: `zstd` for version 5, `zstd3` for version 3, `binary` for version 2,
+//! `json` for instances older than the binary layout), so that instances not upgraded yet read
+//! what the upgraded ones write. A value of any other version is refused, never guessed at: it was written by a newer
 //! persona, and ingest sets it aside (see `write::quarantine`) rather than build on it.
 
 use std::cell::RefCell;

@@ -4,15 +4,15 @@
 //! A share was one value, re-encoded whole whenever a change reached it: a view of a product
 //! re-encoded its co-occurrence partner's thousands of viewers for one pair count, and under live
 //! load encoding was most of persona's CPU (BENCHMARKS.md, "Where persona's time and CPU go under
-//! load"). Now each feature state of [`PART_FROM_ITEMS`] buckets' values and facts or more is a
-//! value of its own, a part, in the field `<stream>#part:<feature>` beside the share's field:
-//! a part's table holds its own texts, and from [`COMPRESS_FROM`](super::COMPRESS_FROM) bytes it is one zstd frame
-//! (version 9; 8 uncompressed). The head, in the share's field, holds what every change moves
-//! (the revision, the streams' positions, runs and cuts), the features too small to stand
-//! alone, and the names of the parts (version 7 compressed, 6 not). A share is written as its
-//! head, the parts whose features changed since they were last written, and the removal of the
-//! parts it no longer lists; one script writes them all, so a reader never sees a head with
-//! parts of another revision.
+//! load"). Now each feature state of [`PART_FROM_ITEMS`] buckets' values and facts or more is
+//! a value of its own, a part, in the field `<stream>#part:<feature>` beside the share's field:
+//! a part's table holds its own texts, and it is one zstd frame (version 9) unless that is no
+//! shorter (8). The head, in the share's field, holds what every change moves (the revision, the
+//! streams' positions, runs and cuts), the features too small to stand alone, and the names of
+//! the parts (version 7 compressed, 6 not). A share is written as its head, the parts whose
+//! features changed since they were last written, and the removal of the parts it no longer
+//! lists; one script writes them all, so a reader never sees a head with parts of another
+//! revision.
 //!
 //! Which parts are unchanged the share itself says ([`Stored`]): a feature read from a part, or
 //! written to one and acknowledged, is stored until a change reaches it. A reader takes the
@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::columns::{ColumnFeature, encode_columns};
 use super::{
-    CodecError, Envelope, PLAIN, STATE_VERSION, Texts, Wire, compressed, decode_envelope,
+    CodecError, Envelope, PLAIN, STATE_VERSION, Texts, Wire, compress, decode_envelope,
     decode_features, decompress, text_at,
 };
 use crate::features::{EntityState, FeatureState, Stored};
@@ -36,10 +36,17 @@ pub const HEAD_VERSION_COMPRESSED: u8 = 7;
 pub const PART_VERSION: u8 = 8;
 pub const PART_VERSION_COMPRESSED: u8 = 9;
 
-/// The buckets' values and facts from which a feature is a part of its own: some 500 bytes
-/// encoded, where a part's own table and frame cost little beside what it saves a change that
-/// does not feed it. Below, a feature is cheaper to encode again with the head.
-pub const PART_FROM_ITEMS: usize = 64;
+/// The buckets' values and facts from which a feature is a part of its own (a product's
+/// viewers, its co-occurrences: thousands of values, tens of kilobytes). Below it a feature rides
+/// in the head: features fed by the same rows (a user's views, as the recent views, the session
+/// and the view counts each keep them) repeat each other's times and values, which zstd matches
+/// within one value and not across two. With every feature of 64 or more a part, a user's median
+/// stored share grew from 2,557 to 4,006 bytes (BENCHMARKS.md, "A share as its head and parts").
+pub const PART_FROM_ITEMS: usize = 256;
+
+/// The smallest head or part compressed, and kept compressed only when that is smaller: a
+/// product's head is a hundred or two bytes, which zstd still shortens.
+const PART_COMPRESS_FROM: usize = 64;
 
 /// The field of the part of `feature` in the share of `stream`.
 pub fn part_field(stream: &str, feature: &str) -> String {
@@ -123,15 +130,20 @@ fn encode_part(name: &str, feature: &FeatureState) -> Vec<u8> {
     encoded(PART_VERSION, PART_VERSION_COMPRESSED, &Part { texts: texts.table, feature })
 }
 
-/// `value` behind `version`, or behind `compressed_version` in one zstd frame from
-/// [`COMPRESS_FROM`](super::COMPRESS_FROM) bytes, built in the buffer kept between values.
+/// `value` behind `version`, or behind `compressed_version` in one zstd frame when that is
+/// shorter, built in the buffer kept between values.
 fn encoded(version: u8, compressed_version: u8, value: &impl Serialize) -> Vec<u8> {
     let mut buffer = PLAIN.take();
     buffer.clear();
     buffer.push(version);
     // postcard fails only on a sequence of unknown length, and every one here is a vector.
     let buffer = postcard::to_extend(value, buffer).unwrap_or_default();
-    let value = compressed(&buffer, compressed_version);
+    let value = match buffer.len() >= PART_COMPRESS_FROM {
+        true => compress(&buffer[1..], compressed_version)
+            .filter(|frame| frame.len() < buffer.len())
+            .unwrap_or_else(|| buffer.clone()),
+        false => buffer.clone(),
+    };
     PLAIN.set(buffer);
     value
 }
