@@ -34,6 +34,17 @@ fn user(id: &str) -> StateKey {
     EntityRef::user(id).share("user_activity/0")
 }
 
+/// A user's views as `count` facts a second apart.
+fn views(count: i64) -> persona::features::FeatureState {
+    let mut viewed = persona::features::FeatureState::default();
+    for i in 0..count {
+        let at_us = 1_700_000_000_000_000 + i * 1_000_000;
+        let fact = persona::features::Fact { at_us, value: format!("p{i}").into() };
+        viewed.facts.insert(format!("row-{i}").into(), fact);
+    }
+    viewed
+}
+
 async fn read_user(store: &FeatureStore, id: &str) -> Option<EntityState> {
     store.read(&EntityRef::user(id)).await.state.map(|s| (*s).clone())
 }
@@ -443,18 +454,12 @@ async fn shares_are_written_in_the_configured_encoding_and_either_is_read() {
     let loaded = json.load_for_write(&[user("u1")], &[], &[]).await.expect("load");
     assert_eq!(loaded.states.get(&user("u1")), Some(&share));
 
-    // The default compresses a share of some size (layout version 5, features in columns);
+    // `zstd` compresses a share of some size (layout version 5, features in columns);
     // `zstd3` writes layout version 3 (in rows) for instances that read no later one; every
     // setting reads both back.
     let zstd = FeatureStore::connect(&with(StateEncoding::Zstd), &cache).await.expect("connect");
     let zstd3 = FeatureStore::connect(&with(StateEncoding::Zstd3), &cache).await.expect("connect");
-    let mut viewed = FeatureState::default();
-    for i in 0..300 {
-        let fact =
-            Fact { at_us: 1_700_000_000_000_000 + i * 1_000_000, value: format!("p{i}").into() };
-        viewed.facts.insert(format!("row-{i}").into(), fact);
-    }
-    share.features.insert_named("recent_products_viewed", viewed);
+    share.features.insert_named("recent_products_viewed", views(300));
     for (rev, store, version) in [(7, &zstd, 5u8), (8, &zstd3, 3)] {
         share.rev = rev;
         store
@@ -492,13 +497,7 @@ async fn a_share_is_written_as_its_head_and_the_parts_a_change_fed() {
     let store = FeatureStore::connect(&config, &CacheConfig::default()).await.expect("connect");
     let hash = format!("{prefix}:g0:user:u1");
     let mut share = state(1);
-    let mut viewed = FeatureState::default();
-    for i in 0..300 {
-        let fact =
-            Fact { at_us: 1_700_000_000_000_000 + i * 1_000_000, value: format!("p{i}").into() };
-        viewed.facts.insert(format!("row-{i}").into(), fact);
-    }
-    share.features.insert_named("recent_products_viewed", viewed);
+    share.features.insert_named("recent_products_viewed", views(300));
     share.features.insert_named("last_viewed_product", FeatureState::default());
     store
         .write_states(vec![(user("u1"), share.clone())], &Default::default(), None)
