@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use chrono::TimeDelta;
 use persona::config::StateEncoding;
-use persona::features::{Entity, EntityState, FeatureSet, FeatureState};
+use persona::features::{Buckets, Entity, EntityState, FeatureSet, FeatureState};
 use persona::store::codec::{
     decode_state, encode_share, encode_state, encode_state_as, encode_uncompressed, note_written,
 };
@@ -161,6 +161,50 @@ fn main() {
     live_writes(&set, &mut states, &mut workload, setting("PERSONA_BENCH_LIVE_CHANGES", 20_000));
 }
 
+/// Reading a product merges its shares, one per source partition: `product` dealt into two shares row by row (as two partitions would hold it), merged back row by row
+/// (as before) and in one pass.
+fn merge_micros(which: &str, product: &EntityState) {
+    let halves = |keep: usize| {
+        let mut share = EntityState::default();
+        for (name, feature) in product.features.iter() {
+            let rows = feature.buckets.iter().flat_map(|(bucket, cell)| {
+                cell.iter().map(move |(value, rows)| (bucket, value, rows)).collect::<Vec<_>>()
+            });
+            let buckets: Buckets =
+                rows.enumerate().filter(|(i, _)| i % 2 == keep).map(|(_, row)| row).collect();
+            share.features.insert_named(name, FeatureState::new(buckets, Default::default()));
+        }
+        share
+    };
+    let (first, second) = (halves(0), halves(1));
+    let rounds = setting("PERSONA_BENCH_CODEC_ROUNDS", 200);
+    let time = |merge: &dyn Fn(&mut EntityState)| {
+        let started = Instant::now();
+        for _ in 0..rounds {
+            let mut merged = first.clone();
+            merge(&mut merged);
+            std::hint::black_box(&merged);
+        }
+        started.elapsed().as_secs_f64() * 1e6 / rounds as f64
+    };
+    let by_row = time(&|merged| {
+        for (name, theirs) in second.features.iter() {
+            let ours = merged.features.entry(persona::features::intern(name));
+            for (bucket, cell) in &theirs.buckets {
+                for (value, rows) in cell.iter() {
+                    ours.buckets.add(bucket, value, rows);
+                }
+            }
+        }
+    });
+    let in_one_pass = time(&|merged| merged.merge(&second));
+    println!(
+        "  two shares of the {which} product merged: row by row {by_row:.1} µs, in one pass \
+         {in_one_pass:.1} µs ({:.2}×)",
+        in_one_pass / by_row
+    );
+}
+
 /// What writing the states a change reached costs once states are full, as live ingest writes
 /// them after each batch: the whole value (layout 5) against the head and the parts the change
 /// fed (the default), over the next `changes` changes, each state written after each change.
@@ -261,6 +305,10 @@ fn report(set: &FeatureSet, states: &States, entity: Entity) {
     println!(
         "  one state of median size, warm, one value (v5): encode {encoding:.1} µs, decode {decoding:.1} µs"
     );
+    if entity == set.item {
+        merge_micros("median", by_size[by_size.len() / 2]);
+        merge_micros("largest", by_size[by_size.len() - 1]);
+    }
     if entity == set.shopper {
         let million = 1_000_000.0;
         println!(

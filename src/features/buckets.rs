@@ -183,6 +183,22 @@ impl Buckets {
         (!range.is_empty()).then(|| Cell { entries: &self.entries[range], values: &self.values })
     }
 
+    /// Adds every row of `other`, as [`Self::add`] of each would, sorted once: merging a
+    /// product's shares row by row moved every entry after each row that fell between two, which
+    /// for a product's viewers is quadratic (a third of persona's CPU under live load went to the
+    /// recommendation index merging its products: BENCHMARKS.md, "Shares merged in one pass").
+    pub fn merge(&mut self, other: &Buckets) {
+        if other.is_empty() {
+            return;
+        }
+        if self.is_empty() {
+            *self = other.clone();
+            return;
+        }
+        let merged: Buckets = self.triples().chain(other.triples()).collect();
+        *self = merged;
+    }
+
     /// Drops `bucket` and its values.
     pub fn remove(&mut self, bucket: i64) {
         let range = self.range(bucket);

@@ -153,11 +153,7 @@ impl EntityState {
         }
         for (name, theirs) in other.features.iter() {
             let ours = self.features.entry(name);
-            for (bucket, cell) in &theirs.buckets {
-                for (value, rows) in cell.iter() {
-                    ours.buckets.add(bucket, value, rows);
-                }
-            }
+            ours.buckets.merge(&theirs.buckets);
             for (key, fact) in theirs.facts.iter() {
                 ours.facts.insert(key.clone(), fact.clone());
                 ours.last_n_values = KnownValues(None);

@@ -125,6 +125,31 @@ proptest! {
         prop_assert_eq!(copy.values.len(), named.len());
     }
 
+    /// Merging buckets holds what adding their rows one by one does.
+    #[test]
+    fn merging_holds_what_adding_each_row_does(
+        ours in prop::collection::vec((0i64..6, prop_oneof!["", "a", "b", "v[0-9]"], -2i64..3), 0..40),
+        theirs in prop::collection::vec((0i64..6, prop_oneof!["", "a", "c", "v[0-9]"], -2i64..3), 0..40),
+    ) {
+        let build = |rows: &[(i64, String, i64)]| {
+            let mut buckets = Buckets::default();
+            for (bucket, value, delta) in rows {
+                buckets.add(*bucket, value, *delta);
+            }
+            buckets
+        };
+        let (mut merged, other) = (build(&ours), build(&theirs));
+        let mut added = merged.clone();
+        for (bucket, cell) in &other {
+            for (value, rows) in cell.iter() {
+                added.add(bucket, value, rows);
+            }
+        }
+        merged.merge(&other);
+        prop_assert_eq!(&merged, &added);
+        prop_assert_eq!(serde_json::to_string(&merged).ok(), serde_json::to_string(&added).ok());
+    }
+
     /// Rows given more than once for a value of a bucket, in any order, add up.
     #[test]
     fn collecting_adds_up_repeated_rows(
