@@ -185,8 +185,9 @@ impl Buckets {
 
     /// Adds every row of `other`, as [`Self::add`] of each would, sorted once: merging a
     /// product's shares row by row moved every entry after each row that fell between two, which
-    /// for a product's viewers is quadratic (a third of persona's CPU under live load went to the
-    /// recommendation index merging its products: BENCHMARKS.md, "Shares merged in one pass").
+    /// for a product's viewers is quadratic (a third of persona's CPU, in the minute after a
+    /// catch-up, went to the recommendation index merging its products: BENCHMARKS.md, "Shares
+    /// merged in one pass").
     pub fn merge(&mut self, other: &Buckets) {
         if other.is_empty() {
             return;
