@@ -246,6 +246,20 @@ impl Buckets {
         self.entries.len() * std::mem::size_of::<Entry>() + dictionary + texts
     }
 
+    /// Every bucket's values as (bucket, index in the dictionary, rows), in bucket and then value
+    /// order: the same value has the same index in every bucket, until the buckets change, and
+    /// [`Self::text`] reads it. The codec places each value once, where reading every entry's
+    /// text cost a cache miss per entry of a large dictionary (BENCHMARKS.md, "Varints pushed,
+    /// not copied").
+    pub fn indexed(&self) -> impl Iterator<Item = (i64, u32, i64)> + '_ {
+        self.entries.iter().map(|e| (e.bucket, e.value, i64::from(e.rows)))
+    }
+
+    /// The value named `index` by [`Self::indexed`].
+    pub fn text(&self, index: u32) -> &str {
+        text_of(&self.values, index)
+    }
+
     /// Buckets and their cells, oldest first.
     pub fn iter(&self) -> Iter<'_> {
         self.into_iter()
@@ -409,14 +423,8 @@ pub struct Cell<'a> {
 impl<'a> Cell<'a> {
     /// Values and their rows, in the order of the values.
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, i64)> + use<'a> {
-        self.indexed().map(|(_, value, rows)| (value, rows))
-    }
-
-    /// Values with their index in the buckets' dictionary (the same value has the same index
-    /// in every bucket, until the buckets change), and their rows, in the order of the values.
-    pub fn indexed(&self) -> impl Iterator<Item = (u32, &'a str, i64)> + use<'a> {
         let values = self.values;
-        self.entries.iter().map(move |e| (e.value, text_of(values, e.value), i64::from(e.rows)))
+        self.entries.iter().map(move |e| (text_of(values, e.value), i64::from(e.rows)))
     }
 
     /// The rows of each value.

@@ -250,8 +250,7 @@ fn encode_wire<'a, F: Serialize>(
         state.features.iter().map(|(name, feature)| encode_feature(&mut texts, name, feature));
     let features = features.collect();
     let wire = envelope.wire(texts, features);
-    // postcard fails only on a sequence of unknown length, and every one here is a vector.
-    postcard::to_extend(&wire, buffer).unwrap_or_default()
+    flavor::append(&wire, buffer)
 }
 
 /// What a stored value says of its share besides its features: its revision, and where each
@@ -309,17 +308,20 @@ fn walk_feature<'a>(
     // entry names it: a value repeats bucket after bucket, and hashing it for each entry took
     // a sixth to a fifth of encoding a user (BENCHMARKS.md, "Compressed states").
     let mut places: Vec<Option<u32>> = Vec::new();
-    for (bucket, cell) in state.buckets.iter() {
-        // Wrapping, as decoding adds it back wrapping: exact for any bucket.
-        each(Item::Bucket(bucket.wrapping_sub(previous)));
-        previous = bucket;
-        for (index, text, rows) in cell.indexed() {
-            let slot = index as usize;
-            if slot >= places.len() {
-                places.resize(slot + 1, None);
-            }
-            each(Item::Value(*places[slot].get_or_insert_with(|| texts.place(text)), rows));
+    let mut current = None;
+    for (bucket, index, rows) in state.buckets.indexed() {
+        if current != Some(bucket) {
+            // Wrapping, as decoding adds it back wrapping: exact for any bucket.
+            each(Item::Bucket(bucket.wrapping_sub(previous)));
+            previous = bucket;
+            current = Some(bucket);
         }
+        let slot = index as usize;
+        if slot >= places.len() {
+            places.resize(slot + 1, None);
+        }
+        let place = places[slot].get_or_insert_with(|| texts.place(state.buckets.text(index)));
+        each(Item::Value(*place, rows));
     }
     let facts_since_us = state.facts.oldest().map_or(0, |fact| fact.at_us);
     let mut previous = facts_since_us;
@@ -512,6 +514,7 @@ fn decode_buckets(
 }
 
 mod columns;
+mod flavor;
 mod parts;
 mod rows;
 

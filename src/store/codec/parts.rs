@@ -136,8 +136,7 @@ fn encoded(version: u8, compressed_version: u8, value: &impl Serialize) -> Vec<u
     let mut buffer = PLAIN.take();
     buffer.clear();
     buffer.push(version);
-    // postcard fails only on a sequence of unknown length, and every one here is a vector.
-    let buffer = postcard::to_extend(value, buffer).unwrap_or_default();
+    let buffer = super::flavor::append(value, buffer);
     let value = match buffer.len() >= PART_COMPRESS_FROM {
         true => compress(&buffer[1..], compressed_version)
             .filter(|frame| frame.len() < buffer.len())
