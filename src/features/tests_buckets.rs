@@ -148,6 +148,11 @@ proptest! {
         merged.merge(&other);
         prop_assert_eq!(&merged, &added);
         prop_assert_eq!(serde_json::to_string(&merged).ok(), serde_json::to_string(&added).ok());
+        // The merged dictionary is in order: rows added afterwards find their values.
+        for (bucket, value, delta) in theirs.iter().chain(&ours) {
+            prop_assert_eq!(merged.add(*bucket, value, *delta), added.add(*bucket, value, *delta));
+        }
+        prop_assert_eq!(&merged, &added);
     }
 
     /// Rows given more than once for a value of a bucket, in any order, add up.
