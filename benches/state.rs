@@ -161,8 +161,9 @@ fn main() {
     live_writes(&set, &mut states, &mut workload, setting("PERSONA_BENCH_LIVE_CHANGES", 20_000));
 }
 
-/// Reading a product merges its shares, one per source partition: `product` dealt into two shares row by row (as two partitions would hold it), merged back row by row
-/// (as before) and in one pass.
+/// Reading a product merges its shares, one per source partition: `product` dealt into two
+/// shares row by row (as two partitions would hold it), merged back row by row (as before) and
+/// with `EntityState::merge`.
 fn merge_micros(which: &str, product: &EntityState) {
     let halves = |keep: usize| {
         let mut share = EntityState::default();

@@ -24,12 +24,10 @@ impl Buckets {
             return;
         }
         let (values, ours, theirs) = union(&self.named_values(), &other.named_values());
-        let renumbered = |entries: &[Entry], new: &[u32]| -> Vec<Entry> {
-            entries.iter().map(|e| Entry { value: new[e.value as usize], ..*e }).collect()
-        };
-        let (left, right) = (renumbered(&self.entries, &ours), renumbered(&other.entries, &theirs));
-        let mut entries = Vec::with_capacity(left.len() + right.len());
-        let (mut left, mut right) = (left.into_iter().peekable(), right.into_iter().peekable());
+        let before = std::mem::take(&mut self.entries);
+        let mut entries = Vec::with_capacity(before.len() + other.entries.len());
+        let (mut left, mut right) =
+            (renumbered(&before, ours).peekable(), renumbered(&other.entries, theirs).peekable());
         loop {
             let next = match (left.peek(), right.peek()) {
                 (Some(l), Some(r)) => match (l.bucket, l.value).cmp(&(r.bucket, r.value)) {
@@ -68,6 +66,11 @@ impl Buckets {
             size: is_named.len(),
         }
     }
+}
+
+/// `entries` naming their values by `new` index: a renumbering by a union keeps their order.
+fn renumbered(entries: &[Entry], new: Vec<u32>) -> impl Iterator<Item = Entry> + '_ {
+    entries.iter().map(move |e| Entry { value: new[e.value as usize], ..*e })
 }
 
 /// The union of two dictionaries' named values (see [`Buckets::named_values`]), in text order,
