@@ -289,8 +289,15 @@ pub fn decode(value: Option<&[u8]>) -> Result<CdcMessage<'_>, DecodeError> {
         return Ok(CdcMessage::Tombstone);
     };
     // Validated whole, once: reading from a `str`, serde_json need not check each string it
-    // borrows, which cost more than this pass over the message.
-    let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+    // borrows, which cost more than this pass over the message. With SIMD: the standard
+    // library's check was a tenth of a decode; its error, which says where, only on failure.
+    let text = match simdutf8::basic::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(_) => {
+            let error = std::str::from_utf8(bytes).err().map(|e| e.to_string());
+            return Err(DecodeError::InvalidJson(error.unwrap_or_default()));
+        }
+    };
     let raw: RawEnvelope =
         serde_json::from_str(text).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
     let Some(op) = raw.op else {

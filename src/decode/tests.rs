@@ -232,6 +232,9 @@ fn malformed_values_are_errors_not_panics() {
         let error = decode(Some(bytes)).expect_err("must fail");
         assert_eq!(error.kind(), kind, "{error}");
     }
+    // Bytes that are not UTF-8 are named by where they are.
+    let error = decode(Some(b"{\"op\":\"c\"}\xff")).expect_err("must fail");
+    assert!(error.to_string().contains("from index 10"), "{error}");
 }
 
 #[test]
