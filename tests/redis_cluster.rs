@@ -83,6 +83,15 @@ impl ListeningReader {
         let store = Arc::new(store_with(cluster, prefix, 0, long_ttl).await);
         let shutdown = tokio_util::sync::CancellationToken::new();
         let listener = store.spawn_invalidation_listener(shutdown.clone());
+        // The listener subscribes on each primary's connection as it comes up, and empties L1
+        // after each: until the last, a copy cached would go without any announcement.
+        let primaries = cluster.primaries().len() as u64;
+        let subscribed = store.watch_marks();
+        common::eventually("subscribed on every primary", common::DEADLINE, || async {
+            let clears = *subscribed.borrow();
+            if clears >= primaries { Ok(()) } else { Err(format!("{clears} subscriptions")) }
+        })
+        .await;
         Self { store, shutdown, listener }
     }
 
@@ -159,18 +168,51 @@ async fn after_one_batch() -> (OwnRedisCluster, String, FeatureStore, Fence) {
     (cluster, prefix, writer, fence)
 }
 
+/// The users of the batch of [`after_one_batch`] whose shares live on primary `primary`.
+fn users_on(cluster: &OwnRedisCluster, prefix: &str, primary: usize) -> Vec<usize> {
+    let keys = cluster.keys_matching(primary, &format!("{prefix}:*:user:u*"));
+    let users = keys.iter().filter_map(|key| key.rsplit_once(":u")?.1.parse().ok());
+    let mut users: Vec<usize> = users.collect();
+    users.sort_unstable();
+    users
+}
+
+/// A batch costs one script per primary it writes to: its marks go in the script of the shares
+/// on the marks' primary, and each script announces the shares it wrote.
 #[tokio::test]
-async fn a_batch_costs_one_script_per_primary_and_two_for_its_marks() {
+async fn a_batch_costs_one_script_per_primary_it_writes_to() {
     let (cluster, prefix, writer, fence) = after_one_batch().await;
     let marks = TableMarks::default();
     let before = script_calls(&cluster);
     writer.write_states(batch(300, 2), &marks, Some(&fence)).await.expect("write");
     let calls = script_calls(&cluster) - before;
-
-    let primaries = cluster.primaries().len() as u64;
-    assert_eq!(calls, primaries + 2, "script calls for 300 shares on {primaries} primaries");
+    let primaries = cluster.primaries();
+    assert_eq!(calls, primaries.len() as u64, "script calls for 300 shares on {primaries:?}");
     let reader = store(&cluster, &prefix).await;
     assert_eq!(revisions(&reader, 300).await, expected(300, 2));
+
+    // Shares on the marks' primary only: one script; on another only: that and the marks'.
+    let marks_primary = cluster.primary_of(&format!("{{{prefix}}}:owners"));
+    let other = *primaries.iter().find(|primary| **primary != marks_primary).expect("primaries");
+    for (primary, wanted) in [(marks_primary, 1), (other, 2)] {
+        let users = users_on(&cluster, &prefix, primary);
+        assert!(users.len() > 10, "users on primary {primary}: {users:?}");
+        let shares: Vec<_> =
+            batch(300, 3).into_iter().filter(|(key, _)| users.contains(&index_of(key))).collect();
+        let before = script_calls(&cluster);
+        writer.write_states(shares, &marks, Some(&fence)).await.expect("write");
+        let calls = script_calls(&cluster) - before;
+        assert_eq!(calls, wanted, "script calls for shares on primary {primary} only");
+        let read = revisions(&store(&cluster, &prefix).await, 300).await;
+        for user in &users {
+            assert_eq!(read[*user], Some(3 + *user as u64), "user {user}");
+        }
+    }
+}
+
+/// The `i` of user `u<i>`.
+fn index_of(key: &StateKey) -> usize {
+    key.entity.id.trim_start_matches('u').parse().expect("a user of `batch`")
 }
 
 #[tokio::test]
@@ -180,24 +222,31 @@ async fn a_batch_lands_whole_after_a_slot_moved_to_another_primary() {
 
     // The lowest slot holding shares on a primary (whose first share routes the primary's
     // script, so the script itself is redirected), moved to another primary behind the
-    // writer's back: its slot map still names the old one.
+    // writer's back: its slot map still names the old one. First off the marks' primary, whose
+    // shares go in the marks' script; then off another.
+    let owners = format!("{{{prefix}}}:owners");
+    let marks_primary = cluster.primary_of(&owners);
     let primaries = cluster.primaries();
-    let from = primaries[0];
-    let shares = cluster.keys_matching(from, &format!("{prefix}:*"));
-    let (slot, share) = shares
-        .into_iter()
-        .filter(|key| !key.contains('{'))
-        .map(|key| (cluster.slot_of(&key), key))
-        .min()
-        .expect("shares on every primary");
-    let to = *primaries.iter().find(|primary| **primary != from).expect("another primary");
-    cluster.move_slot(slot, from, to);
+    let other = *primaries.iter().find(|primary| **primary != marks_primary).expect("primaries");
+    for (rev, from) in [(2, marks_primary), (3, other)] {
+        let shares = cluster.keys_matching(from, &format!("{prefix}:*"));
+        let (slot, share) = shares
+            .into_iter()
+            .filter(|key| !key.contains('{'))
+            .map(|key| (cluster.slot_of(&key), key))
+            .filter(|(slot, _)| *slot != cluster.slot_of(&owners))
+            .min()
+            .expect("shares on every primary");
+        let to = *primaries.iter().find(|primary| **primary != from).expect("another primary");
+        cluster.move_slot(slot, from, to);
 
-    writer.write_states(batch(300, 2), &marks, Some(&fence)).await.expect("write after the move");
-    assert!(cluster.keys_matching(from, &share).is_empty(), "{share} moved off node {from}");
-    assert_eq!(cluster.keys_matching(to, &share), vec![share.clone()], "{share} on node {to}");
-    let reader = store(&cluster, &prefix).await;
-    assert_eq!(revisions(&reader, 300).await, expected(300, 2));
+        let written = writer.write_states(batch(300, rev), &marks, Some(&fence)).await;
+        written.expect("write after the move");
+        assert!(cluster.keys_matching(from, &share).is_empty(), "{share} moved off node {from}");
+        assert_eq!(cluster.keys_matching(to, &share), vec![share.clone()], "{share} on node {to}");
+        let reader = store(&cluster, &prefix).await;
+        assert_eq!(revisions(&reader, 300).await, expected(300, rev));
+    }
 }
 
 #[tokio::test]

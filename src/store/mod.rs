@@ -27,6 +27,7 @@
 //!   it read, so L1 never keeps a state older than one announced.
 
 mod cache;
+mod channels;
 pub mod codec;
 mod error;
 pub mod generation;
@@ -123,7 +124,8 @@ pub struct FeatureStore {
     /// does not lose it.
     min_replica_acks: u32,
     subscriber: fred::clients::SubscriberClient,
-    invalidation_channel: String,
+    /// Where writes announce the shares they changed (see [`channels`]).
+    channels: channels::Channels,
     l1: L1,
     key_prefix: String,
     namespace: std::sync::RwLock<String>,
@@ -162,13 +164,13 @@ impl FeatureStore {
         if !connected {
             tracing::warn!("redis unreachable at start; serving without it until it comes back");
         }
+        let clustered = pool.next().is_clustered();
         Ok(Self {
-            clustered: pool.next().is_clustered(),
+            clustered,
             min_replica_acks: redis.min_replica_acks,
             redis: pool,
             subscriber,
-            // In the slot of the marks, so that the script writing them may publish on it.
-            invalidation_channel: format!("{{{}}}:l1-invalidate", redis.key_prefix),
+            channels: channels::Channels::new(&redis.key_prefix, clustered),
             l1: L1::new(cache),
             key_prefix: redis.key_prefix.clone(),
             namespace: std::sync::RwLock::new(format!("{}:{}", redis.key_prefix, "g0")),
@@ -368,14 +370,14 @@ impl FeatureStore {
         }
     }
 
-    /// On a Redis Cluster, the invalidation channel is a sharded one (`SSUBSCRIBE`): its
-    /// messages stay within the shard serving its slot instead of crossing every node.
+    /// On a Redis Cluster, the invalidation channels are sharded ones (`SSUBSCRIBE`), one call
+    /// each (they are in different slots).
     async fn subscribe_channel(&self) -> Result<(), fred::error::Error> {
-        if self.clustered {
-            self.subscriber.ssubscribe(self.invalidation_channel.as_str()).await
-        } else {
-            self.subscriber.subscribe(self.invalidation_channel.as_str()).await
+        if !self.clustered {
+            return self.subscriber.subscribe(self.channels.main()).await;
         }
+        let subscribed = self.channels.all().map(|channel| self.subscriber.ssubscribe(channel));
+        futures::future::try_join_all(subscribed).await.map(drop)
     }
 
     fn clear_l1(&self, reason: &'static str) {

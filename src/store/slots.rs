@@ -1,27 +1,32 @@
 //! Writing a batch to a Redis Cluster, where no script may touch two slots. The keys every batch
 //! touches besides entity hashes share the slot of `{<key_prefix>}`; entity hashes spread over
-//! every slot. A batch is written in three steps, each refused whole for a fenced writer:
+//! every slot. A batch is written in up to three steps, each refused whole for a fenced writer:
 //!
 //! 1. the marks but the stream's overlap (table runs and TRUNCATEs, the stream's high), after the
-//!    owner check and the check of the marks the batch was applied under (`MarksSeen`). A high
-//!    recorded before its shares only ever claims more than was applied, which at worst makes
-//!    the stream read again from the start (see `engine::truncate`); recorded after them, a
-//!    crash in between would hide shares that ran past a TRUNCATE.
-//! 2. the shares, one script per primary, all at once. Each share carries its writer's epoch
-//!    (`<stream>#epoch`): an owner fenced between step 1 and its shares cannot overwrite a share
-//!    its successor already wrote.
-//! 3. the stream's overlap with its snapshot run, its owner's alone, and one announcement of
-//!    every share written for other instances' L1. Written last because the overlap decides which
-//!    replayed changes are new: a replay after a crash in step 2 must judge them as the first
-//!    attempt did, and the shares' source positions skip what did land. (A crash before this
-//!    step leaves other instances' L1 copies of the shares written to their TTL.)
+//!    owner check and the check of the marks the batch was applied under (`MarksSeen`), with the
+//!    shares that live on the same primary. A high recorded before the other shares only ever
+//!    claims more than was applied, which at worst makes the stream read again from the start
+//!    (see `engine::truncate`); recorded after them, a crash in between would hide shares that
+//!    ran past a TRUNCATE.
+//! 2. the other shares, one script per primary, all at once. Each share carries its writer's
+//!    epoch (`<stream>#epoch`): an owner fenced between step 1 and its shares cannot overwrite a
+//!    share its successor already wrote.
+//! 3. only when the batch moved the stream's overlap with its snapshot run (its owner's alone):
+//!    that overlap. Written last because the overlap decides which replayed changes are new: a
+//!    replay after a crash in step 2 must judge them as the first attempt did, and the shares'
+//!    source positions skip what did land.
+//!
+//! Each script announces the shares it wrote to other instances' L1, on a sharded channel its
+//! primary serves (see [`super::channels`]); shares written where no such channel is are
+//! announced in step 3, which then runs for them. A live batch of a few shares thus costs one
+//! call per primary it touches, plus one when none of its shares is on the marks' primary.
 //!
 //! A batch's entities almost never share a slot (16,384 of them), so one script per slot made a
 //! batch cost about one script call per entity. Shares are grouped by the primary the client's
 //! slot map names instead, and each group is one script flagged `allow-cross-slot-keys`, which
 //! may touch keys of any slot its node serves. The map can be stale (a slot moved): the script
 //! then fails ("non local key", or a redirection) before it writes anything, and that group is
-//! written one script per slot, after the client refreshed its map.
+//! written one script per slot, after the client refreshed its map (step 1 then goes alone).
 //!
 //! A failure at any step fails the batch; the ingest loop retries it from a fresh load and its
 //! offsets do not move meanwhile, so what one attempt wrote the next finds and deduplicates.
@@ -32,6 +37,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
 use fred::prelude::*;
+use fred::types::cluster::ClusterRouting;
 use fred::types::config::{Options, Server};
 use fred::types::scripts::Script;
 
@@ -57,11 +63,6 @@ impl FeatureStore {
     ) -> Result<Vec<u16>, StoreError> {
         let marks_slot = fred::util::redis_keyslot(self.owners_key().as_bytes());
         let before_shares = TableMarks { overlaps: Default::default(), ..marks.clone() };
-        if fence.is_some() || !before_shares.is_empty() || !expected.is_empty() {
-            // The marks the batch was applied under are checked here: refused, the batch has
-            // written nothing.
-            self.write_marks(client, &before_shares, None, &[], expected, fence).await?;
-        }
         // References: a batch's states are encoded once, never copied to be grouped.
         let mut slots: BTreeMap<u16, Vec<&(StateKey, EntityState)>> = BTreeMap::new();
         let namespace = self.namespace();
@@ -69,19 +70,49 @@ impl FeatureStore {
             let key = self.redis_key(&namespace, &share.0.entity);
             slots.entry(fred::util::redis_keyslot(key.as_bytes())).or_default().push(share);
         }
-        let writes = by_primary(client, &slots)
-            .into_iter()
-            .map(|(primary, slots)| self.write_primary(client, &namespace, primary, slots, fence));
-        for written in futures::future::join_all(writes).await {
-            written?;
+        let written = std::iter::once(marks_slot).chain(slots.keys().copied()).collect();
+        let map = client.cached_cluster_state();
+        let mut groups = by_primary(map.as_ref(), &slots);
+        let marks_primary = map.as_ref().and_then(|map| map.get_server(marks_slot));
+        let with_marks = groups
+            .iter()
+            .position(|(primary, _)| primary.is_some() && primary.as_ref() == marks_primary);
+        let mut marks_written = false;
+        if let Some(at) = with_marks {
+            let (_, slots) = groups.remove(at);
+            let shares: Vec<_> = slots.iter().flat_map(|shares| shares.iter().copied()).collect();
+            marks_written = self
+                .write_marks_and_shares(client, &shares, &before_shares, expected, fence)
+                .await?;
+            if !marks_written {
+                // The map was wrong: slot by slot, after the marks.
+                groups.push((None, slots));
+            }
+        }
+        if !marks_written && (fence.is_some() || !before_shares.is_empty() || !expected.is_empty())
+        {
+            // The marks the batch was applied under are checked here: refused, the batch has
+            // written nothing.
+            self.write_marks(client, &before_shares, None, &[], expected, fence).await?;
+        }
+        let writes = groups.into_iter().map(|(primary, slots)| {
+            let channel = map
+                .as_ref()
+                .zip(primary.as_ref())
+                .and_then(|(map, primary)| self.channels.on(map, primary));
+            self.write_primary(client, &namespace, primary, slots, channel, fence)
+        });
+        let mut unannounced = Vec::new();
+        for shares in futures::future::join_all(writes).await {
+            unannounced.extend(shares?);
         }
         let overlap_marks =
             TableMarks { overlaps: marks.overlaps.clone(), ..TableMarks::default() };
-        if !overlap_marks.is_empty() || overlap.is_some() || !states.is_empty() {
+        if !overlap_marks.is_empty() || overlap.is_some() || !unannounced.is_empty() {
             let none = MarksSeen::default();
-            self.write_marks(client, &overlap_marks, overlap, states, &none, fence).await?;
+            self.write_marks(client, &overlap_marks, overlap, &unannounced, &none, fence).await?;
         }
-        Ok(std::iter::once(marks_slot).chain(slots.into_keys()).collect())
+        Ok(written)
     }
 
     /// One `write_states.lua` call without shares (every key it touches is in the slot of
@@ -91,7 +122,7 @@ impl FeatureStore {
         client: &Client,
         marks: &TableMarks,
         overlap: Option<(&str, &OverlapWrites)>,
-        announced: &[(StateKey, EntityState)],
+        announced: &[&(StateKey, EntityState)],
         expected: &MarksSeen,
         fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
@@ -102,19 +133,55 @@ impl FeatureStore {
         script_outcome(outcome?, fence)
     }
 
+    /// Step 1 with the shares the slot map places on the primary of the marks' slot, announced
+    /// on the main channel: one `write_states.lua` call there. `false` when the call failed
+    /// before the script answered (the map may be wrong: it is refreshed), and the batch goes
+    /// on without them.
+    async fn write_marks_and_shares(
+        &self,
+        client: &Client,
+        shares: &[&(StateKey, EntityState)],
+        marks: &TableMarks,
+        expected: &MarksSeen,
+        fence: Option<&Fence>,
+    ) -> Result<bool, StoreError> {
+        let (keys, args) = self.script_call(shares, shares, marks, None, expected, fence)?;
+        let outcome: Result<Value, _> =
+            super::write::WRITE_STATES.evalsha_with_reload(client, keys, args).await;
+        self.note_redis("ingest_write", &outcome);
+        match outcome {
+            Ok(reply) => script_outcome(reply, fence).map(|()| true),
+            // A hash the script reached that this node does not serve fails it before any
+            // write ("non local key"). Any other failure is as likely: the marks' call alone
+            // tells (a timeout after the script ran finds its marks moved).
+            Err(error) => {
+                tracing::info!(error = %error, "writing the marks with their primary's shares failed; writing them apart");
+                if let Err(error) = client.sync_cluster().await {
+                    tracing::warn!(error = %error, "refreshing the redis cluster's slot map");
+                }
+                Ok(false)
+            }
+        }
+    }
+
     /// The shares of `slots`, which the slot map places on `primary` (`None`: no map), in one
-    /// `write_shares.lua` call there; one call per slot when the map was wrong.
-    async fn write_primary(
+    /// `write_shares.lua` call there announcing them on `channel`, a channel of that primary;
+    /// one call per slot when the map was wrong. Returns the shares it did not announce.
+    async fn write_primary<'s>(
         &self,
         client: &Client,
         namespace: &str,
         primary: Option<Server>,
-        slots: Vec<SlotShares<'_>>,
+        slots: Vec<SlotShares<'s>>,
+        channel: Option<&str>,
         fence: Option<&Fence>,
-    ) -> Result<(), StoreError> {
-        if let (Some(primary), [_, _, ..]) = (primary, slots.as_slice()) {
-            let shares = slots.iter().flat_map(|shares| shares.iter().copied());
-            let (keys, args) = self.shares_call(namespace, shares, fence)?;
+    ) -> Result<Vec<&'s (StateKey, EntityState)>, StoreError> {
+        let shares = || slots.iter().flat_map(|shares| shares.iter().copied());
+        if let Some(primary) = primary
+            && (channel.is_some() || slots.len() > 1)
+        {
+            let listed: Vec<_> = shares().collect();
+            let (keys, args) = self.shares_call(namespace, &listed, channel, fence)?;
             // Declared keys must share a slot: the first routes the call, the rest are reached
             // through the script's flag.
             let route = keys.into_iter().take(1).collect::<Vec<_>>();
@@ -134,16 +201,17 @@ impl FeatureStore {
                 }
                 outcome => {
                     self.note_redis("ingest_write", &outcome);
-                    return script_outcome(outcome?, fence);
+                    script_outcome(outcome?, fence)?;
+                    let unannounced = if channel.is_some() { Vec::new() } else { listed };
+                    return Ok(unannounced);
                 }
             }
         }
-        let writes =
-            slots.into_iter().map(|shares| self.write_slot(client, namespace, shares, fence));
+        let writes = slots.iter().map(|shares| self.write_slot(client, namespace, shares, fence));
         for written in futures::future::join_all(writes).await {
             written?;
         }
-        Ok(())
+        Ok(shares().collect())
     }
 
     /// The shares of one slot, in one `write_shares.lua` call declaring all their keys.
@@ -154,29 +222,32 @@ impl FeatureStore {
         shares: SlotShares<'_>,
         fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
-        let (keys, args) = self.shares_call(namespace, shares.iter().copied(), fence)?;
+        let (keys, args) = self.shares_call(namespace, shares, None, fence)?;
         let outcome = run_write_shares(client, &Options::default(), keys, args).await;
         self.note_redis("ingest_write", &outcome);
         script_outcome(outcome?, fence)
     }
 
     /// The entity hashes of `shares`, and the arguments of the `write_shares.lua` call writing
-    /// them.
-    fn shares_call<'a>(
+    /// them, announcing them on `channel` if given.
+    fn shares_call(
         &self,
         namespace: &str,
-        shares: impl Iterator<Item = &'a (StateKey, EntityState)>,
+        shares: &[&(StateKey, EntityState)],
+        channel: Option<&str>,
         fence: Option<&Fence>,
     ) -> Result<(Vec<String>, Vec<Value>), StoreError> {
-        let shares: Vec<_> = shares.collect();
-        let (keys, shares) = self.encode_shares(namespace, shares.iter().copied())?;
-        let mut args: Vec<Value> = Vec::with_capacity(2 + 6 * keys.len());
+        let (keys, encoded) = self.encode_shares(namespace, shares.iter().copied())?;
+        let announcement = match channel {
+            Some(_) => self.announcement(shares)?,
+            None => String::new(),
+        };
+        let mut args: Vec<Value> = Vec::with_capacity(4 + 7 * keys.len());
         args.push(fence.map(|f| f.epoch.to_string()).unwrap_or_default().into());
         args.push(self.state_ttl_secs.to_string().into());
-        for (key, share) in keys.iter().zip(shares) {
-            args.push(key.as_str().into());
-            args.extend(share);
-        }
+        args.push(channel.unwrap_or_default().into());
+        args.push(announcement.into());
+        args.extend(encoded.into_iter().flatten());
         Ok((keys, args))
     }
 }
@@ -205,14 +276,13 @@ async fn run_write_shares(
 /// The batch's slots grouped by the primary the client's slot map names for them; one group
 /// without a primary when the client has no map.
 fn by_primary<'s>(
-    client: &Client,
+    map: Option<&ClusterRouting>,
     slots: &'s BTreeMap<u16, Vec<&(StateKey, EntityState)>>,
 ) -> Vec<(Option<Server>, Vec<SlotShares<'s>>)> {
-    let map = client.cached_cluster_state();
     let mut groups: Vec<(Option<Server>, Vec<SlotShares<'s>>)> = Vec::new();
     let mut places: HashMap<Option<Server>, usize> = HashMap::new();
     for (slot, shares) in slots {
-        let primary = map.as_ref().and_then(|map| map.get_server(*slot)).cloned();
+        let primary = map.and_then(|map| map.get_server(*slot)).cloned();
         let place = *places.entry(primary.clone()).or_insert_with(|| {
             groups.push((primary, Vec::new()));
             groups.len() - 1

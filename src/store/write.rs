@@ -238,7 +238,8 @@ impl FeatureStore {
         let outcome = if self.clustered {
             self.write_by_slot(client, states, marks, overlap, expected, fence).await
         } else {
-            let call = self.script_call(states, states, marks, overlap, expected, fence);
+            let states: Vec<&(StateKey, EntityState)> = states.iter().collect();
+            let call = self.script_call(&states, &states, marks, overlap, expected, fence);
             let (keys, args) = call?;
             let outcome: Result<Value, _> =
                 WRITE_STATES.evalsha_with_reload(client, keys, args).await;
@@ -272,11 +273,12 @@ impl FeatureStore {
 
     /// The keys and arguments of one `write_states.lua` call writing `states`, `marks` and
     /// `overlap` if the marks `expected` are still stored, and announcing `announced` to other
-    /// instances' L1.
+    /// instances' L1. On a Redis Cluster, the shares are stamped with the writer's epoch and
+    /// their hashes are not declared (they are in other slots than the marks).
     pub(super) fn script_call(
         &self,
-        states: &[(StateKey, EntityState)],
-        announced: &[(StateKey, EntityState)],
+        states: &[&(StateKey, EntityState)],
+        announced: &[&(StateKey, EntityState)],
         marks: &TableMarks,
         overlap: Option<(&str, &OverlapWrites)>,
         expected: &MarksSeen,
@@ -299,10 +301,11 @@ impl FeatureStore {
             fence.map(|f| f.partition.clone()).unwrap_or_default(),
             fence.map(|f| f.epoch.to_string()).unwrap_or_default(),
             self.state_ttl_secs.to_string(),
-            self.invalidation_channel.clone(),
+            self.channels.main().to_string(),
             announcement,
             if marks.change_reads() { CLEAR_ALL.to_string() } else { String::new() },
             if self.clustered { "SPUBLISH" } else { "PUBLISH" }.to_string(),
+            if self.clustered { "1" } else { "" }.to_string(),
             expected.fields.len().to_string(),
         ]
         .into_iter()
@@ -334,15 +337,17 @@ impl FeatureStore {
         let overlapped = writes.map_or(&[][..], |w| &w.overlapped[..]);
         rest.push(overlapped.len().to_string());
         rest.extend(overlapped.iter().map(position_field));
-        let (entity_keys, shares) = self.encode_shares(&namespace, states.iter())?;
-        keys.extend(entity_keys);
+        let (entity_keys, shares) = self.encode_shares(&namespace, states.iter().copied())?;
+        if !self.clustered {
+            keys.extend(entity_keys);
+        }
         args.extend(rest.into_iter().map(Value::from).chain(shares.into_iter().flatten()));
         Ok((keys, args))
     }
 
     /// The entity hashes of `states`, and for each the arguments that write its share: its
-    /// stream, its head, whether the head lists parts left alone, its parts written and removed
-    /// (see `write_states.lua` and `codec::parts`).
+    /// entity hash, its stream, its head, whether the head lists parts left alone, its parts
+    /// written and removed (see `write_states.lua` and `codec::parts`).
     pub(super) fn encode_shares<'a>(
         &self,
         namespace: &str,
@@ -351,12 +356,13 @@ impl FeatureStore {
         let mut keys = Vec::with_capacity(states.len());
         let mut shares = Vec::with_capacity(states.len());
         for (key, state) in states {
-            keys.push(self.redis_key(namespace, &key.entity));
+            let hash = self.redis_key(namespace, &key.entity);
             let share = encode_for_write(state, self.state_encoding)
                 .map_err(|source| StoreError::Encode { key: format!("{key:?}"), source })?;
             let mut args: Vec<Value> =
-                Vec::with_capacity(5 + 2 * share.parts.len() + share.dropped.len());
+                Vec::with_capacity(6 + 2 * share.parts.len() + share.dropped.len());
             args.extend([
+                hash.as_str().into(),
                 key.stream.clone().into(),
                 Bytes::from(share.head).into(),
                 if share.keeps_parts { "1" } else { "" }.into(),
@@ -369,19 +375,23 @@ impl FeatureStore {
             args.extend(
                 share.dropped.iter().map(|feature| part_field(&key.stream, feature).into()),
             );
+            keys.push(hash);
             shares.push(args);
         }
         Ok((keys, shares))
     }
 
     /// The message telling other instances' L1 which shares changed, to which revision.
-    fn announcement(&self, states: &[(StateKey, EntityState)]) -> Result<String, StoreError> {
+    pub(super) fn announcement(
+        &self,
+        states: &[&(StateKey, EntityState)],
+    ) -> Result<String, StoreError> {
         let announced: Vec<(String, &str, u64)> = states
             .iter()
             .map(|(key, state)| (key.entity.cache_key(), key.stream.as_str(), state.rev))
             .collect();
         serde_json::to_string(&announced)
-            .map_err(|source| StoreError::Encode { key: self.invalidation_channel.clone(), source })
+            .map_err(|source| StoreError::Encode { key: self.channels.main().to_string(), source })
     }
 
     /// With `redis.min_replica_acks`, waits until that many replicas hold every write `client`

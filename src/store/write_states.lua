@@ -1,4 +1,7 @@
--- Writes one batch of shares atomically, unless the partition's writer was fenced.
+#!lua flags=allow-cross-slot-keys
+-- Writes one batch of shares atomically, unless the partition's writer was fenced. On a Redis
+-- Cluster, the batch's marks with the shares that live on the primary of the marks' slot (see
+-- store/slots.rs): the shares are reached through the flag above, their hashes undeclared.
 --
 -- KEYS[1]  the owners hash: partition -> epoch of its current writer
 -- KEYS[2]  the table marks hash: table -> newest run, `<table>#truncate` -> newest TRUNCATE
@@ -6,14 +9,16 @@
 --          its overlap with its table's snapshot run
 -- KEYS[4]  the stream's overlap row memory: row key -> image hash
 -- KEYS[5]  the stream's overlapped positions
--- KEYS[6…] the entity hashes written, one share each
+-- KEYS[6…] on one Redis, the entity hashes written, declared (each share names its own)
 -- ARGV[1]  the partition (`<topic>/<partition>`), or '' for a writer without an owner (rebuild)
 -- ARGV[2]  the writer's epoch
 -- ARGV[3]  TTL of the entity hashes, in seconds
 -- ARGV[4]  the L1 invalidation channel, ARGV[5] the announcement or '', ARGV[6] '*' or ''
 -- ARGV[7]  how to publish on it: PUBLISH, or SPUBLISH on a Redis Cluster (the channel is in
 --          KEYS[1]'s slot)
--- ARGV[8]  how many expected marks follow as (KEYS index, field, mark or '' for none) triples: the
+-- ARGV[8]  '1' to stamp each share with the writer's epoch (`<stream>#epoch`, as
+--          write_shares.lua does on the other primaries), or ''
+-- ARGV[9]  how many expected marks follow as (KEYS index, field, mark or '' for none) triples: the
 --          marks the batch was applied under, each of which must still be stored as it was
 --          (see store/marks.rs, `MarksSeen`); then how many marks follow as (field, mark) pairs — `<table>` → its run,
 --          `<table>#truncate` → its newest TRUNCATE, `<stream>#high` → how far the stream
@@ -21,14 +26,15 @@
 --          (`<stream>#overlap` always); then '1' to clear the row memory first, '1' to clear the
 --          overlapped positions first, the count of (row key, image) pairs that follow (an empty
 --          image forgets the row), the count of overlapped positions that follow; then one
---          share per entity: its stream (the field of its head), its head, '1' when the head
+--          share per entity: its entity hash, its stream (the field of its head), its head, '1' when the head
 --          lists parts not written here, the count of (field, part) pairs that follow, the
 --          count of fields of parts to remove that follow (see store/codec/parts.rs)
 --
 -- Returns 1 when written; -1 when the partition has no claim at all (Redis lost its data); -2,
 -- writing nothing, when an expected mark moved; -3, writing nothing, when a share's hash is
 -- gone though its head lists parts it does not write; when fenced, the epoch of the current
--- writer (a string).
+-- writer (a string). Every hash is read before any key is written, so that one this node does
+-- not serve (a stale slot map) fails the call before it wrote anything.
 if ARGV[1] ~= '' then
   local owner = redis.call('HGET', KEYS[1], ARGV[1])
   if owner == false then
@@ -65,23 +71,33 @@ local function order(field, value)
   end
   return mark.run
 end
-local at = 9
-for _ = 1, tonumber(ARGV[8]) do
+local stamp = ARGV[8] ~= ''
+local epoch = tonumber(ARGV[2])
+local at = 10
+for _ = 1, tonumber(ARGV[9]) do
   if (redis.call('HGET', KEYS[tonumber(ARGV[at])], ARGV[at + 1]) or '') ~= ARGV[at + 2] then
     return -2
   end
   at = at + 3
 end
--- A share whose head lists parts it does not write needs them still stored: a hash gone (its
--- TTL passed while its writer kept the share in memory) refuses the batch before any write.
+-- Before any write: a stamped share written under a newer epoch refuses the batch, and so does
+-- a share whose head lists parts it does not write, its hash gone (its TTL passed while its
+-- writer kept the share in memory).
 local share = at + 1 + 2 * tonumber(ARGV[at]) + 2
 share = share + 1 + 2 * tonumber(ARGV[share])
 share = share + 1 + tonumber(ARGV[share])
-for i = 6, #KEYS do
-  if ARGV[share + 2] ~= '' and redis.call('EXISTS', KEYS[i]) == 0 then
+while share <= #ARGV do
+  local hash = ARGV[share]
+  if stamp then
+    local stamped = redis.call('HGET', hash, ARGV[share + 1] .. '#epoch')
+    if epoch and stamped and tonumber(stamped) > epoch then
+      return tostring(stamped)
+    end
+  end
+  if ARGV[share + 3] ~= '' and redis.call('EXISTS', hash) == 0 then
     return -3
   end
-  share = share + 4 + 2 * tonumber(ARGV[share + 3])
+  share = share + 5 + 2 * tonumber(ARGV[share + 4])
   share = share + 1 + tonumber(ARGV[share])
 end
 local marks = tonumber(ARGV[at])
@@ -124,21 +140,25 @@ for _ = 1, overlapped do
   redis.call('HSET', KEYS[5], ARGV[at], '1')
   at = at + 1
 end
-for i = 6, #KEYS do
-  redis.call('HSET', KEYS[i], ARGV[at], ARGV[at + 1])
-  local parts = tonumber(ARGV[at + 3])
-  at = at + 4
+while at <= #ARGV do
+  local hash, stream = ARGV[at], ARGV[at + 1]
+  redis.call('HSET', hash, stream, ARGV[at + 2])
+  if stamp and epoch then
+    redis.call('HSET', hash, stream .. '#epoch', ARGV[2])
+  end
+  local parts = tonumber(ARGV[at + 4])
+  at = at + 5
   for _ = 1, parts do
-    redis.call('HSET', KEYS[i], ARGV[at], ARGV[at + 1])
+    redis.call('HSET', hash, ARGV[at], ARGV[at + 1])
     at = at + 2
   end
   local dropped = tonumber(ARGV[at])
   at = at + 1
   for _ = 1, dropped do
-    redis.call('HDEL', KEYS[i], ARGV[at])
+    redis.call('HDEL', hash, ARGV[at])
     at = at + 1
   end
-  redis.call('EXPIRE', KEYS[i], ARGV[3])
+  redis.call('EXPIRE', hash, ARGV[3])
 end
 if ARGV[5] ~= '' then
   redis.call(ARGV[7], ARGV[4], ARGV[5])
