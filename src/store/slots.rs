@@ -48,7 +48,7 @@ use crate::features::overlap::OverlapWrites;
 use crate::telemetry;
 
 static WRITE_SHARES: LazyLock<Script> =
-    LazyLock::new(|| Script::from_lua(include_str!("write_shares.lua")));
+    LazyLock::new(|| super::write::share_script(include_str!("write_shares.lua")));
 
 impl FeatureStore {
     /// Writes the batch in the steps above; returns the slots written.
@@ -156,9 +156,7 @@ impl FeatureStore {
             // tells (a timeout after the script ran finds its marks moved).
             Err(error) => {
                 tracing::info!(error = %error, "writing the marks with their primary's shares failed; writing them apart");
-                if let Err(error) = client.sync_cluster().await {
-                    tracing::warn!(error = %error, "refreshing the redis cluster's slot map");
-                }
+                refresh_slot_map(client).await;
                 Ok(false)
             }
         }
@@ -195,9 +193,7 @@ impl FeatureStore {
                     metrics::counter!(telemetry::REDIS_ROUND_TRIPS, "op" => "ingest_write")
                         .increment(1);
                     tracing::info!(error = %error, "writing a primary's shares failed; writing them slot by slot");
-                    if let Err(error) = client.sync_cluster().await {
-                        tracing::warn!(error = %error, "refreshing the redis cluster's slot map");
-                    }
+                    refresh_slot_map(client).await;
                 }
                 outcome => {
                     self.note_redis("ingest_write", &outcome);
@@ -254,6 +250,14 @@ impl FeatureStore {
 
 /// A batch's shares in one slot.
 type SlotShares<'s> = &'s [&'s (StateKey, EntityState)];
+
+/// Reads the cluster's slot map again after a call it routed failed; a failure to is logged, and
+/// the calls by slot that follow are redirected by the servers.
+async fn refresh_slot_map(client: &Client) {
+    if let Err(error) = client.sync_cluster().await {
+        tracing::warn!(error = %error, "refreshing the redis cluster's slot map");
+    }
+}
 
 /// `write_shares.lua` with `options`, loaded on every primary first if one does not know it.
 async fn run_write_shares(

@@ -25,7 +25,15 @@ use crate::features::{EntityState, Position, RowKey};
 use crate::telemetry;
 
 pub(super) static WRITE_STATES: LazyLock<Script> =
-    LazyLock::new(|| Script::from_lua(include_str!("write_states.lua")));
+    LazyLock::new(|| share_script(include_str!("write_states.lua")));
+
+/// A script writing shares: `script` after the functions both share (`shares.lua`), flagged
+/// `allow-cross-slot-keys`, which on a Redis Cluster lets it reach the hashes of every slot its
+/// node serves (the flag must open the script's text).
+pub(super) fn share_script(script: &str) -> Script {
+    let shares = include_str!("shares.lua");
+    Script::from_lua(format!("#!lua flags=allow-cross-slot-keys\n{shares}{script}"))
+}
 
 /// What [`FeatureStore::load_for_write`] found.
 #[derive(Debug, Default)]

@@ -1,4 +1,3 @@
-#!lua flags=allow-cross-slot-keys
 -- Writes shares of one batch that live on one Redis Cluster primary, unless a newer owner of
 -- their partition has written one of them (see store/slots.rs).
 --
@@ -9,53 +8,21 @@
 -- ARGV[2]  TTL of the entity hashes, in seconds
 -- ARGV[3]  a sharded L1 invalidation channel in a slot of this node, or '' to announce nothing
 -- ARGV[4]  the announcement of these shares
--- ARGV[5…] one share after another: its entity hash, its stream (the field of its head), its
---          head, '1' when the head lists parts not written here, the count of (field, part)
---          pairs that follow, the count of fields of parts to remove that follow (see
---          store/codec/parts.rs)
+-- ARGV[5…] the shares (see shares.lua), each stamped with the writer's epoch
 --
--- Each share's writer epoch sits beside it, in the field `<stream>#epoch`. Returns 1 when
+-- Flagged `allow-cross-slot-keys` (store/write.rs prefixes it). Returns 1 when
 -- written; -3, writing nothing, when a share's hash is gone though its head lists parts it does
 -- not write; when a share was written under a newer epoch, that epoch (a string), and nothing
 -- is written. Every hash is read before any is written, so a hash not on this node (its slot
 -- moved or moving) fails the call with "non local key" before it wrote anything; so does a
 -- channel not served here, published on before any write (no reader sees the shares before the
 -- script ends). Without a channel, the batch's last script announces the shares.
-local epoch = tonumber(ARGV[1])
-local at = 5
-while at <= #ARGV do
-  local stamped = redis.call('HGET', ARGV[at], ARGV[at + 1] .. '#epoch')
-  if epoch and stamped and tonumber(stamped) > epoch then
-    return tostring(stamped)
-  end
-  if ARGV[at + 3] ~= '' and redis.call('EXISTS', ARGV[at]) == 0 then
-    return -3
-  end
-  at = at + 5 + 2 * tonumber(ARGV[at + 4])
-  at = at + 1 + tonumber(ARGV[at])
+local refused = check_shares(5, ARGV[1], true)
+if refused then
+  return refused
 end
 if ARGV[3] ~= '' then
   redis.call('SPUBLISH', ARGV[3], ARGV[4])
 end
-at = 5
-while at <= #ARGV do
-  local hash, stream = ARGV[at], ARGV[at + 1]
-  redis.call('HSET', hash, stream, ARGV[at + 2])
-  if epoch then
-    redis.call('HSET', hash, stream .. '#epoch', ARGV[1])
-  end
-  local parts = tonumber(ARGV[at + 4])
-  at = at + 5
-  for _ = 1, parts do
-    redis.call('HSET', hash, ARGV[at], ARGV[at + 1])
-    at = at + 2
-  end
-  local dropped = tonumber(ARGV[at])
-  at = at + 1
-  for _ = 1, dropped do
-    redis.call('HDEL', hash, ARGV[at])
-    at = at + 1
-  end
-  redis.call('EXPIRE', hash, ARGV[2])
-end
+write_shares(5, ARGV[1], true, ARGV[2])
 return 1

@@ -1,7 +1,7 @@
-#!lua flags=allow-cross-slot-keys
 -- Writes one batch of shares atomically, unless the partition's writer was fenced. On a Redis
 -- Cluster, the batch's marks with the shares that live on the primary of the marks' slot (see
--- store/slots.rs): the shares are reached through the flag above, their hashes undeclared.
+-- store/slots.rs): the shares are reached through the flag `allow-cross-slot-keys` (store/write.rs
+-- prefixes it), their hashes undeclared.
 --
 -- KEYS[1]  the owners hash: partition -> epoch of its current writer
 -- KEYS[2]  the table marks hash: table -> newest run, `<table>#truncate` -> newest TRUNCATE
@@ -25,10 +25,8 @@
 --          applied (see store/marks.rs) — each set only if later than the stored one
 --          (`<stream>#overlap` always); then '1' to clear the row memory first, '1' to clear the
 --          overlapped positions first, the count of (row key, image) pairs that follow (an empty
---          image forgets the row), the count of overlapped positions that follow; then one
---          share per entity: its entity hash, its stream (the field of its head), its head, '1' when the head
---          lists parts not written here, the count of (field, part) pairs that follow, the
---          count of fields of parts to remove that follow (see store/codec/parts.rs)
+--          image forgets the row), the count of overlapped positions that follow; then the
+--          shares (see shares.lua)
 --
 -- Returns 1 when written; -1 when the partition has no claim at all (Redis lost its data); -2,
 -- writing nothing, when an expected mark moved; -3, writing nothing, when a share's hash is
@@ -71,8 +69,7 @@ local function order(field, value)
   end
   return mark.run
 end
-local stamp = ARGV[8] ~= ''
-local epoch = tonumber(ARGV[2])
+local stamped = ARGV[8] ~= ''
 local at = 10
 for _ = 1, tonumber(ARGV[9]) do
   if (redis.call('HGET', KEYS[tonumber(ARGV[at])], ARGV[at + 1]) or '') ~= ARGV[at + 2] then
@@ -80,25 +77,12 @@ for _ = 1, tonumber(ARGV[9]) do
   end
   at = at + 3
 end
--- Before any write: a stamped share written under a newer epoch refuses the batch, and so does
--- a share whose head lists parts it does not write, its hash gone (its TTL passed while its
--- writer kept the share in memory).
 local share = at + 1 + 2 * tonumber(ARGV[at]) + 2
 share = share + 1 + 2 * tonumber(ARGV[share])
 share = share + 1 + tonumber(ARGV[share])
-while share <= #ARGV do
-  local hash = ARGV[share]
-  if stamp then
-    local stamped = redis.call('HGET', hash, ARGV[share + 1] .. '#epoch')
-    if epoch and stamped and tonumber(stamped) > epoch then
-      return tostring(stamped)
-    end
-  end
-  if ARGV[share + 3] ~= '' and redis.call('EXISTS', hash) == 0 then
-    return -3
-  end
-  share = share + 5 + 2 * tonumber(ARGV[share + 4])
-  share = share + 1 + tonumber(ARGV[share])
+local refused = check_shares(share, ARGV[2], stamped)
+if refused then
+  return refused
 end
 local marks = tonumber(ARGV[at])
 at = at + 1
@@ -140,26 +124,7 @@ for _ = 1, overlapped do
   redis.call('HSET', KEYS[5], ARGV[at], '1')
   at = at + 1
 end
-while at <= #ARGV do
-  local hash, stream = ARGV[at], ARGV[at + 1]
-  redis.call('HSET', hash, stream, ARGV[at + 2])
-  if stamp and epoch then
-    redis.call('HSET', hash, stream .. '#epoch', ARGV[2])
-  end
-  local parts = tonumber(ARGV[at + 4])
-  at = at + 5
-  for _ = 1, parts do
-    redis.call('HSET', hash, ARGV[at], ARGV[at + 1])
-    at = at + 2
-  end
-  local dropped = tonumber(ARGV[at])
-  at = at + 1
-  for _ = 1, dropped do
-    redis.call('HDEL', hash, ARGV[at])
-    at = at + 1
-  end
-  redis.call('EXPIRE', hash, ARGV[3])
-end
+write_shares(at, ARGV[2], stamped, ARGV[3])
 if ARGV[5] ~= '' then
   redis.call(ARGV[7], ARGV[4], ARGV[5])
 end
