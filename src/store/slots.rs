@@ -41,7 +41,7 @@ use fred::types::cluster::ClusterRouting;
 use fred::types::config::{Options, Server};
 use fred::types::scripts::Script;
 
-use super::write::script_outcome;
+use super::write::{push_shares, script_outcome};
 use super::{FeatureStore, Fence, MarksSeen, StateKey, StoreError, TableMarks};
 use crate::features::EntityState;
 use crate::features::overlap::OverlapWrites;
@@ -238,13 +238,20 @@ impl FeatureStore {
             Some(_) => self.announcement(shares)?,
             None => String::new(),
         };
-        let mut args: Vec<Value> = Vec::with_capacity(4 + 7 * keys.len());
+        let mut args = self.shares_header(channel, 1);
         args.push(fence.map(|f| f.epoch.to_string()).unwrap_or_default().into());
-        args.push(self.state_ttl_secs.to_string().into());
-        args.push(channel.unwrap_or_default().into());
-        args.push(announcement.into());
-        args.extend(encoded.into_iter().flatten());
+        push_shares(&mut args, announcement, encoded);
         Ok((keys, args))
+    }
+
+    /// The arguments of a `write_shares.lua` call before its `sections`, announcing on
+    /// `channel` if given.
+    pub(super) fn shares_header(&self, channel: Option<&str>, sections: usize) -> Vec<Value> {
+        vec![
+            self.state_ttl_secs.to_string().into(),
+            channel.unwrap_or_default().into(),
+            sections.to_string().into(),
+        ]
     }
 }
 

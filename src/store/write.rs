@@ -293,32 +293,60 @@ impl FeatureStore {
         fence: Option<&Fence>,
     ) -> Result<(Vec<String>, Vec<Value>), StoreError> {
         let namespace = self.namespace();
-        let stream = overlap.map_or("", |(stream, _)| stream);
-        let mut keys: Vec<String> = vec![
-            self.owners_key(),
-            self.runs_key(&namespace),
-            self.highs_key(&namespace),
-            self.overlap_rows_key(&namespace, stream),
-            self.overlapped_key(&namespace, stream),
-        ];
+        let mut keys = self.marks_keys(&namespace, overlap.map_or("", |(stream, _)| stream));
+        let mut args = self.states_header(1);
+        args.extend(self.states_section(marks, overlap, expected, fence)?);
         let announcement = match announced.is_empty() {
             true => String::new(),
             false => self.announcement(announced)?,
         };
-        let mut args: Vec<Value> = [
-            fence.map(|f| f.partition.clone()).unwrap_or_default(),
-            fence.map(|f| f.epoch.to_string()).unwrap_or_default(),
-            self.state_ttl_secs.to_string(),
-            self.channels.main().to_string(),
-            announcement,
-            if marks.change_reads() { CLEAR_ALL.to_string() } else { String::new() },
-            if self.clustered { "SPUBLISH" } else { "PUBLISH" }.to_string(),
-            if self.clustered { "1" } else { "" }.to_string(),
-            expected.fields.len().to_string(),
+        let (entity_keys, shares) = self.encode_shares(&namespace, states.iter().copied())?;
+        if !self.clustered {
+            keys.extend(entity_keys);
+        }
+        push_shares(&mut args, announcement, shares);
+        Ok((keys, args))
+    }
+
+    /// The keys of a `write_states.lua` call, the overlap's those of `stream`: all in the slot of
+    /// `{<key_prefix>}`.
+    pub(super) fn marks_keys(&self, namespace: &str, stream: &str) -> Vec<String> {
+        vec![
+            self.owners_key(),
+            self.runs_key(namespace),
+            self.highs_key(namespace),
+            self.overlap_rows_key(namespace, stream),
+            self.overlapped_key(namespace, stream),
         ]
-        .into_iter()
-        .map(Value::from)
-        .collect();
+    }
+
+    /// The arguments of a `write_states.lua` call before its `sections`.
+    pub(super) fn states_header(&self, sections: usize) -> Vec<Value> {
+        let stamped = if self.clustered { "1" } else { "" };
+        vec![
+            self.state_ttl_secs.to_string().into(),
+            self.channels.main().into(),
+            if self.clustered { "SPUBLISH" } else { "PUBLISH" }.into(),
+            stamped.into(),
+            sections.to_string().into(),
+        ]
+    }
+
+    /// A writer's section of a `write_states.lua` call up to its shares' announcement (see
+    /// [`push_shares`]): its owner, the marks it was applied under and those it moves.
+    pub(super) fn states_section(
+        &self,
+        marks: &TableMarks,
+        overlap: Option<(&str, &OverlapWrites)>,
+        expected: &MarksSeen,
+        fence: Option<&Fence>,
+    ) -> Result<Vec<Value>, StoreError> {
+        let mut args: Vec<Value> = vec![
+            fence.map(|f| f.partition.clone()).unwrap_or_default().into(),
+            fence.map(|f| f.epoch.to_string()).unwrap_or_default().into(),
+            if marks.change_reads() { CLEAR_ALL } else { "" }.into(),
+            expected.fields.len().to_string().into(),
+        ];
         // As read, byte for byte: the script compares them with what is stored.
         for (hash, field, seen) in &expected.fields {
             let seen = seen.clone().map_or_else(|| Value::from(""), Value::from);
@@ -345,12 +373,8 @@ impl FeatureStore {
         let overlapped = writes.map_or(&[][..], |w| &w.overlapped[..]);
         rest.push(overlapped.len().to_string());
         rest.extend(overlapped.iter().map(position_field));
-        let (entity_keys, shares) = self.encode_shares(&namespace, states.iter().copied())?;
-        if !self.clustered {
-            keys.extend(entity_keys);
-        }
-        args.extend(rest.into_iter().map(Value::from).chain(shares.into_iter().flatten()));
-        Ok((keys, args))
+        args.extend(rest.into_iter().map(Value::from));
+        Ok(args)
     }
 
     /// The entity hashes of `states`, and for each the arguments that write its share: its
@@ -437,8 +461,13 @@ impl FeatureStore {
     }
 }
 
-/// What a `write_states.lua` or `write_shares.lua` reply says of `fence`.
+/// What a `write_states.lua` or `write_shares.lua` reply (of one section) says of `fence`.
 pub(super) fn script_outcome(reply: Value, fence: Option<&Fence>) -> Result<(), StoreError> {
+    // A call of one writer: its section's reply.
+    let reply = match reply {
+        Value::Array(replies) => replies.into_iter().next().unwrap_or(Value::Null),
+        reply => reply,
+    };
     match (reply, fence) {
         (Value::String(owner), Some(fence)) => Err(StoreError::Fenced {
             partition: fence.partition.clone(),
@@ -451,6 +480,25 @@ pub(super) fn script_outcome(reply: Value, fence: Option<&Fence>) -> Result<(), 
         (Value::Integer(-2), _) => Err(StoreError::MarksMoved),
         (Value::Integer(-3), _) => Err(StoreError::PartsGone),
         _ => Ok(()),
+    }
+}
+
+/// Ends a writer's section of a `write_states.lua` or `write_shares.lua` call: the announcement
+/// of its shares (or ''), the count of arguments they take, and their arguments as
+/// [`FeatureStore::encode_shares`] made them.
+pub(super) fn push_shares(args: &mut Vec<Value>, announcement: String, shares: Vec<Vec<Value>>) {
+    args.push(announcement.into());
+    let count: usize = shares.iter().map(Vec::len).sum();
+    args.push(count.to_string().into());
+    args.extend(shares.into_iter().flatten());
+}
+
+/// The replies of a script's sections, one per writer, in order; a reply not a list (from a
+/// script of another version) counts as one section's.
+pub(super) fn section_replies(reply: Value) -> Vec<Value> {
+    match reply {
+        Value::Array(replies) => replies,
+        reply => vec![reply],
     }
 }
 
