@@ -39,6 +39,11 @@ pub enum StoreError {
     /// could lose it, so it does not count as done (a replica down, or slow).
     #[error("only {acked} of {wanted} redis replicas confirmed the write in time")]
     Unreplicated { acked: i64, wanted: i64 },
+    /// The flush a batch was written in with others' (see `store::group`) ended without an
+    /// answer for it: its leading writer was stopped half-way, or a script answered fewer
+    /// sections than it was given. Its writer applies it again.
+    #[error("the grouped write this batch joined ended without an answer for it")]
+    Abandoned,
 }
 
 /// Replies that pass: a replica promoted, a server still loading its data, a busy script, and
@@ -62,9 +67,11 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         use fred::error::ErrorKind;
         match self {
-            Self::Unavailable | Self::Unreplicated { .. } | Self::MarksMoved | Self::PartsGone => {
-                true
-            }
+            Self::Unavailable
+            | Self::Unreplicated { .. }
+            | Self::MarksMoved
+            | Self::PartsGone
+            | Self::Abandoned => true,
             Self::Redis(error) => match error.kind() {
                 ErrorKind::IO
                 | ErrorKind::Timeout

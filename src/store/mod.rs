@@ -31,6 +31,7 @@ mod channels;
 pub mod codec;
 mod error;
 pub mod generation;
+mod group;
 mod marks;
 mod read;
 mod redis;
@@ -146,6 +147,8 @@ pub struct FeatureStore {
     /// `persona_cache_lookups_total` by tier, registered once: a labelled lookup per read was
     /// visible in read-path profiles.
     lookups: Lookups,
+    /// Batches waiting to be flushed together on a Redis Cluster (see [`group`]).
+    group: group::Group,
 }
 
 impl FeatureStore {
@@ -183,6 +186,7 @@ impl FeatureStore {
             changes: tokio::sync::broadcast::channel(CHANGES_BUFFERED).0,
             marks_changed: tokio::sync::watch::channel(0).0,
             lookups: Lookups::register(),
+            group: group::Group::default(),
         })
     }
 

@@ -41,6 +41,7 @@ use fred::types::cluster::ClusterRouting;
 use fred::types::config::{Options, Server};
 use fred::types::scripts::Script;
 
+use super::group::{Request, Share};
 use super::write::{push_shares, script_outcome};
 use super::{FeatureStore, Fence, MarksSeen, StateKey, StoreError, TableMarks};
 use crate::features::EntityState;
@@ -51,7 +52,66 @@ static WRITE_SHARES: LazyLock<Script> =
     LazyLock::new(|| super::write::share_script(include_str!("write_shares.lua")));
 
 impl FeatureStore {
-    /// Writes the batch in the steps above; returns the slots written.
+    /// Writes the batch in the steps above, steps 1 and 2 in a flush with the batches of other
+    /// partitions waiting at the same time (see [`super::group`]), or alone when the flush hands
+    /// it back; returns the slots written and the client that wrote them.
+    pub(super) async fn write_clustered(
+        &self,
+        client: &Client,
+        states: &[(StateKey, EntityState)],
+        marks: &TableMarks,
+        overlap: Option<(&str, &OverlapWrites)>,
+        expected: &MarksSeen,
+        fence: Option<&Fence>,
+    ) -> Result<(Vec<u16>, Client), StoreError> {
+        let before_shares = TableMarks { overlaps: Default::default(), ..marks.clone() };
+        let namespace = self.namespace();
+        let (hashes, encoded) = self.encode_shares(&namespace, states.iter())?;
+        let shares: Vec<Share> = states
+            .iter()
+            .zip(hashes)
+            .zip(encoded)
+            .map(|(((key, state), hash), args)| Share {
+                slot: fred::util::redis_keyslot(hash.as_bytes()),
+                hash,
+                args,
+                announced: (key.entity.cache_key(), key.stream.clone(), state.rev),
+            })
+            .collect();
+        let marks_slot = fred::util::redis_keyslot(self.owners_key().as_bytes());
+        let mut written: Vec<u16> =
+            std::iter::once(marks_slot).chain(shares.iter().map(|share| share.slot)).collect();
+        written.sort_unstable();
+        written.dedup();
+        let request = Request {
+            fence: fence.cloned(),
+            section: self.states_section(&before_shares, None, expected, fence)?,
+            checks: fence.is_some() || !before_shares.is_empty() || !expected.is_empty(),
+            shares,
+        };
+        let flushed = self.flush_together(client, request).await?;
+        let client = flushed.client;
+        if !flushed.marks_written {
+            let written = self.write_by_slot(&client, states, marks, overlap, expected, fence);
+            return Ok((written.await?, client));
+        }
+        let left: Vec<&(StateKey, EntityState)> =
+            flushed.left.iter().map(|index| &states[*index]).collect();
+        let mut slots: BTreeMap<u16, Vec<&(StateKey, EntityState)>> = BTreeMap::new();
+        for share in &left {
+            let key = self.redis_key(&namespace, &share.0.entity);
+            slots.entry(fred::util::redis_keyslot(key.as_bytes())).or_default().push(share);
+        }
+        let writes =
+            slots.values().map(|shares| self.write_slot(&client, &namespace, shares, fence));
+        for outcome in futures::future::join_all(writes).await {
+            outcome?;
+        }
+        self.last_step(&client, marks, overlap, &left, fence).await?;
+        Ok((written, client))
+    }
+
+    /// Writes the batch in the steps above on its own; returns the slots written.
     pub(super) async fn write_by_slot(
         &self,
         client: &Client,
@@ -106,13 +166,26 @@ impl FeatureStore {
         for shares in futures::future::join_all(writes).await {
             unannounced.extend(shares?);
         }
+        self.last_step(client, marks, overlap, &unannounced, fence).await?;
+        Ok(written)
+    }
+
+    /// Step 3, when the batch moved its stream's overlap or left shares unannounced.
+    async fn last_step(
+        &self,
+        client: &Client,
+        marks: &TableMarks,
+        overlap: Option<(&str, &OverlapWrites)>,
+        unannounced: &[&(StateKey, EntityState)],
+        fence: Option<&Fence>,
+    ) -> Result<(), StoreError> {
         let overlap_marks =
             TableMarks { overlaps: marks.overlaps.clone(), ..TableMarks::default() };
         if !overlap_marks.is_empty() || overlap.is_some() || !unannounced.is_empty() {
             let none = MarksSeen::default();
-            self.write_marks(client, &overlap_marks, overlap, &unannounced, &none, fence).await?;
+            self.write_marks(client, &overlap_marks, overlap, unannounced, &none, fence).await?;
         }
-        Ok(written)
+        Ok(())
     }
 
     /// One `write_states.lua` call without shares (every key it touches is in the slot of
@@ -260,14 +333,14 @@ type SlotShares<'s> = &'s [&'s (StateKey, EntityState)];
 
 /// Reads the cluster's slot map again after a call it routed failed; a failure to is logged, and
 /// the calls by slot that follow are redirected by the servers.
-async fn refresh_slot_map(client: &Client) {
+pub(super) async fn refresh_slot_map(client: &Client) {
     if let Err(error) = client.sync_cluster().await {
         tracing::warn!(error = %error, "refreshing the redis cluster's slot map");
     }
 }
 
 /// `write_shares.lua` with `options`, loaded on every primary first if one does not know it.
-async fn run_write_shares(
+pub(super) async fn run_write_shares(
     client: &Client,
     options: &Options,
     keys: Vec<String>,

@@ -244,7 +244,7 @@ impl FeatureStore {
         let client = self.redis.next();
         let started = Instant::now();
         let outcome = if self.clustered {
-            self.write_by_slot(client, states, marks, overlap, expected, fence).await
+            self.write_clustered(client, states, marks, overlap, expected, fence).await
         } else {
             let states: Vec<&(StateKey, EntityState)> = states.iter().collect();
             let call = self.script_call(&states, &states, marks, overlap, expected, fence);
@@ -252,10 +252,10 @@ impl FeatureStore {
             let outcome: Result<Value, _> =
                 WRITE_STATES.evalsha_with_reload(client, keys, args).await;
             self.note_redis("ingest_write", &outcome);
-            script_outcome(outcome?, fence).map(|()| Vec::new())
+            script_outcome(outcome?, fence).map(|()| (Vec::new(), client.clone()))
         };
         let outcome = match outcome {
-            Ok(slots) => self.wait_for_replicas(client, &slots).await,
+            Ok((slots, writer)) => self.wait_for_replicas(&writer, &slots).await,
             Err(error) => Err(error),
         };
         note_latency("ingest_write", started);

@@ -1,8 +1,11 @@
 //! The feature store on a Redis Cluster of the test's own (three primaries, one replica each):
 //! batches spanning every slot, fencing, replicas acknowledging writes, failover, generation
-//! cleanup and quarantine across nodes.
+//! cleanup and quarantine across nodes; batches of several partitions flushed together
+//! (`group`).
 
+#[path = "../common/mod.rs"]
 mod common;
+mod group;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,90 @@
+//! Batches of several partitions written at the same time are flushed together: they share
+//! their script calls, and each is still checked, refused and answered on its own.
+
+use persona::features::{EntityState, Position, Truncation};
+use persona::store::{EntityRef, FeatureStore, StateKey, StoreError, TableMarks};
+
+use super::{after_one_batch, batch, expected, revisions, script_calls, state, store};
+
+const OTHER_PARTITION: &str = "persona.public.user_activity/1";
+
+/// Users `from..to` on the stream of partition 1, user `i` at revision `rev + i`.
+fn batch_of_partition_1(from: usize, to: usize, rev: u64) -> Vec<(StateKey, EntityState)> {
+    let mut shares = batch(to, rev);
+    shares.drain(..from);
+    for (key, _) in &mut shares {
+        key.stream = "user_activity/1".into();
+    }
+    shares
+}
+
+/// Revisions of users `from..to` as a fresh reader sees them.
+async fn revisions_of(reader: &FeatureStore, from: usize, to: usize) -> Vec<Option<u64>> {
+    revisions(reader, to).await.split_off(from)
+}
+
+#[tokio::test]
+async fn batches_written_at_the_same_time_share_their_script_calls() {
+    let (cluster, prefix, writer, fence) = after_one_batch().await;
+    let other = writer.claim(OTHER_PARTITION).await.expect("claim");
+    let marks = TableMarks::default();
+    let before = script_calls(&cluster);
+    let (first, second) = tokio::join!(
+        writer.write_states(batch(300, 2), &marks, Some(&fence)),
+        writer.write_states(batch_of_partition_1(300, 600, 2), &marks, Some(&other)),
+    );
+    first.expect("partition 0's batch");
+    second.expect("partition 1's batch");
+    let calls = script_calls(&cluster) - before;
+    let primaries = cluster.primaries();
+    // Alone, each batch costs one call per primary.
+    assert_eq!(calls, primaries.len() as u64, "script calls for two batches on {primaries:?}");
+    let reader = store(&cluster, &prefix).await;
+    assert_eq!(revisions_of(&reader, 0, 600).await, expected(600, 2));
+}
+
+/// A fenced writer's batch in a flush writes nothing, on any primary; the others' land whole.
+#[tokio::test]
+async fn a_fenced_batch_in_a_flush_writes_nothing_and_the_others_land() {
+    let (cluster, prefix, writer, stale) = after_one_batch().await;
+    let newer = store(&cluster, &prefix).await;
+    newer.claim(&stale.partition).await.expect("a newer owner claims partition 0");
+    let other = writer.claim(OTHER_PARTITION).await.expect("claim");
+    let marks = TableMarks::default();
+    let (refused, written) = tokio::join!(
+        writer.write_states(batch(300, 50), &marks, Some(&stale)),
+        writer.write_states(batch_of_partition_1(300, 600, 2), &marks, Some(&other)),
+    );
+    assert!(matches!(refused, Err(StoreError::Fenced { .. })), "{refused:?}");
+    written.expect("partition 1's batch");
+    let reader = store(&cluster, &prefix).await;
+    let mut wanted = expected(300, 1);
+    wanted.extend(expected(600, 2).split_off(300));
+    assert_eq!(revisions_of(&reader, 0, 600).await, wanted);
+}
+
+/// Batches in a flush are checked in turn, each after those before it were written: one moving
+/// a mark another was applied under refuses that one, as separate calls in that order would.
+#[tokio::test]
+async fn a_mark_moved_by_a_batch_earlier_in_the_flush_refuses_a_later_one() {
+    let (cluster, prefix, writer, fence) = after_one_batch().await;
+    let other = writer.claim(OTHER_PARTITION).await.expect("claim");
+    let table = "user_activity".to_string();
+    let streams = ["user_activity/0".to_string()];
+    let seen = writer.load_for_write(&[], std::slice::from_ref(&table), &streams).await;
+    let seen = seen.expect("load marks").seen;
+    let truncation = Truncation { position: Position(20, 20, 1), run: None };
+    let truncated = TableMarks { truncations: [(table, truncation)].into(), ..Default::default() };
+    let late = (EntityRef::user("late").share("user_activity/0"), state(1));
+    let mut late_batch = [late.clone()];
+    let none = TableMarks::default();
+    let (truncating, refused) = tokio::join!(
+        writer.write_states(Vec::new(), &truncated, Some(&other)),
+        writer.write_batch(&mut late_batch, &none, None, &seen, Some(&fence)),
+    );
+    truncating.expect("partition 1 records a TRUNCATE");
+    assert!(matches!(refused, Err(StoreError::MarksMoved)), "{refused:?}");
+    let reader = store(&cluster, &prefix).await;
+    let found = reader.load_for_write(&[late.0], &[], &[]).await.expect("load");
+    assert!(found.states.is_empty(), "a refused batch wrote {:?}", found.states);
+}
