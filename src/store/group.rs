@@ -6,7 +6,8 @@
 //! steps and their order). A live batch is a few shares spread over every primary: flushed
 //! alone it costs a call per primary, flushed with the others waiting it shares them.
 //!
-//! No task of its own: a writer that finds no flush under way leads the next one, taking every
+//! Only batches of fewer than [`GROUP_ALONE_SHARES`] shares are flushed together. No task of
+//! its own: a writer that finds no flush under way leads the next one, taking every
 //! batch waiting then (up to [`GROUP_MAX_SHARES`] shares), while the writers that came meanwhile
 //! wait for its turn to end and find their answer. Anything but the common case — no slot map,
 //! a call failing before its script answered (a stale map), a primary serving none of the
@@ -23,6 +24,11 @@ use super::slots::{refresh_slot_map, run_write_shares};
 use super::write::{WRITE_STATES, push_shares, script_outcome, section_replies};
 use super::{FeatureStore, Fence, StoreError};
 use crate::telemetry;
+
+/// Batches of this many shares or more are written alone: their calls are shared among many
+/// shares already, and in a flush they would wait behind the others' (catching up, every
+/// partition's batch is this large, and their writes go on side by side).
+pub(super) const GROUP_ALONE_SHARES: usize = 64;
 
 /// Most shares one flush takes, summed over its batches (but always at least one batch): a
 /// script runs alone on its primary, so its length is every other client's wait there.
@@ -317,4 +323,42 @@ fn announcement(request: &Request, indices: &[usize]) -> String {
         indices.iter().map(|index| &request.shares[*index].announced).collect();
     // A list of strings and numbers always serializes.
     serde_json::to_string(&announced).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(shares: usize) -> Waiting {
+        let share = || Share {
+            slot: 0,
+            hash: String::new(),
+            args: Vec::new(),
+            announced: Default::default(),
+        };
+        let request = Request {
+            fence: None,
+            section: Vec::new(),
+            checks: false,
+            shares: (0..shares).map(|_| share()).collect(),
+        };
+        Waiting { request, answer: oneshot::channel().0 }
+    }
+
+    fn sizes(taken: &[Waiting]) -> Vec<usize> {
+        taken.iter().map(|waiting| waiting.request.shares.len()).collect()
+    }
+
+    #[test]
+    fn a_flush_takes_the_oldest_batches_up_to_its_shares_and_always_one() {
+        let group = Group::default();
+        for shares in [400, 500, 200, 1_500, 3] {
+            group.waiting.lock().expect("lock").push_back(waiting(shares));
+        }
+        assert_eq!(sizes(&group.take()), [400, 500]);
+        assert_eq!(sizes(&group.take()), [200]);
+        assert_eq!(sizes(&group.take()), [1_500], "a batch larger than a flush goes alone");
+        assert_eq!(sizes(&group.take()), [3]);
+        assert!(group.take().is_empty());
+    }
 }

@@ -41,7 +41,7 @@ use fred::types::cluster::ClusterRouting;
 use fred::types::config::{Options, Server};
 use fred::types::scripts::Script;
 
-use super::group::{Request, Share};
+use super::group::{GROUP_ALONE_SHARES, Request, Share};
 use super::write::{push_shares, script_outcome};
 use super::{FeatureStore, Fence, MarksSeen, StateKey, StoreError, TableMarks};
 use crate::features::EntityState;
@@ -53,8 +53,8 @@ static WRITE_SHARES: LazyLock<Script> =
 
 impl FeatureStore {
     /// Writes the batch in the steps above, steps 1 and 2 in a flush with the batches of other
-    /// partitions waiting at the same time (see [`super::group`]), or alone when the flush hands
-    /// it back; returns the slots written and the client that wrote them.
+    /// partitions waiting at the same time (see [`super::group`]), or alone when it is large or
+    /// the flush hands it back; returns the slots written and the client that wrote them.
     pub(super) async fn write_clustered(
         &self,
         client: &Client,
@@ -64,6 +64,10 @@ impl FeatureStore {
         expected: &MarksSeen,
         fence: Option<&Fence>,
     ) -> Result<(Vec<u16>, Client), StoreError> {
+        if states.len() >= GROUP_ALONE_SHARES {
+            let written = self.write_by_slot(client, states, marks, overlap, expected, fence);
+            return Ok((written.await?, client.clone()));
+        }
         let before_shares = TableMarks { overlaps: Default::default(), ..marks.clone() };
         let namespace = self.namespace();
         let (hashes, encoded) = self.encode_shares(&namespace, states.iter())?;

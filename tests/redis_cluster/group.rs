@@ -1,4 +1,4 @@
-//! Batches of several partitions written at the same time are flushed together: they share
+//! Small batches of several partitions written at the same time are flushed together: they share
 //! their script calls, and each is still checked, refused and answered on its own.
 
 use persona::features::{EntityState, Position, Truncation};
@@ -7,6 +7,10 @@ use persona::store::{EntityRef, FeatureStore, StateKey, StoreError, TableMarks};
 use super::{after_one_batch, batch, expected, revisions, script_calls, state, store};
 
 const OTHER_PARTITION: &str = "persona.public.user_activity/1";
+
+/// Shares in a batch flushed with others: fewer than batches written alone have, and enough to
+/// land on every primary (each misses one with a chance of 3 × (2/3)^60).
+const SMALL: usize = 60;
 
 /// Users `from..to` on the stream of partition 1, user `i` at revision `rev + i`.
 fn batch_of_partition_1(from: usize, to: usize, rev: u64) -> Vec<(StateKey, EntityState)> {
@@ -30,8 +34,8 @@ async fn batches_written_at_the_same_time_share_their_script_calls() {
     let marks = TableMarks::default();
     let before = script_calls(&cluster);
     let (first, second) = tokio::join!(
-        writer.write_states(batch(300, 2), &marks, Some(&fence)),
-        writer.write_states(batch_of_partition_1(300, 600, 2), &marks, Some(&other)),
+        writer.write_states(batch(SMALL, 2), &marks, Some(&fence)),
+        writer.write_states(batch_of_partition_1(300, 300 + SMALL, 2), &marks, Some(&other)),
     );
     first.expect("partition 0's batch");
     second.expect("partition 1's batch");
@@ -40,7 +44,20 @@ async fn batches_written_at_the_same_time_share_their_script_calls() {
     // Alone, each batch costs one call per primary.
     assert_eq!(calls, primaries.len() as u64, "script calls for two batches on {primaries:?}");
     let reader = store(&cluster, &prefix).await;
-    assert_eq!(revisions_of(&reader, 0, 600).await, expected(600, 2));
+    assert_eq!(revisions_of(&reader, 0, SMALL).await, expected(SMALL, 2));
+    let second = expected(300 + SMALL, 2).split_off(300);
+    assert_eq!(revisions_of(&reader, 300, 300 + SMALL).await, second);
+
+    // A large batch goes alone: its calls are shared among its own shares.
+    let before = script_calls(&cluster);
+    let (first, second) = tokio::join!(
+        writer.write_states(batch(300, 3), &marks, Some(&fence)),
+        writer.write_states(batch_of_partition_1(300, 300 + SMALL, 3), &marks, Some(&other)),
+    );
+    first.expect("partition 0's large batch");
+    second.expect("partition 1's batch");
+    let calls = script_calls(&cluster) - before;
+    assert_eq!(calls, 2 * primaries.len() as u64, "script calls for a large and a small batch");
 }
 
 /// A fenced writer's batch in a flush writes nothing, on any primary; the others' land whole.
@@ -52,15 +69,15 @@ async fn a_fenced_batch_in_a_flush_writes_nothing_and_the_others_land() {
     let other = writer.claim(OTHER_PARTITION).await.expect("claim");
     let marks = TableMarks::default();
     let (refused, written) = tokio::join!(
-        writer.write_states(batch(300, 50), &marks, Some(&stale)),
-        writer.write_states(batch_of_partition_1(300, 600, 2), &marks, Some(&other)),
+        writer.write_states(batch(SMALL, 50), &marks, Some(&stale)),
+        writer.write_states(batch_of_partition_1(300, 300 + SMALL, 2), &marks, Some(&other)),
     );
     assert!(matches!(refused, Err(StoreError::Fenced { .. })), "{refused:?}");
     written.expect("partition 1's batch");
     let reader = store(&cluster, &prefix).await;
     let mut wanted = expected(300, 1);
-    wanted.extend(expected(600, 2).split_off(300));
-    assert_eq!(revisions_of(&reader, 0, 600).await, wanted);
+    wanted.extend(expected(300 + SMALL, 2).split_off(300));
+    assert_eq!(revisions_of(&reader, 0, 300 + SMALL).await, wanted);
 }
 
 /// Batches in a flush are checked in turn, each after those before it were written: one moving
