@@ -20,8 +20,9 @@ use fred::prelude::*;
 use fred::types::config::{Options, Server};
 use tokio::sync::oneshot;
 
+use super::script_args::{push_shares, script_outcome, section_replies};
 use super::slots::{refresh_slot_map, run_write_shares};
-use super::write::{WRITE_STATES, push_shares, script_outcome, section_replies};
+use super::write::WRITE_STATES;
 use super::{FeatureStore, Fence, StoreError};
 use crate::telemetry;
 

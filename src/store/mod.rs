@@ -35,6 +35,7 @@ mod group;
 mod marks;
 mod read;
 mod redis;
+mod script_args;
 mod slots;
 mod write;
 

@@ -18,8 +18,10 @@
 //!
 //! Each script announces the shares it wrote to other instances' L1, on a sharded channel its
 //! primary serves (see [`super::channels`]); shares written where no such channel is are
-//! announced in step 3, which then runs for them. A live batch of a few shares thus costs one
-//! call per primary it touches, plus one when none of its shares is on the marks' primary.
+//! announced in step 3, which then runs for them. A batch written alone thus costs one call per
+//! primary it touches, plus one when none of its shares is on the marks' primary; small batches
+//! of several partitions waiting at the same time share those calls (steps 1 and 2 in one flush,
+//! see [`super::group`]).
 //!
 //! A batch's entities almost never share a slot (16,384 of them), so one script per slot made a
 //! batch cost about one script call per entity. Shares are grouped by the primary the client's
@@ -42,7 +44,7 @@ use fred::types::config::{Options, Server};
 use fred::types::scripts::Script;
 
 use super::group::{GROUP_ALONE_SHARES, Request, Share};
-use super::write::{push_shares, script_outcome};
+use super::script_args::{push_shares, script_outcome};
 use super::{FeatureStore, Fence, MarksSeen, StateKey, StoreError, TableMarks};
 use crate::features::EntityState;
 use crate::features::overlap::OverlapWrites;
@@ -319,16 +321,6 @@ impl FeatureStore {
         args.push(fence.map(|f| f.epoch.to_string()).unwrap_or_default().into());
         push_shares(&mut args, announcement, encoded);
         Ok((keys, args))
-    }
-
-    /// The arguments of a `write_shares.lua` call before its `sections`, announcing on
-    /// `channel` if given.
-    pub(super) fn shares_header(&self, channel: Option<&str>, sections: usize) -> Vec<Value> {
-        vec![
-            self.state_ttl_secs.to_string().into(),
-            channel.unwrap_or_default().into(),
-            sections.to_string().into(),
-        ]
     }
 }
 
