@@ -103,11 +103,7 @@ impl FeatureStore {
         }
         let left: Vec<&(StateKey, EntityState)> =
             flushed.left.iter().map(|index| &states[*index]).collect();
-        let mut slots: BTreeMap<u16, Vec<&(StateKey, EntityState)>> = BTreeMap::new();
-        for share in &left {
-            let key = self.redis_key(&namespace, &share.0.entity);
-            slots.entry(fred::util::redis_keyslot(key.as_bytes())).or_default().push(share);
-        }
+        let slots = self.by_slot(&namespace, left.iter().copied());
         let writes =
             slots.values().map(|shares| self.write_slot(&client, &namespace, shares, fence));
         for outcome in futures::future::join_all(writes).await {
@@ -115,6 +111,20 @@ impl FeatureStore {
         }
         self.last_step(&client, marks, overlap, &left, fence).await?;
         Ok((written, client))
+    }
+
+    /// `shares` by the slot of their entity hash.
+    fn by_slot<'s>(
+        &self,
+        namespace: &str,
+        shares: impl IntoIterator<Item = &'s (StateKey, EntityState)>,
+    ) -> BTreeMap<u16, Vec<&'s (StateKey, EntityState)>> {
+        let mut slots: BTreeMap<u16, Vec<&(StateKey, EntityState)>> = BTreeMap::new();
+        for share in shares {
+            let key = self.redis_key(namespace, &share.0.entity);
+            slots.entry(fred::util::redis_keyslot(key.as_bytes())).or_default().push(share);
+        }
+        slots
     }
 
     /// Writes the batch in the steps above on its own; returns the slots written.
@@ -129,13 +139,9 @@ impl FeatureStore {
     ) -> Result<Vec<u16>, StoreError> {
         let marks_slot = fred::util::redis_keyslot(self.owners_key().as_bytes());
         let before_shares = TableMarks { overlaps: Default::default(), ..marks.clone() };
-        // References: a batch's states are encoded once, never copied to be grouped.
-        let mut slots: BTreeMap<u16, Vec<&(StateKey, EntityState)>> = BTreeMap::new();
         let namespace = self.namespace();
-        for share in states {
-            let key = self.redis_key(&namespace, &share.0.entity);
-            slots.entry(fred::util::redis_keyslot(key.as_bytes())).or_default().push(share);
-        }
+        // References: a batch's states are encoded once, never copied to be grouped.
+        let slots = self.by_slot(&namespace, states);
         let written = std::iter::once(marks_slot).chain(slots.keys().copied()).collect();
         let map = client.cached_cluster_state();
         let mut groups = by_primary(map.as_ref(), &slots);
