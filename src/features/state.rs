@@ -247,6 +247,9 @@ pub fn apply_with_pairs(
         return outcome;
     }
     let belongs = |row: &&SourceRow| entity_of(row, entity) == Some(entity_id);
+    // Whose rows they are does not depend on the feature: asked once, not once per feature.
+    let (before_own, after_own) =
+        (change.before.as_ref().filter(belongs), change.after.as_ref().filter(belongs));
     let now_us = now.timestamp_micros();
     if entity == set.shopper {
         outcome.pairs = pairs::apply_to_session(set, entity_id, state, change, now_us);
@@ -263,8 +266,8 @@ pub fn apply_with_pairs(
             (_, Some(shared)) => Kept::shared_facts(shared),
             (None, None) => Kept::own(feature),
         };
-        let before = change.before.as_ref().filter(belongs).filter(|row| passes(feature, row));
-        let after = change.after.as_ref().filter(belongs).filter(|row| passes(feature, row));
+        let before = before_own.filter(|row| passes(feature, row));
+        let after = after_own.filter(|row| passes(feature, row));
         if before.is_none() && after.is_none() {
             // Filtered out (a view, for a clicks feature): the state is not even visited. Its
             // old buckets wait for the next row it keeps; reads look at their window only, and
