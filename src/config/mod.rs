@@ -113,6 +113,11 @@ pub struct RedisConfig {
     /// a primary killed right after acknowledging loses nothing when its replica takes over.
     /// 0 for a Redis without replicas.
     pub min_replica_acks: u32,
+    /// On a Redis Cluster, a batch of fewer shares than this is flushed together with the
+    /// batches of other partitions waiting at the same time (group commit): fewer Redis calls
+    /// and less CPU per event, for up to a flush of waiting (BENCHMARKS.md, "Group commit on the
+    /// cluster under load"). 0 writes every batch alone. Ignored on one Redis server.
+    pub group_commit_below: usize,
 }
 
 /// What `redis.url` may name: one server, or a Redis Cluster, each with or without TLS.
@@ -147,6 +152,7 @@ impl Default for RedisConfig {
             pool_size: 4,
             key_prefix: "persona".into(),
             min_replica_acks: 0,
+            group_commit_below: 64,
             command_timeout: Duration::from_millis(500),
             state_ttl: Duration::from_secs(30 * 24 * 3600),
             required_to_start: true,

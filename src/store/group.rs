@@ -6,13 +6,16 @@
 //! steps and their order). A live batch is a few shares spread over every primary: flushed
 //! alone it costs a call per primary, flushed with the others waiting it shares them.
 //!
-//! Only batches of fewer than [`GROUP_ALONE_SHARES`] shares are flushed together. No task of
-//! its own: a writer that finds no flush under way leads the next one, taking every
-//! batch waiting then (up to [`GROUP_MAX_SHARES`] shares), while the writers that came meanwhile
-//! wait for its turn to end and find their answer. Anything but the common case — no slot map,
-//! a call failing before its script answered (a stale map), a primary serving none of the
-//! invalidation channels — is handed back to the writer, which goes on alone with the steps of
-//! `slots`: the flush never writes a section whose call failed.
+//! Only batches of fewer than `redis.group_commit_below` shares (64 by default) are flushed
+//! together: a larger batch's calls are shared among many shares already, and in a flush it would
+//! wait behind the others' (catching up, every partition's batch is large, and their writes go on
+//! side by side). A flush costs latency — a writer arriving during one waits for it to end — so
+//! that setting at 0 writes every batch alone. No task of its own: a writer that finds no flush
+//! under way leads the next one, taking every batch waiting then (up to [`GROUP_MAX_SHARES`]
+//! shares), while the writers that came meanwhile wait for its turn to end and find their answer.
+//! Anything but the common case — no slot map, a call failing before its script answered (a stale
+//! map), a primary serving none of the invalidation channels — is handed back to the writer, which
+//! goes on alone with the steps of `slots`: the flush never writes a section whose call failed.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -25,11 +28,6 @@ use super::slots::{refresh_slot_map, run_write_shares};
 use super::write::WRITE_STATES;
 use super::{FeatureStore, Fence, StoreError};
 use crate::telemetry;
-
-/// Batches of this many shares or more are written alone: their calls are shared among many
-/// shares already, and in a flush they would wait behind the others' (catching up, every
-/// partition's batch is this large, and their writes go on side by side).
-pub(super) const GROUP_ALONE_SHARES: usize = 64;
 
 /// Most shares one flush takes, summed over its batches (but always at least one batch): a
 /// script runs alone on its primary, so its length is every other client's wait there.

@@ -150,6 +150,8 @@ pub struct FeatureStore {
     lookups: Lookups,
     /// Batches waiting to be flushed together on a Redis Cluster (see [`group`]).
     group: group::Group,
+    /// Batches of at least this many shares are written alone (`redis.group_commit_below`).
+    group_commit_below: usize,
 }
 
 impl FeatureStore {
@@ -172,6 +174,7 @@ impl FeatureStore {
         Ok(Self {
             clustered,
             min_replica_acks: redis.min_replica_acks,
+            group_commit_below: redis.group_commit_below,
             redis: pool,
             subscriber,
             channels: channels::Channels::new(&redis.key_prefix, clustered),

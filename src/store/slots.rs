@@ -43,7 +43,7 @@ use fred::types::cluster::ClusterRouting;
 use fred::types::config::{Options, Server};
 use fred::types::scripts::Script;
 
-use super::group::{GROUP_ALONE_SHARES, Request, Share};
+use super::group::{Request, Share};
 use super::script_args::{push_shares, script_outcome};
 use super::{FeatureStore, Fence, MarksSeen, StateKey, StoreError, TableMarks};
 use crate::features::EntityState;
@@ -66,7 +66,7 @@ impl FeatureStore {
         expected: &MarksSeen,
         fence: Option<&Fence>,
     ) -> Result<(Vec<u16>, Client), StoreError> {
-        if states.len() >= GROUP_ALONE_SHARES {
+        if states.len() >= self.group_commit_below {
             let written = self.write_by_slot(client, states, marks, overlap, expected, fence);
             return Ok((written.await?, client.clone()));
         }

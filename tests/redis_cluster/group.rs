@@ -1,6 +1,7 @@
 //! Small batches of several partitions written at the same time are flushed together: they share
 //! their script calls, and each is still checked, refused and answered on its own.
 
+use persona::config::{CacheConfig, RedisConfig, Sensitive};
 use persona::features::{EntityState, Position, Truncation};
 use persona::store::{EntityRef, FeatureStore, StateKey, StoreError, TableMarks};
 
@@ -58,6 +59,37 @@ async fn batches_written_at_the_same_time_share_their_script_calls() {
     second.expect("partition 1's batch");
     let calls = script_calls(&cluster) - before;
     assert_eq!(calls, 2 * primaries.len() as u64, "script calls for a large and a small batch");
+}
+
+/// With `redis.group_commit_below = 0` (for the lowest latency) small batches written at the
+/// same time are written alone, each with a call per primary.
+#[tokio::test]
+async fn with_group_commit_off_small_batches_are_written_alone() {
+    let (cluster, prefix, _, _) = after_one_batch().await;
+    let config = RedisConfig {
+        url: Sensitive(cluster.url()),
+        key_prefix: prefix.clone(),
+        group_commit_below: 0,
+        ..RedisConfig::default()
+    };
+    let writer = FeatureStore::connect(&config, &CacheConfig::default()).await.expect("connect");
+    let fence = writer.claim("persona.public.user_activity/0").await.expect("claim");
+    let other = writer.claim(OTHER_PARTITION).await.expect("claim");
+    let marks = TableMarks::default();
+    let before = script_calls(&cluster);
+    let (first, second) = tokio::join!(
+        writer.write_states(batch(SMALL, 2), &marks, Some(&fence)),
+        writer.write_states(batch_of_partition_1(300, 300 + SMALL, 2), &marks, Some(&other)),
+    );
+    first.expect("partition 0's batch");
+    second.expect("partition 1's batch");
+    let calls = script_calls(&cluster) - before;
+    let primaries = cluster.primaries();
+    assert_eq!(calls, 2 * primaries.len() as u64, "script calls for two batches on {primaries:?}");
+    let reader = store(&cluster, &prefix).await;
+    assert_eq!(revisions_of(&reader, 0, SMALL).await, expected(SMALL, 2));
+    let second = expected(300 + SMALL, 2).split_off(300);
+    assert_eq!(revisions_of(&reader, 300, 300 + SMALL).await, second);
 }
 
 /// A fenced writer's batch in a flush writes nothing, on any primary; the others' land whole.
