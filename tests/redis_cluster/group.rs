@@ -3,9 +3,11 @@
 
 use persona::config::{CacheConfig, RedisConfig, Sensitive};
 use persona::features::{EntityState, Position, Truncation};
-use persona::store::{EntityRef, FeatureStore, StateKey, StoreError, TableMarks};
+use persona::store::{EntityRef, FeatureStore, Fence, StateKey, StoreError, TableMarks};
 
-use super::{after_one_batch, batch, expected, revisions, script_calls, state, store};
+use super::{
+    OwnRedisCluster, after_one_batch, batch, expected, revisions, script_calls, state, store,
+};
 
 const OTHER_PARTITION: &str = "persona.public.user_activity/1";
 
@@ -28,28 +30,43 @@ async fn revisions_of(reader: &FeatureStore, from: usize, to: usize) -> Vec<Opti
     revisions(reader, to).await.split_off(from)
 }
 
+/// Writes a small batch of partition 0 (users `0..SMALL`) and one of partition 1 (users
+/// `300..300 + SMALL`) at the same time, both at revision `rev`; checks that a fresh reader sees
+/// both whole, and returns the script calls they cost.
+async fn two_small_batches_at_once(
+    cluster: &OwnRedisCluster,
+    prefix: &str,
+    writer: &FeatureStore,
+    (fence, other): (&Fence, &Fence),
+    rev: u64,
+) -> u64 {
+    let marks = TableMarks::default();
+    let before = script_calls(cluster);
+    let (first, second) = tokio::join!(
+        writer.write_states(batch(SMALL, rev), &marks, Some(fence)),
+        writer.write_states(batch_of_partition_1(300, 300 + SMALL, rev), &marks, Some(other)),
+    );
+    first.expect("partition 0's batch");
+    second.expect("partition 1's batch");
+    let calls = script_calls(cluster) - before;
+    let reader = store(cluster, prefix).await;
+    assert_eq!(revisions_of(&reader, 0, SMALL).await, expected(SMALL, rev));
+    let second = expected(300 + SMALL, rev).split_off(300);
+    assert_eq!(revisions_of(&reader, 300, 300 + SMALL).await, second);
+    calls
+}
+
 #[tokio::test]
 async fn batches_written_at_the_same_time_share_their_script_calls() {
     let (cluster, prefix, writer, fence) = after_one_batch().await;
     let other = writer.claim(OTHER_PARTITION).await.expect("claim");
-    let marks = TableMarks::default();
-    let before = script_calls(&cluster);
-    let (first, second) = tokio::join!(
-        writer.write_states(batch(SMALL, 2), &marks, Some(&fence)),
-        writer.write_states(batch_of_partition_1(300, 300 + SMALL, 2), &marks, Some(&other)),
-    );
-    first.expect("partition 0's batch");
-    second.expect("partition 1's batch");
-    let calls = script_calls(&cluster) - before;
+    let calls = two_small_batches_at_once(&cluster, &prefix, &writer, (&fence, &other), 2).await;
     let primaries = cluster.primaries();
     // Alone, each batch costs one call per primary.
     assert_eq!(calls, primaries.len() as u64, "script calls for two batches on {primaries:?}");
-    let reader = store(&cluster, &prefix).await;
-    assert_eq!(revisions_of(&reader, 0, SMALL).await, expected(SMALL, 2));
-    let second = expected(300 + SMALL, 2).split_off(300);
-    assert_eq!(revisions_of(&reader, 300, 300 + SMALL).await, second);
 
     // A large batch goes alone: its calls are shared among its own shares.
+    let marks = TableMarks::default();
     let before = script_calls(&cluster);
     let (first, second) = tokio::join!(
         writer.write_states(batch(300, 3), &marks, Some(&fence)),
@@ -75,21 +92,9 @@ async fn with_group_commit_off_small_batches_are_written_alone() {
     let writer = FeatureStore::connect(&config, &CacheConfig::default()).await.expect("connect");
     let fence = writer.claim("persona.public.user_activity/0").await.expect("claim");
     let other = writer.claim(OTHER_PARTITION).await.expect("claim");
-    let marks = TableMarks::default();
-    let before = script_calls(&cluster);
-    let (first, second) = tokio::join!(
-        writer.write_states(batch(SMALL, 2), &marks, Some(&fence)),
-        writer.write_states(batch_of_partition_1(300, 300 + SMALL, 2), &marks, Some(&other)),
-    );
-    first.expect("partition 0's batch");
-    second.expect("partition 1's batch");
-    let calls = script_calls(&cluster) - before;
+    let calls = two_small_batches_at_once(&cluster, &prefix, &writer, (&fence, &other), 2).await;
     let primaries = cluster.primaries();
     assert_eq!(calls, 2 * primaries.len() as u64, "script calls for two batches on {primaries:?}");
-    let reader = store(&cluster, &prefix).await;
-    assert_eq!(revisions_of(&reader, 0, SMALL).await, expected(SMALL, 2));
-    let second = expected(300 + SMALL, 2).split_off(300);
-    assert_eq!(revisions_of(&reader, 300, 300 + SMALL).await, second);
 }
 
 /// A fenced writer's batch in a flush writes nothing, on any primary; the others' land whole.
