@@ -101,7 +101,7 @@ impl Facts {
     }
 
     /// Where the fact (`at_us`, `key`, `value`) is (the first of equal ones), or would go.
-    fn place(&self, at_us: i64, key: &RowKey, value: &str) -> Result<usize, usize> {
+    pub fn place(&self, at_us: i64, key: &RowKey, value: &str) -> Result<usize, usize> {
         let probe = (at_us, key, value);
         // From the end: rows mostly arrive in time order, and a binary search over the newest
         // few would touch the same cache lines as this check of the last one.

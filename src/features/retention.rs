@@ -11,6 +11,7 @@ use super::definition::{
     BUCKETS_PER_WINDOW, FactBound, Feature, SharedBuckets, SharedFacts, Storage,
 };
 use super::facts::Facts;
+use super::pairs::SESSION_FACTS_MAX;
 
 /// Facts kept beyond what an unwindowed `last`/`last_n`/`intervals` reports, so that deleting
 /// the newest rows falls back to older ones. Deleting more than this many of a user's newest
@@ -44,7 +45,9 @@ impl<'f> Kept<'f> {
 
     /// Facts shared by features (`widths` are those of the windowed ones among them).
     pub fn shared_facts(shared: &'f SharedFacts) -> Self {
-        let unwindowed_reader = shared.bounds.iter().any(|b| !matches!(b, FactBound::Window(_)));
+        // A session may reach further back than the windows: it keeps its rows by time itself.
+        let unwindowed_reader = !shared.sessions.is_empty()
+            || shared.bounds.iter().any(|b| !matches!(b, FactBound::Window(_)));
         Self { name: shared.name, bucket_us: 0, widths: &shared.widths, unwindowed_reader }
     }
 
@@ -198,7 +201,8 @@ fn last_n_kept(facts: &Facts, keep_values: usize) -> (Vec<bool>, usize) {
 const SHARED_FACTS_WALK_EVERY: usize = 16;
 
 /// Drops the facts that no feature sharing them keeps: each keeps what its own state would
-/// (see [`FactBound`]), so each reads from them what it read from its own.
+/// (see [`FactBound`]), so each reads from them what it read from its own. A session reading
+/// them keeps what its own would: the newest [`SESSION_FACTS_MAX`] of its `history + session`.
 ///
 /// Facts a window needs, or among the newest that a `last` reads, stay without a look. Older
 /// ones a `last_n` may keep (a few of each of its newest values) are found by a walk over the
@@ -226,12 +230,14 @@ pub(super) fn prune_shared_facts(
         }
     }
     let len = state.facts.len();
-    let older = match horizon {
-        Some(horizon) => state.facts.values().take_while(|fact| fact.at_us < horizon).count(),
-        None => len,
-    };
-    // The oldest facts that neither a window nor the newest facts hold.
-    let loose = older.min(len.saturating_sub(newest));
+    let older_than = |horizon: i64| state.facts.values().take_while(|f| f.at_us < horizon).count();
+    let older = horizon.map_or(len, older_than);
+    let in_sessions = shared.sessions.iter().map(|session| {
+        let horizon = now_us.saturating_sub(session.keep_us);
+        (len - older_than(horizon)).min(SESSION_FACTS_MAX)
+    });
+    // The oldest facts that neither a window, the newest facts nor a session hold.
+    let loose = older.min(len.saturating_sub(newest)).min(len - in_sessions.max().unwrap_or(0));
     if loose == 0 {
         return;
     }

@@ -38,8 +38,47 @@ fn t0() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-11-22T12:00:00Z").expect("valid").with_timezone(&Utc)
 }
 
+/// Fact features over the same views as `together`: with them, its session reads its rows from
+/// their shared facts.
+const VIEW_FACTS: &str = r#"
+[[feature]]
+name = "recent"
+entity = "user"
+source = "user_activity"
+filter = { activity_type = "VIEW_PRODUCT" }
+aggregation = "last_n"
+n = 3
+value = "product_id"
+[[feature]]
+name = "latest"
+entity = "user"
+source = "user_activity"
+filter = { activity_type = "VIEW_PRODUCT" }
+aggregation = "last"
+value = "product_id"
+"#;
+
 fn set() -> FeatureSet {
     FeatureSet::parse(PAIRS, "test").expect("valid")
+}
+
+/// `together` reading its session from the views `recent` and `latest` keep.
+fn hosted() -> FeatureSet {
+    let set = FeatureSet::parse(&format!("{PAIRS}{VIEW_FACTS}"), "test").expect("valid");
+    assert!(set.get("together").is_some_and(|f| f.session_in.is_some()), "a hosted session");
+    set
+}
+
+/// [`hosted`] as it was before sessions read shared facts: the session keeps its own.
+fn hosted_before() -> FeatureSet {
+    let mut set = hosted();
+    for feature in &mut set.features {
+        feature.session_in = None;
+        if let Some(shared) = &mut feature.shared_facts {
+            shared.sessions.clear();
+        }
+    }
+    set
 }
 
 fn row(key: &str, user: &str, kind: &str, product: &str, secs_ago: i64) -> SourceRow {
@@ -71,11 +110,23 @@ fn change(before: Option<SourceRow>, after: Option<SourceRow>, lsn: i64) -> Sour
     }
 }
 
+/// Every user's and product's state.
+#[derive(Default)]
+struct States {
+    users: HashMap<String, EntityState>,
+    products: BTreeMap<String, EntityState>,
+}
+
 /// Applies changes the way ingest does: to the users of their rows first, then to the products
 /// of their rows and of the pairs they imply. Returns every product's state.
 fn ingest(set: &FeatureSet, changes: &[SourceChange]) -> BTreeMap<String, EntityState> {
-    let mut users: HashMap<String, EntityState> = HashMap::new();
-    let mut products: BTreeMap<String, EntityState> = BTreeMap::new();
+    let mut states = States::default();
+    ingest_into(set, changes, &mut states);
+    states.products
+}
+
+fn ingest_into(set: &FeatureSet, changes: &[SourceChange], states: &mut States) {
+    let States { users, products } = states;
     let stream = "user_activity/0";
     for change in changes {
         let mut user_ids: Vec<String> = [&change.before, &change.after]
@@ -102,7 +153,6 @@ fn ingest(set: &FeatureSet, changes: &[SourceChange]) -> BTreeMap<String, Entity
             apply_with_pairs(set, Entity::PRODUCT, &id, state, change, stream, t0(), &deltas);
         }
     }
-    products
 }
 
 fn together(set: &FeatureSet, products: &BTreeMap<String, EntityState>) -> BTreeMap<String, Value> {
@@ -220,6 +270,40 @@ fn neighbouring_views_pair_and_an_insert_between_them_splits_the_pair() {
 }
 
 #[test]
+fn a_hosted_session_keeps_no_facts_of_its_own() {
+    let set = hosted();
+    let a = row("a", "u1", "VIEW_PRODUCT", "p1", 300);
+    let b = row("b", "u1", "VIEW_PRODUCT", "p2", 240);
+    let mut states = States::default();
+    ingest_into(&set, &[change(None, Some(a), 1), change(None, Some(b), 2)], &mut states);
+    assert_eq!(together(&set, &states.products)["p1"], json!([{"value": "p2", "count": 1}]));
+    let user = &states.users["u1"];
+    assert!(user.features.get("together").is_none(), "{user:?}");
+    let shared = set.get("together").and_then(|f| f.session_in).expect("hosted");
+    assert_eq!(user.features.get(shared).map(|views| views.facts.len()), Some(2));
+}
+
+#[test]
+fn a_row_later_than_history_pairs_with_the_neighbours_still_held() {
+    // History is 15 minutes and the session 2: rows 16 minutes old still pair, with each other
+    // and with rows on time; one 18 minutes old is older than any neighbour kept.
+    for set in [set(), hosted()] {
+        let a = row("a", "u1", "VIEW_PRODUCT", "p1", 970);
+        let b = row("b", "u1", "VIEW_PRODUCT", "p2", 940);
+        let c = row("c", "u1", "VIEW_PRODUCT", "p3", 880);
+        let old = row("o", "u1", "VIEW_PRODUCT", "p4", 1080);
+        let changes = [a, b, c, old].map(|row| change(None, Some(row), 1));
+        let changes: Vec<SourceChange> = (1..)
+            .zip(changes)
+            .map(|(lsn, change)| SourceChange { position: Some(Position(lsn, lsn, 1)), ..change })
+            .collect();
+        let served = together(&set, &ingest(&set, &changes));
+        assert_eq!(served["p2"], json!([{"value": "p1", "count": 1}, {"value": "p3", "count": 1}]));
+        assert_eq!(served["p4"], json!([]));
+    }
+}
+
+#[test]
 fn views_further_apart_than_the_session_do_not_pair() {
     let set = set();
     let a = row("a", "u1", "VIEW_PRODUCT", "p1", 600);
@@ -252,6 +336,32 @@ proptest! {
         let set = set();
         let (changes, survivors) = run(&steps);
         prop_assert_eq!(together(&set, &ingest(&set, &changes)), recompute(&set, &survivors));
+    }
+
+    /// The same, with the session reading its rows from the views fact features keep.
+    #[test]
+    fn pairs_of_a_hosted_session_equal_a_recomputation(
+        steps in prop::collection::vec(arb_step(), 0..40),
+    ) {
+        let set = hosted();
+        let (changes, survivors) = run(&steps);
+        prop_assert_eq!(together(&set, &ingest(&set, &changes)), recompute(&set, &survivors));
+    }
+
+    /// Users whose sessions were kept apart before sessions read shared facts go on exactly:
+    /// each keeps its own until the shared facts hold the same rows.
+    #[test]
+    fn pairs_stay_exact_as_sessions_move_to_shared_facts(
+        steps in prop::collection::vec(arb_step(), 0..40),
+        split in 0usize..40,
+    ) {
+        let (before, after) = (hosted_before(), hosted());
+        let (changes, survivors) = run(&steps);
+        let split = split.min(changes.len());
+        let mut states = States::default();
+        ingest_into(&before, &changes[..split], &mut states);
+        ingest_into(&after, &changes[split..], &mut states);
+        prop_assert_eq!(together(&after, &states.products), recompute(&after, &survivors));
     }
 
     /// Redelivered changes (skipped by position in users and products alike) change nothing.

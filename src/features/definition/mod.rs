@@ -182,6 +182,10 @@ pub struct Feature {
     /// The facts it keeps with other features over the same rows, if any (see
     /// [`SharedFacts`]).
     pub shared_facts: Option<SharedFacts>,
+    /// `co_occurrence`: the shopper's shared facts its session reads its rows from, when fact
+    /// features keep the same rows (see [`SharedFacts::sessions`]); else the session keeps its
+    /// own facts under the feature's name.
+    pub session_in: Option<&'static str>,
 }
 
 /// Which of the bands bounded by `bounds` (ascending upper bounds) `value` falls in: 0 below
@@ -193,6 +197,11 @@ pub fn band_of(bounds: &[Decimal], value: Decimal) -> usize {
 impl Feature {
     pub fn storage(&self) -> Storage {
         self.aggregation.storage()
+    }
+
+    /// `co_occurrence`: its `session` (µs); 0 for other features.
+    pub fn session_us(&self) -> i64 {
+        self.session.map_or(0, |s| i64::try_from(s.as_micros()).unwrap_or(i64::MAX))
     }
 
     /// The key `row`'s fact is kept by (see [`Self::facts_keyed`]).
@@ -347,7 +356,7 @@ impl FeatureSet {
         for feature in &features {
             check_reference(feature, &features, entities.item)?;
         }
-        shared::share_buckets(&mut features, &sources);
+        shared::share_buckets(&mut features, &sources, entities.shopper, history_us(raw.history));
         let recommendations =
             roles::compile(&raw.recommendations, &features, entities.shopper, entities.item)?;
         let canonical = serde_json::to_string(&raw).unwrap_or_default();
@@ -442,8 +451,12 @@ impl FeatureSet {
     }
 
     pub fn history_us(&self) -> i64 {
-        i64::try_from(self.history.as_micros()).unwrap_or(i64::MAX)
+        history_us(self.history)
     }
+}
+
+fn history_us(history: Duration) -> i64 {
+    i64::try_from(history.as_micros()).unwrap_or(i64::MAX)
 }
 
 mod parse;
@@ -451,7 +464,7 @@ mod roles;
 mod shared;
 mod sources;
 
-pub use shared::{FactBound, SharedBuckets, SharedFacts};
+pub use shared::{FactBound, SessionBound, SharedBuckets, SharedFacts};
 
 use parse::{check_reference, compile, fingerprint, invalid};
 pub use roles::RecommendationFeatures;

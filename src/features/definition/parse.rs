@@ -361,6 +361,7 @@ pub(super) fn compile(
         facts_keyed: source.time_column.is_none() || source.time_from_commit_if_null,
         shared: None,
         shared_facts: None,
+        session_in: None,
     })
 }
 

@@ -10,6 +10,10 @@
 //! kept a user's views (the viewed product's id, by time). Fact features over the same rows keep
 //! one list ([`SharedFacts`]), holding every fact any of them would keep: a superset of each
 //! one's, from which each reads what it read before (see `retention::prune_shared_facts`).
+//!
+//! A co-occurrence session is the same views again (the shopper's rows that pass its filter,
+//! by the item they name): where fact features keep them, the session reads its rows from their
+//! list ([`SharedFacts::sessions`]), which then keeps them as long as the session needs.
 
 use super::{Aggregation, Entity, Feature, Storage, ValueExpr};
 use crate::features::intern::intern;
@@ -52,6 +56,18 @@ pub struct SharedFacts {
     pub bounds: Vec<FactBound>,
     /// The bucket widths of the windowed ones among them (for rows too old for them).
     pub widths: Vec<i64>,
+    /// The co-occurrence sessions that read their rows from these facts, which keep the rows
+    /// each one needs besides those of the members.
+    pub sessions: Vec<SessionBound>,
+}
+
+/// What a co-occurrence session needs of the facts it reads (see `features::pairs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionBound {
+    /// The co-occurrence feature.
+    pub feature: &'static str,
+    /// How far back a row can still be a neighbour (µs): `history + session`.
+    pub keep_us: i64,
 }
 
 impl SharedFacts {
@@ -127,28 +143,53 @@ impl Rows {
             ValueExpr::Attribute(entity, _) => Stored::ItemId(*entity),
             ValueExpr::Product2(left, right) => Stored::Product2(left, right),
         };
-        let mut filter = feature.filter.clone();
-        for (_, accepted) in &mut filter {
-            accepted.sort();
-            accepted.dedup();
-        }
-        filter.sort();
         Some(Self {
             storage: feature.storage(),
             keyed: feature.facts_keyed,
             entity: feature.entity,
             table: feature.table,
-            filter,
+            filter: normalized(&feature.filter),
             stored,
             steps: feature.steps.clone(),
         })
     }
+
+    /// The rows a co-occurrence feature's session keeps, as a fact feature of the shopper would
+    /// keep them: the item's id of each row that passes its filter.
+    fn session_of(feature: &Feature, shopper: Entity) -> Option<Self> {
+        (feature.storage() == Storage::Pairs).then(|| Self {
+            storage: Storage::Facts,
+            keyed: feature.facts_keyed,
+            entity: shopper,
+            table: feature.table,
+            filter: normalized(&feature.filter),
+            stored: Stored::ItemId(feature.entity),
+            steps: Vec::new(),
+        })
+    }
+}
+
+/// A filter in one order, each column's accepted values sorted and once each.
+fn normalized(filter: &[(&'static str, Vec<String>)]) -> Vec<(&'static str, Vec<String>)> {
+    let mut filter = filter.to_vec();
+    for (_, accepted) in &mut filter {
+        accepted.sort();
+        accepted.dedup();
+    }
+    filter.sort();
+    filter
 }
 
 /// Groups the windowed bucket features, and the fact features, that keep the same rows, and
 /// points each feature of a group of two or more at the group's [`SharedBuckets`] or
-/// [`SharedFacts`].
-pub(super) fn share_buckets(features: &mut [Feature], sources: &[SourceSchema]) {
+/// [`SharedFacts`]; a co-occurrence session over a group of fact features' rows reads them
+/// there.
+pub(super) fn share_buckets(
+    features: &mut [Feature],
+    sources: &[SourceSchema],
+    shopper: Entity,
+    history_us: i64,
+) {
     let mut groups: Vec<(Rows, Vec<usize>)> = Vec::new();
     for (index, feature) in features.iter().enumerate() {
         let Some(rows) = Rows::of(feature, sources) else { continue };
@@ -165,6 +206,9 @@ pub(super) fn share_buckets(features: &mut [Feature], sources: &[SourceSchema]) 
                 .map(|i| &features[*i])
                 .find(|feature| matches!(feature.value, ValueExpr::Column(_)))
                 .map_or(members[0], |feature| feature.name);
+            let sessions: Vec<usize> = (0..features.len())
+                .filter(|i| Rows::session_of(&features[*i], shopper).as_ref() == Some(&rows))
+                .collect();
             let shared = SharedFacts {
                 name: intern(&members.join("+")),
                 leader,
@@ -174,7 +218,17 @@ pub(super) fn share_buckets(features: &mut [Feature], sources: &[SourceSchema]) 
                     .filter_map(|i| features[*i].window.map(|w| w.bucket_us))
                     .collect(),
                 members,
+                sessions: sessions
+                    .iter()
+                    .map(|i| SessionBound {
+                        feature: features[*i].name,
+                        keep_us: history_us.saturating_add(features[*i].session_us()),
+                    })
+                    .collect(),
             };
+            for index in sessions {
+                features[index].session_in = Some(shared.name);
+            }
             for index in indices {
                 features[index].shared_facts = Some(shared.clone());
             }
@@ -250,6 +304,12 @@ mod tests {
                 FactBound::NewestValues(20 + crate::features::FACT_SLACK),
             ]
         );
+        // The co-occurrence session of a user is the same views: it reads them there, and they
+        // keep them for `history + session` (15m + 30m).
+        let together = set.get("viewed_together_24h").expect("declared");
+        assert_eq!(together.session_in, Some(facts.name));
+        let keep_us = 45 * 60 * 1_000_000;
+        assert_eq!(facts.sessions, [SessionBound { feature: together.name, keep_us }]);
         // Other stored values (the cart's products, an order's), or alone.
         for alone in ["cart_products", "purchased_products_30d", "purchase_intervals"] {
             assert_eq!(set.get(alone).and_then(|f| f.shared_facts.clone()), None, "{alone}");

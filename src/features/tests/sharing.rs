@@ -11,6 +11,7 @@ fn unshared() -> FeatureSet {
     for feature in &mut set.features {
         feature.shared = None;
         feature.shared_facts = None;
+        feature.session_in = None;
     }
     set
 }
