@@ -168,52 +168,40 @@ impl<'a> Session<'a> {
         let removed = before.and_then(|(key, at_us, product)| {
             let index = self.facts.find(at_us, key, product)?;
             let (prev, next) = (self.before(index, None), self.from(index + 1, None));
-            unlink(deltas, feature, prev, (at_us, product), next);
+            relink(deltas, feature, prev, (at_us, product), next, -1);
             Some(index)
         });
         if let Some((key, at_us, product)) = after {
             let (Ok(place) | Err(place)) = self.facts.place(at_us, key, product);
             let (prev, next) = (self.before(place, removed), self.from(place, removed));
-            link(deltas, feature, prev, (at_us, product), next);
+            relink(deltas, feature, prev, (at_us, product), next, 1);
         }
     }
 }
 
-/// The deltas of `node` leaving the sequence from between `prev` and `next`.
-fn unlink(
+/// The deltas of `node` entering (`delta` 1) or leaving (−1) the sequence between `prev` and
+/// `next`: its pairs with them change by `delta`, theirs with each other by the opposite, the
+/// decrements first.
+fn relink(
     deltas: &mut Vec<PairDelta>,
     feature: &Feature,
     prev: Option<Node<'_>>,
     node: Node<'_>,
     next: Option<Node<'_>>,
+    delta: i64,
 ) {
-    if let Some(prev) = prev {
-        push_pair(deltas, feature, prev, node, -1);
+    let mut push = |earlier: Option<Node<'_>>, later: Option<Node<'_>>, delta| {
+        if let (Some(earlier), Some(later)) = (earlier, later) {
+            push_pair(deltas, feature, earlier, later, delta);
+        }
+    };
+    if delta > 0 {
+        push(prev, next, -delta);
     }
-    if let Some(next) = next {
-        push_pair(deltas, feature, node, next, -1);
-    }
-    if let (Some(prev), Some(next)) = (prev, next) {
-        push_pair(deltas, feature, prev, next, 1);
-    }
-}
-
-/// The deltas of `node` entering the sequence between `prev` and `next`.
-fn link(
-    deltas: &mut Vec<PairDelta>,
-    feature: &Feature,
-    prev: Option<Node<'_>>,
-    node: Node<'_>,
-    next: Option<Node<'_>>,
-) {
-    if let (Some(prev), Some(next)) = (prev, next) {
-        push_pair(deltas, feature, prev, next, -1);
-    }
-    if let Some(prev) = prev {
-        push_pair(deltas, feature, prev, node, 1);
-    }
-    if let Some(next) = next {
-        push_pair(deltas, feature, node, next, 1);
+    push(prev, Some(node), delta);
+    push(Some(node), next, delta);
+    if delta < 0 {
+        push(prev, next, -delta);
     }
 }
 
@@ -254,12 +242,12 @@ fn apply_to_own_session(
         && let Some(index) = session.facts.find(at_us, key, product)
     {
         let (prev, next) = session.facts.neighbours_of(index);
-        unlink(deltas, feature, prev.map(node), (at_us, product), next.map(node));
+        relink(deltas, feature, prev.map(node), (at_us, product), next.map(node), -1);
         session.facts.remove_at(index);
     }
     if let Some((key, at_us, product)) = after {
         let (prev, next) = session.facts.neighbours_at(at_us, key, product);
-        link(deltas, feature, prev.map(node), (at_us, product), next.map(node));
+        relink(deltas, feature, prev.map(node), (at_us, product), next.map(node), 1);
         session.facts.insert(key.clone(), Fact { at_us, value: product.into() });
     }
     prune_session(session, horizon);
