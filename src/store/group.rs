@@ -9,10 +9,12 @@
 //! Only batches of fewer than `redis.group_commit_below` shares (64 by default) are flushed
 //! together: a larger batch's calls are shared among many shares already, and in a flush it would
 //! wait behind the others' (catching up, every partition's batch is large, and their writes go on
-//! side by side). A flush costs latency — a writer arriving during one waits for it to end — so
-//! that setting at 0 writes every batch alone. No task of its own: a writer that finds no flush
-//! under way leads the next one, taking every batch waiting then (up to [`GROUP_MAX_SHARES`]
-//! shares), while the writers that came meanwhile wait for its turn to end and find their answer.
+//! side by side). A flush costs latency, so that setting at 0 writes every batch alone. No task of
+//! its own: a writer that finds fewer than [`FLUSHES_IN_FLIGHT`] flushes under way leads the next
+//! one, taking every batch waiting then (up to [`GROUP_MAX_SHARES`] shares); a writer whose
+//! batch a flush took waits for its answer, and one that finds every turn taken waits for a turn.
+//! With a single turn, a writer arriving just after a flush began waited for all of it before its
+//! own could start: under load that was most of group commit's added latency.
 //! Anything but the common case — no slot map, a call failing before its script answered (a stale
 //! map), a primary serving none of the invalidation channels — is handed back to the writer, which
 //! goes on alone with the steps of `slots`: the flush never writes a section whose call failed.
@@ -33,11 +35,23 @@ use crate::telemetry;
 /// script runs alone on its primary, so its length is every other client's wait there.
 pub(super) const GROUP_MAX_SHARES: usize = 1_000;
 
-/// The batches waiting for a flush, and the turn to lead one.
-#[derive(Default)]
+/// Flushes under way at once, at most. A second lets the batches that arrive during a flush go
+/// at once rather than after it; more would split the waiting batches into smaller flushes.
+pub(super) const FLUSHES_IN_FLIGHT: usize = 2;
+
+/// The batches waiting for a flush, and the turns to lead one.
 pub(super) struct Group {
     waiting: std::sync::Mutex<VecDeque<Waiting>>,
-    turn: tokio::sync::Mutex<()>,
+    turns: tokio::sync::Semaphore,
+}
+
+impl Default for Group {
+    fn default() -> Self {
+        Self {
+            waiting: std::sync::Mutex::default(),
+            turns: tokio::sync::Semaphore::new(FLUSHES_IN_FLIGHT),
+        }
+    }
 }
 
 struct Waiting {
@@ -114,8 +128,8 @@ impl FeatureStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push_back(Waiting { request, answer });
-        let _turn = self.group.turn.lock().await;
         loop {
+            let turn = self.group.turns.acquire().await.map_err(|_| StoreError::Abandoned)?;
             match answered.try_recv() {
                 Ok(flushed) => return flushed,
                 // Taken by a flush whose leader was dropped half-way.
@@ -124,9 +138,14 @@ impl FeatureStore {
             }
             // Writers woken with this one (by the same fetch) join its flush.
             tokio::task::yield_now().await;
-            let members = self.group.take().into_iter();
+            let members = self.group.take();
+            if members.is_empty() {
+                // A flush under way took this batch: its answer comes when that flush ends.
+                drop(turn);
+                return answered.await.unwrap_or(Err(StoreError::Abandoned));
+            }
             let members =
-                members.map(|waiting| Member { waiting, refused: None, left: Vec::new() });
+                members.into_iter().map(|waiting| Member { waiting, refused: None, left: vec![] });
             self.flush(client, members.collect()).await;
         }
     }
