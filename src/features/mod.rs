@@ -36,7 +36,8 @@ pub use catalog::{Catalog, CatalogView, DimensionSchema, ItemRoles, Product, Pro
 pub use columns::Columns;
 pub use definition::{
     Aggregation, BUCKETS_PER_WINDOW, DefinitionError, Entity, EntitySchema, FactBound, Feature,
-    FeatureSet, IdKind, RecommendationFeatures, SharedBuckets, SharedFacts, Storage, band_of,
+    FeatureSet, IdKind, RecommendationFeatures, SESSION_FACTS_MAX, SharedBuckets, SharedFacts,
+    Storage, band_of,
 };
 pub use evaluate::{
     FeatureStatus, FeatureValue, Features, HLL_PRECISION, Ranking, ReadContext, evaluate,
@@ -44,7 +45,7 @@ pub use evaluate::{
 pub use expiry::{DecayParts, next_change};
 pub use facts::{Fact, Facts};
 pub use intern::intern;
-pub use pairs::{PairDelta, SESSION_FACTS_MAX};
+pub use pairs::PairDelta;
 #[cfg(test)]
 pub(crate) use row_key::key_text as row_key_text;
 pub use row_key::{KeyForm, RowKey};

@@ -21,15 +21,11 @@
 //! `session` older). A later one pairs and unpairs with the neighbours still held, and a row
 //! older than `history + session` neither pairs nor unpairs.
 
-use super::definition::{Feature, FeatureSet};
+use super::definition::{Feature, FeatureSet, SESSION_FACTS_MAX};
 use super::facts::{Entry, Facts};
 use super::row_key::RowKey;
 use super::source::{SourceChange, SourceRow};
 use super::state::{EntityState, Fact, FeatureState, entity_of, passes};
-
-/// Rows of one user's session kept per feature, newest first, beyond which the oldest go even
-/// when younger than `history + session` (a bound on state size for very active users).
-pub const SESSION_FACTS_MAX: usize = 500;
 
 /// One change to a product's co-occurrence counts.
 #[derive(Debug, Clone, PartialEq, Eq)]

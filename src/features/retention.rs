@@ -8,10 +8,9 @@ use foldhash::fast::FixedState;
 
 use super::by_feature::{FeatureState, KnownValues};
 use super::definition::{
-    BUCKETS_PER_WINDOW, FactBound, Feature, SharedBuckets, SharedFacts, Storage,
+    BUCKETS_PER_WINDOW, FactBound, Feature, SESSION_FACTS_MAX, SharedBuckets, SharedFacts, Storage,
 };
 use super::facts::Facts;
-use super::pairs::SESSION_FACTS_MAX;
 
 /// Facts kept beyond what an unwindowed `last`/`last_n`/`intervals` reports, so that deleting
 /// the newest rows falls back to older ones. Deleting more than this many of a user's newest

@@ -464,7 +464,7 @@ mod roles;
 mod shared;
 mod sources;
 
-pub use shared::{FactBound, SessionBound, SharedBuckets, SharedFacts};
+pub use shared::{FactBound, SESSION_FACTS_MAX, SessionBound, SharedBuckets, SharedFacts};
 
 use parse::{check_reference, compile, fingerprint, invalid};
 pub use roles::RecommendationFeatures;

@@ -61,7 +61,12 @@ pub struct SharedFacts {
     pub sessions: Vec<SessionBound>,
 }
 
-/// What a co-occurrence session needs of the facts it reads (see `features::pairs`).
+/// Rows of one user's session kept per feature, newest first, beyond which the oldest go even
+/// when younger than `history + session` (a bound on state size for very active users).
+pub const SESSION_FACTS_MAX: usize = 500;
+
+/// What a co-occurrence session needs of the facts it reads (see `features::pairs`): its rows of
+/// the last `keep_us`, at most [`SESSION_FACTS_MAX`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionBound {
     /// The co-occurrence feature.
