@@ -119,7 +119,8 @@ metrics! {
     /// Streamed changes that their table's snapshot run had already read (committed after the
     /// run began and before its database snapshot): only their position is recorded.
     counter SNAPSHOT_OVERLAPS = "persona_snapshot_overlap_events_total";
-    /// Rows older than their feature's window and history, dropped; label `topic`.
+    /// Rows older than their feature's window and history (or dated past the last bucket a
+    /// state keeps), dropped; label `topic`.
     counter LATE_EVENTS = "persona_late_events_total";
     /// Product changes applied to this instance's in-memory catalog; label `op`.
     counter CATALOG_CHANGES = "persona_catalog_changes_total";

@@ -2,7 +2,7 @@
 //! of every bucketed aggregation (counts, sums, histograms, distinct values, co-occurrences).
 //!
 //! A user holds hundreds of buckets, nearly all with one value, and rows arrive in time order.
-//! Buckets are one vector of entries — bucket, value, rows; 16 bytes — in bucket order and then
+//! Buckets are one vector of entries — bucket, value, rows; 12 bytes — in bucket order and then
 //! value order: a row adds to the newest bucket (found from the end) or appends, and time drops
 //! the oldest from the front. Values are texts (a category, a price band, a partner, `""` for
 //! plain counts) that a feature's buckets repeat bucket after bucket: each is kept once, in a
@@ -12,7 +12,12 @@
 //! does and a bucket's values stay in text order, as the stored forms write them.
 //!
 //! A bucket counts up to 2³¹ − 1 rows of one value (of one entity, in one bucket); beyond that
-//! it saturates.
+//! it saturates. Bucket numbers are kept in 32 bits: from 0 (the epoch) to 2³² − 1, which at the
+//! narrowest buckets, a second, is 2106-02-07. A row in a bucket outside that range is not kept
+//! ([`bucket_in_range`]): no window read before then can count it, and its retraction finds
+//! nothing either, so inserts and deletes still cancel. Entries took 16 bytes with 64-bit
+//! buckets; a quarter of a user's memory and more of a product's (BENCHMARKS.md, "Buckets of
+//! 32 bits").
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,7 +30,7 @@ use thin_vec::ThinVec;
 /// One value's rows in one bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
-    bucket: i64,
+    bucket: u32,
     /// Index in the dictionary.
     value: u32,
     rows: i32,
@@ -62,13 +67,18 @@ pub(super) fn text_heap_bytes(text: &str) -> usize {
     if text.len() > EcoString::INLINE_LIMIT { 16 + text.len() } else { 0 }
 }
 
+/// `bucket` as kept, if in the range kept (see the module's documentation).
+pub(super) fn bucket_in_range(bucket: i64) -> Option<u32> {
+    u32::try_from(bucket).ok()
+}
+
 fn narrow(rows: i64) -> i32 {
     i32::try_from(rows).unwrap_or(if rows < 0 { i32::MIN } else { i32::MAX })
 }
 
 impl Buckets {
     /// Where `bucket`'s entries are (an empty range where they would go).
-    fn range(&self, bucket: i64) -> Range<usize> {
+    fn range(&self, bucket: u32) -> Range<usize> {
         let len = self.entries.len();
         match self.entries.last() {
             None => 0..0,
@@ -147,7 +157,9 @@ impl Buckets {
 
     /// Adds `delta` rows of `value` to `bucket` (from none when absent); the rows now there.
     /// A value left with no rows is removed, and a bucket left with no values.
+    /// A bucket out of the range kept holds nothing and takes nothing (0).
     pub fn add(&mut self, bucket: i64, value: &str, delta: i64) -> i64 {
+        let Some(bucket) = bucket_in_range(bucket) else { return 0 };
         let value = self.index_of(value);
         let range = self.range(bucket);
         match self.entries[range.clone()].binary_search_by_key(&value, |e| e.value) {
@@ -173,20 +185,22 @@ impl Buckets {
     /// The rows of `value` in `bucket`, if any.
     pub fn rows(&self, bucket: i64, value: &str) -> Option<i64> {
         let value = self.find_index(value)?;
-        let entries = &self.entries[self.range(bucket)];
+        let entries = &self.entries[self.range(bucket_in_range(bucket)?)];
         let at = entries.binary_search_by_key(&value, |e| e.value).ok()?;
         Some(i64::from(entries[at].rows))
     }
 
     pub fn get(&self, bucket: i64) -> Option<Cell<'_>> {
-        let range = self.range(bucket);
+        let range = self.range(bucket_in_range(bucket)?);
         (!range.is_empty()).then(|| Cell { entries: &self.entries[range], values: &self.values })
     }
 
     /// Drops `bucket` and its values.
     pub fn remove(&mut self, bucket: i64) {
-        let range = self.range(bucket);
-        self.entries.drain(range);
+        if let Some(bucket) = bucket_in_range(bucket) {
+            let range = self.range(bucket);
+            self.entries.drain(range);
+        }
     }
 
     /// Drops the buckets before `oldest`.
@@ -194,7 +208,7 @@ impl Buckets {
         // From the front rather than by binary search: a change drops at most a bucket or two,
         // and the search's probes across the vector were cache misses, a tenth of the apply
         // once states were full.
-        let stale = self.entries.iter().take_while(|e| e.bucket < oldest).count();
+        let stale = self.entries.iter().take_while(|e| i64::from(e.bucket) < oldest).count();
         self.entries.drain(..stale);
         if self.entries.is_empty() {
             self.values = ThinVec::new();
@@ -235,7 +249,7 @@ impl Buckets {
     /// text cost a cache miss per entry of a large dictionary (BENCHMARKS.md, "Varints pushed,
     /// not copied").
     pub fn indexed(&self) -> impl Iterator<Item = (i64, u32, i64)> + '_ {
-        self.entries.iter().map(|e| (e.bucket, e.value, i64::from(e.rows)))
+        self.entries.iter().map(|e| (i64::from(e.bucket), e.value, i64::from(e.rows)))
     }
 
     /// The value named `index` by [`Self::indexed`].
@@ -254,7 +268,10 @@ impl Buckets {
 
     /// Every bucket's values and rows: (bucket, value, rows), in order.
     fn triples(&self) -> impl Iterator<Item = (i64, &str, i64)> {
-        self.entries.iter().map(|e| (e.bucket, text_of(&self.values, e.value), i64::from(e.rows)))
+        let values = &self.values;
+        self.entries
+            .iter()
+            .map(|e| (i64::from(e.bucket), text_of(values, e.value), i64::from(e.rows)))
     }
 }
 
@@ -273,14 +290,14 @@ impl<'a> Iterator for Iter<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let entries = self.buckets.next()?;
-        Some((entries[0].bucket, Cell { entries, values: self.values }))
+        Some((i64::from(entries[0].bucket), Cell { entries, values: self.values }))
     }
 }
 
 impl DoubleEndedIterator for Iter<'_> {
     fn next_back(&mut self) -> Option<Self::Item> {
         let entries = self.buckets.next_back()?;
-        Some((entries[0].bucket, Cell { entries, values: self.values }))
+        Some((i64::from(entries[0].bucket), Cell { entries, values: self.values }))
     }
 }
 
@@ -307,7 +324,7 @@ impl Buckets {
     /// Buckets from their dictionary, `values` (distinct, in text order), and their rows as
     /// (bucket, index in `values`, rows). Rows in bucket and value order, as stored states
     /// hold them, are taken as they come; others are sorted, and the rows of a value given more
-    /// than once in a bucket are added up.
+    /// than once in a bucket are added up. Rows in buckets out of the range kept are left out.
     pub fn from_dictionary(
         values: impl IntoIterator<Item = impl Into<EcoString>>,
         rows: impl IntoIterator<Item = (i64, u32, i64)>,
@@ -323,10 +340,9 @@ impl Buckets {
         };
         let mut entries: Vec<Entry> = rows
             .into_iter()
-            .map(|(bucket, value, rows)| Entry {
-                bucket,
-                value: value.saturating_add(shift),
-                rows: narrow(rows),
+            .filter_map(|(bucket, value, rows)| {
+                let bucket = bucket_in_range(bucket)?;
+                Some(Entry { bucket, value: value.saturating_add(shift), rows: narrow(rows) })
             })
             .collect();
         let ordered = entries

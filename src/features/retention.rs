@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use foldhash::fast::FixedState;
 
+use super::buckets::bucket_in_range;
 use super::by_feature::{FeatureState, KnownValues};
 use super::definition::{
     BUCKETS_PER_WINDOW, FactBound, Feature, SESSION_FACTS_MAX, SharedBuckets, SharedFacts, Storage,
@@ -80,6 +81,15 @@ impl<'f> Kept<'f> {
     pub fn late(&self, at_us: i64, history_us: i64, now_us: i64) -> u32 {
         let late = self.widths.iter().filter(|w| at_us < oldest_kept_us(**w, history_us, now_us));
         late.count() as u32
+    }
+
+    /// For how many of the windows read from a state of buckets a row at `at_us` falls in a
+    /// bucket out of the range buckets keep (see [`super::buckets`]): all or none.
+    pub fn out_of_range(&self, at_us: i64) -> u32 {
+        match bucket_in_range(self.bucket_of(at_us)) {
+            Some(_) => 0,
+            None => self.widths.len() as u32,
+        }
     }
 
     /// Whether a row at `at_us` is too old for every window read from the state.

@@ -430,7 +430,8 @@ pub(super) fn stored_value<'a>(feature: &Feature, row: &'a SourceRow) -> Option<
 
 /// What adding a row did.
 enum Added<'a> {
-    /// Dropped as too old for every window reading the state: for how many windows.
+    /// Dropped as too old for every window reading the state, or dated past the last bucket it
+    /// keeps: for how many windows.
     Late(u32),
     /// Kept: the value stored, if any (`None` for a NULL or a value that is not a step), and for
     /// how many windows reading the state it is too old all the same.
@@ -454,6 +455,10 @@ fn add<'a>(
     }
     match feature.storage() {
         Storage::Buckets => {
+            let out_of_range = kept.out_of_range(at_us);
+            if out_of_range > 0 {
+                return Added::Late(out_of_range);
+            }
             state.buckets.add(kept.bucket_of(at_us), &value, 1);
         }
         Storage::Facts | Storage::Current => {

@@ -375,6 +375,28 @@ fn rows_older_than_window_and_history_are_dropped_as_late() {
 }
 
 #[test]
+fn rows_dated_past_the_buckets_range_are_dropped_and_their_deletes_take_nothing() {
+    let set = set();
+    // The year 100,000: past the last bucket kept of one second (2106) and of a minute (about
+    // the year 10,000), the widths of the click features.
+    let far = activity("far", "u1", "CLICK", Some("p1"), -98_000 * 365 * 86_400);
+    let near = insert(activity("near", "u1", "CLICK", Some("p1"), 5), 1);
+    let mut state = fold(&set, Entity::USER, "u1", std::slice::from_ref(&near));
+    let features = |state: &EntityState| -> Vec<(String, FeatureState)> {
+        state.features.iter().map(|(name, feature)| (name.to_string(), feature.clone())).collect()
+    };
+    let kept = features(&state);
+    assert!(!kept.is_empty());
+    let outcome = apply(&set, Entity::USER, "u1", &mut state, &insert(far.clone(), 2), "s", t0());
+    assert!(outcome.late > 0, "dropped rows are counted");
+    assert_eq!(features(&state), kept);
+    let delete = change(SourceTable::new("user_activity"), Some(far), None, 3);
+    apply(&set, Entity::USER, "u1", &mut state, &delete, "s", t0());
+    assert_eq!(features(&state), kept);
+    assert_eq!(read(&set, Entity::USER, "u1", &state)["clicks_1m"].value, json!(1));
+}
+
+#[test]
 fn state_round_trips_through_json() {
     let set = set();
     let state = fold(

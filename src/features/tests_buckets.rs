@@ -11,9 +11,33 @@ fn model_json(model: &Model) -> String {
 }
 
 #[test]
-fn an_entry_is_sixteen_bytes_and_buckets_two_words_more_than_a_vector() {
-    assert_eq!(std::mem::size_of::<Entry>(), 16);
+fn an_entry_is_twelve_bytes_and_buckets_two_words_more_than_a_vector() {
+    assert_eq!(std::mem::size_of::<Entry>(), 12);
     assert_eq!(std::mem::size_of::<Buckets>(), 32);
+}
+
+/// The last bucket kept, and the first past it.
+const LAST: i64 = u32::MAX as i64;
+
+#[test]
+fn buckets_out_of_range_keep_nothing_and_take_nothing() {
+    let mut buckets = Buckets::default();
+    buckets.add(LAST, "a", 2);
+    buckets.add(0, "", 1);
+    for out in [-1, LAST + 1, i64::MIN, i64::MAX] {
+        assert_eq!(buckets.add(out, "a", 1), 0, "bucket {out}");
+        assert_eq!(buckets.add(out, "a", -1), 0, "bucket {out}");
+        assert_eq!(buckets.rows(out, "a"), None);
+        assert!(buckets.get(out).is_none());
+        buckets.remove(out);
+    }
+    assert_eq!(buckets.keys().collect::<Vec<_>>(), vec![0, LAST]);
+    assert_eq!(buckets.rows(LAST, "a"), Some(2));
+    // Stored rows out of the range are left out when read back.
+    let read = Buckets::from_dictionary(["a"], [(-3, 0, 1), (LAST, 0, 2), (LAST + 1, 0, 5)]);
+    assert_eq!(read.indexed().collect::<Vec<_>>(), vec![(LAST, 1, 2)]);
+    buckets.drop_before(LAST + 1);
+    assert!(buckets.is_empty());
 }
 
 #[test]
@@ -38,7 +62,7 @@ fn plain_counts_keep_no_dictionary() {
     for bucket in 0..100 {
         buckets.add(bucket, "", 2);
     }
-    assert_eq!(buckets.heap_bytes(), 100 * 16);
+    assert_eq!(buckets.heap_bytes(), 100 * 12);
     buckets.add(7, "a", 1);
     assert_eq!(
         buckets.get(7).map(|cell| cell.iter().collect::<Vec<_>>()),
@@ -69,12 +93,18 @@ proptest! {
     }
 
     /// Buckets hold what a map of buckets to maps of values would, whatever the order rows
-    /// come in and however many values come and go; they write the same JSON, read it
-    /// back, and collect from their rows in any order to the same buckets.
+    /// come in and however many values come and go, the map keeping no bucket out of the range
+    /// kept; they write the same JSON, read it back, and collect from their rows in any order
+    /// to the same buckets.
     #[test]
     fn buckets_hold_what_a_map_of_maps_does(
         steps in prop::collection::vec(
-            (-5i64..20, prop_oneof!["", "p[0-9]{1,2}", ".{0,4}"], -3i64..4, 0u8..8),
+            (
+                prop_oneof![-5i64..20, LAST - 3..LAST + 3],
+                prop_oneof!["", "p[0-9]{1,2}", ".{0,4}"],
+                -3i64..4,
+                0u8..8,
+            ),
             0..120,
         ),
     ) {
@@ -89,6 +119,10 @@ proptest! {
                 1 => {
                     buckets.drop_before(*bucket);
                     model = model.split_off(bucket);
+                }
+                // Out of the range kept: nothing is added.
+                _ if !(0..=LAST).contains(bucket) => {
+                    prop_assert_eq!(buckets.add(*bucket, value, *delta), 0);
                 }
                 _ => {
                     let cell = model.entry(*bucket).or_default();
