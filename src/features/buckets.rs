@@ -224,6 +224,11 @@ impl Buckets {
         self.entries.len()
     }
 
+    /// How many texts the dictionary holds (`""` included): at most what the entries name.
+    pub fn dictionary_len(&self) -> usize {
+        self.values.len() + 1
+    }
+
     /// Gives back the room of entries and values not there (a state read back is not growing).
     pub fn shrink_to_fit(&mut self) {
         self.drop_unnamed_values();

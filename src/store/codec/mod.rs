@@ -144,6 +144,19 @@ struct Texts<'a> {
 }
 
 impl<'a> Texts<'a> {
+    /// A table with room for every text of `features` and `streams` more, so that it never
+    /// grows while a state is encoded.
+    fn for_features<'f>(streams: usize, features: impl Iterator<Item = &'f FeatureState>) -> Self {
+        let room = streams
+            + features
+                .map(|feature| 1 + feature.buckets.dictionary_len() + feature.facts.len())
+                .sum::<usize>();
+        Self {
+            table: Vec::with_capacity(room),
+            places: HashMap::with_capacity_and_hasher(room, FixedState::default()),
+        }
+    }
+
     fn place(&mut self, text: &'a str) -> u32 {
         *self.places.entry(text).or_insert_with(|| {
             self.table.push(text);
@@ -244,7 +257,7 @@ fn encode_wire<'a, F: Serialize>(
     encode_feature: impl Fn(&mut Texts<'a>, &'a str, &'a FeatureState) -> F,
     buffer: Vec<u8>,
 ) -> Vec<u8> {
-    let mut texts = Texts::default();
+    let mut texts = Texts::for_features(state.applied.len(), state.features.values());
     let envelope = Envelope::of(state, &mut texts);
     let features =
         state.features.iter().map(|(name, feature)| encode_feature(&mut texts, name, feature));

@@ -92,7 +92,10 @@ fn in_part(feature: &FeatureState, stored: Stored) -> bool {
 /// `state` as its head and the parts that changed.
 pub fn encode_share(state: &EntityState) -> EncodedShare {
     let mut share = EncodedShare::default();
-    let mut texts = Texts::default();
+    let inline = state.features.iter_stored().filter(|(_, f, stored)| !in_part(f, *stored));
+    // The parts' names are texts of the head too.
+    let names = state.features.len();
+    let mut texts = Texts::for_features(state.applied.len() + names, inline.map(|(_, f, _)| f));
     let envelope = Envelope::of(state, &mut texts);
     let mut inline = Vec::new();
     let mut parts = Vec::new();
@@ -125,7 +128,7 @@ pub fn encode_share(state: &EntityState) -> EncodedShare {
 }
 
 fn encode_part(name: &str, feature: &FeatureState) -> Vec<u8> {
-    let mut texts = Texts::default();
+    let mut texts = Texts::for_features(0, std::iter::once(feature));
     let feature = encode_columns(&mut texts, name, feature);
     encoded(PART_VERSION, PART_VERSION_COMPRESSED, &Part { texts: texts.table, feature })
 }
