@@ -42,7 +42,8 @@ use serde::{Deserialize, Serialize};
 use self::columns::{ColumnFeature, encode_columns};
 pub use self::parts::{
     EncodedShare, HEAD_VERSION, HEAD_VERSION_COMPRESSED, PART_INFIX, PART_VERSION,
-    PART_VERSION_COMPRESSED, encode_share, is_head, note_written, part_field,
+    PART_VERSION_COMPRESSED, PIECES_HEAD_VERSION, PIECES_HEAD_VERSION_COMPRESSED, encode_share,
+    is_head, note_written, part_field,
 };
 use self::rows::{WireFeature, encode_feature};
 use crate::config::StateEncoding;
@@ -95,7 +96,7 @@ pub enum CodecError {
     #[error("empty state value")]
     Empty,
     #[error(
-        "state written in layout version {0}, newer than this persona reads ({PART_VERSION_COMPRESSED})"
+        "state written in layout version {0}, newer than this persona reads ({PIECES_HEAD_VERSION_COMPRESSED})"
     )]
     UnknownVersion(u8),
     #[error("malformed state: its head lists the part {0}, which is not stored")]
@@ -104,6 +105,8 @@ pub enum CodecError {
     PartName,
     #[error("malformed state: a feature's part where a share's head belongs")]
     Part,
+    #[error("malformed state: the pieces of {0} are out of order or hold buckets of another")]
+    Piece(String),
     #[error("malformed state: {0}")]
     Malformed(#[from] postcard::Error),
     #[error("malformed state: text {0} is not in the state's table")]
@@ -151,6 +154,10 @@ impl<'a> Texts<'a> {
             + features
                 .map(|feature| 1 + feature.buckets.dictionary_len() + feature.facts.len())
                 .sum::<usize>();
+        Self::with_room(room)
+    }
+
+    fn with_room(room: usize) -> Self {
         Self {
             table: Vec::with_capacity(room),
             places: HashMap::with_capacity_and_hasher(room, FixedState::default()),
@@ -310,10 +317,12 @@ enum Item {
     Fact(WireKey, u64, u32),
 }
 
-/// Calls `each` with every [`Item`] of `state`; returns the oldest fact's time.
+/// Calls `each` with every [`Item`] of `state`, of its buckets those of the entries in
+/// `entries` (see [`Buckets::pieces`]); returns the oldest fact's time.
 fn walk_feature<'a>(
     texts: &mut Texts<'a>,
     state: &'a FeatureState,
+    entries: std::ops::Range<usize>,
     mut each: impl FnMut(Item),
 ) -> i64 {
     let mut previous = 0;
@@ -322,7 +331,7 @@ fn walk_feature<'a>(
     // a sixth to a fifth of encoding a user (BENCHMARKS.md, "Compressed states").
     let mut places: Vec<Option<u32>> = Vec::new();
     let mut current = None;
-    for (bucket, index, rows) in state.buckets.indexed() {
+    for (bucket, index, rows) in state.buckets.indexed_in(entries) {
         if current != Some(bucket) {
             // Wrapping, as decoding adds it back wrapping: exact for any bucket.
             each(Item::Bucket(bucket.wrapping_sub(previous)));
@@ -388,6 +397,10 @@ pub fn decode_share<'p>(
     match value.first() {
         Some(&HEAD_VERSION) => parts::decode_head(&value[1..], part),
         Some(&HEAD_VERSION_COMPRESSED) => parts::decode_head(&decompress(&value[1..])?, part),
+        Some(&PIECES_HEAD_VERSION) => parts::decode_pieces_head(&value[1..], part),
+        Some(&PIECES_HEAD_VERSION_COMPRESSED) => {
+            parts::decode_pieces_head(&decompress(&value[1..])?, part)
+        }
         _ => decode_state(value),
     }
 }
@@ -396,7 +409,12 @@ pub fn decode_share<'p>(
 /// 6 or 7) only when it lists no parts.
 pub fn decode_state(bytes: &[u8]) -> Result<EntityState, CodecError> {
     match bytes.first() {
-        Some(&(HEAD_VERSION | HEAD_VERSION_COMPRESSED)) => decode_share(bytes, |_| None),
+        Some(
+            &(HEAD_VERSION
+            | HEAD_VERSION_COMPRESSED
+            | PIECES_HEAD_VERSION
+            | PIECES_HEAD_VERSION_COMPRESSED),
+        ) => decode_share(bytes, |_| None),
         Some(&(PART_VERSION | PART_VERSION_COMPRESSED)) => Err(CodecError::Part),
         None => Err(CodecError::Empty),
         Some(b'{') => Ok(serde_json::from_slice(bytes)?),
