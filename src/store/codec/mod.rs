@@ -23,8 +23,9 @@
 //! user's state for some 20 µs of CPU (BENCHMARKS.md, "Compressed states"). The frame carries a
 //! checksum of what it holds.
 //!
-//! By default a share is not one value but a head and parts (layouts 6 to 9, see `parts.rs`): its
-//! large features each in a value of their own, written only when a change fed them.
+//! By default a share is not one value but a head and parts (layouts 6 to 11, see `parts.rs`):
+//! its large features each in a value of their own (or in pieces), written only when a change
+//! fed them.
 //!
 //! Every earlier layout is still read, and a share is written back in the current one the next
 //! time a change reaches it. During a rolling upgrade the earlier layouts can still be written

@@ -88,7 +88,7 @@ fn piece_of(feature: &str, piece: u32) -> String {
     format!("{feature}#{piece}")
 }
 
-/// A share as written in layout 6 to 9.
+/// A share as written in layout 6 to 11.
 #[derive(Debug, Default)]
 pub struct EncodedShare {
     pub head: Vec<u8>,
