@@ -301,7 +301,8 @@ pub fn note_written(state: &mut EntityState) {
     state.stored_parts.0 = held;
 }
 
-/// Whether `value` is a head (a share in layout 6 or 7), which needs its parts to be read.
+/// Whether `value` is a head (a share in layout 6, 7, 10 or 11), which needs its parts to be
+/// read.
 pub fn is_head(value: &[u8]) -> bool {
     matches!(
         value.first(),
@@ -321,15 +322,8 @@ pub(super) fn decode_head<'p>(
     part: impl Fn(&str) -> Option<&'p [u8]>,
 ) -> Result<EntityState, CodecError> {
     let head: Head<'_, ColumnFeature> = postcard::from_bytes(head)?;
-    let mut state = decode_envelope(&head.wire)?;
-    decode_features(&head.wire.texts, &head.wire.features, STATE_VERSION, &mut state.features)?;
-    for place in &head.parts {
-        let name = text_at(&head.wire.texts, *place)?;
-        read_part(&part, name, name, &mut state.features)?;
-        let name = state.features.mark_stored_named(name).ok_or(CodecError::PartName)?;
-        state.stored_parts.0.push(StoredPart { name, pieces: None });
-    }
-    Ok(state)
+    let parts = head.parts.iter().map(|place| (*place, &[][..]));
+    decode_parts(&head.wire, parts, part)
 }
 
 /// [`decode_head`] of a head of version 10, whose features may be in pieces.
@@ -338,10 +332,21 @@ pub(super) fn decode_pieces_head<'p>(
     part: impl Fn(&str) -> Option<&'p [u8]>,
 ) -> Result<EntityState, CodecError> {
     let head: PiecesHead<'_, ColumnFeature> = postcard::from_bytes(head)?;
-    let mut state = decode_envelope(&head.wire)?;
-    decode_features(&head.wire.texts, &head.wire.features, STATE_VERSION, &mut state.features)?;
-    for (place, pieces) in &head.parts {
-        let name = text_at(&head.wire.texts, *place)?;
+    let parts = head.parts.iter().map(|(place, pieces)| (*place, &pieces[..]));
+    decode_parts(&head.wire, parts, part)
+}
+
+/// The share of a head's `wire` and its `parts`: each a feature's name (a place in the table)
+/// and its pieces, none when it is one part.
+fn decode_parts<'a, 'p>(
+    wire: &Wire<'_, ColumnFeature>,
+    parts: impl Iterator<Item = (u32, &'a [u32])>,
+    part: impl Fn(&str) -> Option<&'p [u8]>,
+) -> Result<EntityState, CodecError> {
+    let mut state = decode_envelope(wire)?;
+    decode_features(&wire.texts, &wire.features, STATE_VERSION, &mut state.features)?;
+    for (place, pieces) in parts {
+        let name = text_at(&wire.texts, place)?;
         if pieces.is_empty() {
             read_part(&part, name, name, &mut state.features)?;
             let name = state.features.mark_stored_named(name).ok_or(CodecError::PartName)?;
