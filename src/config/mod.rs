@@ -128,9 +128,8 @@ const REDIS_SCHEMES: [&str; 4] = ["redis", "rediss", "redis-cluster", "rediss-cl
 #[serde(rename_all = "lowercase")]
 pub enum StateEncoding {
     /// The binary layout, features in columns, each share a head and a part for each large
-    /// feature (in pieces of 32 buckets for features of buckets alone), so that a change
-    /// rewrites only the parts it fed; each value compressed with zstd from a few hundred bytes
-    /// (versions 6 to 11).
+    /// feature, so that a change rewrites only the parts it fed; each value compressed with zstd
+    /// from a few hundred bytes (versions 6 to 9).
     #[default]
     Parts,
     /// The binary layout, features in columns, one value per share, compressed with zstd from a

@@ -257,28 +257,6 @@ impl Buckets {
         self.entries.iter().map(|e| (i64::from(e.bucket), e.value, i64::from(e.rows)))
     }
 
-    /// The entries of each piece of `span` buckets (those whose bucket over `span` is the same),
-    /// oldest first: the piece's number and the range of entries it holds, for
-    /// [`Self::indexed_in`].
-    pub fn pieces(&self, span: u32) -> Vec<(u32, Range<usize>)> {
-        let span = span.max(1);
-        let mut pieces: Vec<(u32, Range<usize>)> = Vec::new();
-        for (at, entry) in self.entries.iter().enumerate() {
-            let piece = entry.bucket / span;
-            match pieces.last_mut() {
-                Some((last, range)) if *last == piece => range.end = at + 1,
-                _ => pieces.push((piece, at..at + 1)),
-            }
-        }
-        pieces
-    }
-
-    /// [`Self::indexed`] of the entries in `range`.
-    pub fn indexed_in(&self, range: Range<usize>) -> impl Iterator<Item = (i64, u32, i64)> + '_ {
-        let entries = self.entries.get(range).unwrap_or_default();
-        entries.iter().map(|e| (i64::from(e.bucket), e.value, i64::from(e.rows)))
-    }
-
     /// The value named `index` by [`Self::indexed`].
     pub fn text(&self, index: u32) -> &str {
         text_of(&self.values, index)

@@ -54,8 +54,8 @@ pub use source::{
     SourceRow, SourceSchema, SourceTable, Truncation,
 };
 pub use state::{
-    EntityState, FACT_SLACK, Outcome, RunMark, StoredPart, StoredParts, apply, apply_with_pairs,
-    entity_of, superseded, truncated_away,
+    EntityState, FACT_SLACK, Outcome, RunMark, StoredParts, apply, apply_with_pairs, entity_of,
+    superseded, truncated_away,
 };
 pub use view::FeatureView;
 

@@ -75,26 +75,9 @@ pub struct EntityState {
     pub stored_parts: StoredParts,
 }
 
-/// The parts Redis holds for a share (see [`EntityState::stored_parts`]); equal to any other.
+/// Names of features, interned; equal to any other (see [`EntityState::stored_parts`]).
 #[derive(Debug, Clone, Default)]
-pub struct StoredParts(pub Vec<StoredPart>);
-
-/// A feature Redis holds in a part of its own, or in pieces.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredPart {
-    /// The feature's name, interned.
-    pub name: &'static str,
-    /// `None` for one part; else each piece held, by number, with a fingerprint of its
-    /// buckets as stored (see `store::codec::parts`).
-    pub pieces: Option<Vec<(u32, u64)>>,
-}
-
-impl StoredParts {
-    /// What Redis holds of the feature named `name` (interned).
-    pub fn of(&self, name: &'static str) -> Option<&StoredPart> {
-        self.0.iter().find(|part| std::ptr::eq(part.name, name))
-    }
-}
+pub struct StoredParts(pub Vec<&'static str>);
 
 impl PartialEq for StoredParts {
     fn eq(&self, _: &Self) -> bool {

@@ -146,7 +146,7 @@ impl FeatureStore {
                 share.parts.len().to_string().into(),
             ]);
             for (feature, part) in share.parts {
-                args.extend([part_field(&key.stream, &feature).into(), Bytes::from(part).into()]);
+                args.extend([part_field(&key.stream, feature).into(), Bytes::from(part).into()]);
             }
             args.push(share.dropped.len().to_string().into());
             args.extend(

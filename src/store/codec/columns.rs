@@ -34,19 +34,9 @@ pub(super) fn encode_columns<'a>(
     name: &'a str,
     state: &'a FeatureState,
 ) -> ColumnFeature {
-    encode_columns_in(texts, name, state, 0..state.buckets.entry_count())
-}
-
-/// [`encode_columns`] of the buckets of the entries in `range` alone (a piece), and the facts.
-pub(super) fn encode_columns_in<'a>(
-    texts: &mut Texts<'a>,
-    name: &'a str,
-    state: &'a FeatureState,
-    range: std::ops::Range<usize>,
-) -> ColumnFeature {
     let keyed = state.facts.keyed();
     // Sized once: at most a bucket per entry.
-    let entries = range.len();
+    let entries = state.buckets.entry_count();
     let mut feature = ColumnFeature {
         name: texts.place(name),
         bucket_deltas: Vec::with_capacity(entries),
@@ -57,7 +47,7 @@ pub(super) fn encode_columns_in<'a>(
         fact_values: Vec::with_capacity(state.facts.len()),
         ..ColumnFeature::default()
     };
-    feature.facts_since_us = walk_feature(texts, state, range, |item| match item {
+    feature.facts_since_us = walk_feature(texts, state, |item| match item {
         Item::Bucket(delta) => {
             feature.bucket_deltas.push(delta);
             feature.bucket_widths.push(0);

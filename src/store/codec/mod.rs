@@ -23,9 +23,8 @@
 //! user's state for some 20 µs of CPU (BENCHMARKS.md, "Compressed states"). The frame carries a
 //! checksum of what it holds.
 //!
-//! By default a share is not one value but a head and parts (layouts 6 to 11, see `parts.rs`):
-//! its large features each in a value of their own (or in pieces), written only when a change
-//! fed them.
+//! By default a share is not one value but a head and parts (layouts 6 to 9, see `parts.rs`): its
+//! large features each in a value of their own, written only when a change fed them.
 //!
 //! Every earlier layout is still read, and a share is written back in the current one the next
 //! time a change reaches it. During a rolling upgrade the earlier layouts can still be written
@@ -43,8 +42,7 @@ use serde::{Deserialize, Serialize};
 use self::columns::{ColumnFeature, encode_columns};
 pub use self::parts::{
     EncodedShare, HEAD_VERSION, HEAD_VERSION_COMPRESSED, PART_INFIX, PART_VERSION,
-    PART_VERSION_COMPRESSED, PIECES_HEAD_VERSION, PIECES_HEAD_VERSION_COMPRESSED, encode_share,
-    is_head, note_written, part_field,
+    PART_VERSION_COMPRESSED, encode_share, is_head, note_written, part_field,
 };
 use self::rows::{WireFeature, encode_feature};
 use crate::config::StateEncoding;
@@ -97,7 +95,7 @@ pub enum CodecError {
     #[error("empty state value")]
     Empty,
     #[error(
-        "state written in layout version {0}, newer than this persona reads ({PIECES_HEAD_VERSION_COMPRESSED})"
+        "state written in layout version {0}, newer than this persona reads ({PART_VERSION_COMPRESSED})"
     )]
     UnknownVersion(u8),
     #[error("malformed state: its head lists the part {0}, which is not stored")]
@@ -106,8 +104,6 @@ pub enum CodecError {
     PartName,
     #[error("malformed state: a feature's part where a share's head belongs")]
     Part,
-    #[error("malformed state: the pieces of {0} are out of order or hold buckets of another")]
-    Piece(String),
     #[error("malformed state: {0}")]
     Malformed(#[from] postcard::Error),
     #[error("malformed state: text {0} is not in the state's table")]
@@ -155,10 +151,6 @@ impl<'a> Texts<'a> {
             + features
                 .map(|feature| 1 + feature.buckets.dictionary_len() + feature.facts.len())
                 .sum::<usize>();
-        Self::with_room(room)
-    }
-
-    fn with_room(room: usize) -> Self {
         Self {
             table: Vec::with_capacity(room),
             places: HashMap::with_capacity_and_hasher(room, FixedState::default()),
@@ -318,12 +310,10 @@ enum Item {
     Fact(WireKey, u64, u32),
 }
 
-/// Calls `each` with every [`Item`] of `state`, of its buckets those of the entries in
-/// `entries` (see [`Buckets::pieces`]); returns the oldest fact's time.
+/// Calls `each` with every [`Item`] of `state`; returns the oldest fact's time.
 fn walk_feature<'a>(
     texts: &mut Texts<'a>,
     state: &'a FeatureState,
-    entries: std::ops::Range<usize>,
     mut each: impl FnMut(Item),
 ) -> i64 {
     let mut previous = 0;
@@ -332,7 +322,7 @@ fn walk_feature<'a>(
     // a sixth to a fifth of encoding a user (BENCHMARKS.md, "Compressed states").
     let mut places: Vec<Option<u32>> = Vec::new();
     let mut current = None;
-    for (bucket, index, rows) in state.buckets.indexed_in(entries) {
+    for (bucket, index, rows) in state.buckets.indexed() {
         if current != Some(bucket) {
             // Wrapping, as decoding adds it back wrapping: exact for any bucket.
             each(Item::Bucket(bucket.wrapping_sub(previous)));
@@ -398,10 +388,6 @@ pub fn decode_share<'p>(
     match value.first() {
         Some(&HEAD_VERSION) => parts::decode_head(&value[1..], part),
         Some(&HEAD_VERSION_COMPRESSED) => parts::decode_head(&decompress(&value[1..])?, part),
-        Some(&PIECES_HEAD_VERSION) => parts::decode_pieces_head(&value[1..], part),
-        Some(&PIECES_HEAD_VERSION_COMPRESSED) => {
-            parts::decode_pieces_head(&decompress(&value[1..])?, part)
-        }
         _ => decode_state(value),
     }
 }
@@ -410,12 +396,7 @@ pub fn decode_share<'p>(
 /// 6 or 7) only when it lists no parts.
 pub fn decode_state(bytes: &[u8]) -> Result<EntityState, CodecError> {
     match bytes.first() {
-        Some(
-            &(HEAD_VERSION
-            | HEAD_VERSION_COMPRESSED
-            | PIECES_HEAD_VERSION
-            | PIECES_HEAD_VERSION_COMPRESSED),
-        ) => decode_share(bytes, |_| None),
+        Some(&(HEAD_VERSION | HEAD_VERSION_COMPRESSED)) => decode_share(bytes, |_| None),
         Some(&(PART_VERSION | PART_VERSION_COMPRESSED)) => Err(CodecError::Part),
         None => Err(CodecError::Empty),
         Some(b'{') => Ok(serde_json::from_slice(bytes)?),

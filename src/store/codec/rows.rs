@@ -27,8 +27,7 @@ pub(super) fn encode_feature<'a>(
     let name = texts.place(name);
     let mut buckets: Vec<(i64, Vec<(u32, i64)>)> = Vec::new();
     let mut facts = Vec::with_capacity(state.facts.len());
-    let entries = 0..state.buckets.entry_count();
-    let facts_since_us = walk_feature(texts, state, entries, |item| match item {
+    let facts_since_us = walk_feature(texts, state, |item| match item {
         Item::Bucket(delta) => buckets.push((delta, Vec::new())),
         Item::Value(place, rows) => {
             if let Some((_, cell)) = buckets.last_mut() {

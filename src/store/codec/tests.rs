@@ -250,11 +250,9 @@ fn a_damaged_or_overlarge_compressed_value_is_refused() {
 #[test]
 fn a_value_of_an_unknown_layout_is_refused_and_says_why() {
     let mut bytes = encode_state(&viewed(&["k"]));
-    bytes[0] = PIECES_HEAD_VERSION_COMPRESSED + 1;
+    bytes[0] = PART_VERSION_COMPRESSED + 1;
     let error = decode_state(&bytes).expect_err("refused");
-    assert!(
-        matches!(error, CodecError::UnknownVersion(v) if v == PIECES_HEAD_VERSION_COMPRESSED + 1)
-    );
+    assert!(matches!(error, CodecError::UnknownVersion(v) if v == PART_VERSION_COMPRESSED + 1));
     assert!(error.to_string().contains("newer than this persona reads"), "{error}");
     assert!(matches!(decode_state(b""), Err(CodecError::Empty)));
     bytes[0] = PART_VERSION;
