@@ -146,6 +146,10 @@ enum Change {
     /// Replaces (or adds) the state of the feature of that name.
     Set(&'static str, FeatureState),
     Remove(&'static str),
+    /// Adds rows to a bucket of the feature of that name, as ingest does.
+    Add(&'static str, i64, &'static str, i64),
+    /// Drops the feature's buckets before that one, as time does.
+    DropBefore(&'static str, i64),
     /// The share is read back from Redis, as an owner that did not keep it does.
     Reload,
 }
@@ -153,9 +157,14 @@ enum Change {
 fn change() -> impl Strategy<Value = Change> {
     let name = prop_oneof![Just("views"), Just("viewers"), Just("clicks"), Just("session")];
     let big = (0i64..3 * PART_FROM_ITEMS as i64).prop_map(counts);
+    let bucket = 0i64..4 * PART_FROM_ITEMS as i64;
+    let value = prop_oneof![Just(""), Just("a"), Just("b")];
     prop_oneof![
         (name.clone(), prop_oneof![feature_state(), big]).prop_map(|(n, f)| Change::Set(n, f)),
-        name.prop_map(Change::Remove),
+        name.clone().prop_map(Change::Remove),
+        (name.clone(), bucket.clone(), value, -1i64..3)
+            .prop_map(|(n, b, v, d)| Change::Add(n, b, v, d)),
+        (name, bucket).prop_map(|(n, b)| Change::DropBefore(n, b)),
         Just(Change::Reload),
     ]
 }
@@ -176,6 +185,20 @@ proptest! {
             match change {
                 Change::Set(name, feature) => state.features.insert(intern(name), feature),
                 Change::Remove(name) => state.features.remove(intern(name)),
+                Change::Add(name, bucket, value, delta) => {
+                    let feature = state.features.entry(intern(name));
+                    feature.buckets.add(bucket, value, delta);
+                    if feature.buckets.is_empty() && feature.facts.is_empty() {
+                        state.features.remove(intern(name));
+                    }
+                }
+                Change::DropBefore(name, bucket) => {
+                    let feature = state.features.entry(intern(name));
+                    feature.buckets.drop_before(bucket);
+                    if feature.buckets.is_empty() && feature.facts.is_empty() {
+                        state.features.remove(intern(name));
+                    }
+                }
                 Change::Reload => state = hash.read().expect("reads"),
             }
             state.rev += 1;
