@@ -83,10 +83,11 @@ impl<'f> Kept<'f> {
         late.count() as u32
     }
 
-    /// For how many of the windows read from a state of buckets a row at `at_us` falls in a
-    /// bucket out of the range buckets keep (see [`super::buckets`]): all or none.
-    pub fn out_of_range(&self, at_us: i64) -> u32 {
-        match bucket_in_range(self.bucket_of(at_us)) {
+    /// For how many of the windows read from a state of buckets a row in `bucket` (from
+    /// [`Self::bucket_of`]) is out of the range buckets keep (see [`super::buckets`]): all or
+    /// none.
+    pub fn out_of_range(&self, bucket: i64) -> u32 {
+        match bucket_in_range(bucket) {
             Some(_) => 0,
             None => self.widths.len() as u32,
         }

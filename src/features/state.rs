@@ -455,11 +455,12 @@ fn add<'a>(
     }
     match feature.storage() {
         Storage::Buckets => {
-            let out_of_range = kept.out_of_range(at_us);
+            let bucket = kept.bucket_of(at_us);
+            let out_of_range = kept.out_of_range(bucket);
             if out_of_range > 0 {
                 return Added::Late(out_of_range);
             }
-            state.buckets.add(kept.bucket_of(at_us), &value, 1);
+            state.buckets.add(bucket, &value, 1);
         }
         Storage::Facts | Storage::Current => {
             let fact = Fact { at_us, value: value.as_ref().into() };
