@@ -101,6 +101,10 @@ metrics! {
     /// Stored feature states persona could not read; label `path` (`read`: served without it,
     /// `ingest`: set aside under `<namespace>:quarantine` and rebuilt from its partition).
     counter UNREADABLE_STATES = "persona_unreadable_states_total";
+    /// zstd dictionaries trained on the shares written (`redis.state_encoding = "dictionary"`);
+    /// label `outcome`: `trained` (stored in Redis, and the current one adopted) or `failed`
+    /// (sampling goes on, for twice as many shares).
+    counter STATE_DICTIONARY_TRAININGS = "persona_state_dictionary_trainings_total";
     /// Partitions paused because their worker's queue was full (backpressure while catching up);
     /// label `topic`.
     counter PARTITION_PAUSES = "persona_partition_pauses_total";

@@ -105,10 +105,14 @@ pub struct RedisConfig {
     /// may come up after persona, or be slow to accept connections under load.
     #[serde(with = "humantime_serde")]
     pub startup_timeout: Duration,
-    /// How feature state is written (every layout is always read): `zstd`; `binary` while
-    /// instances that do not read compressed states still run (a rolling upgrade), or `json`
-    /// while instances older than the binary layout do.
+    /// How feature state is written (every layout is always read): `dictionary`; an earlier
+    /// layout while instances that do not read the newest still run (a rolling upgrade, see
+    /// [`StateEncoding`]).
     pub state_encoding: StateEncoding,
+    /// With `state_encoding = "dictionary"` and no dictionary in Redis yet, a writer trains one
+    /// after writing this many shares (and samples twice as many if zstd could not train on
+    /// them). 0: this instance trains none, and writes with one only once another trained it.
+    pub state_dictionary_samples: usize,
     /// Replicas that must hold a feature write before it counts as done (Redis `WAIT`): with 1,
     /// a primary killed right after acknowledging loses nothing when its replica takes over.
     /// 0 for a Redis without replicas.
@@ -127,10 +131,14 @@ const REDIS_SCHEMES: [&str; 4] = ["redis", "rediss", "redis-cluster", "rediss-cl
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StateEncoding {
+    /// [`Self::Parts`], each value compressed with a zstd dictionary trained on the
+    /// deployment's own shares once there is one (versions 12 and 13; until then 6 to 9).
+    #[default]
+    Dictionary,
     /// The binary layout, features in columns, each share a head and a part for each large
     /// feature, so that a change rewrites only the parts it fed; each value compressed with zstd
-    /// from a few hundred bytes (versions 6 to 9).
-    #[default]
+    /// from a few hundred bytes (versions 6 to 9): while instances that read only up to version
+    /// 9 run.
     Parts,
     /// The binary layout, features in columns, one value per share, compressed with zstd from a
     /// few hundred bytes (version 5): while instances that read only up to version 5 run.
@@ -145,6 +153,13 @@ pub enum StateEncoding {
     Json,
 }
 
+impl StateEncoding {
+    /// Whether a share is written as a head and parts (see `store::codec::parts`).
+    pub fn writes_parts(self) -> bool {
+        matches!(self, Self::Dictionary | Self::Parts)
+    }
+}
+
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
@@ -157,7 +172,8 @@ impl Default for RedisConfig {
             state_ttl: Duration::from_secs(30 * 24 * 3600),
             required_to_start: true,
             startup_timeout: Duration::from_secs(30),
-            state_encoding: StateEncoding::Parts,
+            state_encoding: StateEncoding::Dictionary,
+            state_dictionary_samples: 2_000,
         }
     }
 }

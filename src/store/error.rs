@@ -44,6 +44,10 @@ pub enum StoreError {
     /// sections than it was given. Its writer applies it again.
     #[error("the grouped write this batch joined ended without an answer for it")]
     Abandoned,
+    /// Redis names a current state dictionary it does not hold (or holds damaged): writers go
+    /// on without one.
+    #[error("redis names state dictionary {0} current but does not hold it")]
+    MissingDictionary(u32),
 }
 
 /// Replies that pass: a replica promoted, a server still loading its data, a busy script, and
@@ -85,7 +89,8 @@ impl StoreError {
             | Self::Unreadable { .. }
             | Self::Fenced { .. }
             | Self::Unclaimed { .. }
-            | Self::MissedTruncate { .. } => false,
+            | Self::MissedTruncate { .. }
+            | Self::MissingDictionary(_) => false,
         }
     }
 }

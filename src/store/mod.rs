@@ -29,6 +29,7 @@
 mod cache;
 mod channels;
 pub mod codec;
+mod dictionaries;
 mod error;
 pub mod generation;
 mod group;
@@ -47,7 +48,7 @@ use fred::prelude::*;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CacheConfig, RedisConfig};
+use crate::config::{CacheConfig, RedisConfig, StateEncoding};
 use crate::features::{Entity, EntityState};
 use crate::telemetry;
 
@@ -152,6 +153,8 @@ pub struct FeatureStore {
     group: group::Group,
     /// Batches of at least this many shares are written alone (`redis.group_commit_below`).
     group_commit_below: usize,
+    /// The zstd dictionaries shares are compressed with (see [`dictionaries`]).
+    dictionaries: Arc<dictionaries::Dictionaries>,
 }
 
 impl FeatureStore {
@@ -171,7 +174,17 @@ impl FeatureStore {
             tracing::warn!("redis unreachable at start; serving without it until it comes back");
         }
         let clustered = pool.next().is_clustered();
+        let samples = match redis.state_encoding {
+            StateEncoding::Dictionary => redis.state_dictionary_samples,
+            _ => 0,
+        };
+        let dictionaries = Arc::new(dictionaries::Dictionaries::new(&redis.key_prefix, samples));
+        if connected && let Err(error) = dictionaries.load_current(&pool).await {
+            // Values that name it are read once it can be read; until then writers sample.
+            tracing::warn!(error = %error, "could not read the current state dictionary");
+        }
         Ok(Self {
+            dictionaries,
             clustered,
             min_replica_acks: redis.min_replica_acks,
             group_commit_below: redis.group_commit_below,

@@ -29,7 +29,7 @@ impl FeatureStore {
     ) -> Option<EntityState> {
         let value = fields.get(stream)?;
         let part = |feature: &str| fields.get(&codec::part_field(stream, feature)).map(|v| &v[..]);
-        match codec::decode_share(value, part) {
+        match codec::decode_share_with(value, part, &|id| self.dictionaries.known(id)) {
             Ok(state) => Some(state),
             Err(error) => {
                 tracing::error!(key, stream, error = %error, "unreadable feature state in redis; served without it");
@@ -174,7 +174,11 @@ impl FeatureStore {
         let result: Result<Vec<HashMap<String, Bytes>>, _> = pipeline.all().await;
         note_latency(op, started);
         self.note_redis(op, &result);
-        let mut hashes = result?.into_iter();
+        let hashes = result?;
+        let values = hashes.iter().skip(1).flat_map(|fields| fields.values().map(|v| &v[..]));
+        let unknown = self.dictionaries.unknown(values);
+        self.dictionaries.fetch(&self.redis, unknown).await?;
+        let mut hashes = hashes.into_iter();
         let marks = marks::decode_marks(hashes.next().unwrap_or_default());
         let mut shares: Vec<Shares> = keys
             .iter()

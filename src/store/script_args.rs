@@ -132,10 +132,17 @@ impl FeatureStore {
     ) -> Result<(Vec<String>, Vec<Vec<Value>>), StoreError> {
         let mut keys = Vec::with_capacity(states.len());
         let mut shares = Vec::with_capacity(states.len());
+        let dictionary = self.dictionaries.current();
         for (key, state) in states {
             let hash = self.redis_key(namespace, &key.entity);
-            let share = encode_for_write(state, self.state_encoding)
+            let share = encode_for_write(state, self.state_encoding, dictionary.as_ref())
                 .map_err(|source| StoreError::Encode { key: format!("{key:?}"), source })?;
+            if dictionary.is_none()
+                && let Some(samples) = self.dictionaries.sample(state)
+            {
+                let (dictionaries, pool) = (self.dictionaries.clone(), self.redis.clone());
+                tokio::spawn(async move { dictionaries.train(&pool, samples).await });
+            }
             let mut args: Vec<Value> =
                 Vec::with_capacity(6 + 2 * share.parts.len() + share.dropped.len());
             args.extend([

@@ -16,11 +16,10 @@ use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 
-use super::codec::{decode_share, note_written, part_field};
+use super::codec::{decode_share_with, note_written, part_field};
 use super::marks::{MarksSeen, TableMarks, high_field, overlap_field, truncate_field};
 use super::script_args::script_outcome;
 use super::{FeatureStore, StateKey, StoreError, note_latency};
-use crate::config::StateEncoding;
 use crate::features::overlap::{Known, OverlapWrites, Wanted};
 use crate::features::{EntityState, Position, RowKey};
 use crate::telemetry;
@@ -114,11 +113,16 @@ impl FeatureStore {
         let marks = marks.collect::<Result<Vec<_>, _>>()?;
         let seen = MarksSeen::read(fields.into_iter().zip(marks).map(|((_, f), value)| (f, value)));
         let mut loaded = Loaded { marks: seen.marks(), seen, ..Loaded::default() };
+        let hashes: Vec<HashMap<String, Bytes>> =
+            hashes.into_iter().map(Value::convert).collect::<Result<_, _>>()?;
+        let values = hashes.iter().flat_map(|fields| fields.values().map(|v| &v[..]));
+        let unknown = self.dictionaries.unknown(values);
+        self.dictionaries.fetch(&self.redis, unknown).await?;
+        let known = |id| self.dictionaries.known(id);
         for (key, hash) in keys.iter().zip(hashes) {
-            let hash: HashMap<String, Bytes> = hash.convert()?;
             let Some(value) = hash.get(&key.stream) else { continue };
             let part = |feature: &str| hash.get(&part_field(&key.stream, feature)).map(|v| &v[..]);
-            match decode_share(value, part) {
+            match decode_share_with(value, part, &known) {
                 Ok(state) => {
                     loaded.states.insert(key.clone(), state);
                 }
@@ -272,7 +276,7 @@ impl FeatureStore {
             self.clear_l1("table_marks");
         }
         for (key, state) in states {
-            if self.state_encoding == StateEncoding::Parts {
+            if self.state_encoding.writes_parts() {
                 note_written(state);
             }
             self.l1.put_share(key.entity.cache_key(), &key.stream, state).await;

@@ -448,6 +448,21 @@ impl OwnRedis {
         String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 
+    /// What `redis-cli` prints for `args`, byte for byte (a binary value as stored), without
+    /// its last newline.
+    pub fn command_bytes(&self, args: &[&str]) -> Vec<u8> {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        let mut bytes = output.stdout;
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+        }
+        bytes
+    }
+
     /// How many times Redis executed `command` (from `INFO commandstats`).
     /// Starts recording every command clients send (`MONITOR`), until [`Monitor::sent`].
     pub fn monitor(&self) -> Monitor {

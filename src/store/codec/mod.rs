@@ -40,9 +40,13 @@ use foldhash::fast::FixedState;
 use serde::{Deserialize, Serialize};
 
 use self::columns::{ColumnFeature, encode_columns};
+pub use self::dictionary::{
+    Dictionary, HEAD_VERSION_DICTIONARY, PART_VERSION_DICTIONARY, dictionary_of,
+};
 pub use self::parts::{
     EncodedShare, HEAD_VERSION, HEAD_VERSION_COMPRESSED, PART_INFIX, PART_VERSION,
-    PART_VERSION_COMPRESSED, encode_share, is_head, note_written, part_field,
+    PART_VERSION_COMPRESSED, encode_share, encode_share_with, is_head, note_written, part_field,
+    share_samples,
 };
 use self::rows::{WireFeature, encode_feature};
 use crate::config::StateEncoding;
@@ -95,7 +99,7 @@ pub enum CodecError {
     #[error("empty state value")]
     Empty,
     #[error(
-        "state written in layout version {0}, newer than this persona reads ({PART_VERSION_COMPRESSED})"
+        "state written in layout version {0}, newer than this persona reads ({PART_VERSION_DICTIONARY})"
     )]
     UnknownVersion(u8),
     #[error("malformed state: its head lists the part {0}, which is not stored")]
@@ -114,6 +118,12 @@ pub enum CodecError {
     Compressed(String),
     #[error("malformed state: the columns of a feature's {0} differ in length")]
     Columns(&'static str),
+    #[error("state compressed with dictionary {0}, which this persona has not read yet")]
+    UnknownDictionary(u32),
+    #[error("not a zstd dictionary")]
+    NotADictionary,
+    #[error("no dictionary could be trained: {0}")]
+    Training(String),
 }
 
 /// A fact's row key: a UUID's bytes, a text of the table, or none (a keyless fact, one byte).
@@ -208,20 +218,28 @@ fn compress(wire: &[u8], version: u8) -> Option<Vec<u8>> {
 /// The uncompressed value a compressed value holds (without its version byte).
 fn decompress(frame: &[u8]) -> Result<Vec<u8>, CodecError> {
     let malformed = |detail: String| CodecError::Compressed(detail);
-    let size = zstd::zstd_safe::get_frame_content_size(frame)
-        .map_err(|_| malformed("not a zstd frame".into()))?
-        .ok_or_else(|| malformed("the frame does not say its size".into()))?;
-    if size > MAX_STATE_BYTES {
-        return Err(malformed(format!("the frame expands to {size} bytes")));
-    }
+    let size = frame_size(frame)?;
     DECOMPRESSOR.with_borrow_mut(|decompressor| {
         if decompressor.is_none() {
             *decompressor =
                 Some(zstd::bulk::Decompressor::new().map_err(|e| malformed(e.to_string()))?);
         }
         let decompressor = decompressor.as_mut().ok_or_else(|| malformed("no context".into()))?;
-        decompressor.decompress(frame, size as usize).map_err(|e| malformed(e.to_string()))
+        decompressor.decompress(frame, size).map_err(|e| malformed(e.to_string()))
     })
+}
+
+/// The bytes `frame` expands to, refused when the frame does not say or says more than a state
+/// may hold.
+fn frame_size(frame: &[u8]) -> Result<usize, CodecError> {
+    let malformed = |detail: String| CodecError::Compressed(detail);
+    let size = zstd::zstd_safe::get_frame_content_size(frame)
+        .map_err(|_| malformed("not a zstd frame".into()))?
+        .ok_or_else(|| malformed("the frame does not say its size".into()))?;
+    if size > MAX_STATE_BYTES {
+        return Err(malformed(format!("the frame expands to {size} bytes")));
+    }
+    Ok(size as usize)
 }
 
 /// The value of `state` in layout version [`STATE_VERSION`], uncompressed.
@@ -358,7 +376,9 @@ pub fn encode_state_as(
     encoding: StateEncoding,
 ) -> Result<Vec<u8>, serde_json::Error> {
     match encoding {
-        StateEncoding::Zstd | StateEncoding::Parts => Ok(encode_state(state)),
+        StateEncoding::Zstd | StateEncoding::Parts | StateEncoding::Dictionary => {
+            Ok(encode_state(state))
+        }
         StateEncoding::Zstd3 => Ok(with_encoded(state, ROWS_VERSION, encode_feature, |plain| {
             compressed(plain, ROWS_VERSION_COMPRESSED)
         })),
@@ -367,13 +387,15 @@ pub fn encode_state_as(
     }
 }
 
-/// A share as written in `encoding`: a head and its changed parts, or one value (its head, with
-/// no parts).
+/// A share as written in `encoding`: a head and its changed parts (compressed with `dictionary`
+/// if the encoding takes one), or one value (its head, with no parts).
 pub fn encode_for_write(
     state: &EntityState,
     encoding: StateEncoding,
+    dictionary: Option<&Dictionary>,
 ) -> Result<EncodedShare, serde_json::Error> {
     match encoding {
+        StateEncoding::Dictionary => Ok(encode_share_with(state, dictionary)),
         StateEncoding::Parts => Ok(encode_share(state)),
         whole => Ok(EncodedShare { head: encode_state_as(state, whole)?, ..Default::default() }),
     }
@@ -385,9 +407,24 @@ pub fn decode_share<'p>(
     value: &[u8],
     part: impl Fn(&str) -> Option<&'p [u8]>,
 ) -> Result<EntityState, CodecError> {
+    decode_share_with(value, part, &|_| None)
+}
+
+/// [`decode_share`], with the dictionaries values may be compressed with found by `known` from
+/// their id.
+pub fn decode_share_with<'p>(
+    value: &[u8],
+    part: impl Fn(&str) -> Option<&'p [u8]>,
+    known: &dyn Fn(u32) -> Option<Dictionary>,
+) -> Result<EntityState, CodecError> {
     match value.first() {
-        Some(&HEAD_VERSION) => parts::decode_head(&value[1..], part),
-        Some(&HEAD_VERSION_COMPRESSED) => parts::decode_head(&decompress(&value[1..])?, part),
+        Some(&HEAD_VERSION) => parts::decode_head(&value[1..], part, known),
+        Some(&HEAD_VERSION_COMPRESSED) => {
+            parts::decode_head(&decompress(&value[1..])?, part, known)
+        }
+        Some(&HEAD_VERSION_DICTIONARY) => {
+            parts::decode_head(&dictionary::decompress_with(&value[1..], known)?, part, known)
+        }
         _ => decode_state(value),
     }
 }
@@ -396,8 +433,12 @@ pub fn decode_share<'p>(
 /// 6 or 7) only when it lists no parts.
 pub fn decode_state(bytes: &[u8]) -> Result<EntityState, CodecError> {
     match bytes.first() {
-        Some(&(HEAD_VERSION | HEAD_VERSION_COMPRESSED)) => decode_share(bytes, |_| None),
-        Some(&(PART_VERSION | PART_VERSION_COMPRESSED)) => Err(CodecError::Part),
+        Some(&(HEAD_VERSION | HEAD_VERSION_COMPRESSED | HEAD_VERSION_DICTIONARY)) => {
+            decode_share(bytes, |_| None)
+        }
+        Some(&(PART_VERSION | PART_VERSION_COMPRESSED | PART_VERSION_DICTIONARY)) => {
+            Err(CodecError::Part)
+        }
         None => Err(CodecError::Empty),
         Some(b'{') => Ok(serde_json::from_slice(bytes)?),
         Some(&version @ (1 | ROWS_VERSION)) => decode_wire::<WireFeature>(&bytes[1..], version),
@@ -527,6 +568,7 @@ fn decode_buckets(
 }
 
 mod columns;
+mod dictionary;
 mod flavor;
 mod parts;
 mod rows;

@@ -23,6 +23,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::columns::{ColumnFeature, encode_columns};
+use super::dictionary::{
+    Dictionary, HEAD_VERSION_DICTIONARY, PART_VERSION_DICTIONARY, compress_with, decompress_with,
+};
 use super::{
     CodecError, Envelope, PLAIN, STATE_VERSION, Texts, Wire, compress, decode_envelope,
     decode_features, decompress, text_at,
@@ -91,6 +94,20 @@ fn in_part(feature: &FeatureState, stored: Stored) -> bool {
 
 /// `state` as its head and the parts that changed.
 pub fn encode_share(state: &EntityState) -> EncodedShare {
+    encode_share_with(state, None)
+}
+
+/// `state` as its head and the parts that changed, compressed with `dictionary` when there is
+/// one (layout 12 and 13) and without it otherwise (7 and 9).
+pub fn encode_share_with(state: &EntityState, dictionary: Option<&Dictionary>) -> EncodedShare {
+    let compression = match dictionary {
+        Some(dictionary) => Compression::With(dictionary),
+        None => Compression::Plain,
+    };
+    encode_share_as(state, compression)
+}
+
+fn encode_share_as(state: &EntityState, compression: Compression<'_>) -> EncodedShare {
     let mut share = EncodedShare::default();
     let inline = state.features.iter_stored().filter(|(_, f, stored)| !in_part(f, *stored));
     // The parts' names are texts of the head too.
@@ -108,7 +125,7 @@ pub fn encode_share(state: &EntityState) -> EncodedShare {
         if stored.0 {
             share.keeps_parts = true;
         } else {
-            share.parts.push((name, encode_part(name, feature)));
+            share.parts.push((name, encode_part(name, feature, compression)));
         }
     }
     share.dropped = state
@@ -123,29 +140,74 @@ pub fn encode_share(state: &EntityState) -> EncodedShare {
         })
         .collect();
     let head = Head { wire: envelope.wire(texts, inline), parts };
-    share.head = encoded(HEAD_VERSION, HEAD_VERSION_COMPRESSED, &head);
+    share.head = encoded(HEAD_VERSIONS, &head, compression);
     share
 }
 
-fn encode_part(name: &str, feature: &FeatureState) -> Vec<u8> {
-    let mut texts = Texts::for_features(0, std::iter::once(feature));
-    let feature = encode_columns(&mut texts, name, feature);
-    encoded(PART_VERSION, PART_VERSION_COMPRESSED, &Part { texts: texts.table, feature })
+/// The uncompressed heads and parts (without their version byte) of `state`, every part
+/// included: what a dictionary for the shares is trained on.
+pub fn share_samples(state: &EntityState) -> Vec<Vec<u8>> {
+    let share = encode_share_as(state, Compression::None);
+    let unchanged = state.features.iter_stored().filter(|(_, _, stored)| stored.0);
+    let unchanged =
+        unchanged.map(|(name, feature, _)| encode_part(name, feature, Compression::None));
+    let parts = share.parts.into_iter().map(|(_, part)| part).chain(unchanged);
+    let mut samples: Vec<Vec<u8>> = std::iter::once(share.head).chain(parts).collect();
+    for sample in &mut samples {
+        sample.remove(0);
+    }
+    samples
 }
 
-/// `value` behind `version`, or behind `compressed_version` in one zstd frame when that is
-/// shorter, built in the buffer kept between values.
-fn encoded(version: u8, compressed_version: u8, value: &impl Serialize) -> Vec<u8> {
+fn encode_part(name: &str, feature: &FeatureState, compression: Compression<'_>) -> Vec<u8> {
+    let mut texts = Texts::for_features(0, std::iter::once(feature));
+    let feature = encode_columns(&mut texts, name, feature);
+    encoded(PART_VERSIONS, &Part { texts: texts.table, feature }, compression)
+}
+
+/// How the values of a share are compressed.
+#[derive(Clone, Copy)]
+enum Compression<'d> {
+    /// Not at all: a sample to train a dictionary on.
+    None,
+    Plain,
+    With(&'d Dictionary),
+}
+
+/// The versions of a kind of value: uncompressed, compressed, compressed with a dictionary.
+struct Versions {
+    plain: u8,
+    compressed: u8,
+    with_dictionary: u8,
+}
+
+const HEAD_VERSIONS: Versions = Versions {
+    plain: HEAD_VERSION,
+    compressed: HEAD_VERSION_COMPRESSED,
+    with_dictionary: HEAD_VERSION_DICTIONARY,
+};
+
+const PART_VERSIONS: Versions = Versions {
+    plain: PART_VERSION,
+    compressed: PART_VERSION_COMPRESSED,
+    with_dictionary: PART_VERSION_DICTIONARY,
+};
+
+/// `value` uncompressed, or in one zstd frame when that is shorter, built in the buffer kept
+/// between values.
+fn encoded(versions: Versions, value: &impl Serialize, compression: Compression<'_>) -> Vec<u8> {
     let mut buffer = PLAIN.take();
     buffer.clear();
-    buffer.push(version);
+    buffer.push(versions.plain);
     let buffer = super::flavor::append(value, buffer);
-    let value = match buffer.len() >= PART_COMPRESS_FROM {
-        true => compress(&buffer[1..], compressed_version)
-            .filter(|frame| frame.len() < buffer.len())
-            .unwrap_or_else(|| buffer.clone()),
-        false => buffer.clone(),
+    let frame = match (buffer.len() >= PART_COMPRESS_FROM, compression) {
+        (false, _) | (_, Compression::None) => None,
+        (true, Compression::Plain) => compress(&buffer[1..], versions.compressed),
+        (true, Compression::With(dictionary)) => {
+            compress_with(&buffer[1..], versions.with_dictionary, dictionary)
+        }
     };
+    let value = frame.filter(|frame| frame.len() < buffer.len()).unwrap_or_else(|| buffer.clone());
     PLAIN.set(buffer);
     value
 }
@@ -168,14 +230,18 @@ pub fn note_written(state: &mut EntityState) {
 
 /// Whether `value` is a head (a share in layout 6 or 7), which needs its parts to be read.
 pub fn is_head(value: &[u8]) -> bool {
-    matches!(value.first(), Some(&(HEAD_VERSION | HEAD_VERSION_COMPRESSED)))
+    matches!(
+        value.first(),
+        Some(&(HEAD_VERSION | HEAD_VERSION_COMPRESSED | HEAD_VERSION_DICTIONARY))
+    )
 }
 
 /// Reads the share whose head is `head` (without its version byte, decompressed), its parts
-/// found by `part` from their feature's name.
+/// found by `part` from their feature's name and the dictionaries they name by `known`.
 pub(super) fn decode_head<'p>(
     head: &[u8],
     part: impl Fn(&str) -> Option<&'p [u8]>,
+    known: &dyn Fn(u32) -> Option<Dictionary>,
 ) -> Result<EntityState, CodecError> {
     let head: Head<'_, ColumnFeature> = postcard::from_bytes(head)?;
     let mut state = decode_envelope(&head.wire)?;
@@ -188,6 +254,10 @@ pub(super) fn decode_head<'p>(
             Some(&PART_VERSION) => &value[1..],
             Some(&PART_VERSION_COMPRESSED) => {
                 plain = decompress(&value[1..])?;
+                &plain[..]
+            }
+            Some(&PART_VERSION_DICTIONARY) => {
+                plain = decompress_with(&value[1..], known)?;
                 &plain[..]
             }
             Some(&other) => return Err(CodecError::UnknownVersion(other)),

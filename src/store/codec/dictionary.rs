@@ -1,0 +1,145 @@
+//! Layout versions 12 and 13: a head and a part as versions 7 and 9 write them, but each zstd
+//! frame compressed with a dictionary trained on the deployment's own shares.
+//!
+//! A user's share is a few kilobytes, and zstd, which learns as it reads, has read little of it
+//! before it is over: the stream and feature names, the filters' values, the ids and the shape
+//! of the columns that every share repeats are paid for again in each one. A dictionary trained
+//! on shares this deployment wrote holds them once, outside every value. A median simulator user
+//! then stores 0.84× the bytes (BENCHMARKS.md, "A dictionary trained on the shares").
+//!
+//! A frame names its dictionary by the id zstd gives it (a hash of its content), so a reader
+//! knows which one it needs before reading anything else; the store keeps every dictionary in
+//! Redis by that id (see `store::dictionaries`), and refuses to write a value with one before
+//! Redis holds it. A value whose dictionary is unknown is [`CodecError::UnknownDictionary`]: the
+//! store fetches that dictionary and reads it again.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use super::{CodecError, ZSTD_LEVEL};
+
+/// A head compressed with a dictionary (version 7's content).
+pub const HEAD_VERSION_DICTIONARY: u8 = 12;
+/// A part compressed with a dictionary (version 9's content).
+pub const PART_VERSION_DICTIONARY: u8 = 13;
+
+/// The largest dictionary trained. What a dictionary gains is the names and the shape every
+/// share repeats: 4 KiB gained what 110 KiB did on the simulator's users (BENCHMARKS.md).
+const DICTIONARY_MAX_BYTES: usize = 16 * 1024;
+
+/// Dictionaries a thread keeps a decompression context for: one per dictionary a deployment
+/// trained, of which there are one or two.
+const CONTEXTS_KEPT: usize = 4;
+
+thread_local! {
+    // A context per dictionary, kept: loading a dictionary into a context costs more than
+    // compressing a share with it.
+    static COMPRESSOR: RefCell<Option<(u32, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(None) };
+    static DECOMPRESSORS: RefCell<Vec<(u32, zstd::bulk::Decompressor<'static>)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// A zstd dictionary, and the id its frames name it by.
+#[derive(Clone)]
+pub struct Dictionary {
+    id: u32,
+    bytes: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for Dictionary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Dictionary({}, {} bytes)", self.id, self.bytes.len())
+    }
+}
+
+impl Dictionary {
+    /// A dictionary as zstd's trainer wrote it; refused when it is not one (it has no id).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CodecError> {
+        let id =
+            zstd::zstd_safe::get_dict_id_from_dict(bytes).ok_or(CodecError::NotADictionary)?.get();
+        Ok(Self { id, bytes: bytes.into() })
+    }
+
+    /// A dictionary trained on `samples` (uncompressed heads and parts, as
+    /// [`share_samples`](super::share_samples) gives them).
+    pub fn train(samples: &[Vec<u8>]) -> Result<Self, CodecError> {
+        let bytes = zstd::dict::from_samples(samples, DICTIONARY_MAX_BYTES)
+            .map_err(|error| CodecError::Training(error.to_string()))?;
+        Self::from_bytes(&bytes)
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// The dictionary `value` (a stored head or part) was compressed with, if any.
+pub fn dictionary_of(value: &[u8]) -> Option<u32> {
+    match value.split_first() {
+        Some((&(HEAD_VERSION_DICTIONARY | PART_VERSION_DICTIONARY), frame)) => {
+            // A frame that names none is malformed, and reading it says so.
+            zstd::zstd_safe::get_dict_id_from_frame(frame).map(|id| id.get())
+        }
+        _ => None,
+    }
+}
+
+/// `wire` in one zstd frame compressed with `dictionary`, behind `version`; `None` if zstd could
+/// not make a context (out of memory), and the value is then written otherwise.
+pub(super) fn compress_with(wire: &[u8], version: u8, dictionary: &Dictionary) -> Option<Vec<u8>> {
+    COMPRESSOR.with_borrow_mut(|kept| {
+        if kept.as_ref().is_none_or(|(id, _)| *id != dictionary.id) {
+            let mut made =
+                zstd::bulk::Compressor::with_dictionary(ZSTD_LEVEL, &dictionary.bytes).ok()?;
+            made.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true)).ok()?;
+            *kept = Some((dictionary.id, made));
+        }
+        let (_, compressor) = kept.as_mut()?;
+        let mut value = Vec::with_capacity(1 + zstd::zstd_safe::compress_bound(wire.len()));
+        value.push(version);
+        let mut frame = std::io::Cursor::new(value);
+        frame.set_position(1);
+        compressor.compress_to_buffer(wire, &mut frame).ok()?;
+        Some(frame.into_inner())
+    })
+}
+
+/// The uncompressed value a frame compressed with a dictionary holds, its dictionary found by
+/// `known` from its id.
+pub(super) fn decompress_with(
+    frame: &[u8],
+    known: &dyn Fn(u32) -> Option<Dictionary>,
+) -> Result<Vec<u8>, CodecError> {
+    let id = zstd::zstd_safe::get_dict_id_from_frame(frame)
+        .ok_or_else(|| CodecError::Compressed("the frame names no dictionary".into()))?
+        .get();
+    let size = super::frame_size(frame)?;
+    DECOMPRESSORS.with_borrow_mut(|kept| {
+        let at = match kept.iter().position(|(kept_id, _)| *kept_id == id) {
+            Some(at) => at,
+            None => {
+                let dictionary = known(id).ok_or(CodecError::UnknownDictionary(id))?;
+                let made = zstd::bulk::Decompressor::with_dictionary(&dictionary.bytes)
+                    .map_err(|error| CodecError::Compressed(error.to_string()))?;
+                if kept.len() == CONTEXTS_KEPT {
+                    kept.remove(0);
+                }
+                kept.push((id, made));
+                kept.len() - 1
+            }
+        };
+        kept[at]
+            .1
+            .decompress(frame, size)
+            .map_err(|error| CodecError::Compressed(error.to_string()))
+    })
+}
+
+#[cfg(test)]
+#[path = "tests_dictionary.rs"]
+mod tests;
