@@ -4,7 +4,8 @@
 //! Applies the simulator's writes (see `support::Workload`) for long enough that every window
 //! but the 30-day ones holds its whole retention (the longest, 1 h plus the 15 min of history),
 //! then prints, per entity, the bytes of its state as `persona` writes it to Redis (the value
-//! only, see `store::codec`; and as JSON, the layout before it) and in memory (the heap a copy of it takes, counted by the allocator), the
+//! only, see `store::codec`: compressed with a dictionary trained on every other entity's share,
+//! and measured on the others; without one; and as JSON, the layout before it) and in memory (the heap a copy of it takes, counted by the allocator), the
 //! features that take the most, and both projected to a million users.
 //!
 //! By default 2,000 users write 200 changes/s between them: each browses every 10 s, for 75
@@ -27,8 +28,8 @@ use chrono::TimeDelta;
 use persona::config::StateEncoding;
 use persona::features::{Buckets, Entity, EntityState, FeatureSet, FeatureState};
 use persona::store::codec::{
-    decode_share, decode_state, encode_share, encode_state, encode_state_as, encode_uncompressed,
-    note_written, part_field,
+    Dictionary, decode_share, decode_share_with, decode_state, encode_share, encode_share_with,
+    encode_state, encode_state_as, encode_uncompressed, note_written, part_field, share_samples,
 };
 use support::{States, Workload, apply_message, decode_and_apply};
 
@@ -71,10 +72,16 @@ fn json_bytes<T: serde::Serialize>(value: &T) -> usize {
     serde_json::to_vec(value).expect("a state serializes").len()
 }
 
-/// The bytes of `state` in Redis as persona writes it: its head and every part.
-fn stored_bytes(state: &EntityState) -> usize {
-    let share = encode_share(state);
+/// The bytes of `state` in Redis as persona writes it: its head and every part, compressed with
+/// `dictionary` if any.
+fn stored_bytes_with(state: &EntityState, dictionary: Option<&Dictionary>) -> usize {
+    let share = encode_share_with(state, dictionary);
     share.head.len() + share.parts.iter().map(|(_, part)| part.len()).sum::<usize>()
+}
+
+/// [`stored_bytes_with`] no dictionary.
+fn stored_bytes(state: &EntityState) -> usize {
+    stored_bytes_with(state, None)
 }
 
 /// The bytes `feature` takes in its entity's stored value: the value with it alone.
@@ -156,10 +163,30 @@ fn main() {
         live as f64 / states.len() as f64,
         states.len(),
     );
+    // The deployment's dictionary, as its writers train one (`store::dictionaries`): on every
+    // other entity's share here, and measured on the others.
+    let mut keys: Vec<&(Entity, String)> = states.keys().collect();
+    keys.sort_unstable();
+    let trained_on: Vec<(Entity, String)> =
+        keys.iter().step_by(2).map(|key| (*key).clone()).collect();
+    let samples: Vec<Vec<u8>> =
+        trained_on.iter().flat_map(|key| share_samples(&states[key])).collect();
+    let started = Instant::now();
+    let dictionary = Dictionary::train(&samples).expect("zstd trains on the shares");
+    println!(
+        "dictionary: {} bytes, trained on {} shares ({} samples, {:.1} MB) in {:.2} s",
+        dictionary.bytes().len(),
+        trained_on.len(),
+        samples.len(),
+        samples.iter().map(Vec::len).sum::<usize>() as f64 / 1e6,
+        started.elapsed().as_secs_f64(),
+    );
+    let trained_on: std::collections::HashSet<(Entity, String)> = trained_on.into_iter().collect();
     for entity in [set.shopper, set.item] {
-        report(&set, &states, entity);
+        report(&set, &states, entity, &dictionary, &trained_on);
     }
-    live_writes(&set, &mut states, &mut workload, setting("PERSONA_BENCH_LIVE_CHANGES", 20_000));
+    let changes = setting("PERSONA_BENCH_LIVE_CHANGES", 20_000);
+    live_writes(&set, &mut states, &mut workload, changes, &dictionary);
 }
 
 /// Reading a product merges its shares, one per source partition: `product` dealt into two
@@ -210,7 +237,13 @@ fn merge_micros(which: &str, product: &EntityState) {
 /// What writing the states a change reached costs once states are full, as live ingest writes
 /// them after each batch: the whole value (layout 5) against the head and the parts the change
 /// fed (the default), over the next `changes` changes, each state written after each change.
-fn live_writes(set: &FeatureSet, states: &mut States, workload: &mut Workload, changes: usize) {
+fn live_writes(
+    set: &FeatureSet,
+    states: &mut States,
+    workload: &mut Workload,
+    changes: usize,
+    dictionary: &Dictionary,
+) {
     for state in states.values_mut() {
         note_written(state);
     }
@@ -229,7 +262,7 @@ fn live_writes(set: &FeatureSet, states: &mut States, workload: &mut Workload, c
                 bytes
             };
             let as_parts = |state: &EntityState| {
-                let share = encode_share(state);
+                let share = encode_share_with(state, Some(dictionary));
                 share.head.len() + share.parts.iter().map(|(_, p)| p.len()).sum::<usize>()
             };
             let as_whole = |state: &EntityState| encode_state(state).len();
@@ -250,7 +283,8 @@ fn live_writes(set: &FeatureSet, states: &mut States, workload: &mut Workload, c
     let per_change = |total: f64| total * 1e6 / changes as f64;
     println!(
         "\nlive writes, {changes} changes ({:.2} states written per change): encoding per change, \
-         one value (v5) {:.1} µs, head and parts fed {:.1} µs ({:.2}×); bytes written per change \
+         one value (v5) {:.1} µs, head and parts fed, with the dictionary {:.1} µs ({:.2}×); \
+         bytes written per change \
          {} and {} ({:.2}×)",
         writes as f64 / changes as f64,
         per_change(whole),
@@ -262,13 +296,24 @@ fn live_writes(set: &FeatureSet, states: &mut States, workload: &mut Workload, c
     );
 }
 
-fn report(set: &FeatureSet, states: &States, entity: Entity) {
+fn report(
+    set: &FeatureSet,
+    states: &States,
+    entity: Entity,
+    dictionary: &Dictionary,
+    trained_on: &std::collections::HashSet<(Entity, String)>,
+) {
     let of: Vec<&EntityState> =
         states.iter().filter(|((e, _), _)| *e == entity).map(|(_, state)| state).collect();
     if of.is_empty() {
         return;
     }
-    let redis = summary(of.iter().map(|state| stored_bytes(state)).collect());
+    let held_out = states
+        .iter()
+        .filter(|(key, _)| key.0 == entity && !trained_on.contains(*key))
+        .map(|(_, state)| stored_bytes_with(state, Some(dictionary)));
+    let redis = summary(held_out.collect());
+    let no_dictionary = summary(of.iter().map(|state| stored_bytes(state)).collect());
     let one_value = summary(of.iter().map(|state| encode_state(state).len()).collect());
     let uncompressed = summary(of.iter().map(|state| encode_uncompressed(state).len()).collect());
     // The layout before features were written in columns, compressed: the reference.
@@ -280,6 +325,7 @@ fn report(set: &FeatureSet, states: &States, entity: Entity) {
     println!("\n{entity} ({} states)            median     p90     max    mean", of.len());
     let rows = [
         ("Redis", redis),
+        ("Redis, no dictionary", no_dictionary),
         ("Redis, one value (v5)", one_value),
         ("Redis, v5 uncompressed", uncompressed),
         ("Redis, in rows (v3)", in_rows),
@@ -322,6 +368,32 @@ fn report(set: &FeatureSet, states: &States, entity: Entity) {
     }
     let decoding = started.elapsed().as_secs_f64() * 1e6 / one.len() as f64;
     println!("  one state of median size, warm, as head and parts: decode {decoding:.1} µs");
+    // The same, compressed with the dictionary, as persona writes by default.
+    let started = Instant::now();
+    for state in &one {
+        std::hint::black_box(encode_share_with(state, Some(dictionary)).head.len());
+    }
+    let encoding = started.elapsed().as_secs_f64() * 1e6 / one.len() as f64;
+    let started = Instant::now();
+    for state in &one {
+        std::hint::black_box(encode_share(state).head.len());
+    }
+    let encoding_plain = started.elapsed().as_secs_f64() * 1e6 / one.len() as f64;
+    let share = encode_share_with(one[0], Some(dictionary));
+    let mut fields: BTreeMap<String, Vec<u8>> =
+        share.parts.into_iter().map(|(part, value)| (part_field("s", part), value)).collect();
+    fields.insert("s".to_string(), share.head);
+    let part = |part: &str| fields.get(&part_field("s", part)).map(Vec::as_slice);
+    let known = |_| Some(dictionary.clone());
+    let started = Instant::now();
+    for _ in &one {
+        std::hint::black_box(decode_share_with(&fields["s"], part, &known).expect("reads").rev);
+    }
+    let decoding = started.elapsed().as_secs_f64() * 1e6 / one.len() as f64;
+    println!(
+        "  one state of median size, warm, as head and parts: encode {encoding:.1} µs with the \
+         dictionary, {encoding_plain:.1} µs without; decode {decoding:.1} µs with it"
+    );
     if entity == set.item {
         merge_micros("median", by_size[by_size.len() / 2]);
         merge_micros("largest", by_size[by_size.len() - 1]);
