@@ -136,6 +136,7 @@ fn main() {
     // tenth is the rate once states hold their whole retention.
     let chunk = (messages / 10).max(1);
     let (mut applied, mut busy, mut last) = (0, 0.0, 0.0);
+    let mut early = None;
     while applied < messages {
         let batch: Vec<Vec<u8>> = workload.by_ref().take(chunk.min(messages - applied)).collect();
         let started = Instant::now();
@@ -146,6 +147,12 @@ fn main() {
         busy += started.elapsed().as_secs_f64();
         applied += batch.len();
         eprintln!("applied {applied} of {messages} messages ({last:.0}/s)");
+        if early.is_none() {
+            // A deployment trains on the first shares it writes, which may be young ones: a
+            // dictionary from the states as a tenth of the run left them (the same half of the
+            // entities as below).
+            early = Some(train(&states));
+        }
     }
     println!(
         "{users} users, 200 products: {messages} changes over {minutes} min of event time \
@@ -163,14 +170,30 @@ fn main() {
         live as f64 / states.len() as f64,
         states.len(),
     );
-    // The deployment's dictionary, as its writers train one (`store::dictionaries`): on every
-    // other entity's share here, and measured on the others.
-    let mut keys: Vec<&(Entity, String)> = states.keys().collect();
-    keys.sort_unstable();
-    let trained_on: Vec<(Entity, String)> =
-        keys.iter().step_by(2).map(|key| (*key).clone()).collect();
-    let samples: Vec<Vec<u8>> =
-        trained_on.iter().flat_map(|key| share_samples(&states[key])).collect();
+    // The deployment's dictionary, as its writers train one (`store::dictionaries`): on half
+    // the entities' shares here, and measured on the others'.
+    let dictionary = train(&states);
+    for entity in [set.shopper, set.item] {
+        let dictionaries = Dictionaries { full: &dictionary, early: early.as_ref() };
+        report(&set, &states, entity, dictionaries);
+    }
+    let changes = setting("PERSONA_BENCH_LIVE_CHANGES", 20_000);
+    live_writes(&set, &mut states, &mut workload, changes, &dictionary);
+}
+
+/// Whether the dictionaries are trained on the share of `key`, or measured on it: half of the
+/// entities, the same half whenever asked.
+fn trains_on(key: &(Entity, String)) -> bool {
+    let hash =
+        key.1.bytes().fold(0u32, |hash, byte| hash.wrapping_mul(31).wrapping_add(byte.into()));
+    hash.is_multiple_of(2)
+}
+
+/// A dictionary trained on the shares of `states` that [`trains_on`] picks.
+fn train(states: &States) -> Dictionary {
+    let trained_on: Vec<&EntityState> =
+        states.iter().filter(|(key, _)| trains_on(key)).map(|(_, state)| state).collect();
+    let samples: Vec<Vec<u8>> = trained_on.iter().flat_map(|state| share_samples(state)).collect();
     let started = Instant::now();
     let dictionary = Dictionary::train(&samples).expect("zstd trains on the shares");
     println!(
@@ -181,12 +204,15 @@ fn main() {
         samples.iter().map(Vec::len).sum::<usize>() as f64 / 1e6,
         started.elapsed().as_secs_f64(),
     );
-    let trained_on: std::collections::HashSet<(Entity, String)> = trained_on.into_iter().collect();
-    for entity in [set.shopper, set.item] {
-        report(&set, &states, entity, &dictionary, &trained_on);
-    }
-    let changes = setting("PERSONA_BENCH_LIVE_CHANGES", 20_000);
-    live_writes(&set, &mut states, &mut workload, changes, &dictionary);
+    dictionary
+}
+
+/// The dictionaries stored bytes are measured with: trained on the states as the run left them,
+/// and (if any) as a tenth of it did.
+#[derive(Clone, Copy)]
+struct Dictionaries<'d> {
+    full: &'d Dictionary,
+    early: Option<&'d Dictionary>,
 }
 
 /// Reading a product merges its shares, one per source partition: `product` dealt into two
@@ -296,23 +322,19 @@ fn live_writes(
     );
 }
 
-fn report(
-    set: &FeatureSet,
-    states: &States,
-    entity: Entity,
-    dictionary: &Dictionary,
-    trained_on: &std::collections::HashSet<(Entity, String)>,
-) {
+fn report(set: &FeatureSet, states: &States, entity: Entity, dictionaries: Dictionaries<'_>) {
+    let dictionary = dictionaries.full;
     let of: Vec<&EntityState> =
         states.iter().filter(|((e, _), _)| *e == entity).map(|(_, state)| state).collect();
     if of.is_empty() {
         return;
     }
-    let held_out = states
-        .iter()
-        .filter(|(key, _)| key.0 == entity && !trained_on.contains(*key))
-        .map(|(_, state)| stored_bytes_with(state, Some(dictionary)));
-    let redis = summary(held_out.collect());
+    let held_out = |dictionary| {
+        let held_out = states.iter().filter(|(key, _)| key.0 == entity && !trains_on(key));
+        summary(held_out.map(|(_, state)| stored_bytes_with(state, Some(dictionary))).collect())
+    };
+    let redis = held_out(dictionary);
+    let early = held_out(dictionaries.early.unwrap_or(dictionary));
     let no_dictionary = summary(of.iter().map(|state| stored_bytes(state)).collect());
     let one_value = summary(of.iter().map(|state| encode_state(state).len()).collect());
     let uncompressed = summary(of.iter().map(|state| encode_uncompressed(state).len()).collect());
@@ -325,6 +347,7 @@ fn report(
     println!("\n{entity} ({} states)            median     p90     max    mean", of.len());
     let rows = [
         ("Redis", redis),
+        ("Redis, early dictionary", early),
         ("Redis, no dictionary", no_dictionary),
         ("Redis, one value (v5)", one_value),
         ("Redis, v5 uncompressed", uncompressed),

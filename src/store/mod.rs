@@ -16,6 +16,8 @@
 //!   its offsets meanwhile, so nothing is lost.
 //! - `{<key_prefix>}:<generation>:runs` holds the newest snapshot run of each table: shares of an
 //!   older run are superseded (see `features::superseded`).
+//! - `{<key_prefix>}:dictionaries` holds the zstd dictionaries shares are compressed with, by id,
+//!   and the one writers use (see [`dictionaries`]); it outlives generations.
 //! - Redis Cluster: every key but the entity hashes (partition owners, table and stream marks,
 //!   overlap memory) carries the hash tag `{<key_prefix>}`, so they share one slot and one script
 //!   updates them atomically; entity hashes spread over every slot. On a cluster a batch is

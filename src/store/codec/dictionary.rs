@@ -5,7 +5,7 @@
 //! before it is over: the stream and feature names, the filters' values, the ids and the shape
 //! of the columns that every share repeats are paid for again in each one. A dictionary trained
 //! on shares this deployment wrote holds them once, outside every value. A median simulator user
-//! then stores 0.84× the bytes (BENCHMARKS.md, "A dictionary trained on the shares").
+//! then stores 0.85× the bytes (BENCHMARKS.md, "A dictionary trained on the shares").
 //!
 //! A frame names its dictionary by the id zstd gives it (a hash of its content), so a reader
 //! knows which one it needs before reading anything else; the store keeps every dictionary in
@@ -33,7 +33,8 @@ const CONTEXTS_KEPT: usize = 4;
 
 thread_local! {
     // A context per dictionary, kept: loading a dictionary into a context costs more than
-    // compressing a share with it.
+    // compressing a share with it. A context kept reads its dictionary's frames without asking
+    // `known` again: an id is a hash of its dictionary's content, so it names that one only.
     static COMPRESSOR: RefCell<Option<(u32, zstd::bulk::Compressor<'static>)>> =
         const { RefCell::new(None) };
     static DECOMPRESSORS: RefCell<Vec<(u32, zstd::bulk::Decompressor<'static>)>> =

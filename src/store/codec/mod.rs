@@ -24,7 +24,9 @@
 //! checksum of what it holds.
 //!
 //! By default a share is not one value but a head and parts (layouts 6 to 9, see `parts.rs`): its
-//! large features each in a value of their own, written only when a change fed them.
+//! large features each in a value of their own, written only when a change fed them; each
+//! compressed with a dictionary trained on the deployment's shares once there is one (layouts 12
+//! and 13, see `dictionary.rs`).
 //!
 //! Every earlier layout is still read, and a share is written back in the current one the next
 //! time a change reaches it. During a rolling upgrade the earlier layouts can still be written
