@@ -213,6 +213,12 @@ impl FeatureStore {
         &self.key_prefix
     }
 
+    /// The id of the zstd dictionary this instance writes shares with, once it has one (see
+    /// [`dictionaries`]).
+    pub fn state_dictionary(&self) -> Option<u32> {
+        self.dictionaries.current().map(|dictionary| dictionary.id())
+    }
+
     pub(crate) fn pool(&self) -> &Pool {
         &self.redis
     }

@@ -5,6 +5,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod dictionary;
 mod group;
 
 use std::sync::Arc;
