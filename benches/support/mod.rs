@@ -143,7 +143,13 @@ impl Iterator for Workload {
     /// changes, one at a time.
     fn next(&mut self) -> Option<Vec<u8>> {
         while self.pending.is_empty() {
-            let at = self.start + self.spacing * self.written as i32;
+            // Microseconds into the spacing, as `now()` stamps the simulator's rows: times at
+            // whole multiples of the spacing would compress better than the simulator's do.
+            let spacing_us = self.spacing.num_microseconds().unwrap_or(1).max(1) as u64;
+            let jitter = hash(self.written, 11) % spacing_us;
+            let at = self.start
+                + self.spacing * self.written as i32
+                + TimeDelta::microseconds(jitter as i64);
             let action = self.shoppers.next_action();
             self.queue(action, at, self.written);
         }
