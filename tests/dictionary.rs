@@ -143,3 +143,28 @@ async fn writers_of_an_earlier_layout_never_write_with_a_dictionary() {
         assert_eq!(write(&redis, &parts, &prefix, &format!("p{seed}"), &share(seed)).await, None);
     }
 }
+
+/// A writer asked to train on too few shares for zstd's trainer fails, samples twice as many,
+/// and tries again until it has a dictionary.
+#[tokio::test]
+async fn a_training_on_too_few_shares_is_tried_again_on_more() {
+    let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
+    let prefix = unique("retrain");
+    let writer = connect(&redis, &prefix, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seed = 0;
+    while write(&redis, &writer, &prefix, &format!("u{seed}"), &share(seed)).await.is_none() {
+        assert!(Instant::now() < deadline, "no dictionary after {seed} shares");
+        seed += 1;
+    }
+    // One share is too few for zstd's trainer: only a retry on 2, 4, 8… shares trains one.
+    assert!(seed > 1, "trained after {seed} shares");
+    assert_eq!(
+        writer.state_dictionary(),
+        dictionary_of(&redis.command_bytes(&[
+            "HGET",
+            &format!("{prefix}:g0:user:u{seed}"),
+            STREAM
+        ]))
+    );
+}

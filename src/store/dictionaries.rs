@@ -176,8 +176,9 @@ impl Dictionaries {
         if let Err(error) = outcome {
             tracing::warn!(samples = count, error = %error, "no state dictionary this time; sampling more");
             if let Ok(mut sampling) = self.sampling.lock() {
-                // Twice the shares: zstd's trainer wants more than it had.
+                // Twice the shares, sampled afresh: zstd's trainer wants more than it had.
                 sampling.wanted = sampling.wanted.saturating_mul(2);
+                sampling.shares = 0;
                 sampling.training = false;
             }
         }
