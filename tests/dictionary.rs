@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::{OwnRedis, free_port, unique};
 use persona::config::{CacheConfig, RedisConfig, Sensitive};
 use persona::features::{EntityState, Fact, FeatureState};
-use persona::store::codec::{HEAD_VERSION_DICTIONARY, dictionary_of};
+use persona::store::codec::{UNIT_HEAD_VERSION_DICTIONARY, dictionary_of};
 use persona::store::{EntityRef, FeatureStore, StateKey};
 
 const STREAM: &str = "user_activity/0";
@@ -55,7 +55,7 @@ async fn write(
         .expect("write");
     let head = redis.command_bytes(&["HGET", &format!("{prefix}:g0:user:{id}"), STREAM]);
     let named = dictionary_of(&head);
-    assert_eq!(named.is_some(), head.first() == Some(&HEAD_VERSION_DICTIONARY), "{head:?}");
+    assert_eq!(named.is_some(), head.first() == Some(&UNIT_HEAD_VERSION_DICTIONARY), "{head:?}");
     named
 }
 

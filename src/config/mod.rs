@@ -132,7 +132,8 @@ const REDIS_SCHEMES: [&str; 4] = ["redis", "rediss", "redis-cluster", "rediss-cl
 #[serde(rename_all = "lowercase")]
 pub enum StateEncoding {
     /// [`Self::Parts`], each value compressed with a zstd dictionary trained on the
-    /// deployment's own shares once there is one (versions 12 and 13; until then 6 to 9).
+    /// deployment's own shares once there is one, facts' times in their largest common unit
+    /// (versions 14 to 19).
     #[default]
     Dictionary,
     /// The binary layout, features in columns, each share a head and a part for each large

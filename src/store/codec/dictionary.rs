@@ -1,5 +1,6 @@
-//! Layout versions 12 and 13: a head and a part as versions 7 and 9 write them, but each zstd
-//! frame compressed with a dictionary trained on the deployment's own shares.
+//! Layout versions 12, 13, 16 and 19: a head and a part as versions 7, 9, 15 and 18 write them,
+//! but each zstd frame compressed with a dictionary trained on the deployment's own shares (12 and
+//! 13 are still read; 16 and 19 are written).
 //!
 //! A user's share is a few kilobytes, and zstd, which learns as it reads, has read little of it
 //! before it is over: the stream and feature names, the filters' values, the ids and the shape
@@ -16,7 +17,7 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use super::{CodecError, ZSTD_LEVEL};
+use super::{CodecError, UNIT_HEAD_VERSION_DICTIONARY, UNIT_PART_VERSION_DICTIONARY, ZSTD_LEVEL};
 
 /// A head compressed with a dictionary (version 7's content).
 pub const HEAD_VERSION_DICTIONARY: u8 = 12;
@@ -82,7 +83,13 @@ impl Dictionary {
 /// The dictionary `value` (a stored head or part) was compressed with, if any.
 pub fn dictionary_of(value: &[u8]) -> Option<u32> {
     match value.split_first() {
-        Some((&(HEAD_VERSION_DICTIONARY | PART_VERSION_DICTIONARY), frame)) => {
+        Some((
+            &(HEAD_VERSION_DICTIONARY
+            | PART_VERSION_DICTIONARY
+            | UNIT_HEAD_VERSION_DICTIONARY
+            | UNIT_PART_VERSION_DICTIONARY),
+            frame,
+        )) => {
             // A frame that names none is malformed, and reading it says so.
             zstd::zstd_safe::get_dict_id_from_frame(frame).map(|id| id.get())
         }

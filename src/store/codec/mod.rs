@@ -25,8 +25,9 @@
 //!
 //! By default a share is not one value but a head and parts (layouts 6 to 9, see `parts.rs`): its
 //! large features each in a value of their own, written only when a change fed them; each
-//! compressed with a dictionary trained on the deployment's shares once there is one (layouts 12
-//! and 13, see `dictionary.rs`).
+//! compressed with a dictionary trained on the deployment's shares once there is one (see
+//! `dictionary.rs`), and its facts' times written in their largest common unit (layouts 14 to 19,
+//! see `columns.rs`).
 //!
 //! Every earlier layout is still read, and a share is written back in the current one the next
 //! time a change reaches it. During a rolling upgrade the earlier layouts can still be written
@@ -47,8 +48,10 @@ pub use self::dictionary::{
 };
 pub use self::parts::{
     EncodedShare, HEAD_VERSION, HEAD_VERSION_COMPRESSED, PART_INFIX, PART_VERSION,
-    PART_VERSION_COMPRESSED, encode_share, encode_share_with, is_head, note_written, part_field,
-    share_samples,
+    PART_VERSION_COMPRESSED, UNIT_HEAD_VERSION, UNIT_HEAD_VERSION_COMPRESSED,
+    UNIT_HEAD_VERSION_DICTIONARY, UNIT_PART_VERSION, UNIT_PART_VERSION_COMPRESSED,
+    UNIT_PART_VERSION_DICTIONARY, encode_share, encode_share_with, is_head, note_written,
+    part_field, share_samples,
 };
 use self::rows::{WireFeature, encode_feature};
 use crate::config::StateEncoding;
@@ -101,7 +104,7 @@ pub enum CodecError {
     #[error("empty state value")]
     Empty,
     #[error(
-        "state written in layout version {0}, newer than this persona reads ({PART_VERSION_DICTIONARY})"
+        "state written in layout version {0}, newer than this persona reads ({UNIT_PART_VERSION_DICTIONARY})"
     )]
     UnknownVersion(u8),
     #[error("malformed state: its head lists the part {0}, which is not stored")]
@@ -419,15 +422,9 @@ pub fn decode_share_with<'p>(
     part: impl Fn(&str) -> Option<&'p [u8]>,
     known: &dyn Fn(u32) -> Option<Dictionary>,
 ) -> Result<EntityState, CodecError> {
-    match value.first() {
-        Some(&HEAD_VERSION) => parts::decode_head(&value[1..], part, known),
-        Some(&HEAD_VERSION_COMPRESSED) => {
-            parts::decode_head(&decompress(&value[1..])?, part, known)
-        }
-        Some(&HEAD_VERSION_DICTIONARY) => {
-            parts::decode_head(&dictionary::decompress_with(&value[1..], known)?, part, known)
-        }
-        _ => decode_state(value),
+    match parts::decode_if_head(value, &part, known) {
+        Some(read) => read,
+        None => decode_state(value),
     }
 }
 
@@ -435,12 +432,8 @@ pub fn decode_share_with<'p>(
 /// 6 or 7) only when it lists no parts.
 pub fn decode_state(bytes: &[u8]) -> Result<EntityState, CodecError> {
     match bytes.first() {
-        Some(&(HEAD_VERSION | HEAD_VERSION_COMPRESSED | HEAD_VERSION_DICTIONARY)) => {
-            decode_share(bytes, |_| None)
-        }
-        Some(&(PART_VERSION | PART_VERSION_COMPRESSED | PART_VERSION_DICTIONARY)) => {
-            Err(CodecError::Part)
-        }
+        _ if is_head(bytes) => decode_share(bytes, |_| None),
+        _ if parts::is_part(bytes) => Err(CodecError::Part),
         None => Err(CodecError::Empty),
         Some(b'{') => Ok(serde_json::from_slice(bytes)?),
         Some(&version @ (1 | ROWS_VERSION)) => decode_wire::<WireFeature>(&bytes[1..], version),

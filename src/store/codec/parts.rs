@@ -20,15 +20,18 @@
 //! layout) is never read. A head listing a part that is missing is unreadable, like any
 //! malformed value.
 
+use std::borrow::Cow;
+
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::columns::{ColumnFeature, encode_columns};
+use super::columns::{ColumnFeature, UnitColumnFeature, encode_columns, encode_unit_columns};
 use super::dictionary::{
     Dictionary, HEAD_VERSION_DICTIONARY, PART_VERSION_DICTIONARY, compress_with, decompress_with,
 };
 use super::{
-    CodecError, Envelope, PLAIN, STATE_VERSION, Texts, Wire, compress, decode_envelope,
-    decode_features, decompress, text_at,
+    CodecError, Envelope, FeatureForm, PLAIN, STATE_VERSION, Texts, Wire, compress,
+    decode_envelope, decode_features, decompress, text_at,
 };
 use crate::features::{EntityState, FeatureState, Stored};
 
@@ -38,6 +41,14 @@ pub const HEAD_VERSION_COMPRESSED: u8 = 7;
 /// A part, uncompressed and compressed.
 pub const PART_VERSION: u8 = 8;
 pub const PART_VERSION_COMPRESSED: u8 = 9;
+/// A head and a part with their facts' times in their largest common unit
+/// ([`UnitColumnFeature`]): uncompressed, compressed, compressed with a dictionary.
+pub const UNIT_HEAD_VERSION: u8 = 14;
+pub const UNIT_HEAD_VERSION_COMPRESSED: u8 = 15;
+pub const UNIT_HEAD_VERSION_DICTIONARY: u8 = 16;
+pub const UNIT_PART_VERSION: u8 = 17;
+pub const UNIT_PART_VERSION_COMPRESSED: u8 = 18;
+pub const UNIT_PART_VERSION_DICTIONARY: u8 = 19;
 
 /// The buckets' values and facts from which a feature is a part of its own (a product's
 /// viewers, its co-occurrences: thousands of values, tens of kilobytes). Below it a feature rides
@@ -92,22 +103,73 @@ fn in_part(feature: &FeatureState, stored: Stored) -> bool {
     stored.0 || feature.buckets.entry_count() + feature.facts.len() >= PART_FROM_ITEMS
 }
 
-/// `state` as its head and the parts that changed.
+/// `state` as its head and the parts that changed, in layouts 6 to 9
+/// (`redis.state_encoding = "parts"`).
 pub fn encode_share(state: &EntityState) -> EncodedShare {
-    encode_share_with(state, None)
+    encode_share_as(state, Compression::Plain, &COLUMNS)
 }
 
-/// `state` as its head and the parts that changed, compressed with `dictionary` when there is
-/// one (layout 12 and 13) and without it otherwise (7 and 9).
+/// `state` as its head and the parts that changed, its facts' times in their largest common
+/// unit, compressed with `dictionary` when there is one (layouts 16 and 19) and without it
+/// otherwise (14, 15, 17, 18).
 pub fn encode_share_with(state: &EntityState, dictionary: Option<&Dictionary>) -> EncodedShare {
     let compression = match dictionary {
         Some(dictionary) => Compression::With(dictionary),
         None => Compression::Plain,
     };
-    encode_share_as(state, compression)
+    encode_share_as(state, compression, &UNIT_COLUMNS)
 }
 
-fn encode_share_as(state: &EntityState, compression: Compression<'_>) -> EncodedShare {
+/// `state` in layouts 12 and 13, which persona wrote before facts' times had a unit and still
+/// reads.
+#[cfg(test)]
+pub(super) fn encode_share_in_microseconds(
+    state: &EntityState,
+    dictionary: &Dictionary,
+) -> EncodedShare {
+    encode_share_as(state, Compression::With(dictionary), &COLUMNS)
+}
+
+/// A column form of the features, and the layouts of the heads and parts that hold it.
+struct Form<F> {
+    encode: for<'a> fn(&mut Texts<'a>, &'a str, &'a FeatureState) -> F,
+    head: Versions,
+    part: Versions,
+}
+
+const COLUMNS: Form<ColumnFeature> = Form {
+    encode: encode_columns,
+    head: Versions {
+        plain: HEAD_VERSION,
+        compressed: HEAD_VERSION_COMPRESSED,
+        with_dictionary: HEAD_VERSION_DICTIONARY,
+    },
+    part: Versions {
+        plain: PART_VERSION,
+        compressed: PART_VERSION_COMPRESSED,
+        with_dictionary: PART_VERSION_DICTIONARY,
+    },
+};
+
+const UNIT_COLUMNS: Form<UnitColumnFeature> = Form {
+    encode: encode_unit_columns,
+    head: Versions {
+        plain: UNIT_HEAD_VERSION,
+        compressed: UNIT_HEAD_VERSION_COMPRESSED,
+        with_dictionary: UNIT_HEAD_VERSION_DICTIONARY,
+    },
+    part: Versions {
+        plain: UNIT_PART_VERSION,
+        compressed: UNIT_PART_VERSION_COMPRESSED,
+        with_dictionary: UNIT_PART_VERSION_DICTIONARY,
+    },
+};
+
+fn encode_share_as<F: Serialize>(
+    state: &EntityState,
+    compression: Compression<'_>,
+    form: &Form<F>,
+) -> EncodedShare {
     let mut share = EncodedShare::default();
     let inline = state.features.iter_stored().filter(|(_, f, stored)| !in_part(f, *stored));
     // The parts' names are texts of the head too.
@@ -118,14 +180,14 @@ fn encode_share_as(state: &EntityState, compression: Compression<'_>) -> Encoded
     let mut parts = Vec::new();
     for (name, feature, stored) in state.features.iter_stored() {
         if !in_part(feature, stored) {
-            inline.push(encode_columns(&mut texts, name, feature));
+            inline.push((form.encode)(&mut texts, name, feature));
             continue;
         }
         parts.push(texts.place(name));
         if stored.0 {
             share.keeps_parts = true;
         } else {
-            share.parts.push((name, encode_part(name, feature, compression)));
+            share.parts.push((name, encode_part(name, feature, compression, form)));
         }
     }
     share.dropped = state
@@ -140,17 +202,17 @@ fn encode_share_as(state: &EntityState, compression: Compression<'_>) -> Encoded
         })
         .collect();
     let head = Head { wire: envelope.wire(texts, inline), parts };
-    share.head = encoded(HEAD_VERSIONS, &head, compression);
+    share.head = encoded(&form.head, &head, compression);
     share
 }
 
 /// The uncompressed heads and parts (without their version byte) of `state`, every part
 /// included: what a dictionary for the shares is trained on.
 pub fn share_samples(state: &EntityState) -> Vec<Vec<u8>> {
-    let share = encode_share_as(state, Compression::None);
+    let share = encode_share_as(state, Compression::None, &UNIT_COLUMNS);
     let unchanged = state.features.iter_stored().filter(|(_, _, stored)| stored.0);
-    let unchanged =
-        unchanged.map(|(name, feature, _)| encode_part(name, feature, Compression::None));
+    let unchanged = unchanged
+        .map(|(name, feature, _)| encode_part(name, feature, Compression::None, &UNIT_COLUMNS));
     let parts = share.parts.into_iter().map(|(_, part)| part).chain(unchanged);
     let mut samples: Vec<Vec<u8>> = std::iter::once(share.head).chain(parts).collect();
     for sample in &mut samples {
@@ -159,10 +221,15 @@ pub fn share_samples(state: &EntityState) -> Vec<Vec<u8>> {
     samples
 }
 
-fn encode_part(name: &str, feature: &FeatureState, compression: Compression<'_>) -> Vec<u8> {
+fn encode_part<F: Serialize>(
+    name: &str,
+    feature: &FeatureState,
+    compression: Compression<'_>,
+    form: &Form<F>,
+) -> Vec<u8> {
     let mut texts = Texts::for_features(0, std::iter::once(feature));
-    let feature = encode_columns(&mut texts, name, feature);
-    encoded(PART_VERSIONS, &Part { texts: texts.table, feature }, compression)
+    let feature = (form.encode)(&mut texts, name, feature);
+    encoded(&form.part, &Part { texts: texts.table, feature }, compression)
 }
 
 /// How the values of a share are compressed.
@@ -181,21 +248,31 @@ struct Versions {
     with_dictionary: u8,
 }
 
-const HEAD_VERSIONS: Versions = Versions {
-    plain: HEAD_VERSION,
-    compressed: HEAD_VERSION_COMPRESSED,
-    with_dictionary: HEAD_VERSION_DICTIONARY,
-};
+impl Versions {
+    /// The body of `value` (without its version byte, decompressed) when it is of one of these
+    /// versions.
+    fn unpack<'v>(
+        &self,
+        value: &'v [u8],
+        known: &dyn Fn(u32) -> Option<Dictionary>,
+    ) -> Result<Option<Cow<'v, [u8]>>, CodecError> {
+        let Some((&version, body)) = value.split_first() else { return Ok(None) };
+        Ok(match version {
+            _ if version == self.plain => Some(Cow::Borrowed(body)),
+            _ if version == self.compressed => Some(Cow::Owned(decompress(body)?)),
+            _ if version == self.with_dictionary => Some(Cow::Owned(decompress_with(body, known)?)),
+            _ => None,
+        })
+    }
 
-const PART_VERSIONS: Versions = Versions {
-    plain: PART_VERSION,
-    compressed: PART_VERSION_COMPRESSED,
-    with_dictionary: PART_VERSION_DICTIONARY,
-};
+    fn holds(&self, version: u8) -> bool {
+        [self.plain, self.compressed, self.with_dictionary].contains(&version)
+    }
+}
 
 /// `value` uncompressed, or in one zstd frame when that is shorter, built in the buffer kept
 /// between values.
-fn encoded(versions: Versions, value: &impl Serialize, compression: Compression<'_>) -> Vec<u8> {
+fn encoded(versions: &Versions, value: &impl Serialize, compression: Compression<'_>) -> Vec<u8> {
     let mut buffer = PLAIN.take();
     buffer.clear();
     buffer.push(versions.plain);
@@ -228,53 +305,77 @@ pub fn note_written(state: &mut EntityState) {
     state.stored_parts.0 = parts;
 }
 
-/// Whether `value` is a head (a share in layout 6 or 7), which needs its parts to be read.
+/// Whether `value` is a head (a share in layout 6, 7, 12 or 14 to 16), which needs its parts to
+/// be read.
 pub fn is_head(value: &[u8]) -> bool {
-    matches!(
-        value.first(),
-        Some(&(HEAD_VERSION | HEAD_VERSION_COMPRESSED | HEAD_VERSION_DICTIONARY))
-    )
+    value
+        .first()
+        .is_some_and(|version| COLUMNS.head.holds(*version) || UNIT_COLUMNS.head.holds(*version))
 }
 
-/// Reads the share whose head is `head` (without its version byte, decompressed), its parts
-/// found by `part` from their feature's name and the dictionaries they name by `known`.
-pub(super) fn decode_head<'p>(
+/// Whether `value` is a part (layout 8, 9, 13 or 17 to 19), read only through its head.
+pub(super) fn is_part(value: &[u8]) -> bool {
+    value
+        .first()
+        .is_some_and(|version| COLUMNS.part.holds(*version) || UNIT_COLUMNS.part.holds(*version))
+}
+
+/// Reads the share whose head is `value`, its parts found by `part` from their feature's name
+/// and the dictionaries they name by `known`; `None` when `value` is not a head.
+pub(super) fn decode_if_head<'p>(
+    value: &[u8],
+    part: &dyn Fn(&str) -> Option<&'p [u8]>,
+    known: &dyn Fn(u32) -> Option<Dictionary>,
+) -> Option<Result<EntityState, CodecError>> {
+    let read = || {
+        if let Some(head) = COLUMNS.head.unpack(value, known)? {
+            return decode_head::<ColumnFeature>(&head, part, known).map(Some);
+        }
+        if let Some(head) = UNIT_COLUMNS.head.unpack(value, known)? {
+            return decode_head::<UnitColumnFeature>(&head, part, known).map(Some);
+        }
+        Ok(None)
+    };
+    read().transpose()
+}
+
+fn decode_head<'p, F: FeatureForm + DeserializeOwned>(
     head: &[u8],
-    part: impl Fn(&str) -> Option<&'p [u8]>,
+    part: &dyn Fn(&str) -> Option<&'p [u8]>,
     known: &dyn Fn(u32) -> Option<Dictionary>,
 ) -> Result<EntityState, CodecError> {
-    let head: Head<'_, ColumnFeature> = postcard::from_bytes(head)?;
+    let head: Head<'_, F> = postcard::from_bytes(head)?;
     let mut state = decode_envelope(&head.wire)?;
     decode_features(&head.wire.texts, &head.wire.features, STATE_VERSION, &mut state.features)?;
     for place in &head.parts {
         let name = text_at(&head.wire.texts, *place)?;
         let value = part(name).ok_or_else(|| CodecError::MissingPart(name.to_string()))?;
-        let plain;
-        let wire = match value.first() {
-            Some(&PART_VERSION) => &value[1..],
-            Some(&PART_VERSION_COMPRESSED) => {
-                plain = decompress(&value[1..])?;
-                &plain[..]
-            }
-            Some(&PART_VERSION_DICTIONARY) => {
-                plain = decompress_with(&value[1..], known)?;
-                &plain[..]
-            }
-            Some(&other) => return Err(CodecError::UnknownVersion(other)),
-            None => return Err(CodecError::Empty),
-        };
-        let part: Part<'_, ColumnFeature> = postcard::from_bytes(wire)?;
-        decode_features(
-            &part.texts,
-            std::slice::from_ref(&part.feature),
-            STATE_VERSION,
-            &mut state.features,
-        )?;
+        // A part is in whichever layout wrote it last: one a change did not reach stays in the
+        // layout of an earlier head.
+        if let Some(body) = COLUMNS.part.unpack(value, known)? {
+            decode_part::<ColumnFeature>(&body, &mut state)?;
+        } else if let Some(body) = UNIT_COLUMNS.part.unpack(value, known)? {
+            decode_part::<UnitColumnFeature>(&body, &mut state)?;
+        } else {
+            return Err(value
+                .first()
+                .map_or(CodecError::Empty, |v| CodecError::UnknownVersion(*v)));
+        }
         // The feature the part holds must be the one the head names.
         let name = state.features.mark_stored_named(name).ok_or(CodecError::PartName)?;
         state.stored_parts.0.push(name);
     }
     Ok(state)
+}
+
+/// Adds the feature of the part `body` (without its version byte, decompressed) to `state`.
+fn decode_part<F: FeatureForm + DeserializeOwned>(
+    body: &[u8],
+    state: &mut EntityState,
+) -> Result<(), CodecError> {
+    let part: Part<'_, F> = postcard::from_bytes(body)?;
+    let feature = std::slice::from_ref(&part.feature);
+    decode_features(&part.texts, feature, STATE_VERSION, &mut state.features)
 }
 
 #[cfg(test)]
