@@ -79,7 +79,7 @@ fn stored_bytes_with(state: &EntityState, dictionary: Option<&Dictionary>) -> us
     share.head.len() + share.parts.iter().map(|(_, part)| part.len()).sum::<usize>()
 }
 
-/// [`stored_bytes_with`] no dictionary.
+/// [`stored_bytes_with`] no dictionary: what persona writes until it has one.
 fn stored_bytes(state: &EntityState) -> usize {
     stored_bytes_with(state, None)
 }
@@ -336,6 +336,11 @@ fn report(set: &FeatureSet, states: &States, entity: Entity, dictionaries: Dicti
     let redis = held_out(dictionary);
     let early = held_out(dictionaries.early.unwrap_or(dictionary));
     let no_dictionary = summary(of.iter().map(|state| stored_bytes(state)).collect());
+    let as_parts = |state: &&EntityState| {
+        let share = encode_share(state);
+        share.head.len() + share.parts.iter().map(|(_, part)| part.len()).sum::<usize>()
+    };
+    let as_parts = summary(of.iter().map(as_parts).collect());
     let one_value = summary(of.iter().map(|state| encode_state(state).len()).collect());
     let uncompressed = summary(of.iter().map(|state| encode_uncompressed(state).len()).collect());
     // The layout before features were written in columns, compressed: the reference.
@@ -349,6 +354,7 @@ fn report(set: &FeatureSet, states: &States, entity: Entity, dictionaries: Dicti
         ("Redis", redis),
         ("Redis, early dictionary", early),
         ("Redis, no dictionary", no_dictionary),
+        ("Redis, as `parts` (v6-9)", as_parts),
         ("Redis, one value (v5)", one_value),
         ("Redis, v5 uncompressed", uncompressed),
         ("Redis, in rows (v3)", in_rows),

@@ -24,6 +24,8 @@ pub struct Workload {
     /// The cart rows each user has, by product, as the simulator's statements leave them.
     carts: HashMap<String, BTreeMap<String, serde_json::Value>>,
     orders: u64,
+    /// The rows' times are whole multiples of it.
+    time_unit_us: u64,
 }
 
 impl Workload {
@@ -36,6 +38,11 @@ impl Workload {
             pending: VecDeque::new(),
             carts: HashMap::new(),
             orders: 0,
+            time_unit_us: std::env::var("PERSONA_BENCH_TIME_UNIT_US")
+                .ok()
+                .and_then(|unit| unit.parse().ok())
+                .unwrap_or(1)
+                .max(1),
         }
     }
 }
@@ -150,6 +157,10 @@ impl Iterator for Workload {
             let at = self.start
                 + self.spacing * self.written as i32
                 + TimeDelta::microseconds(jitter as i64);
+            let at = at
+                - TimeDelta::microseconds(
+                    at.timestamp_subsec_micros() as i64 % self.time_unit_us as i64,
+                );
             let action = self.shoppers.next_action();
             self.queue(action, at, self.written);
         }
