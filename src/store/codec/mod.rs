@@ -46,6 +46,7 @@ use self::columns::{ColumnFeature, encode_columns};
 pub use self::dictionary::{
     Dictionary, HEAD_VERSION_DICTIONARY, PART_VERSION_DICTIONARY, dictionary_of,
 };
+use self::frames::{ZSTD_LEVEL, compress, decompress, frame_size};
 pub use self::parts::{
     EncodedShare, HEAD_VERSION, HEAD_VERSION_COMPRESSED, PART_INFIX, PART_VERSION,
     PART_VERSION_COMPRESSED, UNIT_HEAD_VERSION, UNIT_HEAD_VERSION_COMPRESSED,
@@ -77,25 +78,12 @@ const ROWS_VERSION_COMPRESSED: u8 = 3;
 /// The smallest value compressed: below it zstd's frame and tables take about what they save.
 pub const COMPRESS_FROM: usize = 512;
 
-/// zstd's level: its fastest regular one; higher levels save a few percent more of a state for
-/// twice the time.
-const ZSTD_LEVEL: i32 = 1;
-
-/// The largest value a compressed one may expand to. A state is kilobytes, a large product's
-/// hundreds: a frame declaring more is refused rather than allocated.
-const MAX_STATE_BYTES: u64 = 256 << 20;
-
 thread_local! {
-    // A context each, kept: making one allocates its tables, which cost as much as compressing
-    // a state.
-    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
-    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
-    // The uncompressed value and the frame, built here and kept between states: a state is
-    // kilobytes, and a fresh vector reallocated its way up to that for every state written
-    // (under live load encoding is most of persona's CPU: BENCHMARKS.md, "Where persona's time
-    // and CPU go under load").
+    // The uncompressed value, built here and kept between states: a state is kilobytes, and a
+    // fresh vector reallocated its way up to that for every state written (under live load
+    // encoding is most of persona's CPU: BENCHMARKS.md, "Where persona's time and CPU go under
+    // load").
     static PLAIN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    static FRAME: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A stored value persona cannot read.
@@ -195,56 +183,6 @@ fn compressed(plain: &[u8], version: u8) -> Vec<u8> {
         return plain.to_vec();
     }
     compress(&plain[1..], version).unwrap_or_else(|| plain.to_vec())
-}
-
-/// `wire` (a value without its version byte) in one zstd frame behind `version`; `None` if
-/// zstd could not make a context (out of memory), and the value is then written uncompressed.
-fn compress(wire: &[u8], version: u8) -> Option<Vec<u8>> {
-    COMPRESSOR.with_borrow_mut(|compressor| {
-        if compressor.is_none() {
-            let mut made = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok()?;
-            // A damaged frame is then refused rather than read as some other state.
-            made.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true)).ok()?;
-            *compressor = Some(made);
-        }
-        let compressor = compressor.as_mut()?;
-        FRAME.with_borrow_mut(|frame| {
-            frame.clear();
-            frame.reserve(zstd::zstd_safe::compress_bound(wire.len()));
-            compressor.compress_to_buffer(wire, frame).ok()?;
-            let mut value = Vec::with_capacity(1 + frame.len());
-            value.push(version);
-            value.extend_from_slice(frame);
-            Some(value)
-        })
-    })
-}
-
-/// The uncompressed value a compressed value holds (without its version byte).
-fn decompress(frame: &[u8]) -> Result<Vec<u8>, CodecError> {
-    let malformed = |detail: String| CodecError::Compressed(detail);
-    let size = frame_size(frame)?;
-    DECOMPRESSOR.with_borrow_mut(|decompressor| {
-        if decompressor.is_none() {
-            *decompressor =
-                Some(zstd::bulk::Decompressor::new().map_err(|e| malformed(e.to_string()))?);
-        }
-        let decompressor = decompressor.as_mut().ok_or_else(|| malformed("no context".into()))?;
-        decompressor.decompress(frame, size).map_err(|e| malformed(e.to_string()))
-    })
-}
-
-/// The bytes `frame` expands to, refused when the frame does not say or says more than a state
-/// may hold.
-fn frame_size(frame: &[u8]) -> Result<usize, CodecError> {
-    let malformed = |detail: String| CodecError::Compressed(detail);
-    let size = zstd::zstd_safe::get_frame_content_size(frame)
-        .map_err(|_| malformed("not a zstd frame".into()))?
-        .ok_or_else(|| malformed("the frame does not say its size".into()))?;
-    if size > MAX_STATE_BYTES {
-        return Err(malformed(format!("the frame expands to {size} bytes")));
-    }
-    Ok(size as usize)
 }
 
 /// The value of `state` in layout version [`STATE_VERSION`], uncompressed.
@@ -565,6 +503,7 @@ fn decode_buckets(
 mod columns;
 mod dictionary;
 mod flavor;
+mod frames;
 mod parts;
 mod rows;
 

@@ -1,5 +1,6 @@
-//! Layout versions 6 to 9: a share as a *head* and *parts*, so that writing it again costs what
-//! the change fed, not what the share holds.
+//! Layout versions 6 to 9 (and 12 to 19, see `dictionary.rs` and `columns.rs`): a share as a
+//! *head* and *parts*, so that writing it again costs what the change fed, not what the share
+//! holds.
 //!
 //! A share was one value, re-encoded whole whenever a change reached it: a view of a product
 //! re-encoded its co-occurrence partner's thousands of viewers for one pair count, and under live

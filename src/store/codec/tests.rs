@@ -2,6 +2,7 @@
 
 use proptest::prelude::*;
 
+use super::frames::MAX_STATE_BYTES;
 use super::*;
 
 fn position() -> impl Strategy<Value = Position> {
