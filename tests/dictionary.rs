@@ -59,6 +59,18 @@ async fn write(
     named
 }
 
+/// Writes shares of users `u0`, `u1`… with `store` until one is written with a dictionary;
+/// returns that user's number.
+async fn write_until_trained(redis: &OwnRedis, store: &FeatureStore, prefix: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seed = 0;
+    while write(redis, store, prefix, &format!("u{seed}"), &share(seed)).await.is_none() {
+        assert!(Instant::now() < deadline, "no dictionary after {seed} shares");
+        seed += 1;
+    }
+    seed
+}
+
 #[tokio::test]
 async fn writers_agree_on_one_trained_dictionary_and_every_instance_reads_what_it_compressed() {
     let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
@@ -126,12 +138,7 @@ async fn writers_of_an_earlier_layout_never_write_with_a_dictionary() {
     let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
     let prefix = unique("nodict");
     let trainer = connect(&redis, &prefix, 5).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seed = 0;
-    while write(&redis, &trainer, &prefix, &format!("u{seed}"), &share(seed)).await.is_none() {
-        assert!(Instant::now() < deadline, "no dictionary after {seed} shares");
-        seed += 1;
-    }
+    write_until_trained(&redis, &trainer, &prefix).await;
     let config = RedisConfig {
         url: Sensitive(redis.url()),
         key_prefix: prefix.clone(),
@@ -151,12 +158,7 @@ async fn a_training_on_too_few_shares_is_tried_again_on_more() {
     let redis = OwnRedis::start(free_port(), tempfile::tempdir().expect("tempdir"));
     let prefix = unique("retrain");
     let writer = connect(&redis, &prefix, 1).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seed = 0;
-    while write(&redis, &writer, &prefix, &format!("u{seed}"), &share(seed)).await.is_none() {
-        assert!(Instant::now() < deadline, "no dictionary after {seed} shares");
-        seed += 1;
-    }
+    let seed = write_until_trained(&redis, &writer, &prefix).await;
     // One share is too few for zstd's trainer: only a retry on 2, 4, 8… shares trains one.
     assert!(seed > 1, "trained after {seed} shares");
     assert_eq!(
