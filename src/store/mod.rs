@@ -181,7 +181,12 @@ impl FeatureStore {
             _ => 0,
         };
         let dictionaries = Arc::new(dictionaries::Dictionaries::new(&redis.key_prefix, samples));
-        if connected && let Err(error) = dictionaries.load_current(&pool).await {
+        // Only a writer of the dictionary layout compresses with one; a reader fetches any it
+        // meets.
+        if redis.state_encoding == StateEncoding::Dictionary
+            && connected
+            && let Err(error) = dictionaries.load_current(&pool).await
+        {
             // Values that name it are read once it can be read; until then writers sample.
             tracing::warn!(error = %error, "could not read the current state dictionary");
         }

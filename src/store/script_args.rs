@@ -9,6 +9,7 @@ use super::codec::{encode_for_write, part_field};
 use super::marks::{MarksSeen, TableMarks};
 use super::write::position_field;
 use super::{CLEAR_ALL, FeatureStore, Fence, StateKey, StoreError};
+use crate::config::StateEncoding;
 use crate::features::EntityState;
 use crate::features::overlap::OverlapWrites;
 use bytes::Bytes;
@@ -138,6 +139,7 @@ impl FeatureStore {
             let share = encode_for_write(state, self.state_encoding, dictionary.as_ref())
                 .map_err(|source| StoreError::Encode { key: format!("{key:?}"), source })?;
             if dictionary.is_none()
+                && self.state_encoding == StateEncoding::Dictionary
                 && let Some(samples) = self.dictionaries.sample(state)
             {
                 let (dictionaries, pool) = (self.dictionaries.clone(), self.redis.clone());

@@ -14,10 +14,9 @@
 //! Redis holds it. A value whose dictionary is unknown is [`CodecError::UnknownDictionary`]: the
 //! store fetches that dictionary and reads it again.
 
-use std::cell::RefCell;
 use std::sync::Arc;
 
-use super::{CodecError, UNIT_HEAD_VERSION_DICTIONARY, UNIT_PART_VERSION_DICTIONARY, ZSTD_LEVEL};
+use super::{CodecError, UNIT_HEAD_VERSION_DICTIONARY, UNIT_PART_VERSION_DICTIONARY};
 
 /// A head compressed with a dictionary (version 7's content).
 pub const HEAD_VERSION_DICTIONARY: u8 = 12;
@@ -27,20 +26,6 @@ pub const PART_VERSION_DICTIONARY: u8 = 13;
 /// The largest dictionary trained. What a dictionary gains is the names and the shape every
 /// share repeats: 4 KiB gained what 110 KiB did on the simulator's users (BENCHMARKS.md).
 const DICTIONARY_MAX_BYTES: usize = 16 * 1024;
-
-/// Dictionaries a thread keeps a decompression context for: one per dictionary a deployment
-/// trained, of which there are one or two.
-const CONTEXTS_KEPT: usize = 4;
-
-thread_local! {
-    // A context per dictionary, kept: loading a dictionary into a context costs more than
-    // compressing a share with it. A context kept reads its dictionary's frames without asking
-    // `known` again: an id is a hash of its dictionary's content, so it names that one only.
-    static COMPRESSOR: RefCell<Option<(u32, zstd::bulk::Compressor<'static>)>> =
-        const { RefCell::new(None) };
-    static DECOMPRESSORS: RefCell<Vec<(u32, zstd::bulk::Decompressor<'static>)>> =
-        const { RefCell::new(Vec::new()) };
-}
 
 /// A zstd dictionary, and the id its frames name it by.
 #[derive(Clone)]
@@ -95,57 +80,6 @@ pub fn dictionary_of(value: &[u8]) -> Option<u32> {
         }
         _ => None,
     }
-}
-
-/// `wire` in one zstd frame compressed with `dictionary`, behind `version`; `None` if zstd could
-/// not make a context (out of memory), and the value is then written otherwise.
-pub(super) fn compress_with(wire: &[u8], version: u8, dictionary: &Dictionary) -> Option<Vec<u8>> {
-    COMPRESSOR.with_borrow_mut(|kept| {
-        if kept.as_ref().is_none_or(|(id, _)| *id != dictionary.id) {
-            let mut made =
-                zstd::bulk::Compressor::with_dictionary(ZSTD_LEVEL, &dictionary.bytes).ok()?;
-            made.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true)).ok()?;
-            *kept = Some((dictionary.id, made));
-        }
-        let (_, compressor) = kept.as_mut()?;
-        let mut value = Vec::with_capacity(1 + zstd::zstd_safe::compress_bound(wire.len()));
-        value.push(version);
-        let mut frame = std::io::Cursor::new(value);
-        frame.set_position(1);
-        compressor.compress_to_buffer(wire, &mut frame).ok()?;
-        Some(frame.into_inner())
-    })
-}
-
-/// The uncompressed value a frame compressed with a dictionary holds, its dictionary found by
-/// `known` from its id.
-pub(super) fn decompress_with(
-    frame: &[u8],
-    known: &dyn Fn(u32) -> Option<Dictionary>,
-) -> Result<Vec<u8>, CodecError> {
-    let id = zstd::zstd_safe::get_dict_id_from_frame(frame)
-        .ok_or_else(|| CodecError::Compressed("the frame names no dictionary".into()))?
-        .get();
-    let size = super::frame_size(frame)?;
-    DECOMPRESSORS.with_borrow_mut(|kept| {
-        let at = match kept.iter().position(|(kept_id, _)| *kept_id == id) {
-            Some(at) => at,
-            None => {
-                let dictionary = known(id).ok_or(CodecError::UnknownDictionary(id))?;
-                let made = zstd::bulk::Decompressor::with_dictionary(&dictionary.bytes)
-                    .map_err(|error| CodecError::Compressed(error.to_string()))?;
-                if kept.len() == CONTEXTS_KEPT {
-                    kept.remove(0);
-                }
-                kept.push((id, made));
-                kept.len() - 1
-            }
-        };
-        kept[at]
-            .1
-            .decompress(frame, size)
-            .map_err(|error| CodecError::Compressed(error.to_string()))
-    })
 }
 
 #[cfg(test)]

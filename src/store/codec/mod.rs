@@ -46,7 +46,7 @@ use self::columns::{ColumnFeature, encode_columns};
 pub use self::dictionary::{
     Dictionary, HEAD_VERSION_DICTIONARY, PART_VERSION_DICTIONARY, dictionary_of,
 };
-use self::frames::{ZSTD_LEVEL, compress, decompress, frame_size};
+use self::frames::{compress, decompress};
 pub use self::parts::{
     EncodedShare, HEAD_VERSION, HEAD_VERSION_COMPRESSED, PART_INFIX, PART_VERSION,
     PART_VERSION_COMPRESSED, UNIT_HEAD_VERSION, UNIT_HEAD_VERSION_COMPRESSED,
@@ -182,7 +182,7 @@ fn compressed(plain: &[u8], version: u8) -> Vec<u8> {
     if plain.len() < COMPRESS_FROM {
         return plain.to_vec();
     }
-    compress(&plain[1..], version).unwrap_or_else(|| plain.to_vec())
+    compress(&plain[1..], version, None).unwrap_or_else(|| plain.to_vec())
 }
 
 /// The value of `state` in layout version [`STATE_VERSION`], uncompressed.
@@ -366,8 +366,8 @@ pub fn decode_share_with<'p>(
     }
 }
 
-/// Reads a value [`encode_state`] wrote, or a share stored in an earlier layout; a head (layout
-/// 6 or 7) only when it lists no parts.
+/// Reads a value [`encode_state`] wrote, or a share stored in an earlier layout; a head only
+/// when it lists no parts.
 pub fn decode_state(bytes: &[u8]) -> Result<EntityState, CodecError> {
     match bytes.first() {
         _ if is_head(bytes) => decode_share(bytes, |_| None),

@@ -27,9 +27,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::columns::{ColumnFeature, UnitColumnFeature, encode_columns, encode_unit_columns};
-use super::dictionary::{
-    Dictionary, HEAD_VERSION_DICTIONARY, PART_VERSION_DICTIONARY, compress_with, decompress_with,
-};
+use super::dictionary::{Dictionary, HEAD_VERSION_DICTIONARY, PART_VERSION_DICTIONARY};
+use super::frames::decompress_with;
 use super::{
     CodecError, Envelope, FeatureForm, PLAIN, STATE_VERSION, Texts, Wire, compress,
     decode_envelope, decode_features, decompress, text_at,
@@ -280,9 +279,9 @@ fn encoded(versions: &Versions, value: &impl Serialize, compression: Compression
     let buffer = super::flavor::append(value, buffer);
     let frame = match (buffer.len() >= PART_COMPRESS_FROM, compression) {
         (false, _) | (_, Compression::None) => None,
-        (true, Compression::Plain) => compress(&buffer[1..], versions.compressed),
+        (true, Compression::Plain) => compress(&buffer[1..], versions.compressed, None),
         (true, Compression::With(dictionary)) => {
-            compress_with(&buffer[1..], versions.with_dictionary, dictionary)
+            compress(&buffer[1..], versions.with_dictionary, Some(dictionary))
         }
     };
     let value = frame.filter(|frame| frame.len() < buffer.len()).unwrap_or_else(|| buffer.clone());
