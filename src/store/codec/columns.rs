@@ -114,7 +114,7 @@ impl FeatureForm for ColumnFeature {
 /// written in their largest common unit. A source that stamps its rows to the millisecond (or
 /// the second) dates its facts in microseconds that are all multiples of 1,000: divided by it,
 /// each time difference takes a byte or two less, which zstd alone does not see (BENCHMARKS.md,
-/// "A dictionary trained on the shares").
+/// "Facts' times in their common unit").
 #[derive(Clone, Default, Serialize, Deserialize)]
 pub(super) struct UnitColumnFeature {
     /// Every fact's time difference is a multiple of it; 1 when there are no facts.

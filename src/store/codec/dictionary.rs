@@ -12,7 +12,7 @@
 //! knows which one it needs before reading anything else; the store keeps every dictionary in
 //! Redis by that id (see `store::dictionaries`), and refuses to write a value with one before
 //! Redis holds it. A value whose dictionary is unknown is [`CodecError::UnknownDictionary`]: the
-//! store fetches that dictionary and reads it again.
+//! store reads from Redis the dictionaries a read's values name before it decodes them.
 
 use std::sync::Arc;
 
