@@ -18,6 +18,7 @@ use chrono::TimeDelta;
 use std::time::Instant;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group};
+use persona::decode::envelope::decode;
 use persona::features::FeatureSet;
 use support::{States, Workload, decode_and_apply, decodes};
 
@@ -36,6 +37,9 @@ fn ingest(c: &mut Criterion) {
     let mut group = c.benchmark_group("ingest");
     group.throughput(Throughput::Elements(messages.len() as u64));
     group.sample_size(10);
+    group.bench_function("envelope", |b| {
+        b.iter(|| messages.iter().filter(|message| decode(Some(message)).is_ok()).count())
+    });
     group.bench_function("decode", |b| {
         b.iter(|| messages.iter().filter(|message| decodes(&set, message)).count())
     });

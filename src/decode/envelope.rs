@@ -18,17 +18,15 @@
 //! `TIMESTAMPTZ` arrives as an ISO-8601 string, `TIMESTAMP` as microseconds since the epoch,
 //! `NUMERIC` as a decimal string.
 //!
-//! Decoding borrows from the message: a row image is its columns' names and raw JSON values,
-//! read by their declared types only when a declared source or dimension asks for them
-//! ([`super::rows`]). Building a `serde_json::Value` tree of every image, and copying its strings
-//! again into the decoded row, was most of a decode's time.
+//! Decoding borrows from the message, read field by field ([`super::json`]): a row image is its
+//! columns' names and raw JSON values, read by their declared types only when a declared source
+//! or dimension asks for them ([`super::rows`]). Building a `serde_json::Value` tree of every
+//! image, and copying its strings again into the decoded row, was most of a decode's time.
 
 use std::borrow::Cow;
-use std::fmt;
 
-use serde::de::{MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
-use serde_json::value::RawValue;
+pub use super::json::RawJson;
+use super::json::{JsonError, Reader};
 
 pub const OP_READ: &str = "r";
 pub const OP_CREATE: &str = "c";
@@ -110,39 +108,80 @@ impl Op {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Source<'a> {
     /// Commit time in Postgres.
-    #[serde(default)]
     pub ts_ms: Option<i64>,
-    #[serde(default, borrow, deserialize_with = "borrowed_text")]
     pub schema: Option<Cow<'a, str>>,
-    #[serde(default, borrow, deserialize_with = "borrowed_text")]
     pub table: Option<Cow<'a, str>>,
-    #[serde(default)]
     pub lsn: Option<i64>,
     /// `["<commit LSN of the previous transaction>","<LSN of this change>"]`, in a JSON string
     /// as sent (its quotes escaped): [`Source::sequence`] reads it without copying it.
-    #[serde(default, borrow)]
     pub sequence: Option<RawJson<'a>>,
     /// `"true"`, `"first"`, `"last"`, … for snapshot reads, `"incremental"` for reads of an
     /// incremental snapshot, `"false"` when streaming.
-    #[serde(default, borrow, deserialize_with = "borrowed_text")]
     pub snapshot: Option<Cow<'a, str>>,
     /// The connector's `topic.prefix`.
-    #[serde(default, borrow, deserialize_with = "borrowed_text")]
     pub name: Option<Cow<'a, str>>,
-    /// The transaction: for snapshot reads, the snapshot's own.
-    #[serde(default, rename = "txId")]
+    /// The transaction (`txId`): for snapshot reads, the snapshot's own.
     pub tx_id: Option<i64>,
 }
 
-impl Source<'_> {
+impl<'a> Source<'a> {
+    /// The `source` block that comes next, or `None` for `null`.
+    fn read_optional(reader: &mut Reader<'a>) -> Result<Option<Self>, DecodeError> {
+        if reader.null()? {
+            return Ok(None);
+        }
+        let mut source = Self::default();
+        let mut seen = Seen::default();
+        let mut key = reader.first_key()?;
+        while let Some(field) = key {
+            match &*field {
+                "ts_ms" => {
+                    seen.first(0, &field)?;
+                    source.ts_ms = reader.optional_integer()?;
+                }
+                "schema" => {
+                    seen.first(1, &field)?;
+                    source.schema = reader.optional_string()?;
+                }
+                "table" => {
+                    seen.first(2, &field)?;
+                    source.table = reader.optional_string()?;
+                }
+                "lsn" => {
+                    seen.first(3, &field)?;
+                    source.lsn = reader.optional_integer()?;
+                }
+                "sequence" => {
+                    seen.first(4, &field)?;
+                    source.sequence = Some(reader.raw()?).filter(|raw| !raw.is_null());
+                }
+                "snapshot" => {
+                    seen.first(5, &field)?;
+                    source.snapshot = reader.optional_string()?;
+                }
+                "name" => {
+                    seen.first(6, &field)?;
+                    source.name = reader.optional_string()?;
+                }
+                "txId" => {
+                    seen.first(7, &field)?;
+                    source.tx_id = reader.optional_integer()?;
+                }
+                _ => reader.skip()?,
+            }
+            key = reader.next_key()?;
+        }
+        Ok(Some(source))
+    }
+
     /// The first two parts of `sequence` (the last commit's LSN and the change's) as text,
     /// `None` where a part is JSON `null` or missing; `None` without a sequence. An error names
     /// what is wrong with one that is not a JSON string holding a list of LSN strings.
     pub fn sequence(&self) -> Result<Option<[Option<Cow<'_, str>>; 2]>, String> {
-        let Some(RawJson(raw)) = self.sequence.filter(|RawJson(raw)| raw.get() != "null") else {
+        let Some(raw) = self.sequence.filter(|raw| !raw.is_null()) else {
             return Ok(None);
         };
         if let Some(parts) = plain_sequence(raw.get()) {
@@ -175,71 +214,39 @@ fn plain_sequence(raw: &str) -> Option<[Option<&str>; 2]> {
     Some([part(first)?, part(second)?])
 }
 
-/// A JSON value as sent, compared by its text.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(transparent)]
-pub struct RawJson<'a>(#[serde(borrow)] pub &'a RawValue);
-
-impl PartialEq for RawJson<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.get() == other.0.get()
-    }
-}
-
-impl Eq for RawJson<'_> {}
-
 /// A row image as sent: each column's name and its JSON value, not yet read.
-#[derive(Debug, Clone, Default)]
-pub struct Row<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Row<'a>(Vec<(Cow<'a, str>, RawJson<'a>)>);
 
 impl<'a> Row<'a> {
     /// The value of `column` as sent (JSON `null` included); `None` when the image lacks it.
-    pub fn get(&self, column: &str) -> Option<&'a RawValue> {
+    pub fn get(&self, column: &str) -> Option<RawJson<'a>> {
         self.0.iter().find(|(name, _)| name == column).map(|(_, value)| *value)
     }
-}
 
-impl PartialEq for Row<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.len() == other.0.len()
-            && self.0.iter().zip(&other.0).all(|((a, x), (b, y))| a == b && x.get() == y.get())
+    /// A row image on its own, as JSON (an object of columns).
+    pub fn parse(json: &'a str) -> Result<Self, DecodeError> {
+        let mut reader = Reader::new(json);
+        let row = Self::read(&mut reader)?;
+        reader.finish()?;
+        Ok(row)
     }
-}
 
-impl<'de: 'a, 'a> Deserialize<'de> for Row<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct RowVisitor<'a>(std::marker::PhantomData<Row<'a>>);
-
-        impl<'de: 'a, 'a> Visitor<'de> for RowVisitor<'a> {
-            type Value = Row<'a>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a row image (an object of columns)")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Row<'a>, A::Error> {
-                let mut columns = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(Text(name)) = map.next_key()? {
-                    columns.push((name, map.next_value::<&'de RawValue>()?));
-                }
-                Ok(Row(columns))
-            }
+    /// The object of columns that comes next.
+    fn read(reader: &mut Reader<'a>) -> Result<Self, JsonError> {
+        let mut columns = Vec::with_capacity(8);
+        let mut key = reader.first_key()?;
+        while let Some(name) = key {
+            columns.push((name, reader.raw()?));
+            key = reader.next_key()?;
         }
-
-        deserializer.deserialize_map(RowVisitor(std::marker::PhantomData))
+        Ok(Row(columns))
     }
-}
 
-/// A text borrowed from the message unless it has escapes (a column's name, a `source` field).
-#[derive(Deserialize)]
-struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
-
-/// An optional text, borrowed: serde borrows a `Cow<str>` field, but one inside an `Option` it
-/// always copies, which was an allocation per `source` field of every message.
-fn borrowed_text<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Cow<'de, str>>, D::Error> {
-    Ok(Option::<Text<'de>>::deserialize(deserializer)?.map(|Text(text)| text))
+    /// The object of columns that comes next, or `None` for `null`.
+    fn read_optional(reader: &mut Reader<'a>) -> Result<Option<Self>, JsonError> {
+        if reader.null()? { Ok(None) } else { Self::read(reader).map(Some) }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -269,18 +276,72 @@ pub enum CdcMessage<'a> {
     },
 }
 
-#[derive(Deserialize)]
+/// The envelope's fields persona reads; the others are skipped.
+#[derive(Default)]
 struct RawEnvelope<'a> {
-    #[serde(default, borrow, deserialize_with = "borrowed_text")]
     op: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
     before: Option<Row<'a>>,
-    #[serde(default, borrow)]
     after: Option<Row<'a>>,
-    #[serde(default, borrow)]
     source: Option<Source<'a>>,
-    #[serde(default)]
     ts_ms: Option<i64>,
+}
+
+impl From<JsonError> for DecodeError {
+    fn from(error: JsonError) -> Self {
+        Self::InvalidJson(error.to_string())
+    }
+}
+
+/// The fields of an object read so far, to refuse one met twice: a value read and then
+/// overwritten would make a different change than the one the connector meant (serde's derive
+/// refused it too).
+#[derive(Default)]
+struct Seen(u32);
+
+impl Seen {
+    /// `field`, the `bit`-th of its object, met for the first time; an error the second time.
+    fn first(&mut self, bit: u32, field: &str) -> Result<(), DecodeError> {
+        if self.0 & (1 << bit) != 0 {
+            return Err(DecodeError::InvalidJson(format!("duplicate field `{field}`")));
+        }
+        self.0 |= 1 << bit;
+        Ok(())
+    }
+}
+
+impl<'a> RawEnvelope<'a> {
+    fn read(reader: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let mut envelope = Self::default();
+        let mut seen = Seen::default();
+        let mut key = reader.first_key()?;
+        while let Some(field) = key {
+            match &*field {
+                "op" => {
+                    seen.first(0, &field)?;
+                    envelope.op = reader.optional_string()?;
+                }
+                "before" => {
+                    seen.first(1, &field)?;
+                    envelope.before = Row::read_optional(reader)?;
+                }
+                "after" => {
+                    seen.first(2, &field)?;
+                    envelope.after = Row::read_optional(reader)?;
+                }
+                "source" => {
+                    seen.first(3, &field)?;
+                    envelope.source = Source::read_optional(reader)?;
+                }
+                "ts_ms" => {
+                    seen.first(4, &field)?;
+                    envelope.ts_ms = reader.optional_integer()?;
+                }
+                _ => reader.skip()?,
+            }
+            key = reader.next_key()?;
+        }
+        Ok(envelope)
+    }
 }
 
 /// Decodes one Kafka message value.
@@ -288,9 +349,9 @@ pub fn decode(value: Option<&[u8]>) -> Result<CdcMessage<'_>, DecodeError> {
     let Some(bytes) = value else {
         return Ok(CdcMessage::Tombstone);
     };
-    // Validated whole, once: reading from a `str`, serde_json need not check each string it
-    // borrows, which cost more than this pass over the message. With SIMD: the standard
-    // library's check was a tenth of a decode; its error, which says where, only on failure.
+    // Validated whole, once: the reader then borrows strings without checking each. With SIMD:
+    // the standard library's check was a tenth of a decode; its error, which says where, only on
+    // failure.
     let text = match simdutf8::basic::from_utf8(bytes) {
         Ok(text) => text,
         Err(_) => {
@@ -298,8 +359,9 @@ pub fn decode(value: Option<&[u8]>) -> Result<CdcMessage<'_>, DecodeError> {
             return Err(DecodeError::InvalidJson(error.unwrap_or_default()));
         }
     };
-    let raw: RawEnvelope =
-        serde_json::from_str(text).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+    let mut reader = Reader::new(text);
+    let raw = RawEnvelope::read(&mut reader)?;
+    reader.finish()?;
     let Some(op) = raw.op else {
         return match (raw.ts_ms, raw.before, raw.after, raw.source) {
             (Some(ts_ms), None, None, None) => Ok(CdcMessage::Heartbeat { ts_ms }),

@@ -13,9 +13,8 @@ use chrono::{DateTime, Utc};
 use compact_str::CompactString;
 use rust_decimal::Decimal;
 use serde_json::Value;
-use serde_json::value::RawValue;
 
-use super::envelope::{DecodeError, Row};
+use super::envelope::{DecodeError, RawJson, Row};
 use crate::features::source::{ColumnType, ElementType};
 use crate::features::{Columns, DimensionSchema, Product, RowKey, Scalar, SourceRow, SourceSchema};
 
@@ -28,13 +27,13 @@ fn invalid(field: &'static str, reason: String) -> DecodeError {
     DecodeError::InvalidField { field, reason }
 }
 
-fn present<'a>(row: &Row<'a>, name: &str) -> Option<&'a RawValue> {
-    row.get(name).filter(|value| value.get() != "null")
+fn present<'a>(row: &Row<'a>, name: &str) -> Option<RawJson<'a>> {
+    row.get(name).filter(|value| !value.is_null())
 }
 
 /// A JSON string's text; `None` for any other JSON value. Without escapes (the common case) it is
 /// the text between the quotes, borrowed.
-fn string(value: &RawValue) -> Option<Cow<'_, str>> {
+fn string(value: RawJson<'_>) -> Option<Cow<'_, str>> {
     let json = value.get();
     let inner = json.strip_prefix('"')?.strip_suffix('"')?;
     if inner.contains('\\') {
@@ -44,15 +43,15 @@ fn string(value: &RawValue) -> Option<Cow<'_, str>> {
 }
 
 /// A JSON integer; `None` for any other JSON value (`1.5`, `"1"`).
-fn as_integer(value: &RawValue) -> Option<i64> {
+fn as_integer(value: RawJson) -> Option<i64> {
     serde_json::from_str(value.get()).ok()
 }
 
-fn is_number(value: &RawValue) -> bool {
+fn is_number(value: RawJson) -> bool {
     value.get().starts_with(|c: char| c == '-' || c.is_ascii_digit())
 }
 
-fn is_unavailable(value: &RawValue) -> bool {
+fn is_unavailable(value: RawJson) -> bool {
     match value.get().as_bytes().first() {
         Some(b'"') => string(value).is_some_and(|text| text == UNAVAILABLE),
         // Arrays stand in as an array of the placeholder.
@@ -64,7 +63,7 @@ fn is_unavailable(value: &RawValue) -> bool {
 }
 
 /// `TIMESTAMPTZ` (ISO-8601 string) or `TIMESTAMP` (microseconds since the epoch, read as UTC).
-pub fn parse_timestamp(value: &RawValue, name: &'static str) -> Result<DateTime<Utc>, DecodeError> {
+pub fn parse_timestamp(value: RawJson, name: &'static str) -> Result<DateTime<Utc>, DecodeError> {
     if let Some(text) = string(value) {
         return DateTime::parse_from_rfc3339(&text)
             .map(|t| t.with_timezone(&Utc))
@@ -79,7 +78,7 @@ pub fn parse_timestamp(value: &RawValue, name: &'static str) -> Result<DateTime<
 }
 
 /// `NUMERIC` as sent with `decimal.handling.mode=string`.
-pub fn parse_decimal(value: &RawValue, name: &'static str) -> Result<Decimal, DecodeError> {
+pub fn parse_decimal(value: RawJson, name: &'static str) -> Result<Decimal, DecodeError> {
     match string(value) {
         Some(text) => text
             .parse::<Decimal>()
@@ -91,7 +90,7 @@ pub fn parse_decimal(value: &RawValue, name: &'static str) -> Result<Decimal, De
     }
 }
 
-fn integer(value: &RawValue, name: &'static str) -> Result<i64, DecodeError> {
+fn integer(value: RawJson, name: &'static str) -> Result<i64, DecodeError> {
     as_integer(value).ok_or_else(|| invalid(name, format!("expected an integer, got {value}")))
 }
 
@@ -105,16 +104,12 @@ fn element_fits(element: ElementType, value: &Value) -> bool {
 }
 
 /// A document or array, parsed: its text as `serde_json` prints it is compact.
-fn parsed(value: &RawValue) -> Option<Value> {
+fn parsed(value: RawJson) -> Option<Value> {
     serde_json::from_str(value.get()).ok()
 }
 
 /// One non-NULL, available value of a column of type `kind`.
-pub fn scalar(
-    value: &RawValue,
-    name: &'static str,
-    kind: ColumnType,
-) -> Result<Scalar, DecodeError> {
+pub fn scalar(value: RawJson, name: &'static str, kind: ColumnType) -> Result<Scalar, DecodeError> {
     let expected = |what: &str| invalid(name, format!("expected {what}, got {value}"));
     Ok(match kind {
         ColumnType::Text | ColumnType::Uuid => match string(value) {

@@ -225,6 +225,10 @@ fn malformed_values_are_errors_not_panics() {
         (&b"{\"op\":\"d\",\"before\":null}"[..], "missing_image"),
         (&b"{\"hello\":1}"[..], "unknown_shape"),
         (&b"[1,2]"[..], "invalid_json"),
+        // A field twice: which one was meant is unknown.
+        (&b"{\"op\":\"c\",\"op\":\"d\",\"after\":{}}"[..], "invalid_json"),
+        (&b"{\"op\":\"c\",\"after\":{},\"source\":{\"lsn\":1,\"lsn\":2}}"[..], "invalid_json"),
+        (&b"{\"op\":\"c\",\"after\":{}} trailing"[..], "invalid_json"),
         // Not UTF-8, inside a string and outside any.
         (&b"{\"op\":\"c\",\"after\":{\"id\":\"\xff\"}}"[..], "invalid_json"),
         (&b"{\"op\":\"c\"}\xff"[..], "invalid_json"),
@@ -395,7 +399,7 @@ fn after_json_with_placeholder() -> String {
 #[test]
 fn a_dimension_keyed_by_a_code_keeps_an_unchanged_toasted_attribute_from_the_row_held() {
     let dimension = LEGACY_SET.item_dimension().expect("declared");
-    let held: Row = serde_json::from_str(
+    let held = Row::parse(
         r#"{"code":"SKU-7","title":"Boot","cat":"boots","specs":"{\"size\": 42}","list_price":"99.00"}"#,
     )
     .expect("json");
@@ -405,7 +409,7 @@ fn a_dimension_keyed_by_a_code_keeps_an_unchanged_toasted_attribute_from_the_row
     assert_eq!(held.name.as_deref(), Some("Boot"));
     assert_eq!(held.price, Some(Decimal::new(9900, 2)));
     assert_eq!(held.brand, None);
-    let update: Row = serde_json::from_str(leaked(&format!(
+    let update = Row::parse(leaked(&format!(
         r#"{{"code":"SKU-7","title":"Boot","cat":"shoes","specs":"{UNAVAILABLE}","list_price":"89.00"}}"#
     )))
     .expect("json");
@@ -430,7 +434,13 @@ fn tables_of_other_schemas_are_not_the_declared_source() {
 #[test]
 fn each_declared_type_reads_its_debezium_form_and_refuses_others() {
     use serde_json::json;
-    let kind = |name: &str| crate::features::ColumnType::parse(name).expect("a declared type");
+    // A column's value as a row image sends it, read as the column's declared type.
+    let read_as = |form: &serde_json::Value, declared: &str| {
+        let kind = crate::features::ColumnType::parse(declared).expect("a declared type");
+        let image = json!({ "c": form }).to_string();
+        let row = Row::parse(&image).expect("a row image");
+        rows::scalar(row.get("c").expect("the column"), "c", kind)
+    };
     let time = |micros: i64| Scalar::Time(micros);
     let text = |text: &str| Scalar::Text(text.into());
     let number = |text: &str| Scalar::Number(text.parse().expect("decimal"));
@@ -465,9 +475,7 @@ fn each_declared_type_reads_its_debezium_form_and_refuses_others() {
         ("text[]", json!([]), text("[]")),
     ];
     for (declared, form, expected) in accepted {
-        let form = serde_json::value::to_raw_value(&form).expect("JSON");
-        let read = rows::scalar(&form, "c", kind(declared));
-        assert_eq!(read, Ok(expected), "{declared} from {form}");
+        assert_eq!(read_as(&form, declared), Ok(expected), "{declared} from {form}");
     }
     let refused = [
         ("text", json!(1)),
@@ -489,8 +497,7 @@ fn each_declared_type_reads_its_debezium_form_and_refuses_others() {
         ("text[]", json!("a")),
     ];
     for (declared, form) in refused {
-        let form = serde_json::value::to_raw_value(&form).expect("JSON");
-        let error = rows::scalar(&form, "c", kind(declared)).expect_err(declared);
+        let error = read_as(&form, declared).expect_err(declared);
         assert!(
             matches!(error, DecodeError::InvalidField { field: "c", .. }),
             "{declared}: {error}"

@@ -1,0 +1,351 @@
+//! A pull reader over one message's JSON, handing out its keys, strings and raw values borrowed
+//! from the message.
+//!
+//! The envelope is read field by field in the order it was sent; whatever persona does not use
+//! (most of Debezium's `source` block) is passed over without being built. Every value is still
+//! checked to be JSON (RFC 8259's grammar, nesting at most 127 deep as serde_json parses), the
+//! ones passed over included, so a malformed message is an error, never a partial read.
+//!
+//! Why not a crate: serde_json's derive spent more of a decode walking its visitors than reading
+//! the JSON, and the pull parsers measured in its place were slower still on messages of short
+//! strings (jiter 0.17: decode 1.25× serde_json's time; sonic-rs: 1.26×; BENCHMARKS.md "A JSON
+//! reader of its own"). Strings with escapes, rare here, are still unescaped by serde_json.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// A JSON value as sent, compared by its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawJson<'a>(&'a str);
+
+impl<'a> RawJson<'a> {
+    /// Its text, as sent.
+    pub fn get(self) -> &'a str {
+        self.0
+    }
+
+    pub fn is_null(self) -> bool {
+        self.0 == "null"
+    }
+}
+
+impl fmt::Display for RawJson<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// Why the JSON could not be read, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonError(String);
+
+impl fmt::Display for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How deep arrays and objects may nest, as deep as serde_json parses them: deeper input is
+/// refused rather than risking the stack.
+const MAX_DEPTH: usize = 127;
+
+/// Bytes a string may hold as they are: not its closing quote, not an escape, not a control
+/// character (RFC 8259 §7). Bytes of multi-byte characters are plain; the message was checked to
+/// be UTF-8 whole before it is read.
+static PLAIN: [bool; 256] = {
+    let mut plain = [true; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        plain[byte] = false;
+        byte += 1;
+    }
+    plain[b'"' as usize] = false;
+    plain[b'\\' as usize] = false;
+    plain
+};
+
+/// A reader of one JSON document, checked to be UTF-8 already (the caller checks the message
+/// whole, faster than string by string).
+pub struct Reader<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    /// The next byte to read.
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(text: &'a str) -> Self {
+        Self { text, bytes: text.as_bytes(), at: 0 }
+    }
+
+    fn error(&self, what: &str) -> JsonError {
+        match self.bytes.get(self.at) {
+            Some(_) => JsonError(format!("{what} at index {}", self.at)),
+            None => JsonError(format!("{what}, found the end of the message")),
+        }
+    }
+
+    /// The next byte that is not whitespace, not consumed.
+    fn peek(&mut self) -> Option<u8> {
+        while let Some(&byte) = self.bytes.get(self.at) {
+            if !matches!(byte, b' ' | b'\n' | b'\r' | b'\t') {
+                return Some(byte);
+            }
+            self.at += 1;
+        }
+        None
+    }
+
+    /// Consumes `byte` as the next one that is not whitespace, or names what was `expected`.
+    fn expect(&mut self, byte: u8, expected: &str) -> Result<(), JsonError> {
+        if self.peek() != Some(byte) {
+            return Err(self.error(expected));
+        }
+        self.at += 1;
+        Ok(())
+    }
+
+    fn literal(&mut self, word: &'static str) -> Result<(), JsonError> {
+        if !self.bytes[self.at..].starts_with(word.as_bytes()) {
+            return Err(self.error(&format!("expected `{word}`")));
+        }
+        self.at += word.len();
+        Ok(())
+    }
+
+    /// Whether the next value is `null`, consumed if so; any other value stays to be read.
+    pub fn null(&mut self) -> Result<bool, JsonError> {
+        if self.peek() != Some(b'n') {
+            return Ok(false);
+        }
+        self.literal("null")?;
+        Ok(true)
+    }
+
+    /// The first key of the object that comes next; `None` when it is empty. An error when the
+    /// next value is not an object.
+    pub fn first_key(&mut self) -> Result<Option<Cow<'a, str>>, JsonError> {
+        self.expect(b'{', "expected an object")?;
+        match self.peek() {
+            Some(b'}') => {
+                self.at += 1;
+                Ok(None)
+            }
+            Some(b'"') => self.key().map(Some),
+            _ => Err(self.error("expected a key or `}`")),
+        }
+    }
+
+    /// The next key of the object being read; `None` at its end.
+    pub fn next_key(&mut self) -> Result<Option<Cow<'a, str>>, JsonError> {
+        match self.peek() {
+            Some(b',') => {
+                self.at += 1;
+                if self.peek() != Some(b'"') {
+                    return Err(self.error("expected a key"));
+                }
+                self.key().map(Some)
+            }
+            Some(b'}') => {
+                self.at += 1;
+                Ok(None)
+            }
+            _ => Err(self.error("expected `,` or `}`")),
+        }
+    }
+
+    /// A key, its opening quote next, and the colon after it.
+    fn key(&mut self) -> Result<Cow<'a, str>, JsonError> {
+        let key = self.quoted()?;
+        self.expect(b':', "expected `:`")?;
+        Ok(key)
+    }
+
+    /// The next value, a string.
+    pub fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
+        if self.peek() != Some(b'"') {
+            return Err(self.error("expected a string"));
+        }
+        self.quoted()
+    }
+
+    /// The next value, a string or `null`.
+    pub fn optional_string(&mut self) -> Result<Option<Cow<'a, str>>, JsonError> {
+        if self.null()? { Ok(None) } else { self.string().map(Some) }
+    }
+
+    /// The string whose opening quote is next: borrowed unless it has escapes.
+    fn quoted(&mut self) -> Result<Cow<'a, str>, JsonError> {
+        let start = self.at + 1;
+        let (end, escaped) = self.string_end(start)?;
+        self.at = end + 1;
+        let text = if escaped {
+            // Rare in change events: serde_json unescapes it (surrogate pairs and all).
+            let quoted = self.text.get(start - 1..end + 1).unwrap_or_default();
+            serde_json::from_str::<String>(quoted)
+                .map(Cow::Owned)
+                .map_err(|e| JsonError(format!("the string at index {start}: {e}")))?
+        } else {
+            Cow::Borrowed(self.text.get(start..end).unwrap_or_default())
+        };
+        Ok(text)
+    }
+
+    /// Where the string starting at `at` (after its opening quote) ends (its closing quote), and
+    /// whether it holds escapes.
+    fn string_end(&self, mut at: usize) -> Result<(usize, bool), JsonError> {
+        let mut escaped = false;
+        loop {
+            // Byte by byte: keys and values here are a few bytes long, and eight at a time
+            // (SWAR, as serde_json finds escapes) measured slower on them.
+            while self.bytes.get(at).is_some_and(|&byte| PLAIN[byte as usize]) {
+                at += 1;
+            }
+            let invalid = |what: &str| JsonError(format!("{what} at index {at}"));
+            match self.bytes.get(at) {
+                Some(b'"') => return Ok((at, escaped)),
+                Some(b'\\') => {
+                    escaped = true;
+                    at += match self.bytes.get(at + 1) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => 2,
+                        Some(b'u')
+                            if self
+                                .bytes
+                                .get(at + 2..at + 6)
+                                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) =>
+                        {
+                            6
+                        }
+                        _ => return Err(invalid("an invalid escape")),
+                    };
+                }
+                Some(_) => return Err(invalid("a control character in a string")),
+                None => return Err(JsonError("a string not closed".into())),
+            }
+        }
+    }
+
+    /// Where the number starting at `at` ends, and whether it is an integer (no fraction, no
+    /// exponent).
+    fn number_end(&self, mut at: usize) -> Result<(usize, bool), JsonError> {
+        let digits = |mut at: usize| {
+            while self.bytes.get(at).is_some_and(u8::is_ascii_digit) {
+                at += 1;
+            }
+            at
+        };
+        let invalid = |at: usize| JsonError(format!("an invalid number at index {at}"));
+        if self.bytes.get(at) == Some(&b'-') {
+            at += 1;
+        }
+        at = match self.bytes.get(at) {
+            Some(b'0') => at + 1,
+            Some(b'1'..=b'9') => digits(at + 1),
+            _ => return Err(invalid(at)),
+        };
+        let mut integer = true;
+        if self.bytes.get(at) == Some(&b'.') {
+            let end = digits(at + 1);
+            if end == at + 1 {
+                return Err(invalid(at + 1));
+            }
+            (at, integer) = (end, false);
+        }
+        if matches!(self.bytes.get(at), Some(b'e' | b'E')) {
+            at += 1;
+            if matches!(self.bytes.get(at), Some(b'+' | b'-')) {
+                at += 1;
+            }
+            let end = digits(at);
+            if end == at {
+                return Err(invalid(at));
+            }
+            (at, integer) = (end, false);
+        }
+        Ok((at, integer))
+    }
+
+    /// The next value, an integer that fits 64 bits, or `null`.
+    pub fn optional_integer(&mut self) -> Result<Option<i64>, JsonError> {
+        if self.null()? {
+            return Ok(None);
+        }
+        if !matches!(self.peek(), Some(b'-' | b'0'..=b'9')) {
+            return Err(self.error("expected an integer"));
+        }
+        let (end, integer) = self.number_end(self.at)?;
+        if !integer {
+            return Err(self.error("expected an integer, found a fraction or an exponent"));
+        }
+        let number = self.text.get(self.at..end).and_then(|digits| digits.parse().ok());
+        let number = number.ok_or_else(|| self.error("an integer beyond 64 bits"))?;
+        self.at = end;
+        Ok(Some(number))
+    }
+
+    /// The next value as sent, whatever it is (checked to be JSON).
+    pub fn raw(&mut self) -> Result<RawJson<'a>, JsonError> {
+        self.peek();
+        let start = self.at;
+        self.skip()?;
+        Ok(RawJson(self.text.get(start..self.at).unwrap_or_default()))
+    }
+
+    /// Passes over the next value (checked to be JSON).
+    pub fn skip(&mut self) -> Result<(), JsonError> {
+        self.skip_nested(0)
+    }
+
+    fn skip_nested(&mut self, depth: usize) -> Result<(), JsonError> {
+        match self.peek() {
+            Some(b'"') => self.at = self.string_end(self.at + 1)?.0 + 1,
+            Some(b'-' | b'0'..=b'9') => self.at = self.number_end(self.at)?.0,
+            Some(b't') => self.literal("true")?,
+            Some(b'f') => self.literal("false")?,
+            Some(b'n') => self.literal("null")?,
+            Some(open @ (b'{' | b'[')) => {
+                if depth == MAX_DEPTH {
+                    return Err(self.error("nested more than 127 deep"));
+                }
+                self.at += 1;
+                let (close, object) = if open == b'{' { (b'}', true) } else { (b']', false) };
+                if self.peek() == Some(close) {
+                    self.at += 1;
+                    return Ok(());
+                }
+                loop {
+                    if object {
+                        if self.peek() != Some(b'"') {
+                            return Err(self.error("expected a key"));
+                        }
+                        self.at = self.string_end(self.at + 1)?.0 + 1;
+                        self.expect(b':', "expected `:`")?;
+                    }
+                    self.skip_nested(depth + 1)?;
+                    match self.peek() {
+                        Some(b',') => self.at += 1,
+                        Some(byte) if byte == close => {
+                            self.at += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(self.error("expected `,` or the end of the list")),
+                    }
+                }
+            }
+            _ => return Err(self.error("expected a value")),
+        }
+        Ok(())
+    }
+
+    /// Checks that nothing but whitespace follows the document.
+    pub fn finish(&mut self) -> Result<(), JsonError> {
+        match self.peek() {
+            None => Ok(()),
+            Some(_) => Err(self.error("trailing characters")),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "tests_json.rs"]
+mod tests;
