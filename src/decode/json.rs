@@ -14,24 +14,38 @@
 use std::borrow::Cow;
 use std::fmt;
 
-/// A JSON value as sent, compared by its text.
+/// A JSON value as sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RawJson<'a>(&'a str);
+pub struct RawJson<'a> {
+    text: &'a str,
+    /// Whether a string's text has escapes, as the reader saw passing over it: without, it is
+    /// borrowed as it is, with no second look for a backslash.
+    escaped: bool,
+}
 
 impl<'a> RawJson<'a> {
     /// Its text, as sent.
     pub fn get(self) -> &'a str {
-        self.0
+        self.text
     }
 
     pub fn is_null(self) -> bool {
-        self.0 == "null"
+        self.text == "null"
+    }
+
+    /// A JSON string's text; `None` for any other value. Borrowed unless it has escapes.
+    pub fn as_str(self) -> Option<Cow<'a, str>> {
+        let inner = self.text.strip_prefix('"')?.strip_suffix('"')?;
+        if !self.escaped {
+            return Some(Cow::Borrowed(inner));
+        }
+        serde_json::from_str::<String>(self.text).ok().map(Cow::Owned)
     }
 }
 
 impl fmt::Display for RawJson<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
+        f.write_str(self.text)
     }
 }
 
@@ -105,11 +119,14 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    fn literal(&mut self, word: &'static str) -> Result<(), JsonError> {
-        if !self.bytes[self.at..].starts_with(word.as_bytes()) {
+    /// Consumes `word` (`null`, `true`, `false`), next. Of a length known when compiled, so
+    /// it is compared as one number, not by a call to `memcmp`.
+    fn literal<const N: usize>(&mut self, word: &[u8; N]) -> Result<(), JsonError> {
+        if self.bytes.get(self.at..self.at + N) != Some(word.as_slice()) {
+            let word = String::from_utf8_lossy(word);
             return Err(self.error(&format!("expected `{word}`")));
         }
-        self.at += word.len();
+        self.at += N;
         Ok(())
     }
 
@@ -118,7 +135,7 @@ impl<'a> Reader<'a> {
         if self.peek() != Some(b'n') {
             return Ok(false);
         }
-        self.literal("null")?;
+        self.literal(b"null")?;
         Ok(true)
     }
 
@@ -155,6 +172,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A key, its opening quote next, and the colon after it.
+    #[inline(always)]
     fn key(&mut self) -> Result<Cow<'a, str>, JsonError> {
         let key = self.quoted()?;
         self.expect(b':', "expected `:`")?;
@@ -175,6 +193,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The string whose opening quote is next: borrowed unless it has escapes.
+    #[inline(always)]
     fn quoted(&mut self) -> Result<Cow<'a, str>, JsonError> {
         let start = self.at + 1;
         let (end, escaped) = self.string_end(start)?;
@@ -285,10 +304,18 @@ impl<'a> Reader<'a> {
 
     /// The next value as sent, whatever it is (checked to be JSON).
     pub fn raw(&mut self) -> Result<RawJson<'a>, JsonError> {
-        self.peek();
+        let next = self.peek();
         let start = self.at;
-        self.skip()?;
-        Ok(RawJson(self.text.get(start..self.at).unwrap_or_default()))
+        let escaped = if next == Some(b'"') {
+            let (end, escaped) = self.string_end(start + 1)?;
+            self.at = end + 1;
+            escaped
+        } else {
+            // Not a string: `as_str` has no text to give.
+            self.skip()?;
+            true
+        };
+        Ok(RawJson { text: self.text.get(start..self.at).unwrap_or_default(), escaped })
     }
 
     /// Passes over the next value (checked to be JSON).
@@ -300,9 +327,9 @@ impl<'a> Reader<'a> {
         match self.peek() {
             Some(b'"') => self.at = self.string_end(self.at + 1)?.0 + 1,
             Some(b'-' | b'0'..=b'9') => self.at = self.number_end(self.at)?.0,
-            Some(b't') => self.literal("true")?,
-            Some(b'f') => self.literal("false")?,
-            Some(b'n') => self.literal("null")?,
+            Some(b't') => self.literal(b"true")?,
+            Some(b'f') => self.literal(b"false")?,
+            Some(b'n') => self.literal(b"null")?,
             Some(open @ (b'{' | b'[')) => {
                 if depth == MAX_DEPTH {
                     return Err(self.error("nested more than 127 deep"));

@@ -7,8 +7,6 @@
 //! Postgres writes whole), or for the dimension from the row persona holds. Without either the
 //! image is refused, never stored with the placeholder.
 
-use std::borrow::Cow;
-
 use chrono::{DateTime, Utc};
 use compact_str::CompactString;
 use rust_decimal::Decimal;
@@ -31,17 +29,6 @@ fn present<'a>(row: &Row<'a>, name: &str) -> Option<RawJson<'a>> {
     row.get(name).filter(|value| !value.is_null())
 }
 
-/// A JSON string's text; `None` for any other JSON value. Without escapes (the common case) it is
-/// the text between the quotes, borrowed.
-fn string(value: RawJson<'_>) -> Option<Cow<'_, str>> {
-    let json = value.get();
-    let inner = json.strip_prefix('"')?.strip_suffix('"')?;
-    if inner.contains('\\') {
-        return serde_json::from_str::<String>(json).ok().map(Cow::Owned);
-    }
-    Some(Cow::Borrowed(inner))
-}
-
 /// A JSON integer; `None` for any other JSON value (`1.5`, `"1"`).
 fn as_integer(value: RawJson) -> Option<i64> {
     serde_json::from_str(value.get()).ok()
@@ -53,7 +40,7 @@ fn is_number(value: RawJson) -> bool {
 
 fn is_unavailable(value: RawJson) -> bool {
     match value.get().as_bytes().first() {
-        Some(b'"') => string(value).is_some_and(|text| text == UNAVAILABLE),
+        Some(b'"') => value.as_str().is_some_and(|text| text == UNAVAILABLE),
         // Arrays stand in as an array of the placeholder.
         Some(b'[') => {
             serde_json::from_str::<[String; 1]>(value.get()).is_ok_and(|[text]| text == UNAVAILABLE)
@@ -64,7 +51,7 @@ fn is_unavailable(value: RawJson) -> bool {
 
 /// `TIMESTAMPTZ` (ISO-8601 string) or `TIMESTAMP` (microseconds since the epoch, read as UTC).
 pub fn parse_timestamp(value: RawJson, name: &'static str) -> Result<DateTime<Utc>, DecodeError> {
-    if let Some(text) = string(value) {
+    if let Some(text) = value.as_str() {
         return DateTime::parse_from_rfc3339(&text)
             .map(|t| t.with_timezone(&Utc))
             .map_err(|e| invalid(name, format!("{text:?} is not an ISO-8601 timestamp: {e}")));
@@ -79,7 +66,7 @@ pub fn parse_timestamp(value: RawJson, name: &'static str) -> Result<DateTime<Ut
 
 /// `NUMERIC` as sent with `decimal.handling.mode=string`.
 pub fn parse_decimal(value: RawJson, name: &'static str) -> Result<Decimal, DecodeError> {
-    match string(value) {
+    match value.as_str() {
         Some(text) => text
             .parse::<Decimal>()
             .map_err(|e| invalid(name, format!("{text:?} is not a decimal: {e}"))),
@@ -112,11 +99,11 @@ fn parsed(value: RawJson) -> Option<Value> {
 pub fn scalar(value: RawJson, name: &'static str, kind: ColumnType) -> Result<Scalar, DecodeError> {
     let expected = |what: &str| invalid(name, format!("expected {what}, got {value}"));
     Ok(match kind {
-        ColumnType::Text | ColumnType::Uuid => match string(value) {
+        ColumnType::Text | ColumnType::Uuid => match value.as_str() {
             Some(text) => Scalar::Text(text.into()),
             None => return Err(expected("a string")),
         },
-        ColumnType::Json => match string(value) {
+        ColumnType::Json => match value.as_str() {
             Some(text) => Scalar::Text(text.into()),
             // A converter that parses documents: keep their JSON text.
             None => Scalar::Text(
@@ -258,7 +245,7 @@ pub fn dimension_row(
     let Some(key) = present(row, dimension.key) else {
         return Err(DecodeError::MissingField(dimension.key));
     };
-    let id = match (string(key), as_integer(key)) {
+    let id = match (key.as_str(), as_integer(key)) {
         (Some(id), _) if id.is_empty() => return Err(DecodeError::MissingField(dimension.key)),
         (Some(id), _) => id.into_owned(),
         (None, Some(id)) => id.to_string(),
