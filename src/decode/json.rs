@@ -141,6 +141,7 @@ impl<'a> Reader<'a> {
 
     /// The first key of the object that comes next; `None` when it is empty. An error when the
     /// next value is not an object.
+    #[inline(always)]
     pub fn first_key(&mut self) -> Result<Option<Cow<'a, str>>, JsonError> {
         self.expect(b'{', "expected an object")?;
         match self.peek() {
@@ -154,6 +155,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next key of the object being read; `None` at its end.
+    #[inline(always)]
     pub fn next_key(&mut self) -> Result<Option<Cow<'a, str>>, JsonError> {
         match self.peek() {
             Some(b',') => {
@@ -212,6 +214,7 @@ impl<'a> Reader<'a> {
 
     /// Where the string starting at `at` (after its opening quote) ends (its closing quote), and
     /// whether it holds escapes.
+    #[inline(always)]
     fn string_end(&self, mut at: usize) -> Result<(usize, bool), JsonError> {
         let mut escaped = false;
         loop {
