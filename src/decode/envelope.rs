@@ -310,6 +310,8 @@ impl Seen {
 }
 
 impl<'a> RawEnvelope<'a> {
+    // The same walk as `Source::read_optional`'s, written out: one walk taking a closure per
+    // field measured 2% slower on decode + apply, the closure not inlined into it.
     fn read(reader: &mut Reader<'a>) -> Result<Self, DecodeError> {
         let mut envelope = Self::default();
         let mut seen = Seen::default();
