@@ -130,6 +130,15 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    /// The message's text over `span`, whose ends are at ASCII bytes (quotes, brackets, digits,
+    /// letters of a literal): in a message of valid UTF-8 they are always character boundaries.
+    fn text_of(&self, span: std::ops::Range<usize>) -> Result<&'a str, JsonError> {
+        let start = span.start;
+        self.text
+            .get(span)
+            .ok_or_else(|| JsonError(format!("a value at index {start} splits a character")))
+    }
+
     /// Whether the next value is `null`, consumed if so; any other value stays to be read.
     pub fn null(&mut self) -> Result<bool, JsonError> {
         if self.peek() != Some(b'n') {
@@ -200,16 +209,14 @@ impl<'a> Reader<'a> {
         let start = self.at + 1;
         let (end, escaped) = self.string_end(start)?;
         self.at = end + 1;
-        let text = if escaped {
+        if escaped {
             // Rare in change events: serde_json unescapes it (surrogate pairs and all).
-            let quoted = self.text.get(start - 1..end + 1).unwrap_or_default();
-            serde_json::from_str::<String>(quoted)
+            let quoted = self.text_of(start - 1..end + 1)?;
+            return serde_json::from_str::<String>(quoted)
                 .map(Cow::Owned)
-                .map_err(|e| JsonError(format!("the string at index {start}: {e}")))?
-        } else {
-            Cow::Borrowed(self.text.get(start..end).unwrap_or_default())
-        };
-        Ok(text)
+                .map_err(|e| JsonError(format!("the string at index {start}: {e}")));
+        }
+        self.text_of(start..end).map(Cow::Borrowed)
     }
 
     /// Where the string starting at `at` (after its opening quote) ends (its closing quote), and
@@ -318,7 +325,7 @@ impl<'a> Reader<'a> {
             self.skip()?;
             true
         };
-        Ok(RawJson { text: self.text.get(start..self.at).unwrap_or_default(), escaped })
+        Ok(RawJson { text: self.text_of(start..self.at)?, escaped })
     }
 
     /// Passes over the next value (checked to be JSON).
@@ -358,7 +365,10 @@ impl<'a> Reader<'a> {
                             self.at += 1;
                             return Ok(());
                         }
-                        _ => return Err(self.error("expected `,` or the end of the list")),
+                        _ => {
+                            let close = char::from(close);
+                            return Err(self.error(&format!("expected `,` or `{close}`")));
+                        }
                     }
                 }
             }
