@@ -78,6 +78,13 @@ static PLAIN: [bool; 256] = {
     plain
 };
 
+/// Out of the way of the reader's loops, which never take it.
+#[cold]
+#[inline(never)]
+fn split_character(at: usize) -> JsonError {
+    JsonError(format!("a value at index {at} splits a character"))
+}
+
 /// A reader of one JSON document, checked to be UTF-8 already (the caller checks the message
 /// whole, faster than string by string).
 pub struct Reader<'a> {
@@ -132,11 +139,10 @@ impl<'a> Reader<'a> {
 
     /// The message's text over `span`, whose ends are at ASCII bytes (quotes, brackets, digits,
     /// letters of a literal): in a message of valid UTF-8 they are always character boundaries.
+    #[inline(always)]
     fn text_of(&self, span: std::ops::Range<usize>) -> Result<&'a str, JsonError> {
         let start = span.start;
-        self.text
-            .get(span)
-            .ok_or_else(|| JsonError(format!("a value at index {start} splits a character")))
+        self.text.get(span).ok_or_else(|| split_character(start))
     }
 
     /// Whether the next value is `null`, consumed if so; any other value stays to be read.
