@@ -218,8 +218,8 @@ pub fn apply_message(
     let mut products: Vec<String> =
         entity_of(row, set.item).map(str::to_string).into_iter().collect();
     for delta in &pairs {
-        if !products.contains(&delta.product) {
-            products.push(delta.product.clone());
+        if !products.iter().any(|product| *product == delta.product) {
+            products.push(delta.product.to_string());
         }
     }
     for id in products {

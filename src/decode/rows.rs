@@ -208,10 +208,16 @@ pub fn source_row(
     }
     let present =
         |name: &str| columns.get(name).and_then(Scalar::as_key).filter(|value| !value.is_empty());
-    let mut key_parts = Vec::with_capacity(source.key.len());
-    for column in &source.key {
-        key_parts.push(present(column).ok_or_else(|| missing_key(source, column))?);
-    }
+    let key_part =
+        |column: &'static str| present(column).ok_or_else(|| missing_key(source, column));
+    let key = match source.key.as_slice() {
+        // Most tables' key is one column: read in place, with no list of parts to join.
+        [single] => RowKey::new(&key_part(single)?),
+        columns => {
+            let parts = columns.iter().map(|column| key_part(column));
+            RowKey::new(&parts.collect::<Result<Vec<_>, _>>()?.join("/"))
+        }
+    };
     let mut ids = Vec::with_capacity(source.entities.len());
     for (entity, column) in &source.entities {
         match present(column) {
@@ -228,10 +234,6 @@ pub fn source_row(
         _ => committed_at,
     }
     .ok_or(DecodeError::MissingField("source.ts_ms"))?;
-    let key = match key_parts.as_slice() {
-        [single] => RowKey::new(single),
-        parts => RowKey::new(&parts.join("/")),
-    };
     Ok(SourceRow { key, columns, ids, time })
 }
 

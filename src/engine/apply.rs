@@ -2,7 +2,7 @@
 //! it touches, load them, apply in offset order (skipping what a share already has), and write
 //! back what changed. Used by the partition workers and by `persona rebuild`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -310,6 +310,7 @@ impl Applier<'_> {
         set_aside(self.store, &loaded).await?;
         let Loaded { states: read, mut marks, seen, .. } = loaded;
         states.extend(read);
+        with_defaults(&mut states, &keys);
         let new_runs = runs::follow(self.features, self.topics, changes, connectors, marks.runs);
         let new_truncations = truncate::follow(changes, &mut marks.truncations);
         truncate::check(&marks.highs, &marks.truncations)?;
@@ -339,7 +340,7 @@ impl Applier<'_> {
                     self.features,
                     key.entity.entity,
                     &key.entity.id,
-                    states.entry(key.clone()).or_default(),
+                    state_of(&mut states, key),
                     change,
                     &stream,
                     now,
@@ -349,13 +350,12 @@ impl Applier<'_> {
             }
         }
 
+        let item = self.features.item;
         let mut partners: Vec<StateKey> = Vec::new();
-        for deltas in &pairs {
-            for delta in deltas {
-                let key = EntityRef::new(self.features.item, &delta.product).share(&stream);
-                if !states.contains_key(&key) && keys.binary_search(&key).is_err() {
-                    partners.push(key);
-                }
+        for delta in pairs.iter().flatten() {
+            // Every state of the batch is one of `keys`: a partner among them is not new.
+            if share_of(&keys, item, &delta.product).is_none() {
+                partners.push(EntityRef::new(item, delta.product.as_str()).share(&stream));
             }
         }
         partners.sort();
@@ -365,32 +365,31 @@ impl Applier<'_> {
         let loaded = self.store.load_for_write(&missing, &[], &[]).await?;
         set_aside(self.store, &loaded).await?;
         states.extend(loaded.states);
+        with_defaults(&mut states, &partners);
 
         for (index, (change, targets)) in changes.iter().zip(&routed).enumerate() {
-            let item = self.features.item;
-            let mut products: Vec<&str> = targets
-                .iter()
-                .filter(|key| key.entity.entity == item)
-                .map(|key| key.entity.id.as_str())
-                .collect();
+            let mut products: Vec<&StateKey> =
+                targets.iter().filter(|key| key.entity.entity == item).collect();
             for delta in &pairs[index] {
-                if !products.contains(&delta.product.as_str()) {
-                    products.push(&delta.product);
+                let key = share_of(&keys, item, &delta.product)
+                    .or_else(|| share_of(&partners, item, &delta.product))
+                    .expect("every partner's share was added above");
+                if !products.contains(&key) {
+                    products.push(key);
                 }
             }
-            for id in products {
-                let key = EntityRef::new(item, id).share(&stream);
+            for key in products {
                 let outcome = features::apply_with_pairs(
                     self.features,
                     item,
-                    id,
-                    states.entry(key.clone()).or_default(),
+                    &key.entity.id,
+                    state_of(&mut states, key),
                     change,
                     &stream,
                     now,
                     &pairs[index],
                 );
-                tally(&key, &outcome);
+                tally(key, &outcome);
             }
         }
         if duplicates > 0 {
@@ -450,6 +449,32 @@ impl Applier<'_> {
         }
         Ok((duplicates, late))
     }
+}
+
+/// Adds an empty state for each of `keys` not loaded: a share nobody wrote yet.
+fn with_defaults(states: &mut HashMap<StateKey, EntityState>, keys: &[StateKey]) {
+    for key in keys {
+        if !states.contains_key(key) {
+            states.insert(key.clone(), EntityState::default());
+        }
+    }
+}
+
+/// The state of `key`, one of the keys [`with_defaults`] was given: looked up by reference, since
+/// cloning the key for `entry` allocated its two texts for every change it applies.
+fn state_of<'a>(
+    states: &'a mut HashMap<StateKey, EntityState>,
+    key: &StateKey,
+) -> &'a mut EntityState {
+    states.get_mut(key).expect("every state of the batch was loaded or added empty")
+}
+
+/// The share of `item` entity `id` among `keys`, sorted keys of one stream.
+fn share_of<'a>(keys: &'a [StateKey], item: Entity, id: &str) -> Option<&'a StateKey> {
+    let at = keys
+        .binary_search_by(|key| (key.entity.entity, key.entity.id.as_str()).cmp(&(item, id)))
+        .ok()?;
+    Some(&keys[at])
 }
 
 /// Moves unreadable shares aside; the batch then fails with [`StoreError::Unreadable`] so that

@@ -21,6 +21,8 @@
 //! `session` older). A later one pairs and unpairs with the neighbours still held, and a row
 //! older than `history + session` neither pairs nor unpairs.
 
+use ecow::EcoString;
+
 use super::definition::{Feature, FeatureSet, SESSION_FACTS_MAX};
 use super::facts::{Entry, Facts};
 use super::row_key::RowKey;
@@ -31,8 +33,9 @@ use super::state::{EntityState, Fact, FeatureState, entity_of, passes};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairDelta {
     pub feature: &'static str,
-    pub product: String,
-    pub partner: String,
+    /// Ids as the facts hold them: inline up to 15 bytes, so a change's deltas allocate no ids.
+    pub product: EcoString,
+    pub partner: EcoString,
     /// Event time of the later row of the pair.
     pub at_us: i64,
     pub delta: i64,
@@ -63,8 +66,8 @@ fn push_pair(
     for (product, partner) in [(earlier.1, later.1), (later.1, earlier.1)] {
         deltas.push(PairDelta {
             feature: feature.name,
-            product: product.to_string(),
-            partner: partner.to_string(),
+            product: product.into(),
+            partner: partner.into(),
             at_us: later.0,
             delta,
         });

@@ -144,7 +144,7 @@ fn ingest_into(set: &FeatureSet, changes: &[SourceChange], states: &mut States) 
             .into_iter()
             .flatten()
             .filter_map(|row| entity_of(row, Entity::PRODUCT).map(str::to_string))
-            .chain(deltas.iter().map(|d| d.product.clone()))
+            .chain(deltas.iter().map(|d| d.product.to_string()))
             .collect();
         product_ids.sort();
         product_ids.dedup();
