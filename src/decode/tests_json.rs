@@ -165,6 +165,36 @@ proptest! {
     }
 }
 
+/// Strings and numbers of every length around the sixteen bytes the scans read at a time, with
+/// what ends or breaks them at every place, near the message's end and far from it.
+#[test]
+fn scans_stop_where_serde_json_does_at_every_place() {
+    let stops = ["\"", "\\n", "\\u00e9", "\\q", "\u{1}", "\u{1f}", " ", "\u{7f}", "é", "😀"];
+    for length in 0..40 {
+        for tail in [0, 1, 15, 16, 17, 33] {
+            for stop in stops {
+                let string = format!("\"{}{stop}z\"", "a".repeat(length));
+                let text = format!("[{string}{}]", ",0".repeat(tail));
+                assert_eq!(reads(&text), serde_reads(&text), "{text:?}");
+                let mut reader = Reader::new(&string);
+                let ours = reader.string().map(|s| s.into_owned()).ok();
+                let ours = ours.filter(|_| reader.finish().is_ok());
+                assert_eq!(ours, serde_json::from_str::<String>(&string).ok(), "{string:?}");
+            }
+            for after in ["", ".5", "e3", ".", "x", " ", "\"", "-", "/", ":"] {
+                let number = format!("{}{after}", "9".repeat(length + 1));
+                let text = format!("[{number}{}]", ",0".repeat(tail));
+                assert_eq!(reads(&text), serde_reads(&text), "{text:?}");
+                let mut reader = Reader::new(&number);
+                let ours = reader.optional_integer().ok().flatten();
+                let ours = ours.filter(|_| reader.finish().is_ok());
+                let theirs = serde_json::from_str::<i64>(&number).ok();
+                assert_eq!(ours, theirs, "{number:?}");
+            }
+        }
+    }
+}
+
 #[test]
 fn numbers_that_are_not_64_bit_integers_are_refused_as_integers() {
     for text in ["1.5", "1e3", "9223372036854775808", "-9223372036854775809", "\"1\"", "true"] {
