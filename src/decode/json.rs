@@ -181,7 +181,19 @@ impl<'a> Reader<'a> {
     }
 
     /// Consumes `byte` as the next one that is not whitespace, or names what was `expected`.
+    /// Inline where it is next, as in every message Kafka Connect's converter writes (no
+    /// whitespace): fifteen calls a message were a tenth of reading its envelope.
+    #[inline(always)]
     fn expect(&mut self, byte: u8, expected: &str) -> Result<(), JsonError> {
+        if self.bytes.get(self.at) == Some(&byte) {
+            self.at += 1;
+            return Ok(());
+        }
+        self.expect_after_whitespace(byte, expected)
+    }
+
+    #[inline(never)]
+    fn expect_after_whitespace(&mut self, byte: u8, expected: &str) -> Result<(), JsonError> {
         if self.peek() != Some(byte) {
             return Err(self.error(expected));
         }
@@ -388,8 +400,14 @@ impl<'a> Reader<'a> {
         Ok(RawJson { text: self.text_of(start..self.at)?, escaped })
     }
 
-    /// Passes over the next value (checked to be JSON).
+    /// Passes over the next value (checked to be JSON). A string, what most fields passed over
+    /// are, is passed over inline.
+    #[inline(always)]
     pub fn skip(&mut self) -> Result<(), JsonError> {
+        if self.bytes.get(self.at) == Some(&b'"') {
+            self.at = self.string_end(self.at + 1)?.0 + 1;
+            return Ok(());
+        }
         self.skip_nested(0)
     }
 
