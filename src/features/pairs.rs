@@ -33,7 +33,7 @@ use super::state::{EntityState, Fact, FeatureState, entity_of, passes};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairDelta {
     pub feature: &'static str,
-    /// Ids as the facts hold them: inline up to 15 bytes, so a change's deltas allocate no ids.
+    /// Ids as the facts hold them: inline up to 15 bytes (ids of that size allocate nothing).
     pub product: EcoString,
     pub partner: EcoString,
     /// Event time of the later row of the pair.
