@@ -79,6 +79,11 @@ impl<'f> Kept<'f> {
     /// For how many of the windows read from the state a row at `at_us` is too old: they can no
     /// longer be read at a time it counts at. (The state keeps it while one window can.)
     pub fn late(&self, at_us: i64, history_us: i64, now_us: i64) -> u32 {
+        if at_us >= now_us.saturating_sub(history_us) {
+            // Every window keeps at least back to `now - history`: nothing to divide out (a
+            // division per window, for the live rows that are nearly all of them).
+            return 0;
+        }
         let late = self.widths.iter().filter(|w| at_us < oldest_kept_us(**w, history_us, now_us));
         late.count() as u32
     }
@@ -95,7 +100,9 @@ impl<'f> Kept<'f> {
 
     /// Whether a row at `at_us` is too old for every window read from the state.
     pub fn too_old(&self, at_us: i64, history_us: i64, now_us: i64) -> bool {
-        !self.unwindowed_reader
+        // As in `late`.
+        at_us < now_us.saturating_sub(history_us)
+            && !self.unwindowed_reader
             && self.oldest_us(history_us, now_us).is_some_and(|oldest| at_us < oldest)
     }
 }
@@ -263,4 +270,46 @@ pub(super) fn prune_shared_facts(
     let (kept, _) = last_n_kept(&state.facts, keep_values);
     state.facts.retain_from_newest(|place| place < len - loose || kept[place]);
     state.last_n_values = KnownValues(u32::try_from(state.facts.len()).ok());
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Rows newer than `now - history`, which skip the divisions, are late for no window,
+        /// as the divisions say.
+        #[test]
+        fn lateness_is_that_of_each_windows_oldest_bucket(
+            bucket_s in 1i64..=60,
+            multiples in prop::collection::vec(1i64..=30, 1..4),
+            history_s in 0i64..=7_200,
+            now_us in 0i64..=4_000_000_000_000_000,
+            // Where the row falls, in thousandths of the widest window's reach before
+            // `now - history`: after it, around each window's oldest bucket, before them all.
+            reach_permille in -100i64..=1_200,
+            unwindowed_reader in any::<bool>(),
+        ) {
+            let widths: Vec<i64> = multiples.iter().map(|m| m * bucket_s * 1_000_000).collect();
+            let kept = Kept {
+                name: "feature",
+                bucket_us: bucket_s * 1_000_000,
+                widths: &widths,
+                unwindowed_reader,
+            };
+            let history_us = history_s * 1_000_000;
+            let reach_us = BUCKETS_PER_WINDOW * widths.iter().max().copied().unwrap_or_default();
+            let at_us = now_us - history_us - reach_permille * reach_us / 1_000;
+            let oldest: Vec<i64> =
+                widths.iter().map(|w| oldest_kept_us(*w, history_us, now_us)).collect();
+            let late = oldest.iter().filter(|oldest| at_us < **oldest).count() as u32;
+            prop_assert_eq!(kept.late(at_us, history_us, now_us), late);
+            let too_old = !unwindowed_reader && oldest.iter().all(|oldest| at_us < *oldest);
+            prop_assert_eq!(kept.too_old(at_us, history_us, now_us), too_old);
+        }
+    }
 }
