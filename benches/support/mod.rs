@@ -200,7 +200,8 @@ pub fn apply_message(
     let Ok(Some(change)) = source_change(set, &event) else { return };
     // A delete's entities are its before image's.
     let Some(row) = change.after.as_ref().or(change.before.as_ref()) else { return };
-    let now = row.time;
+    // The engine's clock, once per batch; here the row's time, once per event.
+    let now = DateTime::from_timestamp_micros(row.time_us).unwrap_or_default();
     let fed = set.entities_fed_by(change.table);
     let mut pairs = Vec::new();
     for entity in fed.iter().copied().filter(|e| *e != set.item) {

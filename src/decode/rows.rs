@@ -20,6 +20,10 @@ use crate::features::{Columns, DimensionSchema, Product, RowKey, Scalar, SourceR
 pub const UNAVAILABLE: &str = "__debezium_unavailable_value";
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
+/// The event times a row may have: those chrono can date (some 262,000 years either side of
+/// 1970), as the API reports them. A `DATE` or millisecond column may hold more.
+const TIME_RANGE_US: std::ops::RangeInclusive<i64> =
+    DateTime::<Utc>::MIN_UTC.timestamp_micros()..=DateTime::<Utc>::MAX_UTC.timestamp_micros();
 
 fn invalid(field: &'static str, reason: String) -> DecodeError {
     DecodeError::InvalidField { field, reason }
@@ -62,8 +66,7 @@ pub fn timestamp_micros(value: RawJson, name: &'static str) -> Result<i64, Decod
     }
     if is_number(value) {
         return as_integer(value)
-            .and_then(DateTime::from_timestamp_micros)
-            .map(|t| t.timestamp_micros())
+            .filter(|micros| TIME_RANGE_US.contains(micros))
             .ok_or_else(|| invalid(name, format!("{value} is not a timestamp in microseconds")));
     }
     Err(invalid(name, format!("expected a timestamp, got {value}")))
@@ -282,15 +285,20 @@ pub fn source_row(
             None => {}
         }
     }
-    let time = match source.time_column.map(|column| (column, columns.get(column))) {
-        Some((_, Some(Scalar::Time(micros)))) => DateTime::from_timestamp_micros(*micros),
+    let time_us = match source.time_column.map(|column| (column, columns.get(column))) {
+        Some((column, Some(Scalar::Time(micros)))) => {
+            Some(*micros).filter(|micros| TIME_RANGE_US.contains(micros)).ok_or_else(|| {
+                invalid(column, format!("{micros} µs is past the times persona reads"))
+            })?
+        }
         Some((column, _)) if !source.time_from_commit_if_null => {
             return Err(DecodeError::MissingField(column));
         }
-        _ => committed_at,
-    }
-    .ok_or(DecodeError::MissingField("source.ts_ms"))?;
-    Ok(SourceRow { key, columns, ids, time })
+        _ => committed_at
+            .map(|at| at.timestamp_micros())
+            .ok_or(DecodeError::MissingField("source.ts_ms"))?,
+    };
+    Ok(SourceRow { key, columns, ids, time_us })
 }
 
 /// A row image of the dimension. `previous` is the same row as persona holds it, for unchanged

@@ -51,7 +51,7 @@ fn create_has_the_row_its_time_and_position() {
     assert_eq!(row.key, "8d3e3f63-5a8e-4d1c-9d43-0d0d0c0d0e01");
     assert_eq!(row.text("user_id"), Some("u1"));
     assert_eq!(row.text("activity_type"), Some("VIEW_PRODUCT"));
-    assert_eq!(row.time.timestamp_micros(), 1795316793698261);
+    assert_eq!(row.time_us, 1795316793698261);
     assert_eq!(decoded.position, Some(Position(24023928, 24024216, 1)));
 }
 
@@ -157,7 +157,7 @@ fn orders_and_cart_items_decode_numbers() {
     let row = decoded_row(cart);
     assert_eq!(row.key, "u1/p1");
     // No updated_at: the commit time stands in.
-    assert_eq!(row.time.timestamp_millis(), 1795316793698);
+    assert_eq!(row.time_us, 1795316793698000);
 }
 
 fn decoded_row(json: &str) -> SourceRow {
@@ -319,7 +319,7 @@ fn every_declared_type_decodes_from_its_debezium_form() {
     assert_eq!(row.id(crate::features::Entity::PRODUCT), Some("SKU-7"));
     // Coded values read as their names.
     assert_eq!(row.get("behavior"), &Scalar::Text("VIEW_PRODUCT".into()));
-    assert_eq!(row.time.timestamp_micros(), 1795316793698261);
+    assert_eq!(row.time_us, 1795316793698261);
     assert_eq!(row.get("payload"), &Scalar::Text(r#"{"q": "boots", "n": 3}"#.into()));
     assert_eq!(row.get("flagged"), &Scalar::Text("true".into()));
     // 20414 days after 1970-01-01 is 2025-11-22, midnight UTC.
@@ -329,6 +329,24 @@ fn every_declared_type_decodes_from_its_debezium_form() {
     assert_eq!(row.get("ref"), &Scalar::Text("8d3e3f63-5a8e-4d1c-9d43-0d0d0c0d0e01".into()));
     assert_eq!(row.get("made"), &Scalar::Time(1795316793698000));
     assert_eq!(row.get("price"), &Scalar::Number(Decimal::new(1250, 2)));
+}
+
+#[test]
+fn event_times_past_what_a_read_can_date_are_refused_naming_the_column() {
+    let by_day =
+        FeatureSet::parse(&LEGACY.replace(r#"time = "gmt_create""#, r#"time = "day""#), "legacy")
+            .expect("valid declarations");
+    let decoded = |days: i64| {
+        let row = LEGACY_ROW.replace(r#""day":20414"#, &format!(r#""day":{days}"#));
+        source_change(&by_day, &legacy_event("c", "null", &row))
+    };
+    let row = decoded(20414).expect("decodes").and_then(|change| change.after).expect("a row");
+    assert_eq!(row.time_us, 20414 * 86_400_000_000);
+    // Some 274,000 years on: microseconds an i64 holds, and one that saturates it.
+    for days in [100_000_000, i64::MAX / 2] {
+        let error = decoded(days).expect_err("out of range");
+        assert!(matches!(error, DecodeError::InvalidField { field: "day", .. }), "{error}");
+    }
 }
 
 #[test]

@@ -92,7 +92,7 @@ fn member<'a>(
         return None;
     }
     let product = entity_of(row, set.item)?;
-    let at_us = row.time.timestamp_micros();
+    let at_us = row.time_us;
     (at_us >= horizon).then_some((feature.fact_key(row), at_us, product))
 }
 

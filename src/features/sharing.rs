@@ -65,7 +65,7 @@ pub(super) fn tend_own_states(
 ) -> bool {
     let in_shared = |state: &EntityState, row: &SourceRow| {
         let Some(value) = stored_value(feature, row) else { return true };
-        let bucket = row.time.timestamp_micros().div_euclid(shared.bucket_us);
+        let bucket = row.time_us.div_euclid(shared.bucket_us);
         state
             .features
             .get_interned(shared.name)

@@ -245,8 +245,9 @@ pub struct SourceRow {
     pub columns: Columns,
     /// The ids of the entities the row belongs to (see [`SourceSchema::entities`]), as text.
     pub ids: Vec<(Entity, CompactString)>,
-    /// Event time: the table's time column, or the commit time where that is NULL.
-    pub time: DateTime<Utc>,
+    /// Event time in microseconds since the epoch: the table's time column, or the commit time
+    /// where that is NULL. Every feature reads it in microseconds, so it is kept in them.
+    pub time_us: i64,
 }
 
 impl SourceRow {
@@ -269,7 +270,7 @@ impl SourceRow {
             .into_iter()
             .filter_map(|(entity, column)| Some((entity, columns.get(column)?.as_key()?.into())))
             .collect();
-        Self { key: RowKey::new(&key), columns, ids, time }
+        Self { key: RowKey::new(&key), columns, ids, time_us: time.timestamp_micros() }
     }
 
     /// The id of the `entity` the row belongs to; `None` where the row names none.

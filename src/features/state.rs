@@ -448,7 +448,7 @@ fn add<'a>(
     now_us: i64,
 ) -> Added<'a> {
     let Some(value) = stored_value(feature, row) else { return Added::Value(None, 0) };
-    let at_us = row.time.timestamp_micros();
+    let at_us = row.time_us;
     let late = kept.late(at_us, history_us, now_us);
     if kept.too_old(at_us, history_us, now_us) {
         return Added::Late(late);
@@ -481,7 +481,7 @@ pub(super) fn retract(
     now_us: i64,
 ) {
     let Some(value) = stored_value(feature, row) else { return };
-    let at_us = row.time.timestamp_micros();
+    let at_us = row.time_us;
     if kept.too_old(at_us, history_us, now_us) {
         return;
     }

@@ -184,7 +184,7 @@ fn recompute(set: &FeatureSet, rows: &[SourceRow]) -> BTreeMap<String, Value> {
             })
             .map(|r| {
                 let key = if keyed { r.key.to_string() } else { String::new() };
-                (r.time.timestamp_micros(), key, r.text("product_id").unwrap_or(""))
+                (r.time_us, key, r.text("product_id").unwrap_or(""))
             })
             .collect();
         views.sort();

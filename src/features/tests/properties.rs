@@ -206,7 +206,7 @@ proptest! {
     ) {
         let (changes, mut survivors) = run(&steps);
         // Shuffle deterministically by seed: order within retention must not matter.
-        survivors.sort_by_key(|row| (row.key.to_string().len() as u64 ^ seed).wrapping_mul(row.time.timestamp() as u64 | 1));
+        survivors.sort_by_key(|row| (row.key.to_string().len() as u64 ^ seed).wrapping_mul(row.time_us.div_euclid(1_000_000) as u64 | 1));
         let inserts: Vec<SourceChange> =
             (1i64..).zip(survivors).map(|(lsn, row)| insert(row, lsn)).collect();
         for set in sets() {

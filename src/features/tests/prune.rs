@@ -13,7 +13,7 @@ fn unpruned(set: &FeatureSet, rows: &[SourceRow]) -> EntityState {
         let facts = state.features.entry(feature.name);
         for row in rows {
             let value = row.text("product_id").expect("a product").to_string();
-            let at_us = row.time.timestamp_micros();
+            let at_us = row.time_us;
             let fact = super::super::state::Fact { at_us, value: value.into() };
             facts.facts.insert(feature.fact_key(row).clone(), fact);
         }
@@ -49,7 +49,7 @@ proptest! {
         let mut changes: Vec<SourceChange> =
             (1i64..).zip(rows.values().cloned()).map(|(lsn, row)| insert(row, lsn)).collect();
         let mut newest: Vec<&SourceRow> = rows.values().collect();
-        newest.sort_by_key(|row| std::cmp::Reverse((row.time, row.key.clone())));
+        newest.sort_by_key(|row| std::cmp::Reverse((row.time_us, row.key.clone())));
         for (lsn, row) in (changes.len() as i64 + 1..).zip(newest.iter().take(deleted)) {
             changes.push(change(SourceTable::new("user_activity"), Some((*row).clone()), None, lsn));
         }
@@ -61,7 +61,7 @@ proptest! {
         let shared = set.get("recent_products_viewed").and_then(|f| f.shared_facts.as_ref());
         let shared = shared.expect("shared");
         let kept = pruned.features.get(shared.name).map_or(0, |state| state.facts.len());
-        let recent = survivors.iter().filter(|row| t0() - row.time <= TimeDelta::minutes(26)).count();
+        let recent = survivors.iter().filter(|row| t0().timestamp_micros() - row.time_us <= 26 * 60 * 1_000_000).count();
         let bound = (20 + FACT_SLACK) * 8 + (1 + FACT_SLACK) + recent + 16;
         prop_assert!(kept <= bound, "{kept} facts kept, more than {bound}");
         prop_assert!(!pruned.features.contains_key("recent_products_viewed"));

@@ -107,7 +107,7 @@ fn own_states_written_before_sharing_leave_as_their_rows_leave_their_windows() {
     let later = t0() + TimeDelta::hours(2);
     let row = |key: &str, kind: &str| {
         let mut row = activity(key, "u1", kind, Some("p1"), 0);
-        row.time = later;
+        row.time_us = later.timestamp_micros();
         row
     };
     let now = [insert(row("c", "VIEW_PRODUCT"), 3), insert(row("d", "CLICK"), 4)];
