@@ -27,6 +27,7 @@ use std::borrow::Cow;
 
 pub use super::json::RawJson;
 use super::json::{JsonError, Reader};
+use crate::features::same_text;
 
 pub const OP_READ: &str = "r";
 pub const OP_CREATE: &str = "c";
@@ -210,8 +211,9 @@ fn plain_sequence(raw: &str) -> Option<[Option<&str>; 2]> {
             }
         }
     }
-    let (first, second) = inner.split_once(',')?;
-    Some([part(first)?, part(second)?])
+    // By byte: a `char` pattern confirms each match with a call to `memcmp`.
+    let comma = inner.bytes().position(|byte| byte == b',')?;
+    Some([part(&inner[..comma])?, part(&inner[comma + 1..])?])
 }
 
 /// A row image as sent: each column's name and its JSON value, not yet read.
@@ -221,7 +223,7 @@ pub struct Row<'a>(Vec<(Cow<'a, str>, RawJson<'a>)>);
 impl<'a> Row<'a> {
     /// The value of `column` as sent (JSON `null` included); `None` when the image lacks it.
     pub fn get(&self, column: &str) -> Option<RawJson<'a>> {
-        self.0.iter().find(|(name, _)| name == column).map(|(_, value)| *value)
+        self.0.iter().find(|(name, _)| same_text(name, column)).map(|(_, value)| *value)
     }
 
     /// A row image on its own, as JSON (an object of columns).

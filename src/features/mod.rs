@@ -28,6 +28,7 @@ mod row_key;
 mod sharing;
 pub mod source;
 mod state;
+mod text;
 mod view;
 
 pub use buckets::{Buckets, Cell};
@@ -57,6 +58,7 @@ pub use state::{
     EntityState, FACT_SLACK, Outcome, RunMark, StoredParts, apply, apply_with_pairs, entity_of,
     superseded, truncated_away,
 };
+pub use text::same_text;
 pub use view::FeatureView;
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use super::facts::{Entry, Facts};
 use super::row_key::RowKey;
 use super::source::{SourceChange, SourceRow};
 use super::state::{EntityState, Fact, FeatureState, entity_of, passes};
+use super::text::same_text;
 
 /// One change to a product's co-occurrence counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +89,9 @@ fn member<'a>(
     horizon: i64,
 ) -> Option<(&'a RowKey, i64, &'a str)> {
     let row = row?;
-    if entity_of(row, set.shopper) != Some(user_id) || !passes(feature, row) {
+    if !entity_of(row, set.shopper).is_some_and(|id| same_text(id, user_id))
+        || !passes(feature, row)
+    {
         return None;
     }
     let product = entity_of(row, set.item)?;

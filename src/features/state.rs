@@ -40,6 +40,7 @@ pub(super) use super::retention::Kept;
 use super::retention::{prune, prune_shared_facts};
 use super::sharing;
 use super::source::{Position, SnapshotRead, SnapshotRun, SourceChange, SourceRow, Truncation};
+use super::text::same_text;
 
 /// Re-driven positions remembered per stream; beyond this the oldest are forgotten.
 pub const REPLAYED_MAX: usize = 1_000;
@@ -246,7 +247,8 @@ pub fn apply_with_pairs(
         outcome.overlapped = true;
         return outcome;
     }
-    let belongs = |row: &&SourceRow| entity_of(row, entity) == Some(entity_id);
+    let belongs =
+        |row: &&SourceRow| entity_of(row, entity).is_some_and(|id| same_text(id, entity_id));
     // Whose rows they are does not depend on the feature: asked once, not once per feature.
     let (before_own, after_own) =
         (change.before.as_ref().filter(belongs), change.after.as_ref().filter(belongs));
@@ -403,7 +405,7 @@ fn first_replay(state: &mut EntityState, stream: &str, position: Position) -> bo
 
 pub(super) fn passes(feature: &Feature, row: &SourceRow) -> bool {
     feature.filter.iter().all(|(column, accepted)| {
-        row.get(column).as_key().is_some_and(|value| accepted.iter().any(|a| *a == value))
+        row.get(column).as_key().is_some_and(|value| accepted.iter().any(|a| same_text(a, &value)))
     })
 }
 

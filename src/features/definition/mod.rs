@@ -12,6 +12,7 @@ use super::catalog::DimensionSchema;
 pub use super::entity::{Entity, EntitySchema, IdKind};
 use super::row_key::RowKey;
 use super::source::{SourceRow, SourceSchema, SourceTable};
+use super::text::same_text;
 
 /// Every window is this many buckets: the bucket width is `window / 60`.
 pub const BUCKETS_PER_WINDOW: i64 = 60;
@@ -393,9 +394,9 @@ impl FeatureSet {
 
     /// The declared source Debezium names `schema.table` (any schema when it names none).
     pub fn source_of_table(&self, schema: Option<&str>, table: &str) -> Option<&SourceSchema> {
-        self.sources
-            .iter()
-            .find(|s| s.table == table && schema.is_none_or(|schema| s.schema == schema))
+        self.sources.iter().find(|s| {
+            same_text(&s.table, table) && schema.is_none_or(|schema| same_text(&s.schema, schema))
+        })
     }
 
     /// The declared source whose changes Debezium publishes to `topic`, named
