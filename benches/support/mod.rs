@@ -200,8 +200,8 @@ pub fn apply_message(
     let Ok(Some(change)) = source_change(set, &event) else { return };
     // A delete's entities are its before image's.
     let Some(row) = change.after.as_ref().or(change.before.as_ref()) else { return };
-    // The engine's clock, once per batch; here the row's time, once per event.
-    let now = DateTime::from_timestamp_micros(row.time_us).unwrap_or_default();
+    // The engine's clock, read once per batch; here the row's own time, so nothing is late.
+    let now_us = row.time_us;
     let fed = set.entities_fed_by(change.table);
     let mut pairs = Vec::new();
     for entity in fed.iter().copied().filter(|e| *e != set.item) {
@@ -209,7 +209,7 @@ pub fn apply_message(
             continue;
         };
         let state = states.entry((entity, id.to_string())).or_default();
-        let outcome = apply_with_pairs(set, entity, id, state, &change, STREAM, now, &[]);
+        let outcome = apply_with_pairs(set, entity, id, state, &change, STREAM, now_us, &[]);
         touched(entity, id);
         pairs.extend(outcome.pairs);
     }
@@ -225,7 +225,7 @@ pub fn apply_message(
     }
     for id in products {
         let state = states.entry((set.item, id.clone())).or_default();
-        apply_with_pairs(set, set.item, &id, state, &change, STREAM, now, &pairs);
+        apply_with_pairs(set, set.item, &id, state, &change, STREAM, now_us, &pairs);
         touched(set.item, &id);
     }
 }

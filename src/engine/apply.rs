@@ -386,7 +386,7 @@ impl Applier<'_> {
                     state_of(&mut states, key),
                     change,
                     &stream,
-                    now,
+                    now.timestamp_micros(),
                     &pairs[index],
                 );
                 tally(key, &outcome);

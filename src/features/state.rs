@@ -193,12 +193,13 @@ pub fn apply(
     stream: &str,
     now: DateTime<Utc>,
 ) -> Outcome {
-    apply_with_pairs(set, entity, entity_id, state, change, stream, now, &[])
+    apply_with_pairs(set, entity, entity_id, state, change, stream, now.timestamp_micros(), &[])
 }
 
-/// [`apply`], and for a product also the co-occurrence deltas that applying the same change to
-/// users produced (those naming other products are ignored). A product a change reaches only
-/// through pairs is applied this way too, so its position marks the change as applied.
+/// [`apply`] at `now_us` (microseconds since the epoch), and for a product also the
+/// co-occurrence deltas that applying the same change to users produced (those naming other
+/// products are ignored). A product a change reaches only through pairs is applied this way
+/// too, so its position marks the change as applied.
 #[allow(clippy::too_many_arguments)]
 pub fn apply_with_pairs(
     set: &FeatureSet,
@@ -207,7 +208,7 @@ pub fn apply_with_pairs(
     state: &mut EntityState,
     change: &SourceChange,
     stream: &str,
-    now: DateTime<Utc>,
+    now_us: i64,
     pair_deltas: &[PairDelta],
 ) -> Outcome {
     let mut outcome = Outcome::default();
@@ -252,7 +253,6 @@ pub fn apply_with_pairs(
     // Whose rows they are does not depend on the feature: asked once, not once per feature.
     let (before_own, after_own) =
         (change.before.as_ref().filter(belongs), change.after.as_ref().filter(belongs));
-    let now_us = now.timestamp_micros();
     if entity == set.shopper {
         outcome.pairs = pairs::apply_to_session(set, entity_id, state, change, now_us);
     } else if entity == set.item {
@@ -424,7 +424,7 @@ pub(super) fn stored_value<'a>(feature: &Feature, row: &'a SourceRow) -> Option<
             }
         }
     }?;
-    if !feature.steps.is_empty() && !feature.steps.iter().any(|step| *step == value) {
+    if !feature.steps.is_empty() && !feature.steps.iter().any(|step| same_text(step, &value)) {
         return None;
     }
     Some(value)

@@ -150,7 +150,16 @@ fn ingest_into(set: &FeatureSet, changes: &[SourceChange], states: &mut States) 
         product_ids.dedup();
         for id in product_ids {
             let state = products.entry(id.clone()).or_default();
-            apply_with_pairs(set, Entity::PRODUCT, &id, state, change, stream, t0(), &deltas);
+            apply_with_pairs(
+                set,
+                Entity::PRODUCT,
+                &id,
+                state,
+                change,
+                stream,
+                t0().timestamp_micros(),
+                &deltas,
+            );
         }
     }
 }

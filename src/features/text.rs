@@ -1,7 +1,7 @@
 //! Equality of the short texts the hot path compares (column names, filter codes, entity ids,
 //! table names) without a call to `memcmp`.
 
-/// Whether `a` and `b` are the same text. Up to 16 bytes they are compared inline as two
+/// Whether `a` and `b` are the same text. Up to 32 bytes they are compared inline as two
 /// overlapping words, the way `memcmp` compares them itself: the texts ingest compares are that
 /// short, and the call to `memcmp` for each was 6% of decode + apply, more than comparing.
 #[inline(always)]
@@ -20,16 +20,20 @@ pub fn same_text(a: &str, b: &str) -> bool {
         8..=16 => {
             word::<8>(a, 0) == word::<8>(b, 0) && word::<8>(a, len - 8) == word::<8>(b, len - 8)
         }
+        17..=32 => {
+            word::<16>(a, 0) == word::<16>(b, 0)
+                && word::<16>(a, len - 16) == word::<16>(b, len - 16)
+        }
         _ => a == b,
     }
 }
 
 /// The `N` bytes of `bytes` from `at`, as one number.
 #[inline(always)]
-fn word<const N: usize>(bytes: &[u8], at: usize) -> u64 {
-    let mut word = [0; 8];
+fn word<const N: usize>(bytes: &[u8], at: usize) -> u128 {
+    let mut word = [0; 16];
     word[..N].copy_from_slice(&bytes[at..at + N]);
-    u64::from_ne_bytes(word)
+    u128::from_ne_bytes(word)
 }
 
 #[cfg(test)]
@@ -44,7 +48,7 @@ mod tests {
         /// Texts of equal length that differ in one byte, anywhere, and texts that are equal.
         #[test]
         fn texts_are_the_same_exactly_when_equal(
-            text in "[a-zA-Z_é]{0,20}",
+            text in "[a-zA-Z_é]{0,40}",
             at in any::<prop::sample::Index>(),
             byte in b'0'..=b'9',
         ) {
