@@ -219,7 +219,7 @@ fn act(
         processed_ms: None,
         truncated: None,
         truncate: false,
-        committed_at: Some(now),
+        committed_ms: Some(now.timestamp_millis()),
         replay: false,
         overlapped: false,
     };

@@ -4,8 +4,6 @@
 
 use std::borrow::Cow;
 
-use chrono::DateTime;
-
 use super::envelope::{ChangeEvent, DecodeError, Op};
 use super::rows;
 use crate::features::{FeatureSet, Position, RunStart, SnapshotRead, SnapshotRun, SourceChange};
@@ -49,14 +47,14 @@ pub fn source_change(
     if event.op == Op::Message {
         return Ok(None);
     }
-    let committed_at = event.source.ts_ms.and_then(DateTime::from_timestamp_millis);
+    let committed_ms = event.source.ts_ms;
     let before = match &event.before {
-        Some(row) => Some(rows::source_row(source, row, committed_at, None)?),
+        Some(row) => Some(rows::source_row(source, row, committed_ms, None)?),
         None => None,
     };
     let after = match (&event.after, event.op) {
         (Some(row), op) if op != Op::Delete => {
-            Some(rows::source_row(source, row, committed_at, before.as_ref())?)
+            Some(rows::source_row(source, row, committed_ms, before.as_ref())?)
         }
         _ => None,
     };
@@ -70,7 +68,7 @@ pub fn source_change(
         processed_ms: event.ts_ms,
         truncated: None,
         truncate: event.op == Op::Truncate,
-        committed_at,
+        committed_ms,
         replay: false,
         overlapped: false,
     }))

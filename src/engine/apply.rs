@@ -154,9 +154,9 @@ impl Applier<'_> {
             stats.late += late;
             from = to;
         }
-        let now = Utc::now();
-        for committed in changes.iter().filter_map(|change| change.committed_at) {
-            let seconds = (now - committed).num_microseconds().unwrap_or(0) as f64 / 1e6;
+        let now_us = Utc::now().timestamp_micros();
+        for committed_ms in changes.iter().filter_map(|change| change.committed_ms) {
+            let seconds = now_us.saturating_sub(committed_ms.saturating_mul(1000)) as f64 / 1e6;
             metrics::histogram!(telemetry::FRESHNESS_SECONDS).record(seconds.max(0.0));
         }
         Ok(stats)

@@ -106,7 +106,7 @@ mod tests {
             processed_ms: None,
             truncated: None,
             truncate,
-            committed_at: None,
+            committed_ms: None,
             replay: false,
             overlapped: false,
         }

@@ -146,12 +146,8 @@ fn streamed(change: &SourceChange) -> Option<Position> {
     change.position
 }
 
-fn committed_ms(change: &SourceChange) -> Option<i64> {
-    change.committed_at.map(|at| at.timestamp_millis())
-}
-
 fn within(until_ms: Option<i64>, change: &SourceChange) -> bool {
-    match (until_ms, committed_ms(change)) {
+    match (until_ms, change.committed_ms) {
         (Some(until), Some(committed)) => committed <= until.saturating_add(CLOCK_SLACK_MS),
         (Some(_), None) => true,
         (None, _) => false,

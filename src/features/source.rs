@@ -373,8 +373,8 @@ pub struct SourceChange {
     /// This change is a TRUNCATE of `table` (no row images): it reaches no share itself, and
     /// whoever knows the table records it as the table's newest truncation.
     pub truncate: bool,
-    /// Commit time in Postgres.
-    pub committed_at: Option<DateTime<Utc>>,
+    /// Commit time in Postgres, in milliseconds since the epoch (Debezium's `source.ts_ms`).
+    pub committed_ms: Option<i64>,
     /// Re-driven from the dead-letter topic: its position may be behind what its stream has
     /// applied since, and it is applied once all the same.
     pub replay: bool,

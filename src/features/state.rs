@@ -39,7 +39,9 @@ pub use super::retention::FACT_SLACK;
 pub(super) use super::retention::Kept;
 use super::retention::{prune, prune_shared_facts};
 use super::sharing;
-use super::source::{Position, SnapshotRead, SnapshotRun, SourceChange, SourceRow, Truncation};
+use super::source::{
+    Position, Scalar, SnapshotRead, SnapshotRun, SourceChange, SourceRow, Truncation,
+};
 use super::text::same_text;
 
 /// Re-driven positions remembered per stream; beyond this the oldest are forgotten.
@@ -404,8 +406,11 @@ fn first_replay(state: &mut EntityState, stream: &str, position: Position) -> bo
 }
 
 pub(super) fn passes(feature: &Feature, row: &SourceRow) -> bool {
-    feature.filter.iter().all(|(column, accepted)| {
-        row.get(column).as_key().is_some_and(|value| accepted.iter().any(|a| same_text(a, &value)))
+    let accepts = |accepted: &[String], value: &str| accepted.iter().any(|a| same_text(a, value));
+    feature.filter.iter().all(|(column, accepted)| match row.get(column) {
+        // Filters are on codes nearly always: read in place.
+        Scalar::Text(text) => accepts(accepted, text),
+        other => other.as_key().is_some_and(|value| accepts(accepted, &value)),
     })
 }
 

@@ -78,7 +78,7 @@ fn change(
         processed_ms: None,
         truncated: None,
         truncate: false,
-        committed_at: Some(t0()),
+        committed_ms: Some(t0().timestamp_millis()),
         replay: false,
         overlapped: false,
     }

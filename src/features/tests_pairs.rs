@@ -104,7 +104,7 @@ fn change(before: Option<SourceRow>, after: Option<SourceRow>, lsn: i64) -> Sour
         processed_ms: None,
         truncated: None,
         truncate: false,
-        committed_at: Some(t0()),
+        committed_ms: Some(t0().timestamp_millis()),
         replay: false,
         overlapped: false,
     }

@@ -395,7 +395,7 @@ impl FeatureSet {
     /// The declared source Debezium names `schema.table` (any schema when it names none).
     pub fn source_of_table(&self, schema: Option<&str>, table: &str) -> Option<&SourceSchema> {
         self.sources.iter().find(|s| {
-            same_text(&s.table, table) && schema.is_none_or(|schema| same_text(&s.schema, schema))
+            same_text(s.table, table) && schema.is_none_or(|schema| same_text(s.schema, schema))
         })
     }
 

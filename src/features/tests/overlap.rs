@@ -14,10 +14,6 @@ fn run() -> RunStart {
     RunStart { run: SnapshotRun(500, 50), at_ms: RUN_AT_MS, read_ms: Some(READ_MS) }
 }
 
-fn at_ms(ms: i64) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(ms)
-}
-
 fn row(key: usize, kind: &str) -> SourceRow {
     activity(&format!("r{key}"), "u1", kind, Some("p1"), 30)
 }
@@ -28,7 +24,7 @@ fn read_of(row: SourceRow, seq: i64) -> SourceChange {
         snapshot: Some(SnapshotRead { start: run(), seq }),
         run: Some(run()),
         processed_ms: Some(READ_MS),
-        committed_at: at_ms(RUN_AT_MS),
+        committed_ms: Some(RUN_AT_MS),
         ..insert(row, 0)
     }
 }
@@ -43,7 +39,7 @@ fn streamed_at(
     SourceChange {
         run: Some(run()),
         processed_ms: Some(ms),
-        committed_at: at_ms(ms),
+        committed_ms: Some(ms),
         ..change(SourceTable::new("user_activity"), before, after, lsn)
     }
 }
