@@ -74,8 +74,8 @@ pub fn timestamp_micros(value: RawJson, name: &'static str) -> Result<i64, Decod
 
 /// A time as Debezium sends a `TIMESTAMPTZ` (`2026-11-20T10:00:00.123456Z`: UTC, zero to nine
 /// digits of fraction), in one pass; `None` for any other form (an offset, a leap second, a year
-/// past 9999), which chrono's RFC 3339 parser reads instead. Its general parser was a third of
-/// a row's decode.
+/// past 9999), which chrono's RFC 3339 parser reads instead. That general parser took 2% of
+/// decode + apply's instructions, for one time in each row.
 fn utc_micros(text: &str) -> Option<i64> {
     let bytes = text.as_bytes();
     let [
@@ -288,7 +288,7 @@ pub fn source_row(
     let time_us = match source.time_column.map(|column| (column, columns.get(column))) {
         Some((column, Some(Scalar::Time(micros)))) => {
             Some(*micros).filter(|micros| TIME_RANGE_US.contains(micros)).ok_or_else(|| {
-                invalid(column, format!("{micros} µs is past the times persona reads"))
+                invalid(column, format!("{micros} µs since 1970 is past the times persona reads"))
             })?
         }
         Some((column, _)) if !source.time_from_commit_if_null => {
