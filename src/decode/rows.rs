@@ -78,32 +78,11 @@ pub fn timestamp_micros(value: RawJson, name: &'static str) -> Result<i64, Decod
 /// decode + apply's instructions, for one time in each row.
 fn utc_micros(text: &str) -> Option<i64> {
     let bytes = text.as_bytes();
-    let [
-        y0,
-        y1,
-        y2,
-        y3,
-        b'-',
-        mo0,
-        mo1,
-        b'-',
-        d0,
-        d1,
-        b'T',
-        h0,
-        h1,
-        b':',
-        mi0,
-        mi1,
-        b':',
-        s0,
-        s1,
-        rest @ ..,
-    ] = bytes
-    else {
+    let separators = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+    if bytes.len() < 20 || separators.iter().any(|&(at, byte)| bytes[at] != byte) {
         return None;
-    };
-    let [fraction @ .., b'Z'] = rest else { return None };
+    }
+    let [fraction @ .., b'Z'] = &bytes[19..] else { return None };
     let number = |digits: &[u8]| {
         digits.iter().try_fold(0u32, |number, &digit| {
             digit.is_ascii_digit().then(|| number * 10 + u32::from(digit - b'0'))
@@ -116,10 +95,9 @@ fn utc_micros(text: &str) -> Option<i64> {
         }
         _ => return None,
     };
-    let year = number(&[*y0, *y1, *y2, *y3])?;
-    let date = NaiveDate::from_ymd_opt(year as i32, number(&[*mo0, *mo1])?, number(&[*d0, *d1])?)?;
-    let (hour, minute, second) =
-        (number(&[*h0, *h1])?, number(&[*mi0, *mi1])?, number(&[*s0, *s1])?);
+    let part = |from: usize, to: usize| number(&bytes[from..to]);
+    let date = NaiveDate::from_ymd_opt(part(0, 4)? as i32, part(5, 7)?, part(8, 10)?)?;
+    let (hour, minute, second) = (part(11, 13)?, part(14, 16)?, part(17, 19)?);
     // Refuses a sixtieth second, which chrono's parser reads as a leap second.
     let time = NaiveTime::from_hms_nano_opt(hour, minute, second, nanos)?;
     Some(date.and_time(time).and_utc().timestamp_micros())

@@ -320,6 +320,7 @@ impl Applier<'_> {
         let overlap_writes = overlap::decide(&mut overlap, &known, changes);
         let changes: &[SourceChange] = changes;
         let now = Utc::now();
+        let now_us = now.timestamp_micros();
         let mut changed: HashSet<StateKey> = HashSet::new();
         let (mut duplicates, mut late) = (0u64, 0u64);
         let mut tally = |key: &StateKey, outcome: &features::Outcome| {
@@ -386,7 +387,7 @@ impl Applier<'_> {
                     state_of(&mut states, key),
                     change,
                     &stream,
-                    now.timestamp_micros(),
+                    now_us,
                     &pairs[index],
                 );
                 tally(key, &outcome);
