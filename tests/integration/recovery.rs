@@ -3,7 +3,7 @@
 //! a partition worker that dies is replaced without skipping anything; an instance paused past
 //! its session cannot overwrite what the partition's new owner wrote.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
@@ -133,7 +133,7 @@ async fn a_feature_added_to_the_file_is_served_and_the_change_is_flagged() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("features.toml");
-    let shipped = include_str!("../features.toml");
+    let shipped = include_str!("../../features.toml");
     let added = "\n[[feature]]\nname = \"wishlist_adds_5m\"\nentity = \"user\"\n\
                  source = \"user_activity\"\nfilter = { activity_type = \"WISHLIST\" }\n\
                  aggregation = \"count\"\nwindow = \"5m\"\n";

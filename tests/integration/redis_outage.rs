@@ -4,7 +4,7 @@
 //! Runs its own Redis (see [`common::OwnRedis`]) so it can stop it without disturbing the other
 //! tests.
 
-mod common;
+use crate::common;
 
 use common::capture::Capture;
 use common::{

@@ -1,7 +1,7 @@
 //! What `/metrics` serves passes `promtool check metrics`: every family has a HELP text and is
 //! named as Prometheus expects, once ingest, reads and pages have all recorded something.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -1,7 +1,7 @@
 //! The HTTP API in process (`app(state)` driven with `oneshot`), backed by the stack's real
 //! Redis: bad requests are 4xx JSON errors naming the problem; every response has a request id.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

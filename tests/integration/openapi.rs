@@ -3,7 +3,7 @@
 //! that none gets a server error and that every response's status, content type and body
 //! conform to the document.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

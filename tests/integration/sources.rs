@@ -7,7 +7,7 @@
 //! - `persona connector validate` names a declared source the connector does not capture, and a
 //!   source keyed by something else than its entity.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

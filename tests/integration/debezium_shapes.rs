@@ -1,7 +1,7 @@
 //! The decoder against what Debezium really publishes: rows written with SQL are read back raw
 //! from the CDC topics and decoded with persona's decoder.
 
-mod common;
+use crate::common;
 
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! against a real Redis: writers train one on the shares they write, agree on the one Redis
 //! names current, and every instance reads what they wrote, whether it knew the dictionary or not.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -8,7 +8,7 @@
 //! behaviour table that partitions ran past (its source is named apart from its table), live and
 //! across a restart.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -3,7 +3,7 @@
 //! contents are left out; a cold user gets popular products; markup from the database is escaped;
 //! live updates arrive over SSE; a page still renders when Redis is slow or down.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

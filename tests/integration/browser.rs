@@ -3,7 +3,7 @@
 //! change the page in place through SSE, without a reload, within two seconds. Screenshots go to
 //! `target/screenshots/` (not committed).
 
-mod common;
+use crate::common;
 
 use std::net::TcpStream;
 use std::path::PathBuf;

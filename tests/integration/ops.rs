@@ -4,7 +4,7 @@
 //! Tests that count events run on a capture of their own (`common::capture`), so that what
 //! other tests write to the shared tables never reaches their topics.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -25,7 +25,7 @@ fn share(id: usize, rev: u64) -> (StateKey, EntityState) {
 #[tokio::test]
 async fn shares_written_with_a_dictionary_read_back_from_every_primary() {
     let cluster = OwnRedisCluster::start();
-    let prefix = super::common::unique("rcdict");
+    let prefix = crate::common::unique("rcdict");
     let config = |samples| RedisConfig {
         url: Sensitive(cluster.url()),
         key_prefix: prefix.clone(),

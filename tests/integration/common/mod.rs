@@ -2,7 +2,6 @@
 //! `scripts/stack up` (Postgres, Debezium in Kafka Connect, Apache Kafka, Redis), whose addresses come
 //! from `.stack/stack.env`. Each test runs its own `persona serve` process with its own consumer
 //! group and Redis key prefix, so tests do not see each other's state.
-#![allow(dead_code)] // Each test binary uses a different part of the harness.
 
 pub mod capture;
 pub mod oracle;

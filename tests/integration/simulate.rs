@@ -1,7 +1,7 @@
 //! `persona simulate` against the real legacy database: it seeds the catalog and writes exactly
 //! the activity it reports, through the legacy tables.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,6 +1,6 @@
 //! The feature store against a real Redis of the test's own (so its command counts are ours).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! End to end on the real stack: rows written with SQL, as the legacy application writes them,
 //! reach the API through Debezium, Kafka, persona and Redis.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

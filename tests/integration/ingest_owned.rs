@@ -2,7 +2,7 @@
 //! test's own: batches applied with them write exactly what batches reading every share from
 //! Redis write, and nothing kept outlives a switch of state generation.
 
-mod common;
+use crate::common;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use common::{OwnRedis, free_port, unique};

@@ -1,4 +1,4 @@
-//! The SQL oracle (tests/common/oracle.rs) through crashes and go-live:
+//! The SQL oracle (tests/integration/common/oracle.rs) through crashes and go-live:
 //! - a workload of more than 20,000 changes, compared after persona is killed with -9
 //!   mid-workload and after the Kafka Connect worker is killed mid-workload (Debezium then
 //!   publishes again what it had already published);
@@ -13,7 +13,7 @@
 //! Runs on its own (scripts/test runs this binary after the others, one test at a time:
 //! .config/nextest.toml), because it kills the shared Connect worker.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

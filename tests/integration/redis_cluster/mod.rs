@@ -3,8 +3,7 @@
 //! cleanup and quarantine across nodes; batches of several partitions flushed together
 //! (`group`).
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 mod dictionary;
 mod group;
 
