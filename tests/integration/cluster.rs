@@ -1,8 +1,8 @@
 //! persona past one machine: three instances in one consumer group, on three Kafka brokers and a
 //! Redis Cluster of three primaries with one replica each (`scripts/stack up --cluster`). The
-//! SQL oracle (tests/integration/common/oracle.rs) holds on every instance while, in turn and with the
-//! application writing, a broker, the Redis primary holding the marks and a persona instance are
-//! killed with -9 and started again.
+//! SQL oracle (tests/integration/common/oracle.rs) holds on every instance while, in turn and with
+//! the application writing, a broker, the Redis primary holding the marks and a persona instance
+//! are killed with -9 and started again.
 //!
 //! Runs in scripts/test's cluster stage, against a stack of its own (`.stack-cluster`).
 
